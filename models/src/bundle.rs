@@ -1,0 +1,257 @@
+//! Model bundles: a directory with a `manifest.toml` naming every component, its file, hash, I/O and parameters.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{ModelError, Result};
+
+/// Name of the bundle used when none is given.
+pub const DEFAULT_BUNDLE: &str = "default";
+const MANIFEST: &str = "manifest.toml";
+
+/// The manifest of one bundle, as written by the model preparation.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format: u32,
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(rename = "component", default)]
+    pub components: Vec<Component>,
+}
+
+/// One file of a bundle and everything needed to use it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Component {
+    pub name: String,
+    /// What the component does: `vad`, `asr-encoder`, `asr-decoder`, `asr-tokenizer`, ...
+    pub role: String,
+    /// `int8`, `f32`, ... (`any` where the component has one form only).
+    pub variant: String,
+    /// Path relative to the bundle directory.
+    pub file: String,
+    pub sha256: String,
+    pub bytes: u64,
+    #[serde(default)]
+    pub license: String,
+    #[serde(default)]
+    pub sources: Vec<String>,
+    #[serde(default)]
+    pub inputs: Vec<TensorSpec>,
+    #[serde(default)]
+    pub outputs: Vec<TensorSpec>,
+    #[serde(default)]
+    pub params: BTreeMap<String, toml::Value>,
+}
+
+/// A named model input or output; dimensions are numbers or symbol expressions.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TensorSpec {
+    pub name: String,
+    pub dtype: String,
+    pub shape: Vec<String>,
+}
+
+/// The state of one component's file on disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "kebab-case")]
+pub enum FileStatus {
+    Ok,
+    Missing,
+    SizeMismatch { expected: u64, actual: u64 },
+    HashMismatch { expected: String, actual: String },
+    Unreadable { reason: String },
+}
+
+/// An opened bundle: its directory and manifest.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+}
+
+/// Where models live when neither `--models` nor `LOOKOUT_MODELS` says: `$XDG_DATA_HOME/lookout/models`
+/// (`~/.local/share/lookout/models`), else the system-wide `/var/lib/lookout/models`.
+pub fn default_models_dir() -> PathBuf {
+    let user = std::env::var_os("XDG_DATA_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .map(|d| d.join("lookout/models"));
+    match user {
+        Some(dir) if dir.exists() => dir,
+        _ if Path::new("/var/lib/lookout/models").exists() => PathBuf::from("/var/lib/lookout/models"),
+        Some(dir) => dir,
+        None => PathBuf::from("/var/lib/lookout/models"),
+    }
+}
+
+/// The models directory: the explicit flag, else `LOOKOUT_MODELS`, else [`default_models_dir`].
+pub fn resolve_models_dir(flag: Option<&Path>) -> PathBuf {
+    if let Some(dir) = flag {
+        return dir.to_path_buf();
+    }
+    match std::env::var_os("LOOKOUT_MODELS") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => default_models_dir(),
+    }
+}
+
+impl Bundle {
+    /// Opens `dir` itself when it holds a manifest, else the bundle `name` inside it.
+    pub fn locate(models_dir: &Path, name: &str) -> Result<Bundle> {
+        if models_dir.join(MANIFEST).is_file() {
+            return Bundle::open(models_dir);
+        }
+        Bundle::open(&models_dir.join(name))
+    }
+
+    /// Lists the bundles in a models directory (or the one bundle it is).
+    pub fn list(models_dir: &Path) -> Result<Vec<Bundle>> {
+        if models_dir.join(MANIFEST).is_file() {
+            return Ok(vec![Bundle::open(models_dir)?]);
+        }
+        let entries = fs::read_dir(models_dir).map_err(|_| ModelError::BundleNotFound(models_dir.to_path_buf()))?;
+        let mut bundles = Vec::new();
+        for entry in entries.flatten() {
+            if entry.path().join(MANIFEST).is_file() {
+                bundles.push(Bundle::open(&entry.path())?);
+            }
+        }
+        bundles.sort_by(|a, b| a.manifest.name.cmp(&b.manifest.name));
+        Ok(bundles)
+    }
+
+    pub fn open(dir: &Path) -> Result<Bundle> {
+        let path = dir.join(MANIFEST);
+        if !path.is_file() {
+            return Err(ModelError::BundleNotFound(dir.to_path_buf()));
+        }
+        let text = fs::read_to_string(&path).map_err(|source| ModelError::Io { path: path.clone(), source })?;
+        let manifest: Manifest =
+            toml::from_str(&text).map_err(|e| ModelError::BadManifest { path: path.clone(), reason: e.message().to_string() })?;
+        if manifest.format != 1 {
+            return Err(ModelError::BadManifest { path, reason: format!("unsupported format {}", manifest.format) });
+        }
+        for c in &manifest.components {
+            let relative = Path::new(&c.file);
+            if relative.is_absolute() || relative.components().any(|p| matches!(p, std::path::Component::ParentDir)) {
+                return Err(ModelError::BadManifest {
+                    path,
+                    reason: format!("component `{}`: file `{}` must stay inside the bundle", c.name, c.file),
+                });
+            }
+        }
+        Ok(Bundle { dir: dir.to_path_buf(), manifest })
+    }
+
+    pub fn path_of(&self, component: &Component) -> PathBuf {
+        self.dir.join(&component.file)
+    }
+
+    /// The variants offered for a role, in manifest order.
+    pub fn variants(&self, role: &str) -> Vec<&str> {
+        self.manifest.components.iter().filter(|c| c.role == role).map(|c| c.variant.as_str()).collect()
+    }
+
+    /// The component with this role, of this variant when one is asked for, else the first listed.
+    pub fn component(&self, role: &str, variant: Option<&str>) -> Result<&Component> {
+        let mut with_role = self.manifest.components.iter().filter(|c| c.role == role);
+        let found = match variant {
+            Some(v) => with_role.find(|c| c.variant == v || c.variant == "any"),
+            None => with_role.next(),
+        };
+        found.ok_or_else(|| ModelError::NoComponent {
+            role: role.to_string(),
+            variant: variant.map(str::to_string),
+            available: self.variants(role).join(", "),
+        })
+    }
+
+    /// Re-hashes a component's file against the manifest.
+    pub fn check_file(&self, component: &Component) -> FileStatus {
+        let path = self.path_of(component);
+        let meta = match fs::metadata(&path) {
+            Ok(m) if m.is_file() => m,
+            Ok(_) | Err(_) => return FileStatus::Missing,
+        };
+        if meta.len() != component.bytes {
+            return FileStatus::SizeMismatch { expected: component.bytes, actual: meta.len() };
+        }
+        match sha256_file(&path) {
+            Ok(actual) if actual.eq_ignore_ascii_case(&component.sha256) => FileStatus::Ok,
+            Ok(actual) => FileStatus::HashMismatch { expected: component.sha256.clone(), actual },
+            Err(e) => FileStatus::Unreadable { reason: e.to_string() },
+        }
+    }
+
+    /// Checks a component's file before it is loaded and returns its path; any mismatch is an error naming it.
+    pub fn checked_path(&self, component: &Component) -> Result<PathBuf> {
+        let path = self.path_of(component);
+        let name = component.name.clone();
+        match self.check_file(component) {
+            FileStatus::Ok => Ok(path),
+            FileStatus::Missing => Err(ModelError::MissingFile { component: name, path }),
+            FileStatus::SizeMismatch { expected, actual } => Err(ModelError::SizeMismatch { component: name, path, expected, actual }),
+            FileStatus::HashMismatch { expected, actual } => Err(ModelError::HashMismatch { component: name, path, expected, actual }),
+            FileStatus::Unreadable { reason } => {
+                Err(ModelError::Io { path, source: std::io::Error::other(reason) })
+            }
+        }
+    }
+}
+
+impl Component {
+    pub fn param_f64(&self, key: &str) -> Result<f64> {
+        match self.params.get(key) {
+            Some(toml::Value::Integer(i)) => Ok(*i as f64),
+            Some(toml::Value::Float(f)) => Ok(*f),
+            _ => Err(self.bad_param(key)),
+        }
+    }
+
+    pub fn param_usize(&self, key: &str) -> Result<usize> {
+        match self.params.get(key) {
+            Some(toml::Value::Integer(i)) if *i >= 0 => Ok(*i as usize),
+            _ => Err(self.bad_param(key)),
+        }
+    }
+
+    pub fn param_ids(&self, key: &str) -> Result<Vec<u32>> {
+        match self.params.get(key) {
+            Some(toml::Value::Array(items)) => items
+                .iter()
+                .map(|v| v.as_integer().and_then(|i| u32::try_from(i).ok()).ok_or_else(|| self.bad_param(key)))
+                .collect(),
+            None => Ok(Vec::new()),
+            _ => Err(self.bad_param(key)),
+        }
+    }
+
+    fn bad_param(&self, key: &str) -> ModelError {
+        ModelError::BadParam { component: self.name.clone(), param: key.to_string() }
+    }
+}
+
+/// Lower-case hex sha256 of a file, streamed.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut file = fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}

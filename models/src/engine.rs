@@ -1,0 +1,103 @@
+//! The one door to the tract engine: load an ONNX graph with declared input facts, optimize it once, run it
+//! through reusable per-stream states, and turn engine failures (panics included) into typed errors.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+use std::sync::Arc;
+
+use tract_onnx::prelude::*;
+
+use crate::error::{ModelError, Result};
+
+pub use tract_onnx::prelude::{DatumType, TValue, Tensor};
+
+/// One dimension of a declared input: a fixed size or a named symbol resolved at run time.
+#[derive(Debug, Clone, Copy)]
+pub enum Dim {
+    Fixed(usize),
+    Symbol(&'static str),
+}
+
+/// An optimized graph, loaded once and shared by every state that runs it.
+pub struct Graph {
+    component: String,
+    plan: Arc<TypedSimplePlan>,
+}
+
+/// Per-stream execution state of a [`Graph`]: reuse one per stream.
+pub struct GraphState {
+    component: String,
+    state: TypedSimpleState,
+}
+
+impl Graph {
+    /// Loads `path`, declares each input's type and shape, and optimizes the graph for this CPU.
+    pub fn load(component: &str, path: &Path, inputs: &[(DatumType, &[Dim])]) -> Result<Graph> {
+        let load = || -> TractResult<Arc<TypedSimplePlan>> {
+            let mut model = tract_onnx::onnx()
+                .with_ignore_output_shapes(true)
+                .with_ignore_value_info(true)
+                .model_for_path(path)?;
+            for (ix, (dtype, dims)) in inputs.iter().enumerate() {
+                let shape: TVec<TDim> = dims
+                    .iter()
+                    .map(|d| match d {
+                        Dim::Fixed(n) => TDim::from(*n),
+                        Dim::Symbol(name) => model.symbols.sym(name).into(),
+                    })
+                    .collect();
+                model.set_input_fact(ix, InferenceFact::dt_shape(*dtype, shape))?;
+            }
+            model.into_optimized()?.into_runnable()
+        };
+        let plan = guard(component, load).map_err(|e| ModelError::load(component, e))?;
+        Ok(Graph { component: component.to_string(), plan })
+    }
+
+    pub fn component(&self) -> &str {
+        &self.component
+    }
+
+    /// A fresh execution state; keep it and reuse it for every run of one stream.
+    pub fn new_state(&self) -> Result<GraphState> {
+        let state = TypedSimpleState::new(&self.plan).map_err(|e| ModelError::load(&self.component, e))?;
+        Ok(GraphState { component: self.component.clone(), state })
+    }
+}
+
+impl GraphState {
+    pub fn run(&mut self, inputs: TVec<TValue>) -> Result<TVec<TValue>> {
+        let state = &mut self.state;
+        guard(&self.component, || state.run(inputs)).map_err(|e| ModelError::run(&self.component, e))
+    }
+}
+
+/// Runs engine code, turning a panic inside the engine into an error instead of aborting the process.
+fn guard<T>(component: &str, f: impl FnOnce() -> TractResult<T>) -> TractResult<T> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(result) => result,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".to_string());
+            Err(anyhow::anyhow!("engine fault in {component}: {what}"))
+        }
+    }
+}
+
+/// Builds an input tensor from a shape and data.
+pub fn tensor<T: tract_onnx::prelude::Datum + Copy>(shape: &[usize], data: &[T]) -> Result<TValue> {
+    Tensor::from_shape(shape, data)
+        .map(|t| t.into_tvalue())
+        .map_err(|e| ModelError::run("input", e))
+}
+
+/// Reads an output tensor as a flat f32 slice.
+pub fn f32_slice<'t>(component: &str, value: &'t TValue) -> Result<&'t [f32]> {
+    value
+        .try_as_plain_ram()
+        .and_then(|v| v.as_slice::<f32>())
+        .map_err(|e| ModelError::run(component, e))
+}

@@ -1,0 +1,314 @@
+//! Whisper speech recognition through tract: the encoder turns a log-mel window into cross-attention keys and
+//! values, the decoder emits tokens greedily with a self-attention KV cache so no step recomputes the prefix.
+
+use std::time::Instant;
+
+use crate::audio::mel::LogMel;
+use crate::bundle::{Bundle, Component};
+use crate::engine::{self, DatumType, Dim, Graph, GraphState, TValue};
+use crate::error::{ModelError, Result};
+use crate::tokenizer::ByteLevelVocab;
+
+/// Samples per mel frame at 16 kHz.
+pub const HOP: usize = 160;
+/// The samples in one full 30 s window.
+pub const WINDOW_SAMPLES: usize = 480_000;
+
+/// Sizes and special tokens of one Whisper model, from the manifest.
+#[derive(Debug, Clone)]
+pub struct WhisperConfig {
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub head_dim: usize,
+    pub n_vocab: usize,
+    pub n_text_ctx: usize,
+    pub max_frames: usize,
+    pub sot: u32,
+    pub eot: u32,
+    pub transcribe: u32,
+    pub translate: u32,
+    pub no_timestamps: u32,
+    /// Never emitted (punctuation-like tokens the model was trained to avoid, task tokens).
+    pub suppress: Vec<u32>,
+    /// Never emitted as the first token (blank, end of text).
+    pub suppress_begin: Vec<u32>,
+}
+
+impl WhisperConfig {
+    fn from_components(encoder: &Component, decoder: &Component) -> Result<WhisperConfig> {
+        let id = |key: &str| -> Result<u32> {
+            u32::try_from(decoder.param_usize(key)?)
+                .map_err(|_| ModelError::BadParam { component: decoder.name.clone(), param: key.into() })
+        };
+        Ok(WhisperConfig {
+            n_layers: decoder.param_usize("n_layers")?,
+            n_heads: decoder.param_usize("n_heads")?,
+            head_dim: decoder.param_usize("head_dim")?,
+            n_vocab: decoder.param_usize("n_vocab")?,
+            n_text_ctx: decoder.param_usize("n_text_ctx")?,
+            max_frames: encoder.param_usize("max_frames")?,
+            sot: id("sot")?,
+            eot: id("eot")?,
+            transcribe: id("transcribe")?,
+            translate: id("translate")?,
+            no_timestamps: id("no_timestamps")?,
+            suppress: decoder.param_ids("suppress_ids")?,
+            suppress_begin: decoder.param_ids("suppress_ids_begin")?,
+        })
+    }
+}
+
+/// What the decoder is asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Task {
+    Transcribe,
+    Translate,
+}
+
+/// How much of the 30 s window the encoder sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    /// Always the full 30 s window, as Whisper was trained.
+    Full,
+    /// Only the frames the audio needs plus a margin of silence (in mel frames), rounded up to whole seconds.
+    Fit { margin_frames: usize },
+}
+
+impl Window {
+    /// The mel frames to encode for `samples` samples of audio.
+    pub fn frames_for(self, samples: usize, max_frames: usize) -> usize {
+        match self {
+            Window::Full => max_frames,
+            Window::Fit { margin_frames } => {
+                let needed = samples.div_ceil(HOP) + margin_frames;
+                needed.div_ceil(100).saturating_mul(100).clamp(100, max_frames)
+            }
+        }
+    }
+}
+
+/// Options for one transcription.
+#[derive(Debug, Clone)]
+pub struct DecodeOptions {
+    /// ISO language code such as `en`.
+    pub language: String,
+    pub task: Task,
+    pub window: Window,
+    /// Most tokens emitted for one window.
+    pub max_tokens: usize,
+}
+
+impl Default for DecodeOptions {
+    fn default() -> Self {
+        DecodeOptions { language: "en".into(), task: Task::Transcribe, window: Window::Full, max_tokens: 224 }
+    }
+}
+
+/// The result of one window.
+#[derive(Debug, Clone, Default)]
+pub struct WindowTranscript {
+    pub tokens: Vec<u32>,
+    pub text: String,
+    pub frames: usize,
+    pub mel_ms: f64,
+    pub encode_ms: f64,
+    pub decode_ms: f64,
+}
+
+/// A loaded Whisper model: optimized encoder and decoder plans plus the vocabulary; shared by sessions.
+pub struct Whisper {
+    pub variant: String,
+    pub config: WhisperConfig,
+    encoder: Graph,
+    decoder: Graph,
+    vocab: ByteLevelVocab,
+}
+
+impl Whisper {
+    /// Loads the encoder, decoder and tokenizer of `variant` (or the bundle's first listed variant).
+    pub fn load(bundle: &Bundle, variant: Option<&str>) -> Result<Whisper> {
+        let encoder_c = bundle.component("asr-encoder", variant)?;
+        let variant = encoder_c.variant.clone();
+        let decoder_c = bundle.component("asr-decoder", Some(&variant))?;
+        let tokenizer_c = bundle.component("asr-tokenizer", None)?;
+        let config = WhisperConfig::from_components(encoder_c, decoder_c)?;
+        let vocab = ByteLevelVocab::from_tokenizer_json(&bundle.checked_path(tokenizer_c)?)?;
+        if vocab.len() > config.n_vocab {
+            return Err(ModelError::BadTokenizer {
+                path: bundle.path_of(tokenizer_c),
+                reason: format!("{} tokens, but the decoder has {} outputs", vocab.len(), config.n_vocab),
+            });
+        }
+        let n_mels = encoder_c.param_usize("n_mels")?;
+        let encoder = Graph::load(
+            &encoder_c.name,
+            &bundle.checked_path(encoder_c)?,
+            &[(DatumType::F32, &[Dim::Fixed(1), Dim::Fixed(n_mels), Dim::Symbol("frames")])],
+        )?;
+        let kv = [Dim::Fixed(config.n_layers), Dim::Fixed(1), Dim::Fixed(config.n_heads), Dim::Symbol("past"), Dim::Fixed(config.head_dim)];
+        let cross = [Dim::Fixed(config.n_layers), Dim::Fixed(1), Dim::Fixed(config.n_heads), Dim::Symbol("audio"), Dim::Fixed(config.head_dim)];
+        let decoder = Graph::load(
+            &decoder_c.name,
+            &bundle.checked_path(decoder_c)?,
+            &[
+                (DatumType::I64, &[Dim::Fixed(1), Dim::Symbol("tokens")]),
+                (DatumType::F32, &kv),
+                (DatumType::F32, &kv),
+                (DatumType::F32, &cross),
+                (DatumType::F32, &cross),
+            ],
+        )?;
+        Ok(Whisper { variant, config, encoder, decoder, vocab })
+    }
+
+    pub fn vocab(&self) -> &ByteLevelVocab {
+        &self.vocab
+    }
+
+    /// A session: engine states and buffers for one audio stream.
+    pub fn session(&self) -> Result<WhisperSession<'_>> {
+        Ok(WhisperSession {
+            model: self,
+            encoder: self.encoder.new_state()?,
+            decoder: self.decoder.new_state()?,
+            mel: LogMel::new(),
+            mel_buf: vec![0.0; 80 * self.config.max_frames],
+            logits: Vec::with_capacity(self.config.n_vocab),
+        })
+    }
+
+    fn language_token(&self, language: &str) -> Result<u32> {
+        self.vocab.special(&format!("<|{language}|>")).ok_or_else(|| ModelError::UnknownLanguage(language.to_string()))
+    }
+
+    /// The decoder prompt: start of transcript, language, task, no timestamps.
+    pub fn prompt(&self, options: &DecodeOptions) -> Result<[u32; 4]> {
+        let task = match options.task {
+            Task::Transcribe => self.config.transcribe,
+            Task::Translate => self.config.translate,
+        };
+        Ok([self.config.sot, self.language_token(&options.language)?, task, self.config.no_timestamps])
+    }
+}
+
+/// Engine states and reusable buffers for one stream of audio.
+pub struct WhisperSession<'m> {
+    model: &'m Whisper,
+    encoder: GraphState,
+    decoder: GraphState,
+    mel: LogMel,
+    mel_buf: Vec<f32>,
+    logits: Vec<f32>,
+}
+
+impl WhisperSession<'_> {
+    /// Transcribes up to 30 s of 16 kHz mono audio.
+    pub fn transcribe_window(&mut self, samples: &[f32], options: &DecodeOptions) -> Result<WindowTranscript> {
+        let model = self.model;
+        let cfg = &model.config;
+        let prompt = model.prompt(options)?;
+        let frames = options.window.frames_for(samples.len().min(WINDOW_SAMPLES), cfg.max_frames);
+
+        let started = Instant::now();
+        let mel = &mut self.mel_buf[..80 * frames];
+        self.mel.compute_into(samples, frames, mel);
+        let mel_ms = ms_since(started);
+
+        let started = Instant::now();
+        let cross = self.encoder.run(tvec_of([engine::tensor(&[1, 80, frames], mel)?]))?;
+        if cross.len() < 2 {
+            return Err(ModelError::run(model.encoder.component(), "encoder returned fewer than 2 outputs"));
+        }
+        let encode_ms = ms_since(started);
+
+        let started = Instant::now();
+        let tokens = self.greedy_decode(&prompt, &cross[0], &cross[1], options.max_tokens)?;
+        let decode_ms = ms_since(started);
+        let text = model.vocab.decode(&tokens).trim().to_string();
+        Ok(WindowTranscript { tokens, text, frames, mel_ms, encode_ms, decode_ms })
+    }
+
+    /// Greedy decoding with the KV cache: the prompt in one step, then one token per step.
+    pub fn greedy_decode(&mut self, prompt: &[u32], cross_k: &TValue, cross_v: &TValue, max_tokens: usize) -> Result<Vec<u32>> {
+        let cfg = &self.model.config;
+        let component = self.model.decoder.component().to_string();
+        let max_tokens = max_tokens.min(cfg.n_text_ctx.saturating_sub(prompt.len()));
+        let empty_kv = engine::tensor::<f32>(&[cfg.n_layers, 1, cfg.n_heads, 0, cfg.head_dim], &[])?;
+        let (mut self_k, mut self_v) = (empty_kv.clone(), empty_kv);
+        let mut step_ids: Vec<i64> = Vec::with_capacity(prompt.len());
+        for id in prompt {
+            step_ids.push(self.checked_id(*id)?);
+        }
+        let mut out = Vec::with_capacity(max_tokens);
+        while out.len() < max_tokens {
+            let inputs = tvec_of([
+                engine::tensor(&[1, step_ids.len()], &step_ids)?,
+                self_k,
+                self_v,
+                cross_k.clone(),
+                cross_v.clone(),
+            ]);
+            let mut outputs = self.decoder.run(inputs)?;
+            if outputs.len() < 3 {
+                return Err(ModelError::run(&component, "decoder returned fewer than 3 outputs"));
+            }
+            self_v = outputs.remove(2);
+            self_k = outputs.remove(1);
+            let logits = engine::f32_slice(&component, &outputs[0])?;
+            if logits.len() != cfg.n_vocab {
+                return Err(ModelError::run(&component, format!("{} logits, expected {}", logits.len(), cfg.n_vocab)));
+            }
+            let next = self.pick_token(logits, out.is_empty());
+            if next == cfg.eot {
+                break;
+            }
+            out.push(next);
+            step_ids.clear();
+            step_ids.push(self.checked_id(next)?);
+        }
+        Ok(out)
+    }
+
+    /// Greedy choice among the tokens the text may contain: no task or timestamp tokens, no suppressed ids.
+    fn pick_token(&mut self, logits: &[f32], first: bool) -> u32 {
+        let cfg = &self.model.config;
+        self.logits.clear();
+        self.logits.extend_from_slice(logits);
+        for id in cfg.suppress.iter().chain(if first { cfg.suppress_begin.iter() } else { [].iter() }) {
+            if let Some(l) = self.logits.get_mut(*id as usize) {
+                *l = f32::NEG_INFINITY;
+            }
+        }
+        for l in self.logits.iter_mut().skip(cfg.eot as usize + 1) {
+            *l = f32::NEG_INFINITY;
+        }
+        argmax(&self.logits) as u32
+    }
+
+    fn checked_id(&self, id: u32) -> Result<i64> {
+        if (id as usize) < self.model.config.n_vocab {
+            Ok(id as i64)
+        } else {
+            Err(ModelError::InvalidToken { id: id as i64, vocab: self.model.config.n_vocab })
+        }
+    }
+}
+
+fn tvec_of<const N: usize>(values: [TValue; N]) -> tract_onnx::prelude::TVec<TValue> {
+    values.into_iter().collect()
+}
+
+/// Index of the largest value (the first on ties); NaN never wins.
+pub fn argmax(values: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, v) in values.iter().enumerate() {
+        if *v > values[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+fn ms_since(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64() * 1e3
+}

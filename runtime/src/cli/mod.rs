@@ -1,0 +1,62 @@
+//! Command-line arguments and dispatch to one module per subcommand.
+
+mod models;
+mod transcribe;
+
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+use lookout_models::bundle::{self, Bundle, DEFAULT_BUNDLE};
+
+#[derive(Debug, Parser)]
+#[command(name = "lookout", version, about = "See and listen on a small board: cameras, microphones, small quantized models")]
+pub struct Args {
+    /// Models directory (or one bundle); else $LOOKOUT_MODELS, else ~/.local/share/lookout/models, else /var/lib/lookout/models.
+    #[arg(long, global = true, value_name = "DIR")]
+    models: Option<PathBuf>,
+    /// Bundle inside the models directory.
+    #[arg(long, global = true, default_value = DEFAULT_BUNDLE, value_name = "NAME")]
+    bundle: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Speech to text from a WAV or FLAC file.
+    Transcribe(transcribe::TranscribeArgs),
+    /// List or verify model bundles.
+    #[command(subcommand)]
+    Models(models::ModelsCommand),
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let models_dir = bundle::resolve_models_dir(args.models.as_deref());
+    let ctx = Context { models_dir, bundle: args.bundle };
+    match args.command {
+        Command::Transcribe(a) => transcribe::run(&ctx, a),
+        Command::Models(c) => models::run(&ctx, c),
+    }
+}
+
+/// Where the command finds its models.
+pub struct Context {
+    pub models_dir: PathBuf,
+    pub bundle: String,
+}
+
+impl Context {
+    pub fn open_bundle(&self) -> anyhow::Result<Bundle> {
+        Ok(Bundle::locate(&self.models_dir, &self.bundle)?)
+    }
+
+    pub fn models_dir(&self) -> &Path {
+        &self.models_dir
+    }
+}
+
+/// Prints a value as pretty JSON on stdout.
+pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}

@@ -1,0 +1,131 @@
+//! `lookout models list | verify`: what the bundles hold and whether every file matches its manifest.
+
+use clap::Subcommand;
+use lookout_models::bundle::{Bundle, FileStatus};
+use serde::Serialize;
+
+use super::{print_json, Context};
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// List bundles and their components.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-hash every file of the bundle; a missing or corrupt file is reported by name.
+    Verify {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Serialize)]
+struct BundleReport<'a> {
+    name: &'a str,
+    dir: String,
+    description: &'a str,
+    components: Vec<ComponentReport<'a>>,
+}
+
+#[derive(Serialize)]
+struct ComponentReport<'a> {
+    bundle: &'a str,
+    name: &'a str,
+    role: &'a str,
+    variant: &'a str,
+    file: &'a str,
+    bytes: u64,
+    license: &'a str,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    status: Option<FileStatus>,
+}
+
+pub fn run(ctx: &Context, command: ModelsCommand) -> anyhow::Result<()> {
+    match command {
+        ModelsCommand::List { json } => {
+            let bundles = Bundle::list(ctx.models_dir())?;
+            if bundles.is_empty() {
+                anyhow::bail!("no bundles in {}", ctx.models_dir().display());
+            }
+            if json {
+                let listing: Vec<BundleReport> = bundles
+                    .iter()
+                    .map(|b| BundleReport {
+                        name: &b.manifest.name,
+                        dir: b.dir.display().to_string(),
+                        description: &b.manifest.description,
+                        components: report(b, false),
+                    })
+                    .collect();
+                return print_json(&listing);
+            }
+            let rows: Vec<ComponentReport> = bundles.iter().flat_map(|b| report(b, false)).collect();
+            for b in &bundles {
+                println!("{} ({})  {}", b.manifest.name, b.dir.display(), b.manifest.description);
+            }
+            print_table(&rows);
+            Ok(())
+        }
+        ModelsCommand::Verify { json } => {
+            let bundle = ctx.open_bundle()?;
+            let rows = report(&bundle, true);
+            let bad: Vec<&ComponentReport> = rows.iter().filter(|r| r.status != Some(FileStatus::Ok)).collect();
+            if json {
+                print_json(&rows)?;
+            } else {
+                print_table(&rows);
+            }
+            if let Some(first) = bad.first() {
+                let names: Vec<&str> = bad.iter().map(|r| r.name).collect();
+                anyhow::bail!(
+                    "bundle {} failed verification: {} ({})",
+                    bundle.manifest.name,
+                    names.join(", "),
+                    describe(first.status.as_ref(), first.file)
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn report(bundle: &Bundle, check: bool) -> Vec<ComponentReport<'_>> {
+    bundle
+        .manifest
+        .components
+        .iter()
+        .map(|c| ComponentReport {
+            bundle: &bundle.manifest.name,
+            name: &c.name,
+            role: &c.role,
+            variant: &c.variant,
+            file: &c.file,
+            bytes: c.bytes,
+            license: &c.license,
+            status: check.then(|| bundle.check_file(c)),
+        })
+        .collect()
+}
+
+fn describe(status: Option<&FileStatus>, file: &str) -> String {
+    match status {
+        None | Some(FileStatus::Ok) => format!("{file}: ok"),
+        Some(FileStatus::Missing) => format!("{file}: missing"),
+        Some(FileStatus::SizeMismatch { expected, actual }) => format!("{file}: {actual} bytes, expected {expected}"),
+        Some(FileStatus::HashMismatch { expected, actual }) => format!("{file}: sha256 {actual}, expected {expected}"),
+        Some(FileStatus::Unreadable { reason }) => format!("{file}: unreadable: {reason}"),
+    }
+}
+
+fn print_table(rows: &[ComponentReport]) {
+    println!("{:<32} {:<14} {:<8} {:>12}  {:<10} status", "component", "role", "variant", "bytes", "license");
+    for r in rows {
+        let status = match &r.status {
+            None => String::new(),
+            Some(FileStatus::Ok) => "ok".into(),
+            Some(other) => describe(Some(other), r.file),
+        };
+        println!("{:<32} {:<14} {:<8} {:>12}  {:<10} {}", r.name, r.role, r.variant, r.bytes, r.license, status);
+    }
+}

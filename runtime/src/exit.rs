@@ -1,0 +1,34 @@
+//! Exit codes by failure kind, so scripts and systemd can tell bad input from broken models from faults.
+
+use lookout_models::audio::AudioError;
+use lookout_models::ModelError;
+
+/// The command ran and failed for a reason not listed below.
+pub const FAILURE: u8 = 1;
+/// The input given (audio, image, text) cannot be used.
+pub const BAD_INPUT: u8 = 3;
+/// The model bundle is missing, incomplete or corrupt.
+pub const BAD_MODELS: u8 = 4;
+
+/// The error and its causes on one line; a part repeated inside a later cause is left out.
+pub fn one_line(err: &anyhow::Error) -> String {
+    let parts: Vec<String> = err.chain().map(|c| c.to_string().replace('\n', " ")).collect();
+    let kept: Vec<&str> = parts
+        .iter()
+        .enumerate()
+        .filter(|(i, p)| !parts[i + 1..].iter().any(|later| later.contains(p.as_str())))
+        .map(|(_, p)| p.as_str())
+        .collect();
+    kept.join(": ")
+}
+
+pub fn code_for(err: &anyhow::Error) -> u8 {
+    if err.chain().any(|c| c.downcast_ref::<AudioError>().is_some()) {
+        return BAD_INPUT;
+    }
+    match err.chain().find_map(|c| c.downcast_ref::<ModelError>()) {
+        Some(ModelError::Audio(_)) | Some(ModelError::UnknownLanguage(_)) => BAD_INPUT,
+        Some(ModelError::Run { .. }) | Some(ModelError::InvalidToken { .. }) | None => FAILURE,
+        Some(_) => BAD_MODELS,
+    }
+}

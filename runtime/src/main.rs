@@ -1,0 +1,20 @@
+//! The `lookout` command: parses arguments, runs one subcommand, prints errors as one line with an exit code
+//! that says what kind of failure it was.
+
+mod cli;
+mod exit;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = cli::Args::parse();
+    match cli::run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("lookout: {}", exit::one_line(&err));
+            ExitCode::from(exit::code_for(&err))
+        }
+    }
+}

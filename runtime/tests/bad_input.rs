@@ -1,0 +1,192 @@
+//! Bad input gets one clear line on stderr and a distinct non-zero exit code, never a panic.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use common::{lookout, speech_index};
+
+const BAD_INPUT: i32 = 3;
+const BAD_MODELS: i32 = 4;
+
+fn assert_fails(out: &Output, code: i32, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "exit code; stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line expected: {stderr}");
+    for needle in needles {
+        assert!(stderr.contains(needle), "stderr should mention {needle:?}: {stderr}");
+    }
+}
+
+fn wav_header(format_tag: u16, channels: u16, rate: u32, bits: u16, data_len: u32) -> Vec<u8> {
+    let block = channels * bits.div_ceil(8);
+    let mut h = Vec::new();
+    h.extend_from_slice(b"RIFF");
+    h.extend_from_slice(&(36 + data_len).to_le_bytes());
+    h.extend_from_slice(b"WAVEfmt ");
+    h.extend_from_slice(&16u32.to_le_bytes());
+    h.extend_from_slice(&format_tag.to_le_bytes());
+    h.extend_from_slice(&channels.to_le_bytes());
+    h.extend_from_slice(&rate.to_le_bytes());
+    h.extend_from_slice(&(rate * block as u32).to_le_bytes());
+    h.extend_from_slice(&block.to_le_bytes());
+    h.extend_from_slice(&bits.to_le_bytes());
+    h.extend_from_slice(b"data");
+    h.extend_from_slice(&data_len.to_le_bytes());
+    h
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("lookout-bad-input-{}-{name}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn transcribe(path: &Path) -> Output {
+    lookout(&["transcribe", path.to_str().unwrap()])
+}
+
+#[test]
+fn missing_audio_file() {
+    assert_fails(&transcribe(Path::new("/nonexistent/query.wav")), BAD_INPUT, &["/nonexistent/query.wav"]);
+}
+
+#[test]
+fn file_that_is_not_audio() {
+    let dir = scratch("not-audio");
+    let path = dir.join("notes.wav");
+    fs::write(&path, "this is a text file, not a recording\n").unwrap();
+    assert_fails(&transcribe(&path), BAD_INPUT, &["notes.wav"]);
+}
+
+#[test]
+fn zero_byte_file() {
+    let dir = scratch("zero");
+    let path = dir.join("empty.wav");
+    fs::write(&path, b"").unwrap();
+    assert_fails(&transcribe(&path), BAD_INPUT, &["empty.wav"]);
+}
+
+#[test]
+fn wav_without_samples() {
+    let dir = scratch("no-samples");
+    let path = dir.join("silent.wav");
+    fs::write(&path, wav_header(1, 1, 16_000, 16, 0)).unwrap();
+    assert_fails(&transcribe(&path), BAD_INPUT, &["no samples"]);
+}
+
+#[test]
+fn unsupported_wav_encoding() {
+    let dir = scratch("alaw");
+    let path = dir.join("alaw.wav");
+    let mut bytes = wav_header(6, 1, 8_000, 8, 8_000);
+    bytes.extend(std::iter::repeat_n(0xD5u8, 8_000));
+    fs::write(&path, bytes).unwrap();
+    assert_fails(&transcribe(&path), BAD_INPUT, &["alaw.wav"]);
+}
+
+#[test]
+fn truncated_wav() {
+    let dir = scratch("truncated");
+    let path = dir.join("cut.wav");
+    let mut bytes = wav_header(1, 1, 16_000, 16, 64_000);
+    bytes.extend(std::iter::repeat_n(0u8, 1_001));
+    fs::write(&path, bytes).unwrap();
+    assert_fails(&transcribe(&path), BAD_INPUT, &["cut.wav"]);
+}
+
+/// A copy of the default bundle made of links, with `damage` applied to one file.
+fn damaged_bundle(name: &str, damage: impl Fn(&Path, &str)) -> PathBuf {
+    let source = bundle_dir();
+    let dir = scratch(name);
+    for entry in walk(&source) {
+        let relative = entry.strip_prefix(&source).unwrap();
+        let target = dir.join(relative);
+        fs::create_dir_all(target.parent().unwrap()).unwrap();
+        if relative == Path::new("manifest.toml") {
+            fs::copy(&entry, &target).unwrap();
+        } else {
+            std::os::unix::fs::symlink(&entry, &target).unwrap();
+        }
+    }
+    damage(&dir, "whisper-base/decoder.int8.onnx");
+    dir
+}
+
+fn bundle_dir() -> PathBuf {
+    let out = lookout(&["models", "list", "--json"]);
+    assert!(out.status.success(), "models list: {}", String::from_utf8_lossy(&out.stderr));
+    let listing: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let default = listing.as_array().unwrap().iter().find(|b| b["name"] == "default").expect("a default bundle");
+    PathBuf::from(default["dir"].as_str().unwrap())
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+fn clip() -> String {
+    speech_index()[0].path()
+}
+
+#[test]
+fn corrupt_model_file_is_named_with_its_hash() {
+    let dir = damaged_bundle("corrupt", |dir, file| {
+        let path = dir.join(file);
+        let mut bytes = fs::read(&path).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0xFF;
+        fs::remove_file(&path).unwrap();
+        fs::write(&path, bytes).unwrap();
+    });
+    let out = lookout(&["--models", dir.to_str().unwrap(), "transcribe", &clip(), "--variant", "int8"]);
+    assert_fails(&out, BAD_MODELS, &["decoder.int8.onnx", "sha256"]);
+    let verify = lookout(&["--models", dir.to_str().unwrap(), "models", "verify"]);
+    assert_eq!(verify.status.code(), Some(BAD_MODELS));
+    assert!(String::from_utf8_lossy(&verify.stdout).contains("decoder.int8.onnx"));
+}
+
+#[test]
+fn missing_model_file_is_named() {
+    let dir = damaged_bundle("missing", |dir, file| fs::remove_file(dir.join(file)).unwrap());
+    let out = lookout(&["--models", dir.to_str().unwrap(), "transcribe", &clip(), "--variant", "int8"]);
+    assert_fails(&out, BAD_MODELS, &["decoder.int8.onnx", "missing"]);
+}
+
+#[test]
+fn malformed_manifest() {
+    let dir = damaged_bundle("manifest", |dir, _| fs::write(dir.join("manifest.toml"), "format = 1\nname = [oops\n").unwrap());
+    let out = lookout(&["--models", dir.to_str().unwrap(), "transcribe", &clip()]);
+    assert_fails(&out, BAD_MODELS, &["manifest.toml"]);
+}
+
+#[test]
+fn absent_bundle() {
+    let out = lookout(&["--models", "/nonexistent/models", "transcribe", &clip()]);
+    assert_fails(&out, BAD_MODELS, &["/nonexistent/models"]);
+}
+
+#[test]
+fn unknown_variant_lists_the_available_ones() {
+    let out = lookout(&["transcribe", &clip(), "--variant", "int3"]);
+    assert_fails(&out, BAD_MODELS, &["int3", "int8", "f32"]);
+}
+
+#[test]
+fn unknown_language() {
+    let out = lookout(&["transcribe", &clip(), "--language", "klingon"]);
+    assert_fails(&out, BAD_INPUT, &["klingon"]);
+}

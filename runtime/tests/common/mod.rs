@@ -1,0 +1,94 @@
+//! Shared helpers for the integration tests: running the binary, locating the prepared test data, scoring text.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+/// Runs the `lookout` binary built for these tests.
+pub fn lookout(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lookout")).args(args).output().expect("run lookout")
+}
+
+/// Runs `lookout` with extra environment variables.
+pub fn lookout_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lookout"));
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run lookout")
+}
+
+/// The test data written by the model preparation: `$LOOKOUT_TESTDATA`, else `<workspace>/.cache/testdata`.
+pub fn testdata_dir() -> PathBuf {
+    let dir = std::env::var_os("LOOKOUT_TESTDATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/testdata"));
+    assert!(dir.is_dir(), "test data missing at {} (run models/prepare/prepare.sh first)", dir.display());
+    dir
+}
+
+/// One speech clip with its reference transcript and onnxruntime's token sequences.
+pub struct Clip {
+    pub file: String,
+    pub text: String,
+    pub duration_s: f64,
+    pub entry: Value,
+}
+
+impl Clip {
+    pub fn path(&self) -> String {
+        testdata_dir().join("speech").join(&self.file).to_string_lossy().into_owned()
+    }
+
+    pub fn reference_tokens(&self, variant: &str) -> Vec<u64> {
+        self.entry["onnxruntime"][variant]["tokens"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no onnxruntime {variant} tokens for {}", self.file))
+            .iter()
+            .map(|t| t.as_u64().unwrap())
+            .collect()
+    }
+}
+
+pub fn speech_index() -> Vec<Clip> {
+    let path = testdata_dir().join("speech/index.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let entries: Vec<Value> = serde_json::from_str(&text).expect("speech index is JSON");
+    assert!(!entries.is_empty());
+    entries
+        .into_iter()
+        .map(|e| Clip {
+            file: e["file"].as_str().unwrap().to_string(),
+            text: e["text"].as_str().unwrap().to_string(),
+            duration_s: e["duration_s"].as_f64().unwrap(),
+            entry: e,
+        })
+        .collect()
+}
+
+/// Lower case, letters, digits and single spaces only.
+pub fn normalize(text: &str) -> String {
+    let kept: String = text.chars().map(|c| if c.is_alphanumeric() { c.to_ascii_lowercase() } else { ' ' }).collect();
+    kept.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Word error rate of `hypothesis` against `reference`, after normalization.
+pub fn word_error_rate(reference: &str, hypothesis: &str) -> f64 {
+    let r: Vec<String> = normalize(reference).split(' ').filter(|w| !w.is_empty()).map(str::to_string).collect();
+    let h: Vec<String> = normalize(hypothesis).split(' ').filter(|w| !w.is_empty()).map(str::to_string).collect();
+    let mut row: Vec<usize> = (0..=h.len()).collect();
+    for (i, rw) in r.iter().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, hw) in h.iter().enumerate() {
+            let sub = prev + usize::from(rw != hw);
+            prev = row[j + 1];
+            row[j + 1] = sub.min(row[j] + 1).min(prev + 1);
+        }
+    }
+    row[h.len()] as f64 / r.len().max(1) as f64
+}
