@@ -1,0 +1,85 @@
+"""Paths, command-line options and file helpers shared by prepare.py and reference.py."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+CACHE = REPO / ".cache"
+SOURCES_DIR = CACHE / "sources"
+TESTDATA_DIR = CACHE / "testdata" / "speech"
+BUNDLE_NAME = "default"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def default_models_dir() -> Path:
+    if os.environ.get("LOOKOUT_MODELS"):
+        return Path(os.environ["LOOKOUT_MODELS"])
+    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data_home) / "lookout" / "models"
+
+
+def parse_args(description: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="models directory (default: $LOOKOUT_MODELS, else $XDG_DATA_HOME/lookout/models); "
+        f"the bundle goes into <dir>/{BUNDLE_NAME}/",
+    )
+    parser.add_argument("--force", action="store_true", help="rebuild even if the outputs are up to date")
+    parser.add_argument("--no-reference", action="store_true", help="skip the test references")
+    args = parser.parse_args()
+    args.out = (args.out or default_models_dir()).expanduser().resolve()
+    args.bundle = args.out / BUNDLE_NAME
+    return args
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def scripts_digest() -> str:
+    """Hash of the preparation code and pins, part of every up-to-date stamp."""
+    digest = hashlib.sha256()
+    for path in sorted(HERE.iterdir()):
+        if path.is_file() and path.suffix in (".py", ".toml", ".txt", ".sh"):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def write_atomic(path: Path, data: bytes) -> bool:
+    """Writes via a temporary file and rename; leaves an identical existing file untouched.
+
+    Returns True when the file was (re)written.
+    """
+    if path.is_file() and path.stat().st_size == len(data) and sha256_file(path) == sha256_bytes(data):
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return True

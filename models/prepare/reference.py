@@ -1,0 +1,281 @@
+"""Test references for the speech bundle: clips, log-mels and onnxruntime greedy Whisper transcripts.
+
+Writes $REPO/.cache/testdata/speech/:
+  *.wav            16 kHz mono 16-bit clips (espeak-ng + sox, and beckett.wav)
+  index.json       [{file, text, duration_s, sample_rate, decode}], where decode is null for clips
+                   over 30 s and otherwise maps each variant (f32, int8) to {prompt, tokens (generated,
+                   without prompt and <|endoftext|>), eot (stopped on <|endoftext|>), text,
+                   first_logits (logits[0:8] of the first step), first_argmax, matches_text,
+                   uncached_tokens_equal, encoder_sha256, decoder_sha256}. The prompt goes
+                   in as one decoder call (T=4, empty cache), then one token per call; int8
+                   results depend on that split (activations are quantized per call).
+  beckett.mel.npy  f32 [80, 3000] log-mel of beckett.wav (openai-whisper's recipe)
+  mel_80.npy       f32 [80, 201] mel filterbank from openai-whisper's mel_filters.npz
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+import audio
+import manifest
+from common import SOURCES_DIR, TESTDATA_DIR, parse_args, scripts_digest, write_atomic
+from sources import SourceError, ensure_sources
+from tokenizer import Tokenizer
+
+STAMP = ".reference-stamp"
+PROMPT = [50258, 50259, 50359, 50363]  # <|startoftranscript|> <|en|> <|transcribe|> <|notimestamps|>
+EOT = 50257
+MAX_TOKENS = 224
+VARIANTS = ("f32", "int8")
+
+UTTERANCES = [
+    ("what_do_you_see.wav", "what do you see"),
+    ("is_the_door_open.wav", "is the door open"),
+    ("how_many_people.wav", "how many people are outside"),
+    ("kitchen_light_weather.wav", "turn on the kitchen light and tell me the weather for tomorrow"),
+]
+LONG_CLIP = "long_sentences.wav"
+LONG_SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Please remind me to water the plants on Sunday morning.",
+    "There is a red car parked in front of the garage.",
+    "The children are playing football in the garden.",
+    "Can you tell me what time the bakery opens tomorrow?",
+    "It looks like it is going to rain this afternoon.",
+    "Somebody left the back door of the house open.",
+    "Turn off all the lights when everyone has gone to bed.",
+    "The package was delivered to the neighbor across the street.",
+]
+BECKETT = ("beckett.wav", "Ever tried. Ever failed. No matter. Try again. Fail again. Fail better.")
+
+
+def run(*cmd: str) -> str:
+    return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+
+
+def tool_versions() -> str:
+    return run("espeak-ng", "--version").strip() + " / " + run("sox", "--version").strip()
+
+
+def synthesize(text: str, out: Path, tmp: Path) -> None:
+    """espeak-ng (en-us, 150 wpm) resampled by sox to 16 kHz mono 16-bit, without dither."""
+    raw = tmp / (out.stem + ".espeak.wav")
+    run("espeak-ng", "-v", "en-us", "-s", "150", "-w", str(raw), text)
+    run("sox", "-D", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(out))
+
+
+def long_clip(sentences: list[str], out: Path, tmp: Path) -> None:
+    """The sentences one after another, separated by 1 s of silence."""
+    silence = tmp / "silence.wav"
+    run("sox", "-n", "-r", "16000", "-c", "1", "-b", "16", str(silence), "trim", "0", "1")
+    parts = []
+    for i, sentence in enumerate(sentences):
+        part = tmp / f"sentence_{i}.wav"
+        synthesize(sentence, part, tmp)
+        parts += [str(part), str(silence)]
+    run("sox", *parts[:-1], str(out))
+
+
+def words(text: str) -> list[str]:
+    return re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split()
+
+
+class Whisper:
+    """Greedy Whisper decoding with the bundle's ONNX graphs in onnxruntime (one thread)."""
+
+    def __init__(self, encoder: Path, decoder: Path, params: dict):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        self.encoder = ort.InferenceSession(str(encoder), options, providers=["CPUExecutionProvider"])
+        self.decoder = ort.InferenceSession(str(decoder), options, providers=["CPUExecutionProvider"])
+        cache = self.decoder.get_inputs()[1].shape  # [L, 1, H, past, D]
+        self.empty = np.zeros((cache[0], 1, cache[2], 0, cache[4]), np.float32)
+        self.suppress = np.array(params.get("suppress_ids", []), np.int64)
+        self.suppress_begin = np.array(params.get("suppress_ids_begin", []), np.int64)
+
+    def pick(self, logits: np.ndarray, first: bool) -> int:
+        """The runtime's greedy rule: no suppressed ids (and no blank or end first), no special tokens but the end."""
+        logits = logits.copy()
+        logits[self.suppress] = -np.inf
+        if first:
+            logits[self.suppress_begin] = -np.inf
+        logits[EOT + 1:] = -np.inf
+        return int(logits.argmax())
+
+    def encode(self, mel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return tuple(self.encoder.run(None, {"mel": mel[None]}))
+
+    def _step(self, tokens, self_k, self_v, cross):
+        feed = {"tokens": np.array([tokens], np.int64), "self_k": self_k, "self_v": self_v,
+                "cross_k": cross[0], "cross_v": cross[1]}
+        return self.decoder.run(None, feed)
+
+    def greedy(self, cross) -> tuple[list[int], bool, np.ndarray, list[float]]:
+        """KV-cache decoding: the prompt first, then one token per call.
+
+        Returns generated tokens, whether <|endoftext|> ended them, the first step's logits and
+        the time of each single-token step.
+        """
+        tokens, step_times = [], []
+        logits, self_k, self_v = self._step(PROMPT, self.empty, self.empty, cross)
+        first = logits[0]
+        while len(tokens) < MAX_TOKENS:
+            token = self.pick(logits[0], not tokens)
+            if token == EOT:
+                return tokens, True, first, step_times
+            tokens.append(token)
+            start = time.perf_counter()
+            logits, self_k, self_v = self._step([token], self_k, self_v, cross)
+            step_times.append(time.perf_counter() - start)
+        return tokens, False, first, step_times
+
+    def greedy_uncached(self, cross, limit: int) -> list[int]:
+        """The same greedy search recomputing the whole prefix (empty cache) at every step."""
+        tokens = []
+        while len(tokens) < limit:
+            logits, _, _ = self._step(PROMPT + tokens, self.empty, self.empty, cross)
+            token = self.pick(logits[0], not tokens)
+            if token == EOT:
+                break
+            tokens.append(token)
+        return tokens
+
+
+def save_npy(path: Path, array: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    write_atomic(path, buffer.getvalue())
+
+
+def main() -> int:
+    args = parse_args(__doc__.splitlines()[0])
+    if args.no_reference:
+        return 0
+    start = time.perf_counter()
+    manifest_path = args.bundle / "manifest.toml"
+    if not manifest_path.is_file():
+        print(f"error: no bundle at {args.bundle}; run prepare.py first", file=sys.stderr)
+        return 1
+    try:
+        sources = ensure_sources(SOURCES_DIR)
+    except (SourceError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+    digest = hashlib.sha256()
+    for part in (scripts_digest(), manifest_path.read_text(), tool_versions(),
+                 *sorted(s.sha256 for s in sources.values())):
+        digest.update(part.encode() + b"\0")
+    stamp = TESTDATA_DIR / STAMP
+    if not args.force and (TESTDATA_DIR / "index.json").is_file() and stamp.is_file() \
+            and stamp.read_text().strip() == digest.hexdigest():
+        print(f"test references up to date: {TESTDATA_DIR} ({time.perf_counter() - start:.1f} s)")
+        return 0
+    stamp.unlink(missing_ok=True)
+    TESTDATA_DIR.mkdir(parents=True, exist_ok=True)
+    print(f"writing test references to {TESTDATA_DIR}", flush=True)
+
+    # Clips.
+    clips = [*UTTERANCES, BECKETT, (LONG_CLIP, " ".join(LONG_SENTENCES))]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for name, text in UTTERANCES:
+            synthesize(text, tmp / name, tmp)
+        long_clip(LONG_SENTENCES, tmp / LONG_CLIP, tmp)
+        for name, _ in [*UTTERANCES, (LONG_CLIP, "")]:
+            write_atomic(TESTDATA_DIR / name, (tmp / name).read_bytes())
+    write_atomic(TESTDATA_DIR / BECKETT[0], sources["moonshine-onnx"].read("moonshine_onnx/assets/beckett.wav"))
+
+    npz = sources["openai-whisper"].read("openai_whisper-20250625/whisper/assets/mel_filters.npz")
+    filters = np.load(io.BytesIO(npz))["mel_80"].astype(np.float32)
+    save_npy(TESTDATA_DIR / "mel_80.npy", filters)
+
+    # Greedy transcripts per variant.
+    components = {(c["role"], c["variant"]): c for c in manifest.load(manifest_path)["component"]}
+    tokenizer = Tokenizer(args.bundle / components[("asr-tokenizer", "any")]["file"])
+    entries, problems, step_times = [], [], {v: [] for v in VARIANTS}
+    models = {}
+    for variant in VARIANTS:
+        enc, dec = components[("asr-encoder", variant)], components[("asr-decoder", variant)]
+        models[variant] = (Whisper(args.bundle / enc["file"], args.bundle / dec["file"], dec["params"]), enc, dec)
+
+    for name, text in clips:
+        samples, rate = audio.read_wav(TESTDATA_DIR / name)
+        if rate != audio.SAMPLE_RATE:
+            raise ValueError(f"{name}: expected {audio.SAMPLE_RATE} Hz, got {rate}")
+        duration = len(samples) / rate
+        entry = {"file": name, "text": text, "duration_s": round(duration, 3), "sample_rate": rate, "decode": None}
+        entries.append(entry)
+        print(f"\n{name} ({duration:.2f} s): {text!r}")
+        if duration > audio.CHUNK_SECONDS:
+            print("  longer than 30 s: no single-window transcript")
+            continue
+        mel = audio.log_mel(samples, filters)
+        if name == BECKETT[0]:
+            save_npy(TESTDATA_DIR / "beckett.mel.npy", mel)
+        entry["decode"] = {}
+        for variant in VARIANTS:
+            whisper, enc, dec = models[variant]
+            t0 = time.perf_counter()
+            cross = whisper.encode(mel)
+            encode_s = time.perf_counter() - t0
+            tokens, eot, first, times = whisper.greedy(cross)
+            step_times[variant] += times
+            transcript = tokenizer.decode(tokens)
+            matches = words(transcript) == words(text)
+            # The cache must reproduce decoding the whole prefix from scratch. Exactly so in f32;
+            # int8 quantizes each call's activations per tensor, so which rows share a call can
+            # change its results slightly.
+            uncached = whisper.greedy_uncached(cross, len(tokens) + 1)
+            if uncached != tokens and variant == "f32":
+                problems.append(f"{name} {variant}: KV-cache tokens {tokens} != uncached {uncached}")
+            if not matches:
+                problems.append(f"{name} {variant}: transcript {transcript!r} does not match {text!r}")
+            entry["decode"][variant] = {
+                "prompt": PROMPT, "tokens": tokens, "eot": eot, "text": transcript,
+                "first_logits": [round(float(x), 5) for x in first[:8]], "first_argmax": int(first.argmax()),
+                "matches_text": matches, "uncached_tokens_equal": uncached == tokens,
+                "encoder_sha256": enc["sha256"], "decoder_sha256": dec["sha256"],
+            }
+            mark = "ok" if matches else "MISMATCH"
+            print(f"  {variant:<4} {mark:<8} {transcript!r}  (encoder {encode_s:.2f} s, "
+                  f"{len(tokens)} tokens, same without cache: {'yes' if uncached == tokens else 'no'})")
+        f32, int8 = (entry["decode"][v]["tokens"] for v in VARIANTS)
+        print(f"  f32 vs int8: {'identical tokens' if f32 == int8 else 'tokens differ'}")
+
+    write_atomic(TESTDATA_DIR / "index.json", (json.dumps(entries, indent=2) + "\n").encode())
+
+    decoded = [e for e in entries if e["decode"]]
+    agree = sum(e["decode"]["f32"]["tokens"] == e["decode"]["int8"]["tokens"] for e in decoded)
+    print(f"\nf32 vs int8 agreement: {agree}/{len(decoded)} clips token-identical")
+    for variant in VARIANTS:
+        times = np.array(step_times[variant]) * 1000
+        if len(times):
+            print(f"decoder step ({variant}, onnxruntime, 1 thread): median {np.median(times):.1f} ms, "
+                  f"mean {times.mean():.1f} ms over {len(times)} steps")
+    if problems:
+        print("\n" + "!" * 72, file=sys.stderr)
+        for problem in problems:
+            print(f"!! {problem}", file=sys.stderr)
+        print("!" * 72, file=sys.stderr)
+    write_atomic(stamp, (digest.hexdigest() + "\n").encode())
+    print(f"test references done in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,318 @@
+"""Whisper encoder/decoder ONNX graphs (f32 and dynamic int8) built from CTranslate2 Whisper weights."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from ct2 import Ct2Model
+from graph import GraphBuilder, quantize_symmetric
+
+
+@dataclass(frozen=True)
+class WhisperDims:
+    n_mels: int
+    n_audio_ctx: int
+    n_text_ctx: int
+    n_vocab: int
+    d_model: int
+    n_heads: int
+    n_encoder_layers: int
+    n_decoder_layers: int
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+
+def _count_layers(names, prefix: str) -> int:
+    pattern = re.compile(rf"{prefix}/layer_(\d+)/")
+    return len({m.group(1) for n in names if (m := pattern.match(n))})
+
+
+def from_ct2(model: Ct2Model) -> tuple[WhisperDims, dict[str, np.ndarray]]:
+    """Maps CTranslate2's WhisperSpec variables to OpenAI Whisper state-dict names (f32 arrays).
+
+    CTranslate2 fuses self-attention q/k/v (`self_attention/linear_0`) and cross-attention k/v
+    (`attention/linear_1`); they are split again here. Whisper's key projections have no bias (the
+    fused CTranslate2 bias holds zeros there). Linear weights keep the [out, in] layout.
+    """
+    if model.spec != "WhisperSpec":
+        raise ValueError(f"expected a WhisperSpec model, got {model.spec}")
+    if model.scalar("decoder/activation") != 3 or not model.scalar("decoder/pre_norm"):
+        raise ValueError("unexpected decoder configuration (expected pre-norm with exact GELU)")
+
+    emb = model.f32("decoder/embeddings/weight")
+    dims = WhisperDims(
+        n_mels=model.get("encoder/conv1/weight").shape[1],
+        n_audio_ctx=model.get("encoder/position_encodings/encodings").shape[0],
+        n_text_ctx=model.get("decoder/position_encodings/encodings").shape[0],
+        n_vocab=emb.shape[0],
+        d_model=emb.shape[1],
+        n_heads=model.scalar("encoder/num_heads"),
+        n_encoder_layers=_count_layers(model.variables, "encoder"),
+        n_decoder_layers=_count_layers(model.variables, "decoder"),
+    )
+    if model.scalar("decoder/num_heads") != dims.n_heads:
+        raise ValueError("encoder and decoder head counts differ")
+    if "decoder/projection/weight" in model.variables and not np.array_equal(
+        model.get("decoder/projection/weight"), model.get("decoder/embeddings/weight")
+    ):
+        raise ValueError("output projection is not tied to the token embedding")
+    d = dims.d_model
+    w: dict[str, np.ndarray] = {}
+
+    def norm(dst: str, src: str) -> None:
+        w[f"{dst}.weight"] = model.f32(f"{src}/gamma")
+        w[f"{dst}.bias"] = model.f32(f"{src}/beta")
+
+    def dense(dst: str, src: str, rows: slice = slice(None), bias: bool = True) -> None:
+        w[f"{dst}.weight"] = model.f32(f"{src}/weight")[rows]
+        b = model.f32(f"{src}/bias")[rows]
+        if bias:
+            w[f"{dst}.bias"] = b
+        elif np.any(b):
+            raise ValueError(f"{src}: expected a zero key bias")
+
+    def mlp(dst: str, src: str) -> None:
+        norm(f"{dst}.mlp_ln", f"{src}/ffn/layer_norm")
+        dense(f"{dst}.mlp.0", f"{src}/ffn/linear_0")
+        dense(f"{dst}.mlp.2", f"{src}/ffn/linear_1")
+
+    def self_attn(dst: str, src: str) -> None:
+        norm(f"{dst}.attn_ln", f"{src}/self_attention/layer_norm")
+        qkv = f"{src}/self_attention/linear_0"
+        dense(f"{dst}.attn.query", qkv, slice(0, d))
+        dense(f"{dst}.attn.key", qkv, slice(d, 2 * d), bias=False)
+        dense(f"{dst}.attn.value", qkv, slice(2 * d, 3 * d))
+        dense(f"{dst}.attn.out", f"{src}/self_attention/linear_1")
+
+    w["encoder.conv1.weight"] = model.f32("encoder/conv1/weight")
+    w["encoder.conv1.bias"] = model.f32("encoder/conv1/bias")
+    w["encoder.conv2.weight"] = model.f32("encoder/conv2/weight")
+    w["encoder.conv2.bias"] = model.f32("encoder/conv2/bias")
+    w["encoder.positional_embedding"] = model.f32("encoder/position_encodings/encodings")
+    for i in range(dims.n_encoder_layers):
+        self_attn(f"encoder.blocks.{i}", f"encoder/layer_{i}")
+        mlp(f"encoder.blocks.{i}", f"encoder/layer_{i}")
+    norm("encoder.ln_post", "encoder/layer_norm")
+
+    w["decoder.token_embedding.weight"] = emb
+    w["decoder.positional_embedding"] = model.f32("decoder/position_encodings/encodings")
+    for i in range(dims.n_decoder_layers):
+        dst, src = f"decoder.blocks.{i}", f"decoder/layer_{i}"
+        self_attn(dst, src)
+        norm(f"{dst}.cross_attn_ln", f"{src}/attention/layer_norm")
+        dense(f"{dst}.cross_attn.query", f"{src}/attention/linear_0")
+        dense(f"{dst}.cross_attn.key", f"{src}/attention/linear_1", slice(0, d), bias=False)
+        dense(f"{dst}.cross_attn.value", f"{src}/attention/linear_1", slice(d, 2 * d))
+        dense(f"{dst}.cross_attn.out", f"{src}/attention/linear_2")
+        mlp(dst, src)
+    norm("decoder.ln", "decoder/layer_norm")
+    return dims, w
+
+
+class _Whisper:
+    """Shared pieces of the encoder and decoder graphs."""
+
+    def __init__(self, dims: WhisperDims, weights: dict[str, np.ndarray], builder: GraphBuilder):
+        self.dims, self.w, self.g = dims, weights, builder
+        # Whisper scales queries and keys by head_dim^-0.25 each; fold both into the query
+        # projection (a power of two for head_dim 64, so exact in f32).
+        self.q_scale = np.float32(dims.head_dim**-0.5)
+
+    def dense(self, x: str, prefix: str, scale: np.float32 | None = None) -> str:
+        weight = self.w[f"{prefix}.weight"].T
+        bias = self.w.get(f"{prefix}.bias")
+        if scale is not None:
+            weight = weight * scale
+            bias = bias * scale if bias is not None else None
+        return self.g.linear(x, weight, bias, prefix.rsplit(".", 1)[-1])
+
+    def norm(self, x: str, prefix: str) -> str:
+        return self.g.layer_norm(x, self.w[f"{prefix}.weight"], self.w[f"{prefix}.bias"])
+
+    def split_heads(self, x: str) -> str:
+        """[1, S, d] -> [1, H, S, D]"""
+        g = self.g
+        x = g.op("Reshape", x, g.ints(1, -1, self.dims.n_heads, self.dims.head_dim))
+        return g.op("Transpose", x, perm=[0, 2, 1, 3])
+
+    def merge_heads(self, x: str) -> str:
+        """[1, H, S, D] -> [1, S, d]"""
+        g = self.g
+        x = g.op("Transpose", x, perm=[0, 2, 1, 3])
+        return g.op("Reshape", x, g.ints(1, -1, self.dims.d_model))
+
+    def attend(self, q: str, k: str, v: str, mask: str | None = None) -> str:
+        """softmax(q k^T + mask) v over [1, H, S, D] tensors (q already scaled)."""
+        g = self.g
+        scores = g.op("MatMul", q, g.op("Transpose", k, perm=[0, 1, 3, 2]))
+        if mask is not None:
+            scores = g.op("Add", scores, mask)
+        return g.op("MatMul", g.op("Softmax", scores, axis=-1), v)
+
+    def fused_qkv(self, h: str, prefix: str) -> tuple[str, str, str]:
+        """One matmul for the self-attention q, k and v projections; returns [1, H, S, D] each."""
+        d, w = self.dims.d_model, self.w
+        weight = np.concatenate(
+            [w[f"{prefix}.query.weight"] * self.q_scale, w[f"{prefix}.key.weight"], w[f"{prefix}.value.weight"]]
+        ).T
+        bias = np.concatenate(
+            [w[f"{prefix}.query.bias"] * self.q_scale, np.zeros(d, np.float32), w[f"{prefix}.value.bias"]]
+        )
+        qkv = self.g.linear(h, weight, bias, "qkv")
+        q, k, v = self.g.op("Split", qkv, self.g.ints(d, d, d), outputs=3, axis=-1)
+        return self.split_heads(q), self.split_heads(k), self.split_heads(v)
+
+    def mlp(self, x: str, prefix: str) -> str:
+        g = self.g
+        with g.scope("mlp"):
+            h = self.norm(x, f"{prefix}.mlp_ln")
+            h = g.gelu(self.dense(h, f"{prefix}.mlp.0"))
+            return g.op("Add", x, self.dense(h, f"{prefix}.mlp.2"))
+
+
+def build_encoder(dims: WhisperDims, weights: dict[str, np.ndarray], int8: bool) -> onnx.ModelProto:
+    """mel f32[1, n_mels, frames] -> cross_k, cross_v f32[n_layers, 1, H, frames/2, D].
+
+    `frames` must be even and at most 2 * n_audio_ctx; the positional embedding is sliced to the
+    number of encoder positions, so shorter inputs encode only the audio they contain.
+    """
+    g = GraphBuilder("whisper_encoder", int8=int8)
+    m = _Whisper(dims, weights, g)
+    w, d, L = weights, dims.d_model, dims.n_decoder_layers
+
+    mel = g.input("mel", "f32", [1, dims.n_mels, "frames"])
+    with g.scope("stem"):
+        x = g.op("Conv", mel, g.const(w["encoder.conv1.weight"], "conv1.weight"),
+                 g.const(w["encoder.conv1.bias"], "conv1.bias"), kernel_shape=[3], pads=[1, 1])
+        x = g.gelu(x)
+        x = g.op("Conv", x, g.const(w["encoder.conv2.weight"], "conv2.weight"),
+                 g.const(w["encoder.conv2.bias"], "conv2.bias"), kernel_shape=[3], pads=[1, 1], strides=[2])
+        x = g.gelu(x)
+        x = g.op("Transpose", x, perm=[0, 2, 1])  # [1, N, d]
+        n = g.op("Slice", g.op("Shape", x), g.ints(1), g.ints(2))
+        pos = g.op("Slice", g.const(w["encoder.positional_embedding"], "positional_embedding"),
+                   g.ints(0), n, g.ints(0))
+        x = g.op("Add", x, pos)
+
+    for i in range(dims.n_encoder_layers):
+        p = f"encoder.blocks.{i}"
+        with g.scope(f"layer_{i}"):
+            with g.scope("attn"):
+                h = m.norm(x, f"{p}.attn_ln")
+                q, k, v = m.fused_qkv(h, f"{p}.attn")
+                x = g.op("Add", x, m.dense(m.merge_heads(m.attend(q, k, v)), f"{p}.attn.out"))
+            x = m.mlp(x, p)
+
+    with g.scope("cross_kv"):
+        x = m.norm(x, "encoder.ln_post")
+        # All decoder layers' cross-attention k/v projections as one matmul; columns ordered
+        # (layer, k|v, head, head_dim).
+        weight = np.concatenate(
+            [w[f"decoder.blocks.{i}.cross_attn.{kv}.weight"] for i in range(L) for kv in ("key", "value")]
+        ).T
+        bias = np.concatenate(
+            [
+                w.get(f"decoder.blocks.{i}.cross_attn.{kv}.bias", np.zeros(d, np.float32))
+                for i in range(L)
+                for kv in ("key", "value")
+            ]
+        )
+        kv = g.linear(x, weight, bias, "kv")  # [1, N, L*2*d]
+        kv = g.op("Reshape", kv, g.ints(1, -1, L, 2, dims.n_heads, dims.head_dim))
+        kv = g.op("Transpose", kv, perm=[3, 2, 0, 4, 1, 5])  # [2, L, 1, H, N, D]
+        cross_k = g.op("Gather", kv, g.const(np.int64(0), "k_index"), axis=0)
+        cross_v = g.op("Gather", kv, g.const(np.int64(1), "v_index"), axis=0)
+
+    # The position dim stays unnamed: engines derive it from the convolution ((frames+1)/2 in
+    # tract, equal to frames/2 for even frames); a declared symbol would have to unify with that.
+    out_shape = [L, 1, dims.n_heads, None, dims.head_dim]
+    g.output(cross_k, "cross_k", "f32", out_shape)
+    g.output(cross_v, "cross_v", "f32", out_shape)
+    return g.model(
+        f"Whisper encoder ({'int8 dynamic' if int8 else 'f32'}): mel -> per-decoder-layer cross-attention k/v",
+        {"lookout.model": "whisper-base-encoder", "lookout.variant": "int8" if int8 else "f32"},
+    )
+
+
+def build_decoder(dims: WhisperDims, weights: dict[str, np.ndarray], int8: bool) -> onnx.ModelProto:
+    """tokens i64[1, T] + self k/v cache [L, 1, H, P, D] + cross k/v -> last logits and the grown cache."""
+    g = GraphBuilder("whisper_decoder", int8=int8)
+    m = _Whisper(dims, weights, g)
+    w, L, H, D = weights, dims.n_decoder_layers, dims.n_heads, dims.head_dim
+
+    tokens = g.input("tokens", "i64", [1, "tokens"])
+    cache_shape = [L, 1, H, "past", D]
+    self_k = g.input("self_k", "f32", cache_shape)
+    self_v = g.input("self_v", "f32", cache_shape)
+    cross_shape = [L, 1, H, "audio", D]
+    cross_k = g.input("cross_k", "f32", cross_shape)
+    cross_v = g.input("cross_v", "f32", cross_shape)
+
+    emb = w["decoder.token_embedding.weight"]
+    with g.scope("embed"):
+        if int8:
+            emb_q, emb_scale = quantize_symmetric(emb, axis=0)
+            rows = g.op("Cast", g.op("Gather", g.const(emb_q, "token_embedding_i8"), tokens, axis=0),
+                        to=onnx.TensorProto.FLOAT)
+            scales = g.op("Gather", g.const(emb_scale.reshape(-1, 1), "token_embedding_scale"), tokens, axis=0)
+            x = g.op("Mul", rows, scales)  # [1, T, d]
+        else:
+            x = g.op("Gather", g.const(emb, "token_embedding"), tokens, axis=0)
+        # Positions P .. P+T-1, with P the cache length.
+        past = g.op("Slice", g.op("Shape", self_k), g.ints(3), g.ints(4))
+        count = g.op("Slice", g.op("Shape", tokens), g.ints(1), g.ints(2))
+        end = g.op("Add", past, count)
+        pos = g.op("Slice", g.const(w["decoder.positional_embedding"], "positional_embedding"), past, end, g.ints(0))
+        x = g.op("Add", x, pos)
+        # Causal mask rows P .. P+T-1 over keys 0 .. P+T-1: [T, P+T].
+        causal = np.triu(np.full((dims.n_text_ctx, dims.n_text_ctx), -np.inf, np.float32), 1)
+        mask = g.op("Slice", g.const(causal, "causal_mask"), past, end, g.ints(0))
+        mask = g.op("Slice", mask, g.ints(0), end, g.ints(1))
+
+    keys, values = [], []
+    for i in range(L):
+        p = f"decoder.blocks.{i}"
+        layer = g.const(np.int64(i), "layer")
+        with g.scope(f"layer_{i}"):
+            with g.scope("self_attn"):
+                h = m.norm(x, f"{p}.attn_ln")
+                q, k, v = m.fused_qkv(h, f"{p}.attn")
+                k = g.op("Concat", g.op("Gather", self_k, layer, axis=0), k, axis=2)
+                v = g.op("Concat", g.op("Gather", self_v, layer, axis=0), v, axis=2)
+                keys.append(g.op("Unsqueeze", k, g.ints(0)))
+                values.append(g.op("Unsqueeze", v, g.ints(0)))
+                x = g.op("Add", x, m.dense(m.merge_heads(m.attend(q, k, v, mask)), f"{p}.attn.out"))
+            with g.scope("cross_attn"):
+                h = m.norm(x, f"{p}.cross_attn_ln")
+                q = m.split_heads(m.dense(h, f"{p}.cross_attn.query", scale=m.q_scale))
+                ck = g.op("Gather", cross_k, layer, axis=0)
+                cv = g.op("Gather", cross_v, layer, axis=0)
+                x = g.op("Add", x, m.dense(m.merge_heads(m.attend(q, ck, cv)), f"{p}.cross_attn.out"))
+            x = m.mlp(x, p)
+
+    with g.scope("head"):
+        x = g.op("Slice", x, g.op("Sub", count, g.ints(1)), count, g.ints(1))  # last position only
+        x = m.norm(x, "decoder.ln")
+        x = g.op("Reshape", x, g.ints(1, dims.d_model))
+        if int8:
+            # Tied projection, stored transposed as its own int8 [d, n_vocab] weight.
+            logits = g.int8_matmul(x, *quantize_symmetric(emb.T, axis=1))
+        else:
+            # Tied projection stored as its own [d, n_vocab] copy: a constant shared by the
+            # Gather and the MatMul would be repacked by tract on every run.
+            logits = g.op("MatMul", x, g.const(np.ascontiguousarray(emb.T), "projection"))
+
+    g.output(logits, "logits", "f32", [1, dims.n_vocab])
+    grown = [L, 1, H, None, D]  # past+tokens, derived by the engine
+    g.output(g.op("Concat", *keys, axis=0), "self_k_out", "f32", grown)
+    g.output(g.op("Concat", *values, axis=0), "self_v_out", "f32", grown)
+    return g.model(
+        f"Whisper decoder ({'int8 dynamic' if int8 else 'f32'}) with self-attention k/v cache",
+        {"lookout.model": "whisper-base-decoder", "lookout.variant": "int8" if int8 else "f32"},
+    )
