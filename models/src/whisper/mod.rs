@@ -70,18 +70,22 @@ pub enum Task {
 pub enum Window {
     /// Always the full 30 s window, as Whisper was trained.
     Full,
-    /// Only the frames the audio needs plus a margin of silence (in mel frames), rounded up to whole seconds.
-    Fit { margin_frames: usize },
+    /// Only the frames the audio needs plus a margin of silence, rounded up to whole seconds, never fewer than
+    /// `min_frames` (below about 5 s the model tends to loop on short queries).
+    Fit { margin_frames: usize, min_frames: usize },
 }
 
 impl Window {
+    /// The short window: 1 s of margin, at least 5 s.
+    pub const FIT: Window = Window::Fit { margin_frames: 100, min_frames: 500 };
+
     /// The mel frames to encode for `samples` samples of audio.
     pub fn frames_for(self, samples: usize, max_frames: usize) -> usize {
         match self {
             Window::Full => max_frames,
-            Window::Fit { margin_frames } => {
-                let needed = samples.div_ceil(HOP) + margin_frames;
-                needed.div_ceil(100).saturating_mul(100).clamp(100, max_frames)
+            Window::Fit { margin_frames, min_frames } => {
+                let needed = (samples.div_ceil(HOP) + margin_frames).max(min_frames);
+                needed.div_ceil(100).saturating_mul(100).min(max_frames)
             }
         }
     }
@@ -263,6 +267,10 @@ impl WhisperSession<'_> {
                 break;
             }
             out.push(next);
+            if let Some(keep) = repetition_cut(&out) {
+                out.truncate(keep);
+                break;
+            }
             step_ids.clear();
             step_ids.push(self.checked_id(next)?);
         }
@@ -298,6 +306,16 @@ fn tvec_of<const N: usize>(values: [TValue; N]) -> tract_onnx::prelude::TVec<TVa
     values.into_iter().collect()
 }
 
+/// Where a decoding loop begins: when the output ends with the same phrase (2 to 32 tokens) three times over,
+/// the length that keeps its first occurrence.
+pub fn repetition_cut(tokens: &[u32]) -> Option<usize> {
+    let n = tokens.len();
+    (2..=32).take_while(|k| 3 * k <= n).find_map(|k| {
+        let last = &tokens[n - k..];
+        (last == &tokens[n - 2 * k..n - k] && last == &tokens[n - 3 * k..n - 2 * k]).then(|| n - 2 * k)
+    })
+}
+
 /// Index of the largest value (the first on ties); NaN never wins.
 pub fn argmax(values: &[f32]) -> usize {
     let mut best = 0;
@@ -311,4 +329,25 @@ pub fn argmax(values: &[f32]) -> usize {
 
 fn ms_since(start: Instant) -> f64 {
     start.elapsed().as_secs_f64() * 1e3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_phrase_said_three_times_is_cut_to_one() {
+        let looped = [7, 1, 2, 3, 1, 2, 3, 1, 2, 3];
+        assert_eq!(repetition_cut(&looped), Some(4));
+        assert_eq!(repetition_cut(&[5, 5, 5]), None, "one-token repeats are real speech (\"no no no\")");
+        assert_eq!(repetition_cut(&[1, 2, 3, 1, 2, 4, 1, 2, 3]), None);
+    }
+
+    #[test]
+    fn fit_window_covers_the_audio_with_margin_and_floor() {
+        assert_eq!(Window::FIT.frames_for(16_000, 3000), 500);
+        assert_eq!(Window::FIT.frames_for(16_000 * 8 + 1, 3000), 1000);
+        assert_eq!(Window::FIT.frames_for(WINDOW_SAMPLES, 3000), 3000);
+        assert_eq!(Window::Full.frames_for(100, 3000), 3000);
+    }
 }

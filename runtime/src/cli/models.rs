@@ -77,13 +77,9 @@ pub fn run(ctx: &Context, command: ModelsCommand) -> anyhow::Result<()> {
                 print_table(&rows);
             }
             if let Some(first) = bad.first() {
-                let names: Vec<&str> = bad.iter().map(|r| r.name).collect();
-                anyhow::bail!(
-                    "bundle {} failed verification: {} ({})",
-                    bundle.manifest.name,
-                    names.join(", "),
-                    describe(first.status.as_ref(), first.file)
-                );
+                let component = bundle.manifest.components.iter().find(|c| c.name == first.name).expect("row of this bundle");
+                let cause = bundle.checked_path(component).err().map(anyhow::Error::new).unwrap_or_else(|| anyhow::anyhow!("{} changed during verification", first.file));
+                return Err(cause.context(format!("bundle {}: {} of {} files failed verification", bundle.manifest.name, bad.len(), rows.len())));
             }
             Ok(())
         }

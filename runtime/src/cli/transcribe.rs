@@ -47,7 +47,7 @@ impl WindowArg {
     pub fn window(self) -> Window {
         match self {
             WindowArg::Full => Window::Full,
-            WindowArg::Fit => Window::Fit { margin_frames: 100 },
+            WindowArg::Fit => Window::FIT,
         }
     }
 }

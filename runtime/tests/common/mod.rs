@@ -45,9 +45,9 @@ impl Clip {
     }
 
     pub fn reference_tokens(&self, variant: &str) -> Vec<u64> {
-        self.entry["onnxruntime"][variant]["tokens"]
+        self.entry["decode"][variant]["tokens"]
             .as_array()
-            .unwrap_or_else(|| panic!("no onnxruntime {variant} tokens for {}", self.file))
+            .unwrap_or_else(|| panic!("no onnxruntime {variant} tokens (decode.{variant}.tokens) for {}", self.file))
             .iter()
             .map(|t| t.as_u64().unwrap())
             .collect()
