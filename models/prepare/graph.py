@@ -52,6 +52,7 @@ class GraphBuilder:
         self._scope: list[str] = []
         self._consts: dict[tuple, str] = {}
         self._quantized: dict[str, list[str]] = {}
+        self.domains: set[str] = set()
 
     # --- naming -------------------------------------------------------------------------------
 
@@ -121,17 +122,20 @@ class GraphBuilder:
 
     # --- nodes --------------------------------------------------------------------------------
 
-    def op(self, op_type: str, *inputs: str, outputs: int = 1, name: str | None = None, **attrs):
+    def op(self, op_type: str, *inputs: str, outputs: int = 1, name: str | None = None, domain: str = "", **attrs):
         node_name = self._unique(name or op_type)
         outs = [f"{node_name}:{i}" if outputs > 1 else node_name for i in range(outputs)]
         self._names.update(outs)
-        self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=node_name, **attrs))
+        self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=node_name, domain=domain, **attrs))
+        if domain:
+            self.domains.add(domain)
         return outs if outputs > 1 else outs[0]
 
-    def linear(self, x: str, weight: np.ndarray, bias: np.ndarray | None, name: str) -> str:
-        """x @ weight + bias with weight [in, out]; int8 mode quantizes weight per output column."""
+    def linear(self, x: str, weight: np.ndarray, bias: np.ndarray | None, name: str, float_only: bool = False) -> str:
+        """x @ weight + bias with weight [in, out]; int8 mode quantizes weight per output column
+        unless `float_only` (for inputs whose outliers one per-tensor activation scale cannot hold)."""
         with self.scope(name):
-            if self.int8:
+            if self.int8 and not float_only:
                 y = self.int8_matmul(x, *quantize_symmetric(weight, axis=1))
             else:
                 y = self.op("MatMul", x, self.const(weight.astype(np.float32), "weight"))
@@ -184,7 +188,7 @@ class GraphBuilder:
         )
         model = helper.make_model(
             graph,
-            opset_imports=[helper.make_opsetid("", OPSET)],
+            opset_imports=[helper.make_opsetid("", OPSET), *(helper.make_opsetid(d, 1) for d in sorted(self.domains))],
             producer_name="lookout-prepare",
             doc_string=doc,
         )

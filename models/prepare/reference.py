@@ -9,6 +9,8 @@ Writes $REPO/.cache/testdata/speech/:
                    uncached_tokens_equal, encoder_sha256, decoder_sha256}. The prompt goes
                    in as one decoder call (T=4, empty cache), then one token per call; int8
                    results depend on that split (activations are quantized per call).
+  vad.json         {clip: [speech probability per 512-sample chunk]} from Silero VAD in onnxruntime
+  clip_30s.wav     the first 30 s of the long clip (for `lookout bench`; not in index.json)
   beckett.mel.npy  f32 [80, 3000] log-mel of beckett.wav (openai-whisper's recipe)
   mel_80.npy       f32 [80, 201] mel filterbank from openai-whisper's mel_filters.npz
 """
@@ -47,6 +49,7 @@ UTTERANCES = [
     ("kitchen_light_weather.wav", "turn on the kitchen light and tell me the weather for tomorrow"),
 ]
 LONG_CLIP = "long_sentences.wav"
+BENCH_CLIP = "clip_30s.wav"  # the first 30 s of LONG_CLIP: one full window, for `lookout bench`
 LONG_SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
     "Please remind me to water the plants on Sunday morning.",
@@ -155,6 +158,27 @@ class Whisper:
         return tokens
 
 
+def vad_probabilities(model: Path, params: dict, clip: Path) -> list[float]:
+    """Silero's speech probability per chunk in onnxruntime: each call sees the previous call's last
+    `context` samples before its `chunk` new ones (zeros at the start, the last chunk zero-padded)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    chunk, context = params["chunk"], params["context"]
+    samples, _ = audio.read_wav(clip)
+    state = np.zeros((2, 1, params["state_size"]), np.float32)
+    window = np.zeros(context + chunk, np.float32)
+    probs = []
+    for start in range(0, len(samples), chunk):
+        piece = samples[start:start + chunk]
+        window[:context] = window[chunk:]
+        window[context:] = 0.0
+        window[context:context + len(piece)] = piece
+        out, state = session.run(None, {"input": window[None], "state": state})
+        probs.append(round(float(out.reshape(-1)[0]), 6))
+    return probs
+
+
 def save_npy(path: Path, array: np.ndarray) -> None:
     buffer = io.BytesIO()
     np.save(buffer, array)
@@ -196,7 +220,8 @@ def main() -> int:
         for name, text in UTTERANCES:
             synthesize(text, tmp / name, tmp)
         long_clip(LONG_SENTENCES, tmp / LONG_CLIP, tmp)
-        for name, _ in [*UTTERANCES, (LONG_CLIP, "")]:
+        run("sox", str(tmp / LONG_CLIP), str(tmp / BENCH_CLIP), "trim", "0", "30")
+        for name, _ in [*UTTERANCES, (LONG_CLIP, ""), (BENCH_CLIP, "")]:
             write_atomic(TESTDATA_DIR / name, (tmp / name).read_bytes())
     write_atomic(TESTDATA_DIR / BECKETT[0], sources["moonshine-onnx"].read("moonshine_onnx/assets/beckett.wav"))
 
@@ -258,6 +283,11 @@ def main() -> int:
         print(f"  f32 vs int8: {'identical tokens' if f32 == int8 else 'tokens differ'}")
 
     write_atomic(TESTDATA_DIR / "index.json", (json.dumps(entries, indent=2) + "\n").encode())
+
+    vad = components[("vad", "f32")]
+    probabilities = {name: vad_probabilities(args.bundle / vad["file"], vad["params"], TESTDATA_DIR / name)
+                     for name in (BECKETT[0], "how_many_people.wav")}
+    write_atomic(TESTDATA_DIR / "vad.json", (json.dumps(probabilities) + "\n").encode())
 
     decoded = [e for e in entries if e["decode"]]
     agree = sum(e["decode"]["f32"]["tokens"] == e["decode"]["int8"]["tokens"] for e in decoded)

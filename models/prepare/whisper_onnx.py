@@ -124,13 +124,13 @@ class _Whisper:
         # projection (a power of two for head_dim 64, so exact in f32).
         self.q_scale = np.float32(dims.head_dim**-0.5)
 
-    def dense(self, x: str, prefix: str, scale: np.float32 | None = None) -> str:
+    def dense(self, x: str, prefix: str, scale: np.float32 | None = None, float_only: bool = False) -> str:
         weight = self.w[f"{prefix}.weight"].T
         bias = self.w.get(f"{prefix}.bias")
         if scale is not None:
             weight = weight * scale
             bias = bias * scale if bias is not None else None
-        return self.g.linear(x, weight, bias, prefix.rsplit(".", 1)[-1])
+        return self.g.linear(x, weight, bias, prefix.rsplit(".", 1)[-1], float_only)
 
     def norm(self, x: str, prefix: str) -> str:
         return self.g.layer_norm(x, self.w[f"{prefix}.weight"], self.w[f"{prefix}.bias"])
@@ -155,8 +155,9 @@ class _Whisper:
             scores = g.op("Add", scores, mask)
         return g.op("MatMul", g.op("Softmax", scores, axis=-1), v)
 
-    def fused_qkv(self, h: str, prefix: str) -> tuple[str, str, str]:
-        """One matmul for the self-attention q, k and v projections; returns [1, H, S, D] each."""
+    def fused_qkv(self, h: str, prefix: str, split: bool = True) -> tuple[str, str, str]:
+        """One matmul for the self-attention q, k and v projections; returns [1, H, S, D] each
+        ([1, S, d] each when not split into heads)."""
         d, w = self.dims.d_model, self.w
         weight = np.concatenate(
             [w[f"{prefix}.query.weight"] * self.q_scale, w[f"{prefix}.key.weight"], w[f"{prefix}.value.weight"]]
@@ -166,14 +167,27 @@ class _Whisper:
         )
         qkv = self.g.linear(h, weight, bias, "qkv")
         q, k, v = self.g.op("Split", qkv, self.g.ints(d, d, d), outputs=3, axis=-1)
+        if not split:
+            return q, k, v
         return self.split_heads(q), self.split_heads(k), self.split_heads(v)
+
+    def self_attend(self, q: str, k: str, v: str) -> str:
+        """Bidirectional multi-head attention over [1, S, d] (q already scaled), as one fused op.
+
+        com.microsoft MultiHeadAttention maps to a flash-attention kernel in tract and in
+        onnxruntime, so the [H, S, S] score matrix (72 MB for a 30 s window) never exists.
+        """
+        return self.g.op("MultiHeadAttention", q, k, v, domain="com.microsoft",
+                         num_heads=self.dims.n_heads, scale=1.0)
 
     def mlp(self, x: str, prefix: str) -> str:
         g = self.g
         with g.scope("mlp"):
             h = self.norm(x, f"{prefix}.mlp_ln")
             h = g.gelu(self.dense(h, f"{prefix}.mlp.0"))
-            return g.op("Add", x, self.dense(h, f"{prefix}.mlp.2"))
+            # The GELU output has rare large values: one int8 scale per tensor for it cost up to 48%
+            # relative error in the logits, so the second MLP matmul stays in f32.
+            return g.op("Add", x, self.dense(h, f"{prefix}.mlp.2", float_only=True))
 
 
 def build_encoder(dims: WhisperDims, weights: dict[str, np.ndarray], int8: bool) -> onnx.ModelProto:
@@ -205,8 +219,8 @@ def build_encoder(dims: WhisperDims, weights: dict[str, np.ndarray], int8: bool)
         with g.scope(f"layer_{i}"):
             with g.scope("attn"):
                 h = m.norm(x, f"{p}.attn_ln")
-                q, k, v = m.fused_qkv(h, f"{p}.attn")
-                x = g.op("Add", x, m.dense(m.merge_heads(m.attend(q, k, v)), f"{p}.attn.out"))
+                q, k, v = m.fused_qkv(h, f"{p}.attn", split=False)
+                x = g.op("Add", x, m.dense(m.self_attend(q, k, v), f"{p}.attn.out"))
             x = m.mlp(x, p)
 
     with g.scope("cross_kv"):

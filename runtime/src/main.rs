@@ -3,6 +3,7 @@
 
 mod cli;
 mod exit;
+mod memory;
 
 use std::process::ExitCode;
 

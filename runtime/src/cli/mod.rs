@@ -1,5 +1,6 @@
 //! Command-line arguments and dispatch to one module per subcommand.
 
+mod bench;
 mod models;
 mod transcribe;
 
@@ -25,6 +26,8 @@ pub struct Args {
 enum Command {
     /// Speech to text from a WAV or FLAC file.
     Transcribe(transcribe::TranscribeArgs),
+    /// Benchmark against peers on the same weights and inputs.
+    Bench(bench::BenchArgs),
     /// List or verify model bundles.
     #[command(subcommand)]
     Models(models::ModelsCommand),
@@ -36,6 +39,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
         Command::Transcribe(a) => transcribe::run(&ctx, a),
         Command::Models(c) => models::run(&ctx, c),
+        Command::Bench(a) => bench::run(&ctx, a),
     }
 }
 

@@ -12,6 +12,7 @@ use lookout_models::whisper::{DecodeOptions, Task, Whisper, Window};
 use serde::Serialize;
 
 use super::{print_json, Context};
+use crate::memory;
 
 #[derive(Debug, Args)]
 pub struct TranscribeArgs {
@@ -71,6 +72,14 @@ struct Output<'t> {
     duration_s: f64,
     frames: &'t [usize],
     timings_ms: Timings,
+    /// Resident memory after loading the models, and at its peak while transcribing.
+    memory: Option<Memory>,
+}
+
+#[derive(Serialize)]
+struct Memory {
+    loaded_mib: f64,
+    peak_mib: f64,
 }
 
 pub fn run(ctx: &Context, args: TranscribeArgs) -> anyhow::Result<()> {
@@ -84,6 +93,7 @@ pub fn run(ctx: &Context, args: TranscribeArgs) -> anyhow::Result<()> {
     let vad = if args.no_vad { None } else { Some(SileroVad::load(&bundle)?) };
     let mut transcriber = Transcriber::new(&whisper, vad.as_ref())?;
     let load_ms = ms_since(started);
+    let loaded = memory::rss();
 
     let options = DecodeOptions {
         language: args.language,
@@ -92,6 +102,7 @@ pub fn run(ctx: &Context, args: TranscribeArgs) -> anyhow::Result<()> {
         ..DecodeOptions::default()
     };
     let transcript = transcriber.transcribe(&samples, &options)?;
+    let memory = loaded.zip(memory::rss()).map(|(l, end)| Memory { loaded_mib: l.rss_mib, peak_mib: end.peak_mib });
     if args.json {
         let t = &transcript.timings_ms;
         print_json(&Output {
@@ -102,6 +113,7 @@ pub fn run(ctx: &Context, args: TranscribeArgs) -> anyhow::Result<()> {
             duration_s: samples.len() as f64 / 16_000.0,
             frames: &transcript.frames,
             timings_ms: Timings { load: load_ms, audio: audio_ms, vad: t.vad, mel: t.mel, encode: t.encode, decode: t.decode },
+            memory,
         })
     } else {
         println!("{}", transcript.text);
