@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-OPSET = 13
+OPSET = 23  # for Attention (the decoder's cross-attention)
 IR_VERSION = 8
 # Largest int8 matmul weight (elements) kept in one block; see GraphBuilder.int8_matmul.
 MAX_INT8_WEIGHT = 1 << 20
@@ -166,9 +166,10 @@ class GraphBuilder:
         return self.op("Mul", acc, scale, name="dequantize")
 
     def layer_norm(self, x: str, gamma: np.ndarray, beta: np.ndarray, eps: float = 1e-5) -> str:
-        mean = self.op("ReduceMean", x, axes=[-1], keepdims=1)
+        last = self.ints(-1)
+        mean = self.op("ReduceMean", x, last, keepdims=1)
         centered = self.op("Sub", x, mean)
-        var = self.op("ReduceMean", self.op("Mul", centered, centered), axes=[-1], keepdims=1)
+        var = self.op("ReduceMean", self.op("Mul", centered, centered), last, keepdims=1)
         std = self.op("Sqrt", self.op("Add", var, self.const(np.float32(eps), "eps")))
         y = self.op("Div", centered, std)
         y = self.op("Mul", y, self.const(gamma.astype(np.float32), "gamma"))

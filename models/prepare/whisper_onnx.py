@@ -198,7 +198,7 @@ def build_encoder(dims: WhisperDims, weights: dict[str, np.ndarray], int8: bool)
     """
     g = GraphBuilder("whisper_encoder", int8=int8)
     m = _Whisper(dims, weights, g)
-    w, d, L = weights, dims.d_model, dims.n_decoder_layers
+    w, L = weights, dims.n_decoder_layers
 
     mel = g.input("mel", "f32", [1, dims.n_mels, "frames"])
     with g.scope("stem"):
@@ -225,23 +225,17 @@ def build_encoder(dims: WhisperDims, weights: dict[str, np.ndarray], int8: bool)
 
     with g.scope("cross_kv"):
         x = m.norm(x, "encoder.ln_post")
-        # All decoder layers' cross-attention k/v projections as one matmul; columns ordered
-        # (layer, k|v, head, head_dim).
-        weight = np.concatenate(
-            [w[f"decoder.blocks.{i}.cross_attn.{kv}.weight"] for i in range(L) for kv in ("key", "value")]
-        ).T
-        bias = np.concatenate(
-            [
-                w.get(f"decoder.blocks.{i}.cross_attn.{kv}.bias", np.zeros(d, np.float32))
-                for i in range(L)
-                for kv in ("key", "value")
-            ]
-        )
-        kv = g.linear(x, weight, bias, "kv")  # [1, N, L*2*d]
-        kv = g.op("Reshape", kv, g.ints(1, -1, L, 2, dims.n_heads, dims.head_dim))
-        kv = g.op("Transpose", kv, perm=[3, 2, 0, 4, 1, 5])  # [2, L, 1, H, N, D]
-        cross_k = g.op("Gather", kv, g.const(np.int64(0), "k_index"), axis=0)
-        cross_v = g.op("Gather", kv, g.const(np.int64(1), "v_index"), axis=0)
+        # One projection per decoder layer, each moved straight into [1, 1, H, N, D]: a single
+        # [N, L*2*d] projection kept several full-size copies (cast, scale, transpose) alive at once.
+        outputs = {}
+        for kind in ("key", "value"):
+            per_layer = []
+            for i in range(L):
+                with g.scope(f"layer_{i}"):
+                    y = m.dense(x, f"decoder.blocks.{i}.cross_attn.{kind}")
+                    per_layer.append(g.op("Unsqueeze", m.split_heads(y), g.ints(0)))
+            outputs[kind] = g.op("Concat", *per_layer, axis=0)
+        cross_k, cross_v = outputs["key"], outputs["value"]
 
     # The position dim stays unnamed: engines derive it from the convolution ((frames+1)/2 in
     # tract, equal to frames/2 for even frames); a declared symbol would have to unify with that.
@@ -307,7 +301,11 @@ def build_decoder(dims: WhisperDims, weights: dict[str, np.ndarray], int8: bool)
                 q = m.split_heads(m.dense(h, f"{p}.cross_attn.query", scale=m.q_scale))
                 ck = g.op("Gather", cross_k, layer, axis=0)
                 cv = g.op("Gather", cross_v, layer, axis=0)
-                x = g.op("Add", x, m.dense(m.merge_heads(m.attend(q, ck, cv)), f"{p}.cross_attn.out"))
+                # ONNX Attention runs on tract's flash kernel, which reads this layer's cached k/v as
+                # they are; as two MatMuls tract repacked both on every step (most of a step's time
+                # with a 30 s window).
+                y = g.op("Attention", q, ck, cv, scale=1.0)
+                x = g.op("Add", x, m.dense(m.merge_heads(y), f"{p}.cross_attn.out"))
             x = m.mlp(x, p)
 
     with g.scope("head"):
