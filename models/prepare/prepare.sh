@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
-# Builds the speech model bundle and its test references: sets up .cache/venv, then runs prepare.py and reference.py.
+# Builds the model bundle (speech + vision) and its test references: sets up .cache/venv (and .cache/venv-tf when the
+# TF.js detector must be converted), then runs centernet.py, prepare.py, reference.py and reference_vision.py.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 venv="$repo/.cache/venv"
+venv_tf="$repo/.cache/venv-tf"
 python="${PYTHON:-python3}"
 
-# System tools: espeak-ng and sox make the test speech, flac the FLAC fixtures; installed with apt when missing.
+# System tools: espeak-ng and sox make the test speech, flac the FLAC fixtures, npm and dpkg-deb fetch and unpack
+# npm and Debian sources, the fonts render the OCR test images; installed with apt when missing.
 missing=()
-for tool in espeak-ng:espeak-ng sox:sox flac:flac; do
+for tool in espeak-ng:espeak-ng sox:sox flac:flac npm:npm dpkg-deb:dpkg; do
     command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
+done
+for font in /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf:fonts-dejavu-core \
+            /usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf:fonts-liberation; do
+    [[ -f "${font%%:*}" ]] || missing+=("${font#*:}")
 done
 "$python" -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 if [[ ${#missing[@]} -gt 0 ]]; then
@@ -24,16 +31,29 @@ if [[ ${#missing[@]} -gt 0 ]]; then
     fi
 fi
 
-# The venv is rebuilt whenever requirements.txt or the interpreter changes.
-want="$( { sha256sum "$here/requirements.txt"; "$python" -c 'import sys; print(sys.version)'; } | sha256sum | cut -d' ' -f1)"
-stamp="$venv/.requirements-stamp"
-if [[ ! -x "$venv/bin/python" || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
-    echo "setting up $venv"
-    rm -rf "$venv"
-    "$python" -m venv "$venv"
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$here/requirements.txt"
-    echo "$want" > "$stamp"
+# A venv is rebuilt whenever its requirements file or the interpreter changes.
+ensure_venv() {
+    local dir="$1" requirements="$2" want stamp
+    want="$( { sha256sum "$requirements"; "$python" -c 'import sys; print(sys.version)'; } | sha256sum | cut -d' ' -f1)"
+    stamp="$dir/.requirements-stamp"
+    if [[ ! -x "$dir/bin/python" || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
+        echo "setting up $dir"
+        rm -rf "$dir"
+        "$python" -m venv "$dir"
+        "$dir/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements"
+        echo "$want" > "$stamp"
+    fi
+}
+ensure_venv "$venv" "$here/requirements.txt"
+
+# The TF.js detector is converted once into .cache/build (TensorFlow lives in its own venv, set up only for that).
+force=0
+for arg in "$@"; do [[ "$arg" == --force ]] && force=1; done
+if [[ $force -eq 1 ]] || ! "$venv/bin/python" "$here/centernet.py" --check; then
+    ensure_venv "$venv_tf" "$here/requirements-tf.txt"
+    "$venv_tf/bin/python" "$here/centernet.py" --force
 fi
 
 "$venv/bin/python" "$here/prepare.py" "$@"
 "$venv/bin/python" "$here/reference.py" "$@"
+"$venv/bin/python" "$here/reference_vision.py" "$@"

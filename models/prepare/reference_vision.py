@@ -1,0 +1,255 @@
+"""Test references for the vision bundle: photos, rendered text, raw onnxruntime I/O tensors and expected results.
+
+Writes $REPO/.cache/testdata/vision/ (preprocessing as documented in vision.py and the manifest params):
+  photos/*.jpg|png     darknet's dog, horses, person, giraffe, eagle, kite; scikit-image's astronaut, coffee, chelsea
+  text/*.png           known strings rendered dark on light (Pillow, DejaVu and Liberation fonts)
+  text/index.json      [{file, text, font, font_file, size}]
+  tensors/*.npy        exact model inputs (f32, after preprocessing) and onnxruntime's raw outputs
+  index.json           {tensors: [{role, model, source, crop (recognizer only: x0, y0, x1, y1 of the source
+                        image, x1 and y1 exclusive), input, input_name, outputs: [{name, file}]}],
+                        detections: {photo: {size: [w, h], scale (letterbox), objects: [{label, class, score,
+                        box: [x1, y1, x2, y2] in image pixels}]}},
+                        ocr: [{file, text, read, exact, without_spaces, boxes: [{box, score, line, text,
+                        text_score}]}], timings_ms: {role: {"1": median, "2": median}}}
+The detections are the full pipeline (letterbox, detector, class-agnostic NMS at IoU 0.5, score > 0.3);
+the OCR results come from the simple DB + CTC pipeline in vision.py, not from rapidocr itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+import manifest
+import vision
+from common import SOURCES_DIR, VISION_TESTDATA_DIR, parse_args, scripts_digest, sha256_file, write_atomic
+from sources import SourceError, ensure_sources
+
+STAMP = ".reference-stamp"
+OUT = VISION_TESTDATA_DIR
+DARKNET_PHOTOS = ["dog.jpg", "horses.jpg", "person.jpg", "giraffe.jpg", "eagle.jpg", "kite.jpg"]
+SKIMAGE_PHOTOS = ["astronaut.png", "coffee.png", "chelsea.png"]
+FONTS = {
+    "DejaVuSans": "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "DejaVuSerif": "/usr/share/fonts/truetype/dejavu/DejaVuSerif.ttf",
+    "DejaVuSans-Bold": "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf",
+    "LiberationSans": "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+    "LiberationSerif": "/usr/share/fonts/truetype/liberation/LiberationSerif-Regular.ttf",
+    "LiberationMono": "/usr/share/fonts/truetype/liberation/LiberationMono-Regular.ttf",
+}
+SIZES = [24, 32, 40]
+TEXTS = ["EXIT 42", "Lookout 2026", "PUSH TO OPEN", "Platform 9"]
+INK, PAPER = (20, 20, 30), (245, 245, 240)
+# Multi-line sign for the OCR raw-tensor references (two lines, two fonts).
+SIGN = ("sign.png", [("EXIT 42", "LiberationSans", 40), ("Platform 9", "DejaVuSerif", 32)])
+DETECTOR_TENSORS = ["dog.jpg", "kite.jpg", "astronaut.png"]
+OCR_TENSORS = ["sign.png", "push_to_open.LiberationSans.32.png"]
+TIMING_RUNS = 10
+
+
+def save_npy(path: Path, array: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array))
+    write_atomic(path, buffer.getvalue())
+
+
+def slug(text: str) -> str:
+    return "_".join(text.lower().split())
+
+
+def render(lines: list[tuple[str, str, int]]) -> Image.Image:
+    """Lines of (text, font, size) dark on light, left-aligned, with a margin of half the largest size."""
+    fonts = [ImageFont.truetype(FONTS[font], size) for _, font, size in lines]
+    boxes = [f.getbbox(text) for (text, _, _), f in zip(lines, fonts)]
+    margin = max(size for _, _, size in lines) // 2
+    width = max(r - l for l, _, r, _ in boxes) + 2 * margin
+    height = sum(b - t for _, t, _, b in boxes) + margin * (len(lines) + 1)
+    image = Image.new("RGB", (width, height), PAPER)
+    draw = ImageDraw.Draw(image)
+    y = margin
+    for (text, _, _), font, (l, t, _, b) in zip(lines, fonts, boxes):
+        draw.text((margin - l, y - t), text, font=font, fill=INK)
+        y += b - t + margin
+    return image
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def median_ms(run, feed: dict) -> float:
+    run(feed)
+    times = []
+    for _ in range(TIMING_RUNS):
+        start = time.perf_counter()
+        run(feed)
+        times.append(time.perf_counter() - start)
+    return round(float(np.median(times)) * 1000, 1)
+
+
+def main() -> int:
+    args = parse_args(__doc__.splitlines()[0])
+    if args.no_reference:
+        return 0
+    start = time.perf_counter()
+    manifest_path = args.bundle / "manifest.toml"
+    if not manifest_path.is_file():
+        print(f"error: no bundle at {args.bundle}; run prepare.py first", file=sys.stderr)
+        return 1
+    missing = [path for path in FONTS.values() if not Path(path).is_file()]
+    if missing:
+        print(f"error: missing fonts {missing} (Debian: fonts-dejavu-core fonts-liberation)", file=sys.stderr)
+        return 1
+    try:
+        sources = ensure_sources(SOURCES_DIR, {"darknet", "scikit-image"})
+    except (SourceError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+    components = {c["role"]: c for c in manifest.load(manifest_path)["component"]}
+    roles = ("object-detector", "object-labels", "ocr-detector", "ocr-recognizer", "ocr-dictionary")
+    if any(role not in components for role in roles):
+        print(f"error: {manifest_path} lacks the vision components", file=sys.stderr)
+        return 1
+    digest = hashlib.sha256()
+    for part in (scripts_digest(), *(components[r]["sha256"] for r in roles),
+                 *sorted(s.sha256 for s in sources.values()), *(sha256_file(Path(f)) for f in FONTS.values())):
+        digest.update(part.encode() + b"\0")
+    stamp = OUT / STAMP
+    if not args.force and (OUT / "index.json").is_file() and stamp.is_file() \
+            and stamp.read_text().strip() == digest.hexdigest():
+        print(f"vision test references up to date: {OUT} ({time.perf_counter() - start:.1f} s)")
+        return 0
+    stamp.unlink(missing_ok=True)
+    print(f"writing vision test references to {OUT}", flush=True)
+
+    # Photos.
+    for name in DARKNET_PHOTOS:
+        write_atomic(OUT / "photos" / name, vision.darknet_photo(sources["darknet"], name).read_bytes())
+    for name in SKIMAGE_PHOTOS:
+        write_atomic(OUT / "photos" / name, sources["scikit-image"].read(f"skimage/data/{name}"))
+
+    # Rendered text.
+    rendered = []
+    for text in TEXTS:
+        for font in FONTS:
+            for size in SIZES:
+                name = f"{slug(text)}.{font}.{size}.png"
+                write_atomic(OUT / "text" / name, png(render([(text, font, size)])))
+                rendered.append({"file": name, "text": text, "font": font, "font_file": FONTS[font], "size": size})
+    write_atomic(OUT / "text" / SIGN[0], png(render(SIGN[1])))
+    rendered.append({"file": SIGN[0], "text": "\n".join(t for t, _, _ in SIGN[1]),
+                     "font": ",".join(f for _, f, _ in SIGN[1]), "font_file": "",
+                     "size": max(s for _, _, s in SIGN[1])})
+    write_atomic(OUT / "text" / "index.json", (json.dumps(rendered, indent=2) + "\n").encode())
+
+    path = {role: args.bundle / components[role]["file"] for role in roles}
+    labels = path["object-labels"].read_text().splitlines()
+    dictionary = path["ocr-dictionary"].read_text(encoding="utf-8").split("\n")[:-1]
+    sessions = {threads: {role: vision.session(path[role], threads)
+                          for role in ("object-detector", "ocr-detector", "ocr-recognizer")}
+                for threads in (1, 2)}
+    one = sessions[1]
+    problems: list[str] = []
+    tensors = []
+
+    def reference(role: str, source: str, stem: str, tensor: np.ndarray, crop=None) -> list[np.ndarray]:
+        sess = one[role]
+        input_name = sess.get_inputs()[0].name
+        outputs = sess.run(None, {input_name: tensor})
+        save_npy(OUT / "tensors" / f"{stem}.input.npy", tensor)
+        entry = {"role": role, "model": components[role]["file"], "source": source,
+                 "input": f"tensors/{stem}.input.npy", "input_name": input_name, "outputs": []}
+        if crop is not None:
+            entry["crop"] = crop
+        for meta, value in zip(sess.get_outputs(), outputs):
+            save_npy(OUT / "tensors" / f"{stem}.output.npy", value)
+            entry["outputs"].append({"name": meta.name, "file": f"tensors/{stem}.output.npy"})
+        tensors.append(entry)
+        return outputs
+
+    # Detector: full pipeline on every photo, raw tensors for a few.
+    detections = {}
+    print("\nobject detection (letterbox 512, NMS IoU 0.5, score > 0.3):")
+    for name in DARKNET_PHOTOS + SKIMAGE_PHOTOS:
+        with Image.open(OUT / "photos" / name) as image:
+            image.load()
+        tensor, scale = vision.detector_input(image)
+        if name in DETECTOR_TENSORS:
+            reference("object-detector", f"photos/{name}", f"detector.{Path(name).stem}", tensor)
+        objects = vision.detect_objects(one["object-detector"], image, labels)
+        detections[name] = {"size": list(image.size), "scale": scale, "objects": objects}
+        counts: dict[str, int] = {}
+        for o in objects:
+            counts[o["label"]] = counts.get(o["label"], 0) + 1
+        print(f"  {name:<14} " + ", ".join(f"{n} x{c}" if c > 1 else n for n, c in counts.items()))
+    dog = {o["label"] for o in detections["dog.jpg"]["objects"]}
+    if not ({"dog", "bicycle"} <= dog and dog & {"car", "truck"}):
+        problems.append(f"dog.jpg: expected dog, bicycle and car or truck, got {sorted(dog)}")
+    kite = [o["label"] for o in detections["kite.jpg"]["objects"]]
+    if kite.count("kite") < 2 or kite.count("person") < 2:
+        problems.append(f"kite.jpg: expected several kites and persons, got {kite}")
+
+    # OCR: full pipeline on every rendered image, raw tensors for a few.
+    ocr = []
+    print("\nOCR (DB boxes + CTC, exact / ignoring spaces):")
+    for item in rendered:
+        with Image.open(OUT / "text" / item["file"]) as image:
+            image.load()
+        stem = Path(item["file"]).stem.replace(".", "_")
+        if item["file"] in OCR_TENSORS:
+            tensor, scale = vision.ocr_det_input(image)
+            prob = reference("ocr-detector", f"text/{item['file']}", f"ocr_det.{stem}", tensor)[0][0, 0]
+            for i, box in enumerate(vision.db_boxes(prob, scale, image.size)):
+                crop = vision.ocr_rec_input(image.crop(tuple(box["box"])))
+                reference("ocr-recognizer", f"text/{item['file']}", f"ocr_rec.{stem}.{i}", crop, box["box"])
+        boxes = vision.read_text(one["ocr-detector"], one["ocr-recognizer"], image, dictionary)
+        read = vision.joined_text(boxes)
+        exact = read == item["text"]
+        loose = read.replace(" ", "") == item["text"].replace(" ", "")
+        ocr.append({"file": item["file"], "text": item["text"], "read": read, "exact": exact,
+                    "without_spaces": loose, "boxes": boxes})
+        if not exact:
+            mark = "spaces" if loose else "WRONG"
+            print(f"  {mark:<6} {item['file']:<40} read {read!r}")
+    exact_count = sum(o["exact"] for o in ocr)
+    loose_count = sum(o["without_spaces"] for o in ocr)
+    print(f"  {exact_count}/{len(ocr)} exact, {loose_count}/{len(ocr)} equal ignoring spaces")
+    wrong = [o["file"] for o in ocr if not o["without_spaces"]]
+    if wrong:
+        problems.append(f"OCR misread (beyond spaces): {', '.join(wrong)}")
+
+    # onnxruntime timings.
+    timings = {}
+    print(f"\nonnxruntime inference, median of {TIMING_RUNS} (ms):")
+    for entry in {t["role"]: t for t in tensors}.values():
+        feed = {entry["input_name"]: np.load(OUT / entry["input"])}
+        timings[entry["role"]] = {str(n): median_ms(lambda f, s=sessions[n][entry["role"]]: s.run(None, f), feed)
+                                  for n in (1, 2)}
+        t = timings[entry["role"]]
+        print(f"  {entry['role']:<16} 1 thread {t['1']:7.1f}   2 threads {t['2']:7.1f}")
+
+    index = {"tensors": tensors, "detections": detections, "ocr": ocr, "timings_ms": timings,
+             "dictionary_size": len(dictionary)}
+    write_atomic(OUT / "index.json", (json.dumps(index, indent=1, ensure_ascii=False) + "\n").encode())
+    if problems:
+        print("\n" + "!" * 72, file=sys.stderr)
+        for problem in problems:
+            print(f"!! {problem}", file=sys.stderr)
+        print("!" * 72, file=sys.stderr)
+    write_atomic(stamp, (digest.hexdigest() + "\n").encode())
+    print(f"vision test references done in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

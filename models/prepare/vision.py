@@ -1,0 +1,382 @@
+"""Vision components of the bundle (CenterNet detector, PP-OCRv4 det + rec) and their exact pre/post-processing.
+
+Preprocessing, as the runtime must reproduce it:
+  resize      bilinear with half-pixel centres and no antialiasing (cv2 INTER_LINEAR, TF half_pixel_centers):
+              source coordinate = (dst + 0.5) * src_size / dst_size - 0.5, clamped to [0, src_size - 1];
+              computed in f32 from the 8-bit pixels, never rounded back to integers
+  letterbox   scale = size / max(width, height); new size = (round(width * scale), round(height * scale))
+              (Python round: half to even); image at the top-left, bottom/right padded with pixel value 0
+  detector    letterbox to 512, RGB, values 0..255, NHWC [1, 512, 512, 3]; boxes are in the 512 space,
+              divide by scale for image pixels
+  ocr det     letterbox to 640, BGR, (x / 255 - 0.5) / 0.5 (the padding becomes -1.0), NCHW [1, 3, 640, 640];
+              the output is a text probability per input pixel [1, 1, 640, 640]
+  ocr rec     crop, resize to height 48 and width min(320, ceil(48 * w / h)), BGR, (x / 255 - 0.5) / 0.5,
+              NCHW, right-padded with 0.0 (after normalization) to [1, 3, 48, 320] (as rapidocr does)
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from PIL import Image
+
+import centernet
+import manifest
+from sources import Source, SourceError
+
+VISION_DIR = "vision"
+LABELS_TS = "package/src/object/labels.ts"
+PPOCR_DET = "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx"
+PPOCR_REC = "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx"
+DARKNET_DATA = "usr/share/darknet/data"
+
+DETECTOR_SIZE = 512
+OCR_DET_SIZE = 640
+OCR_REC_SHAPE = (48, 320)
+BLANK = "<blank>"
+
+# Every image input is built as (pixel / pixel_scale - mean) / std per channel, pixels being 0..255.
+DETECTOR_PARAMS = {
+    "input_size": DETECTOR_SIZE, "layout": "nhwc", "channel_order": "rgb", "pixel_scale": 1.0,
+    "resize": "letterbox", "pad_pixel": 0.0, "score_threshold": 0.3, "iou_threshold": 0.5,
+    "max_detections": 100, "output": "x1,y1,x2,y2,score,class", "box_space": "input", "class_base": 0,
+    "labels": f"{VISION_DIR}/coco_labels.txt",
+}
+OCR_NORM = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "pixel_scale": 255.0, "channel_order": "bgr",
+            "layout": "nchw"}
+OCR_DET_PARAMS = {
+    "input_size": OCR_DET_SIZE, **OCR_NORM, "resize": "letterbox", "pad_pixel": 0.0, "db_threshold": 0.3,
+    "box_threshold": 0.5, "unclip_ratio": 1.5, "dilate": 2, "min_box_side": 3, "max_candidates": 1000,
+    "merge_line_overlaps": True,
+}
+OCR_REC_PARAMS = {
+    "height": OCR_REC_SHAPE[0], "width": OCR_REC_SHAPE[1], **OCR_NORM, "pad": "right", "pad_normalized": 0.0,
+    "dictionary": f"{VISION_DIR}/ppocr_keys.txt", "blank": 0, "decode": "ctc-greedy",
+}
+
+
+def session(model, threads: int = 1) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    return ort.InferenceSession(data if isinstance(data, bytes) else str(data), options,
+                                providers=["CPUExecutionProvider"])
+
+
+# Labels and dictionary.
+
+def coco_labels(source: Source) -> list[str]:
+    """The 80 COCO names of labels.ts in class order (the detector's class c is entry c, 0-based)."""
+    text = source.read(LABELS_TS).decode()
+    pairs = [(int(c), name) for c, name in re.findall(r"class:\s*(\d+),\s*label:\s*'([^']+)'", text)]
+    if [c for c, _ in pairs] != list(range(1, 81)):
+        raise SourceError(f"{LABELS_TS}: expected classes 1..80, found {len(pairs)} entries")
+    return [name for _, name in pairs]
+
+
+def ctc_dictionary(rec: onnx.ModelProto) -> list[str]:
+    """rapidocr's CTCLabelDecode table: blank, the `character` metadata split by str.splitlines, a space."""
+    meta = {p.key: p.value for p in rec.metadata_props}
+    characters = meta["character"].splitlines()
+    if characters != meta["character"].split("\n"):
+        raise SourceError("the rec dictionary holds line separators other than \\n")
+    return [BLANK, *characters, " "]
+
+
+# Fixed shapes.
+
+def fix_shapes(model: onnx.ModelProto, input_shape: tuple[int, ...]) -> onnx.ModelProto:
+    """Gives the single input concrete dims and the outputs the dims onnxruntime computes for them."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = model.graph
+    (value,) = graph.input
+
+    def set_dims(v, shape):
+        dims = v.type.tensor_type.shape.dim
+        del dims[:]
+        for d in shape:
+            dims.add().dim_value = int(d)
+
+    set_dims(value, input_shape)
+    del graph.value_info[:]
+    outputs = session(model).run(None, {value.name: np.zeros(input_shape, np.float32)})
+    for v, out in zip(graph.output, outputs):
+        set_dims(v, out.shape)
+    onnx.checker.check_model(model)
+    return model
+
+
+# Preprocessing.
+
+def resize_bilinear(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
+    """HxWxC u8/f32 -> height x width x C f32, half-pixel-centre bilinear without antialiasing."""
+    src = pixels.astype(np.float32)
+    h, w = src.shape[:2]
+
+    def axis(dst: int, size: int):
+        pos = (np.arange(dst, dtype=np.float32) + 0.5) * np.float32(size / dst) - 0.5
+        pos = np.clip(pos, 0, size - 1)
+        lo = np.floor(pos).astype(np.int64)
+        hi = np.minimum(lo + 1, size - 1)
+        return lo, hi, (pos - lo).astype(np.float32)
+
+    y0, y1, fy = axis(height, h)
+    x0, x1, fx = axis(width, w)
+    fx = fx[None, :, None]
+    top = src[y0][:, x0] * (1 - fx) + src[y0][:, x1] * fx
+    bottom = src[y1][:, x0] * (1 - fx) + src[y1][:, x1] * fx
+    return (top * (1 - fy[:, None, None]) + bottom * fy[:, None, None]).astype(np.float32)
+
+
+def letterbox(image: Image.Image, size: int) -> tuple[np.ndarray, float]:
+    """RGB image -> size x size x 3 f32 (0..255) at the top-left, zero-padded; returns it and the scale."""
+    rgb = np.asarray(image.convert("RGB"))
+    h, w = rgb.shape[:2]
+    scale = size / max(w, h)
+    nw, nh = min(size, round(w * scale)), min(size, round(h * scale))
+    out = np.zeros((size, size, 3), np.float32)
+    out[:nh, :nw] = resize_bilinear(rgb, nw, nh)
+    return out, scale
+
+
+def detector_input(image: Image.Image) -> tuple[np.ndarray, float]:
+    pixels, scale = letterbox(image, DETECTOR_SIZE)
+    return pixels[None], scale
+
+
+def _normalize_bgr(pixels: np.ndarray) -> np.ndarray:
+    """HxWx3 RGB 0..255 -> 3xHxW BGR (x / 255 - 0.5) / 0.5."""
+    return ((pixels[:, :, ::-1] / np.float32(255.0) - np.float32(0.5)) / np.float32(0.5)).transpose(2, 0, 1)
+
+
+def ocr_det_input(image: Image.Image) -> tuple[np.ndarray, float]:
+    pixels, scale = letterbox(image, OCR_DET_SIZE)
+    return np.ascontiguousarray(_normalize_bgr(pixels)[None], np.float32), scale
+
+
+def ocr_rec_input(crop: Image.Image) -> np.ndarray:
+    rgb = np.asarray(crop.convert("RGB"))
+    h, w = rgb.shape[:2]
+    height, width = OCR_REC_SHAPE
+    resized_w = min(width, math.ceil(height * w / h))
+    out = np.zeros((1, 3, height, width), np.float32)
+    out[0, :, :, :resized_w] = _normalize_bgr(resize_bilinear(rgb, resized_w, height))
+    return out
+
+
+# Postprocessing.
+
+def nms(detections: np.ndarray, score_threshold: float, iou_threshold: float) -> list[int]:
+    """Greedy NMS over [N, 6] rows (x1, y1, x2, y2, score, class), class-agnostic like human's
+    tf.image.nonMaxSuppression; returns the kept row indices by descending score (ties: lower index)."""
+    order = sorted((i for i in range(len(detections)) if detections[i, 4] > score_threshold),
+                   key=lambda i: (-detections[i, 4], i))
+    keep: list[int] = []
+    for i in order:
+        box = detections[i, :4]
+        if all(_iou(box, detections[j, :4]) <= iou_threshold for j in keep):
+            keep.append(i)
+    return keep
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def detect_objects(sess: ort.InferenceSession, image: Image.Image, labels: list[str]) -> list[dict]:
+    """Full pipeline: letterbox, detector, NMS; boxes in original image pixels."""
+    tensor, scale = detector_input(image)
+    raw = sess.run(None, {"images": tensor})[0][0]
+    p = DETECTOR_PARAMS
+    results = []
+    for i in nms(raw, p["score_threshold"], p["iou_threshold"])[:p["max_detections"]]:
+        x1, y1, x2, y2 = (float(v) / scale for v in raw[i, :4])
+        cls = int(raw[i, 5])
+        results.append({"label": labels[cls], "class": cls, "score": round(float(raw[i, 4]), 4),
+                        "box": [round(v, 1) for v in (x1, y1, x2, y2)]})
+    return results
+
+
+def db_boxes(prob: np.ndarray, scale: float, image_size: tuple[int, int]) -> list[dict]:
+    """A simple DB post-process with axis-aligned boxes (rapidocr fits rotated rectangles and unclips
+    with pyclipper; for upright text both give the same boxes up to a pixel or two).
+
+    prob [H, W]: threshold at db_threshold, dilate with a 2x2 kernel, take 8-connected components;
+    per component: its bounding box, score = mean probability inside the box (skip below box_threshold
+    or with a side under min_box_side), expand every side by area * unclip_ratio / perimeter, map to
+    image pixels (divide by scale, round, clip). In reading order: a box whose vertical centre lies
+    within the first box of the current line joins that line; lines top to bottom, boxes left to right.
+    Boxes of one line that overlap after the expansion are merged (union box, lowest score), so that
+    a short word is not cut out together with a stroke of its neighbour.
+    """
+    p = OCR_DET_PARAMS
+    mask = prob > p["db_threshold"]
+    dilated = mask.copy()
+    dilated[1:, :] |= mask[:-1, :]
+    dilated[:, 1:] |= mask[:, :-1]
+    dilated[1:, 1:] |= mask[:-1, :-1]
+    width, height = image_size
+    boxes = []
+    for x0, y0, x1, y1 in _components(dilated)[:p["max_candidates"]]:
+        w, h = x1 - x0 + 1, y1 - y0 + 1
+        if min(w, h) < p["min_box_side"]:
+            continue
+        score = float(prob[y0:y1 + 1, x0:x1 + 1].mean())
+        if score < p["box_threshold"]:
+            continue
+        d = w * h * p["unclip_ratio"] / (2 * (w + h))
+        box = [x0 - d, y0 - d, x1 + 1 + d, y1 + 1 + d]
+        box = [int(np.clip(round(v / scale), 0, limit)) for v, limit in zip(box, (width, height, width, height))]
+        boxes.append({"box": box, "score": round(score, 4)})
+    return _reading_order(boxes)
+
+
+def _reading_order(boxes: list[dict]) -> list[dict]:
+    lines: list[list[dict]] = []
+    for b in sorted(boxes, key=lambda b: (b["box"][1] + b["box"][3], b["box"][0])):
+        first = lines[-1][0]["box"] if lines else None
+        if first and first[1] <= (b["box"][1] + b["box"][3]) / 2 <= first[3]:
+            lines[-1].append(b)
+        else:
+            lines.append([b])
+    ordered = []
+    for number, line in enumerate(lines):
+        merged: list[dict] = []
+        for b in sorted(line, key=lambda b: b["box"][0]):
+            if merged and b["box"][0] < merged[-1]["box"][2]:
+                last = merged[-1]["box"]
+                union = [min(last[0], b["box"][0]), min(last[1], b["box"][1]),
+                         max(last[2], b["box"][2]), max(last[3], b["box"][3])]
+                merged[-1] = {"box": union, "score": min(merged[-1]["score"], b["score"])}
+            else:
+                merged.append(b)
+        ordered += [{**b, "line": number} for b in merged]
+    return ordered
+
+
+def _components(mask: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """Bounding boxes (x0, y0, x1, y1 inclusive) of the 8-connected components of a boolean mask."""
+    h, w = mask.shape
+    seen = np.zeros_like(mask)
+    boxes = []
+    for start in zip(*np.nonzero(mask)):
+        if seen[start]:
+            continue
+        seen[start] = True
+        stack, ys, xs = [start], [], []
+        while stack:
+            y, x = stack.pop()
+            ys.append(y)
+            xs.append(x)
+            for ny in (y - 1, y, y + 1):
+                for nx in (x - 1, x, x + 1):
+                    if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not seen[ny, nx]:
+                        seen[ny, nx] = True
+                        stack.append((ny, nx))
+        boxes.append((min(xs), min(ys), max(xs), max(ys)))
+    return boxes
+
+
+def ctc_greedy(probs: np.ndarray, dictionary: list[str]) -> tuple[str, float]:
+    """[T, C] -> text: argmax per step, merge repeats, drop blanks (index 0); score = mean max prob kept."""
+    best = probs.argmax(axis=1)
+    keep = np.ones(len(best), bool)
+    keep[1:] = best[1:] != best[:-1]
+    keep &= best != 0
+    text = "".join(dictionary[i] for i in best[keep])
+    score = float(probs.max(axis=1)[keep].mean()) if keep.any() else 0.0
+    return text, score
+
+
+def joined_text(boxes: list[dict]) -> str:
+    """Boxes of one line joined by a space, lines by a newline."""
+    lines: dict[int, list[str]] = {}
+    for b in boxes:
+        lines.setdefault(b["line"], []).append(b["text"])
+    return "\n".join(" ".join(words) for _, words in sorted(lines.items()))
+
+
+def read_text(det: ort.InferenceSession, rec: ort.InferenceSession, image: Image.Image,
+              dictionary: list[str]) -> list[dict]:
+    """Full OCR pipeline: DB boxes on the letterboxed image, then each crop through the recognizer."""
+    tensor, scale = ocr_det_input(image)
+    prob = det.run(None, {"x": tensor})[0][0, 0]
+    lines = []
+    for box in db_boxes(prob, scale, image.size):
+        crop = image.crop(tuple(box["box"]))
+        text, score = ctc_greedy(rec.run(None, {"x": ocr_rec_input(crop)})[0][0], dictionary)
+        lines.append({**box, "text": text, "text_score": round(score, 4)})
+    return lines
+
+
+# Bundle components.
+
+def check_detector(sess: ort.InferenceSession, labels: list[str], darknet: Source) -> list[dict]:
+    """dog.jpg must give a dog, a bicycle and a car or truck above the score threshold."""
+    with Image.open(darknet.unpacked / DARKNET_DATA / "dog.jpg") as image:
+        found = detect_objects(sess, image, labels)
+    names = {d["label"] for d in found}
+    if not ({"dog", "bicycle"} <= names and names & {"car", "truck"}):
+        raise AssertionError(f"detector sanity check failed on dog.jpg: {found}")
+    return found
+
+
+def build(sources: dict[str, Source], emit) -> None:
+    """Writes the vision files through `emit` (prepare.py's writer) after checking them in onnxruntime."""
+    if not centernet.up_to_date():
+        raise SourceError(f"{centernet.OUTPUT} is missing or stale; run prepare.sh (it converts the detector)")
+    human, rapidocr = sources["human"], sources["rapidocr"]
+    labels = coco_labels(human)
+    detector = centernet.OUTPUT.read_bytes()
+    found = check_detector(session(detector), labels, sources["darknet"])
+    print("  detector on dog.jpg: " + ", ".join(f"{d['label']} {d['score']:.2f}" for d in found), flush=True)
+
+    license_detector = "MIT (package); weights: no license file upstream"
+    emit(detector, name="centernet-mobilenetv3-coco", role="object-detector", variant="f32",
+         file=f"{VISION_DIR}/centernet.onnx", sources=[human.spec], license=license_detector,
+         inputs=[manifest.tensor("images", "f32", [1, DETECTOR_SIZE, DETECTOR_SIZE, 3])],
+         outputs=[manifest.tensor("detections", "f32", [1, 100, 6])], params=DETECTOR_PARAMS)
+    emit(("\n".join(labels) + "\n").encode(), name="coco-labels", role="object-labels", variant="any",
+         file=DETECTOR_PARAMS["labels"], sources=[human.spec], license=license_detector, inputs=[], outputs=[],
+         params={"count": len(labels), "format": "one name per line, line i = class i (0-based)"})
+
+    det = fix_shapes(onnx.load_from_string(rapidocr.read(PPOCR_DET)), (1, 3, OCR_DET_SIZE, OCR_DET_SIZE))
+    rec_source = onnx.load_from_string(rapidocr.read(PPOCR_REC))
+    rec = fix_shapes(rec_source, (1, 3, *OCR_REC_SHAPE))
+    dictionary = ctc_dictionary(rec_source)
+    det_out = [d.dim_value for d in det.graph.output[0].type.tensor_type.shape.dim]
+    rec_out = [d.dim_value for d in rec.graph.output[0].type.tensor_type.shape.dim]
+    if rec_out[2] != len(dictionary) or det_out != [1, 1, OCR_DET_SIZE, OCR_DET_SIZE]:
+        raise AssertionError(f"unexpected PP-OCR outputs: det {det_out}, rec {rec_out}, dictionary {len(dictionary)}")
+
+    emit(det.SerializeToString(), name="ppocr-v4-det", role="ocr-detector", variant="f32",
+         file=f"{VISION_DIR}/ppocr_det.onnx", sources=[rapidocr.spec], license="Apache-2.0",
+         inputs=[manifest.tensor("x", "f32", [1, 3, OCR_DET_SIZE, OCR_DET_SIZE])],
+         outputs=[manifest.tensor(det.graph.output[0].name, "f32", det_out)],
+         params={**OCR_DET_PARAMS, "output": "text probability per input pixel"})
+    emit(rec.SerializeToString(), name="ppocr-v4-rec", role="ocr-recognizer", variant="f32",
+         file=f"{VISION_DIR}/ppocr_rec.onnx", sources=[rapidocr.spec], license="Apache-2.0",
+         inputs=[manifest.tensor("x", "f32", [1, 3, *OCR_REC_SHAPE])],
+         outputs=[manifest.tensor(rec.graph.output[0].name, "f32", rec_out)],
+         params={**OCR_REC_PARAMS, "timesteps": rec_out[1], "classes": rec_out[2],
+                 "output": "softmax over the dictionary per time step"})
+    emit(("\n".join(dictionary) + "\n").encode(), name="ppocr-keys", role="ocr-dictionary", variant="any",
+         file=OCR_REC_PARAMS["dictionary"], sources=[rapidocr.spec], license="Apache-2.0", inputs=[], outputs=[],
+         params={"count": len(dictionary), "blank": 0, "blank_token": BLANK,
+                 "format": "UTF-8, split on \\n only, no trimming: line i = class i; line 0 is the CTC blank, "
+                           "the last line is a single space"})
+
+
+def darknet_photo(darknet: Source, name: str) -> Path:
+    return darknet.unpacked / DARKNET_DATA / name
