@@ -236,6 +236,23 @@ impl Component {
         }
     }
 
+    pub fn param_str(&self, key: &str) -> Result<&str> {
+        self.params.get(key).and_then(|v| v.as_str()).ok_or_else(|| self.bad_param(key))
+    }
+
+    /// Three numbers, one per colour channel.
+    pub fn param_rgb(&self, key: &str) -> Result<[f32; 3]> {
+        let values: Vec<f32> = match self.params.get(key) {
+            Some(toml::Value::Array(items)) => items
+                .iter()
+                .map(|v| v.as_float().or_else(|| v.as_integer().map(|i| i as f64)).map(|f| f as f32))
+                .collect::<Option<_>>()
+                .ok_or_else(|| self.bad_param(key))?,
+            _ => return Err(self.bad_param(key)),
+        };
+        values.try_into().map_err(|_| self.bad_param(key))
+    }
+
     fn bad_param(&self, key: &str) -> ModelError {
         ModelError::BadParam { component: self.name.clone(), param: key.to_string() }
     }

@@ -87,6 +87,26 @@ fn guard<T>(component: &str, f: impl FnOnce() -> TractResult<T>) -> TractResult<
     }
 }
 
+/// Sets how many threads every graph's matrix products use from now on, process-wide; `0` and `1` mean a single
+/// thread. Returns the count in effect: a pool that cannot be started leaves a single thread.
+pub fn set_threads(n: usize) -> usize {
+    use tract_linalg::multithread::{set_default_executor, Executor};
+    if n <= 1 {
+        set_default_executor(Executor::SingleThread);
+        return 1;
+    }
+    match catch_unwind(|| Executor::multithread(n)) {
+        Ok(executor) => {
+            set_default_executor(executor);
+            n
+        }
+        Err(_) => {
+            set_default_executor(Executor::SingleThread);
+            1
+        }
+    }
+}
+
 /// Builds an input tensor from a shape and data.
 pub fn tensor<T: tract_onnx::prelude::Datum + Copy>(shape: &[usize], data: &[T]) -> Result<TValue> {
     Tensor::from_shape(shape, data)

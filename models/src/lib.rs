@@ -8,6 +8,7 @@ pub mod error;
 pub mod speech;
 pub mod tokenizer;
 pub mod vad;
+pub mod vision;
 pub mod whisper;
 
 pub use error::{ModelError, Result};

@@ -1,0 +1,284 @@
+//! Object detections after the model: score threshold, per-class non-maximum suppression, ordering, counts per
+//! label, and coarse position words for speaking about a box.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+/// One detected object; `bbox` is `[x1, y1, x2, y2]` in source-image pixels.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Detection {
+    pub label_id: usize,
+    pub label: String,
+    pub score: f32,
+    pub bbox: [f32; 4],
+}
+
+/// Settings for `filter_detections`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DetectionFilter {
+    /// Detections scoring below this are dropped.
+    pub score_threshold: f32,
+    /// A box overlapping a higher-scoring box of the same class by more than this IoU is dropped.
+    pub iou_threshold: f32,
+    pub max_detections: usize,
+}
+
+impl Default for DetectionFilter {
+    fn default() -> Self {
+        DetectionFilter {
+            score_threshold: 0.25,
+            iou_threshold: 0.45,
+            max_detections: 100,
+        }
+    }
+}
+
+pub fn box_area(bbox: [f32; 4]) -> f32 {
+    (bbox[2] - bbox[0]).max(0.0) * (bbox[3] - bbox[1]).max(0.0)
+}
+
+/// Intersection over union of two `[x1, y1, x2, y2]` boxes; 0 when either is empty.
+pub fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
+    let intersection = box_area([
+        a[0].max(b[0]),
+        a[1].max(b[1]),
+        a[2].min(b[2]),
+        a[3].min(b[3]),
+    ]);
+    let union = box_area(a) + box_area(b) - intersection;
+    if union > 0.0 {
+        intersection / union
+    } else {
+        0.0
+    }
+}
+
+/// Drops low scores and NaNs, sorts by score (highest first; ties by label id, then box), suppresses
+/// same-class overlaps greedily, and keeps at most `max_detections`. Works in place, without allocating.
+pub fn filter_detections(detections: &mut Vec<Detection>, filter: &DetectionFilter) {
+    detections.retain(|d| {
+        d.score >= filter.score_threshold
+            && d.score.is_finite()
+            && d.bbox.iter().all(|v| v.is_finite())
+    });
+    detections.sort_by(|a, b| {
+        b.score
+            .total_cmp(&a.score)
+            .then(a.label_id.cmp(&b.label_id))
+            .then_with(|| {
+                a.bbox
+                    .iter()
+                    .zip(b.bbox.iter())
+                    .fold(std::cmp::Ordering::Equal, |o, (x, y)| {
+                        o.then(x.total_cmp(y))
+                    })
+            })
+    });
+    let mut kept = 0;
+    for candidate in 0..detections.len() {
+        if kept >= filter.max_detections {
+            break;
+        }
+        let suppressed = detections[..kept].iter().any(|winner| {
+            winner.label_id == detections[candidate].label_id
+                && iou(winner.bbox, detections[candidate].bbox) > filter.iou_threshold
+        });
+        if !suppressed {
+            detections.swap(kept, candidate);
+            kept += 1;
+        }
+    }
+    detections.truncate(kept);
+}
+
+/// How many detections carry each label.
+pub fn count_by_label(detections: &[Detection]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for detection in detections {
+        *counts.entry(detection.label.clone()).or_insert(0) += 1;
+    }
+    counts
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Horizontal {
+    Left,
+    Center,
+    Right,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Distance {
+    Near,
+    Far,
+}
+
+impl Horizontal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Horizontal::Left => "left",
+            Horizontal::Center => "center",
+            Horizontal::Right => "right",
+        }
+    }
+}
+
+impl Distance {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Distance::Near => "near",
+            Distance::Far => "far",
+        }
+    }
+}
+
+/// A box covering more than this fraction of the frame is "near".
+pub const NEAR_AREA_FRACTION: f32 = 0.15;
+/// A box covering less than this fraction of the frame is "far".
+pub const FAR_AREA_FRACTION: f32 = 0.02;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Position {
+    pub horizontal: Horizontal,
+    /// `None` between the far and near thresholds.
+    pub distance: Option<Distance>,
+}
+
+/// Left / center / right by the box centre in thirds of the width (a centre exactly on a boundary goes to
+/// the middle third), and near / far by box area against the frame area.
+pub fn position(bbox: [f32; 4], width: u32, height: u32) -> Position {
+    let frame_w = width.max(1) as f32;
+    let frame_area = frame_w * height.max(1) as f32;
+    let centre = (bbox[0] + bbox[2]) / 2.0;
+    let horizontal = if centre < frame_w / 3.0 {
+        Horizontal::Left
+    } else if centre > frame_w * 2.0 / 3.0 {
+        Horizontal::Right
+    } else {
+        Horizontal::Center
+    };
+    let fraction = box_area(bbox) / frame_area;
+    let distance = if fraction > NEAR_AREA_FRACTION {
+        Some(Distance::Near)
+    } else if fraction < FAR_AREA_FRACTION {
+        Some(Distance::Far)
+    } else {
+        None
+    };
+    Position {
+        horizontal,
+        distance,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn detection(label_id: usize, score: f32, bbox: [f32; 4]) -> Detection {
+        Detection {
+            label_id,
+            label: format!("class{label_id}"),
+            score,
+            bbox,
+        }
+    }
+
+    #[test]
+    fn iou_of_known_boxes() {
+        assert_eq!(iou([0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 2.0, 2.0]), 1.0);
+        assert_eq!(iou([0.0, 0.0, 2.0, 2.0], [1.0, 0.0, 3.0, 2.0]), 2.0 / 6.0);
+        assert_eq!(iou([0.0, 0.0, 1.0, 1.0], [5.0, 5.0, 6.0, 6.0]), 0.0);
+        assert_eq!(iou([0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]), 0.0);
+    }
+
+    #[test]
+    fn nms_is_per_class_and_sorted_by_score() {
+        let mut detections = vec![
+            detection(0, 0.6, [0.0, 0.0, 10.0, 10.0]),
+            detection(0, 0.9, [1.0, 1.0, 11.0, 11.0]),
+            detection(1, 0.8, [0.0, 0.0, 10.0, 10.0]),
+            detection(0, 0.7, [50.0, 50.0, 60.0, 60.0]),
+            detection(2, 0.1, [0.0, 0.0, 5.0, 5.0]),
+            detection(2, f32::NAN, [0.0, 0.0, 5.0, 5.0]),
+        ];
+        filter_detections(
+            &mut detections,
+            &DetectionFilter {
+                score_threshold: 0.25,
+                iou_threshold: 0.45,
+                max_detections: 10,
+            },
+        );
+        let kept: Vec<(usize, f32)> = detections.iter().map(|d| (d.label_id, d.score)).collect();
+        assert_eq!(kept, vec![(0, 0.9), (1, 0.8), (0, 0.7)]);
+    }
+
+    #[test]
+    fn max_detections_keeps_the_best() {
+        let mut detections: Vec<Detection> = (0..10)
+            .map(|i| {
+                detection(
+                    0,
+                    0.3 + i as f32 * 0.05,
+                    [i as f32 * 20.0, 0.0, i as f32 * 20.0 + 10.0, 10.0],
+                )
+            })
+            .collect();
+        filter_detections(
+            &mut detections,
+            &DetectionFilter {
+                max_detections: 3,
+                ..DetectionFilter::default()
+            },
+        );
+        assert_eq!(detections.len(), 3);
+        assert!(
+            detections[0].score > detections[1].score && detections[1].score > detections[2].score
+        );
+        assert_eq!(detections[0].bbox[0], 180.0);
+    }
+
+    #[test]
+    fn counts_group_by_label() {
+        let detections = vec![
+            detection(0, 0.9, [0.0; 4]),
+            detection(1, 0.9, [0.0; 4]),
+            detection(0, 0.9, [0.0; 4]),
+        ];
+        let counts = count_by_label(&detections);
+        assert_eq!(counts.get("class0"), Some(&2));
+        assert_eq!(counts.get("class1"), Some(&1));
+    }
+
+    #[test]
+    fn position_words_follow_thirds_and_area() {
+        let (w, h) = (300, 100);
+        assert_eq!(
+            position([0.0, 0.0, 50.0, 10.0], w, h).horizontal,
+            Horizontal::Left
+        );
+        assert_eq!(
+            position([140.0, 0.0, 160.0, 10.0], w, h).horizontal,
+            Horizontal::Center
+        );
+        assert_eq!(
+            position([250.0, 0.0, 300.0, 10.0], w, h).horizontal,
+            Horizontal::Right
+        );
+        assert_eq!(
+            position([0.0, 0.0, 200.0, 100.0], w, h).distance,
+            Some(Distance::Near)
+        );
+        assert_eq!(
+            position([0.0, 0.0, 10.0, 10.0], w, h).distance,
+            Some(Distance::Far)
+        );
+        assert_eq!(position([0.0, 0.0, 30.0, 100.0], w, h).distance, None);
+        assert_eq!(Horizontal::Center.as_str(), "center");
+        assert_eq!(Distance::Near.as_str(), "near");
+    }
+}

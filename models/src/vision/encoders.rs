@@ -1,0 +1,424 @@
+//! The vision encoders through tract: the COCO-80 object detector and PP-OCR text detection and recognition,
+//! run on an RGB image with preallocated input tensors, giving a `Scene`.
+
+use std::time::Instant;
+
+use crate::bundle::{Bundle, Component};
+use crate::engine::{self, DatumType, Dim, Graph, GraphState};
+use crate::error::{ModelError, Result};
+use crate::vision::detections::{filter_detections, Detection, DetectionFilter};
+use crate::vision::image::RgbImage;
+use crate::vision::letterbox::{letterbox_into, text_line_into, Layout, Normalization, Padding, PixelRect};
+use crate::vision::ocr_post::{
+    ctc_greedy_decode_with_steps, insert_word_spaces, sort_reading_order, word_gaps, CtcDictionary, DbParams, DbPostprocessor,
+    MapToSource, TextBox,
+};
+use crate::vision::scene::{Scene, TextLine};
+
+/// Where the time went, in milliseconds: `detect` fills the detector's stages, `read_text` the OCR stages, and
+/// `describe` clears them all first, so after it a stage that did not run reads zero.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StageTimings {
+    /// Letterboxing the image into the detector's input.
+    pub detect_preprocess: f64,
+    /// The detector graph.
+    pub detect_run: f64,
+    /// Thresholds, label lookup and NMS.
+    pub detect_post: f64,
+    /// Letterboxing the image into the text detector's input.
+    pub ocr_det_preprocess: f64,
+    /// The text detector graph.
+    pub ocr_det_run: f64,
+    /// DB post-processing into boxes, and reading order.
+    pub ocr_det_post: f64,
+    /// Every text line: crop and resize, recognizer graph, CTC decoding.
+    pub ocr_rec: f64,
+    /// The recognizer graph alone, summed over the lines.
+    pub ocr_rec_run: f64,
+    /// Text boxes handed to the recognizer.
+    pub ocr_rec_lines: usize,
+}
+
+/// One preprocessed model input as the engine last received it.
+#[derive(Debug, Clone, Copy)]
+pub struct InputTensor<'s> {
+    /// The manifest role of the model it feeds.
+    pub role: &'static str,
+    pub shape: [usize; 4],
+    pub data: &'s [f32],
+}
+
+fn ms_since(started: Instant) -> f64 {
+    started.elapsed().as_secs_f64() * 1e3
+}
+
+/// Text lines read with less confidence than this are dropped.
+const MIN_TEXT_SCORE: f32 = 0.5;
+
+fn read_text_file(bundle: &Bundle, component: &Component) -> Result<String> {
+    let path = bundle.checked_path(component)?;
+    std::fs::read_to_string(&path).map_err(|source| ModelError::Io { path, source })
+}
+
+/// Normalization and layout declared by a component's manifest parameters.
+fn input_format(c: &Component) -> Result<(Normalization, Layout)> {
+    let scale = 1.0 / c.param_f64("pixel_scale")? as f32;
+    let (mean, std) = match (c.params.contains_key("mean"), c.params.contains_key("std")) {
+        (true, true) => (c.param_rgb("mean")?, c.param_rgb("std")?),
+        _ => ([0.0; 3], [1.0; 3]),
+    };
+    let bgr = match c.param_str("channel_order")? {
+        "rgb" => false,
+        "bgr" => true,
+        _ => return Err(ModelError::BadParam { component: c.name.clone(), param: "channel_order".into() }),
+    };
+    let layout = match c.param_str("layout")? {
+        "nhwc" => Layout::Nhwc,
+        "nchw" => Layout::Nchw,
+        _ => return Err(ModelError::BadParam { component: c.name.clone(), param: "layout".into() }),
+    };
+    Ok((Normalization { scale, mean, std, bgr }, layout))
+}
+
+fn image_dims(layout: Layout, height: usize, width: usize) -> [Dim; 4] {
+    match layout {
+        Layout::Nhwc => [Dim::Fixed(1), Dim::Fixed(height), Dim::Fixed(width), Dim::Fixed(3)],
+        Layout::Nchw => [Dim::Fixed(1), Dim::Fixed(3), Dim::Fixed(height), Dim::Fixed(width)],
+    }
+}
+
+fn shape_of(dims: &[Dim; 4]) -> [usize; 4] {
+    dims.map(|d| match d {
+        Dim::Fixed(n) => n,
+        Dim::Symbol(_) => 0,
+    })
+}
+
+/// The COCO object detector: letterboxed RGB in, boxes with scores and classes out.
+pub struct ObjectDetector {
+    graph: Graph,
+    size: usize,
+    normalization: Normalization,
+    layout: Layout,
+    labels: Vec<String>,
+    pub filter: DetectionFilter,
+}
+
+impl ObjectDetector {
+    pub fn load(bundle: &Bundle) -> Result<ObjectDetector> {
+        let c = bundle.component("object-detector", None)?;
+        let size = c.param_usize("input_size")?;
+        let (normalization, layout) = input_format(c)?;
+        let labels: Vec<String> = read_text_file(bundle, bundle.component("object-labels", None)?)?
+            .lines()
+            .map(str::to_string)
+            .collect();
+        let filter = DetectionFilter {
+            score_threshold: c.param_f64("score_threshold")? as f32,
+            iou_threshold: c.param_f64("iou_threshold")? as f32,
+            max_detections: c.param_usize("max_detections")?,
+        };
+        let graph = Graph::load(&c.name, &bundle.checked_path(c)?, &[(DatumType::F32, &image_dims(layout, size, size))])?;
+        Ok(ObjectDetector { graph, size, normalization, layout, labels, filter })
+    }
+}
+
+/// PP-OCR: a text-probability map over the letterboxed image, then each text box read by the recognizer.
+pub struct TextReader {
+    detector: Graph,
+    recognizer: Graph,
+    det_size: usize,
+    det_format: (Normalization, Layout),
+    rec_height: usize,
+    rec_width: usize,
+    rec_format: (Normalization, Layout),
+    db: DbParams,
+    dictionary: CtcDictionary,
+}
+
+impl TextReader {
+    pub fn load(bundle: &Bundle) -> Result<TextReader> {
+        let det = bundle.component("ocr-detector", None)?;
+        let rec = bundle.component("ocr-recognizer", None)?;
+        let det_size = det.param_usize("input_size")?;
+        let det_format = input_format(det)?;
+        let (rec_height, rec_width) = (rec.param_usize("height")?, rec.param_usize("width")?);
+        let rec_format = input_format(rec)?;
+        let db = DbParams {
+            threshold: det.param_f64("db_threshold")? as f32,
+            box_threshold: det.param_f64("box_threshold")? as f32,
+            unclip_ratio: det.param_f64("unclip_ratio")? as f32,
+            ..DbParams::default()
+        };
+        let dict = bundle.component("ocr-dictionary", None)?;
+        let keys = read_text_file(bundle, dict)?;
+        // The file lists every class in output order, the blank first under a placeholder name.
+        let blank = dict.param_str("blank_token")?;
+        let symbols = keys.strip_prefix(blank).and_then(|rest| rest.strip_prefix('\n')).ok_or_else(|| ModelError::BadParam {
+            component: dict.name.clone(),
+            param: "blank_token".into(),
+        })?;
+        let dictionary = CtcDictionary::from_lines(symbols, false);
+        let detector = Graph::load(&det.name, &bundle.checked_path(det)?, &[(DatumType::F32, &image_dims(det_format.1, det_size, det_size))])?;
+        let recognizer =
+            Graph::load(&rec.name, &bundle.checked_path(rec)?, &[(DatumType::F32, &image_dims(rec_format.1, rec_height, rec_width))])?;
+        Ok(TextReader { detector, recognizer, det_size, det_format, rec_height, rec_width, rec_format, db, dictionary })
+    }
+}
+
+/// Every vision encoder the bundle offers, loaded once.
+pub struct VisionModels {
+    pub detector: ObjectDetector,
+    pub reader: Option<TextReader>,
+}
+
+impl VisionModels {
+    /// Loads the detector and, when `with_text`, the OCR models.
+    pub fn load(bundle: &Bundle, with_text: bool) -> Result<VisionModels> {
+        let detector = ObjectDetector::load(bundle)?;
+        let reader = if with_text { Some(TextReader::load(bundle)?) } else { None };
+        Ok(VisionModels { detector, reader })
+    }
+
+    pub fn set_score_threshold(&mut self, threshold: f32) {
+        self.detector.filter.score_threshold = threshold;
+    }
+
+    /// Engine states and input tensors for one image stream, allocated once.
+    pub fn session(&self) -> Result<VisionSession<'_>> {
+        let d = &self.detector;
+        let ocr = match &self.reader {
+            Some(r) => Some(OcrSession {
+                detector: r.detector.new_state()?,
+                recognizer: r.recognizer.new_state()?,
+                det_input: vec![0.0; 3 * r.det_size * r.det_size],
+                rec_input: vec![0.0; 3 * r.rec_height * r.rec_width],
+                post: DbPostprocessor::new(r.db),
+                boxes: Vec::new(),
+                char_steps: Vec::new(),
+                gaps: Vec::new(),
+            }),
+            None => None,
+        };
+        Ok(VisionSession {
+            models: self,
+            detector: d.graph.new_state()?,
+            det_input: vec![0.0; 3 * d.size * d.size],
+            detections: Vec::new(),
+            ocr,
+            timings: StageTimings::default(),
+        })
+    }
+}
+
+struct OcrSession {
+    detector: GraphState,
+    recognizer: GraphState,
+    det_input: Vec<f32>,
+    rec_input: Vec<f32>,
+    post: DbPostprocessor,
+    boxes: Vec<TextBox>,
+    char_steps: Vec<usize>,
+    gaps: Vec<(usize, usize)>,
+}
+
+/// One image stream's engine states and buffers.
+pub struct VisionSession<'m> {
+    models: &'m VisionModels,
+    detector: GraphState,
+    det_input: Vec<f32>,
+    detections: Vec<Detection>,
+    ocr: Option<OcrSession>,
+    timings: StageTimings,
+}
+
+/// Whether box `next`, which reading order puts right after the line, continues it: its vertical centre lies
+/// within the line's height and it starts to the right.
+fn same_line(line: [f32; 4], next: [f32; 4]) -> bool {
+    let centre = (next[1] + next[3]) / 2.0;
+    line[1] <= centre && centre <= line[3] && next[0] >= line[0]
+}
+
+/// Joins boxes of one line that overlap once unclipped: read apart, each would carry strokes of the other
+/// ("Platform 19" read as "Platform" and "19" with the "m"'s last stroke as a "1").
+fn merge_overlapping_words(boxes: &mut Vec<TextBox>) {
+    let mut kept = 0;
+    for i in 0..boxes.len() {
+        let next = boxes[i];
+        if kept > 0 && same_line(boxes[kept - 1].bbox, next.bbox) && next.bbox[0] < boxes[kept - 1].bbox[2] {
+            let line = &mut boxes[kept - 1];
+            line.bbox = union(line.bbox, next.bbox);
+            line.score = line.score.min(next.score);
+        } else {
+            boxes[kept] = next;
+            kept += 1;
+        }
+    }
+    boxes.truncate(kept);
+}
+
+fn union(a: [f32; 4], b: [f32; 4]) -> [f32; 4] {
+    [a[0].min(b[0]), a[1].min(b[1]), a[2].max(b[2]), a[3].max(b[3])]
+}
+
+fn resize_failed(component: &str, e: impl std::fmt::Display) -> ModelError {
+    ModelError::run(component, format!("preprocessing: {e}"))
+}
+
+impl VisionSession<'_> {
+    /// Stage timings of the latest runs.
+    pub fn timings(&self) -> &StageTimings {
+        &self.timings
+    }
+
+    /// The input tensors of the latest runs, as the engine received them: the detector's, the text detector's and
+    /// the last text line's; a model that has not run yet is left out.
+    pub fn last_inputs(&self) -> Vec<InputTensor<'_>> {
+        let d = &self.models.detector;
+        let mut inputs = Vec::new();
+        if self.timings.detect_run > 0.0 {
+            inputs.push(InputTensor { role: "object-detector", shape: shape_of(&image_dims(d.layout, d.size, d.size)), data: &self.det_input });
+        }
+        if let (Some(ocr), Some(r)) = (self.ocr.as_ref(), self.models.reader.as_ref()) {
+            if self.timings.ocr_det_run > 0.0 {
+                let shape = shape_of(&image_dims(r.det_format.1, r.det_size, r.det_size));
+                inputs.push(InputTensor { role: "ocr-detector", shape, data: &ocr.det_input });
+            }
+            if self.timings.ocr_rec_lines > 0 {
+                let shape = shape_of(&image_dims(r.rec_format.1, r.rec_height, r.rec_width));
+                inputs.push(InputTensor { role: "ocr-recognizer", shape, data: &ocr.rec_input });
+            }
+        }
+        inputs
+    }
+
+    /// Objects (and text, when the OCR models are loaded) in one image.
+    pub fn describe(&mut self, image: &RgbImage) -> Result<Scene> {
+        self.timings = StageTimings::default();
+        let started = Instant::now();
+        let objects = self.detect(image)?;
+        let detect_ms = started.elapsed().as_secs_f64() * 1e3;
+        let started = Instant::now();
+        let text = self.read_text(image)?;
+        let ocr_ms = started.elapsed().as_secs_f64() * 1e3;
+        let mut scene = Scene::new(image.width, image.height, objects, text);
+        scene.timings_ms.insert("detect".into(), detect_ms);
+        if self.ocr.is_some() {
+            scene.timings_ms.insert("ocr".into(), ocr_ms);
+        }
+        Ok(scene)
+    }
+
+    /// Detections above the score threshold after per-class NMS, in source-image pixels.
+    pub fn detect(&mut self, image: &RgbImage) -> Result<Vec<Detection>> {
+        let d = &self.models.detector;
+        let name = d.graph.component();
+        let started = Instant::now();
+        let letterbox = letterbox_into(image, d.size, Padding::Pixel(0), &d.normalization, d.layout, &mut self.det_input)
+            .map_err(|e| resize_failed(name, e))?;
+        let shape = shape_of(&image_dims(d.layout, d.size, d.size));
+        let input = engine::tensor(&shape, &self.det_input)?;
+        self.timings.detect_preprocess = ms_since(started);
+        let started = Instant::now();
+        let outputs = self.detector.run([input].into_iter().collect())?;
+        self.timings.detect_run = ms_since(started);
+        let started = Instant::now();
+        let rows = engine::f32_slice(name, outputs.first().ok_or_else(|| ModelError::run(name, "no output"))?)?;
+        if rows.len() % 6 != 0 {
+            return Err(ModelError::run(name, format!("output of {} values is not rows of 6", rows.len())));
+        }
+        self.detections.clear();
+        for row in rows.chunks_exact(6) {
+            let (score, class) = (row[4], row[5]);
+            if !(score >= d.filter.score_threshold) || !(class >= 0.0) {
+                continue;
+            }
+            let Some(label) = d.labels.get(class as usize) else {
+                return Err(ModelError::run(name, format!("class {class} outside the {} labels", d.labels.len())));
+            };
+            self.detections.push(Detection {
+                label_id: class as usize,
+                label: label.clone(),
+                score,
+                bbox: letterbox.to_source([row[0], row[1], row[2], row[3]]),
+            });
+        }
+        filter_detections(&mut self.detections, &d.filter);
+        self.timings.detect_post = ms_since(started);
+        Ok(self.detections.clone())
+    }
+
+    /// Text lines in reading order; empty when the OCR models are not loaded.
+    pub fn read_text(&mut self, image: &RgbImage) -> Result<Vec<TextLine>> {
+        let (Some(ocr), Some(r)) = (self.ocr.as_mut(), self.models.reader.as_ref()) else {
+            return Ok(Vec::new());
+        };
+        let t = &mut self.timings;
+        let det_name = r.detector.component();
+        let (norm, layout) = &r.det_format;
+        let started = Instant::now();
+        let letterbox = letterbox_into(image, r.det_size, Padding::Pixel(0), norm, *layout, &mut ocr.det_input)
+            .map_err(|e| resize_failed(det_name, e))?;
+        let shape = shape_of(&image_dims(*layout, r.det_size, r.det_size));
+        let input = engine::tensor(&shape, &ocr.det_input)?;
+        t.ocr_det_preprocess = ms_since(started);
+        let started = Instant::now();
+        let outputs = ocr.detector.run([input].into_iter().collect())?;
+        t.ocr_det_run = ms_since(started);
+        let started = Instant::now();
+        let probs = engine::f32_slice(det_name, outputs.first().ok_or_else(|| ModelError::run(det_name, "no output"))?)?;
+        ocr.post
+            .boxes(probs, r.det_size, r.det_size, &MapToSource::from_letterbox(&letterbox), &mut ocr.boxes)
+            .map_err(|e| ModelError::run(det_name, e))?;
+        sort_reading_order(&mut ocr.boxes, |b| b.bbox);
+        merge_overlapping_words(&mut ocr.boxes);
+        t.ocr_det_post = ms_since(started);
+
+        let rec_name = r.recognizer.component();
+        let (norm, layout) = &r.rec_format;
+        let shape = shape_of(&image_dims(*layout, r.rec_height, r.rec_width));
+        let mut lines: Vec<TextLine> = Vec::new();
+        let rec_started = Instant::now();
+        (t.ocr_rec_run, t.ocr_rec_lines) = (0.0, 0);
+        for text_box in &ocr.boxes {
+            let Some(region) = PixelRect::from_box(text_box.bbox, image) else { continue };
+            let content_width = text_line_into(image, region, r.rec_height, r.rec_width, norm, *layout, &mut ocr.rec_input)
+                .map_err(|e| resize_failed(rec_name, e))?;
+            let input = engine::tensor(&shape, &ocr.rec_input)?;
+            let started = Instant::now();
+            let outputs = ocr.recognizer.run([input].into_iter().collect())?;
+            t.ocr_rec_run += ms_since(started);
+            t.ocr_rec_lines += 1;
+            let value = outputs.first().ok_or_else(|| ModelError::run(rec_name, "no output"))?;
+            let dims = value.shape();
+            if dims.len() != 3 || dims[1] == 0 {
+                return Err(ModelError::run(rec_name, format!("output shape {dims:?}, expected [1, steps, classes]")));
+            }
+            let mut text = String::new();
+            let probabilities = engine::f32_slice(rec_name, value)?;
+            let score = ctc_greedy_decode_with_steps(probabilities, dims[1], dims[2], &r.dictionary, &mut text, &mut ocr.char_steps)
+                .map_err(|e| ModelError::run(rec_name, e))?;
+            // The recognizer seldom emits spaces between Latin words; the blank columns of the line show them.
+            if *layout == Layout::Nchw {
+                let squeeze = (content_width as f32 / region.width as f32) / (r.rec_height as f32 / region.height as f32);
+                word_gaps(&ocr.rec_input, r.rec_height, r.rec_width, content_width, squeeze, &mut ocr.gaps);
+                insert_word_spaces(&mut text, &ocr.char_steps, r.rec_width as f32 / dims[1] as f32, &ocr.gaps);
+            }
+            let text = text.trim();
+            if text.is_empty() || score < MIN_TEXT_SCORE {
+                continue;
+            }
+            match lines.last_mut() {
+                Some(line) if same_line(line.bbox, text_box.bbox) => {
+                    line.text.push(' ');
+                    line.text.push_str(text);
+                    line.score = line.score.min(score);
+                    line.bbox = union(line.bbox, text_box.bbox);
+                }
+                _ => lines.push(TextLine { text: text.to_string(), score, bbox: text_box.bbox }),
+            }
+        }
+        t.ocr_rec = ms_since(rec_started);
+        Ok(lines)
+    }
+}

@@ -1,0 +1,13 @@
+//! The engine-free half of the vision path: image decoding, camera frame conversion, letterboxing into model
+//! tensors, and the post-processing of detector and OCR outputs into a `Scene`.
+
+pub mod detections;
+pub mod image;
+pub mod letterbox;
+pub mod ocr_post;
+pub mod pixels;
+pub mod scene;
+pub mod encoders;
+
+pub use encoders::{InputTensor, ObjectDetector, StageTimings, TextReader, VisionModels, VisionSession};
+pub use scene::Scene;
