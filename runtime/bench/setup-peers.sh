@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs the peers `lookout bench` compares against (faster-whisper on the same CTranslate2 weights) into
-# .cache/venv-peers; rebuilt only when requirements-peers.txt changes.
+# Installs the peers `lookout bench` compares against (faster-whisper on the same CTranslate2 weights, onnxruntime
+# on the same vision ONNX files) into .cache/venv-peers; rebuilt only when requirements-peers.txt changes.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"

@@ -1,6 +1,7 @@
 //! Exit codes by failure kind, so scripts and systemd can tell bad input from broken models from faults.
 
 use lookout_models::audio::AudioError;
+use lookout_models::vision::image::ImageError;
 use lookout_models::ModelError;
 
 /// The command ran and failed for a reason not listed below.
@@ -23,7 +24,7 @@ pub fn one_line(err: &anyhow::Error) -> String {
 }
 
 pub fn code_for(err: &anyhow::Error) -> u8 {
-    if err.chain().any(|c| c.downcast_ref::<AudioError>().is_some()) {
+    if err.chain().any(|c| c.downcast_ref::<AudioError>().is_some() || c.downcast_ref::<ImageError>().is_some()) {
         return BAD_INPUT;
     }
     match err.chain().find_map(|c| c.downcast_ref::<ModelError>()) {

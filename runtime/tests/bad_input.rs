@@ -190,3 +190,76 @@ fn unknown_language() {
     let out = lookout(&["transcribe", &clip(), "--language", "klingon"]);
     assert_fails(&out, BAD_INPUT, &["klingon"]);
 }
+
+fn describe(path: &Path) -> Output {
+    lookout(&["describe", path.to_str().unwrap()])
+}
+
+#[test]
+fn missing_image() {
+    assert_fails(&describe(Path::new("/nonexistent/photo.jpg")), BAD_INPUT, &["/nonexistent/photo.jpg"]);
+}
+
+#[test]
+fn file_that_is_not_an_image() {
+    let dir = scratch("not-image");
+    let path = dir.join("photo.jpg");
+    fs::write(&path, "plain text pretending to be a photo\n").unwrap();
+    assert_fails(&describe(&path), BAD_INPUT, &["photo.jpg"]);
+}
+
+/// A minimal PNG: signature and an IHDR chunk declaring `width` × `height`, then `rest`.
+fn png_with_header(width: u32, height: u32, rest: &[u8]) -> Vec<u8> {
+    let mut bytes = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = b"IHDR".to_vec();
+    ihdr.extend_from_slice(&width.to_be_bytes());
+    ihdr.extend_from_slice(&height.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    bytes.extend_from_slice(&13u32.to_be_bytes());
+    bytes.extend_from_slice(&ihdr);
+    bytes.extend_from_slice(&crc32(&ihdr).to_be_bytes());
+    bytes.extend_from_slice(rest);
+    bytes
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for byte in data {
+        crc ^= u32::from(*byte);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
+#[test]
+fn image_declaring_a_huge_size_is_refused_before_decoding() {
+    let dir = scratch("huge");
+    let path = dir.join("huge.png");
+    fs::write(&path, png_with_header(100_000, 100_000, &[])).unwrap();
+    assert_fails(&describe(&path), BAD_INPUT, &["huge.png"]);
+}
+
+#[test]
+fn zero_size_image() {
+    let dir = scratch("zero-size");
+    let path = dir.join("empty.png");
+    fs::write(&path, png_with_header(0, 0, &[])).unwrap();
+    assert_fails(&describe(&path), BAD_INPUT, &["empty.png"]);
+}
+
+#[test]
+fn truncated_photo() {
+    let photo = common::testdata_dir().join("vision/photos/dog.jpg");
+    let bytes = fs::read(&photo).expect("dog.jpg in the test data");
+    let dir = scratch("truncated-photo");
+    let path = dir.join("cut.jpg");
+    fs::write(&path, &bytes[..bytes.len() / 3]).unwrap();
+    assert_fails(&describe(&path), BAD_INPUT, &["cut.jpg", "truncated"]);
+    let text = common::testdata_dir().join("vision/text/sign.png");
+    let bytes = fs::read(&text).unwrap();
+    let path = dir.join("cut.png");
+    fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    assert_fails(&describe(&path), BAD_INPUT, &["cut.png", "truncated"]);
+}

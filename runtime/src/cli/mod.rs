@@ -1,6 +1,7 @@
 //! Command-line arguments and dispatch to one module per subcommand.
 
 mod bench;
+mod describe;
 mod models;
 mod transcribe;
 
@@ -28,6 +29,8 @@ enum Command {
     Transcribe(transcribe::TranscribeArgs),
     /// Benchmark against peers on the same weights and inputs.
     Bench(bench::BenchArgs),
+    /// Objects, counts and text in a JPEG or PNG image.
+    Describe(describe::DescribeArgs),
     /// List or verify model bundles.
     #[command(subcommand)]
     Models(models::ModelsCommand),
@@ -40,6 +43,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Command::Transcribe(a) => transcribe::run(&ctx, a),
         Command::Models(c) => models::run(&ctx, c),
         Command::Bench(a) => bench::run(&ctx, a),
+        Command::Describe(a) => describe::run(&ctx, a),
     }
 }
 
