@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -85,3 +86,12 @@ def write_atomic(path: Path, data: bytes) -> bool:
         Path(tmp).unlink(missing_ok=True)
         raise
     return True
+
+
+def report_problems(problems: list[str]) -> None:
+    """Prints what a reference run found wrong, framed so it stands out in a long log (the run goes on)."""
+    if problems:
+        print("\n" + "!" * 72, file=sys.stderr)
+        for problem in problems:
+            print(f"!! {problem}", file=sys.stderr)
+        print("!" * 72, file=sys.stderr)

@@ -32,7 +32,7 @@ import onnxruntime as ort
 
 import audio
 import manifest
-from common import SOURCES_DIR, TESTDATA_DIR, parse_args, scripts_digest, write_atomic
+from common import SOURCES_DIR, TESTDATA_DIR, parse_args, report_problems, scripts_digest, write_atomic
 from sources import SourceError, ensure_sources
 from tokenizer import Tokenizer
 
@@ -297,11 +297,7 @@ def main() -> int:
         if len(times):
             print(f"decoder step ({variant}, onnxruntime, 1 thread): median {np.median(times):.1f} ms, "
                   f"mean {times.mean():.1f} ms over {len(times)} steps")
-    if problems:
-        print("\n" + "!" * 72, file=sys.stderr)
-        for problem in problems:
-            print(f"!! {problem}", file=sys.stderr)
-        print("!" * 72, file=sys.stderr)
+    report_problems(problems)
     write_atomic(stamp, (digest.hexdigest() + "\n").encode())
     print(f"test references done in {time.perf_counter() - start:.1f} s")
     return 0

@@ -29,7 +29,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 import manifest
 import vision
-from common import SOURCES_DIR, VISION_TESTDATA_DIR, parse_args, scripts_digest, sha256_file, write_atomic
+from common import SOURCES_DIR, VISION_TESTDATA_DIR, parse_args, report_problems, scripts_digest, sha256_file, write_atomic
 from sources import SourceError, ensure_sources
 
 STAMP = ".reference-stamp"
@@ -241,11 +241,7 @@ def main() -> int:
     index = {"tensors": tensors, "detections": detections, "ocr": ocr, "timings_ms": timings,
              "dictionary_size": len(dictionary)}
     write_atomic(OUT / "index.json", (json.dumps(index, indent=1, ensure_ascii=False) + "\n").encode())
-    if problems:
-        print("\n" + "!" * 72, file=sys.stderr)
-        for problem in problems:
-            print(f"!! {problem}", file=sys.stderr)
-        print("!" * 72, file=sys.stderr)
+    report_problems(problems)
     write_atomic(stamp, (digest.hexdigest() + "\n").encode())
     print(f"vision test references done in {time.perf_counter() - start:.1f} s")
     return 0
