@@ -91,6 +91,8 @@ fn guard<T>(component: &str, f: impl FnOnce() -> TractResult<T>) -> TractResult<
 /// thread. Returns the count in effect: a pool that cannot be started leaves a single thread.
 pub fn set_threads(n: usize) -> usize {
     use tract_linalg::multithread::{set_default_executor, Executor};
+    // Flash attention spreads its heads over rayon's global pool whatever the executor says.
+    tract_transformers::ops::flash_sdpa::TRACT_FLASH_SDPA_ST.set(n <= 1);
     if n <= 1 {
         set_default_executor(Executor::SingleThread);
         return 1;

@@ -107,6 +107,7 @@ fn measure(ctx: &Context, variant: &str, window: &str, inputs: &[PathBuf], repea
         "fit" => Window::FIT,
         other => bail!("unknown window `{other}`"),
     };
+    lookout_models::engine::set_threads(1);
     let bundle = ctx.open_bundle()?;
     let started = Instant::now();
     let whisper = Whisper::load(&bundle, Some(variant))?;
