@@ -339,9 +339,10 @@ pub fn ctc_greedy_decode_with_steps(
     })
 }
 
-/// Blank columns at least this many ink heights wide separate words: across the test fonts letter gaps stay
-/// under 0.3 of the cap height and word spaces are above 0.57 (ascenders and descenders make the ink taller).
-pub const WORD_GAP_HEIGHTS: f32 = 0.25;
+/// A word space is a run of blank columns at least this many ink heights wide...
+pub const WORD_GAP_FLOOR_HEIGHTS: f32 = 0.15;
+/// ...and at least this many times the line's median blank run (its letter spacing).
+pub const WORD_GAP_LETTER_GAPS: f32 = 2.2;
 
 /// Runs of ink-free columns in a normalized text-line tensor (channel-planar, `height` × `width` per
 /// channel, content in the first `content_width` columns) that are wide enough to separate words, as
@@ -370,21 +371,28 @@ pub fn word_gaps(line: &[f32], height: usize, width: usize, content_width: usize
         (Some(top), Some(bottom)) => bottom - top + 1,
         _ => return,
     };
-    let min_gap = ((WORD_GAP_HEIGHTS * ink_height.max(height * 2 / 3) as f32 * squeeze).ceil() as usize).max(2);
+    let floor = ((WORD_GAP_FLOOR_HEIGHTS * ink_height.max(height * 2 / 3) as f32 * squeeze).ceil() as usize).max(2);
+    let mut runs: Vec<(usize, usize)> = Vec::new();
     let mut start = None;
     for (x, d) in deviation.iter().enumerate() {
         let blank = *d < 0.25 * strongest;
         match (blank, start) {
             (true, None) => start = Some(x),
             (false, Some(s)) => {
-                if s > 0 && x - s >= min_gap {
-                    gaps.push((s, x - s));
+                if s > 0 {
+                    runs.push((s, x - s));
                 }
                 start = None;
             }
             _ => {}
         }
     }
+    // Word spaces stand out against the line's own letter spacing, which varies with the font.
+    let mut widths: Vec<usize> = runs.iter().map(|r| r.1).collect();
+    widths.sort_unstable();
+    let letter_gap = widths.get(widths.len() / 2).copied().unwrap_or(0) as f32;
+    let min_gap = floor.max((WORD_GAP_LETTER_GAPS * letter_gap).ceil() as usize);
+    gaps.extend(runs.into_iter().filter(|r| r.1 >= min_gap));
 }
 
 /// Puts a space into `text` wherever a word gap lies between two consecutive symbols (symbol `i` was emitted at
