@@ -95,3 +95,28 @@ def report_problems(problems: list[str]) -> None:
         for problem in problems:
             print(f"!! {problem}", file=sys.stderr)
         print("!" * 72, file=sys.stderr)
+
+
+REFERENCE_STAMP = ".reference-stamp"
+
+
+def digest_of(parts) -> str:
+    """One sha256 over several strings, each kept apart from the next."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part.encode() + b"\0")
+    return digest.hexdigest()
+
+
+def references_current(out: Path, digest: str, force: bool) -> bool:
+    """Whether `out` holds references written from inputs with this digest (and forgets them if not)."""
+    stamp = out / REFERENCE_STAMP
+    if not force and (out / "index.json").is_file() and stamp.is_file() and stamp.read_text().strip() == digest:
+        return True
+    stamp.unlink(missing_ok=True)
+    return False
+
+
+def mark_references(out: Path, digest: str) -> None:
+    """Records that `out` is complete for inputs with this digest."""
+    write_atomic(out / REFERENCE_STAMP, (digest + "\n").encode())

@@ -17,7 +17,6 @@ Writes $REPO/.cache/testdata/speech/:
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import re
@@ -32,11 +31,11 @@ import onnxruntime as ort
 
 import audio
 import manifest
-from common import SOURCES_DIR, TESTDATA_DIR, parse_args, report_problems, scripts_digest, write_atomic
+from common import (SOURCES_DIR, TESTDATA_DIR, digest_of, mark_references, parse_args, references_current,
+                    report_problems, scripts_digest, write_atomic)
 from sources import SourceError, ensure_sources
 from tokenizer import Tokenizer
 
-STAMP = ".reference-stamp"
 PROMPT = [50258, 50259, 50359, 50363]  # <|startoftranscript|> <|en|> <|transcribe|> <|notimestamps|>
 EOT = 50257
 MAX_TOKENS = 224
@@ -200,16 +199,13 @@ def main() -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
 
-    digest = hashlib.sha256()
-    for part in (scripts_digest(), manifest_path.read_text(), tool_versions(),
-                 *sorted(s.sha256 for s in sources.values())):
-        digest.update(part.encode() + b"\0")
-    stamp = TESTDATA_DIR / STAMP
-    if not args.force and (TESTDATA_DIR / "index.json").is_file() and stamp.is_file() \
-            and stamp.read_text().strip() == digest.hexdigest():
+    # Only the speech components count: a vision-only change to the bundle leaves these references valid.
+    components = {(c["role"], c["variant"]): c for c in manifest.load(manifest_path)["component"]}
+    speech = sorted(c["sha256"] for (role, _), c in components.items() if role.startswith("asr-") or role == "vad")
+    digest = digest_of((scripts_digest(), tool_versions(), *speech, *sorted(s.sha256 for s in sources.values())))
+    if references_current(TESTDATA_DIR, digest, args.force):
         print(f"test references up to date: {TESTDATA_DIR} ({time.perf_counter() - start:.1f} s)")
         return 0
-    stamp.unlink(missing_ok=True)
     TESTDATA_DIR.mkdir(parents=True, exist_ok=True)
     print(f"writing test references to {TESTDATA_DIR}", flush=True)
 
@@ -230,7 +226,6 @@ def main() -> int:
     save_npy(TESTDATA_DIR / "mel_80.npy", filters)
 
     # Greedy transcripts per variant.
-    components = {(c["role"], c["variant"]): c for c in manifest.load(manifest_path)["component"]}
     tokenizer = Tokenizer(args.bundle / components[("asr-tokenizer", "any")]["file"])
     entries, problems, step_times = [], [], {v: [] for v in VARIANTS}
     models = {}
@@ -298,7 +293,7 @@ def main() -> int:
             print(f"decoder step ({variant}, onnxruntime, 1 thread): median {np.median(times):.1f} ms, "
                   f"mean {times.mean():.1f} ms over {len(times)} steps")
     report_problems(problems)
-    write_atomic(stamp, (digest.hexdigest() + "\n").encode())
+    mark_references(TESTDATA_DIR, digest)
     print(f"test references done in {time.perf_counter() - start:.1f} s")
     return 0
 

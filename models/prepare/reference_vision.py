@@ -17,7 +17,6 @@ the OCR results come from the simple DB + CTC pipeline in vision.py, not from ra
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import sys
@@ -29,10 +28,10 @@ from PIL import Image, ImageDraw, ImageFont
 
 import manifest
 import vision
-from common import SOURCES_DIR, VISION_TESTDATA_DIR, parse_args, report_problems, scripts_digest, sha256_file, write_atomic
+from common import (SOURCES_DIR, VISION_TESTDATA_DIR, digest_of, mark_references, parse_args, references_current,
+                    report_problems, scripts_digest, sha256_file, write_atomic)
 from sources import SourceError, ensure_sources
 
-STAMP = ".reference-stamp"
 OUT = VISION_TESTDATA_DIR
 DARKNET_PHOTOS = ["dog.jpg", "horses.jpg", "person.jpg", "giraffe.jpg", "eagle.jpg", "kite.jpg"]
 SKIMAGE_PHOTOS = ["astronaut.png", "coffee.png", "chelsea.png"]
@@ -120,16 +119,11 @@ def main() -> int:
     if any(role not in components for role in roles):
         print(f"error: {manifest_path} lacks the vision components", file=sys.stderr)
         return 1
-    digest = hashlib.sha256()
-    for part in (scripts_digest(), *(components[r]["sha256"] for r in roles),
-                 *sorted(s.sha256 for s in sources.values()), *(sha256_file(Path(f)) for f in FONTS.values())):
-        digest.update(part.encode() + b"\0")
-    stamp = OUT / STAMP
-    if not args.force and (OUT / "index.json").is_file() and stamp.is_file() \
-            and stamp.read_text().strip() == digest.hexdigest():
+    digest = digest_of((scripts_digest(), *(components[r]["sha256"] for r in roles),
+                        *sorted(s.sha256 for s in sources.values()), *(sha256_file(Path(f)) for f in FONTS.values())))
+    if references_current(OUT, digest, args.force):
         print(f"vision test references up to date: {OUT} ({time.perf_counter() - start:.1f} s)")
         return 0
-    stamp.unlink(missing_ok=True)
     print(f"writing vision test references to {OUT}", flush=True)
 
     # Photos.
@@ -242,7 +236,7 @@ def main() -> int:
              "dictionary_size": len(dictionary)}
     write_atomic(OUT / "index.json", (json.dumps(index, indent=1, ensure_ascii=False) + "\n").encode())
     report_problems(problems)
-    write_atomic(stamp, (digest.hexdigest() + "\n").encode())
+    mark_references(OUT, digest)
     print(f"vision test references done in {time.perf_counter() - start:.1f} s")
     return 0
 
