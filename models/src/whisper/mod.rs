@@ -17,6 +17,7 @@ pub const WINDOW_SAMPLES: usize = 480_000;
 /// Sizes and special tokens of one Whisper model, from the manifest.
 #[derive(Debug, Clone)]
 pub struct WhisperConfig {
+    pub n_mels: usize,
     pub n_layers: usize,
     pub n_heads: usize,
     pub head_dim: usize,
@@ -41,6 +42,7 @@ impl WhisperConfig {
                 .map_err(|_| ModelError::BadParam { component: decoder.name.clone(), param: key.into() })
         };
         Ok(WhisperConfig {
+            n_mels: encoder.param_usize("n_mels")?,
             n_layers: decoder.param_usize("n_layers")?,
             n_heads: decoder.param_usize("n_heads")?,
             head_dim: decoder.param_usize("head_dim")?,
@@ -143,11 +145,10 @@ impl Whisper {
                 reason: format!("{} tokens, but the decoder has {} outputs", vocab.len(), config.n_vocab),
             });
         }
-        let n_mels = encoder_c.param_usize("n_mels")?;
         let encoder = Graph::load(
             &encoder_c.name,
             &bundle.checked_path(encoder_c)?,
-            &[(DatumType::F32, &[Dim::Fixed(1), Dim::Fixed(n_mels), Dim::Symbol("frames")])],
+            &[(DatumType::F32, &[Dim::Fixed(1), Dim::Fixed(config.n_mels), Dim::Symbol("frames")])],
         )?;
         let kv = [Dim::Fixed(config.n_layers), Dim::Fixed(1), Dim::Fixed(config.n_heads), Dim::Symbol("past"), Dim::Fixed(config.head_dim)];
         let cross = [Dim::Fixed(config.n_layers), Dim::Fixed(1), Dim::Fixed(config.n_heads), Dim::Symbol("audio"), Dim::Fixed(config.head_dim)];
@@ -175,8 +176,8 @@ impl Whisper {
             model: self,
             encoder: self.encoder.new_state()?,
             decoder: self.decoder.new_state()?,
-            mel: LogMel::new(),
-            mel_buf: vec![0.0; 80 * self.config.max_frames],
+            mel: LogMel::with_mel_bands(self.config.n_mels),
+            mel_buf: vec![0.0; self.config.n_mels * self.config.max_frames],
             logits: Vec::with_capacity(self.config.n_vocab),
         })
     }
@@ -214,12 +215,12 @@ impl WhisperSession<'_> {
         let frames = options.window.frames_for(samples.len().min(WINDOW_SAMPLES), cfg.max_frames);
 
         let started = Instant::now();
-        let mel = &mut self.mel_buf[..80 * frames];
+        let mel = &mut self.mel_buf[..cfg.n_mels * frames];
         self.mel.compute_into(samples, frames, mel);
         let mel_ms = ms_since(started);
 
         let started = Instant::now();
-        let cross = self.encoder.run(tvec_of([engine::tensor(&[1, 80, frames], mel)?]))?;
+        let cross = self.encoder.run(tvec_of([engine::tensor(&[1, cfg.n_mels, frames], mel)?]))?;
         if cross.len() < 2 {
             return Err(ModelError::run(model.encoder.component(), "encoder returned fewer than 2 outputs"));
         }
