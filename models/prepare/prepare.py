@@ -1,4 +1,5 @@
-"""Builds the Lookout model bundle (speech: Whisper base + Silero VAD; vision: detector + OCR) from pinned packages."""
+"""Builds the Lookout model bundle (speech: Whisper base + Silero VAD; vision: detector + OCR; language: SmolLM2)
+from pinned packages."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import centernet
 import ct2
 import manifest
 import silero
+import smollm
 import vision
 import whisper_onnx
 from common import SOURCES_DIR, parse_args, scripts_digest, sha256_bytes, write_atomic
@@ -194,6 +196,10 @@ def build(sources: dict[str, Source], bundle: Path) -> tuple[list[dict], dict[st
     t0 = time.perf_counter()
     vision.build(sources, emit)
     timings["vision (fixed shapes, checks)"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    smollm.build(sources, emit, bundle)
+    timings["language decoder (GGUF to ONNX, checks)"] = time.perf_counter() - t0
     return components, timings
 
 
@@ -221,7 +227,8 @@ def main() -> int:
         "default",
         "Speech: Silero VAD v6 (16 kHz) and Whisper base (multilingual) encoder + KV-cache decoder, int8 and f32. "
         "Vision: CenterNet-MobileNetV3 COCO-80 object detector (512x512 NHWC) and PP-OCRv4 text detector "
-        "(640x640) + CTC recognizer (48x320, Chinese/English dictionary), f32",
+        "(640x640) + CTC recognizer (48x320, Chinese/English dictionary), f32. "
+        "Language: SmolLM2-135M-Instruct decoder from its Q4_1 GGUF, 4-bit (the GGUF's own blocks) and f32",
         components,
     )
     write_atomic(args.bundle / "manifest.toml", text.encode())

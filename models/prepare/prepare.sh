@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the model bundle (speech + vision) and its test references: sets up .cache/venv (and .cache/venv-tf when the
-# TF.js detector must be converted), then runs centernet.py, prepare.py, reference.py and reference_vision.py.
+# TF.js detector must be converted), then runs centernet.py, prepare.py and the reference scripts (speech, vision, language).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -57,3 +57,4 @@ fi
 "$venv/bin/python" "$here/prepare.py" "$@"
 "$venv/bin/python" "$here/reference.py" "$@"
 "$venv/bin/python" "$here/reference_vision.py" "$@"
+"$venv/bin/python" "$here/reference_llm.py" "$@"

@@ -11,11 +11,13 @@ use crate::error::{ModelError, Result};
 
 pub use tract_onnx::prelude::{DatumType, TValue, Tensor};
 
-/// One dimension of a declared input: a fixed size or a named symbol resolved at run time.
+/// One dimension of a declared input: a fixed size, a named symbol resolved at run time, or an expression over
+/// symbols (`P+S`).
 #[derive(Debug, Clone, Copy)]
 pub enum Dim {
     Fixed(usize),
     Symbol(&'static str),
+    Expr(&'static str),
 }
 
 /// An optimized graph, loaded once and shared by every state that runs it.
@@ -33,6 +35,17 @@ pub struct GraphState {
 impl Graph {
     /// Loads `path`, declares each input's type and shape, and optimizes the graph for this CPU.
     pub fn load(component: &str, path: &Path, inputs: &[(DatumType, &[Dim])]) -> Result<Graph> {
+        Graph::load_with_transforms(component, path, inputs, &[])
+    }
+
+    /// Like [`Graph::load`], applying tract model transforms by name (such as `transformers_detect_all`, which turns
+    /// past/present KV pairs into a KV cache kept in the state) between decluttering and optimization.
+    pub fn load_with_transforms(
+        component: &str,
+        path: &Path,
+        inputs: &[(DatumType, &[Dim])],
+        transforms: &[&str],
+    ) -> Result<Graph> {
         let load = || -> TractResult<Arc<TypedSimplePlan>> {
             let mut model = tract_onnx::onnx()
                 .with_ignore_output_shapes(true)
@@ -42,13 +55,23 @@ impl Graph {
                 let shape: TVec<TDim> = dims
                     .iter()
                     .map(|d| match d {
-                        Dim::Fixed(n) => TDim::from(*n),
-                        Dim::Symbol(name) => model.symbols.sym(name).into(),
+                        Dim::Fixed(n) => Ok(TDim::from(*n)),
+                        Dim::Symbol(name) => Ok(model.symbols.sym(name).into()),
+                        Dim::Expr(expr) => model.symbols.parse_tdim(expr),
                     })
-                    .collect();
+                    .collect::<TractResult<_>>()?;
                 model.set_input_fact(ix, InferenceFact::dt_shape(*dtype, shape))?;
             }
-            model.into_optimized()?.into_runnable()
+            if transforms.is_empty() {
+                return model.into_optimized()?.into_runnable();
+            }
+            let mut typed = model.into_typed()?.into_decluttered()?;
+            for name in transforms {
+                let transform = tract_onnx::tract_core::transform::get_transform(name)?
+                    .ok_or_else(|| anyhow::anyhow!("unknown model transform {name}"))?;
+                transform.transform(&mut typed)?;
+            }
+            typed.into_optimized()?.into_runnable()
         };
         let plan = guard(component, load).map_err(|e| ModelError::load(component, e))?;
         Ok(Graph { component: component.to_string(), plan })
@@ -56,6 +79,12 @@ impl Graph {
 
     pub fn component(&self) -> &str {
         &self.component
+    }
+
+    /// The names of the inputs the optimized graph takes, in order.
+    pub fn input_names(&self) -> Vec<String> {
+        let model = self.plan.model();
+        model.inputs.iter().map(|outlet| model.node(outlet.node).name.clone()).collect()
     }
 
     /// A fresh execution state; keep it and reuse it for every run of one stream.

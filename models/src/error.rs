@@ -33,6 +33,12 @@ pub enum ModelError {
     BadTokenizer { path: PathBuf, reason: String },
     #[error("unknown language `{0}` (use an ISO code the model knows, such as en, de, fr)")]
     UnknownLanguage(String),
+    #[error("GGUF: {0}")]
+    BadGguf(String),
+    #[error("the prompt has {tokens} tokens but the context holds {capacity} (prompt and answer together); shorten it")]
+    PromptTooLong { tokens: usize, capacity: usize },
+    #[error("{0}")]
+    BadRequest(String),
     #[error(transparent)]
     Audio(#[from] AudioError),
 }

@@ -5,6 +5,7 @@ pub mod audio;
 pub mod bundle;
 pub mod engine;
 pub mod error;
+pub mod llm;
 pub mod speech;
 pub mod tokenizer;
 pub mod vad;

@@ -7,8 +7,17 @@ use serde::Deserialize;
 
 use crate::error::{ModelError, Result};
 
+/// GPT-2's reversible map from bytes to printable characters: the character each byte is written as.
+pub(crate) fn byte_to_unicode() -> [char; 256] {
+    let mut table = [' '; 256];
+    for (c, b) in unicode_to_byte() {
+        table[b as usize] = c;
+    }
+    table
+}
+
 /// GPT-2's reversible map from bytes to printable characters, inverted: character → byte.
-fn unicode_to_byte() -> HashMap<char, u8> {
+pub(crate) fn unicode_to_byte() -> HashMap<char, u8> {
     let mut printable: Vec<u32> = (b'!' as u32..=b'~' as u32).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
     let mut chars = printable.clone();
     let mut extra = 0;

@@ -90,7 +90,7 @@ fn image_dims(layout: Layout, height: usize, width: usize) -> [Dim; 4] {
 fn shape_of(dims: &[Dim; 4]) -> [usize; 4] {
     dims.map(|d| match d {
         Dim::Fixed(n) => n,
-        Dim::Symbol(_) => 0,
+        Dim::Symbol(_) | Dim::Expr(_) => 0,
     })
 }
 

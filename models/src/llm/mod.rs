@@ -1,0 +1,265 @@
+//! The language decoder: a Llama-family GGUF's tokenizer and chat template, its ONNX decoder run by tract with the
+//! KV cache kept in the run state, and generation (prefill, then token by token) streamed to the caller.
+//!
+//! KV cache policy: a session holds at most `context` tokens (prompt + answer), the bundle's `context` parameter
+//! unless the caller asks for less. A prompt that leaves no room for one answer token is refused before any work;
+//! an answer that reaches the limit stops with [`Finish::ContextFull`]. Every generation starts from an empty cache,
+//! so memory is bounded by the capacity and never grows across requests.
+
+pub mod bpe;
+pub mod chat;
+pub mod gguf;
+pub mod sampler;
+
+use std::path::Path;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::bundle::Bundle;
+use crate::engine::{self, DatumType, Dim, Graph};
+use crate::error::{ModelError, Result};
+use bpe::{BpeTokenizer, TextStream};
+use chat::{ChatTemplate, Message};
+use gguf::{Gguf, LlamaConfig};
+pub use sampler::Sampling;
+
+/// Why generation stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Finish {
+    /// The model ended its answer (end-of-sequence or another control token).
+    Stop,
+    /// The caller's token limit was reached.
+    Length,
+    /// The KV cache is full.
+    ContextFull,
+}
+
+/// What a generation produced, with its timings.
+#[derive(Debug, Clone, Serialize)]
+pub struct Generation {
+    pub text: String,
+    pub tokens: Vec<u32>,
+    pub prompt_tokens: usize,
+    pub finish: Finish,
+    pub prefill_ms: f64,
+    pub decode_ms: f64,
+    /// From the start of prefill to the first generated token.
+    pub first_token_ms: f64,
+    pub prefill_tokens_per_s: f64,
+    pub decode_tokens_per_s: f64,
+}
+
+/// Limits and sampling of one generation.
+#[derive(Debug, Clone, Copy)]
+pub struct GenerateOptions {
+    pub max_tokens: usize,
+    pub sampling: Sampling,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> GenerateOptions {
+        GenerateOptions { max_tokens: 64, sampling: Sampling::default() }
+    }
+}
+
+/// A loaded decoder with its tokenizer and chat template; shareable by every session.
+pub struct LanguageModel {
+    graph: Graph,
+    pub config: LlamaConfig,
+    pub tokenizer: BpeTokenizer,
+    template: ChatTemplate,
+    /// KV cache capacity in tokens.
+    pub context: usize,
+    pub variant: String,
+    /// For each graph input in order, its index in [`INPUTS`].
+    input_slots: Vec<usize>,
+}
+
+const COMPONENT: &str = "llm-decoder";
+const INPUTS: [&str; 3] = ["input_ids", "attention_mask", "position_ids"];
+
+fn gguf_error(e: gguf::GgufError) -> ModelError {
+    ModelError::BadGguf(e.to_string())
+}
+
+impl LanguageModel {
+    /// Loads the bundle's decoder (`variant` or the first listed) and reads tokenizer, chat template and
+    /// hyperparameters from the GGUF it was converted from.
+    pub fn load(bundle: &Bundle, variant: Option<&str>) -> Result<LanguageModel> {
+        let component = bundle.component(COMPONENT, variant)?;
+        let path = bundle.checked_path(component)?;
+        let gguf_file = component.param_str("gguf")?;
+        let gguf_component = bundle.component("llm-gguf", None)?;
+        if gguf_component.file != gguf_file {
+            return Err(ModelError::BadParam { component: component.name.clone(), param: "gguf".into() });
+        }
+        let gguf_path = bundle.checked_path(gguf_component)?;
+        let context = component.param_usize("context")?;
+        Self::load_files(&path, &gguf_path, &component.variant, context)
+    }
+
+    /// Loads a decoder graph and the GGUF that describes it, checking that they agree.
+    pub fn load_files(decoder: &Path, gguf_path: &Path, variant: &str, context: usize) -> Result<LanguageModel> {
+        let gguf = Gguf::open(gguf_path).map_err(gguf_error)?;
+        let config = LlamaConfig::from_gguf(&gguf).map_err(gguf_error)?;
+        let tokenizer = BpeTokenizer::from_gguf(&gguf).map_err(gguf_error)?;
+        let template_source = gguf.str("tokenizer.chat_template").map_err(gguf_error)?;
+        let written = |id: Option<u32>| id.map(|i| tokenizer.decode_special(i)).unwrap_or_default();
+        let bos = written(gguf.uint("tokenizer.ggml.bos_token_id").ok().map(|n| n as u32));
+        let template = ChatTemplate::new(template_source, &bos, &written(Some(tokenizer.eos))).map_err(ModelError::BadGguf)?;
+        if context < 2 || context > config.n_ctx_train {
+            return Err(ModelError::BadParam { component: COMPONENT.into(), param: format!("context ({context})") });
+        }
+
+        let kv: [Dim; 4] = [Dim::Fixed(1), Dim::Fixed(config.n_kv_heads), Dim::Symbol("P"), Dim::Fixed(config.head_dim)];
+        let tokens: [Dim; 2] = [Dim::Fixed(1), Dim::Symbol("S")];
+        let mask: [Dim; 2] = [Dim::Fixed(1), Dim::Expr("P+S")];
+        let mut inputs: Vec<(DatumType, &[Dim])> =
+            vec![(DatumType::I64, &tokens), (DatumType::I64, &mask), (DatumType::I64, &tokens)];
+        inputs.extend(std::iter::repeat_n((DatumType::F32, &kv[..]), 2 * config.n_layers));
+        let graph = Graph::load_with_transforms(COMPONENT, decoder, &inputs, &["transformers_detect_all"])?;
+        let names = graph.input_names();
+        let input_slots: Vec<usize> = names.iter().filter_map(|n| INPUTS.iter().position(|i| i == n)).collect();
+        if names.len() != INPUTS.len() || input_slots.len() != INPUTS.len() {
+            return Err(ModelError::load(
+                COMPONENT,
+                format!("the KV cache was not folded into the run state; graph inputs are {names:?}"),
+            ));
+        }
+        Ok(LanguageModel { graph, config, tokenizer, template, context, variant: variant.to_string(), input_slots })
+    }
+
+    /// The chat-formatted prompt for `messages`.
+    pub fn chat_prompt(&self, messages: &[Message]) -> Result<String> {
+        self.template.render(messages).map_err(ModelError::BadGguf)
+    }
+
+    /// A session with an empty KV cache of `capacity` tokens at most (the model's context when `None`).
+    pub fn session(&self, capacity: Option<usize>) -> Result<LmSession<'_>> {
+        let capacity = capacity.unwrap_or(self.context).min(self.context);
+        Ok(LmSession { model: self, capacity })
+    }
+}
+
+/// One stream of generations over a [`LanguageModel`].
+pub struct LmSession<'m> {
+    model: &'m LanguageModel,
+    capacity: usize,
+}
+
+impl LmSession<'_> {
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// The logits after feeding `prompt` from an empty cache (for checks against a reference).
+    pub fn prompt_logits(&mut self, prompt: &[u32]) -> Result<Vec<f32>> {
+        self.check_prompt(prompt)?;
+        let mut state = self.model.graph.new_state()?;
+        self.step(&mut state, prompt, 0)
+    }
+
+    fn check_prompt(&self, prompt: &[u32]) -> Result<()> {
+        let vocab = self.model.config.n_vocab;
+        if let Some(bad) = prompt.iter().find(|id| **id as usize >= vocab) {
+            return Err(ModelError::InvalidToken { id: *bad as i64, vocab });
+        }
+        if prompt.is_empty() {
+            return Err(ModelError::PromptTooLong { tokens: 0, capacity: self.capacity });
+        }
+        if prompt.len() >= self.capacity {
+            return Err(ModelError::PromptTooLong { tokens: prompt.len(), capacity: self.capacity });
+        }
+        Ok(())
+    }
+
+    fn step(&self, state: &mut engine::GraphState, ids: &[u32], past: usize) -> Result<Vec<f32>> {
+        let n = ids.len();
+        let ids: Vec<i64> = ids.iter().map(|i| *i as i64).collect();
+        let positions: Vec<i64> = (past..past + n).map(|p| p as i64).collect();
+        let mask = vec![1i64; past + n];
+        let mut values = [
+            Some(engine::tensor(&[1, n], &ids)?),
+            Some(engine::tensor(&[1, past + n], &mask)?),
+            Some(engine::tensor(&[1, n], &positions)?),
+        ];
+        let inputs = self.model.input_slots.iter().filter_map(|slot| values[*slot].take()).collect();
+        let outputs = state.run(inputs)?;
+        let logits = engine::f32_slice(COMPONENT, &outputs[0])?;
+        if logits.len() != self.model.config.n_vocab {
+            return Err(ModelError::run(COMPONENT, format!("logits have {} values", logits.len())));
+        }
+        Ok(logits.to_vec())
+    }
+
+    /// Generates after `prompt` (token ids, chat formatting included), calling `on_text` with each new piece of
+    /// text as soon as it is complete.
+    pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        options: &GenerateOptions,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Generation> {
+        self.check_prompt(prompt)?;
+        options.sampling.validate().map_err(ModelError::BadRequest)?;
+        let tokenizer = &self.model.tokenizer;
+        let mut sampler = sampler::Sampler::new(options.sampling);
+        let mut state = self.model.graph.new_state()?;
+        let mut stream = TextStream::default();
+        let mut text = String::new();
+        let mut tokens = Vec::new();
+
+        let start = Instant::now();
+        let mut logits = self.step(&mut state, prompt, 0)?;
+        let prefill = start.elapsed();
+        let mut decode_steps = 0usize;
+        let mut first_token = None;
+        let mut finish = Finish::Length;
+        let mut position = prompt.len();
+        while tokens.len() < options.max_tokens {
+            let next = sampler.choose(&logits);
+            first_token.get_or_insert_with(|| start.elapsed());
+            if next == tokenizer.eos || tokenizer.is_control(next) {
+                finish = Finish::Stop;
+                break;
+            }
+            tokens.push(next);
+            let piece = stream.push(tokenizer, next);
+            if !piece.is_empty() {
+                on_text(&piece);
+                text.push_str(&piece);
+            }
+            if position + 1 >= self.capacity {
+                finish = Finish::ContextFull;
+                break;
+            }
+            if tokens.len() == options.max_tokens {
+                break;
+            }
+            logits = self.step(&mut state, &[next], position)?;
+            decode_steps += 1;
+            position += 1;
+        }
+        let rest = stream.finish();
+        if !rest.is_empty() {
+            on_text(&rest);
+            text.push_str(&rest);
+        }
+        let total = start.elapsed();
+        let decode = total.saturating_sub(prefill);
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        Ok(Generation {
+            text,
+            prompt_tokens: prompt.len(),
+            finish,
+            prefill_ms: ms(prefill),
+            decode_ms: ms(decode),
+            first_token_ms: ms(first_token.unwrap_or(total)),
+            prefill_tokens_per_s: prompt.len() as f64 / prefill.as_secs_f64().max(1e-9),
+            decode_tokens_per_s: decode_steps as f64 / decode.as_secs_f64().max(1e-9),
+            tokens,
+        })
+    }
+}

@@ -1,0 +1,170 @@
+//! The language decoder through tract against independent references: tokenizer ids from Hugging Face
+//! `tokenizers`, the chat template from Jinja2, logits and greedy text from onnxruntime on the same graphs; and the
+//! errors a bad prompt or a bad GGUF gets.
+
+use std::path::PathBuf;
+
+use lookout_models::bundle::{resolve_models_dir, Bundle, DEFAULT_BUNDLE};
+use lookout_models::llm::chat::Message;
+use lookout_models::llm::gguf::{Gguf, GgufError, LlamaConfig};
+use lookout_models::llm::{Finish, GenerateOptions, LanguageModel, Sampling};
+use lookout_models::ModelError;
+use serde_json::Value;
+
+fn index() -> Value {
+    let dir = std::env::var_os("LOOKOUT_TESTDATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/testdata"))
+        .join("llm");
+    let text = std::fs::read_to_string(dir.join("index.json"))
+        .unwrap_or_else(|e| panic!("language test data missing in {} (run models/prepare/prepare.sh): {e}", dir.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+fn bundle() -> Bundle {
+    Bundle::locate(&resolve_models_dir(None), DEFAULT_BUNDLE).expect("default bundle (run models/prepare/prepare.sh)")
+}
+
+fn ids(value: &Value) -> Vec<u32> {
+    value.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()
+}
+
+fn gguf_path(bundle: &Bundle) -> PathBuf {
+    bundle.checked_path(bundle.component("llm-gguf", None).unwrap()).unwrap()
+}
+
+#[test]
+fn tokenizer_and_chat_template_match_the_references() {
+    let bundle = bundle();
+    let model = LanguageModel::load(&bundle, Some("q4")).unwrap();
+    let index = index();
+    let cases = index["tokenizer"].as_array().unwrap();
+    assert!(cases.len() >= 8);
+    for case in cases {
+        let text = case["text"].as_str().unwrap();
+        let expected = ids(&case["ids"]);
+        assert_eq!(model.tokenizer.encode(text), expected, "token ids of {text:?}");
+        let plain: Vec<u32> = expected.iter().copied().filter(|id| !model.tokenizer.is_control(*id)).collect();
+        let without_specials = ["<|im_start|>", "<|im_end|>"].iter().fold(text.to_string(), |t, s| t.replace(s, ""));
+        assert_eq!(model.tokenizer.decode(&plain), without_specials, "decode of {text:?}");
+    }
+    let chat = &index["chat"];
+    let question = chat["messages"][0]["content"].as_str().unwrap();
+    assert_eq!(model.chat_prompt(&[Message::new("user", question)]).unwrap(), chat["prompt"].as_str().unwrap());
+}
+
+#[test]
+fn logits_and_greedy_text_match_onnxruntime_for_both_variants() {
+    let bundle = bundle();
+    let index = index();
+    for variant in ["q4", "f32"] {
+        let model = LanguageModel::load(&bundle, Some(variant)).unwrap();
+        let mut session = model.session(None).unwrap();
+        let cases: Vec<&Value> =
+            index["generations"].as_array().unwrap().iter().filter(|g| g["variant"] == variant).collect();
+        assert!(cases.len() >= 2, "references for {variant}");
+        for case in cases {
+            let prompt = ids(&case["prompt_ids"]);
+            let question = case["question"].as_str().unwrap();
+            assert_eq!(prompt, model.tokenizer.encode(&model.chat_prompt(&[Message::new("user", question)]).unwrap()));
+
+            let logits = session.prompt_logits(&prompt).unwrap();
+            let top = ids(&case["first_logits"]["ids"]);
+            for (id, value) in top.iter().zip(case["first_logits"]["values"].as_array().unwrap()) {
+                let expected = value.as_f64().unwrap() as f32;
+                let ours = logits[*id as usize];
+                assert!((ours - expected).abs() < 2e-2, "{variant} {question:?}: logit of {id} is {ours}, onnxruntime {expected}");
+            }
+            let argmax = (0..logits.len()).max_by(|a, b| logits[*a].total_cmp(&logits[*b])).unwrap() as u32;
+            assert_eq!(argmax, top[0], "{variant}: first token");
+
+            let expected_tokens = ids(&case["tokens"]);
+            let mut streamed = String::new();
+            let options = GenerateOptions { max_tokens: expected_tokens.len().max(1), sampling: Sampling::default() };
+            let generation = session.generate(&prompt, &options, &mut |piece| streamed.push_str(piece)).unwrap();
+            assert_eq!(generation.tokens, expected_tokens, "{variant} {question:?}: greedy tokens ({:?})", generation.text);
+            assert_eq!(generation.text, case["text"].as_str().unwrap());
+            assert_eq!(streamed, generation.text, "streamed pieces add up to the text");
+            assert_eq!(generation.prompt_tokens, prompt.len());
+            assert!(generation.decode_tokens_per_s > 0.0 && generation.first_token_ms > 0.0);
+        }
+    }
+}
+
+#[test]
+fn seeded_sampling_repeats_and_limits_hold() {
+    let bundle = bundle();
+    let model = LanguageModel::load(&bundle, Some("q4")).unwrap();
+    let prompt = model.tokenizer.encode(&model.chat_prompt(&[Message::new("user", "Tell me about kites.")]).unwrap());
+    let mut session = model.session(None).unwrap();
+    let warm = GenerateOptions { max_tokens: 12, sampling: Sampling { temperature: 0.9, top_p: 0.9, seed: 42 } };
+    let first = session.generate(&prompt, &warm, &mut |_| {}).unwrap();
+    let again = session.generate(&prompt, &warm, &mut |_| {}).unwrap();
+    assert_eq!(first.tokens, again.tokens, "same seed, same tokens");
+    assert_eq!(first.finish, Finish::Length);
+    assert_eq!(first.tokens.len(), 12);
+
+    // A cache just big enough for the prompt and three answer tokens stops there.
+    let mut small = model.session(Some(prompt.len() + 3)).unwrap();
+    let greedy = GenerateOptions { max_tokens: 50, sampling: Sampling::default() };
+    let cut = small.generate(&prompt, &greedy, &mut |_| {}).unwrap();
+    assert_eq!(cut.finish, Finish::ContextFull);
+    assert_eq!(cut.tokens.len(), 3);
+}
+
+#[test]
+fn bad_prompts_are_refused_with_clear_errors() {
+    let bundle = bundle();
+    let model = LanguageModel::load(&bundle, Some("q4")).unwrap();
+    let mut session = model.session(Some(64)).unwrap();
+    let options = GenerateOptions::default();
+    let long = model.tokenizer.encode(&"the door is open ".repeat(40));
+    match session.generate(&long, &options, &mut |_| {}) {
+        Err(ModelError::PromptTooLong { tokens, capacity: 64 }) => assert_eq!(tokens, long.len()),
+        other => panic!("expected PromptTooLong, got {other:?}"),
+    }
+    let vocab = model.config.n_vocab as u32;
+    match session.generate(&[1, 2, vocab + 5], &options, &mut |_| {}) {
+        Err(ModelError::InvalidToken { id, .. }) => assert_eq!(id, (vocab + 5) as i64),
+        other => panic!("expected InvalidToken, got {other:?}"),
+    }
+    let hot = GenerateOptions { sampling: Sampling { temperature: -1.0, ..Sampling::default() }, ..options };
+    assert!(matches!(session.generate(&[1, 2], &hot, &mut |_| {}), Err(ModelError::BadRequest(_))));
+}
+
+#[test]
+fn gguf_reader_checks_architecture_and_truncation() {
+    let bundle = bundle();
+    let path = gguf_path(&bundle);
+    let gguf = Gguf::open(&path).unwrap();
+    let config = LlamaConfig::from_gguf(&gguf).unwrap();
+    assert_eq!((config.n_layers, config.d_model, config.n_heads, config.n_kv_heads), (30, 576, 9, 3));
+    assert_eq!(config.n_vocab, 49152);
+
+    let original = std::fs::read(&path).unwrap();
+    let dir = std::env::temp_dir().join(format!("lookout-gguf-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+
+    // The same file declaring another architecture.
+    let key = b"general.architecture\x08\x00\x00\x00\x05\x00\x00\x00\x00\x00\x00\x00llama";
+    let at = original.windows(key.len()).position(|w| w == key).expect("architecture entry");
+    let mut renamed = original.clone();
+    renamed[at + key.len() - 5..at + key.len()].copy_from_slice(b"gemma");
+    let other_arch = dir.join("other-arch.gguf");
+    std::fs::write(&other_arch, &renamed).unwrap();
+    let err = LlamaConfig::from_gguf(&Gguf::open(&other_arch).unwrap()).unwrap_err();
+    assert!(matches!(err, GgufError::UnsupportedArchitecture { ref found, .. } if found == "gemma"), "{err}");
+
+    // Cut in the middle of the tensor data, and inside the header.
+    for (name, len) in [("truncated.gguf", original.len() / 2), ("header-only.gguf", 4096)] {
+        let cut = dir.join(name);
+        std::fs::write(&cut, &original[..len]).unwrap();
+        let err = Gguf::open(&cut).unwrap_err();
+        assert!(matches!(err, GgufError::Truncated { .. } | GgufError::Malformed { .. }), "{name}: {err}");
+        assert!(err.to_string().contains(name), "{err}");
+    }
+    let not_gguf = dir.join("not.gguf");
+    std::fs::write(&not_gguf, b"this is not a model").unwrap();
+    assert!(matches!(Gguf::open(&not_gguf), Err(GgufError::Malformed { .. })));
+    std::fs::remove_dir_all(&dir).ok();
+}
