@@ -28,7 +28,10 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
         return BAD_INPUT;
     }
     match err.chain().find_map(|c| c.downcast_ref::<ModelError>()) {
-        Some(ModelError::Audio(_)) | Some(ModelError::UnknownLanguage(_)) => BAD_INPUT,
+        Some(ModelError::Audio(_))
+        | Some(ModelError::UnknownLanguage(_))
+        | Some(ModelError::PromptTooLong { .. })
+        | Some(ModelError::BadRequest(_)) => BAD_INPUT,
         Some(ModelError::Run { .. }) | Some(ModelError::InvalidToken { .. }) | None => FAILURE,
         Some(_) => BAD_MODELS,
     }

@@ -293,7 +293,7 @@ mod tests {
     #[test]
     fn gpt2_pattern_pieces() {
         assert_eq!(pre_tokenize("Hello world", false), ["Hello", " world"]);
-        assert_eq!(pre_tokenize("it's  two\n\nlines ", false), ["it", "'s", " ", " two", "\n\n", "lines", " "]);
+        assert_eq!(pre_tokenize("it's  two\n\nlines ", false), ["it", "'s", " ", " two", "\n", "\n", "lines", " "]);
         assert_eq!(pre_tokenize("a  b", false), ["a", " ", " b"]);
         assert_eq!(pre_tokenize("(x) -> y!", false), ["(", "x", ")", " ->", " y", "!"]);
         assert_eq!(pre_tokenize("Room 101", false), ["Room", " 101"]);
