@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the peers `lookout bench` compares against (faster-whisper on the same CTranslate2 weights, onnxruntime
-# on the same vision ONNX files) into .cache/venv-peers; rebuilt only when requirements-peers.txt changes.
+# on the same vision ONNX files, llama.cpp on the same GGUF) into .cache/venv-peers; rebuilt only when
+# requirements-peers.txt changes. llama-cpp-python builds llama.cpp from source (about 10 minutes on 2 cores).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
@@ -12,6 +13,8 @@ if [[ -x "$venv/bin/python" && "$(cat "$venv/.requirements-stamp" 2>/dev/null)" 
 fi
 rm -rf "$venv"
 "${PYTHON:-python3}" -m venv "$venv"
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$here/requirements-peers.txt"
+# A portable AVX2 build: the native build emits instructions (AMX) some virtual machines refuse at run time.
+CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON ${CMAKE_ARGS:-}" \
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-cache-dir -r "$here/requirements-peers.txt"
 echo "$want" > "$venv/.requirements-stamp"
 echo "peers installed: $venv"

@@ -23,8 +23,16 @@ pub fn one_line(err: &anyhow::Error) -> String {
     kept.join(": ")
 }
 
+/// A request the command refuses as given (an empty question, a sampling setting out of range).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadInput(pub String);
+
 pub fn code_for(err: &anyhow::Error) -> u8 {
-    if err.chain().any(|c| c.downcast_ref::<AudioError>().is_some() || c.downcast_ref::<ImageError>().is_some()) {
+    let bad_input = |c: &(dyn std::error::Error + 'static)| {
+        c.downcast_ref::<AudioError>().is_some() || c.downcast_ref::<ImageError>().is_some() || c.downcast_ref::<BadInput>().is_some()
+    };
+    if err.chain().any(bad_input) {
         return BAD_INPUT;
     }
     match err.chain().find_map(|c| c.downcast_ref::<ModelError>()) {

@@ -1,8 +1,10 @@
 //! The `lookout` command: parses arguments, runs one subcommand, prints errors as one line with an exit code
 //! that says what kind of failure it was.
 
+mod answer;
 mod cli;
 mod exit;
+mod fusion;
 mod memory;
 
 use std::process::ExitCode;

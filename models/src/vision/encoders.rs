@@ -121,6 +121,11 @@ impl ObjectDetector {
         let graph = Graph::load(&c.name, &bundle.checked_path(c)?, &[(DatumType::F32, &image_dims(layout, size, size))])?;
         Ok(ObjectDetector { graph, size, normalization, layout, labels, filter })
     }
+
+    /// Every label the detector can report, by class id.
+    pub fn labels(&self) -> &[String] {
+        &self.labels
+    }
 }
 
 /// PP-OCR: a text-probability map over the letterboxed image, then each text box read by the recognizer.

@@ -43,7 +43,7 @@ impl Scene {
 
     /// Short phrases describing the scene, in a fixed order: one per label (alphabetical) with its count and,
     /// for a single object, where it is ("1 person on the left, near"); then the text, quoted, in reading
-    /// order. Plurals are naive (an "s" is appended).
+    /// order.
     pub fn summary(&self) -> Vec<String> {
         let mut phrases = Vec::new();
         for (label, &count) in &self.counts {
@@ -65,7 +65,7 @@ impl Scene {
                 }
                 phrases.push(phrase);
             } else {
-                phrases.push(format!("{count} {label}s"));
+                phrases.push(format!("{count} {}", plural(label)));
             }
         }
         for line in &self.text {
@@ -75,6 +75,23 @@ impl Scene {
         }
         phrases
     }
+}
+
+/// The English plural of a COCO label ("person" → "people", "bus" → "buses", "skis" stays).
+pub fn plural(label: &str) -> String {
+    let (head, last) = match label.rsplit_once(' ') {
+        Some((head, last)) => (format!("{head} "), last),
+        None => (String::new(), label),
+    };
+    let word = match last {
+        "person" => "people".to_string(),
+        "mouse" => "mice".to_string(),
+        "knife" => "knives".to_string(),
+        "sheep" | "skis" | "scissors" => last.to_string(),
+        w if w.ends_with('s') || w.ends_with("sh") || w.ends_with("ch") || w.ends_with('x') => format!("{w}es"),
+        w => format!("{w}s"),
+    };
+    format!("{head}{word}")
 }
 
 #[cfg(test)]

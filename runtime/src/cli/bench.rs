@@ -1,9 +1,10 @@
-//! `lookout bench`: timing and peak memory of the speech and vision paths, each beside a peer engine on the same
-//! model files in the same run, as a markdown table on stdout and report.md/report.json in `--out`.
+//! `lookout bench`: timing and peak memory of the speech, vision and language paths, each beside a peer engine on
+//! the same model files in the same run, as a markdown table on stdout and report.md/report.json in `--out`.
 //!
 //! Each configuration runs in a child process of its own so that its peak RSS is its own; this module holds
 //! what the suites share (arguments, child processes, peers, medians, the report files).
 
+mod llm;
 mod npy;
 mod speech;
 mod vision;
@@ -22,10 +23,10 @@ use super::Context;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Suite to run: `speech` or `vision`.
+    /// Suite to run: `speech`, `vision` or `llm`.
     #[arg(long, default_value = "speech")]
     suite: String,
-    /// Speech: variants to compare (default: every variant in the bundle).
+    /// Speech and llm: variants to compare (default: every variant in the bundle).
     #[arg(long, value_delimiter = ',')]
     variants: Vec<String>,
     /// Timed runs per input; medians are reported (default: 5 for speech, 10 for vision).
@@ -40,7 +41,7 @@ pub struct BenchArgs {
     /// Vision: JPEG or PNG files (default: two prepared photos and a rendered sign).
     #[arg(long, value_delimiter = ',')]
     images: Vec<PathBuf>,
-    /// Vision: thread counts to run, each in its own process.
+    /// Vision and llm: thread counts to run, each in its own process.
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2])]
     threads: Vec<usize>,
     /// Where report.json and report.md go (vision also writes its input tensors under tensors/).
@@ -64,7 +65,8 @@ pub fn run(ctx: &Context, args: BenchArgs) -> anyhow::Result<()> {
     match args.suite.as_str() {
         "speech" => speech::run(ctx, &args),
         "vision" => vision::run(ctx, &args),
-        other => bail!("unknown suite `{other}` (available: speech, vision)"),
+        "llm" => llm::run(ctx, &args),
+        other => bail!("unknown suite `{other}` (available: speech, vision, llm)"),
     }
 }
 

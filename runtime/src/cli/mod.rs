@@ -1,5 +1,6 @@
 //! Command-line arguments and dispatch to one module per subcommand.
 
+mod ask;
 mod bench;
 mod describe;
 mod models;
@@ -31,6 +32,10 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Objects, counts and text in a JPEG or PNG image.
     Describe(describe::DescribeArgs),
+    /// One sentence about a photo, from the scene and the language decoder.
+    Caption(ask::CaptionArgs),
+    /// Answer a spoken or typed question about a photo.
+    Ask(ask::AskArgs),
     /// List or verify model bundles.
     #[command(subcommand)]
     Models(models::ModelsCommand),
@@ -44,6 +49,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Command::Models(c) => models::run(&ctx, c),
         Command::Bench(a) => bench::run(&ctx, a),
         Command::Describe(a) => describe::run(&ctx, a),
+        Command::Caption(a) => ask::caption(&ctx, a),
+        Command::Ask(a) => ask::ask(&ctx, a),
     }
 }
 

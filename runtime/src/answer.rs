@@ -1,0 +1,153 @@
+//! The language step of the pipeline: a scene and a task in, one checked sentence out. Fuses the prompt under the
+//! decoder's budget, generates (streaming pieces to the caller), keeps the first sentence, checks it against the
+//! scene and falls back to the deterministic sentence when it is not faithful, when the prompt does not fit, or
+//! when no decoder is loaded.
+
+use lookout_models::llm::{GenerateOptions, Generation, LanguageModel};
+use lookout_models::vision::Scene;
+use serde::Serialize;
+
+use crate::fusion::{answer_sentence, Exchange, FusedPrompt, Grounding, SceneFacts, Task};
+
+/// Where the final sentence came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// The decoder's sentence, checked against the scene.
+    Decoder,
+    /// The deterministic sentence built from the scene.
+    Scene,
+}
+
+/// One answer (or caption) with everything that explains it.
+#[derive(Debug, Serialize)]
+pub struct Reply {
+    pub text: String,
+    pub source: Source,
+    /// Why the deterministic sentence was used, when it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback_reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<FusedPrompt>,
+    /// The chat-formatted prompt text the decoder saw.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_text: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decoder_text: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grounding: Option<Grounding>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generation: Option<GenerationStats>,
+}
+
+/// Token counts and timings of the decoder run.
+#[derive(Debug, Serialize)]
+pub struct GenerationStats {
+    pub variant: String,
+    pub prompt_tokens: usize,
+    pub answer_tokens: usize,
+    pub finish: lookout_models::llm::Finish,
+    pub prefill_ms: f64,
+    pub decode_ms: f64,
+    pub first_token_ms: f64,
+    pub prefill_tokens_per_s: f64,
+    pub decode_tokens_per_s: f64,
+}
+
+impl GenerationStats {
+    fn of(g: &Generation, variant: &str) -> GenerationStats {
+        GenerationStats {
+            variant: variant.to_string(),
+            prompt_tokens: g.prompt_tokens,
+            answer_tokens: g.tokens.len(),
+            finish: g.finish,
+            prefill_ms: g.prefill_ms,
+            decode_ms: g.decode_ms,
+            first_token_ms: g.first_token_ms,
+            prefill_tokens_per_s: g.prefill_tokens_per_s,
+            decode_tokens_per_s: g.decode_tokens_per_s,
+        }
+    }
+}
+
+/// Answers `task` about `scene`; with `decoder` = None the deterministic sentence is the answer.
+pub fn reply(
+    scene: &Scene,
+    known_labels: &[String],
+    task: &Task,
+    history: &[Exchange],
+    decoder: Option<&LanguageModel>,
+    options: &GenerateOptions,
+    on_text: &mut dyn FnMut(&str),
+) -> anyhow::Result<Reply> {
+    let facts = SceneFacts { scene, known_labels };
+    let fallback = |reason: &str| Reply {
+        text: facts.sentence(task),
+        source: Source::Scene,
+        fallback_reason: Some(reason.to_string()),
+        prompt: None,
+        prompt_text: None,
+        decoder_text: None,
+        grounding: None,
+        generation: None,
+    };
+    let Some(lm) = decoder else { return Ok(fallback("decoder disabled")) };
+    if facts.beyond_perception(task) {
+        return Ok(fallback("the question is about nothing the detector or the text reader reports"));
+    }
+    let mut session = lm.session(None)?;
+    let budget = session.capacity().saturating_sub(options.max_tokens.max(1));
+    let mut count = |messages: &[lookout_models::llm::chat::Message]| {
+        lm.chat_prompt(messages).map(|p| lm.tokenizer.encode(&p).len()).unwrap_or(usize::MAX)
+    };
+    let Some(fused) = facts.prompt(task, history, budget, &mut count) else {
+        return Ok(fallback(&format!("the prompt does not fit in {budget} tokens")));
+    };
+    let prompt_text = lm.chat_prompt(&fused.chat())?;
+    let ids = lm.tokenizer.encode(&prompt_text);
+    let generation = session.generate(&ids, options, on_text)?;
+    let sentence = answer_sentence(&generation.text).unwrap_or_default();
+    let grounding = facts.grounding(&sentence);
+    let stats = GenerationStats::of(&generation, &lm.variant);
+    let faithful = !sentence.is_empty() && grounding.faithful(task) && facts.states_asked_count(task, &sentence);
+    let mut out = if faithful {
+        Reply {
+            text: sentence.clone(),
+            source: Source::Decoder,
+            fallback_reason: None,
+            prompt: None,
+            prompt_text: None,
+            decoder_text: None,
+            grounding: None,
+            generation: None,
+        }
+    } else {
+        fallback(&unfaithful_reason(&grounding, &sentence))
+    };
+    out.prompt = Some(fused);
+    out.prompt_text = Some(prompt_text);
+    out.decoder_text = Some(generation.text);
+    out.grounding = Some(grounding);
+    out.generation = Some(stats);
+    Ok(out)
+}
+
+fn unfaithful_reason(g: &Grounding, sentence: &str) -> String {
+    let mut parts = Vec::new();
+    if sentence.is_empty() {
+        parts.push("the decoder finished no sentence".to_string());
+    }
+    if !g.invented.is_empty() {
+        parts.push(format!("names what the scene lacks: {}", g.invented.join(", ")));
+    }
+    if !g.miscounted.is_empty() {
+        parts.push(format!("miscounts: {}", g.miscounted.join(", ")));
+    }
+    if !g.missing.is_empty() {
+        parts.push(format!("leaves out: {}", g.missing.join(", ")));
+    }
+    if parts.is_empty() {
+        parts.push("does not state the detected count".to_string());
+    }
+    format!("decoder sentence not faithful to the scene ({})", parts.join("; "))
+}

@@ -1,0 +1,224 @@
+//! `lookout caption IMAGE` and `lookout ask --image IMAGE (--audio WAV | --text Q)`: the scene from the vision
+//! path, the question from text or speech, one checked sentence from the language decoder.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use clap::Args;
+use lookout_models::audio;
+use lookout_models::llm::{GenerateOptions, LanguageModel, Sampling};
+use lookout_models::speech::Transcriber;
+use lookout_models::vad::SileroVad;
+use lookout_models::vision::image::load_image;
+use lookout_models::vision::{Scene, VisionModels};
+use lookout_models::whisper::{DecodeOptions, Whisper, Window};
+use serde::Serialize;
+
+use super::{print_json, Context};
+use crate::answer::{reply, Reply};
+use crate::exit::BadInput;
+use crate::fusion::Task;
+use crate::memory;
+
+/// Options shared by `caption` and `ask`.
+#[derive(Debug, Args)]
+pub struct LanguageArgs {
+    /// Print a JSON object with the scene, the fused prompt, the answer, token counts and timings.
+    #[arg(long)]
+    json: bool,
+    /// Decoder variant from the bundle (q4, f32); default: the bundle's first.
+    #[arg(long)]
+    variant: Option<String>,
+    /// Answer from the scene alone, without the language decoder.
+    #[arg(long)]
+    no_decoder: bool,
+    /// Most tokens the decoder may write.
+    #[arg(long, default_value_t = 48, value_parser = clap::value_parser!(u32).range(1..=512))]
+    max_tokens: u32,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Nucleus sampling: keep the most likely tokens up to this probability mass.
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Seed of the sampler (with --temperature above 0).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print the decoder's words to stderr as they are generated.
+    #[arg(long)]
+    stream: bool,
+    /// Skip reading text in the image.
+    #[arg(long)]
+    no_ocr: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CaptionArgs {
+    /// JPEG or PNG file.
+    image: PathBuf,
+    #[command(flatten)]
+    language: LanguageArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("question").required(true).args(["audio", "text"])))]
+pub struct AskArgs {
+    /// JPEG or PNG file.
+    #[arg(long)]
+    image: PathBuf,
+    /// The question as speech (WAV or FLAC).
+    #[arg(long)]
+    audio: Option<PathBuf>,
+    /// The question as text.
+    #[arg(long)]
+    text: Option<String>,
+    /// Speech recognizer variant (int8, f32).
+    #[arg(long)]
+    asr_variant: Option<String>,
+    #[command(flatten)]
+    language: LanguageArgs,
+}
+
+/// Longest typed question accepted; longer ones are refused rather than cut.
+const MAX_QUESTION_BYTES: usize = 2000;
+
+#[derive(Serialize)]
+struct Output<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    question: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    transcript: Option<&'a str>,
+    answer: &'a str,
+    scene: &'a Scene,
+    reply: &'a Reply,
+    timings_ms: &'a BTreeMap<String, f64>,
+    memory: Option<Memory>,
+}
+
+#[derive(Serialize)]
+struct Memory {
+    peak_mib: f64,
+}
+
+pub fn caption(ctx: &Context, args: CaptionArgs) -> anyhow::Result<()> {
+    run(ctx, &args.image, None, None, &args.language)
+}
+
+pub fn ask(ctx: &Context, args: AskArgs) -> anyhow::Result<()> {
+    if let Some(text) = &args.text {
+        if text.trim().is_empty() {
+            return Err(BadInput("--text is empty".into()).into());
+        }
+        if text.len() > MAX_QUESTION_BYTES {
+            return Err(BadInput(format!("--text has {} bytes; questions are limited to {MAX_QUESTION_BYTES}", text.len())).into());
+        }
+    }
+    let question = args.audio.as_ref().map(|audio| (audio, args.asr_variant.as_deref()));
+    run(ctx, &args.image, args.text.as_deref(), question, &args.language)
+}
+
+fn ms_since(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64() * 1e3
+}
+
+fn run(
+    ctx: &Context,
+    image_path: &PathBuf,
+    text: Option<&str>,
+    speech: Option<(&PathBuf, Option<&str>)>,
+    args: &LanguageArgs,
+) -> anyhow::Result<()> {
+    let sampling = Sampling { temperature: args.temperature, top_p: args.top_p, seed: args.seed };
+    sampling.validate().map_err(BadInput)?;
+    let mut timings = BTreeMap::new();
+    // Inputs are read before any model is loaded, so bad input fails fast.
+    let started = Instant::now();
+    let image = load_image(image_path).with_context(|| image_path.display().to_string())?;
+    timings.insert("image".to_string(), ms_since(started));
+    let samples = match speech {
+        Some((path, _)) => {
+            let started = Instant::now();
+            let samples = audio::load_mono_16k(path).with_context(|| path.display().to_string())?;
+            timings.insert("audio".to_string(), ms_since(started));
+            Some(samples)
+        }
+        None => None,
+    };
+
+    let bundle = ctx.open_bundle()?;
+    let transcript = match (&samples, speech) {
+        (Some(samples), Some((_, variant))) => {
+            let started = Instant::now();
+            let whisper = Whisper::load(&bundle, variant)?;
+            let vad = SileroVad::load(&bundle)?;
+            let mut transcriber = Transcriber::new(&whisper, Some(&vad))?;
+            timings.insert("load_speech".to_string(), ms_since(started));
+            let started = Instant::now();
+            let options = DecodeOptions { window: Window::FIT, ..DecodeOptions::default() };
+            let transcript = transcriber.transcribe(samples, &options)?;
+            timings.insert("transcribe".to_string(), ms_since(started));
+            if transcript.text.trim().is_empty() {
+                return Err(BadInput("no speech found in the audio question".into()).into());
+            }
+            Some(transcript.text.trim().to_string())
+        }
+        _ => None,
+    };
+
+    let started = Instant::now();
+    let vision = VisionModels::load(&bundle, !args.no_ocr)?;
+    let mut session = vision.session()?;
+    timings.insert("load_vision".to_string(), ms_since(started));
+    let started = Instant::now();
+    let scene = session.describe(&image)?;
+    timings.insert("vision".to_string(), ms_since(started));
+
+    let decoder = if args.no_decoder {
+        None
+    } else {
+        let started = Instant::now();
+        let lm = LanguageModel::load(&bundle, args.variant.as_deref())?;
+        timings.insert("load_decoder".to_string(), ms_since(started));
+        Some(lm)
+    };
+
+    let question = text.map(str::to_string).or_else(|| transcript.clone());
+    let task = match &question {
+        Some(q) => Task::Answer(q.clone()),
+        None => Task::Caption,
+    };
+    let options = GenerateOptions { max_tokens: args.max_tokens as usize, sampling };
+    let started = Instant::now();
+    let mut stderr = std::io::stderr();
+    let mut on_text = |piece: &str| {
+        if args.stream {
+            let _ = write!(stderr, "{piece}");
+            let _ = stderr.flush();
+        }
+    };
+    let result = reply(&scene, vision.detector.labels(), &task, &[], decoder.as_ref(), &options, &mut on_text)?;
+    if args.stream && result.decoder_text.is_some() {
+        eprintln!();
+    }
+    timings.insert("answer".to_string(), ms_since(started));
+
+    if args.json {
+        return print_json(&Output {
+            question: text,
+            transcript: transcript.as_deref(),
+            answer: &result.text,
+            scene: &scene,
+            reply: &result,
+            timings_ms: &timings,
+            memory: memory::rss().map(|m| Memory { peak_mib: m.peak_mib }),
+        });
+    }
+    if let Some(t) = &transcript {
+        println!("Q: {t}");
+    }
+    println!("{}", result.text);
+    Ok(())
+}
