@@ -263,3 +263,98 @@ impl LmSession<'_> {
         })
     }
 }
+
+/// Image features for a vision-language decoder: `rows` embeddings of the decoder's width, to take the places of
+/// `rows` consecutive image placeholder tokens in the prompt (as SmolVLM-style exports expect).
+#[derive(Debug, Clone)]
+pub struct ImageEmbedding {
+    pub rows: usize,
+    pub width: usize,
+    /// Row-major, `rows * width` values.
+    pub values: Vec<f32>,
+}
+
+/// Where one image's rows go in the prompt: token positions `start..start + rows`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageSpan {
+    pub image: usize,
+    pub start: usize,
+    pub rows: usize,
+}
+
+/// Matches each image to its run of `placeholder` tokens in `tokens`, in order, checking that every run has as
+/// many tokens as its image has rows, that every row is `width` wide, and that no placeholder is left over. A
+/// decoder that takes input embeddings fills its embedding matrix from these spans; a text-only decoder has none.
+pub fn image_spans(tokens: &[u32], placeholder: u32, images: &[ImageEmbedding], width: usize) -> Result<Vec<ImageSpan>> {
+    let bad = |reason: String| ModelError::BadRequest(format!("image embeddings: {reason}"));
+    let mut runs = Vec::new();
+    let mut i = 0;
+    while i < tokens.len() {
+        if tokens[i] == placeholder {
+            let start = i;
+            while i < tokens.len() && tokens[i] == placeholder {
+                i += 1;
+            }
+            runs.push((start, i - start));
+        } else {
+            i += 1;
+        }
+    }
+    if runs.len() != images.len() {
+        return Err(bad(format!("{} image slots in the prompt for {} images", runs.len(), images.len())));
+    }
+    images
+        .iter()
+        .zip(runs)
+        .enumerate()
+        .map(|(n, (image, (start, len)))| {
+            if image.width != width || image.values.len() != image.rows * width {
+                return Err(bad(format!("image {n} is {}x{} with {} values; the decoder is {width} wide", image.rows, image.width, image.values.len())));
+            }
+            if image.rows != len {
+                return Err(bad(format!("image {n} has {} rows but its slot holds {len} tokens", image.rows)));
+            }
+            Ok(ImageSpan { image: n, start, rows: len })
+        })
+        .collect()
+}
+
+impl LmSession<'_> {
+    /// Generation after a prompt that may carry images. This decoder reads token ids only, so any image is refused
+    /// with a clear error; a vision-language decoder plugs in here, splicing the images at [`image_spans`].
+    pub fn generate_multimodal(
+        &mut self,
+        prompt: &[u32],
+        images: &[ImageEmbedding],
+        options: &GenerateOptions,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Generation> {
+        if !images.is_empty() {
+            return Err(ModelError::BadRequest(format!(
+                "the {} decoder takes token ids only; image embeddings need a vision-language decoder",
+                self.model.variant
+            )));
+        }
+        self.generate(prompt, options, on_text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(rows: usize, width: usize) -> ImageEmbedding {
+        ImageEmbedding { rows, width, values: vec![0.5; rows * width] }
+    }
+
+    #[test]
+    fn image_spans_follow_placeholder_runs() {
+        let p = 99;
+        let tokens = [1, p, p, p, 5, 6, p, p, 7];
+        let spans = image_spans(&tokens, p, &[image(3, 4), image(2, 4)], 4).unwrap();
+        assert_eq!(spans, [ImageSpan { image: 0, start: 1, rows: 3 }, ImageSpan { image: 1, start: 6, rows: 2 }]);
+        assert!(image_spans(&tokens, p, &[image(3, 4)], 4).is_err(), "one slot left over");
+        assert!(image_spans(&tokens, p, &[image(2, 4), image(2, 4)], 4).is_err(), "rows differ from the slot");
+        assert!(image_spans(&tokens, p, &[image(3, 5), image(2, 4)], 4).is_err(), "wrong width");
+    }
+}
