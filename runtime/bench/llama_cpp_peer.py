@@ -45,7 +45,7 @@ def main() -> None:
         first_token = None
         steps = 0
         while len(tokens) < args.max_tokens:
-            token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            token = int(np.argmax(np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))))
             first_token = first_token or time.perf_counter() - start
             if token == args.eos:
                 break

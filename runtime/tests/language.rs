@@ -127,3 +127,29 @@ fn bad_requests_get_clear_errors() {
     assert_fails(&["caption", &kite, "--max-tokens", "0"], 2, "max-tokens");
     assert_fails(&["caption", &kite, "--variant", "q2"], 4, "available: q4, f32");
 }
+
+#[test]
+fn models_inspect_reads_the_gguf_and_refuses_broken_ones() {
+    let models = lookout_models::bundle::resolve_models_dir(None);
+    let gguf = models.join("default/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let gguf = gguf.to_string_lossy().into_owned();
+    let out = json_of(&["models", "inspect", &gguf, "--json"]);
+    assert_eq!(out["architecture"], "llama");
+    assert_eq!(out["decoder"]["n_layers"], 30);
+    assert_eq!(out["tensor_types"]["Q4_1"], 210);
+
+    let dir = std::env::temp_dir().join(format!("lookout-inspect-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let original = std::fs::read(&gguf).unwrap();
+    let cut = dir.join("cut.gguf");
+    std::fs::write(&cut, &original[..original.len() / 3]).unwrap();
+    assert_fails(&["models", "inspect", cut.to_str().unwrap()], 3, "truncated");
+    let key = b"general.architecture\x08\x00\x00\x00\x05\x00\x00\x00\x00\x00\x00\x00llama";
+    let at = original.windows(key.len()).position(|w| w == key).unwrap() + key.len() - 5;
+    let mut other = original.clone();
+    other[at..at + 5].copy_from_slice(b"mamba");
+    let renamed = dir.join("mamba.gguf");
+    std::fs::write(&renamed, &other).unwrap();
+    assert_fails(&["models", "inspect", renamed.to_str().unwrap()], 3, "architecture `mamba` is not supported");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -286,7 +286,7 @@ impl Gguf {
 }
 
 /// Hyperparameters of a Llama-architecture decoder, read and checked from GGUF metadata and tensor shapes.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct LlamaConfig {
     pub n_layers: usize,
     pub d_model: usize,

@@ -1,4 +1,5 @@
-//! `lookout models list | verify`: what the bundles hold and whether every file matches its manifest.
+//! `lookout models list | verify | inspect`: what the bundles hold, whether every file matches its manifest, and
+//! what a GGUF file holds and whether Lookout can use it.
 
 use clap::Subcommand;
 use lookout_models::bundle::{Bundle, FileStatus};
@@ -18,6 +19,66 @@ pub enum ModelsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Read a GGUF file: architecture, hyperparameters, tensor types, tokenizer; checks that a decoder can be built.
+    Inspect {
+        /// The .gguf file.
+        file: std::path::PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Serialize)]
+struct GgufReport {
+    file: String,
+    version: u32,
+    architecture: String,
+    name: Option<String>,
+    decoder: lookout_models::llm::gguf::LlamaConfig,
+    tensors: usize,
+    tensor_types: std::collections::BTreeMap<String, usize>,
+    bytes: u64,
+    vocabulary: usize,
+    eos: u32,
+    chat_template: bool,
+}
+
+fn inspect(file: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    use lookout_models::llm::{bpe::BpeTokenizer, gguf};
+    let bad = |e: gguf::GgufError| crate::exit::BadInput(e.to_string());
+    let g = gguf::Gguf::open(file).map_err(bad)?;
+    let decoder = gguf::LlamaConfig::from_gguf(&g).map_err(bad)?;
+    let tokenizer = BpeTokenizer::from_gguf(&g).map_err(bad)?;
+    let mut tensor_types = std::collections::BTreeMap::new();
+    for t in &g.tensors {
+        *tensor_types.entry(gguf::type_name(t.ggml_type)).or_insert(0) += 1;
+    }
+    let report = GgufReport {
+        file: file.display().to_string(),
+        version: g.version,
+        architecture: g.str("general.architecture").unwrap_or_default().to_string(),
+        name: g.str("general.name").ok().map(str::to_string),
+        tensors: g.tensors.len(),
+        tensor_types,
+        bytes: g.tensors.iter().map(|t| t.bytes).sum(),
+        vocabulary: tokenizer.vocab_size(),
+        eos: tokenizer.eos,
+        chat_template: g.str("tokenizer.chat_template").is_ok(),
+        decoder,
+    };
+    if json {
+        return print_json(&report);
+    }
+    let d = &report.decoder;
+    println!("{}: GGUF v{}, {} ({})", report.file, report.version, report.architecture, report.name.as_deref().unwrap_or("unnamed"));
+    println!(
+        "  {} layers, width {}, {} heads ({} key/value), feed-forward {}, vocabulary {}, trained context {}",
+        d.n_layers, d.d_model, d.n_heads, d.n_kv_heads, d.d_ff, d.n_vocab, d.n_ctx_train
+    );
+    let types: Vec<String> = report.tensor_types.iter().map(|(t, n)| format!("{n} {t}")).collect();
+    println!("  {} tensors ({}), {:.1} MB of weights", report.tensors, types.join(", "), report.bytes as f64 / 1e6);
+    println!("  tokenizer: byte-level BPE, eos {}, chat template {}", report.eos, if report.chat_template { "present" } else { "missing" });
+    Ok(())
 }
 
 #[derive(Serialize)]
@@ -43,6 +104,7 @@ struct ComponentReport<'a> {
 
 pub fn run(ctx: &Context, command: ModelsCommand) -> anyhow::Result<()> {
     match command {
+        ModelsCommand::Inspect { file, json } => inspect(&file, json),
         ModelsCommand::List { json } => {
             let bundles = Bundle::list(ctx.models_dir())?;
             if bundles.is_empty() {
