@@ -100,6 +100,19 @@ def report_problems(problems: list[str]) -> None:
 REFERENCE_STAMP = ".reference-stamp"
 
 
+def reference_setup(doc: str) -> tuple[argparse.Namespace, Path] | None:
+    """A reference script's arguments and its bundle's manifest path; None with --no-reference. Exits with an
+    error when the bundle has not been built."""
+    args = parse_args(doc.splitlines()[0])
+    if args.no_reference:
+        return None
+    manifest_path = args.bundle / "manifest.toml"
+    if not manifest_path.is_file():
+        print(f"error: no bundle at {args.bundle}; run prepare.py first", file=sys.stderr)
+        raise SystemExit(1)
+    return args, manifest_path
+
+
 def digest_of(parts) -> str:
     """One sha256 over several strings, each kept apart from the next."""
     digest = hashlib.sha256()

@@ -31,7 +31,7 @@ import onnxruntime as ort
 
 import audio
 import manifest
-from common import (SOURCES_DIR, TESTDATA_DIR, digest_of, mark_references, parse_args, references_current,
+from common import (SOURCES_DIR, TESTDATA_DIR, digest_of, mark_references, reference_setup, references_current,
                     report_problems, scripts_digest, write_atomic)
 from sources import SourceError, ensure_sources
 from tokenizer import Tokenizer
@@ -185,14 +185,11 @@ def save_npy(path: Path, array: np.ndarray) -> None:
 
 
 def main() -> int:
-    args = parse_args(__doc__.splitlines()[0])
-    if args.no_reference:
-        return 0
     start = time.perf_counter()
-    manifest_path = args.bundle / "manifest.toml"
-    if not manifest_path.is_file():
-        print(f"error: no bundle at {args.bundle}; run prepare.py first", file=sys.stderr)
-        return 1
+    setup = reference_setup(__doc__)
+    if setup is None:
+        return 0
+    args, manifest_path = setup
     try:
         sources = ensure_sources(SOURCES_DIR)
     except (SourceError, OSError) as e:

@@ -22,7 +22,7 @@ from gguf import GGUFReader
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
 import manifest
-from common import (CACHE, digest_of, mark_references, parse_args, references_current, report_problems,
+from common import (CACHE, digest_of, mark_references, reference_setup, references_current, report_problems,
                     scripts_digest, write_atomic)
 
 OUT = CACHE / "testdata" / "llm"
@@ -86,14 +86,11 @@ def greedy(path, prompt_ids: list[int], params: dict, eos: int) -> tuple[list[in
 
 
 def main() -> int:
-    args = parse_args(__doc__.splitlines()[0])
-    if args.no_reference:
-        return 0
     start = time.perf_counter()
-    manifest_path = args.bundle / "manifest.toml"
-    if not manifest_path.is_file():
-        print(f"error: no bundle at {args.bundle}; run prepare.py first", file=sys.stderr)
-        return 1
+    setup = reference_setup(__doc__)
+    if setup is None:
+        return 0
+    args, manifest_path = setup
     components = manifest.load(manifest_path)["component"]
     decoders_ = [c for c in components if c["role"] == "llm-decoder"]
     gguf = next((c for c in components if c["role"] == "llm-gguf"), None)

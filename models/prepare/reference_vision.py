@@ -28,8 +28,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 import manifest
 import vision
-from common import (SOURCES_DIR, VISION_TESTDATA_DIR, digest_of, mark_references, parse_args, references_current,
-                    report_problems, scripts_digest, sha256_file, write_atomic)
+from common import (SOURCES_DIR, VISION_TESTDATA_DIR, digest_of, mark_references, reference_setup,
+                    references_current, report_problems, scripts_digest, sha256_file, write_atomic)
 from sources import SourceError, ensure_sources
 
 OUT = VISION_TESTDATA_DIR
@@ -96,14 +96,11 @@ def median_ms(run, feed: dict) -> float:
 
 
 def main() -> int:
-    args = parse_args(__doc__.splitlines()[0])
-    if args.no_reference:
-        return 0
     start = time.perf_counter()
-    manifest_path = args.bundle / "manifest.toml"
-    if not manifest_path.is_file():
-        print(f"error: no bundle at {args.bundle}; run prepare.py first", file=sys.stderr)
-        return 1
+    setup = reference_setup(__doc__)
+    if setup is None:
+        return 0
+    args, manifest_path = setup
     missing = [path for path in FONTS.values() if not Path(path).is_file()]
     if missing:
         print(f"error: missing fonts {missing} (Debian: fonts-dejavu-core fonts-liberation)", file=sys.stderr)

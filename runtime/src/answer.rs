@@ -110,20 +110,12 @@ pub fn reply(
     let grounding = facts.grounding(&sentence);
     let stats = GenerationStats::of(&generation, &lm.variant);
     let faithful = !sentence.is_empty() && grounding.faithful(task) && facts.states_asked_count(task, &sentence);
-    let mut out = if faithful {
-        Reply {
-            text: sentence.clone(),
-            source: Source::Decoder,
-            fallback_reason: None,
-            prompt: None,
-            prompt_text: None,
-            decoder_text: None,
-            grounding: None,
-            generation: None,
-        }
-    } else {
-        fallback(&unfaithful_reason(&grounding, &sentence))
-    };
+    let mut out = fallback(&unfaithful_reason(&grounding, &sentence));
+    if faithful {
+        out.text = sentence;
+        out.source = Source::Decoder;
+        out.fallback_reason = None;
+    }
     out.prompt = Some(fused);
     out.prompt_text = Some(prompt_text);
     out.decoder_text = Some(generation.text);
