@@ -43,14 +43,14 @@ fn tokenizer_and_chat_template_match_the_references() {
     for case in cases {
         let text = case["text"].as_str().unwrap();
         let expected = ids(&case["ids"]);
-        assert_eq!(model.tokenizer.encode(text), expected, "token ids of {text:?}");
-        let plain: Vec<u32> = expected.iter().copied().filter(|id| !model.tokenizer.is_control(*id)).collect();
+        assert_eq!(model.text.tokenizer.encode(text), expected, "token ids of {text:?}");
+        let plain: Vec<u32> = expected.iter().copied().filter(|id| !model.text.tokenizer.is_control(*id)).collect();
         let without_specials = ["<|im_start|>", "<|im_end|>"].iter().fold(text.to_string(), |t, s| t.replace(s, ""));
-        assert_eq!(model.tokenizer.decode(&plain), without_specials, "decode of {text:?}");
+        assert_eq!(model.text.tokenizer.decode(&plain), without_specials, "decode of {text:?}");
     }
     let chat = &index["chat"];
     let question = chat["messages"][0]["content"].as_str().unwrap();
-    assert_eq!(model.chat_prompt(&[Message::new("user", question)]).unwrap(), chat["prompt"].as_str().unwrap());
+    assert_eq!(model.text.prompt(&[Message::new("user", question)]).unwrap(), chat["prompt"].as_str().unwrap());
 }
 
 #[test]
@@ -66,7 +66,7 @@ fn logits_and_greedy_text_match_onnxruntime_for_both_variants() {
         for case in cases {
             let prompt = ids(&case["prompt_ids"]);
             let question = case["question"].as_str().unwrap();
-            assert_eq!(prompt, model.tokenizer.encode(&model.chat_prompt(&[Message::new("user", question)]).unwrap()));
+            assert_eq!(prompt, model.text.tokenizer.encode(&model.text.prompt(&[Message::new("user", question)]).unwrap()));
 
             let logits = session.prompt_logits(&prompt).unwrap();
             let top = ids(&case["first_logits"]["ids"]);
@@ -95,7 +95,7 @@ fn logits_and_greedy_text_match_onnxruntime_for_both_variants() {
 fn seeded_sampling_repeats_and_limits_hold() {
     let bundle = bundle();
     let model = LanguageModel::load(&bundle, Some("q4")).unwrap();
-    let prompt = model.tokenizer.encode(&model.chat_prompt(&[Message::new("user", "Tell me about kites.")]).unwrap());
+    let prompt = model.text.tokenizer.encode(&model.text.prompt(&[Message::new("user", "Tell me about kites.")]).unwrap());
     let mut session = model.session(None).unwrap();
     let warm = GenerateOptions { max_tokens: 12, sampling: Sampling { temperature: 0.9, top_p: 0.9, seed: 42 } };
     let first = session.generate(&prompt, &warm, &mut |_| {}).unwrap();
@@ -118,7 +118,7 @@ fn bad_prompts_are_refused_with_clear_errors() {
     let model = LanguageModel::load(&bundle, Some("q4")).unwrap();
     let mut session = model.session(Some(64)).unwrap();
     let options = GenerateOptions::default();
-    let long = model.tokenizer.encode(&"the door is open ".repeat(40));
+    let long = model.text.tokenizer.encode(&"the door is open ".repeat(40));
     match session.generate(&long, &options, &mut |_| {}) {
         Err(ModelError::PromptTooLong { tokens, capacity: 64 }) => assert_eq!(tokens, long.len()),
         other => panic!("expected PromptTooLong, got {other:?}"),

@@ -98,13 +98,13 @@ pub fn reply(
     let mut session = lm.session(None)?;
     let budget = session.capacity().saturating_sub(options.max_tokens.max(1));
     let mut count = |messages: &[lookout_models::llm::chat::Message]| {
-        lm.chat_prompt(messages).map(|p| lm.tokenizer.encode(&p).len()).unwrap_or(usize::MAX)
+        lm.text.prompt_ids(messages).map_or(usize::MAX, |ids| ids.len())
     };
     let Some(fused) = facts.prompt(task, history, budget, &mut count) else {
         return Ok(fallback(&format!("the prompt does not fit in {budget} tokens")));
     };
-    let prompt_text = lm.chat_prompt(&fused.chat())?;
-    let ids = lm.tokenizer.encode(&prompt_text);
+    let prompt_text = lm.text.prompt(&fused.chat())?;
+    let ids = lm.text.tokenizer.encode(&prompt_text);
     let generation = session.generate(&ids, options, on_text)?;
     let sentence = answer_sentence(&generation.text).unwrap_or_default();
     let grounding = facts.grounding(&sentence);

@@ -1,7 +1,12 @@
-//! Chat templates: the Jinja template stored in a GGUF (`tokenizer.chat_template`) rendered with minijinja.
+//! The text side of a GGUF decoder: its tokenizer and its chat template (the Jinja template stored in
+//! `tokenizer.chat_template`, rendered with minijinja), usable without loading the graph.
 
 use minijinja::{context, Environment};
 use serde::Serialize;
+
+use super::bpe::BpeTokenizer;
+use super::gguf::Gguf;
+use crate::error::{ModelError, Result};
 
 /// One turn of a conversation.
 #[derive(Debug, Clone, Serialize)]
@@ -42,5 +47,32 @@ impl ChatTemplate {
                 eos_token => self.eos,
             })
             .map_err(|e| format!("chat template: {e}"))
+    }
+}
+
+/// A GGUF's tokenizer and chat template together: messages in, prompt text or token ids out.
+pub struct ChatText {
+    pub tokenizer: BpeTokenizer,
+    template: ChatTemplate,
+}
+
+impl ChatText {
+    pub fn from_gguf(gguf: &Gguf) -> Result<ChatText> {
+        let tokenizer = BpeTokenizer::from_gguf(gguf)?;
+        let source = gguf.str("tokenizer.chat_template")?;
+        let written = |id: Option<u32>| id.map(|i| tokenizer.decode_special(i)).unwrap_or_default();
+        let bos = written(gguf.uint("tokenizer.ggml.bos_token_id").ok().map(|n| n as u32));
+        let template = ChatTemplate::new(source, &bos, &written(Some(tokenizer.eos))).map_err(ModelError::BadGguf)?;
+        Ok(ChatText { tokenizer, template })
+    }
+
+    /// The chat-formatted prompt text for `messages`.
+    pub fn prompt(&self, messages: &[Message]) -> Result<String> {
+        self.template.render(messages).map_err(ModelError::BadGguf)
+    }
+
+    /// The token ids of the chat-formatted prompt for `messages`.
+    pub fn prompt_ids(&self, messages: &[Message]) -> Result<Vec<u32>> {
+        Ok(self.tokenizer.encode(&self.prompt(messages)?))
     }
 }

@@ -23,6 +23,12 @@ pub enum GgufError {
 
 pub type Result<T, E = GgufError> = std::result::Result<T, E>;
 
+impl From<GgufError> for crate::error::ModelError {
+    fn from(e: GgufError) -> Self {
+        crate::error::ModelError::BadGguf(e.to_string())
+    }
+}
+
 /// One metadata value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {

@@ -19,8 +19,8 @@ use serde::Serialize;
 use crate::bundle::Bundle;
 use crate::engine::{self, DatumType, Dim, Graph};
 use crate::error::{ModelError, Result};
-use bpe::{BpeTokenizer, TextStream};
-use chat::{ChatTemplate, Message};
+use bpe::TextStream;
+use chat::ChatText;
 use gguf::{Gguf, LlamaConfig};
 pub use sampler::Sampling;
 
@@ -68,8 +68,7 @@ impl Default for GenerateOptions {
 pub struct LanguageModel {
     graph: Graph,
     pub config: LlamaConfig,
-    pub tokenizer: BpeTokenizer,
-    template: ChatTemplate,
+    pub text: ChatText,
     /// KV cache capacity in tokens.
     pub context: usize,
     pub variant: String,
@@ -79,10 +78,6 @@ pub struct LanguageModel {
 
 const COMPONENT: &str = "llm-decoder";
 const INPUTS: [&str; 3] = ["input_ids", "attention_mask", "position_ids"];
-
-fn gguf_error(e: gguf::GgufError) -> ModelError {
-    ModelError::BadGguf(e.to_string())
-}
 
 impl LanguageModel {
     /// Loads the bundle's decoder (`variant` or the first listed) and reads tokenizer, chat template and
@@ -97,18 +92,22 @@ impl LanguageModel {
         }
         let gguf_path = bundle.checked_path(gguf_component)?;
         let context = component.param_usize("context")?;
-        Self::load_files(&path, &gguf_path, &component.variant, context)
+        let model = Self::load_files(&path, &gguf_path, &component.variant, context)?;
+        let c = &model.config;
+        for (param, value) in [("n_layers", c.n_layers), ("n_kv_heads", c.n_kv_heads), ("head_dim", c.head_dim), ("n_vocab", c.n_vocab)] {
+            if component.param_usize(param)? != value {
+                return Err(ModelError::BadParam { component: component.name.clone(), param: format!("{param} (the GGUF says {value})") });
+            }
+        }
+        Ok(model)
     }
 
-    /// Loads a decoder graph and the GGUF that describes it, checking that they agree.
+    /// Loads a decoder graph and the GGUF that describes it (the graph's key/value inputs are declared from the
+    /// GGUF's hyperparameters, so a mismatched pair fails to load).
     pub fn load_files(decoder: &Path, gguf_path: &Path, variant: &str, context: usize) -> Result<LanguageModel> {
-        let gguf = Gguf::open(gguf_path).map_err(gguf_error)?;
-        let config = LlamaConfig::from_gguf(&gguf).map_err(gguf_error)?;
-        let tokenizer = BpeTokenizer::from_gguf(&gguf).map_err(gguf_error)?;
-        let template_source = gguf.str("tokenizer.chat_template").map_err(gguf_error)?;
-        let written = |id: Option<u32>| id.map(|i| tokenizer.decode_special(i)).unwrap_or_default();
-        let bos = written(gguf.uint("tokenizer.ggml.bos_token_id").ok().map(|n| n as u32));
-        let template = ChatTemplate::new(template_source, &bos, &written(Some(tokenizer.eos))).map_err(ModelError::BadGguf)?;
+        let gguf = Gguf::open(gguf_path)?;
+        let config = LlamaConfig::from_gguf(&gguf)?;
+        let text = ChatText::from_gguf(&gguf)?;
         if context < 2 || context > config.n_ctx_train {
             return Err(ModelError::BadParam { component: COMPONENT.into(), param: format!("context ({context})") });
         }
@@ -128,12 +127,7 @@ impl LanguageModel {
                 format!("the KV cache was not folded into the run state; graph inputs are {names:?}"),
             ));
         }
-        Ok(LanguageModel { graph, config, tokenizer, template, context, variant: variant.to_string(), input_slots })
-    }
-
-    /// The chat-formatted prompt for `messages`.
-    pub fn chat_prompt(&self, messages: &[Message]) -> Result<String> {
-        self.template.render(messages).map_err(ModelError::BadGguf)
+        Ok(LanguageModel { graph, config, text, context, variant: variant.to_string(), input_slots })
     }
 
     /// A session with an empty KV cache of `capacity` tokens at most (the model's context when `None`).
@@ -204,7 +198,7 @@ impl LmSession<'_> {
     ) -> Result<Generation> {
         self.check_prompt(prompt)?;
         options.sampling.validate().map_err(ModelError::BadRequest)?;
-        let tokenizer = &self.model.tokenizer;
+        let tokenizer = &self.model.text.tokenizer;
         let mut sampler = sampler::Sampler::new(options.sampling);
         let mut state = self.model.graph.new_state()?;
         let mut stream = TextStream::default();

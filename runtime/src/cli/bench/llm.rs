@@ -5,7 +5,7 @@ use std::ffi::OsString;
 use std::time::Instant;
 
 use anyhow::{bail, Context as _};
-use lookout_models::llm::chat::Message;
+use lookout_models::llm::chat::{ChatText, Message};
 use lookout_models::llm::{GenerateOptions, LanguageModel, Sampling};
 use serde::{Deserialize, Serialize};
 
@@ -101,12 +101,8 @@ pub(super) fn run(ctx: &Context, args: &BenchArgs) -> anyhow::Result<()> {
 fn prompt_ids(ctx: &Context) -> anyhow::Result<Vec<u32>> {
     let bundle = ctx.open_bundle()?;
     let gguf = bundle.checked_path(bundle.component("llm-gguf", None)?)?;
-    let gguf = lookout_models::llm::gguf::Gguf::open(&gguf)?;
-    let tokenizer = lookout_models::llm::bpe::BpeTokenizer::from_gguf(&gguf)?;
-    let template = gguf.str("tokenizer.chat_template")?;
-    let chat = lookout_models::llm::chat::ChatTemplate::new(template, "", &tokenizer.decode_special(tokenizer.eos))
-        .map_err(anyhow::Error::msg)?;
-    Ok(tokenizer.encode(&chat.render(&[Message::new("user", QUESTION)]).map_err(anyhow::Error::msg)?))
+    let text = ChatText::from_gguf(&lookout_models::llm::gguf::Gguf::open(&gguf)?)?;
+    Ok(text.prompt_ids(&[Message::new("user", QUESTION)])?)
 }
 
 /// One variant at one thread count, measured in this process.
@@ -117,7 +113,7 @@ fn measure(ctx: &Context, variant: &str, threads: usize, repeats: usize) -> anyh
     let lm = LanguageModel::load(&bundle, Some(variant))?;
     let load_ms = started.elapsed().as_secs_f64() * 1e3;
     let weight_bytes = bundle.component("llm-decoder", Some(variant))?.bytes;
-    let prompt = lm.tokenizer.encode(&lm.chat_prompt(&[Message::new("user", QUESTION)])?);
+    let prompt = lm.text.prompt_ids(&[Message::new("user", QUESTION)])?;
     let options = GenerateOptions { max_tokens: MAX_TOKENS, sampling: Sampling::default() };
     let mut session = lm.session(None)?;
     let mut runs = Vec::new();
