@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Installs what cross builds need on a Debian 12 x86_64 host: Debian's rustc-web with the standard library for
+# each foreign architecture, the cross gcc, multiarch ALSA headers and qemu-user. Usage: cross/setup.sh [TARGET...]
+# (aarch64, armv7; default both). A target whose packages cannot be installed today (a broken mirror index, say)
+# is reported as skipped and its foreign architecture removed again; the script exits non-zero only when every
+# requested target was skipped. Prints the targets that are ready, one per line, after "ready:".
+set -uo pipefail
+
+targets=("$@")
+[[ ${#targets[@]} -eq 0 ]] && targets=(aarch64 armv7)
+
+if [[ $(id -u) -ne 0 ]]; then
+    echo "cross/setup.sh: needs root (apt-get)" >&2
+    exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt_get() { timeout 900 apt-get -o Acquire::Retries=2 -qq "$@"; }
+
+# Host packages shared by every target.
+if ! apt_get update || ! apt_get install -y --no-install-recommends \
+        rustc-web cargo-web libstd-rust-web-dev qemu-user-static pkg-config libclang-dev libasound2-dev >/dev/null; then
+    echo "cross/setup.sh: cannot install the host packages (rustc-web, qemu-user-static, ...)" >&2
+    exit 1
+fi
+
+ready=()
+for target in "${targets[@]}"; do
+    case "$target" in
+        aarch64) arch=arm64; gcc=gcc-aarch64-linux-gnu; libc=libc6-dev-arm64-cross ;;
+        armv7) arch=armhf; gcc=gcc-arm-linux-gnueabihf; libc=libc6-dev-armhf-cross ;;
+        *) echo "cross/setup.sh: unknown target $target (aarch64, armv7)" >&2; continue ;;
+    esac
+    added=0
+    if ! dpkg --print-foreign-architectures | grep -qx "$arch"; then
+        dpkg --add-architecture "$arch"
+        added=1
+    fi
+    if apt_get update && apt_get install -y --no-install-recommends \
+            "libstd-rust-web-dev:$arch" "$gcc" "$libc" "libasound2-dev:$arch" >/dev/null; then
+        ready+=("$target")
+    else
+        echo "cross/setup.sh: SKIPPED $target: apt could not update or install the $arch packages" \
+             "(often a broken $arch index on the mirror); removing the $arch architecture again" >&2
+        if [[ $added -eq 1 ]]; then
+            dpkg --remove-architecture "$arch" 2>/dev/null
+            apt_get update || true
+        fi
+    fi
+done
+
+echo "ready: ${ready[*]}"
+[[ ${#ready[@]} -gt 0 ]]
