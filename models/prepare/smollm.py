@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 from gguf import GGMLQuantizationType, GGUFReader
 from gguf.quants import dequantize
 
@@ -212,7 +213,7 @@ class LlamaGraph(GraphBuilder):
             return y
 
 
-def build_decoder(gguf_path: Path, variant: str) -> tuple[LlamaDims, "onnx.ModelProto"]:  # noqa: F821
+def build_decoder(gguf_path: Path, variant: str) -> tuple[LlamaDims, onnx.ModelProto]:
     reader = GGUFReader(gguf_path)
     dims = read_dims(reader)
     weights = LlamaWeights(reader, dims)
@@ -309,7 +310,7 @@ def check_variants(decoders: dict[str, bytes], dims: LlamaDims) -> float:
     options = ort.SessionOptions()
     options.log_severity_level = 3
     empty = np.zeros((1, dims.n_kv_heads, 0, dims.head_dim), np.float32)
-    prompt = [1, 9690, 198, 2683, 359, 253, 5356, 5646]
+    prompt = [1, 9690, 198, 2683, 359, 253, 5356, 5646]  # SmolLM2's chat template opening its system turn
     results = {}
     for variant, data in decoders.items():
         session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
