@@ -130,9 +130,9 @@ fn bad_requests_get_clear_errors() {
 
 #[test]
 fn models_inspect_reads_the_gguf_and_refuses_broken_ones() {
-    let models = lookout_models::bundle::resolve_models_dir(None);
-    let gguf = models.join("default/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
-    let gguf = gguf.to_string_lossy().into_owned();
+    use lookout_models::bundle::{resolve_models_dir, Bundle, DEFAULT_BUNDLE};
+    let bundle = Bundle::locate(&resolve_models_dir(None), DEFAULT_BUNDLE).expect("default bundle");
+    let gguf = bundle.path_of(bundle.component("llm-gguf", None).unwrap()).to_string_lossy().into_owned();
     let out = json_of(&["models", "inspect", &gguf, "--json"]);
     assert_eq!(out["architecture"], "llama");
     assert_eq!(out["decoder"]["n_layers"], 30);
