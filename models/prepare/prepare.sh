@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the model bundle (speech + vision) and its test references: sets up .cache/venv (and .cache/venv-tf when the
-# TF.js detector must be converted), then runs centernet.py, prepare.py and the reference scripts (speech, vision, language).
+# Builds the model bundle (speech, vision, language) and its test references: sets up .cache/venv (and .cache/venv-tf when the
+# TF.js detector must be converted), then runs centernet.py, prepare.py, the reference scripts (speech, vision, language) and
+# `lookout models measure` (each stage's memory footprint, for the memory plan).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -58,3 +59,17 @@ fi
 "$venv/bin/python" "$here/reference.py" "$@"
 "$venv/bin/python" "$here/reference_vision.py" "$@"
 "$venv/bin/python" "$here/reference_llm.py" "$@"
+
+# The memory plan needs each stage's footprint, measured by the runtime itself into the manifest: once per bundle
+# build (a rebuilt manifest has none), always with --force.
+models_args=()
+previous=""
+for arg in "$@"; do
+    case "$arg" in --out=*) models_args=(--models "${arg#--out=}/default") ;; esac
+    [[ "$previous" == --out ]] && models_args=(--models "$arg/default")
+    previous="$arg"
+done
+measure_args=(--if-missing)
+[[ $force -eq 1 ]] && measure_args=()
+(cd "$repo" && cargo build --release --locked --quiet --bin lookout)
+"$repo/target/release/lookout" "${models_args[@]}" models measure "${measure_args[@]}"

@@ -24,6 +24,34 @@ pub struct Manifest {
     pub description: String,
     #[serde(rename = "component", default)]
     pub components: Vec<Component>,
+    /// Memory each stage takes, measured on real inputs after preparation (`lookout models measure`).
+    #[serde(rename = "footprint", default, skip_serializing_if = "Vec::is_empty")]
+    pub footprints: Vec<Footprint>,
+}
+
+/// The resident memory one pipeline stage takes once loaded, and what one run of it adds at its peak.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Footprint {
+    /// `vad`, `speech`, `vision`, `vision-ocr`, `decoder`.
+    pub stage: String,
+    pub variant: String,
+    /// Resident set growth from loading the stage's models and running them once, MiB.
+    pub resident_mib: f64,
+    /// Peak resident growth while loading (parsing and optimizing the graphs), MiB.
+    #[serde(default)]
+    pub load_peak_mib: f64,
+    /// Peak resident growth during one worst-case run beyond `resident_mib`, MiB.
+    pub working_mib: f64,
+    /// What the run was (for the decoder: how many tokens it held, the rest of its context is added by the plan).
+    pub input: String,
+    #[serde(default)]
+    pub tokens: usize,
+    /// For speech: the encoder window the run used, seconds.
+    #[serde(default)]
+    pub window_s: u32,
+    /// Architecture it was measured on (`x86_64`, `aarch64`).
+    pub arch: String,
 }
 
 /// One file of a bundle and everything needed to use it.
@@ -151,6 +179,23 @@ impl Bundle {
             }
         }
         Ok(Bundle { dir: dir.to_path_buf(), manifest })
+    }
+
+    /// Replaces the bundle's measured footprints and rewrites its manifest (atomically: a new file renamed over it).
+    pub fn write_footprints(&mut self, footprints: Vec<Footprint>) -> Result<()> {
+        self.manifest.footprints = footprints;
+        let path = self.dir.join(MANIFEST);
+        let text = toml::to_string_pretty(&self.manifest)
+            .map_err(|e| ModelError::BadManifest { path: path.clone(), reason: e.to_string() })?;
+        let temporary = self.dir.join(format!("{MANIFEST}.new"));
+        let io = |source| ModelError::Io { path: path.clone(), source };
+        fs::write(&temporary, text).map_err(io)?;
+        fs::rename(&temporary, &path).map_err(io)
+    }
+
+    /// The measured footprints of a stage in a variant.
+    pub fn footprints(&self, stage: &str, variant: &str) -> Vec<&Footprint> {
+        self.manifest.footprints.iter().filter(|f| f.stage == stage && f.variant == variant).collect()
     }
 
     pub fn path_of(&self, component: &Component) -> PathBuf {

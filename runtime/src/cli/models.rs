@@ -1,4 +1,4 @@
-//! `lookout models list | verify | inspect`: what the bundles hold, whether every file matches its manifest, and
+//! `lookout models list | verify | inspect | measure`: what the bundles hold, whether every file matches its manifest, and
 //! what a GGUF file holds and whether Lookout can use it.
 
 use clap::Subcommand;
@@ -19,6 +19,8 @@ pub enum ModelsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Measure each stage's resident and working memory on a worst-case input and record it in the manifest.
+    Measure(super::measure::MeasureArgs),
     /// Read a GGUF file: architecture, hyperparameters, tensor types, tokenizer; checks that a decoder can be built.
     Inspect {
         /// The .gguf file.
@@ -105,6 +107,7 @@ struct ComponentReport<'a> {
 pub fn run(ctx: &Context, command: ModelsCommand) -> anyhow::Result<()> {
     match command {
         ModelsCommand::Inspect { file, json } => inspect(&file, json),
+        ModelsCommand::Measure(args) => super::measure::run(ctx, args),
         ModelsCommand::List { json } => {
             let bundles = Bundle::list(ctx.models_dir())?;
             if bundles.is_empty() {
