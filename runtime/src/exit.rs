@@ -4,12 +4,18 @@ use lookout_models::audio::AudioError;
 use lookout_models::vision::image::ImageError;
 use lookout_models::ModelError;
 
+use crate::cli::OverBudget;
+use crate::config::ConfigError;
+
 /// The command ran and failed for a reason not listed below.
 pub const FAILURE: u8 = 1;
 /// The input given (audio, image, text) cannot be used.
 pub const BAD_INPUT: u8 = 3;
 /// The model bundle is missing, incomplete or corrupt.
 pub const BAD_MODELS: u8 = 4;
+/// The configuration is invalid or its memory plan exceeds the budget (sysexits' EX_CONFIG; the systemd unit
+/// does not restart on it).
+pub const BAD_CONFIG: u8 = 78;
 
 /// The error and its causes on one line; a part repeated inside a later cause is left out.
 pub fn one_line(err: &anyhow::Error) -> String {
@@ -34,6 +40,12 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
     };
     if err.chain().any(bad_input) {
         return BAD_INPUT;
+    }
+    let bad_config = |c: &(dyn std::error::Error + 'static)| {
+        c.downcast_ref::<ConfigError>().is_some() || c.downcast_ref::<OverBudget>().is_some()
+    };
+    if err.chain().any(bad_config) {
+        return BAD_CONFIG;
     }
     match err.chain().find_map(|c| c.downcast_ref::<ModelError>()) {
         Some(ModelError::Audio(_))

@@ -2,10 +2,13 @@
 //! that says what kind of failure it was.
 
 mod answer;
+mod board;
 mod cli;
+mod config;
 mod exit;
 mod fusion;
 mod memory;
+mod plan;
 
 use std::process::ExitCode;
 

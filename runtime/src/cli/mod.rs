@@ -2,13 +2,16 @@
 
 mod ask;
 mod bench;
+mod check_config;
 mod describe;
+mod measure;
 mod models;
 mod transcribe;
 
 use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
+pub use check_config::OverBudget;
 use lookout_models::bundle::{self, Bundle, DEFAULT_BUNDLE};
 
 #[derive(Debug, Parser)]
@@ -36,6 +39,10 @@ enum Command {
     Caption(ask::CaptionArgs),
     /// Answer a spoken or typed question about a photo.
     Ask(ask::AskArgs),
+    /// Validate a daemon configuration (or a board profile) and its memory plan.
+    CheckConfig(check_config::CheckConfigArgs),
+    /// The built-in board profiles, and which one this machine is.
+    Boards(check_config::BoardsArgs),
     /// List or verify model bundles.
     #[command(subcommand)]
     Models(models::ModelsCommand),
@@ -51,6 +58,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Command::Describe(a) => describe::run(&ctx, a),
         Command::Caption(a) => ask::caption(&ctx, a),
         Command::Ask(a) => ask::ask(&ctx, a),
+        Command::CheckConfig(a) => check_config::check_config(&ctx, a),
+        Command::Boards(a) => check_config::boards(a),
     }
 }
 

@@ -1,0 +1,492 @@
+//! The daemon's configuration: a board's defaults (board-configs/) with the user's file laid over them, parsed
+//! strictly (unknown keys are errors) and checked field by field; every error names its field.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::board;
+
+/// The whole configuration the daemon runs with.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub board: Board,
+    pub budget: Budget,
+    pub compute: Compute,
+    pub camera: Camera,
+    pub microphone: Microphone,
+    pub gpio: Gpio,
+    pub models: Models,
+    #[serde(default)]
+    pub http: Http,
+    #[serde(default)]
+    pub caption: Caption,
+}
+
+/// What the hardware is and how to recognize it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Board {
+    /// Short name used with `--board` and `board = "..."`.
+    pub name: String,
+    pub description: String,
+    /// Rust target triple of the binary this board runs.
+    pub target: String,
+    /// Installed RAM of the smallest model this profile is for, MiB.
+    pub ram_mib: u32,
+    #[serde(default)]
+    pub detect: Detect,
+}
+
+/// How the board is recognized from `/proc/device-tree/model` and `/proc/cpuinfo`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Detect {
+    /// Substrings of the device-tree model (or of cpuinfo's `Model` line).
+    #[serde(default)]
+    pub model: Vec<String>,
+    /// Values of cpuinfo's `vendor_id` (machines without a device tree).
+    #[serde(default)]
+    pub vendor_id: Vec<String>,
+}
+
+/// Memory Lookout may use, and what the operating system keeps beside it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    pub memory_mib: u32,
+    pub os_reserve_mib: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Compute {
+    /// Threads for model inference.
+    pub threads: u32,
+    /// tract's aarch64 kernel family (`TRACT_CPU_AARCH64_KIND`: a53, a55, a72, a73, a75, neoverse, generic);
+    /// unset lets tract read `/proc/cpuinfo`.
+    #[serde(default)]
+    pub tract_cpu_kind: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Camera {
+    /// A V4L2 device (`/dev/video0`), or `dir:PATH` to play a directory of images as a camera.
+    pub device: String,
+    pub width: u32,
+    pub height: u32,
+    pub fps: u32,
+    /// Frames preallocated in the pool between capture and the encoders.
+    pub pool_frames: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Microphone {
+    /// An ALSA PCM name (`default`, `plughw:CARD=Device,DEV=0`), or `wav:PATH` to play a recording in real time.
+    pub device: String,
+    /// Capture rate in Hz; audio is resampled to 16 kHz.
+    pub rate: u32,
+    /// Seconds of audio the ring holds (the longest query heard).
+    pub ring_s: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Gpio {
+    /// GPIO character device, or `none` for a board used without button and LED.
+    pub chip: String,
+    /// Line offset of the push-to-talk button.
+    #[serde(default)]
+    pub button: Option<u32>,
+    /// Line offset of the status LED.
+    #[serde(default)]
+    pub led: Option<u32>,
+    #[serde(default = "yes")]
+    pub button_active_low: bool,
+}
+
+/// Which models run, in which variant, and which are loaded only while needed.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Models {
+    /// Models directory; unset: `LOOKOUT_MODELS`, then the per-user and system directories.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    #[serde(default = "default_bundle")]
+    pub bundle: String,
+    /// Whisper: `int8`, `f32` or `off`.
+    pub speech: String,
+    /// `fit` (the audio plus 1 s, at least 5 s) or `full` (30 s).
+    pub speech_window: String,
+    /// Object detector: `f32` or `off`.
+    pub detector: String,
+    /// Reading text: `f32` or `off`.
+    pub ocr: String,
+    /// Language decoder: `q4`, `f32` or `off` (captions and answers then come from the scene facts alone).
+    pub decoder: String,
+    /// Tokens the decoder's KV cache holds.
+    pub context: u32,
+    /// Stages loaded when needed and released afterwards instead of staying resident.
+    #[serde(default)]
+    pub on_demand: Vec<String>,
+    /// What this profile gives up, and why.
+    #[serde(default)]
+    pub leaves_out: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http {
+    /// Address the API listens on; anything but loopback needs `token`.
+    pub listen: String,
+    /// Bearer token required on every request (except `/healthz`) when set.
+    #[serde(default)]
+    pub token: Option<String>,
+    pub max_body_kib: u32,
+    pub timeout_ms: u32,
+}
+
+impl Default for Http {
+    fn default() -> Http {
+        Http { listen: "127.0.0.1:8470".into(), token: None, max_body_kib: 2048, timeout_ms: 10_000 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Caption {
+    /// Seconds between periodic captions (0: only when the scene changes).
+    pub interval_s: u32,
+    /// Caption as soon as the detected objects change.
+    pub on_change: bool,
+}
+
+impl Default for Caption {
+    fn default() -> Caption {
+        Caption { interval_s: 60, on_change: true }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_bundle() -> String {
+    lookout_models::bundle::DEFAULT_BUNDLE.to_string()
+}
+
+/// Every stage name `on_demand` may list.
+pub const STAGES: [&str; 3] = ["speech", "vision", "decoder"];
+/// Targets the project builds for.
+pub const TARGETS: [&str; 3] = ["x86_64-unknown-linux-gnu", "aarch64-unknown-linux-gnu", "armv7-unknown-linux-gnueabihf"];
+
+/// A configuration that cannot be used; `field` is the dotted path of the offending key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {reason}")]
+    Unreadable { path: PathBuf, reason: String },
+    #[error("{path}: {field}: {reason}")]
+    Field { path: PathBuf, field: String, reason: String },
+    #[error("{path}: {reason}")]
+    Board { path: PathBuf, reason: String },
+}
+
+/// Where the board named by a configuration comes from.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BoardSource {
+    /// The file itself has a `[board]` table.
+    File,
+    /// A board built into the binary, by name.
+    Named(String),
+    /// Detected from this machine's `/proc` files.
+    Detected(String),
+    /// A board file given by path.
+    Path(PathBuf),
+}
+
+/// A checked configuration and where its board came from.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub board_source: BoardSource,
+}
+
+impl Config {
+    /// Reads and checks a configuration file. `board_override` (`--board`) replaces the file's `board` key.
+    pub fn load(path: &Path, board_override: Option<&str>) -> Result<Loaded, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::Unreadable { path: path.to_path_buf(), reason: e.to_string() })?;
+        Config::parse(&text, path, board_override, &board::Probe::this_machine())
+    }
+
+    /// Parses configuration text; `probe` answers `board = "auto"`.
+    pub fn parse(text: &str, path: &Path, board_override: Option<&str>, probe: &board::Probe) -> Result<Loaded, ConfigError> {
+        let field_error = |field: &str, reason: String| ConfigError::Field { path: path.to_path_buf(), field: field.to_string(), reason };
+        let mut user: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Unreadable {
+            path: path.to_path_buf(),
+            reason: format!("not valid TOML: {}", e.message()),
+        })?;
+        let reference = match (board_override, user.get("board")) {
+            (Some(name), _) => Some(name.to_string()),
+            (None, Some(toml::Value::String(name))) => Some(name.clone()),
+            (None, Some(toml::Value::Table(_))) => None,
+            (None, Some(_)) => return Err(field_error("board", "must be a board name, \"auto\", a path or a [board] table".into())),
+            (None, None) => return Err(field_error("board", "missing: name a board (rpi5, ...), \"auto\" or a board file".into())),
+        };
+        let (merged, board_source) = match reference {
+            None => (user, BoardSource::File),
+            Some(reference) => {
+                user.remove("board");
+                let (base_text, source) = board::resolve(&reference, path, probe)
+                    .map_err(|reason| ConfigError::Board { path: path.to_path_buf(), reason })?;
+                let mut base: toml::Table = base_text.parse().map_err(|e: toml::de::Error| ConfigError::Board {
+                    path: path.to_path_buf(),
+                    reason: format!("board `{reference}` is not valid TOML: {}", e.message()),
+                })?;
+                merge(&mut base, user);
+                (base, source)
+            }
+        };
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(merged)).map_err(|e| {
+            let field = e.path().to_string();
+            field_error(if field == "." { "(top level)" } else { &field }, e.into_inner().message().to_string())
+        })?;
+        config.check().map_err(|(field, reason)| field_error(field, reason))?;
+        Ok(Loaded { config, board_source })
+    }
+
+    /// Checks the values serde cannot: ranges, names, addresses and how the pieces fit together.
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        let b = &self.board;
+        if !TARGETS.contains(&b.target.as_str()) {
+            return Err(("board.target", format!("`{}` is not one of {}", b.target, TARGETS.join(", "))));
+        }
+        let budget = &self.budget;
+        if budget.memory_mib < 64 {
+            return Err(("budget.memory_mib", format!("{} MiB is too small to hold any model", budget.memory_mib)));
+        }
+        if budget.memory_mib + budget.os_reserve_mib > b.ram_mib {
+            return Err((
+                "budget.memory_mib",
+                format!(
+                    "{} MiB plus the {} MiB kept for the OS exceeds the board's {} MiB of RAM",
+                    budget.memory_mib, budget.os_reserve_mib, b.ram_mib
+                ),
+            ));
+        }
+        if !(1..=64).contains(&self.compute.threads) {
+            return Err(("compute.threads", format!("{} is outside 1..=64", self.compute.threads)));
+        }
+        if let Some(kind) = &self.compute.tract_cpu_kind {
+            const KINDS: [&str; 7] = ["a53", "a55", "a72", "a73", "a75", "neoverse", "generic"];
+            if !KINDS.contains(&kind.as_str()) {
+                return Err(("compute.tract_cpu_kind", format!("`{kind}` is not one of {}", KINDS.join(", "))));
+            }
+        }
+        let cam = &self.camera;
+        if !(16..=4096).contains(&cam.width) || cam.width % 2 != 0 {
+            return Err(("camera.width", format!("{} must be even and within 16..=4096", cam.width)));
+        }
+        if !(16..=4096).contains(&cam.height) || cam.height % 2 != 0 {
+            return Err(("camera.height", format!("{} must be even and within 16..=4096", cam.height)));
+        }
+        if !(1..=60).contains(&cam.fps) {
+            return Err(("camera.fps", format!("{} is outside 1..=60", cam.fps)));
+        }
+        if !(2..=64).contains(&cam.pool_frames) {
+            return Err(("camera.pool_frames", format!("{} is outside 2..=64", cam.pool_frames)));
+        }
+        check_source(&cam.device, "dir:").map_err(|r| ("camera.device", r))?;
+        let mic = &self.microphone;
+        if !(8_000..=192_000).contains(&mic.rate) {
+            return Err(("microphone.rate", format!("{} Hz is outside 8000..=192000", mic.rate)));
+        }
+        if !(1..=30).contains(&mic.ring_s) {
+            return Err(("microphone.ring_s", format!("{} s is outside 1..=30 (Whisper hears at most 30 s)", mic.ring_s)));
+        }
+        check_source(&mic.device, "wav:").map_err(|r| ("microphone.device", r))?;
+        let gpio = &self.gpio;
+        if gpio.chip != "none" && !gpio.chip.starts_with("/dev/") {
+            return Err(("gpio.chip", format!("`{}` must be a /dev path or `none`", gpio.chip)));
+        }
+        if gpio.button.is_some() && gpio.button == gpio.led {
+            return Err(("gpio.led", "the LED and the button cannot share a line".into()));
+        }
+        self.check_models()?;
+        self.check_http()?;
+        if self.caption.interval_s > 86_400 {
+            return Err(("caption.interval_s", format!("{} s is more than a day", self.caption.interval_s)));
+        }
+        Ok(())
+    }
+
+    fn check_models(&self) -> Result<(), (&'static str, String)> {
+        let m = &self.models;
+        one_of("models.speech", &m.speech, &["int8", "f32", "off"])?;
+        one_of("models.speech_window", &m.speech_window, &["fit", "full"])?;
+        one_of("models.detector", &m.detector, &["f32", "off"])?;
+        one_of("models.ocr", &m.ocr, &["f32", "off"])?;
+        one_of("models.decoder", &m.decoder, &["q4", "f32", "off"])?;
+        if m.ocr != "off" && m.detector == "off" {
+            return Err(("models.ocr", "reading text needs the detector's stage (`models.detector`)".into()));
+        }
+        if !(64..=8192).contains(&m.context) {
+            return Err(("models.context", format!("{} tokens is outside 64..=8192", m.context)));
+        }
+        for stage in &m.on_demand {
+            if !STAGES.contains(&stage.as_str()) {
+                return Err(("models.on_demand", format!("`{stage}` is not one of {}", STAGES.join(", "))));
+            }
+            if !self.stage_enabled(stage) {
+                return Err(("models.on_demand", format!("`{stage}` is off, so it cannot be loaded on demand")));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_http(&self) -> Result<(), (&'static str, String)> {
+        let http = &self.http;
+        let addr: SocketAddr = http
+            .listen
+            .parse()
+            .map_err(|_| ("http.listen", format!("`{}` is not an address with a port (127.0.0.1:8470)", http.listen)))?;
+        match &http.token {
+            Some(token) if token.len() < 16 => return Err(("http.token", "must be at least 16 characters".into())),
+            None if !addr.ip().is_loopback() => {
+                return Err(("http.token", format!("required when listening on {} (not loopback)", addr.ip())));
+            }
+            _ => {}
+        }
+        if !(1..=65_536).contains(&http.max_body_kib) {
+            return Err(("http.max_body_kib", format!("{} is outside 1..=65536", http.max_body_kib)));
+        }
+        if !(100..=600_000).contains(&http.timeout_ms) {
+            return Err(("http.timeout_ms", format!("{} is outside 100..=600000", http.timeout_ms)));
+        }
+        Ok(())
+    }
+
+    /// Whether a stage (`speech`, `vision`, `decoder`) runs at all in this configuration.
+    pub fn stage_enabled(&self, stage: &str) -> bool {
+        let m = &self.models;
+        match stage {
+            "speech" => m.speech != "off",
+            "vision" => m.detector != "off",
+            "decoder" => m.decoder != "off",
+            _ => false,
+        }
+    }
+
+    pub fn on_demand(&self, stage: &str) -> bool {
+        self.models.on_demand.iter().any(|s| s == stage)
+    }
+}
+
+fn one_of(field: &'static str, value: &str, allowed: &[&str]) -> Result<(), (&'static str, String)> {
+    if allowed.contains(&value) {
+        Ok(())
+    } else {
+        Err((field, format!("`{value}` is not one of {}", allowed.join(", "))))
+    }
+}
+
+/// A device is a `/dev` path (camera), an ALSA name (microphone), or a file source with `prefix`.
+fn check_source(device: &str, prefix: &str) -> Result<(), String> {
+    if let Some(path) = device.strip_prefix(prefix) {
+        if path.is_empty() {
+            return Err(format!("`{device}` names no path"));
+        }
+    } else if device.is_empty() || device.chars().any(char::is_whitespace) {
+        return Err(format!("`{device}` is not a device name"));
+    }
+    Ok(())
+}
+
+/// Lays `over` onto `base`: tables merge key by key, anything else replaces.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe() -> board::Probe {
+        board::Probe { device_tree_model: Some("Raspberry Pi 4 Model B Rev 1.4".into()), cpuinfo: String::new() }
+    }
+
+    fn parse(text: &str) -> Result<Loaded, ConfigError> {
+        Config::parse(text, Path::new("test.toml"), None, &probe())
+    }
+
+    fn error_of(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn every_built_in_board_is_a_valid_config_on_its_own() {
+        for (name, text) in board::BUILT_IN {
+            let loaded = Config::parse(text, Path::new(name), None, &probe()).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(&loaded.config.board.name, name);
+        }
+    }
+
+    #[test]
+    fn a_user_file_overrides_the_named_board_key_by_key() {
+        let loaded = parse("board = \"rpi5\"\n[camera]\nfps = 2\n[models]\ndecoder = \"off\"\n").unwrap();
+        assert_eq!(loaded.config.board.name, "rpi5");
+        assert_eq!(loaded.config.camera.fps, 2);
+        assert_eq!(loaded.config.camera.device, "/dev/video0");
+        assert_eq!(loaded.config.models.decoder, "off");
+        assert!(matches!(loaded.board_source, BoardSource::Named(ref n) if n == "rpi5"));
+    }
+
+    #[test]
+    fn auto_detects_the_board_from_the_probe() {
+        let loaded = parse("board = \"auto\"\n").unwrap();
+        assert_eq!(loaded.config.board.name, "rpi4");
+        assert!(matches!(loaded.board_source, BoardSource::Detected(_)));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_path() {
+        assert!(error_of("board = \"rpi5\"\n[camera]\nfsp = 2\n").contains("test.toml: camera.fsp: unknown field `fsp`"));
+        assert!(error_of("board = \"rpi5\"\nverbose = true\n").contains("test.toml: verbose: unknown field `verbose`"));
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        assert!(error_of("board = \"rpi5\"\n[camera]\nfps = \"fast\"\n").contains("camera.fps: invalid type"));
+        assert!(error_of("board = \"rpi5\"\n[camera]\nfps = 0\n").contains("camera.fps: 0 is outside"));
+        assert!(error_of("board = \"rpi5\"\n[models]\nspeech = \"int4\"\n").contains("models.speech: `int4`"));
+        assert!(error_of("board = \"rpi5\"\n[models]\non_demand = [\"ears\"]\n").contains("models.on_demand"));
+        assert!(error_of("board = \"rpi0-2w\"\n[budget]\nmemory_mib = 500\n").contains("budget.memory_mib"));
+        assert!(error_of("board = \"rpi5\"\n[microphone]\nrate = 4000\n").contains("microphone.rate"));
+        assert!(error_of("board = \"rpi5\"\n[gpio]\nled = 17\nbutton = 17\n").contains("gpio.led"));
+        assert!(error_of("board = 5\n").contains("test.toml: board: must be"));
+        assert!(error_of("[camera]\nfps = 2\n").contains("board: missing"));
+        assert!(error_of("board = \"rpi9\"\n").contains("rpi9"));
+        assert!(error_of("board = \"rpi5\"\n[camera\n").contains("not valid TOML"));
+    }
+
+    #[test]
+    fn listening_beyond_loopback_needs_a_token() {
+        assert!(error_of("board = \"rpi5\"\n[http]\nlisten = \"0.0.0.0:8470\"\n").contains("http.token: required"));
+        assert!(error_of("board = \"rpi5\"\n[http]\nlisten = \"0.0.0.0:8470\"\ntoken = \"short\"\n").contains("http.token"));
+        let ok = parse("board = \"rpi5\"\n[http]\nlisten = \"0.0.0.0:8470\"\ntoken = \"0123456789abcdef0123\"\n");
+        assert!(ok.is_ok());
+        assert!(error_of("board = \"rpi5\"\n[http]\nlisten = \"localhost\"\n").contains("http.listen"));
+    }
+}

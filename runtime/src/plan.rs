@@ -1,0 +1,287 @@
+//! The memory plan: what a configuration will hold at its peak — the process itself, each stage's models, the
+//! largest run's working memory, frame pool, audio ring and request buffers — from the bundle's measured
+//! footprints, checked against the board's budget before anything is loaded.
+
+use anyhow::anyhow;
+use lookout_models::bundle::{Bundle, Footprint};
+use serde::Serialize;
+
+use crate::config::Config;
+
+const MIB: f64 = 1024.0 * 1024.0;
+/// HTTP requests served at once; each may hold a body of `http.max_body_kib`.
+pub const HTTP_CONNECTIONS: u32 = 4;
+
+/// One line of the plan.
+#[derive(Debug, Clone, Serialize)]
+pub struct Item {
+    pub name: String,
+    pub mib: f64,
+    /// How the figure was obtained.
+    pub basis: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub board: String,
+    pub budget_mib: f64,
+    /// Held for the whole run.
+    pub resident: Vec<Item>,
+    /// The largest of what comes and goes: one stage's run, or an on-demand stage loaded and running.
+    pub peak_extra: Item,
+    pub total_mib: f64,
+    /// Architecture the footprints were measured on.
+    pub measured_on: String,
+}
+
+impl Plan {
+    pub fn fits(&self) -> bool {
+        self.total_mib <= self.budget_mib
+    }
+
+    /// The error for a plan over budget, naming the largest items.
+    pub fn over_budget_message(&self) -> String {
+        let mut items: Vec<&Item> = self.resident.iter().chain(std::iter::once(&self.peak_extra)).collect();
+        items.sort_by(|a, b| b.mib.total_cmp(&a.mib));
+        let largest: Vec<String> = items.iter().take(3).map(|i| format!("{} {:.0} MiB", i.name, i.mib)).collect();
+        format!(
+            "the memory plan needs {:.0} MiB but board {} allows {:.0} MiB; largest: {}. Turn a stage off, load it \
+             on demand (models.on_demand), or pick smaller variants",
+            self.total_mib,
+            self.board,
+            self.budget_mib,
+            largest.join(", ")
+        )
+    }
+}
+
+/// A stage of the configuration and the footprint it runs with.
+struct StagePlan<'b> {
+    label: String,
+    footprint: &'b Footprint,
+    on_demand: bool,
+    working_mib: f64,
+}
+
+/// Builds the plan of `config` from the footprints measured into `bundle`.
+pub fn plan(config: &Config, bundle: &Bundle) -> anyhow::Result<Plan> {
+    let m = &config.models;
+    // Speech is measured at a few encoder windows: the smallest one that holds the longest query is used.
+    let window_s = if m.speech_window == "full" { 30 } else { (config.microphone.ring_s + 1).clamp(5, 30) };
+    let find = |stage: &str, variant: &str| {
+        bundle
+            .footprints(stage, variant)
+            .into_iter()
+            .filter(|f| stage != "speech" || f.window_s >= window_s)
+            .min_by_key(|f| f.window_s)
+            .ok_or_else(|| {
+                anyhow!(
+                    "bundle {} has no measured footprint for {stage} ({variant}); run `lookout models measure`",
+                    bundle.dir.display()
+                )
+            })
+    };
+    let runtime = find("runtime", "any")?;
+    let mut stages = Vec::new();
+    if config.stage_enabled("speech") {
+        let vad = find("vad", "f32")?;
+        stages.push(StagePlan { label: "vad".into(), footprint: vad, on_demand: false, working_mib: vad.working_mib });
+        let speech = find("speech", &m.speech)?;
+        let on_demand = config.on_demand("speech");
+        stages.push(StagePlan { label: format!("speech {}", m.speech), footprint: speech, on_demand, working_mib: speech.working_mib });
+    }
+    if config.stage_enabled("vision") {
+        let (stage, label) = if m.ocr == "off" { ("vision", "detector") } else { ("vision-ocr", "detector + ocr") };
+        let vision = find(stage, &m.detector)?;
+        let on_demand = config.on_demand("vision");
+        stages.push(StagePlan { label: format!("{label} {}", m.detector), footprint: vision, on_demand, working_mib: vision.working_mib });
+    }
+    if config.stage_enabled("decoder") {
+        let decoder = find("decoder", &m.decoder)?;
+        // The measured run filled the bundle's context; a longer configured context grows the KV cache with it.
+        let scale = if decoder.tokens > 0 { (m.context as f64 / decoder.tokens as f64).max(1.0) } else { 1.0 };
+        let on_demand = config.on_demand("decoder");
+        stages.push(StagePlan {
+            label: format!("decoder {} ({} tokens)", m.decoder, m.context),
+            footprint: decoder,
+            on_demand,
+            working_mib: decoder.working_mib * scale,
+        });
+    }
+
+    let mut resident = vec![Item { name: "process".into(), mib: runtime.resident_mib, basis: "measured at start-up".into() }];
+    for s in stages.iter().filter(|s| !s.on_demand) {
+        resident.push(Item { name: s.label.clone(), mib: s.footprint.resident_mib, basis: "measured after loading".into() });
+    }
+    let cam = &config.camera;
+    let frame_bytes = f64::from(cam.width) * f64::from(cam.height) * 3.0;
+    resident.push(Item {
+        name: "frame pool".into(),
+        mib: f64::from(cam.pool_frames) * frame_bytes / MIB,
+        basis: format!("{} RGB frames of {}x{}", cam.pool_frames, cam.width, cam.height),
+    });
+    let mic = &config.microphone;
+    resident.push(Item {
+        name: "audio ring".into(),
+        // Captured samples as f32 at the device rate, and the same span resampled to 16 kHz.
+        mib: f64::from(mic.ring_s) * f64::from(mic.rate + 16_000) * 4.0 / MIB,
+        basis: format!("{} s at {} Hz and 16 kHz, f32", mic.ring_s, mic.rate),
+    });
+    resident.push(Item {
+        name: "request bodies".into(),
+        mib: f64::from(HTTP_CONNECTIONS * config.http.max_body_kib) / 1024.0,
+        basis: format!("{HTTP_CONNECTIONS} requests of at most {} KiB", config.http.max_body_kib),
+    });
+
+    // One stage runs or loads at a time: the peak adds the largest of one run, the transient of loading a
+    // resident stage at start-up, or an on-demand stage loading and then running.
+    let peak_extra = stages
+        .iter()
+        .flat_map(|s| {
+            let f = s.footprint;
+            if s.on_demand {
+                let (mib, basis) = if f.load_peak_mib > f.resident_mib + s.working_mib {
+                    (f.load_peak_mib, "loaded on demand (loading peak)".to_string())
+                } else {
+                    (f.resident_mib + s.working_mib, format!("loaded on demand and run on {}", f.input))
+                };
+                vec![Item { name: format!("{} on demand", s.label), mib, basis }]
+            } else {
+                vec![
+                    Item { name: format!("{} run", s.label), mib: s.working_mib, basis: format!("one run on {}", f.input) },
+                    Item {
+                        name: format!("{} loading", s.label),
+                        mib: (f.load_peak_mib - f.resident_mib).max(0.0),
+                        basis: "parsing and optimizing at start-up".into(),
+                    },
+                ]
+            }
+        })
+        .max_by(|a, b| a.mib.total_cmp(&b.mib))
+        .unwrap_or(Item { name: "no stage".into(), mib: 0.0, basis: "every stage is off".into() });
+
+    let total_mib = resident.iter().map(|i| i.mib).sum::<f64>() + peak_extra.mib;
+    Ok(Plan {
+        board: config.board.name.clone(),
+        budget_mib: f64::from(config.budget.memory_mib),
+        resident,
+        peak_extra,
+        total_mib,
+        measured_on: runtime.arch.clone(),
+    })
+}
+
+impl std::fmt::Display for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "memory plan for {} (footprints measured on {}):", self.board, self.measured_on)?;
+        for item in &self.resident {
+            writeln!(f, "  {:<32} {:>7.1} MiB  {}", item.name, item.mib, item.basis)?;
+        }
+        let p = &self.peak_extra;
+        writeln!(f, "  {:<32} {:>7.1} MiB  {} (the largest)", p.name, p.mib, p.basis)?;
+        let verdict = if self.fits() { "fits" } else { "OVER BUDGET" };
+        write!(f, "  {:<32} {:>7.1} MiB  of {:.0} MiB budget: {}", "total at peak", self.total_mib, self.budget_mib, verdict)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use lookout_models::bundle::Manifest;
+
+    use super::*;
+    use crate::board::Probe;
+
+    fn footprint(stage: &str, variant: &str, resident: f64, load_peak: f64, working: f64, window_s: u32) -> Footprint {
+        Footprint {
+            stage: stage.into(),
+            variant: variant.into(),
+            resident_mib: resident,
+            load_peak_mib: load_peak,
+            working_mib: working,
+            input: "test".into(),
+            tokens: if stage == "decoder" { 1024 } else { 0 },
+            window_s,
+            arch: "x86_64".into(),
+        }
+    }
+
+    fn bundle() -> Bundle {
+        let manifest = Manifest {
+            format: 1,
+            name: "test".into(),
+            description: String::new(),
+            components: Vec::new(),
+            footprints: vec![
+                footprint("runtime", "any", 10.0, 0.0, 0.0, 0),
+                footprint("vad", "f32", 10.0, 12.0, 2.0, 0),
+                footprint("speech", "int8", 160.0, 260.0, 40.0, 12),
+                footprint("speech", "int8", 160.0, 260.0, 110.0, 30),
+                footprint("vision", "f32", 20.0, 30.0, 70.0, 0),
+                footprint("vision-ocr", "f32", 40.0, 50.0, 80.0, 0),
+                footprint("decoder", "q4", 170.0, 380.0, 150.0, 0),
+            ],
+        };
+        Bundle { dir: PathBuf::from("/nonexistent"), manifest }
+    }
+
+    fn config(overrides: &str) -> Config {
+        Config::parse(&format!("board = \"rpi4\"\n{overrides}"), Path::new("t.toml"), None, &Probe::default()).unwrap().config
+    }
+
+    #[test]
+    fn resident_stages_add_up_and_the_largest_transient_is_added_once() {
+        let plan = plan(&config(""), &bundle()).unwrap();
+        let resident: f64 = plan.resident.iter().map(|i| i.mib).sum();
+        // process, vad, speech, detector + ocr, decoder, then frame pool, audio ring and request bodies.
+        let models = 10.0 + 10.0 + 160.0 + 40.0 + 170.0;
+        let buffers = 4.0 * 1280.0 * 720.0 * 3.0 / MIB + 30.0 * 32_000.0 * 4.0 / MIB + 8.0;
+        assert!((resident - (models + buffers)).abs() < 1e-9, "{resident}");
+        // Loading the decoder at start-up (380 - 170) outweighs every run.
+        assert_eq!(plan.peak_extra.name, "decoder q4 (1024 tokens) loading");
+        assert!((plan.peak_extra.mib - 210.0).abs() < 1e-9);
+        assert!((plan.total_mib - (resident + 210.0)).abs() < 1e-9);
+        assert!(plan.fits());
+    }
+
+    #[test]
+    fn a_short_query_window_uses_the_short_speech_measurement() {
+        let short = plan(&config("[models]\ndecoder = \"off\"\nocr = \"off\"\n[microphone]\nring_s = 10\n"), &bundle()).unwrap();
+        let long = plan(&config("[models]\ndecoder = \"off\"\nocr = \"off\"\nspeech_window = \"full\"\n"), &bundle()).unwrap();
+        assert_eq!(short.peak_extra.name, "speech int8 loading");
+        assert_eq!(long.peak_extra.name, "speech int8 run");
+        assert!((long.peak_extra.mib - 110.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn an_on_demand_stage_counts_only_while_loaded() {
+        let plan = plan(&config("[models]\non_demand = [\"decoder\"]\n"), &bundle()).unwrap();
+        assert!(!plan.resident.iter().any(|i| i.name.starts_with("decoder")));
+        assert_eq!(plan.peak_extra.name, "decoder q4 (1024 tokens) on demand");
+        assert!((plan.peak_extra.mib - 380.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_longer_context_scales_the_decoders_working_memory() {
+        let plan = plan(&config("[models]\ncontext = 4096\n[budget]\nmemory_mib = 1400\n"), &bundle()).unwrap();
+        assert_eq!(plan.peak_extra.name, "decoder q4 (4096 tokens) run");
+        assert!((plan.peak_extra.mib - 600.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn over_budget_names_the_largest_items() {
+        let plan = plan(&config("[budget]\nmemory_mib = 300\n"), &bundle()).unwrap();
+        assert!(!plan.fits());
+        let message = plan.over_budget_message();
+        assert!(message.contains("allows 300 MiB") && message.contains("decoder q4 (1024 tokens) loading 210 MiB"), "{message}");
+    }
+
+    #[test]
+    fn a_missing_measurement_says_how_to_make_it() {
+        let mut b = bundle();
+        b.manifest.footprints.retain(|f| f.stage != "decoder");
+        let err = plan(&config(""), &b).unwrap_err().to_string();
+        assert!(err.contains("decoder (q4)") && err.contains("lookout models measure"), "{err}");
+    }
+}
