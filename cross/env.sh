@@ -11,6 +11,13 @@ cross_env() {
     local upper="${triple^^}"
     upper="${upper//-/_}"
     local qemu="qemu-${1/armv7/arm}-static"
+    # qemu's default CPU ("max") has SVE2, which tract's kernels then use and qemu emulates some 15x slower than
+    # NEON; a board's own core keeps the emulated code on the kernels the board runs (Pi 4: Cortex-A72).
+    local cpu
+    case "$1" in aarch64) cpu=cortex-a72 ;; armv7) cpu=cortex-a15 ;; esac
+    export QEMU_CPU="${QEMU_CPU:-$cpu}"
+    # Where qemu finds the target's dynamic loader and libraries, also for binaries started through binfmt_misc.
+    export QEMU_LD_PREFIX="/usr/${gnu}"
     # Debian's cargo and rustc go together and carry the foreign standard libraries; rustup's come first in PATH.
     export PATH="/usr/bin:$PATH"
     export RUSTC=/usr/bin/rustc CARGO=/usr/bin/cargo

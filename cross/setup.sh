@@ -48,5 +48,18 @@ for target in "${targets[@]}"; do
     fi
 done
 
+# Tests start the `lookout` binary as a child process: the kernel must hand foreign binaries to qemu (binfmt_misc).
+for target in "${ready[@]}"; do
+    name="qemu-${target/armv7/arm}"
+    [[ -e /proc/sys/fs/binfmt_misc/register ]] || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc 2>/dev/null
+    if [[ -e "/proc/sys/fs/binfmt_misc/$name" ]]; then
+        continue
+    elif [[ -w /proc/sys/fs/binfmt_misc/register ]] && cat "/usr/lib/binfmt.d/$name.conf" > /proc/sys/fs/binfmt_misc/register; then
+        echo "registered $name with binfmt_misc"
+    else
+        echo "cross/setup.sh: cannot register $name with binfmt_misc: tests that start the binary will fail" >&2
+    fi
+done
+
 echo "ready: ${ready[*]}"
 [[ ${#ready[@]} -gt 0 ]]

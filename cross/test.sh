@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Builds the workspace tests for TARGET and runs them under qemu-user: cross/test.sh aarch64|armv7 [cargo test args]
+# (for example `cross/test.sh aarch64 -- --skip bench`). The tests use the same model bundle and test data as the
+# native run (models/prepare/prepare.sh first). Prints how long the build and the run took.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$here/.."
+# shellcheck source=cross/env.sh
+source "$here/env.sh"
+target="${1:?usage: cross/test.sh aarch64|armv7 [cargo test args...]}"
+shift
+cross_env "$target"
+if [[ ! -e "/proc/sys/fs/binfmt_misc/qemu-${target/armv7/arm}" ]]; then
+    echo "cross/test.sh: qemu is not registered with binfmt_misc (run cross/setup.sh $target as root):" \
+         "tests that start the lookout binary would fail" >&2
+    exit 1
+fi
+start=$SECONDS
+cargo test --release --locked --target "$CROSS_TRIPLE" --workspace --no-run
+built=$SECONDS
+cargo test --release --locked --target "$CROSS_TRIPLE" --workspace "$@"
+echo "cross/test.sh $target: built in $((built - start)) s, ran under $QEMU_CPU emulation in $((SECONDS - built)) s"
