@@ -1,5 +1,6 @@
 # Sourced by the cross scripts: `cross_env TARGET` exports what cargo needs to build for TARGET (aarch64, armv7)
-# with Debian's rustc-web and cross gcc, and to run the results under qemu-user. Sets CROSS_TRIPLE.
+# with Debian's rustc-web and cross gcc, and to run the results under qemu-user. Sets CROSS_TRIPLE, CROSS_QEMU and
+# CROSS_LINKER.
 
 cross_env() {
     local triple gnu
@@ -16,6 +17,9 @@ cross_env() {
     local cpu
     case "$1" in aarch64) cpu=cortex-a72 ;; armv7) cpu=cortex-a15 ;; esac
     export QEMU_CPU="${QEMU_CPU:-$cpu}"
+    # tract's flash attention spreads heads over threads; on machines where qemu-user cannot start a thread
+    # (cross/test.sh probes it) that would hang, and the single-threaded kernel gives the same results.
+    export TRACT_FLASH_SDPA_ST=1
     # Where qemu finds the target's dynamic loader and libraries, also for binaries started through binfmt_misc.
     export QEMU_LD_PREFIX="/usr/${gnu}"
     # Debian's cargo and rustc go together and carry the foreign standard libraries; rustup's come first in PATH.
@@ -31,4 +35,5 @@ cross_env() {
     export CARGO_TARGET_DIR="${CROSS_TARGET_DIR:-target/cross}"
     CROSS_TRIPLE="$triple"
     CROSS_QEMU="$qemu -L /usr/${gnu}"
+    CROSS_LINKER="${gnu}-gcc"
 }
