@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Checks the packages in target/debian/: lists each one, runs lintian, installs the package of this machine's
-# architecture into a minimal Debian bookworm root made with debootstrap (cached in .cache/debootstrap), and there
-# checks the service user, `lookout check-config` on every board, `systemd-analyze verify` (any output fails) and
-# the unit's `systemd-analyze security` exposure score (at most 2.5), then purges it. Needs root.
+# Checks the packages in target/debian/: lists each one, runs lintian, installs each into a minimal Debian bookworm
+# root of its architecture made with debootstrap (cached in .cache/debootstrap; a foreign one runs under qemu-user
+# through binfmt_misc, else it is checked with lintian only), and there checks the service user, `lookout
+# check-config` on every board, `systemd-analyze verify` (any output fails) and the unit's `systemd-analyze
+# security` exposure score (at most 2.5), then purges it. Needs root.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
@@ -29,44 +30,70 @@ for deb in "${debs[@]}"; do
         "$deb" || fail "lintian reports errors for $deb"
 done
 
-native=(target/debian/lookout_*_"$arch".deb)
-[[ ${#native[@]} -eq 1 ]] || fail "expected one $arch package in target/debian"
-root="$repo/.cache/debootstrap/bookworm-$arch"
-if [[ ! -x "$root/usr/bin/dpkg" ]]; then
-    echo "== debootstrap bookworm ($arch) into $root (a few minutes, once)"
+# A minimal bookworm root per architecture, made once: directly for this machine's, in two stages (the second
+# under qemu-user through binfmt_misc) for a foreign one.
+make_root() {
+    local deb_arch="$1" root="$2"
+    [[ -x "$root/usr/bin/dpkg" ]] && return 0
+    echo "== debootstrap bookworm ($deb_arch) into $root (a few minutes, once)"
     rm -rf "$root"
     mkdir -p "$(dirname "$root")"
-    debootstrap --variant=minbase --include=adduser,systemd bookworm "$root" http://deb.debian.org/debian >/dev/null ||
-        fail "debootstrap failed"
-fi
+    local include=--include=adduser,systemd,procps
+    if [[ "$deb_arch" == "$arch" ]]; then
+        debootstrap --variant=minbase "$include" bookworm "$root" http://deb.debian.org/debian >/dev/null
+    else
+        debootstrap --arch="$deb_arch" --foreign --variant=minbase "$include" bookworm "$root" \
+            http://deb.debian.org/debian >/dev/null && chroot "$root" /debootstrap/debootstrap --second-stage >/dev/null
+    fi
+}
+
+# Runs a command inside the root being checked (bash's dynamic scope: `root` is check_install's).
 in_root() { chroot "$root" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin "$@"; }
 
-echo "== install ${native[0]} into $root"
-cp "${native[0]}" "$root/tmp/lookout.deb"
-in_root dpkg --purge lookout >/dev/null 2>&1 || true
-in_root apt-get install -y -qq /tmp/lookout.deb || fail "the package does not install"
-in_root getent passwd lookout || fail "the service user was not created"
-in_root stat -c '%U:%G %a %n' /var/lib/lookout /var/lib/lookout/models
-in_root lookout --version
-for board in /usr/share/lookout/boards/*.toml; do
-    name="$(basename "$board" .toml)"
-    in_root lookout check-config /etc/lookout/lookout.toml --board "$name" >/dev/null ||
-        fail "check-config rejects the default configuration on board $name"
-    in_root lookout check-config "$board" >/dev/null || fail "check-config rejects $board"
+check_install() {
+    local deb="$1" root="$2" board name unit verify security exposure
+    echo "== install $deb into $root"
+    cp "$deb" "$root/tmp/lookout.deb"
+    in_root dpkg --purge lookout >/dev/null 2>&1 || true
+    in_root apt-get install -y -qq /tmp/lookout.deb || fail "the package does not install"
+    in_root getent passwd lookout || fail "the service user was not created"
+    in_root stat -c '%U:%G %a %n' /var/lib/lookout /var/lib/lookout/models
+    in_root lookout --version
+    for board in /usr/share/lookout/boards/*.toml; do
+        name="$(basename "$board" .toml)"
+        in_root lookout check-config /etc/lookout/lookout.toml --board "$name" >/dev/null ||
+            fail "check-config rejects the default configuration on board $name"
+        in_root lookout check-config "$board" >/dev/null || fail "check-config rejects $board"
+    done
+    echo "check-config accepts /etc/lookout/lookout.toml and the profile of every board"
+
+    unit=/usr/lib/systemd/system/lookout.service
+    [[ -f "$root$unit" ]] || unit=/lib/systemd/system/lookout.service
+    verify="$(systemd-analyze verify --root="$root" "$unit" 2>&1)" || fail "systemd-analyze verify failed: $verify"
+    [[ -z "$verify" ]] || fail "systemd-analyze verify printed: $verify"
+    echo "systemd-analyze verify: clean"
+    security="$(systemd-analyze security --offline=yes --root="$root" "$unit" 2>&1)" || true
+    exposure="$(grep -o 'Overall exposure level for lookout.service: [0-9.]*' <<<"$security" | awk '{print $NF}')"
+    [[ -n "$exposure" ]] || fail "no exposure score: $security"
+    echo "systemd-analyze security: exposure $exposure (at most $max_exposure)"
+    awk -v e="$exposure" -v m="$max_exposure" 'BEGIN { exit !(e <= m) }' || { grep -E '^✗' <<<"$security" | head -20; fail "exposure $exposure is above $max_exposure"; }
+
+    in_root dpkg --purge lookout >/dev/null
+    ! in_root getent passwd lookout >/dev/null || fail "purge left the service user behind"
+    echo "purged: the service user and /var/lib/lookout are gone"
+}
+
+for deb in "${debs[@]}"; do
+    deb_arch="$(dpkg-deb --field "$deb" Architecture)"
+    root="$repo/.cache/debootstrap/bookworm-$deb_arch"
+    if [[ "$deb_arch" != "$arch" ]]; then
+        qemu="qemu-${deb_arch/arm64/aarch64}"
+        qemu="${qemu/armhf/arm}"
+        if [[ ! -e "/proc/sys/fs/binfmt_misc/$qemu" ]]; then
+            echo "SKIPPED installing $deb: $qemu is not registered with binfmt_misc (cross/setup.sh); checked with lintian only"
+            continue
+        fi
+    fi
+    make_root "$deb_arch" "$root" || fail "debootstrap of bookworm ($deb_arch) failed"
+    check_install "$deb" "$root"
 done
-echo "check-config accepts /etc/lookout/lookout.toml and the profile of every board"
-
-unit=/usr/lib/systemd/system/lookout.service
-[[ -f "$root$unit" ]] || unit=/lib/systemd/system/lookout.service
-verify="$(systemd-analyze verify --root="$root" "$unit" 2>&1)" || fail "systemd-analyze verify failed: $verify"
-[[ -z "$verify" ]] || fail "systemd-analyze verify printed: $verify"
-echo "systemd-analyze verify: clean"
-security="$(systemd-analyze security --offline=yes --root="$root" "$unit" 2>&1)" || true
-exposure="$(grep -o 'Overall exposure level for lookout.service: [0-9.]*' <<<"$security" | awk '{print $NF}')"
-[[ -n "$exposure" ]] || fail "no exposure score: $security"
-echo "systemd-analyze security: exposure $exposure (at most $max_exposure)"
-awk -v e="$exposure" -v m="$max_exposure" 'BEGIN { exit !(e <= m) }' || { grep -E '^✗' <<<"$security" | head -20; fail "exposure $exposure is above $max_exposure"; }
-
-in_root dpkg --purge lookout >/dev/null
-! in_root getent passwd lookout >/dev/null || fail "purge left the service user behind"
-echo "purged: the service user and /var/lib/lookout are gone"
