@@ -1,0 +1,172 @@
+//! The fixed-memory scheduler's parts: preallocated buffers and bounded queues (`buffers`), and deadlines on an
+//! injectable clock so tests can run time forward.
+
+pub mod buffers;
+
+use std::cell::Cell;
+use std::time::{Duration, Instant};
+
+/// Time since the pipeline started; the daemon uses the monotonic clock, tests a manual one.
+pub trait Clock {
+    fn now(&self) -> Duration;
+}
+
+pub struct MonotonicClock(Instant);
+
+impl MonotonicClock {
+    pub fn start() -> MonotonicClock {
+        MonotonicClock(Instant::now())
+    }
+}
+
+impl Clock for MonotonicClock {
+    fn now(&self) -> Duration {
+        self.0.elapsed()
+    }
+}
+
+/// A clock that moves only when told to.
+#[derive(Default)]
+pub struct ManualClock(Cell<Duration>);
+
+impl ManualClock {
+    pub fn advance(&self, by: Duration) {
+        self.0.set(self.0.get() + by);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Duration {
+        self.0.get()
+    }
+}
+
+/// A stage's time limit for one item; every miss is counted.
+#[derive(Debug, Default)]
+pub struct Deadline {
+    pub budget: Duration,
+    pub misses: u64,
+}
+
+impl Deadline {
+    pub fn new(budget: Duration) -> Deadline {
+        Deadline { budget, misses: 0 }
+    }
+
+    /// Records a piece of work that started at `started`; true when it finished within the budget.
+    pub fn finish(&mut self, clock: &dyn Clock, started: Duration) -> bool {
+        let on_time = clock.now().saturating_sub(started) <= self.budget;
+        if !on_time {
+            self.misses += 1;
+        }
+        on_time
+    }
+}
+
+#[cfg(test)]
+pub mod counting_allocator {
+    //! A global allocator for this crate's unit tests that counts the allocations made by the current thread.
+
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    pub struct Counting;
+
+    thread_local! {
+        static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+    }
+
+    // SAFETY: every call is forwarded unchanged to the system allocator; only a thread-local counter is added.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+            unsafe { System.alloc(layout) }
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            unsafe { System.dealloc(ptr, layout) }
+        }
+
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    #[global_allocator]
+    static GLOBAL: Counting = Counting;
+
+    /// Allocations this thread has made so far.
+    pub fn allocations() -> u64 {
+        ALLOCATIONS.with(Cell::get)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::buffers::{AudioRing, DropOldest, FrameId, FramePool};
+    use super::counting_allocator::allocations;
+    use super::*;
+
+    #[test]
+    fn deadlines_count_misses_on_an_injected_clock() {
+        let clock = ManualClock::default();
+        let mut deadline = Deadline::new(Duration::from_millis(500));
+        let started = clock.now();
+        clock.advance(Duration::from_millis(400));
+        assert!(deadline.finish(&clock, started));
+        clock.advance(Duration::from_millis(200));
+        assert!(!deadline.finish(&clock, started));
+        assert_eq!(deadline.misses, 1);
+    }
+
+    #[test]
+    fn the_counting_allocator_sees_this_threads_allocations() {
+        let before = allocations();
+        let v = std::hint::black_box(vec![1u8; 100]);
+        assert_eq!(allocations(), before + 1);
+        drop(v);
+    }
+
+    /// Capture into a pooled frame, queue it, drop the oldest when the consumer lags, hand frames back, and move
+    /// audio through the ring: after construction none of it touches the allocator.
+    #[test]
+    fn per_frame_and_per_sample_work_allocates_nothing() {
+        let mut pool = FramePool::new(4, 64, 48);
+        let mut queue: DropOldest<FrameId, 3> = DropOldest::default();
+        let mut ring = AudioRing::new(16_000 * 10);
+        let chunk = [0.25f32; 512];
+        let mut window = vec![0.0f32; 16_000];
+        let clock = ManualClock::default();
+        let mut deadline = Deadline::new(Duration::from_millis(200));
+
+        let before = allocations();
+        for sequence in 0..10_000u64 {
+            let started = clock.now();
+            if let Some(id) = pool.acquire() {
+                let frame = pool.frame_mut(id);
+                frame.sequence = sequence;
+                frame.rgb.fill((sequence % 251) as u8);
+                if let Some(oldest) = queue.push(id) {
+                    pool.release(oldest);
+                }
+            }
+            // The consumer keeps up with one frame in three.
+            if sequence % 3 == 0 {
+                if let Some(id) = queue.pop() {
+                    std::hint::black_box(pool.frame(id).rgb[0]);
+                    pool.release(id);
+                }
+            }
+            ring.write(&chunk);
+            if sequence % 40 == 0 {
+                ring.read(&mut window);
+            }
+            clock.advance(Duration::from_millis(if sequence % 100 == 0 { 300 } else { 50 }));
+            deadline.finish(&clock, started);
+        }
+        assert_eq!(allocations(), before, "the per-frame path allocated");
+        assert!(queue.dropped > 0 && deadline.misses == 100, "dropped {} missed {}", queue.dropped, deadline.misses);
+        assert_eq!(pool.available() + queue.len(), pool.capacity(), "every frame is either free or queued");
+    }
+}
