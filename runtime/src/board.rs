@@ -114,7 +114,7 @@ pub fn mem_total_mib(meminfo: &str) -> Option<u32> {
 
 /// Checks the budget against the RAM this machine really has (a 1 GB Pi 4 given the 2 GB profile, say).
 pub fn check_ram(memory_mib: u32, os_reserve_mib: u32, mem_total_mib: u32) -> Result<(), String> {
-    if memory_mib + os_reserve_mib > mem_total_mib {
+    if u64::from(memory_mib) + u64::from(os_reserve_mib) > u64::from(mem_total_mib) {
         return Err(format!(
             "the budget of {memory_mib} MiB plus {os_reserve_mib} MiB for the OS exceeds this machine's {mem_total_mib} MiB \
              (MemTotal); choose a smaller board profile or lower budget.memory_mib"

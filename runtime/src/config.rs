@@ -270,7 +270,7 @@ impl Config {
         if budget.memory_mib < 64 {
             return Err(("budget.memory_mib", format!("{} MiB is too small to hold any model", budget.memory_mib)));
         }
-        if budget.memory_mib + budget.os_reserve_mib > b.ram_mib {
+        if u64::from(budget.memory_mib) + u64::from(budget.os_reserve_mib) > u64::from(b.ram_mib) {
             return Err((
                 "budget.memory_mib",
                 format!(
@@ -473,6 +473,7 @@ mod tests {
         assert!(error_of("board = \"rpi5\"\n[models]\nspeech = \"int4\"\n").contains("models.speech: `int4`"));
         assert!(error_of("board = \"rpi5\"\n[models]\non_demand = [\"ears\"]\n").contains("models.on_demand"));
         assert!(error_of("board = \"rpi0-2w\"\n[budget]\nmemory_mib = 500\n").contains("budget.memory_mib"));
+        assert!(error_of("board = \"rpi0-2w\"\n[budget]\nos_reserve_mib = 4294967295\n").contains("budget.memory_mib"));
         assert!(error_of("board = \"rpi5\"\n[microphone]\nrate = 4000\n").contains("microphone.rate"));
         assert!(error_of("board = \"rpi5\"\n[gpio]\nled = 17\nbutton = 17\n").contains("gpio.led"));
         assert!(error_of("board = 5\n").contains("test.toml: board: must be"));
