@@ -52,7 +52,7 @@ for target in $ready; do
     photo=.cache/testdata/vision/photos/dog.jpg
     clip=.cache/testdata/speech/how_many_people.wav
     step "$target describe = native" same_under_qemu "$target" describe "$photo"
-    step "$target transcribe = native" same_under_qemu "$target" transcribe --window fit "$clip"
+    step "$target transcribe = native" same_under_qemu "$target" transcribe "$clip"
     if [[ $run_tests -eq 1 ]]; then
         step "$target test suite under qemu" "$here/test.sh" "$target"
     fi
