@@ -279,9 +279,7 @@ impl Config {
                 ),
             ));
         }
-        if !(1..=64).contains(&self.compute.threads) {
-            return Err(("compute.threads", format!("{} is outside 1..=64", self.compute.threads)));
-        }
+        within("compute.threads", self.compute.threads, 1..=64)?;
         if let Some(kind) = &self.compute.tract_cpu_kind {
             const KINDS: [&str; 7] = ["a53", "a55", "a72", "a73", "a75", "neoverse", "generic"];
             if !KINDS.contains(&kind.as_str()) {
@@ -289,26 +287,19 @@ impl Config {
             }
         }
         let cam = &self.camera;
-        if !(16..=4096).contains(&cam.width) || cam.width % 2 != 0 {
-            return Err(("camera.width", format!("{} must be even and within 16..=4096", cam.width)));
+        for (field, side) in [("camera.width", cam.width), ("camera.height", cam.height)] {
+            within(field, side, 16..=4096)?;
+            if side % 2 != 0 {
+                return Err((field, format!("{side} must be even")));
+            }
         }
-        if !(16..=4096).contains(&cam.height) || cam.height % 2 != 0 {
-            return Err(("camera.height", format!("{} must be even and within 16..=4096", cam.height)));
-        }
-        if !(1..=60).contains(&cam.fps) {
-            return Err(("camera.fps", format!("{} is outside 1..=60", cam.fps)));
-        }
-        if !(2..=64).contains(&cam.pool_frames) {
-            return Err(("camera.pool_frames", format!("{} is outside 2..=64", cam.pool_frames)));
-        }
+        within("camera.fps", cam.fps, 1..=60)?;
+        within("camera.pool_frames", cam.pool_frames, 2..=64)?;
         check_source(&cam.device, "dir:").map_err(|r| ("camera.device", r))?;
         let mic = &self.microphone;
-        if !(8_000..=192_000).contains(&mic.rate) {
-            return Err(("microphone.rate", format!("{} Hz is outside 8000..=192000", mic.rate)));
-        }
-        if !(1..=30).contains(&mic.ring_s) {
-            return Err(("microphone.ring_s", format!("{} s is outside 1..=30 (Whisper hears at most 30 s)", mic.ring_s)));
-        }
+        within("microphone.rate", mic.rate, 8_000..=192_000)?;
+        // Whisper hears at most 30 s at once.
+        within("microphone.ring_s", mic.ring_s, 1..=30)?;
         check_source(&mic.device, "wav:").map_err(|r| ("microphone.device", r))?;
         let gpio = &self.gpio;
         if gpio.chip != "none" && !gpio.chip.starts_with("/dev/") {
@@ -335,9 +326,7 @@ impl Config {
         if m.ocr != "off" && m.detector == "off" {
             return Err(("models.ocr", "reading text needs the detector's stage (`models.detector`)".into()));
         }
-        if !(64..=8192).contains(&m.context) {
-            return Err(("models.context", format!("{} tokens is outside 64..=8192", m.context)));
-        }
+        within("models.context", m.context, 64..=8192)?;
         for stage in &m.on_demand {
             if !STAGES.contains(&stage.as_str()) {
                 return Err(("models.on_demand", format!("`{stage}` is not one of {}", STAGES.join(", "))));
@@ -362,12 +351,8 @@ impl Config {
             }
             _ => {}
         }
-        if !(1..=65_536).contains(&http.max_body_kib) {
-            return Err(("http.max_body_kib", format!("{} is outside 1..=65536", http.max_body_kib)));
-        }
-        if !(100..=600_000).contains(&http.timeout_ms) {
-            return Err(("http.timeout_ms", format!("{} is outside 100..=600000", http.timeout_ms)));
-        }
+        within("http.max_body_kib", http.max_body_kib, 1..=65_536)?;
+        within("http.timeout_ms", http.timeout_ms, 100..=600_000)?;
         Ok(())
     }
 
@@ -384,6 +369,14 @@ impl Config {
 
     pub fn on_demand(&self, stage: &str) -> bool {
         self.models.on_demand.iter().any(|s| s == stage)
+    }
+}
+
+fn within(field: &'static str, value: u32, range: std::ops::RangeInclusive<u32>) -> Result<(), (&'static str, String)> {
+    if range.contains(&value) {
+        Ok(())
+    } else {
+        Err((field, format!("{value} is outside {}..={}", range.start(), range.end())))
     }
 }
 
