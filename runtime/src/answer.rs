@@ -70,7 +70,8 @@ impl GenerationStats {
     }
 }
 
-/// Answers `task` about `scene`; with `decoder` = None the deterministic sentence is the answer.
+/// Answers `task` about `scene`; with `decoder` = None the deterministic sentence is the answer. `cancel` is asked
+/// between decoding steps; a cancelled reply has `Finish::Cancelled` in its generation.
 pub fn reply(
     scene: &Scene,
     known_labels: &[String],
@@ -79,6 +80,7 @@ pub fn reply(
     decoder: Option<&LanguageModel>,
     options: &GenerateOptions,
     on_text: &mut dyn FnMut(&str),
+    cancel: &dyn Fn() -> bool,
 ) -> anyhow::Result<Reply> {
     let facts = SceneFacts { scene, known_labels };
     let fallback = |reason: &str| Reply {
@@ -105,7 +107,7 @@ pub fn reply(
     };
     let prompt_text = lm.text.prompt(&fused.chat())?;
     let ids = lm.text.tokenizer.encode(&prompt_text);
-    let generation = session.generate(&ids, options, on_text)?;
+    let generation = session.generate_until(&ids, options, on_text, cancel)?;
     let sentence = answer_sentence(&generation.text).unwrap_or_default();
     let grounding = facts.grounding(&sentence);
     let stats = GenerationStats::of(&generation, &lm.variant);

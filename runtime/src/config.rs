@@ -147,12 +147,15 @@ pub struct Http {
     #[serde(default)]
     pub token: Option<String>,
     pub max_body_kib: u32,
+    /// Time a client has to send its whole request.
     pub timeout_ms: u32,
+    /// Longest wait for an answer before the request fails with 504.
+    pub answer_timeout_s: u32,
 }
 
 impl Default for Http {
     fn default() -> Http {
-        Http { listen: "127.0.0.1:8470".into(), token: None, max_body_kib: 2048, timeout_ms: 10_000 }
+        Http { listen: "127.0.0.1:8470".into(), token: None, max_body_kib: 2048, timeout_ms: 10_000, answer_timeout_s: 120 }
     }
 }
 
@@ -353,6 +356,7 @@ impl Config {
         }
         within("http.max_body_kib", http.max_body_kib, 1..=65_536)?;
         within("http.timeout_ms", http.timeout_ms, 100..=600_000)?;
+        within("http.answer_timeout_s", http.answer_timeout_s, 1..=3600)?;
         Ok(())
     }
 

@@ -7,6 +7,9 @@ use lookout_models::vision::scene::plural;
 use lookout_models::vision::Scene;
 use serde::Serialize;
 
+/// Longest typed question accepted; longer ones are refused rather than cut.
+pub const MAX_QUESTION_BYTES: usize = 2000;
+
 /// What the decoder is asked to do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Task {

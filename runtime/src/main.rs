@@ -5,12 +5,11 @@ mod answer;
 mod board;
 mod cli;
 mod config;
+mod daemon;
 mod exit;
 mod fusion;
 mod memory;
 mod plan;
-// The daemon's fixed buffers and deadlines; `lookout serve` is built on them.
-#[allow(dead_code)]
 mod scheduler;
 
 use std::process::ExitCode;

@@ -34,6 +34,8 @@ pub enum Finish {
     Length,
     /// The KV cache is full.
     ContextFull,
+    /// The caller asked to stop (a more urgent request is waiting).
+    Cancelled,
 }
 
 /// What a generation produced, with its timings.
@@ -196,6 +198,18 @@ impl LmSession<'_> {
         options: &GenerateOptions,
         on_text: &mut dyn FnMut(&str),
     ) -> Result<Generation> {
+        self.generate_until(prompt, options, on_text, &|| false)
+    }
+
+    /// As `generate`, asking `cancel` before each decoding step; a `true` ends the generation with
+    /// `Finish::Cancelled`.
+    pub fn generate_until(
+        &mut self,
+        prompt: &[u32],
+        options: &GenerateOptions,
+        on_text: &mut dyn FnMut(&str),
+        cancel: &dyn Fn() -> bool,
+    ) -> Result<Generation> {
         self.check_prompt(prompt)?;
         options.sampling.validate().map_err(ModelError::BadRequest)?;
         let tokenizer = &self.model.text.tokenizer;
@@ -230,6 +244,10 @@ impl LmSession<'_> {
                 break;
             }
             if tokens.len() == options.max_tokens {
+                break;
+            }
+            if cancel() {
+                finish = Finish::Cancelled;
                 break;
             }
             logits = self.step(&mut state, &[next], position)?;

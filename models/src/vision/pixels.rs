@@ -164,6 +164,44 @@ fn nv12_to_rgb(frame: &[u8], width: usize, height: usize, rgb: &mut [u8]) {
     }
 }
 
+/// Copies `image` into `out`, shrunk by averaging boxes of source pixels when it is larger than
+/// `max_width`×`max_height` (aspect kept). Photos of any size then fit a frame pool sized for the configured
+/// camera; `out` is reused without allocating once it has reached that size.
+pub fn fit_into(image: &RgbImage, max_width: u32, max_height: u32, out: &mut RgbImage) {
+    let scale = (f64::from(max_width) / f64::from(image.width.max(1)))
+        .min(f64::from(max_height) / f64::from(image.height.max(1)))
+        .min(1.0);
+    let width = ((f64::from(image.width) * scale).round() as u32).clamp(1, image.width.max(1));
+    let height = ((f64::from(image.height) * scale).round() as u32).clamp(1, image.height.max(1));
+    if (out.width, out.height) != (width, height) || out.data.len() != rgb_len(width, height) {
+        out.reshape(width, height);
+    }
+    if (width, height) == (image.width, image.height) {
+        out.data.copy_from_slice(&image.data);
+        return;
+    }
+    let (src_w, src_h, w, h) = (image.width as usize, image.height as usize, width as usize, height as usize);
+    for y in 0..h {
+        let (y0, y1) = (y * src_h / h, ((y + 1) * src_h / h).max(y * src_h / h + 1));
+        for x in 0..w {
+            let (x0, x1) = (x * src_w / w, ((x + 1) * src_w / w).max(x * src_w / w + 1));
+            let mut sum = [0u32; 3];
+            for row in y0..y1 {
+                for px in image.data[(row * src_w + x0) * 3..(row * src_w + x1) * 3].chunks_exact(3) {
+                    for c in 0..3 {
+                        sum[c] += u32::from(px[c]);
+                    }
+                }
+            }
+            let n = ((y1 - y0) * (x1 - x0)) as u32;
+            let at = (y * w + x) * 3;
+            for c in 0..3 {
+                out.data[at + c] = ((sum[c] + n / 2) / n) as u8;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -363,5 +401,17 @@ mod tests {
             convert_frame(PixelFormat::Mjpeg, &jpeg, 32, 16, &mut out),
             Err(PixelError::FrameSizeMismatch { .. })
         ));
+    }
+
+    #[test]
+    fn fit_into_shrinks_large_images_by_box_averages_and_copies_small_ones() {
+        let mut big = RgbImage::new(4, 2);
+        big.data = vec![0, 0, 0, 100, 100, 100, 200, 0, 0, 200, 0, 0, 0, 0, 0, 100, 100, 100, 0, 0, 200, 0, 0, 200];
+        let mut out = RgbImage::default();
+        fit_into(&big, 2, 2, &mut out);
+        assert_eq!((out.width, out.height), (2, 1));
+        assert_eq!(out.data, vec![50, 50, 50, 100, 0, 100]);
+        fit_into(&big, 8, 8, &mut out);
+        assert_eq!(out, big);
     }
 }

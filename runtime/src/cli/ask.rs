@@ -20,7 +20,7 @@ use serde::Serialize;
 use super::{print_json, Context};
 use crate::answer::{reply, Reply};
 use crate::exit::BadInput;
-use crate::fusion::Task;
+use crate::fusion::{Task, MAX_QUESTION_BYTES};
 use crate::memory;
 
 /// Options shared by `caption` and `ask`.
@@ -82,8 +82,6 @@ pub struct AskArgs {
     language: LanguageArgs,
 }
 
-/// Longest typed question accepted; longer ones are refused rather than cut.
-const MAX_QUESTION_BYTES: usize = 2000;
 
 #[derive(Serialize)]
 struct Output<'a> {
@@ -199,7 +197,7 @@ fn run(
             let _ = stderr.flush();
         }
     };
-    let result = reply(&scene, vision.detector.labels(), &task, &[], decoder.as_ref(), &options, &mut on_text)?;
+    let result = reply(&scene, vision.detector.labels(), &task, &[], decoder.as_ref(), &options, &mut on_text, &|| false)?;
     if args.stream && result.decoder_text.is_some() {
         eprintln!();
     }

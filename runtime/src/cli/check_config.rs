@@ -3,10 +3,9 @@
 
 use std::path::PathBuf;
 
-use lookout_models::bundle::{self, Bundle};
 use serde::Serialize;
 
-use super::{print_json, Context};
+use super::{open_config_bundle, print_json, Context};
 use crate::board::{self, Probe};
 use crate::config::{BoardSource, Config, Loaded};
 use crate::plan::{self, Plan};
@@ -51,7 +50,7 @@ pub fn check_config(ctx: &Context, args: CheckConfigArgs) -> anyhow::Result<()> 
                 .map_err(|reason| OverBudget(format!("{}: {reason}", args.file.display())))?;
         }
     }
-    let (plan, plan_skipped) = match open_bundle(ctx, &config) {
+    let (plan, plan_skipped) = match open_config_bundle(ctx, &config) {
         Ok(bundle) => (Some(plan::plan(&config, &bundle)?), None),
         Err(e) => (None, Some(format!("{e:#}"))),
     };
@@ -85,16 +84,6 @@ pub fn check_config(ctx: &Context, args: CheckConfigArgs) -> anyhow::Result<()> 
         Some(plan) if !plan.fits() => Err(OverBudget(format!("{}: {}", args.file.display(), plan.over_budget_message())).into()),
         _ => Ok(()),
     }
-}
-
-/// The bundle the configuration names (its `models.dir`, else the command line's or the default directory).
-fn open_bundle(ctx: &Context, config: &Config) -> anyhow::Result<Bundle> {
-    let dir = match &config.models.dir {
-        Some(dir) => dir.clone(),
-        None => ctx.models_dir.clone(),
-    };
-    let name = if config.models.bundle != bundle::DEFAULT_BUNDLE { &config.models.bundle } else { &ctx.bundle };
-    Ok(Bundle::locate(&dir, name)?)
 }
 
 #[derive(Serialize)]

@@ -6,6 +6,8 @@ mod check_config;
 mod describe;
 mod measure;
 mod models;
+mod serve;
+mod soak;
 mod transcribe;
 
 use std::path::{Path, PathBuf};
@@ -13,6 +15,8 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, Subcommand};
 pub use check_config::OverBudget;
 use lookout_models::bundle::{self, Bundle, DEFAULT_BUNDLE};
+
+use crate::config::Config;
 
 #[derive(Debug, Parser)]
 #[command(name = "lookout", version, about = "See and listen on a small board: cameras, microphones, small quantized models")]
@@ -43,6 +47,10 @@ enum Command {
     CheckConfig(check_config::CheckConfigArgs),
     /// The built-in board profiles, and which one this machine is.
     Boards(check_config::BoardsArgs),
+    /// The daemon: camera and microphone in, captions and answers out as events and over HTTP.
+    Serve(serve::ServeArgs),
+    /// Runs the daemon's pipeline on many frames and questions and reports whether its memory stays flat.
+    Soak(soak::SoakArgs),
     /// List or verify model bundles.
     #[command(subcommand)]
     Models(models::ModelsCommand),
@@ -60,6 +68,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Command::Ask(a) => ask::ask(&ctx, a),
         Command::CheckConfig(a) => check_config::check_config(&ctx, a),
         Command::Boards(a) => check_config::boards(a),
+        Command::Serve(a) => serve::run(&ctx, a),
+        Command::Soak(a) => soak::run(&ctx, a),
     }
 }
 
@@ -77,6 +87,16 @@ impl Context {
     pub fn models_dir(&self) -> &Path {
         &self.models_dir
     }
+}
+
+/// The bundle the configuration names (its `models.dir`, else the command line's or the default directory).
+pub fn open_config_bundle(ctx: &Context, config: &Config) -> anyhow::Result<Bundle> {
+    let dir = match &config.models.dir {
+        Some(dir) => dir.clone(),
+        None => ctx.models_dir.clone(),
+    };
+    let name = if config.models.bundle != bundle::DEFAULT_BUNDLE { &config.models.bundle } else { &ctx.bundle };
+    Ok(Bundle::locate(&dir, name)?)
 }
 
 /// Prints a value as pretty JSON on stdout.

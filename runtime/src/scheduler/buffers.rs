@@ -2,27 +2,27 @@
 //! full, and an audio ring that overwrites its oldest samples; each counts what it had to drop. Nothing here
 //! allocates after construction.
 
+use std::time::Instant;
+
 use heapless::Deque;
+use lookout_models::vision::image::RgbImage;
 
 /// Most frames a pool can hold (the board configs allow 2..=64).
 pub const MAX_FRAMES: usize = 64;
 
 /// One RGB frame slot of the pool.
+/// One captured frame, converted to RGB.
 #[derive(Debug)]
 pub struct Frame {
-    pub width: u32,
-    pub height: u32,
-    /// Capture sequence number.
     pub sequence: u64,
-    /// `width * height * 3` bytes, allocated once at the pool's largest size.
-    pub rgb: Vec<u8>,
+    pub captured_at: Option<Instant>,
+    pub image: RgbImage,
 }
 
-/// Index of a frame in its pool; whoever holds one owns the slot until it is released.
+/// A frame's place in the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameId(u8);
 
-/// Frames allocated once at start-up and handed out and back by id.
 #[derive(Debug)]
 pub struct FramePool {
     frames: Vec<Frame>,
@@ -34,8 +34,7 @@ pub struct FramePool {
 impl FramePool {
     pub fn new(count: usize, width: u32, height: u32) -> FramePool {
         let count = count.clamp(1, MAX_FRAMES);
-        let bytes = width as usize * height as usize * 3;
-        let frames = (0..count).map(|_| Frame { width, height, sequence: 0, rgb: vec![0; bytes] }).collect();
+        let frames = (0..count).map(|_| Frame { sequence: 0, captured_at: None, image: RgbImage::new(width, height) }).collect();
         let mut free = heapless::Vec::new();
         for i in (0..count).rev() {
             // `count` is at most MAX_FRAMES, the free list's capacity.
@@ -44,10 +43,12 @@ impl FramePool {
         FramePool { frames, free, exhausted: 0 }
     }
 
+    #[cfg(test)]
     pub fn capacity(&self) -> usize {
         self.frames.len()
     }
 
+    #[cfg(test)]
     pub fn available(&self) -> usize {
         self.free.len()
     }
@@ -67,6 +68,7 @@ impl FramePool {
         let _ = self.free.push(id);
     }
 
+    #[cfg(test)]
     pub fn frame(&self, id: FrameId) -> &Frame {
         &self.frames[id.0 as usize]
     }
@@ -114,12 +116,79 @@ impl<T, const N: usize> DropOldest<T, N> {
         self.items.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
 }
 
 /// The last `capacity` samples of 16 kHz audio; writing more than fits overwrites the oldest and counts them.
+/// Frames between capture and the vision stage: at most `FRAME_QUEUE` waiting, the oldest dropped (and counted)
+/// when a newer one arrives. Images move in and out by swapping buffers with the caller, so a frame is never
+/// copied or allocated on its way through.
+#[derive(Debug)]
+pub struct FrameQueue {
+    pool: FramePool,
+    waiting: DropOldest<FrameId, FRAME_QUEUE>,
+}
+
+pub const FRAME_QUEUE: usize = 4;
+
+impl FrameQueue {
+    pub fn new(pool_frames: usize, width: u32, height: u32) -> FrameQueue {
+        FrameQueue { pool: FramePool::new(pool_frames, width, height), waiting: DropOldest::default() }
+    }
+
+    /// Queues the frame in `image`; `image` gets back an unused buffer of the pool.
+    pub fn publish(&mut self, image: &mut RgbImage, sequence: u64, captured_at: Instant) {
+        let id = match self.pool.acquire() {
+            Some(id) => id,
+            None => {
+                let Some(oldest) = self.waiting.pop() else { return };
+                self.waiting.dropped += 1;
+                oldest
+            }
+        };
+        let frame = self.pool.frame_mut(id);
+        std::mem::swap(&mut frame.image, image);
+        frame.sequence = sequence;
+        frame.captured_at = Some(captured_at);
+        if let Some(dropped) = self.waiting.push(id) {
+            self.pool.release(dropped);
+        }
+    }
+
+    /// Moves the oldest waiting frame into `image` (whose buffer goes back to the pool).
+    pub fn take(&mut self, image: &mut RgbImage) -> Option<(u64, Option<Instant>)> {
+        let id = self.waiting.pop()?;
+        let frame = self.pool.frame_mut(id);
+        std::mem::swap(&mut frame.image, image);
+        let taken = (frame.sequence, frame.captured_at);
+        self.pool.release(id);
+        Some(taken)
+    }
+
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Frames dropped because a newer one arrived before they were taken.
+    pub fn dropped(&self) -> u64 {
+        self.waiting.dropped
+    }
+
+    /// Frames ever queued.
+    #[cfg(test)]
+    pub fn published(&self) -> u64 {
+        self.waiting.pushed
+    }
+
+    #[cfg(test)]
+    pub fn pool(&self) -> &FramePool {
+        &self.pool
+    }
+}
+
 #[derive(Debug)]
 pub struct AudioRing {
     samples: Vec<f32>,
@@ -139,10 +208,12 @@ impl AudioRing {
         self.samples.len()
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.len
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -162,6 +233,20 @@ impl AudioRing {
     }
 
     /// Moves the oldest samples, up to `out.len()`, into `out`; returns how many.
+    /// Copies the `out.len()` samples that end `skip_newest` samples before the newest, without consuming them;
+    /// returns how many were available.
+    pub fn copy_latest(&self, skip_newest: usize, out: &mut [f32]) -> usize {
+        let capacity = self.samples.len();
+        let n = out.len().min(self.len.saturating_sub(skip_newest));
+        let end = (self.head + capacity - skip_newest.min(self.len)) % capacity;
+        let start = (end + capacity - n) % capacity;
+        let first = n.min(capacity - start);
+        out[..first].copy_from_slice(&self.samples[start..start + first]);
+        out[first..n].copy_from_slice(&self.samples[..n - first]);
+        n
+    }
+
+    #[cfg(test)]
     pub fn read(&mut self, out: &mut [f32]) -> usize {
         let capacity = self.samples.len();
         let n = out.len().min(self.len);
@@ -181,7 +266,7 @@ mod tests {
     #[test]
     fn the_pool_hands_out_each_frame_once_and_counts_exhaustion() {
         let mut pool = FramePool::new(3, 4, 2);
-        assert_eq!(pool.frame(FrameId(0)).rgb.len(), 24);
+        assert_eq!(pool.frame(FrameId(0)).image.data.len(), 24);
         let ids: Vec<FrameId> = (0..3).map(|_| pool.acquire().unwrap()).collect();
         assert_eq!(ids, [FrameId(0), FrameId(1), FrameId(2)]);
         assert_eq!(pool.acquire(), None);
@@ -204,6 +289,36 @@ mod tests {
         assert_eq!(queue.pop(), Some(2));
         assert_eq!(queue.pop(), Some(3));
         assert!(queue.is_empty());
+    }
+
+    #[test]
+    fn queued_frames_swap_buffers_and_the_oldest_is_dropped_when_the_pool_runs_out() {
+        let mut frames = FrameQueue::new(2, 2, 2);
+        let mut image = RgbImage::new(2, 2);
+        for sequence in 0..3u64 {
+            image.data.fill(sequence as u8);
+            frames.publish(&mut image, sequence, Instant::now());
+        }
+        assert_eq!((frames.published(), frames.dropped(), frames.waiting()), (3, 1, 2));
+        let (sequence, _) = frames.take(&mut image).unwrap();
+        assert_eq!((sequence, image.data[0]), (1, 1));
+        let (sequence, _) = frames.take(&mut image).unwrap();
+        assert_eq!((sequence, image.data[0]), (2, 2));
+        assert!(frames.take(&mut image).is_none());
+        assert_eq!(frames.pool().available(), 2);
+    }
+
+    #[test]
+    fn copy_latest_reads_back_from_the_newest_without_consuming() {
+        let mut ring = AudioRing::new(4);
+        ring.write(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        let mut out = [0.0; 2];
+        assert_eq!(ring.copy_latest(1, &mut out), 2);
+        assert_eq!(out, [4.0, 5.0]);
+        let mut all = [0.0; 8];
+        assert_eq!(ring.copy_latest(0, &mut all), 4);
+        assert_eq!(&all[..4], &[3.0, 4.0, 5.0, 6.0]);
+        assert_eq!(ring.len(), 4);
     }
 
     #[test]

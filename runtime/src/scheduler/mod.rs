@@ -3,7 +3,6 @@
 
 pub mod buffers;
 
-use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 /// Time since the pipeline started; the daemon uses the monotonic clock, tests a manual one.
@@ -14,8 +13,14 @@ pub trait Clock {
 pub struct MonotonicClock(Instant);
 
 impl MonotonicClock {
-    pub fn start() -> MonotonicClock {
-        MonotonicClock(Instant::now())
+    /// A clock that reads zero at `origin`.
+    pub fn since(origin: Instant) -> MonotonicClock {
+        MonotonicClock(origin)
+    }
+
+    /// Where `instant` falls on this clock.
+    pub fn at(&self, instant: Instant) -> Duration {
+        instant.saturating_duration_since(self.0)
     }
 }
 
@@ -26,15 +31,18 @@ impl Clock for MonotonicClock {
 }
 
 /// A clock that moves only when told to.
+#[cfg(test)]
 #[derive(Default)]
-pub struct ManualClock(Cell<Duration>);
+pub struct ManualClock(std::cell::Cell<Duration>);
 
+#[cfg(test)]
 impl ManualClock {
     pub fn advance(&self, by: Duration) {
         self.0.set(self.0.get() + by);
     }
 }
 
+#[cfg(test)]
 impl Clock for ManualClock {
     fn now(&self) -> Duration {
         self.0.get()
@@ -104,7 +112,7 @@ pub mod counting_allocator {
 
 #[cfg(test)]
 mod tests {
-    use super::buffers::{AudioRing, DropOldest, FrameId, FramePool};
+    use super::buffers::{AudioRing, FrameQueue};
     use super::counting_allocator::allocations;
     use super::*;
 
@@ -132,41 +140,47 @@ mod tests {
     /// audio through the ring: after construction none of it touches the allocator.
     #[test]
     fn per_frame_and_per_sample_work_allocates_nothing() {
-        let mut pool = FramePool::new(4, 64, 48);
-        let mut queue: DropOldest<FrameId, 3> = DropOldest::default();
+        use lookout_models::vision::image::RgbImage;
+        use lookout_models::vision::pixels::fit_into;
+
+        use crate::daemon::metrics::Histogram;
+        use crate::daemon::pipeline::{signature, CaptionPolicy};
+        use crate::daemon::sources::Utterances;
+
+        let mut frames = FrameQueue::new(4, 64, 48);
+        let photo = RgbImage::new(128, 96);
+        let mut captured = RgbImage::new(64, 48);
+        let mut working = RgbImage::new(64, 48);
+        let mut scene = lookout_models::vision::Scene::default();
+        scene.counts.insert("person".into(), 2);
+        let mut policy = CaptionPolicy::new(Some(Duration::from_secs(60)), true);
+        let latency = Histogram::default();
+        let now = std::time::Instant::now();
         let mut ring = AudioRing::new(16_000 * 10);
+        let mut utterances = Utterances::new(lookout_models::vad::VadRules::default(), ring.capacity());
         let chunk = [0.25f32; 512];
-        let mut window = vec![0.0f32; 16_000];
         let clock = ManualClock::default();
         let mut deadline = Deadline::new(Duration::from_millis(200));
 
         let before = allocations();
         for sequence in 0..10_000u64 {
             let started = clock.now();
-            if let Some(id) = pool.acquire() {
-                let frame = pool.frame_mut(id);
-                frame.sequence = sequence;
-                frame.rgb.fill((sequence % 251) as u8);
-                if let Some(oldest) = queue.push(id) {
-                    pool.release(oldest);
-                }
-            }
-            // The consumer keeps up with one frame in three.
-            if sequence % 3 == 0 {
-                if let Some(id) = queue.pop() {
-                    std::hint::black_box(pool.frame(id).rgb[0]);
-                    pool.release(id);
-                }
+            fit_into(&photo, 64, 48, &mut captured);
+            frames.publish(&mut captured, sequence, now);
+            // The vision stage keeps up with one frame in three.
+            if sequence % 3 == 0 && frames.take(&mut working).is_some() {
+                policy.observe(signature(&scene));
+                std::hint::black_box(policy.due(clock.now()));
             }
             ring.write(&chunk);
-            if sequence % 40 == 0 {
-                ring.read(&mut window);
-            }
+            std::hint::black_box(utterances.push(if sequence % 50 < 20 { 0.9 } else { 0.1 }, chunk.len(), false));
             clock.advance(Duration::from_millis(if sequence % 100 == 0 { 300 } else { 50 }));
+            latency.observe(clock.now() - started);
             deadline.finish(&clock, started);
         }
         assert_eq!(allocations(), before, "the per-frame path allocated");
-        assert!(queue.dropped > 0 && deadline.misses == 100, "dropped {} missed {}", queue.dropped, deadline.misses);
-        assert_eq!(pool.available() + queue.len(), pool.capacity(), "every frame is either free or queued");
+        assert!(frames.dropped() > 0 && deadline.misses == 100, "dropped {} missed {}", frames.dropped(), deadline.misses);
+        let pool = frames.pool();
+        assert_eq!(pool.available() + frames.waiting(), pool.capacity(), "every frame is either free or queued");
     }
 }

@@ -1,0 +1,439 @@
+//! The pipeline thread: the one place models run, one stage at a time, so the memory plan's "largest run" holds.
+//! It answers waiting questions first, then publishes a caption when one is due, then analyses the newest
+//! camera frame; a caption being decoded is stopped between tokens when a question arrives.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash as _, Hasher as _};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use lookout_models::bundle::Bundle;
+use lookout_models::llm::{Finish, GenerateOptions, LanguageModel};
+use lookout_models::speech::Transcriber;
+use lookout_models::vad::SileroVad;
+use lookout_models::vision::image::RgbImage;
+use lookout_models::vision::{Scene, VisionModels, VisionSession};
+use lookout_models::whisper::{DecodeOptions, Whisper, Window};
+use serde_json::json;
+
+use super::metrics::Metrics;
+use super::state::{Answer, AskError, Beat, Job, Origin, Published, PublishedCaption, Question, Shared};
+use crate::answer::{reply, Reply};
+use crate::config::Config;
+use crate::fusion::Task;
+use crate::memory;
+use crate::scheduler::{Clock as _, Deadline, MonotonicClock};
+
+/// Consecutive frames a changed scene must hold before it is captioned, so a passer-by does not trigger one.
+const SETTLE_FRAMES: u32 = 2;
+/// Longest idle wait before the pipeline beats again.
+const IDLE_WAIT: Duration = Duration::from_millis(250);
+
+/// A stage's models: loaded at start-up, or (`on_demand`) for each use and released after it.
+pub struct Stage<T> {
+    resident: Option<T>,
+    load: Box<dyn Fn() -> anyhow::Result<T> + Send>,
+}
+
+impl<T> Stage<T> {
+    fn new(on_demand: bool, load: Box<dyn Fn() -> anyhow::Result<T> + Send>) -> anyhow::Result<Stage<T>> {
+        let resident = if on_demand { None } else { Some(load()?) };
+        memory::release_free_memory();
+        Ok(Stage { resident, load })
+    }
+
+    fn is_resident(&self) -> bool {
+        self.resident.is_some()
+    }
+
+    /// Runs `f` on the models, loading them first (and releasing them after) when they are not resident.
+    fn with<R>(&self, f: impl FnOnce(&T) -> anyhow::Result<R>) -> anyhow::Result<R> {
+        if let Some(models) = &self.resident {
+            return f(models);
+        }
+        let models = (self.load)()?;
+        let result = f(&models);
+        drop(models);
+        memory::release_free_memory();
+        result
+    }
+}
+
+/// Every model the configuration enables.
+pub struct Models {
+    pub speech: Option<Stage<Whisper>>,
+    pub vad: Option<Arc<SileroVad>>,
+    pub vision: Option<Stage<VisionModels>>,
+    pub decoder: Option<Stage<LanguageModel>>,
+    /// The detector's label set, for grounding sentences when vision is on demand.
+    pub labels: Vec<String>,
+    window: Window,
+}
+
+impl Models {
+    /// Loads the resident stages, smallest first, trimming the allocator after each so the load peaks the plan
+    /// counts do not add up.
+    pub fn load(config: &Config, bundle: &Bundle) -> anyhow::Result<Models> {
+        let m = &config.models;
+        let vad = match config.stage_enabled("speech") {
+            true => Some(Arc::new(SileroVad::load(bundle).context("loading the VAD")?)),
+            false => None,
+        };
+        let vision = match config.stage_enabled("vision") {
+            true => {
+                let (b, with_text) = (bundle.clone(), m.ocr != "off");
+                Some(Stage::new(config.on_demand("vision"), Box::new(move || Ok(VisionModels::load(&b, with_text)?)))?)
+            }
+            false => None,
+        };
+        let labels = match &vision {
+            Some(stage) => stage.with(|v| Ok(v.detector.labels().to_vec()))?,
+            None => Vec::new(),
+        };
+        let speech = match config.stage_enabled("speech") {
+            true => {
+                let (b, variant) = (bundle.clone(), m.speech.clone());
+                Some(Stage::new(config.on_demand("speech"), Box::new(move || Ok(Whisper::load(&b, Some(&variant))?)))?)
+            }
+            false => None,
+        };
+        let decoder = match config.stage_enabled("decoder") {
+            true => {
+                let (b, variant) = (bundle.clone(), m.decoder.clone());
+                Some(Stage::new(config.on_demand("decoder"), Box::new(move || Ok(LanguageModel::load(&b, Some(&variant))?)))?)
+            }
+            false => None,
+        };
+        let window = if m.speech_window == "full" { Window::Full } else { Window::FIT };
+        Ok(Models { speech, vad, vision, decoder, labels, window })
+    }
+}
+
+/// When to caption: after the scene changed and held for `SETTLE_FRAMES` frames, and every `interval`.
+#[derive(Debug)]
+pub struct CaptionPolicy {
+    interval: Option<Duration>,
+    on_change: bool,
+    captioned: Option<u64>,
+    candidate: Option<(u64, u32)>,
+    last_at: Option<Duration>,
+    changed: bool,
+}
+
+impl CaptionPolicy {
+    pub fn new(interval: Option<Duration>, on_change: bool) -> CaptionPolicy {
+        CaptionPolicy { interval, on_change, captioned: None, candidate: None, last_at: None, changed: false }
+    }
+
+    /// Takes note of the scene of a new frame, by its signature.
+    pub fn observe(&mut self, signature: u64) {
+        if self.captioned == Some(signature) {
+            self.candidate = None;
+            return;
+        }
+        let held = match self.candidate {
+            Some((s, n)) if s == signature => n + 1,
+            _ => 1,
+        };
+        self.candidate = Some((signature, held));
+        if self.on_change && held >= SETTLE_FRAMES {
+            self.changed = true;
+        }
+    }
+
+    pub fn due(&self, now: Duration) -> bool {
+        let periodic = self.interval.is_some_and(|every| self.last_at.is_none_or(|last| now.saturating_sub(last) >= every));
+        self.changed || periodic
+    }
+
+    pub fn captioned(&mut self, signature: u64, now: Duration) {
+        self.captioned = Some(signature);
+        self.candidate = None;
+        self.last_at = Some(now);
+        self.changed = false;
+    }
+}
+
+/// A short fingerprint of what a caption depends on: the labels with their counts and the text read.
+pub fn signature(scene: &Scene) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    scene.counts.hash(&mut hasher);
+    for line in &scene.text {
+        line.text.hash(&mut hasher);
+    }
+    hasher.finish()
+}
+
+pub struct Worker<'m> {
+    shared: Arc<Shared>,
+    models: &'m Models,
+    vision: Option<VisionSession<'m>>,
+    policy: CaptionPolicy,
+    image: RgbImage,
+    options: GenerateOptions,
+    clock: MonotonicClock,
+    /// A frame older than this when taken means vision has fallen behind the camera.
+    frame_deadline: Deadline,
+    /// A question answered later than this has outlived the HTTP client's wait.
+    answer_deadline: Deadline,
+}
+
+impl<'m> Worker<'m> {
+    pub fn new(config: &Config, models: &'m Models, shared: Arc<Shared>) -> anyhow::Result<Worker<'m>> {
+        let vision = match &models.vision {
+            Some(stage) if stage.is_resident() => Some(stage.resident.as_ref().expect("resident").session()?),
+            _ => None,
+        };
+        let cam = &config.camera;
+        let interval = (config.caption.interval_s > 0).then(|| Duration::from_secs(u64::from(config.caption.interval_s)));
+        Ok(Worker {
+            models,
+            vision,
+            policy: CaptionPolicy::new(interval, config.caption.on_change),
+            image: RgbImage::new(cam.width, cam.height),
+            options: GenerateOptions { max_tokens: 48, ..GenerateOptions::default() },
+            frame_deadline: Deadline::new(Duration::from_secs_f64(f64::from(cam.pool_frames) / f64::from(cam.fps.max(1)))),
+            answer_deadline: Deadline::new(Duration::from_secs(u64::from(config.http.answer_timeout_s))),
+            clock: MonotonicClock::since(shared.started),
+            shared,
+        })
+    }
+
+    /// Runs until the shared stop flag is set.
+    pub fn run(mut self) {
+        let shared = self.shared.clone();
+        loop {
+            shared.beat(Beat::Pipeline);
+            if shared.stopping() {
+                break;
+            }
+            let mut inbox = shared.inbox();
+            if let Some(job) = shared.next_question(&mut inbox) {
+                drop(inbox);
+                self.answer(job);
+                continue;
+            }
+            if self.policy.due(self.clock.now()) && self.caption_ready() {
+                drop(inbox);
+                self.caption();
+                continue;
+            }
+            let taken = if self.models.vision.is_some() { inbox.frames.take(&mut self.image) } else { None };
+            shared.metrics.frame_queue_depth.store(inbox.frames.waiting() as u64, std::sync::atomic::Ordering::Relaxed);
+            if let Some((sequence, captured_at)) = taken {
+                drop(inbox);
+                self.analyse(sequence, captured_at);
+                continue;
+            }
+            let _ = shared.wake.wait_timeout(inbox, IDLE_WAIT);
+        }
+        shared.heartbeats.retire(Beat::Pipeline);
+    }
+
+    fn caption_ready(&self) -> bool {
+        self.models.vision.is_none() || self.shared.scene.lock().is_ok_and(|s| s.is_some())
+    }
+
+    fn analyse(&mut self, sequence: u64, captured_at: Option<Instant>) {
+        let shared = self.shared.clone();
+        if let Some(at) = captured_at {
+            if !self.frame_deadline.finish(&self.clock, self.clock.at(at)) {
+                Metrics::add(&shared.metrics.frame_deadline_misses, 1);
+            }
+        }
+        let started = Instant::now();
+        let image = &self.image;
+        let scene = match (&mut self.vision, &self.models.vision) {
+            (Some(session), _) => session.describe(image).map_err(anyhow::Error::from),
+            (None, Some(stage)) => stage.with(|v| Ok(v.session()?.describe(image)?)),
+            (None, None) => return,
+        };
+        shared.metrics.latency.vision.observe(started.elapsed());
+        let scene = match scene {
+            Ok(scene) => scene,
+            Err(e) => return self.failed("vision", &e),
+        };
+        Metrics::add(&shared.metrics.frames_processed, 1);
+        let signature = signature(&scene);
+        let mut latest = shared.scene.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = latest.as_ref().is_none_or(|p| signature != self::signature(&p.scene));
+        let caption = latest.take().and_then(|p| p.caption);
+        *latest = Some(Published { scene, frame: sequence, seen_at: Instant::now(), caption });
+        if changed {
+            let p = latest.as_ref().expect("just set");
+            shared.events.emit("scene", json!({ "frame": sequence, "counts": p.scene.counts, "text": p.scene.text.iter().map(|t| &t.text).collect::<Vec<_>>() }));
+        }
+        drop(latest);
+        self.policy.observe(signature);
+    }
+
+    fn caption(&mut self) {
+        let shared = self.shared.clone();
+        let now = self.clock.now();
+        let (scene, frame) = match shared.latest() {
+            Some(p) => (p.scene, p.frame),
+            None => (Scene::default(), 0),
+        };
+        let started = Instant::now();
+        let cancel = || {
+            shared.beat(Beat::Pipeline);
+            shared.questions_waiting() || shared.stopping()
+        };
+        let result = self.reply(&scene, &Task::Caption, &cancel);
+        let reply = match result {
+            Ok(r) if r.generation.as_ref().is_some_and(|g| matches!(g.finish, Finish::Cancelled)) => {
+                Metrics::add(&shared.metrics.captions_preempted, 1);
+                return;
+            }
+            Ok(r) => r,
+            Err(e) => {
+                self.policy.captioned(signature(&scene), now);
+                return self.failed("caption", &e);
+            }
+        };
+        shared.metrics.latency.caption.observe(started.elapsed());
+        Metrics::add(&shared.metrics.captions, 1);
+        self.policy.captioned(signature(&scene), now);
+        shared.events.emit(
+            "caption",
+            json!({ "frame": frame, "text": reply.text, "source": reply.source, "fallback_reason": reply.fallback_reason,
+                    "ms": started.elapsed().as_secs_f64() * 1e3 }),
+        );
+        let published = PublishedCaption { text: reply.text, source: reply.source, fallback_reason: reply.fallback_reason, frame, at: Instant::now() };
+        let mut latest = shared.scene.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(latest) = latest.as_mut() {
+            latest.caption = Some(published);
+        }
+    }
+
+    fn answer(&mut self, job: Job) {
+        let shared = self.shared.clone();
+        let started = Instant::now();
+        let result = self.answer_question(job.question);
+        if !self.answer_deadline.finish(&self.clock, self.clock.at(job.queued_at)) {
+            Metrics::add(&shared.metrics.answer_deadline_misses, 1);
+        }
+        match &result {
+            Ok(answer) => {
+                shared.metrics.latency.answer.observe(started.elapsed());
+                Metrics::add(&shared.metrics.answers, 1);
+                shared.events.emit(
+                    "answer",
+                    json!({ "origin": job.origin, "question": answer.question, "answer": answer.answer, "source": answer.source,
+                            "frame": answer.frame, "ms": job.queued_at.elapsed().as_secs_f64() * 1e3 }),
+                );
+            }
+            Err(AskError::Failed(reason)) => {
+                Metrics::add(&shared.metrics.pipeline_errors, 1);
+                shared.events.emit("error", json!({ "stage": "answer", "origin": job.origin, "error": reason }));
+            }
+            Err(e) if job.origin == Origin::Voice => shared.events.emit("unanswered", json!({ "origin": job.origin, "reason": e.to_string() })),
+            Err(_) => {}
+        }
+        let _ = job.reply.send(result);
+    }
+
+    fn answer_question(&mut self, question: Question) -> Result<Answer, AskError> {
+        let mut timings = BTreeMap::new();
+        let (question, transcript) = match question {
+            Question::Text(text) => (text, None),
+            Question::Speech(samples) => {
+                let started = Instant::now();
+                let text = self.transcribe(&samples).map_err(|e| AskError::Failed(format!("{e:#}")))?;
+                self.shared.metrics.latency.transcribe.observe(started.elapsed());
+                timings.insert("transcribe", started.elapsed().as_secs_f64() * 1e3);
+                if text.is_empty() {
+                    return Err(AskError::NoSpeech);
+                }
+                (text.clone(), Some(text))
+            }
+        };
+        let latest = self.shared.latest();
+        if latest.is_none() && self.models.vision.is_some() {
+            return Err(AskError::NoScene);
+        }
+        let scene = latest.as_ref().map(|p| p.scene.clone()).unwrap_or_default();
+        let started = Instant::now();
+        let stop = || self.shared.stopping();
+        let reply = self.reply(&scene, &Task::Answer(question.clone()), &stop).map_err(|e| AskError::Failed(format!("{e:#}")))?;
+        timings.insert("answer", started.elapsed().as_secs_f64() * 1e3);
+        Ok(Answer {
+            question,
+            transcript,
+            answer: reply.text,
+            source: reply.source,
+            fallback_reason: reply.fallback_reason,
+            frame: latest.as_ref().map(|p| p.frame),
+            scene_age_s: latest.as_ref().map(|p| p.seen_at.elapsed().as_secs_f64()),
+            timings_ms: timings,
+        })
+    }
+
+    fn transcribe(&self, samples: &[f32]) -> anyhow::Result<String> {
+        let Some(stage) = &self.models.speech else { anyhow::bail!("speech recognition is off in this configuration") };
+        let options = DecodeOptions { window: self.models.window, ..DecodeOptions::default() };
+        stage.with(|whisper| {
+            let mut transcriber = Transcriber::new(whisper, self.models.vad.as_deref())?;
+            Ok(transcriber.transcribe(samples, &options)?.text.trim().to_string())
+        })
+    }
+
+    fn reply(&self, scene: &Scene, task: &Task, cancel: &dyn Fn() -> bool) -> anyhow::Result<Reply> {
+        let labels = &self.models.labels;
+        match &self.models.decoder {
+            Some(stage) => stage.with(|lm| reply(scene, labels, task, &[], Some(lm), &self.options, &mut |_| {}, cancel)),
+            None => reply(scene, labels, task, &[], None, &self.options, &mut |_| {}, cancel),
+        }
+    }
+
+    fn failed(&self, stage: &str, error: &anyhow::Error) {
+        Metrics::add(&self.shared.metrics.pipeline_errors, 1);
+        self.shared.events.emit("error", json!({ "stage": stage, "error": format!("{error:#}") }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_changed_scene_is_captioned_once_it_holds_and_the_interval_repeats_it() {
+        let s = Duration::from_secs;
+        let mut policy = CaptionPolicy::new(Some(s(60)), true);
+        assert!(policy.due(s(0)), "the first caption comes as soon as there is a scene");
+        policy.captioned(1, s(0));
+        policy.observe(1);
+        assert!(!policy.due(s(10)));
+        policy.observe(2);
+        assert!(!policy.due(s(11)), "one frame of a new scene is not enough");
+        policy.observe(1);
+        policy.observe(2);
+        policy.observe(2);
+        assert!(policy.due(s(12)));
+        policy.captioned(2, s(12));
+        assert!(!policy.due(s(71)));
+        assert!(policy.due(s(72)), "the interval repeats the caption of an unchanged scene");
+
+        let mut quiet = CaptionPolicy::new(None, false);
+        quiet.captioned(1, s(0));
+        quiet.observe(3);
+        quiet.observe(3);
+        assert!(!quiet.due(s(1000)), "neither interval nor change captions");
+    }
+
+    #[test]
+    fn the_signature_follows_counts_and_text() {
+        let scene = |labels: &[&str], text: &[&str]| {
+            let mut s = Scene::default();
+            for l in labels {
+                *s.counts.entry(l.to_string()).or_default() += 1;
+            }
+            s.text = text.iter().map(|t| lookout_models::vision::scene::TextLine { text: t.to_string(), score: 1.0, bbox: [0.0; 4] }).collect();
+            s
+        };
+        assert_eq!(signature(&scene(&["dog", "cat"], &[])), signature(&scene(&["cat", "dog"], &[])));
+        assert_ne!(signature(&scene(&["dog"], &[])), signature(&scene(&["dog", "dog"], &[])));
+        assert_ne!(signature(&scene(&["dog"], &["EXIT"])), signature(&scene(&["dog"], &["EXTT"])));
+    }
+}

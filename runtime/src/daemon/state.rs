@@ -1,0 +1,288 @@
+//! What the daemon's threads share: the inbox (frames and questions waiting for the pipeline), the latest
+//! scene and caption, heartbeats, metrics and events. Questions wait in a bounded queue; a full queue refuses
+//! the question rather than growing.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+use heapless::Deque;
+use lookout_models::vision::Scene;
+use serde::Serialize;
+
+use super::events::Events;
+use super::metrics::Metrics;
+use crate::answer::Source;
+use crate::scheduler::buffers::FrameQueue;
+
+/// Questions that may wait for the pipeline at once.
+pub const QUESTION_QUEUE: usize = 4;
+
+pub enum Question {
+    Text(String),
+    /// 16 kHz mono samples.
+    Speech(Vec<f32>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    Http,
+    /// Found in the microphone stream by the VAD or push-to-talk.
+    Voice,
+}
+
+pub struct Job {
+    pub question: Question,
+    pub origin: Origin,
+    pub queued_at: Instant,
+    pub reply: SyncSender<Result<Answer, AskError>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Answer {
+    pub question: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transcript: Option<String>,
+    pub answer: String,
+    pub source: Source,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback_reason: Option<String>,
+    /// The camera frame the answer is about.
+    pub frame: Option<u64>,
+    pub scene_age_s: Option<f64>,
+    pub timings_ms: BTreeMap<&'static str, f64>,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AskError {
+    #[error("the question queue is full ({QUESTION_QUEUE} waiting); try again shortly")]
+    Busy,
+    #[error("no camera frame has been analysed yet")]
+    NoScene,
+    #[error("no speech found in the audio")]
+    NoSpeech,
+    #[error("the daemon is stopping or reloading")]
+    Stopping,
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// The newest analysed frame and the newest caption.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub scene: Scene,
+    pub frame: u64,
+    pub seen_at: Instant,
+    pub caption: Option<PublishedCaption>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PublishedCaption {
+    pub text: String,
+    pub source: Source,
+    pub fallback_reason: Option<String>,
+    pub frame: u64,
+    pub at: Instant,
+}
+
+pub struct Inbox {
+    pub questions: Deque<Job, QUESTION_QUEUE>,
+    pub frames: FrameQueue,
+    /// Off while the pipeline stops or reloads: questions are refused instead of left waiting.
+    pub accepting: bool,
+}
+
+/// The threads that must keep beating for the daemon to count as alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Beat {
+    Pipeline,
+    Camera,
+    Microphone,
+}
+
+/// When each thread last showed progress, in milliseconds since the daemon started; 0 for threads not running.
+#[derive(Default)]
+pub struct Heartbeats {
+    beats: [AtomicU64; 3],
+}
+
+impl Heartbeats {
+    pub fn beat(&self, who: Beat, now_ms: u64) {
+        self.beats[who as usize].store(now_ms.max(1), Relaxed);
+    }
+
+    /// Forgets a thread that has stopped on purpose.
+    pub fn retire(&self, who: Beat) {
+        self.beats[who as usize].store(0, Relaxed);
+    }
+
+    /// The first running thread silent for longer than `limit`.
+    pub fn stalled(&self, now_ms: u64, limit: Duration) -> Option<Beat> {
+        [Beat::Pipeline, Beat::Camera, Beat::Microphone].into_iter().find(|&who| {
+            let last = self.beats[who as usize].load(Relaxed);
+            last != 0 && now_ms.saturating_sub(last) > limit.as_millis() as u64
+        })
+    }
+}
+
+pub struct Shared {
+    pub metrics: Metrics,
+    pub events: Events,
+    pub inbox: Mutex<Inbox>,
+    /// Signalled when a frame or a question arrives, and when the pipeline must stop.
+    pub wake: Condvar,
+    pub scene: Mutex<Option<Published>>,
+    pub heartbeats: Heartbeats,
+    questions_waiting: AtomicUsize,
+    /// Set to stop the pipeline's threads (shutdown or reload).
+    pub stop: AtomicBool,
+    /// Held down by push-to-talk (SIGUSR1 toggles it; a GPIO button drives it on boards).
+    pub push_to_talk: AtomicBool,
+    pub started: Instant,
+    pub board: Mutex<String>,
+    /// Silence after which a thread counts as hung (the watchdog interval under systemd).
+    stall_limit_ms: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(frames: FrameQueue, board: &str) -> Shared {
+        Shared {
+            metrics: Metrics::default(),
+            events: Events::default(),
+            inbox: Mutex::new(Inbox { questions: Deque::new(), frames, accepting: true }),
+            wake: Condvar::new(),
+            scene: Mutex::new(None),
+            heartbeats: Heartbeats::default(),
+            questions_waiting: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+            push_to_talk: AtomicBool::new(false),
+            started: Instant::now(),
+            board: Mutex::new(board.to_string()),
+            stall_limit_ms: AtomicU64::new(60_000),
+        }
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    pub fn stall_limit(&self) -> Duration {
+        Duration::from_millis(self.stall_limit_ms.load(Relaxed))
+    }
+
+    pub fn set_stall_limit(&self, limit: Duration) {
+        self.stall_limit_ms.store(limit.as_millis() as u64, Relaxed);
+    }
+
+    pub fn beat(&self, who: Beat) {
+        self.heartbeats.beat(who, self.now_ms());
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Relaxed)
+    }
+
+    pub fn inbox(&self) -> MutexGuard<'_, Inbox> {
+        self.inbox.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn latest(&self) -> Option<Published> {
+        self.scene.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn questions_waiting(&self) -> bool {
+        self.questions_waiting.load(Relaxed) > 0
+    }
+
+    /// Queues a question; the answer arrives on the returned channel.
+    pub fn ask(&self, question: Question, origin: Origin) -> Result<Receiver<Result<Answer, AskError>>, AskError> {
+        let (reply, answer) = sync_channel(1);
+        let job = Job { question, origin, queued_at: Instant::now(), reply };
+        let mut inbox = self.inbox();
+        if !inbox.accepting {
+            return Err(AskError::Stopping);
+        }
+        if inbox.questions.push_back(job).is_err() {
+            Metrics::add(&self.metrics.questions_rejected, 1);
+            return Err(AskError::Busy);
+        }
+        self.questions_waiting.store(inbox.questions.len(), Relaxed);
+        self.metrics.question_queue_depth.store(inbox.questions.len() as u64, Relaxed);
+        drop(inbox);
+        self.wake.notify_all();
+        Ok(answer)
+    }
+
+    /// The next question, taken from a locked inbox.
+    pub fn next_question(&self, inbox: &mut Inbox) -> Option<Job> {
+        let job = inbox.questions.pop_front();
+        self.questions_waiting.store(inbox.questions.len(), Relaxed);
+        self.metrics.question_queue_depth.store(inbox.questions.len() as u64, Relaxed);
+        job
+    }
+
+    /// Refuses new questions and answers the waiting ones with `Stopping`.
+    pub fn close_inbox(&self) {
+        let mut inbox = self.inbox();
+        inbox.accepting = false;
+        while let Some(job) = self.next_question(&mut inbox) {
+            let _ = job.reply.send(Err(AskError::Stopping));
+        }
+        drop(inbox);
+        self.wake.notify_all();
+    }
+}
+
+/// The running pipeline's shared state; a reload swaps in a fresh one while the HTTP server keeps listening.
+pub struct Current(RwLock<Arc<Shared>>);
+
+impl Current {
+    pub fn new(shared: Arc<Shared>) -> Current {
+        Current(RwLock::new(shared))
+    }
+
+    pub fn get(&self) -> Arc<Shared> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set(&self, shared: Arc<Shared>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = shared;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_thread_silent_past_the_limit_is_stalled_and_a_retired_one_is_not() {
+        let beats = Heartbeats::default();
+        let limit = Duration::from_secs(10);
+        beats.beat(Beat::Pipeline, 1_000);
+        beats.beat(Beat::Camera, 5_000);
+        assert_eq!(beats.stalled(10_000, limit), None);
+        assert_eq!(beats.stalled(11_500, limit), Some(Beat::Pipeline));
+        beats.beat(Beat::Pipeline, 11_000);
+        assert_eq!(beats.stalled(15_500, limit), Some(Beat::Camera));
+        beats.retire(Beat::Camera);
+        assert_eq!(beats.stalled(15_500, limit), None);
+    }
+
+    #[test]
+    fn a_full_question_queue_refuses_and_a_closed_inbox_answers_stopping() {
+        let shared = Shared::new(FrameQueue::new(2, 2, 2), "x86-dev");
+        let waiting: Vec<_> = (0..QUESTION_QUEUE).map(|i| shared.ask(Question::Text(format!("q{i}")), Origin::Http).unwrap()).collect();
+        assert!(matches!(shared.ask(Question::Text("one more".into()), Origin::Http), Err(AskError::Busy)));
+        assert_eq!(Metrics::get(&shared.metrics.questions_rejected), 1);
+        assert!(shared.questions_waiting());
+        shared.close_inbox();
+        for answer in waiting {
+            assert!(matches!(answer.recv().unwrap(), Err(AskError::Stopping)));
+        }
+        assert!(!shared.questions_waiting());
+        assert!(matches!(shared.ask(Question::Text("late".into()), Origin::Http), Err(AskError::Stopping)));
+    }
+}

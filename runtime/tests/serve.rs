@@ -1,0 +1,300 @@
+//! `lookout serve` end to end on file sources with the real default models: the scene and its caption over HTTP,
+//! a spoken question heard by the VAD, questions posted as JSON and as WAV, bad requests refused with 4xx while
+//! the daemon keeps serving, systemd notifications (READY, WATCHDOG, STOPPING) on a test socket, SIGHUP reloads,
+//! SIGTERM within 2 s; and configurations the daemon must refuse with exit code 78.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::{Duration, Instant};
+
+use common::{lookout, normalize, testdata_dir};
+use serde_json::Value;
+
+const TOKEN: &str = "test-token-0123456789";
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("lookout-serve-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn config_text(frames: &Path, wav: &Path, extra: &str) -> String {
+    format!(
+        "board = \"x86-dev\"\n{extra}\n[camera]\ndevice = \"dir:{}\"\n[microphone]\ndevice = \"wav:{}\"\n\
+         [http]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\ntimeout_ms = 1500\nmax_body_kib = 1024\n",
+        frames.display(),
+        wav.display()
+    )
+}
+
+/// A response: status and body.
+struct Reply {
+    status: u16,
+    body: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+}
+
+/// Sends raw request bytes and reads the whole response.
+fn send(port: u16, request: &[u8]) -> Reply {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    stream.write_all(request).unwrap();
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no status in {text:?}"));
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Reply { status, body }
+}
+
+fn request(port: u16, method: &str, path: &str, content_type: Option<&str>, body: &[u8]) -> Reply {
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {}\r\n", body.len());
+    if let Some(t) = content_type {
+        head.push_str(&format!("Content-Type: {t}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut bytes = head.into_bytes();
+    bytes.extend_from_slice(body);
+    send(port, &bytes)
+}
+
+/// The daemon as a child process, with its events and its systemd notifications collected.
+struct Daemon {
+    child: Child,
+    events: Receiver<Value>,
+    notifications: Receiver<String>,
+    seen: Vec<Value>,
+}
+
+impl Daemon {
+    fn start(config: &Path, dir: &Path) -> Daemon {
+        let socket_path = dir.join("notify.sock");
+        let _ = std::fs::remove_file(&socket_path);
+        let socket = UnixDatagram::bind(&socket_path).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lookout"))
+            .args(["serve", "--config", config.to_str().unwrap()])
+            .env("NOTIFY_SOCKET", &socket_path)
+            .env("WATCHDOG_USEC", "1000000")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (send_event, events) = channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                let event: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("event is not JSON ({e}): {line}"));
+                if send_event.send(event).is_err() {
+                    break;
+                }
+            }
+        });
+        let (send_note, notifications) = channel();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = socket.recv(&mut buf) {
+                if send_note.send(String::from_utf8_lossy(&buf[..n]).into_owned()).is_err() {
+                    break;
+                }
+            }
+        });
+        Daemon { child, events, notifications, seen: Vec::new() }
+    }
+
+    /// Waits for the first event (new or already seen) that `matches`.
+    fn event(&mut self, what: &str, within: Duration, matches: impl Fn(&Value) -> bool) -> Value {
+        if let Some(e) = self.seen.iter().find(|e| matches(e)) {
+            return e.clone();
+        }
+        let deadline = Instant::now() + within;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.events.recv_timeout(left) {
+                Ok(e) => {
+                    self.seen.push(e.clone());
+                    if matches(&e) {
+                        return e;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!("no {what} event within {within:?}; seen: {:#?}", self.seen);
+    }
+
+    fn notification(&self, prefix: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.notifications.recv_timeout(left) {
+                Ok(n) if n.starts_with(prefix) => return n,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        panic!("no {prefix} notification within {within:?}");
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill").args([&format!("-{name}"), &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn event_is(kind: &'static str) -> impl Fn(&Value) -> bool {
+    move |e| e["event"] == kind
+}
+
+#[test]
+fn the_daemon_captions_answers_refuses_bad_requests_and_talks_to_systemd() {
+    let dir = temp_dir("daemon");
+    let frames = dir.join("frames");
+    std::fs::create_dir_all(&frames).unwrap();
+    let photos = testdata_dir().join("vision/photos");
+    std::fs::copy(photos.join("kite.jpg"), frames.join("kite.jpg")).unwrap();
+    let speech = testdata_dir().join("speech");
+    let config = dir.join("lookout.toml");
+    std::fs::write(&config, config_text(&frames, &speech.join("how_many_people.wav"), "")).unwrap();
+
+    let mut daemon = Daemon::start(&config, &dir);
+    let listening = daemon.event("listening", Duration::from_secs(120), event_is("listening"));
+    let port: u16 = listening["address"].as_str().unwrap().rsplit(':').next().unwrap().parse().unwrap();
+    daemon.event("ready", Duration::from_secs(10), event_is("ready"));
+    assert!(daemon.notification("READY=1", Duration::from_secs(10)).contains("STATUS=serving on"));
+    daemon.notification("WATCHDOG=1", Duration::from_secs(5));
+
+    // The caption of the photo the camera shows, published without being asked.
+    let caption = daemon.event("caption", Duration::from_secs(60), event_is("caption"));
+    let scene = request(port, "GET", "/v1/scene", None, b"");
+    assert_eq!(scene.status, 200, "{}", scene.body);
+    let scene = scene.json();
+    assert!(scene["counts"]["kite"].as_u64().unwrap() >= 2 && scene["counts"]["person"].as_u64().unwrap() >= 2, "{scene}");
+    let text = scene["caption"]["text"].as_str().unwrap().to_lowercase();
+    assert_eq!(scene["caption"]["text"], caption["text"]);
+    assert!(text.contains("kite") && (text.contains("people") || text.contains("person")), "{text}");
+    assert!(scene["age_s"].as_f64().unwrap() < 10.0, "the scene is of a current frame: {scene}");
+
+    // The question played into the microphone, found by the VAD and answered.
+    let heard = daemon.event("voice answer", Duration::from_secs(60), |e| e["event"] == "answer" && e["origin"] == "voice");
+    assert_eq!(normalize(heard["question"].as_str().unwrap()), "how many people are outside");
+    let people = scene["counts"]["person"].as_u64().unwrap().to_string();
+    assert!(heard["answer"].as_str().unwrap().contains(&people), "{heard}");
+
+    // A spoken question posted as WAV.
+    let wav = std::fs::read(speech.join("what_do_you_see.wav")).unwrap();
+    let answer = request(port, "POST", "/v1/ask", Some("audio/wav"), &wav);
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let answer = answer.json();
+    assert_eq!(normalize(answer["transcript"].as_str().unwrap()), "what do you see");
+    assert!(answer["answer"].as_str().unwrap().to_lowercase().contains("kite"), "{answer}");
+
+    // A typed question.
+    let answer = request(port, "POST", "/v1/ask", Some("application/json"), br#"{"question": "How many people are there?"}"#);
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert!(answer.json()["answer"].as_str().unwrap().contains(&people), "{}", answer.body);
+
+    // Bad requests: each refused with its 4xx, and the daemon keeps serving.
+    let not_wav = std::fs::read(photos.join("dog.jpg")).unwrap();
+    let huge = format!("POST /v1/ask HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: audio/wav\r\nContent-Length: {}\r\n\r\n", 64 << 20);
+    let cases: Vec<(&str, Reply, u16)> = vec![
+        ("malformed JSON", request(port, "POST", "/v1/ask", Some("application/json"), b"{\"question\": "), 400),
+        ("unknown field", request(port, "POST", "/v1/ask", Some("application/json"), br#"{"question": "hi", "x": 1}"#), 400),
+        ("empty question", request(port, "POST", "/v1/ask", Some("application/json"), br#"{"question": "  "}"#), 400),
+        ("wrong content type", request(port, "POST", "/v1/ask", Some("text/plain"), b"What do you see?"), 415),
+        ("no content type", request(port, "POST", "/v1/ask", None, b"What do you see?"), 415),
+        ("non-WAV audio", request(port, "POST", "/v1/ask", Some("audio/wav"), &not_wav), 400),
+        ("oversized body", send(port, huge.as_bytes()), 413),
+        ("slow client", send(port, b"POST /v1/ask HTTP/1.1\r\nContent-"), 408),
+        ("garbage", send(port, b"\x16\x03\x01 not http\r\n\r\n"), 400),
+        ("no token", send(port, b"GET /v1/scene HTTP/1.1\r\n\r\n"), 401),
+        ("wrong method", request(port, "GET", "/v1/ask", None, b""), 405),
+        ("unknown path", request(port, "GET", "/v2/everything", None, b""), 404),
+    ];
+    for (what, reply, status) in &cases {
+        assert_eq!(reply.status, *status, "{what}: {}", reply.body);
+        assert!(reply.json()["error"].as_str().is_some_and(|e| !e.is_empty()), "{what}: {}", reply.body);
+    }
+    let health = send(port, b"GET /healthz HTTP/1.1\r\n\r\n");
+    assert_eq!((health.status, health.json()["status"].as_str()), (200, Some("ok")), "{}", health.body);
+
+    let metrics = request(port, "GET", "/metrics", None, b"");
+    assert_eq!(metrics.status, 200);
+    let value = |name: &str| -> f64 {
+        let line = metrics.body.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("{name} missing"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(value("lookout_frames_processed_total") >= 1.0);
+    assert!(value("lookout_answers_total") >= 3.0);
+    assert!(value("lookout_http_client_errors_total") >= cases.len() as f64);
+    assert!(value("lookout_resident_memory_bytes") > 100e6);
+    assert!(metrics.body.contains("lookout_stage_latency_seconds_count{stage=\"vision\"}"));
+
+    // SIGHUP: a broken configuration is refused and the old one keeps running; a good one is taken.
+    std::fs::write(&config, "board = \"x86-dev\"\n[camera]\nfps = 500\n").unwrap();
+    daemon.signal("HUP");
+    let failed = daemon.event("reload_failed", Duration::from_secs(10), event_is("reload_failed"));
+    assert!(failed["error"].as_str().unwrap().contains("camera.fps"), "{failed}");
+    assert_eq!(send(port, b"GET /healthz HTTP/1.1\r\n\r\n").status, 200);
+    std::fs::write(&config, config_text(&frames, &speech.join("how_many_people.wav"), "[caption]\ninterval_s = 5")).unwrap();
+    daemon.signal("HUP");
+    daemon.event("reloaded", Duration::from_secs(120), event_is("reloaded"));
+    assert_eq!(send(port, b"GET /healthz HTTP/1.1\r\n\r\n").status, 200);
+
+    // SIGTERM: STOPPING=1, and the process is gone within 2 s.
+    while daemon.notifications.try_recv().is_ok() {}
+    let stopping = Instant::now();
+    daemon.signal("TERM");
+    daemon.notification("STOPPING=1", Duration::from_secs(2));
+    let status = loop {
+        if let Some(status) = daemon.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(stopping.elapsed() < Duration::from_secs(2), "still running 2 s after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+    daemon.event("stopped", Duration::from_secs(1), event_is("stopped"));
+}
+
+#[test]
+fn configurations_the_daemon_cannot_run_exit_78_naming_the_problem() {
+    let dir = temp_dir("refused");
+    std::fs::copy(testdata_dir().join("vision/photos/dog.jpg"), dir.join("dog.jpg")).unwrap();
+    let wav = testdata_dir().join("speech/how_many_people.wav");
+    let cases = [
+        ("unknown key", config_text(&dir, &wav, "[caption]\nzoom = 2"), "caption.zoom"),
+        ("over budget", config_text(&dir, &wav, "[budget]\nmemory_mib = 200\nos_reserve_mib = 100"), "MiB"),
+        ("missing camera directory", config_text(&dir.join("nowhere"), &wav, ""), "camera.device"),
+        ("V4L2 camera", config_text(&dir, &wav, "").replace(&format!("dir:{}", dir.display()), "/dev/video9"), "camera.device"),
+        ("unreadable recording", config_text(&dir, &dir.join("missing.wav"), ""), "microphone.device"),
+    ];
+    for (what, text, names) in cases {
+        let path = dir.join("lookout.toml");
+        std::fs::write(&path, &text).unwrap();
+        let out = lookout(&["serve", "--config", path.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{what}: {stderr}");
+        assert!(stderr.contains(names) && stderr.lines().count() >= 1, "{what}: {stderr}");
+    }
+    let plan = lookout(&["serve", "--print-plan", "--config", dir.join("lookout.toml").to_str().unwrap()]);
+    assert!(plan.status.success(), "{}", String::from_utf8_lossy(&plan.stderr));
+    assert!(String::from_utf8_lossy(&plan.stdout).contains("total at peak"));
+}
