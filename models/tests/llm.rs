@@ -168,3 +168,71 @@ fn gguf_reader_checks_architecture_and_truncation() {
     assert!(matches!(Gguf::open(&not_gguf), Err(GgufError::Malformed { .. })));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Counts the allocations of the current thread, so a test can prove a loop allocates nothing.
+mod counting_allocator {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    pub struct Counting;
+
+    thread_local! {
+        static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+    }
+
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+            unsafe { System.alloc(layout) }
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            unsafe { System.dealloc(ptr, layout) }
+        }
+
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    #[global_allocator]
+    static GLOBAL: Counting = Counting;
+
+    pub fn allocations() -> u64 {
+        ALLOCATIONS.with(Cell::get)
+    }
+}
+
+#[test]
+fn choosing_and_detokenizing_a_token_allocates_nothing_after_warm_up() {
+    use lookout_models::llm::bpe::TextStream;
+    use lookout_models::llm::sampler::Sampler;
+
+    let bundle = bundle();
+    let model = LanguageModel::load(&bundle, Some("q4")).unwrap();
+    let tokenizer = &model.text.tokenizer;
+    let prompt = tokenizer.encode("A short story about a dog on a bicycle:");
+    let logits = model.session(None).unwrap().prompt_logits(&prompt).unwrap();
+    let mut sampler = Sampler::new(Sampling { temperature: 0.8, top_p: 0.9, seed: 7 });
+    let mut stream = TextStream::default();
+    let mut text = String::with_capacity(64 * 1024);
+    // Logits shifted per step stand in for the decoder's, so the choice, and the text, change every token.
+    let mut shifted = logits.clone();
+    let mut step = |sampler: &mut Sampler, stream: &mut TextStream, text: &mut String, i: usize| {
+        for (j, l) in shifted.iter_mut().enumerate() {
+            *l = logits[(j + i * 7919) % logits.len()];
+        }
+        let id = sampler.choose(&shifted);
+        stream.push_into(tokenizer, id, text);
+    };
+    for i in 0..64 {
+        step(&mut sampler, &mut stream, &mut text, i);
+    }
+    let before = counting_allocator::allocations();
+    for i in 64..576 {
+        step(&mut sampler, &mut stream, &mut text, i);
+    }
+    assert_eq!(counting_allocator::allocations(), before, "the per-token path allocated");
+    assert!(text.len() > 512, "{} bytes of text from 576 tokens", text.len());
+}

@@ -153,7 +153,7 @@ impl BpeTokenizer {
         for c in token.chars() {
             match self.char_byte.get(&c) {
                 Some(b) => out.push(*b),
-                None => out.extend_from_slice(c.to_string().as_bytes()),
+                None => out.extend_from_slice(c.encode_utf8(&mut [0u8; 4]).as_bytes()),
             }
         }
     }
@@ -175,6 +175,9 @@ impl BpeTokenizer {
     }
 }
 
+/// Room kept for bytes waiting to complete a character.
+const PENDING_BYTES: usize = 1024;
+
 /// Turns a stream of token ids into text pieces, holding back bytes until they complete a UTF-8 character.
 #[derive(Default)]
 pub struct TextStream {
@@ -182,17 +185,36 @@ pub struct TextStream {
 }
 
 impl TextStream {
-    /// The new complete text after `id`, possibly empty.
-    pub fn push(&mut self, tokenizer: &BpeTokenizer, id: u32) -> String {
+    /// Appends the new complete text after `id` (possibly none) to `out`; allocates nothing once `out` and the
+    /// pending bytes have reached their working size.
+    pub fn push_into(&mut self, tokenizer: &BpeTokenizer, id: u32, out: &mut String) {
+        // Longer than any token, so the buffer is allocated once.
+        self.pending.reserve(PENDING_BYTES.saturating_sub(self.pending.len()));
         tokenizer.token_bytes(id, false, &mut self.pending);
-        let valid = match std::str::from_utf8(&self.pending) {
-            Ok(_) => self.pending.len(),
-            Err(e) if e.error_len().is_none() => e.valid_up_to(),
-            Err(_) => self.pending.len(),
-        };
-        let out = String::from_utf8_lossy(&self.pending[..valid]).into_owned();
-        self.pending.drain(..valid);
-        out
+        let mut rest = &self.pending[..];
+        loop {
+            match std::str::from_utf8(rest) {
+                Ok(text) => {
+                    out.push_str(text);
+                    rest = &[];
+                    break;
+                }
+                // An incomplete character at the end waits for the next token.
+                Err(e) if e.error_len().is_none() => {
+                    out.push_str(std::str::from_utf8(&rest[..e.valid_up_to()]).unwrap_or_default());
+                    rest = &rest[e.valid_up_to()..];
+                    break;
+                }
+                Err(e) => {
+                    out.push_str(std::str::from_utf8(&rest[..e.valid_up_to()]).unwrap_or_default());
+                    out.push(char::REPLACEMENT_CHARACTER);
+                    rest = &rest[e.valid_up_to() + e.error_len().unwrap_or(1)..];
+                }
+            }
+        }
+        let kept = rest.len();
+        let consumed = self.pending.len() - kept;
+        self.pending.drain(..consumed);
     }
 
     /// Whatever is left (an incomplete character becomes U+FFFD).

@@ -154,7 +154,9 @@ impl LmSession<'_> {
     pub fn prompt_logits(&mut self, prompt: &[u32]) -> Result<Vec<f32>> {
         self.check_prompt(prompt)?;
         let mut state = self.model.graph.new_state()?;
-        self.step(&mut state, prompt, 0)
+        let mut logits = Vec::new();
+        self.step(&mut state, prompt, 0, &mut logits)?;
+        Ok(logits)
     }
 
     fn check_prompt(&self, prompt: &[u32]) -> Result<()> {
@@ -171,7 +173,8 @@ impl LmSession<'_> {
         Ok(())
     }
 
-    fn step(&self, state: &mut engine::GraphState, ids: &[u32], past: usize) -> Result<Vec<f32>> {
+    /// Runs `ids` after `past` cached positions and copies the last position's logits into `logits`.
+    fn step(&self, state: &mut engine::GraphState, ids: &[u32], past: usize, logits_out: &mut Vec<f32>) -> Result<()> {
         let n = ids.len();
         let ids: Vec<i64> = ids.iter().map(|i| *i as i64).collect();
         let positions: Vec<i64> = (past..past + n).map(|p| p as i64).collect();
@@ -187,7 +190,9 @@ impl LmSession<'_> {
         if logits.len() != self.model.config.n_vocab {
             return Err(ModelError::run(COMPONENT, format!("logits have {} values", logits.len())));
         }
-        Ok(logits.to_vec())
+        logits_out.clear();
+        logits_out.extend_from_slice(logits);
+        Ok(())
     }
 
     /// Generates after `prompt` (token ids, chat formatting included), calling `on_text` with each new piece of
@@ -216,11 +221,13 @@ impl LmSession<'_> {
         let mut sampler = sampler::Sampler::new(options.sampling);
         let mut state = self.model.graph.new_state()?;
         let mut stream = TextStream::default();
-        let mut text = String::new();
-        let mut tokens = Vec::new();
+        // Sized up front so the per-token loop appends without reallocating.
+        let mut text = String::with_capacity(options.max_tokens * 16);
+        let mut tokens = Vec::with_capacity(options.max_tokens);
+        let mut logits = Vec::with_capacity(self.model.config.n_vocab);
 
         let start = Instant::now();
-        let mut logits = self.step(&mut state, prompt, 0)?;
+        self.step(&mut state, prompt, 0, &mut logits)?;
         let prefill = start.elapsed();
         let mut decode_steps = 0usize;
         let mut first_token = None;
@@ -234,10 +241,10 @@ impl LmSession<'_> {
                 break;
             }
             tokens.push(next);
-            let piece = stream.push(tokenizer, next);
-            if !piece.is_empty() {
-                on_text(&piece);
-                text.push_str(&piece);
+            let before = text.len();
+            stream.push_into(tokenizer, next, &mut text);
+            if text.len() > before {
+                on_text(&text[before..]);
             }
             if position + 1 >= self.capacity {
                 finish = Finish::ContextFull;
@@ -250,7 +257,7 @@ impl LmSession<'_> {
                 finish = Finish::Cancelled;
                 break;
             }
-            logits = self.step(&mut state, &[next], position)?;
+            self.step(&mut state, &[next], position, &mut logits)?;
             decode_steps += 1;
             position += 1;
         }

@@ -32,11 +32,13 @@ impl Sampling {
 pub struct Sampler {
     sampling: Sampling,
     state: u64,
+    /// Reused by every choice, so sampling allocates nothing after the first token.
+    candidates: Vec<(u32, f64)>,
 }
 
 impl Sampler {
     pub fn new(sampling: Sampling) -> Sampler {
-        Sampler { sampling, state: sampling.seed }
+        Sampler { sampling, state: sampling.seed, candidates: Vec::new() }
     }
 
     fn next_unit(&mut self) -> f64 {
@@ -60,14 +62,20 @@ impl Sampler {
             return argmax;
         }
         let max = logits[argmax as usize];
-        let mut candidates: Vec<(u32, f64)> = logits
-            .iter()
-            .enumerate()
-            .filter(|(_, l)| !l.is_nan())
-            .map(|(i, l)| (i as u32, (((l - max) / self.sampling.temperature) as f64).exp()))
-            .filter(|(_, p)| *p > 1e-12)
-            .collect();
-        candidates.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let temperature = self.sampling.temperature;
+        let mut candidates = std::mem::take(&mut self.candidates);
+        candidates.clear();
+        candidates.reserve(logits.len());
+        candidates.extend(
+            logits
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| !l.is_nan())
+                .map(|(i, l)| (i as u32, (((l - max) / temperature) as f64).exp()))
+                .filter(|(_, p)| *p > 1e-12),
+        );
+        // Unstable sorting works in place; ties are broken by id so the order stays deterministic.
+        candidates.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         let total: f64 = candidates.iter().map(|(_, p)| p).sum();
         let mut kept = 0.0;
         let mut cut = candidates.len();
@@ -81,13 +89,16 @@ impl Sampler {
         candidates.truncate(cut);
         let mass: f64 = candidates.iter().map(|(_, p)| p).sum();
         let mut target = self.next_unit() * mass;
+        let mut chosen = candidates.last().map_or(argmax, |(id, _)| *id);
         for (id, p) in &candidates {
             target -= p;
             if target <= 0.0 {
-                return *id;
+                chosen = *id;
+                break;
             }
         }
-        candidates.last().map_or(argmax, |(id, _)| *id)
+        self.candidates = candidates;
+        chosen
     }
 }
 

@@ -219,11 +219,9 @@ impl<'m> Worker<'m> {
                 self.caption();
                 continue;
             }
-            let taken = if self.models.vision.is_some() { inbox.frames.take(&mut self.image) } else { None };
-            shared.metrics.frame_queue_depth.store(inbox.frames.waiting() as u64, std::sync::atomic::Ordering::Relaxed);
-            if let Some((sequence, captured_at)) = taken {
+            if inbox.frames.waiting() > 0 && self.models.vision.is_some() {
                 drop(inbox);
-                self.analyse(sequence, captured_at);
+                self.analyse_waiting_frame();
                 continue;
             }
             let _ = shared.wake.wait_timeout(inbox, IDLE_WAIT);
@@ -233,6 +231,21 @@ impl<'m> Worker<'m> {
 
     fn caption_ready(&self) -> bool {
         self.models.vision.is_none() || self.shared.scene.lock().is_ok_and(|s| s.is_some())
+    }
+
+    fn analyse_waiting_frame(&mut self) {
+        if self.models.vision.is_none() {
+            return;
+        }
+        let mut inbox = self.shared.inbox();
+        let taken = inbox.frames.take(&mut self.image);
+        let metrics = &self.shared.metrics;
+        metrics.frames_dropped.store(inbox.frames.dropped(), std::sync::atomic::Ordering::Relaxed);
+        metrics.frame_queue_depth.store(0, std::sync::atomic::Ordering::Relaxed);
+        drop(inbox);
+        if let Some((sequence, captured_at)) = taken {
+            self.analyse(sequence, captured_at);
+        }
     }
 
     fn analyse(&mut self, sequence: u64, captured_at: Option<Instant>) {
@@ -349,6 +362,8 @@ impl<'m> Worker<'m> {
                 (text.clone(), Some(text))
             }
         };
+        // The answer is about the present: a frame newer than the published scene is analysed first.
+        self.analyse_waiting_frame();
         let latest = self.shared.latest();
         if latest.is_none() && self.models.vision.is_some() {
             return Err(AskError::NoScene);

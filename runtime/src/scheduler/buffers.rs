@@ -158,9 +158,15 @@ impl FrameQueue {
         }
     }
 
-    /// Moves the oldest waiting frame into `image` (whose buffer goes back to the pool).
+    /// Moves the newest waiting frame into `image` (whose buffer goes back to the pool); older waiting frames
+    /// are dropped and counted, since a scene is only worth analysing while it is current.
     pub fn take(&mut self, image: &mut RgbImage) -> Option<(u64, Option<Instant>)> {
-        let id = self.waiting.pop()?;
+        let mut id = self.waiting.pop()?;
+        while let Some(newer) = self.waiting.pop() {
+            self.waiting.dropped += 1;
+            self.pool.release(id);
+            id = newer;
+        }
         let frame = self.pool.frame_mut(id);
         std::mem::swap(&mut frame.image, image);
         let taken = (frame.sequence, frame.captured_at);
@@ -292,7 +298,7 @@ mod tests {
     }
 
     #[test]
-    fn queued_frames_swap_buffers_and_the_oldest_is_dropped_when_the_pool_runs_out() {
+    fn queued_frames_swap_buffers_and_only_the_newest_is_taken() {
         let mut frames = FrameQueue::new(2, 2, 2);
         let mut image = RgbImage::new(2, 2);
         for sequence in 0..3u64 {
@@ -301,9 +307,7 @@ mod tests {
         }
         assert_eq!((frames.published(), frames.dropped(), frames.waiting()), (3, 1, 2));
         let (sequence, _) = frames.take(&mut image).unwrap();
-        assert_eq!((sequence, image.data[0]), (1, 1));
-        let (sequence, _) = frames.take(&mut image).unwrap();
-        assert_eq!((sequence, image.data[0]), (2, 2));
+        assert_eq!((sequence, image.data[0], frames.dropped()), (2, 2, 2), "the newest is taken, the older dropped");
         assert!(frames.take(&mut image).is_none());
         assert_eq!(frames.pool().available(), 2);
     }
