@@ -39,6 +39,9 @@ pub struct SoakArgs {
     /// Frame rate of the camera during the soak.
     #[arg(long, default_value_t = 20)]
     fps: u32,
+    /// Pause between an answer and the next question, in which the pipeline analyses frames and captions.
+    #[arg(long, default_value_t = 2000)]
+    gap_ms: u64,
     /// Most growth of resident memory allowed after warm-up, MiB.
     #[arg(long, default_value_t = 2.0)]
     max_growth_mib: f64,
@@ -109,7 +112,7 @@ pub fn run(ctx: &Context, args: SoakArgs) -> anyhow::Result<()> {
         s
     };
     let mut samples = vec![sample("loaded")];
-    let warm_up = (args.queries / 20).max(2);
+    let warm_up = (args.queries / 5).max(2);
     let mut answer_ms = Vec::new();
     let mut asked = 0u64;
     while asked < args.queries || Metrics::get(&m.frames_captured) < args.frames {
@@ -131,6 +134,7 @@ pub fn run(ctx: &Context, args: SoakArgs) -> anyhow::Result<()> {
                 Err(_) => anyhow::bail!("question {asked}: no answer within 600 s"),
             }
             asked += 1;
+            std::thread::sleep(Duration::from_millis(args.gap_ms));
             if asked == warm_up {
                 samples.push(sample("warmed up"));
             }

@@ -313,6 +313,7 @@ impl<'m> Worker<'m> {
             json!({ "frame": frame, "text": reply.text, "source": reply.source, "fallback_reason": reply.fallback_reason,
                     "ms": started.elapsed().as_secs_f64() * 1e3 }),
         );
+        memory::release_free_memory();
         let published = PublishedCaption { text: reply.text, source: reply.source, fallback_reason: reply.fallback_reason, frame, at: Instant::now() };
         let mut latest = shared.scene.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(latest) = latest.as_mut() {
@@ -345,6 +346,8 @@ impl<'m> Worker<'m> {
             Err(_) => {}
         }
         let _ = job.reply.send(result);
+        // Runs free what they allocated; hand it back so the resident set stays at the plan's level.
+        memory::release_free_memory();
     }
 
     fn answer_question(&mut self, question: Question) -> Result<Answer, AskError> {
