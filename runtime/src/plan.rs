@@ -113,20 +113,24 @@ pub fn plan(config: &Config, bundle: &Bundle) -> anyhow::Result<Plan> {
     for s in stages.iter().filter(|s| !s.on_demand) {
         resident.push(Item { name: s.label.clone(), mib: s.footprint.resident_mib, basis: "measured after loading".into() });
     }
-    let cam = &config.camera;
-    let frame_bytes = f64::from(cam.width) * f64::from(cam.height) * 3.0;
-    resident.push(Item {
-        name: "frame pool".into(),
-        mib: f64::from(cam.pool_frames) * frame_bytes / MIB,
-        basis: format!("{} RGB frames of {}x{}", cam.pool_frames, cam.width, cam.height),
-    });
-    let mic = &config.microphone;
-    resident.push(Item {
-        name: "audio ring".into(),
-        // Captured samples as f32 at the device rate, and the same span resampled to 16 kHz.
-        mib: f64::from(mic.ring_s) * f64::from(mic.rate + 16_000) * 4.0 / MIB,
-        basis: format!("{} s at {} Hz and 16 kHz, f32", mic.ring_s, mic.rate),
-    });
+    if config.stage_enabled("vision") {
+        let cam = &config.camera;
+        let frame_bytes = f64::from(cam.width) * f64::from(cam.height) * 3.0;
+        resident.push(Item {
+            name: "frame pool".into(),
+            mib: f64::from(cam.pool_frames) * frame_bytes / MIB,
+            basis: format!("{} RGB frames of {}x{}", cam.pool_frames, cam.width, cam.height),
+        });
+    }
+    if config.stage_enabled("speech") {
+        let mic = &config.microphone;
+        resident.push(Item {
+            name: "audio ring".into(),
+            // The ring holds 16 kHz samples; the device's own period buffers are a few kilobytes.
+            mib: f64::from(mic.ring_s) * 16_000.0 * 4.0 / MIB,
+            basis: format!("{} s at 16 kHz, f32", mic.ring_s),
+        });
+    }
     resident.push(Item {
         name: "request bodies".into(),
         mib: f64::from(HTTP_CONNECTIONS * config.http.max_body_kib) / 1024.0,
@@ -236,7 +240,7 @@ mod tests {
         let resident: f64 = plan.resident.iter().map(|i| i.mib).sum();
         // process, vad, speech, detector + ocr, decoder, then frame pool, audio ring and request bodies.
         let models = 10.0 + 10.0 + 160.0 + 40.0 + 170.0;
-        let buffers = 4.0 * 1280.0 * 720.0 * 3.0 / MIB + 30.0 * 32_000.0 * 4.0 / MIB + 8.0;
+        let buffers = 4.0 * 1280.0 * 720.0 * 3.0 / MIB + 30.0 * 16_000.0 * 4.0 / MIB + 8.0;
         assert!((resident - (models + buffers)).abs() < 1e-9, "{resident}");
         // Loading the decoder at start-up (380 - 170) outweighs every run.
         assert_eq!(plan.peak_extra.name, "decoder q4 (1024 tokens) loading");

@@ -173,6 +173,9 @@ pub struct Worker<'m> {
     image: RgbImage,
     options: GenerateOptions,
     clock: MonotonicClock,
+    /// Whether a frame was analysed since the last caption was tried: a caption stopped by a question waits for
+    /// a fresh look at the scene before it is tried again, so retried captions cannot starve the camera.
+    fresh_scene: bool,
     /// A frame older than this when taken means vision has fallen behind the camera.
     frame_deadline: Deadline,
     /// A question answered later than this has outlived the HTTP client's wait.
@@ -196,6 +199,7 @@ impl<'m> Worker<'m> {
             frame_deadline: Deadline::new(Duration::from_secs_f64(f64::from(cam.pool_frames) / f64::from(cam.fps.max(1)))),
             answer_deadline: Deadline::new(Duration::from_secs(u64::from(config.http.answer_timeout_s))),
             clock: MonotonicClock::since(shared.started),
+            fresh_scene: true,
             shared,
         })
     }
@@ -214,12 +218,13 @@ impl<'m> Worker<'m> {
                 self.answer(job);
                 continue;
             }
-            if self.policy.due(self.clock.now()) && self.caption_ready() {
+            let frame_waiting = inbox.frames.waiting() > 0 && self.models.vision.is_some();
+            if self.policy.due(self.clock.now()) && self.caption_ready() && (self.fresh_scene || !frame_waiting) {
                 drop(inbox);
                 self.caption();
                 continue;
             }
-            if inbox.frames.waiting() > 0 && self.models.vision.is_some() {
+            if frame_waiting {
                 drop(inbox);
                 self.analyse_waiting_frame();
                 continue;
@@ -268,6 +273,7 @@ impl<'m> Worker<'m> {
             Err(e) => return self.failed("vision", &e),
         };
         Metrics::add(&shared.metrics.frames_processed, 1);
+        self.fresh_scene = true;
         let signature = signature(&scene);
         let mut latest = shared.scene.lock().unwrap_or_else(|p| p.into_inner());
         let changed = latest.as_ref().is_none_or(|p| signature != self::signature(&p.scene));
@@ -282,6 +288,7 @@ impl<'m> Worker<'m> {
     }
 
     fn caption(&mut self) {
+        self.fresh_scene = false;
         let shared = self.shared.clone();
         let now = self.clock.now();
         let (scene, frame) = match shared.latest() {
