@@ -40,6 +40,10 @@ pub trait Camera: Send {
     fn next_frame(&mut self) -> Result<CapturedFrame<'_>, DeviceError>;
     /// The device, for logs and events.
     fn name(&self) -> &str;
+    /// Reopens a device that reported `Disconnected`.
+    fn reconnect(&mut self) -> Result<(), DeviceError> {
+        Ok(())
+    }
 }
 
 /// Largest file played as a frame; larger ones are refused before they are read.

@@ -11,6 +11,10 @@ pub trait Microphone: Send {
     /// Blocks until `out` is filled with the next samples, in [-1, 1].
     fn read(&mut self, out: &mut [f32]) -> Result<(), DeviceError>;
     fn name(&self) -> &str;
+    /// Reopens a device that reported `Disconnected`.
+    fn reconnect(&mut self) -> Result<(), DeviceError> {
+        Ok(())
+    }
 }
 
 /// Plays `samples` once at `rate` (paced to the wall clock when `pace` is on), then silence forever.

@@ -11,26 +11,21 @@ venv_tf="$repo/.cache/venv-tf"
 python="${PYTHON:-python3}"
 
 # System tools: espeak-ng and sox make the test speech, flac the FLAC fixtures, npm and dpkg-deb fetch and unpack
-# npm and Debian sources, the fonts render the OCR test images; installed with apt when missing.
+# npm and Debian sources, the fonts render the OCR test images; pkg-config, libasound2-dev and libclang-dev build the
+# ALSA and V4L2 bindings of `lookout`; installed with apt when missing.
 missing=()
-for tool in espeak-ng:espeak-ng sox:sox flac:flac npm:npm dpkg-deb:dpkg; do
+for tool in espeak-ng:espeak-ng sox:sox flac:flac npm:npm dpkg-deb:dpkg pkg-config:pkg-config; do
     command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
 done
+[[ -f /usr/include/alsa/asoundlib.h ]] || missing+=(libasound2-dev)
+compgen -G "/usr/lib/llvm-*/lib/libclang*.so*" >/dev/null || missing+=(libclang-dev)
 for font in /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf:fonts-dejavu-core \
             /usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf:fonts-liberation; do
     [[ -f "${font%%:*}" ]] || missing+=("${font#*:}")
 done
 "$python" -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
-if [[ ${#missing[@]} -gt 0 ]]; then
-    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
-        echo "installing ${missing[*]}"
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-    else
-        echo "error: missing ${missing[*]}; install them (Debian: sudo apt-get install ${missing[*]})" >&2
-        exit 1
-    fi
-fi
+source "$repo/models/prepare/install-missing.sh"
+install_missing "${missing[@]}"
 
 # A venv is rebuilt whenever its requirements file or the interpreter changes.
 ensure_venv() {

@@ -1,7 +1,7 @@
 //! `lookout serve` end to end on file sources with the real default models: the scene and its caption over HTTP,
 //! a spoken question heard by the VAD, questions posted as JSON and as WAV, bad requests refused with 4xx while
 //! the daemon keeps serving, systemd notifications (READY, WATCHDOG, STOPPING) on a test socket, SIGHUP reloads,
-//! SIGTERM within 2 s; and configurations the daemon must refuse with exit code 78.
+//! SIGTERM within 2 s; configurations the daemon must refuse with exit code 78, and absent devices with exit 1.
 
 mod common;
 
@@ -198,6 +198,16 @@ fn the_daemon_captions_answers_refuses_bad_requests_and_talks_to_systemd() {
     let people = scene["counts"]["person"].as_u64().unwrap().to_string();
     assert!(heard["answer"].as_str().unwrap().contains(&people), "{heard}");
 
+    // Push-to-talk (SIGUSR1 presses, SIGUSR1 releases) over the silence after the recording: heard, nothing said.
+    daemon.signal("USR1");
+    daemon.event("push-to-talk press", Duration::from_secs(5), |e| e["event"] == "push_to_talk" && e["held"] == true);
+    std::thread::sleep(Duration::from_millis(1500));
+    daemon.signal("USR1");
+    let unanswered = daemon.event("push-to-talk utterance", Duration::from_secs(60), event_is("unanswered"));
+    assert_eq!(unanswered["reason"], "no speech found in the audio", "{unanswered}");
+    let heard: Vec<f64> = daemon.seen.iter().filter(|e| e["event"] == "heard").map(|e| e["seconds"].as_f64().unwrap()).collect();
+    assert!(heard.len() == 2 && heard[1] >= 1.4, "the second utterance spans the press: {heard:?}");
+
     // A spoken question posted as WAV.
     let wav = std::fs::read(speech.join("what_do_you_see.wav")).unwrap();
     let answer = request(port, "POST", "/v1/ask", Some("audio/wav"), &wav);
@@ -275,23 +285,25 @@ fn the_daemon_captions_answers_refuses_bad_requests_and_talks_to_systemd() {
 }
 
 #[test]
-fn configurations_the_daemon_cannot_run_exit_78_naming_the_problem() {
+fn configurations_and_devices_the_daemon_cannot_run_exit_naming_the_problem() {
     let dir = temp_dir("refused");
     std::fs::copy(testdata_dir().join("vision/photos/dog.jpg"), dir.join("dog.jpg")).unwrap();
     let wav = testdata_dir().join("speech/how_many_people.wav");
     let cases = [
-        ("unknown key", config_text(&dir, &wav, "[caption]\nzoom = 2"), "caption.zoom"),
-        ("over budget", config_text(&dir, &wav, "[budget]\nmemory_mib = 200\nos_reserve_mib = 100"), "MiB"),
-        ("missing camera directory", config_text(&dir.join("nowhere"), &wav, ""), "camera.device"),
-        ("V4L2 camera", config_text(&dir, &wav, "").replace(&format!("dir:{}", dir.display()), "/dev/video9"), "camera.device"),
-        ("unreadable recording", config_text(&dir, &dir.join("missing.wav"), ""), "microphone.device"),
+        ("unknown key", config_text(&dir, &wav, "[caption]\nzoom = 2"), "caption.zoom", 78),
+        ("over budget", config_text(&dir, &wav, "[budget]\nmemory_mib = 200\nos_reserve_mib = 100"), "MiB", 78),
+        ("missing camera directory", config_text(&dir.join("nowhere"), &wav, ""), "camera.device", 78),
+        ("unreadable recording", config_text(&dir, &dir.join("missing.wav"), ""), "microphone.device", 78),
+        // An absent device is a runtime failure (exit 1): systemd retries, as for a camera plugged in late.
+        ("absent camera", config_text(&dir, &wav, "").replace(&format!("dir:{}", dir.display()), "/dev/video9"), "camera.device `/dev/video9`", 1),
+        ("absent microphone", config_text(&dir, &wav, "").replace(&format!("wav:{}", wav.display()), "hw:CARD=NoSuchCard,DEV=0"), "microphone.device", 1),
     ];
-    for (what, text, names) in cases {
+    for (what, text, names, code) in cases {
         let path = dir.join("lookout.toml");
         std::fs::write(&path, &text).unwrap();
         let out = lookout(&["serve", "--config", path.to_str().unwrap()]);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(78), "{what}: {stderr}");
+        assert_eq!(out.status.code(), Some(code), "{what}: {stderr}");
         assert!(stderr.contains(names) && stderr.lines().count() >= 1, "{what}: {stderr}");
     }
     let plan = lookout(&["serve", "--print-plan", "--config", dir.join("lookout.toml").to_str().unwrap()]);

@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 pub use decode::{decode_bytes, decode_file, DecodedAudio, MAX_DURATION_SECONDS};
 pub use mel::{mel_filterbank, LogMel};
 pub use resample::{
-    downmix_to_mono, resample, to_mono_16k, RESAMPLE_RATE_RANGE, TARGET_SAMPLE_RATE,
+    downmix_to_mono, resample, to_mono_16k, StreamResampler, RESAMPLE_RATE_RANGE,
+    TARGET_SAMPLE_RATE,
 };
 
 /// Everything that can go wrong while reading or converting audio.

@@ -72,29 +72,7 @@ pub fn resample(samples: &[f32], from_rate: u32, to_rate: u32) -> Result<Vec<f32
         return Ok(Vec::new());
     }
 
-    let divisor = gcd(from_rate, to_rate);
-    let unit_in = (from_rate / divisor) as usize;
-    let unit_out = (to_rate / divisor) as usize;
-    // An even number of units makes both block lengths even, which puts the centre of
-    // the filter on a whole output sample, so the delay can be removed exactly.
-    let mut units = MIN_BLOCK_LEN
-        .div_ceil(unit_in)
-        .max(MIN_BLOCK_LEN.div_ceil(unit_out))
-        .max(2);
-    units += units % 2;
-    let block_in = units * unit_in;
-    let block_out = units * unit_out;
-
-    let mut resampler =
-        FftFixedInOut::<f32>::new(from_rate as usize, to_rate as usize, block_in, 1)
-            .map_err(|e| resample_error(e.to_string()))?;
-    if resampler.input_frames_next() != block_in || resampler.output_frames_next() != block_out {
-        return Err(resample_error(format!(
-            "unexpected block lengths {} -> {}",
-            resampler.input_frames_next(),
-            resampler.output_frames_next()
-        )));
-    }
+    let (mut resampler, block_in, block_out) = block_resampler(from_rate, to_rate)?;
     let delay = resampler.output_delay();
 
     let blocks = (delay + output_len).div_ceil(block_out);
@@ -117,6 +95,99 @@ pub fn resample(samples: &[f32], from_rate: u32, to_rate: u32) -> Result<Vec<f32
     output.drain(..delay);
     output.truncate(output_len);
     Ok(output)
+}
+
+/// The FFT resampler for a pair of rates, with its input and output block lengths.
+fn block_resampler(from_rate: u32, to_rate: u32) -> Result<(FftFixedInOut<f32>, usize, usize), AudioError> {
+    let resample_error = |detail: String| AudioError::Resample {
+        from: from_rate,
+        to: to_rate,
+        detail,
+    };
+    let divisor = gcd(from_rate, to_rate);
+    let unit_in = (from_rate / divisor) as usize;
+    let unit_out = (to_rate / divisor) as usize;
+    // An even number of units makes both block lengths even, which puts the centre of
+    // the filter on a whole output sample, so the delay can be removed exactly.
+    let mut units = MIN_BLOCK_LEN
+        .div_ceil(unit_in)
+        .max(MIN_BLOCK_LEN.div_ceil(unit_out))
+        .max(2);
+    units += units % 2;
+    let block_in = units * unit_in;
+    let block_out = units * unit_out;
+    let resampler =
+        FftFixedInOut::<f32>::new(from_rate as usize, to_rate as usize, block_in, 1)
+            .map_err(|e| resample_error(e.to_string()))?;
+    if resampler.input_frames_next() != block_in || resampler.output_frames_next() != block_out {
+        return Err(resample_error(format!(
+            "unexpected block lengths {} -> {}",
+            resampler.input_frames_next(),
+            resampler.output_frames_next()
+        )));
+    }
+    Ok((resampler, block_in, block_out))
+}
+
+/// Resamples a live mono stream block by block (a microphone that cannot deliver 16 kHz): the same filter as
+/// [`resample`], with its delay left in, and no allocation once its buffers have reached their working size.
+pub struct StreamResampler {
+    resampler: FftFixedInOut<f32>,
+    pending: Vec<f32>,
+    block_in: usize,
+    block_out: usize,
+    from_rate: u32,
+    to_rate: u32,
+}
+
+impl StreamResampler {
+    pub fn new(from_rate: u32, to_rate: u32) -> Result<StreamResampler, AudioError> {
+        if !RESAMPLE_RATE_RANGE.contains(&from_rate) || !RESAMPLE_RATE_RANGE.contains(&to_rate) {
+            return Err(AudioError::Resample {
+                from: from_rate,
+                to: to_rate,
+                detail: "rates must lie within the supported range".into(),
+            });
+        }
+        let (resampler, block_in, block_out) = block_resampler(from_rate, to_rate)?;
+        Ok(StreamResampler {
+            resampler,
+            pending: Vec::with_capacity(2 * block_in),
+            block_in,
+            block_out,
+            from_rate,
+            to_rate,
+        })
+    }
+
+    /// Output samples the filter lags behind its input.
+    pub fn delay(&self) -> usize {
+        self.resampler.output_delay()
+    }
+
+    /// Feeds `input`; appends every completed output block to `out`.
+    pub fn push(&mut self, input: &[f32], out: &mut Vec<f32>) -> Result<(), AudioError> {
+        self.pending.extend_from_slice(input);
+        let mut consumed = 0;
+        while self.pending.len() - consumed >= self.block_in {
+            let start = out.len();
+            out.resize(start + self.block_out, 0.0);
+            self.resampler
+                .process_into_buffer(
+                    &[&self.pending[consumed..consumed + self.block_in]],
+                    &mut [&mut out[start..]],
+                    None,
+                )
+                .map_err(|e| AudioError::Resample {
+                    from: self.from_rate,
+                    to: self.to_rate,
+                    detail: e.to_string(),
+                })?;
+            consumed += self.block_in;
+        }
+        self.pending.drain(..consumed);
+        Ok(())
+    }
 }
 
 /// `round(len * to_rate / from_rate)`, halves rounded up.

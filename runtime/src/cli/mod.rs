@@ -6,6 +6,7 @@ mod check_config;
 mod describe;
 mod measure;
 mod models;
+mod probe;
 mod serve;
 mod soak;
 mod transcribe;
@@ -47,6 +48,8 @@ enum Command {
     CheckConfig(check_config::CheckConfigArgs),
     /// The built-in board profiles, and which one this machine is.
     Boards(check_config::BoardsArgs),
+    /// The cameras, microphones and GPIO chips of this machine, as Lookout sees them.
+    Probe(probe::ProbeArgs),
     /// The daemon: camera and microphone in, captions and answers out as events and over HTTP.
     Serve(serve::ServeArgs),
     /// Runs the daemon's pipeline on many frames and questions and reports whether its memory stays flat.
@@ -69,6 +72,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Command::CheckConfig(a) => check_config::check_config(&ctx, a),
         Command::Boards(a) => check_config::boards(a),
         Command::Serve(a) => serve::run(&ctx, a),
+        Command::Probe(a) => probe::run(a),
         Command::Soak(a) => soak::run(&ctx, a),
     }
 }

@@ -1,16 +1,22 @@
-//! The capture threads: the camera's frames decoded and scaled into the frame queue, and the microphone's samples
-//! through the audio ring and the VAD into spoken questions. Sources are opened from the configuration's device
-//! names: `dir:PATH` plays photos as a camera, `wav:PATH` plays a recording as a microphone.
+//! The capture threads: the camera's frames decoded and scaled into the frame queue (a camera that goes away is
+//! reopened with backoff), and the microphone's samples resampled to 16 kHz when needed, then through the audio
+//! ring and the VAD into spoken questions. Sources are opened from the configuration's device names: a V4L2 path
+//! or card name and an ALSA PCM name, or `dir:PATH` (photos played as a camera) and `wav:PATH` (a recording
+//! played as a microphone).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
+use lookout_device::alsa_capture::AlsaMicrophone;
 use lookout_device::camera::{Camera, FrameFormat, ImageDirCamera};
 use lookout_device::microphone::{Microphone, SampleReplay};
+use lookout_device::v4l2::V4l2Camera;
 use lookout_device::ErrorKind;
-use lookout_models::audio;
+use lookout_models::audio::{self, StreamResampler};
+use lookout_models::vad::VadSession;
 use lookout_models::vad::{SileroVad, VadRules};
 use lookout_models::vision::image::{decode_image_into, RgbImage};
 use lookout_models::vision::pixels::{convert_frame, fit_into, PixelFormat};
@@ -23,8 +29,12 @@ use crate::scheduler::buffers::AudioRing;
 
 /// Seconds each photo of a `dir:` camera stays in view.
 pub const PHOTO_SECONDS: u32 = 5;
-/// Longest pause between reports of the same kind of source error.
+/// Reports of a repeated source error: the first, then every this many.
 const ERROR_REPORT_EVERY: u64 = 100;
+/// Buffers mapped between a V4L2 camera and Lookout.
+const CAMERA_BUFFERS: u32 = 4;
+/// Longest wait between two attempts to reopen a device that went away.
+const MAX_BACKOFF: Duration = Duration::from_secs(8);
 
 /// A device path from the configuration: relative paths are relative to the configuration file.
 fn source_path(spec: &str, config_path: &Path) -> PathBuf {
@@ -41,13 +51,11 @@ fn unavailable(config_path: &Path, field: &str, reason: String) -> anyhow::Error
 
 /// Opens the configured camera; `pace` off delivers frames as fast as they are taken (the soak command).
 pub fn open_camera(config: &Config, config_path: &Path, pace: bool) -> anyhow::Result<Box<dyn Camera>> {
-    let device = &config.camera.device;
+    let cam = &config.camera;
+    let device = &cam.device;
     let Some(dir) = device.strip_prefix("dir:") else {
-        return Err(unavailable(
-            config_path,
-            "camera.device",
-            format!("`{device}`: V4L2 cameras are not supported by this build yet; use `dir:PATH` to play photos"),
-        ));
+        let camera = V4l2Camera::open(device, cam.width, cam.height, cam.fps, CAMERA_BUFFERS).with_context(|| format!("camera.device `{device}`"))?;
+        return Ok(Box::new(camera));
     };
     let fps = config.camera.fps;
     let camera = ImageDirCamera::open(&source_path(dir, config_path), fps, fps * PHOTO_SECONDS, pace)
@@ -55,15 +63,15 @@ pub fn open_camera(config: &Config, config_path: &Path, pace: bool) -> anyhow::R
     Ok(Box::new(camera))
 }
 
-/// Opens the configured microphone (16 kHz mono).
+/// Opens the configured microphone.
 pub fn open_microphone(config: &Config, config_path: &Path) -> anyhow::Result<Box<dyn Microphone>> {
-    let device = &config.microphone.device;
+    let mic = &config.microphone;
+    let device = &mic.device;
     let Some(file) = device.strip_prefix("wav:") else {
-        return Err(unavailable(
-            config_path,
-            "microphone.device",
-            format!("`{device}`: ALSA capture is not supported by this build yet; use `wav:PATH` to play a recording"),
-        ));
+        // A period of about one VAD chunk (32 ms).
+        let period = (mic.rate as usize * 32).div_ceil(1000);
+        let microphone = AlsaMicrophone::open(device, mic.rate, period).with_context(|| format!("microphone.device `{device}`"))?;
+        return Ok(Box::new(microphone));
     };
     let path = source_path(file, config_path);
     let samples = audio::load_mono_16k(&path).map_err(|e| unavailable(config_path, "microphone.device", format!("{}: {e}", path.display())))?;
@@ -79,13 +87,18 @@ pub fn run_camera(mut camera: Box<dyn Camera>, width: u32, height: u32, shared: 
         shared.beat(Beat::Camera);
         let frame = match camera.next_frame() {
             Ok(frame) => frame,
+            Err(e) if e.kind == ErrorKind::Disconnected => {
+                Metrics::add(&metrics.camera_errors, 1);
+                shared.events.emit("camera_disconnected", json!({ "camera": camera.name(), "error": e.message }));
+                reconnect(&mut || camera.reconnect(), &shared, Beat::Camera, "camera");
+                continue;
+            }
             Err(e) => {
                 let n = metrics.camera_errors.fetch_add(1, Relaxed);
                 if n % ERROR_REPORT_EVERY == 0 {
                     shared.events.emit("error", json!({ "stage": "camera", "kind": format!("{:?}", e.kind), "error": e.message, "count": n + 1 }));
                 }
-                let backoff = if e.kind == ErrorKind::Disconnected { 1000 } else { 100 };
-                std::thread::sleep(Duration::from_millis(backoff));
+                std::thread::sleep(Duration::from_millis(100));
                 continue;
             }
         };
@@ -120,6 +133,25 @@ pub fn run_camera(mut camera: Box<dyn Camera>, width: u32, height: u32, shared: 
         shared.wake.notify_all();
     }
     shared.heartbeats.retire(Beat::Camera);
+}
+
+/// Tries to reopen a device that went away, waiting twice as long after each failure (up to `MAX_BACKOFF`),
+/// until it is back or the daemon stops.
+fn reconnect(reopen: &mut dyn FnMut() -> Result<(), lookout_device::DeviceError>, shared: &Shared, beat: Beat, what: &str) {
+    let mut backoff = Duration::from_millis(250);
+    let mut attempts = 0u32;
+    while !shared.stopping() {
+        std::thread::sleep(backoff);
+        shared.beat(beat);
+        attempts += 1;
+        match reopen() {
+            Ok(()) => {
+                shared.events.emit(&format!("{what}_reconnected"), json!({ "attempts": attempts }));
+                return;
+            }
+            Err(_) => backoff = (backoff * 2).min(MAX_BACKOFF),
+        }
+    }
 }
 
 /// Turns per-chunk speech probabilities into utterances: speech starts above the VAD threshold, ends after
@@ -195,38 +227,75 @@ pub fn run_microphone(mut microphone: Box<dyn Microphone>, vad: Arc<SileroVad>, 
 
 fn listen(microphone: &mut dyn Microphone, vad: &SileroVad, ring_s: u32, shared: &Shared) -> anyhow::Result<()> {
     let rate = microphone.rate();
-    anyhow::ensure!(rate == audio::TARGET_SAMPLE_RATE, "{}: {rate} Hz; the VAD needs 16 kHz", microphone.name());
-    let mut session = vad.session()?;
-    let mut chunk = vec![0.0f32; vad.chunk()];
-    let mut ring = AudioRing::new(ring_s as usize * rate as usize);
-    let mut utterances = Utterances::new(vad.rules, ring.capacity());
+    let mut resampler = match rate {
+        audio::TARGET_SAMPLE_RATE => None,
+        _ => Some(StreamResampler::new(rate, audio::TARGET_SAMPLE_RATE)?),
+    };
+    let chunk = vad.chunk();
+    let mut captured = vec![0.0f32; (rate as usize * chunk).div_ceil(audio::TARGET_SAMPLE_RATE as usize)];
+    let mut at_16k: Vec<f32> = Vec::with_capacity(chunk * 16);
+    let mut hearing = Hearing::new(vad, ring_s)?;
     let metrics = &shared.metrics;
     while !shared.stopping() {
         shared.beat(Beat::Microphone);
-        if let Err(e) = microphone.read(&mut chunk) {
+        if let Err(e) = microphone.read(&mut captured) {
             let n = metrics.microphone_errors.fetch_add(1, Relaxed);
-            if n % ERROR_REPORT_EVERY == 0 {
-                shared.events.emit("error", json!({ "stage": "microphone", "kind": format!("{:?}", e.kind), "error": e.message }));
+            if n % ERROR_REPORT_EVERY == 0 || e.kind != ErrorKind::Overrun {
+                shared.events.emit("error", json!({ "stage": "microphone", "kind": format!("{:?}", e.kind), "error": e.message, "count": n + 1 }));
             }
-            std::thread::sleep(Duration::from_millis(100));
+            match e.kind {
+                ErrorKind::Overrun => {}
+                ErrorKind::Disconnected => reconnect(&mut || microphone.reconnect(), shared, Beat::Microphone, "microphone"),
+                _ => std::thread::sleep(Duration::from_millis(100)),
+            }
             continue;
         }
-        ring.write(&chunk);
-        metrics.audio_overwritten.store(ring.overwritten, Relaxed);
-        let probability = session.probability(&chunk)?;
+        match &mut resampler {
+            Some(r) => r.push(&captured, &mut at_16k)?,
+            None => at_16k.extend_from_slice(&captured),
+        }
+        let mut used = 0;
+        while at_16k.len() - used >= chunk {
+            hearing.hear(&at_16k[used..used + chunk], shared)?;
+            used += chunk;
+        }
+        at_16k.drain(..used);
+    }
+    Ok(())
+}
+
+/// The 16 kHz side of listening: the audio ring, the VAD and the utterance rules.
+struct Hearing<'v> {
+    session: VadSession<'v>,
+    ring: AudioRing,
+    utterances: Utterances,
+}
+
+impl<'v> Hearing<'v> {
+    fn new(vad: &'v SileroVad, ring_s: u32) -> anyhow::Result<Hearing<'v>> {
+        let ring = AudioRing::new(ring_s as usize * audio::TARGET_SAMPLE_RATE as usize);
+        let utterances = Utterances::new(vad.rules, ring.capacity());
+        Ok(Hearing { session: vad.session()?, ring, utterances })
+    }
+
+    /// One VAD chunk: into the ring, scored, and a finished utterance queued as a spoken question.
+    fn hear(&mut self, chunk: &[f32], shared: &Shared) -> anyhow::Result<()> {
+        self.ring.write(chunk);
+        shared.metrics.audio_overwritten.store(self.ring.overwritten, Relaxed);
+        let probability = self.session.probability(chunk)?;
         let held = shared.push_to_talk.load(Relaxed);
-        let Some((start, end)) = utterances.push(probability, chunk.len(), held) else { continue };
-        let skip = (utterances.position() - end) as usize;
+        let Some((start, end)) = self.utterances.push(probability, chunk.len(), held) else { return Ok(()) };
+        let skip = (self.utterances.position() - end) as usize;
         let mut samples = vec![0.0f32; (end - start) as usize];
-        let got = ring.copy_latest(skip, &mut samples);
+        let got = self.ring.copy_latest(skip, &mut samples);
         samples.drain(..samples.len() - got);
-        Metrics::add(&metrics.utterances, 1);
-        shared.events.emit("heard", json!({ "seconds": samples.len() as f64 / f64::from(rate) }));
+        Metrics::add(&shared.metrics.utterances, 1);
+        shared.events.emit("heard", json!({ "seconds": samples.len() as f64 / f64::from(audio::TARGET_SAMPLE_RATE) }));
         if let Err(e) = shared.ask(Question::Speech(samples), Origin::Voice) {
             shared.events.emit("unanswered", json!({ "origin": Origin::Voice, "reason": e.to_string() }));
         }
+        Ok(())
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -2,7 +2,9 @@
 
 use std::f64::consts::PI;
 
-use crate::audio::{downmix_to_mono, resample, to_mono_16k, AudioError, DecodedAudio};
+use crate::audio::{
+    downmix_to_mono, resample, to_mono_16k, AudioError, DecodedAudio, StreamResampler,
+};
 
 fn sine(frequency: f64, amplitude: f64, rate: u32, len: usize) -> Vec<f32> {
     (0..len)
@@ -163,4 +165,21 @@ fn absurd_rates_are_errors() {
         to_mono_16k(audio),
         Err(AudioError::InvalidHeader { .. })
     ));
+}
+
+#[test]
+fn streaming_in_small_chunks_gives_the_batch_result_delayed_by_the_filter() {
+    let input = sine(440.0, 0.5, 48_000, 48_000);
+    let batch = resample(&input, 48_000, 16_000).unwrap();
+    let mut stream = StreamResampler::new(48_000, 16_000).unwrap();
+    let mut streamed = Vec::new();
+    for chunk in input.chunks(1_536) {
+        stream.push(chunk, &mut streamed).unwrap();
+    }
+    let delay = stream.delay();
+    assert!(streamed.len() > delay + 14_000, "{} samples", streamed.len());
+    for (i, (s, b)) in streamed[delay..].iter().zip(&batch).enumerate() {
+        assert!((s - b).abs() < 1e-6, "sample {i}: {s} vs {b}");
+    }
+    assert!(StreamResampler::new(48_000, 0).is_err());
 }

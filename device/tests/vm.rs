@@ -1,0 +1,248 @@
+//! The real drivers against real kernel drivers, inside the test VM (`device/vm/run.sh` boots Debian's kernel
+//! under qemu with vivid and snd-aloop and runs these with `--ignored`; on a machine without those devices they
+//! have nothing to open). vivid's colour bars in three pixel formats, a recording through the ALSA loopback sample
+//! for sample, an overrun from a stalled reader, a camera disconnected and reopened, `lookout probe`, and the
+//! daemon captioning vivid's frames.
+
+#![cfg(all(feature = "alsa", feature = "v4l2"))]
+
+use std::io::{BufRead, Read, Write};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use alsa::pcm::{Access, Format, HwParams, PCM};
+use alsa::{Direction, ValueOr};
+use lookout_device::alsa_capture::AlsaMicrophone;
+use lookout_device::camera::{Camera, FrameFormat};
+use lookout_device::microphone::Microphone;
+use lookout_device::v4l2::V4l2Camera;
+use lookout_device::ErrorKind;
+use lookout_models::vision::image::RgbImage;
+use lookout_models::vision::pixels::{convert_frame, PixelFormat};
+use serde_json::Value;
+
+const CAMERA: &str = "/dev/video0";
+const LOOP_PLAY: &str = "hw:CARD=Loopback,DEV=0";
+const LOOP_CAPTURE: &str = "hw:CARD=Loopback,DEV=1";
+
+fn testdata() -> PathBuf {
+    std::env::var_os("LOOKOUT_TESTDATA").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/testdata"))
+}
+
+/// vivid's default pattern, 75% colour bars left to right, as full-range RGB.
+const BARS: [[u8; 3]; 8] =
+    [[191, 191, 191], [191, 191, 0], [0, 191, 191], [0, 191, 0], [191, 0, 191], [191, 0, 0], [0, 0, 191], [0, 0, 0]];
+
+fn check_bars(image: &RgbImage, what: &str) {
+    let y = image.height * 3 / 4;
+    for (i, want) in BARS.iter().enumerate() {
+        let x = (2 * i as u32 + 1) * image.width / 16;
+        let got = image.pixel(x, y).unwrap();
+        let off = got.iter().zip(want).map(|(g, w)| g.abs_diff(*w)).max().unwrap();
+        assert!(off <= 16, "{what}: bar {i} at ({x}, {y}) is {got:?}, expected {want:?}");
+    }
+}
+
+#[test]
+#[ignore = "needs vivid: run by device/vm/run.sh"]
+fn vivid_frames_show_the_colour_bars_in_three_formats() {
+    for (format, pixels) in [(FrameFormat::Yuyv, PixelFormat::Yuyv), (FrameFormat::Rgb24, PixelFormat::Rgb24), (FrameFormat::Nv12, PixelFormat::Nv12)] {
+        let mut camera = V4l2Camera::open_as(CAMERA, Some(format), 640, 480, 30, 4).unwrap();
+        let n = camera.negotiated();
+        assert_eq!((n.format, n.width, n.height), (format, 640, 480), "{format:?}");
+        let mut image = RgbImage::default();
+        let mut last_sequence = None;
+        for _ in 0..3 {
+            let frame = camera.next_frame().unwrap();
+            assert_eq!(frame.format, format);
+            if let Some(previous) = last_sequence {
+                assert!(frame.sequence > previous, "sequence numbers grow");
+            }
+            last_sequence = Some(frame.sequence);
+            convert_frame(pixels, frame.bytes, frame.width, frame.height, &mut image).unwrap();
+        }
+        check_bars(&image, &format!("{format:?}"));
+    }
+    let by_name = V4l2Camera::open("vivid", 640, 480, 30, 2).expect("open by card name");
+    assert_eq!((by_name.negotiated().width, by_name.negotiated().height), (640, 480));
+}
+
+/// Plays `samples` into the loopback at 16 kHz mono, from another thread.
+fn play(samples: Vec<i16>, repeat: usize) -> std::thread::JoinHandle<()> {
+    let pcm = PCM::new(LOOP_PLAY, Direction::Playback, false).unwrap();
+    {
+        let hw = HwParams::any(&pcm).unwrap();
+        hw.set_access(Access::RWInterleaved).unwrap();
+        hw.set_format(Format::s16()).unwrap();
+        hw.set_channels(1).unwrap();
+        hw.set_rate(16_000, ValueOr::Nearest).unwrap();
+        pcm.hw_params(&hw).unwrap();
+    }
+    std::thread::spawn(move || {
+        let io = pcm.io_i16().unwrap();
+        for _ in 0..repeat {
+            for block in samples.chunks(1024) {
+                if io.writei(block).is_err() {
+                    let _ = pcm.prepare();
+                }
+            }
+        }
+        let _ = pcm.drain();
+    })
+}
+
+fn recording() -> Vec<i16> {
+    let bytes = std::fs::read(testdata().join("speech/how_many_people.wav")).unwrap();
+    let at = bytes.windows(4).position(|w| w == b"data").unwrap();
+    let len = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap()) as usize;
+    bytes[at + 8..at + 8 + len].chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect()
+}
+
+#[test]
+#[ignore = "needs snd-aloop: run by device/vm/run.sh"]
+fn a_recording_played_into_the_loopback_is_captured_sample_for_sample() {
+    let source = recording();
+    let mut mic = AlsaMicrophone::open(LOOP_CAPTURE, 16_000, 512).unwrap();
+    assert_eq!(mic.rate(), 16_000);
+    let player = play(source.clone(), 1);
+    let mut captured = Vec::new();
+    let mut chunk = [0.0f32; 512];
+    while captured.len() < source.len() + 16_000 {
+        mic.read(&mut chunk).unwrap();
+        captured.extend(chunk.iter().map(|&s| (s * 32768.0).round() as i16));
+    }
+    player.join().unwrap();
+    // The lag with the largest cross-correlation over the first second of speech.
+    let probe = &source[..16_000];
+    let lag = (0..captured.len() - source.len())
+        .max_by_key(|&lag| probe.iter().zip(&captured[lag..]).map(|(a, b)| i64::from(*a) * i64::from(*b)).sum::<i64>())
+        .unwrap();
+    let aligned = &captured[lag..lag + source.len()];
+    let differing = aligned.iter().zip(&source).filter(|(a, b)| a != b).count();
+    assert_eq!(differing, 0, "lag {lag}: {differing} of {} samples differ", source.len());
+    assert_eq!(mic.overruns, 0);
+}
+
+#[test]
+#[ignore = "needs snd-aloop: run by device/vm/run.sh"]
+fn a_stalled_reader_gets_an_overrun_and_the_stream_goes_on() {
+    let mut mic = AlsaMicrophone::open(LOOP_CAPTURE, 16_000, 512).unwrap();
+    let player = play(recording(), 3);
+    let mut chunk = [0.0f32; 512];
+    mic.read(&mut chunk).unwrap();
+    // The capture buffer holds 16 periods, half a second; stall for two.
+    std::thread::sleep(Duration::from_secs(2));
+    let mut overrun = None;
+    for _ in 0..4 {
+        if let Err(e) = mic.read(&mut chunk) {
+            overrun = Some(e);
+            break;
+        }
+    }
+    let overrun = overrun.expect("an overrun after stalling");
+    assert_eq!(overrun.kind, ErrorKind::Overrun, "{overrun}");
+    assert_eq!(mic.overruns, 1);
+    mic.read(&mut chunk).expect("reading goes on after the overrun");
+    player.join().unwrap();
+}
+
+/// `VIDIOC_S_CTRL` with vivid's "Disconnect" button (`VIVID_CID_DISCONNECT`).
+fn press_vivid_disconnect() {
+    #[repr(C)]
+    struct Control {
+        id: u32,
+        value: i32,
+    }
+    const VIDIOC_S_CTRL: libc::c_ulong = 0xC008_561C;
+    const VIVID_CID_DISCONNECT: u32 = 0x00f0_f000 + 65;
+    let device = std::fs::OpenOptions::new().read(true).write(true).open(CAMERA).unwrap();
+    let mut control = Control { id: VIVID_CID_DISCONNECT, value: 0 };
+    // SAFETY: the ioctl reads and writes one `v4l2_control`, which `control` is, for the duration of the call.
+    let result = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&device), VIDIOC_S_CTRL as _, &mut control as *mut Control) };
+    assert_eq!(result, 0, "pressing Disconnect: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+#[ignore = "needs vivid: run by device/vm/run.sh"]
+fn a_disconnected_camera_reports_it_and_reopens_when_the_device_returns() {
+    let mut camera = V4l2Camera::open(CAMERA, 640, 480, 30, 4).unwrap();
+    camera.next_frame().unwrap();
+    press_vivid_disconnect();
+    let error = (0..10).find_map(|_| camera.next_frame().err()).expect("an error after the disconnect");
+    assert_eq!(error.kind, ErrorKind::Disconnected, "{error}");
+    // vivid comes back once every descriptor of the disconnected device is closed, as a replugged USB camera
+    // does; `reconnect` closes the old ones before it opens the device again.
+    let started = Instant::now();
+    while let Err(e) = camera.reconnect() {
+        assert!(started.elapsed() < Duration::from_secs(10), "not back after 10 s: {e}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    camera.next_frame().expect("frames again after reconnecting");
+    let missing = V4l2Camera::open("/dev/video9", 640, 480, 30, 4).err().expect("no /dev/video9");
+    assert_eq!(missing.kind, ErrorKind::NotFound, "{missing}");
+}
+
+fn lookout() -> Command {
+    Command::new(std::env::var_os("LOOKOUT_BIN").expect("LOOKOUT_BIN names the lookout binary"))
+}
+
+#[test]
+#[ignore = "needs vivid and snd-aloop: run by device/vm/run.sh"]
+fn probe_lists_vivid_and_the_loopback() {
+    let out = lookout().args(["probe", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let probe: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let vivid = probe["cameras"].as_array().unwrap().iter().find(|c| c["driver"] == "vivid").expect("vivid listed");
+    let formats: Vec<&str> = vivid["formats"].as_array().unwrap().iter().map(|f| f["fourcc"].as_str().unwrap()).collect();
+    assert!(formats.contains(&"YUYV") && formats.contains(&"RGB3") && formats.contains(&"NV12"), "{formats:?}");
+    let loopback = probe["microphones"].as_array().unwrap().iter().find(|m| m["card"] == "Loopback").expect("loopback listed");
+    let rates = &loopback["rates"];
+    assert!(rates[0].as_u64().unwrap() <= 16_000 && rates[1].as_u64().unwrap() >= 48_000, "{loopback}");
+    let table = lookout().arg("probe").output().unwrap();
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.contains("/dev/video0") && text.contains("Loopback"), "{text}");
+}
+
+#[test]
+#[ignore = "needs vivid and the detector: run by device/vm/run.sh"]
+fn the_daemon_captions_vivid_frames() {
+    let dir = std::env::temp_dir().join("lookout-vm-daemon");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("lookout.toml");
+    std::fs::write(
+        &config,
+        "board = \"x86-dev\"\n[camera]\ndevice = \"/dev/video0\"\nwidth = 640\nheight = 480\nfps = 2\n\
+         [models]\nspeech = \"off\"\nocr = \"off\"\ndecoder = \"off\"\n[http]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let mut daemon = lookout().args(["serve", "--config", config.to_str().unwrap()]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut events = std::io::BufReader::new(daemon.stdout.take().unwrap()).lines();
+    let mut port = None;
+    let mut caption = None;
+    let started = Instant::now();
+    while caption.is_none() && started.elapsed() < Duration::from_secs(300) {
+        let Some(Ok(line)) = events.next() else { break };
+        let event: Value = serde_json::from_str(&line).unwrap();
+        if event["event"] == "listening" {
+            port = event["address"].as_str().and_then(|a| a.rsplit(':').next()).and_then(|p| p.parse::<u16>().ok());
+        }
+        if event["event"] == "caption" {
+            caption = Some(event);
+        }
+    }
+    let caption = caption.expect("a caption of vivid's frames");
+    assert!(!caption["text"].as_str().unwrap().is_empty());
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port.expect("listening"))).unwrap();
+    stream.write_all(b"GET /v1/scene HTTP/1.1\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    // SIGTERM: the daemon stops cleanly and releases the camera.
+    Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status().unwrap();
+    let status = daemon.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let body: Value = serde_json::from_str(reply.split_once("\r\n\r\n").unwrap().1).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert_eq!((body["width"].as_u64(), body["height"].as_u64()), (Some(640), Some(480)), "{body}");
+    assert_eq!(body["caption"]["text"], caption["text"]);
+}
