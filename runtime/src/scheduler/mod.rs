@@ -148,7 +148,6 @@ mod tests {
         use crate::daemon::sources::Utterances;
 
         let mut frames = FrameQueue::new(4, 64, 48);
-        let photo = RgbImage::new(128, 96);
         let mut captured = RgbImage::new(64, 48);
         let mut working = RgbImage::new(64, 48);
         let mut scene = lookout_models::vision::Scene::default();
@@ -162,10 +161,17 @@ mod tests {
         let clock = ManualClock::default();
         let mut deadline = Deadline::new(Duration::from_millis(200));
 
+        // Raw camera frames of 128x96 in each layout a V4L2 camera delivers, converted into one reused image.
+        use lookout_models::vision::pixels::{convert_frame, PixelFormat};
+        let raw = [(PixelFormat::Yuyv, vec![128u8; 128 * 96 * 2]), (PixelFormat::Nv12, vec![128u8; 128 * 96 * 3 / 2]), (PixelFormat::Rgb24, vec![128u8; 128 * 96 * 3])];
+        let mut converted = RgbImage::new(128, 96);
+
         let before = allocations();
         for sequence in 0..10_000u64 {
             let started = clock.now();
-            fit_into(&photo, 64, 48, &mut captured);
+            let (format, bytes) = &raw[sequence as usize % raw.len()];
+            convert_frame(*format, bytes, 128, 96, &mut converted).unwrap();
+            fit_into(&converted, 64, 48, &mut captured);
             frames.publish(&mut captured, sequence, now);
             // The vision stage keeps up with one frame in three.
             if sequence % 3 == 0 && frames.take(&mut working).is_some() {
