@@ -310,3 +310,25 @@ fn configurations_and_devices_the_daemon_cannot_run_exit_naming_the_problem() {
     assert!(plan.status.success(), "{}", String::from_utf8_lossy(&plan.stderr));
     assert!(String::from_utf8_lossy(&plan.stdout).contains("total at peak"));
 }
+
+#[test]
+fn sigterm_while_the_models_load_stops_within_2_s() {
+    let dir = temp_dir("loading");
+    std::fs::copy(testdata_dir().join("vision/photos/dog.jpg"), dir.join("dog.jpg")).unwrap();
+    let config = dir.join("lookout.toml");
+    std::fs::write(&config, config_text(&dir, &testdata_dir().join("speech/how_many_people.wav"), "")).unwrap();
+    let mut daemon = Daemon::start(&config, &dir);
+    daemon.event("starting", Duration::from_secs(10), event_is("starting"));
+    let stopping = Instant::now();
+    daemon.signal("TERM");
+    daemon.notification("STOPPING=1", Duration::from_secs(2));
+    let status = loop {
+        if let Some(status) = daemon.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(stopping.elapsed() < Duration::from_secs(2), "still loading 2 s after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+    assert!(!daemon.seen.iter().any(|e| e["event"] == "ready"), "stopped before it was ready");
+}

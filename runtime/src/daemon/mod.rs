@@ -11,7 +11,7 @@ pub mod sources;
 pub mod state;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -167,7 +167,9 @@ enum Signal {
     PushToTalk,
 }
 
-fn signals() -> anyhow::Result<Receiver<Signal>> {
+/// Forwards signals to the main loop. While the main thread is busy loading models (`serving` off), SIGTERM and
+/// SIGINT end the process at once instead: loading can take minutes on a small board, and nothing is written yet.
+fn signals(serving: Arc<AtomicBool>) -> anyhow::Result<Receiver<Signal>> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
     let mut incoming = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])?;
     let (send, receive) = channel();
@@ -178,6 +180,11 @@ fn signals() -> anyhow::Result<Receiver<Signal>> {
                 SIGUSR1 => Signal::PushToTalk,
                 _ => Signal::Stop,
             };
+            if matches!(signal, Signal::Stop) && !serving.load(Relaxed) {
+                Notifier::from_env().stopping();
+                eprintln!("lookout: stopped while loading");
+                std::process::exit(0);
+            }
             if send.send(signal).is_err() {
                 break;
             }
@@ -190,7 +197,8 @@ fn signals() -> anyhow::Result<Receiver<Signal>> {
 pub fn serve(ctx: &Context, config_path: &Path, board: Option<&str>) -> anyhow::Result<()> {
     let mut checked = Checked::load(ctx, config_path, board)?;
     eprintln!("{}", checked.plan);
-    let signals = signals()?;
+    let serving = Arc::new(AtomicBool::new(false));
+    let signals = signals(serving.clone())?;
     let threads = apply_compute(&checked.config);
     let notifier = Notifier::from_env();
     let stall_limit = notifier.watchdog_interval().unwrap_or(DEFAULT_STALL_LIMIT);
@@ -207,6 +215,7 @@ pub fn serve(ctx: &Context, config_path: &Path, board: Option<&str>) -> anyhow::
     let rss = memory::rss();
     shared.events.emit("ready", json!({ "rss_mib": rss.map(|r| r.rss_mib), "plan_mib": checked.plan.total_mib }));
     notifier.ready(&format!("serving on {} (board {})", http.addr, checked.config.board.name));
+    serving.store(true, Relaxed);
 
     let mut last_status = Instant::now();
     let mut stalled_reported = false;
@@ -227,6 +236,7 @@ pub fn serve(ctx: &Context, config_path: &Path, board: Option<&str>) -> anyhow::
                         notifier.ready(&format!("reload failed, previous configuration kept: {error}"));
                     }
                     Ok(next) => {
+                        serving.store(false, Relaxed);
                         shared.events.emit("reloading", json!({ "board": next.config.board.name, "plan_mib": next.plan.total_mib }));
                         pipeline.stop(&shared, RELOAD_STOP_WITHIN);
                         memory::release_free_memory();
@@ -244,6 +254,7 @@ pub fn serve(ctx: &Context, config_path: &Path, board: Option<&str>) -> anyhow::
                         }
                         shared.events.emit("reloaded", json!({ "address": http.addr.to_string() }));
                         notifier.ready(&format!("serving on {} (board {}, reloaded)", http.addr, checked.config.board.name));
+                        serving.store(true, Relaxed);
                     }
                 }
             }
