@@ -1,9 +1,10 @@
 //! Lookout's devices: cameras (V4L2) and microphones (ALSA) behind small traits, each with a file twin that plays
-//! recorded input at the device's pace, and the GPIO chips for `lookout probe`. Errors carry a small kind so the
-//! scheduler can retry, reopen or give up without knowing which driver failed.
+//! recorded input at the device's pace; the push-to-talk button and status LED on GPIO. Errors carry a small kind
+//! so the scheduler can retry, reopen or give up without knowing which driver failed.
 
 #[cfg(feature = "alsa")]
 pub mod alsa_capture;
+pub mod button_led;
 pub mod camera;
 pub mod gpio;
 pub mod microphone;

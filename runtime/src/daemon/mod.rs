@@ -6,6 +6,7 @@ pub mod events;
 pub mod http;
 pub mod metrics;
 pub mod notify;
+pub mod panel;
 pub mod pipeline;
 pub mod sources;
 pub mod state;
@@ -113,6 +114,7 @@ impl Pipeline {
             true => Some(sources::open_microphone(config, &checked.path)?),
             false => None,
         };
+        let panel = panel::open(config)?;
         let models = Models::load(config, &checked.bundle)?;
         memory::release_free_memory();
         let mut threads = Vec::new();
@@ -126,6 +128,10 @@ impl Pipeline {
             let (shared, w, h) = (shared.clone(), config.camera.width, config.camera.height);
             shared.beat(Beat::Camera);
             threads.push(spawn("camera", Box::new(move || sources::run_camera(camera, w, h, shared)))?);
+        }
+        if let Some(panel) = panel {
+            let shared = shared.clone();
+            threads.push(spawn("gpio", Box::new(move || panel::run(panel, shared)))?);
         }
         let (shared, config) = (shared.clone(), config.clone());
         shared.beat(Beat::Pipeline);

@@ -331,7 +331,9 @@ impl<'m> Worker<'m> {
     fn answer(&mut self, job: Job) {
         let shared = self.shared.clone();
         let started = Instant::now();
+        shared.thinking.store(true, std::sync::atomic::Ordering::Relaxed);
         let result = self.answer_question(job.question);
+        shared.thinking.store(false, std::sync::atomic::Ordering::Relaxed);
         if !self.answer_deadline.finish(&self.clock, self.clock.at(job.queued_at)) {
             Metrics::add(&shared.metrics.answer_deadline_misses, 1);
         }

@@ -182,6 +182,11 @@ impl Utterances {
         self.position
     }
 
+    /// Whether an utterance has begun and not yet ended.
+    pub fn in_speech(&self) -> bool {
+        self.speech.is_some()
+    }
+
     /// Feeds the probability of the next `chunk` samples; returns a finished utterance as `[start, end)`.
     pub fn push(&mut self, probability: f32, chunk: usize, held: bool) -> Option<(u64, u64)> {
         let chunk_start = self.position;
@@ -284,7 +289,9 @@ impl<'v> Hearing<'v> {
         shared.metrics.audio_overwritten.store(self.ring.overwritten, Relaxed);
         let probability = self.session.probability(chunk)?;
         let held = shared.push_to_talk.load(Relaxed);
-        let Some((start, end)) = self.utterances.push(probability, chunk.len(), held) else { return Ok(()) };
+        let finished = self.utterances.push(probability, chunk.len(), held);
+        shared.hearing.store(self.utterances.in_speech(), Relaxed);
+        let Some((start, end)) = finished else { return Ok(()) };
         let skip = (self.utterances.position() - end) as usize;
         let mut samples = vec![0.0f32; (end - start) as usize];
         let got = self.ring.copy_latest(skip, &mut samples);

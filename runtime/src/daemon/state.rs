@@ -139,8 +139,12 @@ pub struct Shared {
     questions_waiting: AtomicUsize,
     /// Set to stop the pipeline's threads (shutdown or reload).
     pub stop: AtomicBool,
-    /// Held down by push-to-talk (SIGUSR1 toggles it; a GPIO button drives it on boards).
+    /// Held down by push-to-talk (the GPIO button, or SIGUSR1 toggling it).
     pub push_to_talk: AtomicBool,
+    /// The VAD hears speech now.
+    pub hearing: AtomicBool,
+    /// The pipeline is answering a question.
+    pub thinking: AtomicBool,
     pub started: Instant,
     pub board: Mutex<String>,
     /// Silence after which a thread counts as hung (the watchdog interval under systemd).
@@ -159,6 +163,8 @@ impl Shared {
             questions_waiting: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             push_to_talk: AtomicBool::new(false),
+            hearing: AtomicBool::new(false),
+            thinking: AtomicBool::new(false),
             started: Instant::now(),
             board: Mutex::new(board.to_string()),
             stall_limit_ms: AtomicU64::new(60_000),
