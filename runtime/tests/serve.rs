@@ -146,6 +146,21 @@ impl Daemon {
         panic!("no {prefix} notification within {within:?}");
     }
 
+    /// SIGTERM: STOPPING=1 arrives and the process exits with 0, both within `limit`.
+    fn terminate_within(&mut self, limit: Duration) {
+        let stopping = Instant::now();
+        self.signal("TERM");
+        self.notification("STOPPING=1", limit);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(stopping.elapsed() < limit, "still running {limit:?} after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "{status}");
+    }
+
     fn signal(&self, name: &str) {
         let status = Command::new("kill").args([&format!("-{name}"), &self.child.id().to_string()]).status().unwrap();
         assert!(status.success());
@@ -270,17 +285,7 @@ fn the_daemon_captions_answers_refuses_bad_requests_and_talks_to_systemd() {
 
     // SIGTERM: STOPPING=1, and the process is gone within 2 s.
     while daemon.notifications.try_recv().is_ok() {}
-    let stopping = Instant::now();
-    daemon.signal("TERM");
-    daemon.notification("STOPPING=1", Duration::from_secs(2));
-    let status = loop {
-        if let Some(status) = daemon.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(stopping.elapsed() < Duration::from_secs(2), "still running 2 s after SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(status.success(), "{status}");
+    daemon.terminate_within(Duration::from_secs(2));
     daemon.event("stopped", Duration::from_secs(1), event_is("stopped"));
 }
 
@@ -319,16 +324,6 @@ fn sigterm_while_the_models_load_stops_within_2_s() {
     std::fs::write(&config, config_text(&dir, &testdata_dir().join("speech/how_many_people.wav"), "")).unwrap();
     let mut daemon = Daemon::start(&config, &dir);
     daemon.event("starting", Duration::from_secs(10), event_is("starting"));
-    let stopping = Instant::now();
-    daemon.signal("TERM");
-    daemon.notification("STOPPING=1", Duration::from_secs(2));
-    let status = loop {
-        if let Some(status) = daemon.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(stopping.elapsed() < Duration::from_secs(2), "still loading 2 s after SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(status.success(), "{status}");
+    daemon.terminate_within(Duration::from_secs(2));
     assert!(!daemon.seen.iter().any(|e| e["event"] == "ready"), "stopped before it was ready");
 }
