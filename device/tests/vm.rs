@@ -1,10 +1,10 @@
 //! The real drivers against real kernel drivers, inside the test VM (`device/vm/run.sh` boots Debian's kernel
-//! under qemu with vivid and snd-aloop and runs these with `--ignored`; on a machine without those devices they
-//! have nothing to open). vivid's colour bars in three pixel formats, a recording through the ALSA loopback sample
-//! for sample, an overrun from a stalled reader, a camera disconnected and reopened, `lookout probe`, and the
-//! daemon captioning vivid's frames.
+//! under qemu with vivid, snd-aloop and gpio-mockup and runs these with `--ignored`; on a machine without those
+//! devices they have nothing to open). vivid's colour bars in three pixel formats, a recording through the ALSA
+//! loopback sample for sample, an overrun from a stalled reader, a camera disconnected and reopened, a button and
+//! an LED on a kernel GPIO chip, `lookout probe`, and the daemon captioning vivid's frames and following the button.
 
-#![cfg(all(feature = "alsa", feature = "v4l2"))]
+#![cfg(all(feature = "alsa", feature = "v4l2", feature = "gpio"))]
 
 use std::io::{BufRead, Read, Write};
 use std::path::PathBuf;
@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use alsa::pcm::{Access, Format, HwParams, PCM};
 use alsa::{Direction, ValueOr};
 use lookout_device::alsa_capture::AlsaMicrophone;
+use lookout_device::button_led::{open_button, open_led, ButtonEvent, LedState};
 use lookout_device::camera::{Camera, FrameFormat};
+use lookout_device::gpio::{chip_lines, list_chips};
 use lookout_device::microphone::Microphone;
 use lookout_device::v4l2::V4l2Camera;
 use lookout_device::ErrorKind;
@@ -183,13 +185,83 @@ fn a_disconnected_camera_reports_it_and_reopens_when_the_device_returns() {
     assert_eq!(missing.kind, ErrorKind::NotFound, "{missing}");
 }
 
+/// The gpio-mockup chip's device and its debugfs directory, where writing a line's file sets the level an input
+/// reads and reading it gives the line's value.
+fn mockup_chip() -> (PathBuf, PathBuf) {
+    let chip = list_chips().into_iter().filter_map(Result::ok).find(|c| c.label == "gpio-mockup-A").expect("gpio-mockup loaded");
+    let debugfs = PathBuf::from("/sys/kernel/debug/gpio-mockup").join(chip.path.file_name().unwrap());
+    (chip.path, debugfs)
+}
+
+fn set_level(debugfs: &std::path::Path, line: u32, high: bool) {
+    std::fs::write(debugfs.join(line.to_string()), if high { "1" } else { "0" }).unwrap();
+}
+
+fn level(debugfs: &std::path::Path, line: u32) -> bool {
+    std::fs::read_to_string(debugfs.join(line.to_string())).unwrap().trim() == "1"
+}
+
+#[test]
+#[ignore = "needs gpio-mockup: run by device/vm/run.sh"]
+fn a_button_and_an_led_on_a_kernel_gpio_chip() {
+    let (chip, lines) = mockup_chip();
+    set_level(&lines, 0, false);
+    let mut button = open_button(&chip, 0, false, 3).unwrap();
+    for _ in 0..5 {
+        assert_eq!(button.poll().unwrap(), None, "released and quiet");
+    }
+    // A bounce: high for two reads, low again, then high for good.
+    set_level(&lines, 0, true);
+    assert_eq!((button.poll().unwrap(), button.poll().unwrap()), (None, None));
+    set_level(&lines, 0, false);
+    assert_eq!(button.poll().unwrap(), None);
+    set_level(&lines, 0, true);
+    assert_eq!((button.poll().unwrap(), button.poll().unwrap()), (None, None));
+    assert_eq!(button.poll().unwrap(), Some(ButtonEvent::Pressed));
+    assert!(button.is_pressed());
+    set_level(&lines, 0, false);
+    let events: Vec<_> = (0..3).map(|_| button.poll().unwrap()).collect();
+    assert_eq!(events, [None, None, Some(ButtonEvent::Released)]);
+
+    // An active-low button (to ground, with a pull-up) is pressed when the line reads low.
+    set_level(&lines, 2, true);
+    let mut to_ground = open_button(&chip, 2, true, 1).unwrap();
+    assert_eq!(to_ground.poll().unwrap(), None);
+    set_level(&lines, 2, false);
+    assert_eq!(to_ground.poll().unwrap(), Some(ButtonEvent::Pressed));
+
+    let mut led = open_led(&chip, 1).unwrap();
+    assert!(!level(&lines, 1), "the LED starts off");
+    led.show(LedState::Listening, 0).unwrap();
+    assert!(level(&lines, 1), "listening: on");
+    led.show(LedState::Thinking, 1000).unwrap();
+    assert!(level(&lines, 1), "thinking: on for the first 125 ms");
+    led.show(LedState::Thinking, 1130).unwrap();
+    assert!(!level(&lines, 1), "thinking: then off");
+    led.show(LedState::Listening, 1200).unwrap();
+    led.off().unwrap();
+    assert!(!level(&lines, 1), "off");
+
+    // The kernel reports who holds which line, and refuses a second request for a held one.
+    let info = chip_lines(&chip).unwrap();
+    assert_eq!(info.len(), 8);
+    assert_eq!((info[0].name.as_str(), info[0].consumer.as_str(), info[0].used, info[0].output), ("gpio-mockup-A-0", "lookout-button", true, false));
+    assert_eq!((info[1].consumer.as_str(), info[1].output), ("lookout-led", true));
+    assert!(!info[3].used && info[3].consumer.is_empty(), "{:?}", info[3]);
+    let busy = open_button(&chip, 0, false, 3).err().expect("line 0 is already held");
+    assert!(busy.to_string().contains("line 0"), "{busy}");
+    assert!(open_led(&chip, 99).is_err(), "chip has 8 lines");
+    let missing = open_led(std::path::Path::new("/dev/gpiochip9"), 1).err().expect("no gpiochip9");
+    assert_eq!(missing.kind, ErrorKind::NotFound, "{missing}");
+}
+
 fn lookout() -> Command {
     Command::new(std::env::var_os("LOOKOUT_BIN").expect("LOOKOUT_BIN names the lookout binary"))
 }
 
 #[test]
-#[ignore = "needs vivid and snd-aloop: run by device/vm/run.sh"]
-fn probe_lists_vivid_and_the_loopback() {
+#[ignore = "needs vivid, snd-aloop and gpio-mockup: run by device/vm/run.sh"]
+fn probe_lists_vivid_the_loopback_and_the_gpio_chip() {
     let out = lookout().args(["probe", "--json"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let probe: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -199,21 +271,31 @@ fn probe_lists_vivid_and_the_loopback() {
     let loopback = probe["microphones"].as_array().unwrap().iter().find(|m| m["card"] == "Loopback").expect("loopback listed");
     let rates = &loopback["rates"];
     assert!(rates[0].as_u64().unwrap() <= 16_000 && rates[1].as_u64().unwrap() >= 48_000, "{loopback}");
+    let (chip, _) = mockup_chip();
+    let gpio = probe["gpio"].as_array().unwrap().iter().find(|g| g["path"] == chip.to_str().unwrap()).expect("gpio-mockup listed");
+    assert_eq!((gpio["label"].as_str(), gpio["lines"].as_u64()), (Some("gpio-mockup-A"), Some(8)), "{gpio}");
+    assert_eq!(gpio["line_info"][7]["name"], "gpio-mockup-A-7", "{gpio}");
     let table = lookout().arg("probe").output().unwrap();
     let text = String::from_utf8_lossy(&table.stdout);
-    assert!(text.contains("/dev/video0") && text.contains("Loopback"), "{text}");
+    assert!(text.contains("/dev/video0") && text.contains("Loopback") && text.contains("gpio-mockup-A-7"), "{text}");
 }
 
 #[test]
 #[ignore = "needs vivid and the detector: run by device/vm/run.sh"]
-fn the_daemon_captions_vivid_frames() {
+fn the_daemon_captions_vivid_frames_and_follows_the_button() {
     let dir = std::env::temp_dir().join("lookout-vm-daemon");
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("lookout.toml");
+    let (chip, lines) = mockup_chip();
+    set_level(&lines, 4, false);
     std::fs::write(
         &config,
-        "board = \"x86-dev\"\n[camera]\ndevice = \"/dev/video0\"\nwidth = 640\nheight = 480\nfps = 2\n\
-         [models]\nspeech = \"off\"\nocr = \"off\"\ndecoder = \"off\"\n[http]\nlisten = \"127.0.0.1:0\"\n",
+        format!(
+            "board = \"x86-dev\"\n[camera]\ndevice = \"/dev/video0\"\nwidth = 640\nheight = 480\nfps = 2\n\
+             [models]\nspeech = \"off\"\nocr = \"off\"\ndecoder = \"off\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
+             [gpio]\nchip = \"{}\"\nbutton = 4\nled = 5\nbutton_active_low = false\n",
+            chip.display()
+        ),
     )
     .unwrap();
     let mut daemon = lookout().args(["serve", "--config", config.to_str().unwrap()]).stdout(Stdio::piped()).spawn().unwrap();
@@ -233,6 +315,21 @@ fn the_daemon_captions_vivid_frames() {
     }
     let caption = caption.expect("a caption of vivid's frames");
     assert!(!caption["text"].as_str().unwrap().is_empty());
+    // The button holds push-to-talk, and the LED stays on while it is held.
+    let button_event = |events: &mut dyn Iterator<Item = std::io::Result<String>>| {
+        events.map(|line| serde_json::from_str::<Value>(&line.unwrap()).unwrap()).find(|e| e["event"] == "push_to_talk").expect("a push_to_talk event")
+    };
+    set_level(&lines, 4, true);
+    let pressed = button_event(&mut events);
+    assert_eq!((pressed["held"].as_bool(), pressed["from"].as_str()), (Some(true), Some("button")), "{pressed}");
+    let lit_for_a_second = (0..10).all(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        level(&lines, 5)
+    });
+    assert!(lit_for_a_second, "the LED is steady while the button is held");
+    set_level(&lines, 4, false);
+    let released = button_event(&mut events);
+    assert_eq!(released["held"].as_bool(), Some(false), "{released}");
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port.expect("listening"))).unwrap();
     stream.write_all(b"GET /v1/scene HTTP/1.1\r\n\r\n").unwrap();
     let mut reply = String::new();

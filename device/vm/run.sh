@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Boots Debian's own kernel under qemu (TCG, no KVM needed) with the vivid camera and snd-aloop sound card
-# loaded, and runs the device tests that need real kernel drivers (device/tests/vm.rs, `--ignored`) plus
+# Boots Debian's own kernel under qemu (TCG, no KVM needed) with the vivid camera, the snd-aloop sound card and a
+# gpio-mockup GPIO chip loaded, and runs the device tests that need real kernel drivers (device/tests/vm.rs, `--ignored`) plus
 # `lookout probe` and the daemon inside it. Downloads and builds are cached in .cache/vm.
 # Usage: device/vm/run.sh [TEST-NAME-FILTER]   (root, or sudo for the packages; needs the prepared models)
 set -euo pipefail
@@ -33,6 +33,25 @@ if [[ ! -f "$cache/kernel/boot/vmlinuz-$version" ]]; then
 fi
 modules="$cache/kernel/lib/modules/$version"
 
+# Debian builds neither gpio-sim nor gpio-mockup (nor the irq_sim they need), so gpio-mockup is built here from
+# Debian's kernel source, with irq_sim in the same module, against Debian's headers for the same kernel. One
+# change: irq_sim calls the unexported irq_to_desc; generic_handle_irq does the same through an exported symbol.
+gpio_mockup="$cache/gpio-mockup-$version/gpio-mockup-vm.ko"
+if [[ ! -f "$gpio_mockup" ]]; then
+    install_missing "linux-headers-$version" xz-utils
+    series=$(echo "$version" | cut -d. -f1,2)
+    build="$cache/gpio-mockup-$version"
+    rm -rf "$build" && mkdir -p "$build"
+    (cd "$cache" && { ls linux-source-"$series"_*.deb >/dev/null 2>&1 || apt-get download "linux-source-$series" 2>/dev/null; })
+    dpkg-deb --fsys-tarfile "$cache"/linux-source-"$series"_*.deb | tar -xO "./usr/src/linux-source-$series.tar.xz" \
+        | tar -xJ -C "$build" --strip-components=3 "linux-source-$series/drivers/gpio/gpio-mockup.c" \
+            "linux-source-$series/drivers/gpio/gpiolib.h" "linux-source-$series/kernel/irq/irq_sim.c"
+    sed -i 's/handle_simple_irq(irq_to_desc(irqnum));/generic_handle_irq(irqnum);/' "$build/irq_sim.c"
+    printf 'obj-m := gpio-mockup-vm.o\ngpio-mockup-vm-y := gpio-mockup.o irq_sim.o\n' > "$build/Kbuild"
+    make -s -C "/usr/src/linux-headers-$version" M="$build" modules 2>&1 | grep -v 'Skipping BTF' || true
+    [[ -f "$gpio_mockup" ]] || { echo "error: building gpio-mockup failed" >&2; exit 1; }
+fi
+
 # The binaries: the device tests and lookout, built natively.
 cd "$repo"
 cargo build --release --locked --bin lookout
@@ -50,6 +69,7 @@ models_dir="${LOOKOUT_MODELS:-${XDG_DATA_HOME:-$HOME/.local/share}/lookout/model
 [[ -f "$models_dir/manifest.toml" ]] || { echo "error: no model bundle at $models_dir (run models/prepare/prepare.sh)" >&2; exit 1; }
 rm -rf "$root" && mkdir -p "$root"/{bin,proc,sys,dev,tmp,etc,models/default,testdata/speech,lib/modules/"$version"}
 cp "$busybox_bin" "$root/bin/busybox"
+cp "$gpio_mockup" "$root/lib/modules/"
 cp "$tests" "$root/bin/vm-tests"
 cp target/release/lookout "$root/bin/lookout"
 for binary in "$root/bin/vm-tests" "$root/bin/lookout"; do
@@ -73,8 +93,10 @@ cat > "$root/init" <<INIT
 /bin/busybox --install -s /bin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev; mount -t tmpfs tmp /tmp
 ip link set lo up
+mount -t debugfs debugfs /sys/kernel/debug
 modprobe vivid && modprobe snd-aloop || echo "VM: loading the modules failed"
-for i in 1 2 3 4 5 6 7 8 9 10; do [ -e /dev/video0 ] && [ -e /dev/snd/pcmC0D1c ] && break; sleep 0.5; done
+insmod /lib/modules/gpio-mockup-vm.ko gpio_mockup_ranges=-1,8 gpio_mockup_named_lines=1 || echo "VM: loading gpio-mockup failed"
+for i in 1 2 3 4 5 6 7 8 9 10; do [ -e /dev/video0 ] && [ -e /dev/snd/pcmC0D1c ] && [ -e /dev/gpiochip0 ] && break; sleep 0.5; done
 export HOME=/tmp ALSA_CONFIG_PATH=/usr/share/alsa/alsa.conf LOOKOUT_BIN=/bin/lookout LOOKOUT_MODELS=/models LOOKOUT_TESTDATA=/testdata
 /bin/vm-tests --ignored --test-threads=1 $filter
 echo "VM-RESULT \$?"

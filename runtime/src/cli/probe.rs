@@ -2,7 +2,7 @@
 //! their rates, channels and sample formats, and the GPIO chips with their lines.
 
 use lookout_device::alsa_capture::list_capture_devices;
-use lookout_device::gpio::list_chips;
+use lookout_device::gpio::{chip_lines, list_chips};
 use lookout_device::v4l2::list_cameras;
 use serde_json::{json, Value};
 
@@ -40,7 +40,15 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<()> {
     let gpio: Vec<Value> = list_chips()
         .into_iter()
         .map(|chip| match chip {
-            Ok(c) => json!({ "path": c.path, "name": c.name, "label": c.label, "lines": c.lines }),
+            Ok(c) => {
+                let lines: Vec<Value> = chip_lines(&c.path)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|l| json!({ "offset": l.offset, "name": l.name, "consumer": l.consumer, "used": l.used,
+                                     "direction": if l.output { "output" } else { "input" }, "active_low": l.active_low }))
+                    .collect();
+                json!({ "path": c.path, "name": c.name, "label": c.label, "lines": c.lines, "line_info": lines })
+            }
             Err(e) => json!({ "error": e.to_string() }),
         })
         .collect();
@@ -92,7 +100,14 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<()> {
     for g in &gpio {
         match g["error"].as_str() {
             Some(e) => println!("  {e}"),
-            None => println!("  {}  {} ({}), {} lines", g["path"].as_str().unwrap_or_default(), g["name"].as_str().unwrap_or_default(), g["label"].as_str().unwrap_or_default(), g["lines"]),
+            None => {
+                println!("  {}  {} ({}), {} lines", g["path"].as_str().unwrap_or_default(), g["name"].as_str().unwrap_or_default(), g["label"].as_str().unwrap_or_default(), g["lines"]);
+                for l in g["line_info"].as_array().into_iter().flatten() {
+                    let user = l["consumer"].as_str().filter(|c| !c.is_empty()).map(|c| format!("  used by {c}")).unwrap_or_default();
+                    let low = if l["active_low"] == true { " active-low" } else { "" };
+                    println!("    {:>3} {:<20} {}{low}{user}", l["offset"], l["name"].as_str().filter(|n| !n.is_empty()).unwrap_or("-"), l["direction"].as_str().unwrap_or_default());
+                }
+            }
         }
     }
     Ok(())
