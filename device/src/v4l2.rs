@@ -1,12 +1,12 @@
 //! The V4L2 camera: opened by path or by card name, the closest format, size and frame rate to the configured
 //! ones negotiated among YUYV, NV12, RGB24 and MJPEG, frames streamed through a fixed set of memory-mapped buffers
-//! and handed out in place. A camera that goes away reports `Disconnected` and can be reopened. Also lists the
+//! and handed out in place, stamped with the driver's capture time. A camera that goes away reports `Disconnected` and can be reopened. Also lists the
 //! cameras with their formats, sizes and frame rates.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use v4l::buffer::Type;
+use v4l::buffer::{Flags, Metadata, Type};
 use v4l::frameinterval::FrameIntervalEnum;
 use v4l::framesize::FrameSizeEnum;
 use v4l::io::mmap::Stream;
@@ -20,6 +20,30 @@ use crate::{DeviceError, ErrorKind};
 /// Formats Lookout converts itself, in order of preference (raw ones cost no decoding).
 const FORMATS: [(&[u8; 4], FrameFormat); 4] =
     [(b"YUYV", FrameFormat::Yuyv), (b"NV12", FrameFormat::Nv12), (b"RGB3", FrameFormat::Rgb24), (b"MJPG", FrameFormat::Mjpeg)];
+
+/// When the driver captured a frame, from the buffer's timestamp when it is on the monotonic clock (which `Instant`
+/// also reads); otherwise, or when the stamp is implausible, `now` at dequeue.
+fn capture_time(meta: &Metadata, now: Instant) -> Instant {
+    let monotonic = meta.flags & Flags::TIMESTAMP_MASK == Flags::TIMESTAMP_MONOTONIC;
+    let stamp = Duration::new(meta.timestamp.sec.max(0) as u64, (meta.timestamp.usec.clamp(0, 999_999) * 1000) as u32);
+    if !monotonic || stamp.is_zero() {
+        return now;
+    }
+    let mut clock = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec into `clock`, which lives for the call.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut clock) };
+    let clock = Duration::new(clock.tv_sec as u64, clock.tv_nsec as u32);
+    captured_before(clock, stamp, now)
+}
+
+/// `now` moved back by how long before `clock` the `stamp` was taken (both on the monotonic clock); a stamp from
+/// the future or older than 10 s is not believed.
+fn captured_before(clock: Duration, stamp: Duration, now: Instant) -> Instant {
+    match clock.checked_sub(stamp) {
+        Some(age) if age < Duration::from_secs(10) => now.checked_sub(age).unwrap_or(now),
+        _ => now,
+    }
+}
 
 fn io_error(what: &str, err: &std::io::Error) -> DeviceError {
     let kind = match err.raw_os_error() {
@@ -219,6 +243,7 @@ impl Camera for V4l2Camera {
             return Err(DeviceError::new(ErrorKind::Disconnected, format!("{what}: gone until reconnected")));
         };
         let (buffer, meta) = CaptureStream::next(stream).map_err(|e| io_error(&what, &e))?;
+        let captured_at = capture_time(meta, Instant::now());
         let n = self.negotiated;
         // Some drivers report the whole buffer as used; a raw frame is exactly its pixels.
         let frame_len = match n.format {
@@ -236,7 +261,7 @@ impl Camera for V4l2Camera {
             height: n.height,
             bytes: &buffer[..used],
             sequence: u64::from(meta.sequence),
-            captured_at: Instant::now(),
+            captured_at,
             source: &self.name,
         })
     }
@@ -291,4 +316,28 @@ pub fn list_cameras() -> Vec<CameraInfo> {
         });
     }
     cameras
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_monotonic_stamp_dates_the_frame_back_by_its_age() {
+        let now = Instant::now() + Duration::from_secs(60);
+        let clock = Duration::from_secs(1000);
+        assert_eq!(captured_before(clock, clock - Duration::from_millis(40), now), now - Duration::from_millis(40));
+        assert_eq!(captured_before(clock, clock + Duration::from_millis(5), now), now, "a stamp from the future");
+        assert_eq!(captured_before(clock, clock - Duration::from_secs(11), now), now, "a stamp too old to believe");
+    }
+
+    #[test]
+    fn frames_without_a_monotonic_stamp_are_dated_at_dequeue() {
+        let now = Instant::now();
+        let mut meta = Metadata { bytesused: 0, flags: Flags::TIMESTAMP_COPY, field: 0, timestamp: v4l::Timestamp::new(5, 0), sequence: 0 };
+        assert_eq!(capture_time(&meta, now), now, "a copied stamp is not on our clock");
+        meta.flags = Flags::TIMESTAMP_MONOTONIC;
+        meta.timestamp = v4l::Timestamp::new(0, 0);
+        assert_eq!(capture_time(&meta, now), now, "no stamp");
+    }
 }

@@ -48,22 +48,26 @@ fn check_bars(image: &RgbImage, what: &str) {
 
 #[test]
 #[ignore = "needs vivid: run by device/vm/run.sh"]
-fn vivid_frames_show_the_colour_bars_in_three_formats() {
+fn vivid_frames_show_the_colour_bars_in_three_formats_with_the_drivers_timestamps() {
     for (format, pixels) in [(FrameFormat::Yuyv, PixelFormat::Yuyv), (FrameFormat::Rgb24, PixelFormat::Rgb24), (FrameFormat::Nv12, PixelFormat::Nv12)] {
         let mut camera = V4l2Camera::open_as(CAMERA, Some(format), 640, 480, 30, 4).unwrap();
         let n = camera.negotiated();
         assert_eq!((n.format, n.width, n.height), (format, 640, 480), "{format:?}");
         let mut image = RgbImage::default();
-        let mut last_sequence = None;
+        let mut last: Option<(u64, Instant)> = None;
         for _ in 0..3 {
             let frame = camera.next_frame().unwrap();
             assert_eq!(frame.format, format);
-            if let Some(previous) = last_sequence {
-                assert!(frame.sequence > previous, "sequence numbers grow");
+            if let Some((sequence, at)) = last {
+                assert!(frame.sequence > sequence && frame.captured_at > at, "sequence numbers and capture times grow");
             }
-            last_sequence = Some(frame.sequence);
+            last = Some((frame.sequence, frame.captured_at));
             convert_frame(pixels, frame.bytes, frame.width, frame.height, &mut image).unwrap();
         }
+        // A frame read late was captured when the driver filled it, not when it was read.
+        std::thread::sleep(Duration::from_millis(300));
+        let age = camera.next_frame().unwrap().captured_at.elapsed();
+        assert!(age > Duration::from_millis(100) && age < Duration::from_secs(1), "{format:?}: read 300 ms late, captured {age:?} ago");
         check_bars(&image, &format!("{format:?}"));
     }
     let by_name = V4l2Camera::open("vivid", 640, 480, 30, 2).expect("open by card name");
