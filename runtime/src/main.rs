@@ -1,6 +1,7 @@
 //! The `lookout` command: parses arguments, runs one subcommand, prints errors as one line with an exit code
 //! that says what kind of failure it was.
 
+mod allocations;
 mod answer;
 mod board;
 mod cli;

@@ -124,26 +124,37 @@ pub fn convert_frame(
 /// One BT.601 limited-range pixel.
 #[inline]
 pub fn yuv_to_rgb(y: u8, u: u8, v: u8) -> [u8; 3] {
-    let c = 298 * (i32::from(y) - 16);
-    let d = i32::from(u) - 128;
-    let e = i32::from(v) - 128;
-    [
-        clamp_u8((c + 409 * e + 128) >> 8),
-        clamp_u8((c - 100 * d - 208 * e + 128) >> 8),
-        clamp_u8((c + 516 * d + 128) >> 8),
-    ]
+    let mut rgb = [0; 3];
+    put_rgb(y, chroma_terms(u, v), &mut rgb);
+    rgb
 }
 
-#[inline]
+/// The chroma parts of the formulas (with the rounding), computed once for the pixels sharing a U V pair.
+#[inline(always)]
+fn chroma_terms(u: u8, v: u8) -> [i32; 3] {
+    let d = i32::from(u) - 128;
+    let e = i32::from(v) - 128;
+    [409 * e + 128, -100 * d - 208 * e + 128, 516 * d + 128]
+}
+
+#[inline(always)]
+fn put_rgb(y: u8, chroma: [i32; 3], out: &mut [u8]) {
+    let c = 298 * (i32::from(y) - 16);
+    out[0] = clamp_u8((c + chroma[0]) >> 8);
+    out[1] = clamp_u8((c + chroma[1]) >> 8);
+    out[2] = clamp_u8((c + chroma[2]) >> 8);
+}
+
+#[inline(always)]
 fn clamp_u8(value: i32) -> u8 {
     value.clamp(0, 255) as u8
 }
 
 fn yuyv_to_rgb(frame: &[u8], rgb: &mut [u8]) {
     for (pair, out) in frame.chunks_exact(4).zip(rgb.chunks_exact_mut(6)) {
-        let (y0, u, y1, v) = (pair[0], pair[1], pair[2], pair[3]);
-        out[..3].copy_from_slice(&yuv_to_rgb(y0, u, v));
-        out[3..].copy_from_slice(&yuv_to_rgb(y1, u, v));
+        let chroma = chroma_terms(pair[1], pair[3]);
+        put_rgb(pair[0], chroma, &mut out[..3]);
+        put_rgb(pair[2], chroma, &mut out[3..]);
     }
 }
 
@@ -153,13 +164,10 @@ fn nv12_to_rgb(frame: &[u8], width: usize, height: usize, rgb: &mut [u8]) {
         let luma_row = &luma[row * width..(row + 1) * width];
         let chroma_row = &chroma[(row / 2) * width..(row / 2 + 1) * width];
         let out_row = &mut rgb[row * width * 3..(row + 1) * width * 3];
-        for ((luma_pair, uv), out) in luma_row
-            .chunks_exact(2)
-            .zip(chroma_row.chunks_exact(2))
-            .zip(out_row.chunks_exact_mut(6))
-        {
-            out[..3].copy_from_slice(&yuv_to_rgb(luma_pair[0], uv[0], uv[1]));
-            out[3..].copy_from_slice(&yuv_to_rgb(luma_pair[1], uv[0], uv[1]));
+        for ((luma_pair, uv), out) in luma_row.chunks_exact(2).zip(chroma_row.chunks_exact(2)).zip(out_row.chunks_exact_mut(6)) {
+            let chroma = chroma_terms(uv[0], uv[1]);
+            put_rgb(luma_pair[0], chroma, &mut out[..3]);
+            put_rgb(luma_pair[1], chroma, &mut out[3..]);
         }
     }
 }

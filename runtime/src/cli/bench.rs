@@ -1,9 +1,10 @@
 //! `lookout bench`: timing and peak memory of the speech, vision and language paths, each beside a peer engine on
-//! the same model files in the same run, as a markdown table on stdout and report.md/report.json in `--out`.
+//! the same model files in the same run, and the cost of camera frame conversion beside OpenCV, as a markdown table on stdout and report.md/report.json in `--out`.
 //!
 //! Each configuration runs in a child process of its own so that its peak RSS is its own; this module holds
 //! what the suites share (arguments, child processes, peers, medians, the report files).
 
+mod frames;
 mod llm;
 mod npy;
 mod speech;
@@ -23,13 +24,13 @@ use super::Context;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Suite to run: `speech`, `vision` or `llm`.
+    /// Suite to run: `speech`, `vision`, `llm` or `frames`.
     #[arg(long, default_value = "speech")]
     suite: String,
     /// Speech and llm: variants to compare (default: every variant in the bundle).
     #[arg(long, value_delimiter = ',')]
     variants: Vec<String>,
-    /// Timed runs per input; medians are reported (default: 5 for speech, 10 for vision).
+    /// Timed runs per input; medians are reported (default: 5 for speech, 10 for vision, 50 for frames).
     #[arg(long)]
     repeats: Option<usize>,
     /// Speech: a short voice query (default: the prepared test data's 3.8 s query).
@@ -38,7 +39,8 @@ pub struct BenchArgs {
     /// Speech: a 30 s clip (default: the prepared test data's 30 s clip).
     #[arg(long)]
     clip: Option<PathBuf>,
-    /// Vision: JPEG or PNG files (default: two prepared photos and a rendered sign).
+    /// Vision: JPEG or PNG files (default: two prepared photos and a rendered sign); frames: the photo the frames
+    /// are made from (default: kite.jpg).
     #[arg(long, value_delimiter = ',')]
     images: Vec<PathBuf>,
     /// Vision and llm: thread counts to run, each in its own process.
@@ -66,7 +68,8 @@ pub fn run(ctx: &Context, args: BenchArgs) -> anyhow::Result<()> {
         "speech" => speech::run(ctx, &args),
         "vision" => vision::run(ctx, &args),
         "llm" => llm::run(ctx, &args),
-        other => bail!("unknown suite `{other}` (available: speech, vision, llm)"),
+        "frames" => frames::run(ctx, &args),
+        other => bail!("unknown suite `{other}` (available: speech, vision, llm, frames)"),
     }
 }
 

@@ -72,48 +72,9 @@ impl Deadline {
 }
 
 #[cfg(test)]
-pub mod counting_allocator {
-    //! A global allocator for this crate's unit tests that counts the allocations made by the current thread.
-
-    use std::alloc::{GlobalAlloc, Layout, System};
-    use std::cell::Cell;
-
-    pub struct Counting;
-
-    thread_local! {
-        static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
-    }
-
-    // SAFETY: every call is forwarded unchanged to the system allocator; only a thread-local counter is added.
-    unsafe impl GlobalAlloc for Counting {
-        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-            let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
-            unsafe { System.alloc(layout) }
-        }
-
-        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-            unsafe { System.dealloc(ptr, layout) }
-        }
-
-        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-            let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
-            unsafe { System.realloc(ptr, layout, new_size) }
-        }
-    }
-
-    #[global_allocator]
-    static GLOBAL: Counting = Counting;
-
-    /// Allocations this thread has made so far.
-    pub fn allocations() -> u64 {
-        ALLOCATIONS.with(Cell::get)
-    }
-}
-
-#[cfg(test)]
 mod tests {
     use super::buffers::{AudioRing, FrameQueue};
-    use super::counting_allocator::allocations;
+    use crate::allocations::allocations;
     use super::*;
 
     #[test]
@@ -126,14 +87,6 @@ mod tests {
         clock.advance(Duration::from_millis(200));
         assert!(!deadline.finish(&clock, started));
         assert_eq!(deadline.misses, 1);
-    }
-
-    #[test]
-    fn the_counting_allocator_sees_this_threads_allocations() {
-        let before = allocations();
-        let v = std::hint::black_box(vec![1u8; 100]);
-        assert_eq!(allocations(), before + 1);
-        drop(v);
     }
 
     /// Capture into a pooled frame, queue it, drop the oldest when the consumer lags, hand frames back, and move
