@@ -8,6 +8,7 @@ mod frames;
 mod llm;
 mod npy;
 mod speech;
+mod suite;
 mod vision;
 
 use std::ffi::OsString;
@@ -24,10 +25,12 @@ use super::Context;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Suite to run: `speech`, `vision`, `llm` or `frames`.
+    /// Suite to run: `speech`, `vision`, `llm` or `frames` (timing beside peers), or an evaluation suite file
+    /// (`runtime/bench/suites/*.toml`: inputs with references, scored per variant).
     #[arg(long, default_value = "speech")]
     suite: String,
-    /// Speech and llm: variants to compare (default: every variant in the bundle).
+    /// Speech and llm: variants to compare (default: every variant in the bundle); speech suite files take
+    /// VARIANT:WINDOW, such as `int8:fit,f32:full` (default: every variant with both windows).
     #[arg(long, value_delimiter = ',')]
     variants: Vec<String>,
     /// Timed runs per input; medians are reported (default: 5 for speech, 10 for vision, 50 for frames).
@@ -64,12 +67,15 @@ pub fn run(ctx: &Context, args: BenchArgs) -> anyhow::Result<()> {
     if args.repeats == Some(0) {
         bail!("--repeats must be at least 1");
     }
+    if args.suite.ends_with(".toml") {
+        return suite::run(ctx, &args, Path::new(&args.suite));
+    }
     match args.suite.as_str() {
         "speech" => speech::run(ctx, &args),
         "vision" => vision::run(ctx, &args),
         "llm" => llm::run(ctx, &args),
         "frames" => frames::run(ctx, &args),
-        other => bail!("unknown suite `{other}` (available: speech, vision, llm, frames)"),
+        other => bail!("unknown suite `{other}` (available: speech, vision, llm, frames, or a suite file FILE.toml)"),
     }
 }
 

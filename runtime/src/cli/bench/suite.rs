@@ -1,0 +1,401 @@
+//! Evaluation suites as data files (`lookout bench --suite FILE.toml`): inputs with their references and where
+//! they came from, each in an in-domain or a held-out split, scored for every requested model variant. An item
+//! whose file is missing or whose entry is malformed is reported on its own and the run goes on. Speech suites
+//! are scored by word and character error rate; items may name a recording or text for espeak-ng to speak.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context as _};
+use lookout_models::audio;
+use lookout_models::speech::Transcriber;
+use lookout_models::vad::SileroVad;
+use lookout_models::whisper::{DecodeOptions, Whisper, Window};
+use serde::{Deserialize, Serialize};
+
+use super::{median, write_report, BenchArgs};
+use crate::cli::Context;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SuiteFile {
+    kind: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default, rename = "item")]
+    items: Vec<toml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SpeechItem {
+    id: String,
+    /// The reference transcript.
+    text: String,
+    /// `in-domain` or `held-out`.
+    split: String,
+    /// Where the recording came from, or what made it.
+    source: String,
+    /// A recording, relative to the suite file.
+    #[serde(default)]
+    audio: Option<PathBuf>,
+    /// Or: text for espeak-ng to speak, in this voice...
+    #[serde(default)]
+    voice: Option<String>,
+    /// ...at this many words per minute.
+    #[serde(default)]
+    wpm: Option<u32>,
+}
+
+const SPLITS: [&str; 2] = ["in-domain", "held-out"];
+
+/// One item's outcome for one variant.
+#[derive(Debug, Serialize)]
+struct Scored {
+    id: String,
+    split: String,
+    source: String,
+    reference: String,
+    hypothesis: String,
+    word_errors: usize,
+    words: usize,
+    char_errors: usize,
+    chars: usize,
+    audio_s: f64,
+    ms: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct SplitScore {
+    split: String,
+    items: usize,
+    wer: f64,
+    cer: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct VariantResult {
+    variant: String,
+    load_ms: f64,
+    /// Median over items of processing time over audio duration.
+    real_time_factor: f64,
+    splits: Vec<SplitScore>,
+    items: Vec<Scored>,
+    /// Items that could not be run with this variant (a decoding error), with the reason.
+    failed: Vec<ItemError>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct ItemError {
+    item: String,
+    error: String,
+}
+
+#[derive(Serialize)]
+struct Report<'a> {
+    suite: String,
+    kind: &'a str,
+    description: &'a str,
+    skipped: &'a [ItemError],
+    variants: &'a [VariantResult],
+}
+
+/// A usable item: its reference and its audio at 16 kHz.
+struct Ready {
+    id: String,
+    split: String,
+    source: String,
+    reference: String,
+    samples: Vec<f32>,
+}
+
+pub(super) fn run(ctx: &Context, args: &BenchArgs, path: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("suite {}", path.display()))?;
+    let suite: SuiteFile = toml::from_str(&text).with_context(|| format!("suite {}", path.display()))?;
+    if suite.kind != "speech" {
+        bail!("suite {}: kind `{}` is not supported (supported: speech)", path.display(), suite.kind);
+    }
+    let base = path.parent().unwrap_or(Path::new("."));
+    let synth_dir = args.out.join("suite-audio");
+    let mut skipped = Vec::new();
+    let mut ready = Vec::new();
+    for (i, value) in suite.items.iter().enumerate() {
+        let name = value.get("id").and_then(toml::Value::as_str).map_or_else(|| format!("item {}", i + 1), str::to_string);
+        match prepare_item(value, base, &synth_dir) {
+            Ok(item) => ready.push(item),
+            Err(e) => {
+                eprintln!("bench: {name}: {e:#}");
+                skipped.push(ItemError { item: name, error: format!("{e:#}") });
+            }
+        }
+    }
+    if ready.is_empty() {
+        bail!("suite {}: none of its {} items can be run", path.display(), suite.items.len());
+    }
+
+    let bundle = ctx.open_bundle()?;
+    let variants: Vec<String> = if args.variants.is_empty() {
+        bundle.variants("asr-encoder").into_iter().flat_map(|v| ["fit", "full"].map(|w| format!("{v}:{w}"))).collect()
+    } else {
+        args.variants.clone()
+    };
+    let mut results = Vec::new();
+    for variant in &variants {
+            results.push(evaluate(ctx, variant, &ready).with_context(|| format!("variant {variant}"))?);
+    }
+    let suite_name = path.display().to_string();
+    let markdown = report_markdown(&suite_name, &suite.description, &skipped, &results);
+    write_report(&args.out, &markdown, &Report { suite: suite_name, kind: &suite.kind, description: &suite.description, skipped: &skipped, variants: &results })?;
+    let svg = args.out.join("wer.svg");
+    std::fs::write(&svg, wer_chart(&results)).with_context(|| svg.display().to_string())?;
+    eprintln!("bench: wrote {}", svg.display());
+    Ok(())
+}
+
+/// Checks one entry and loads (or synthesizes) its audio.
+fn prepare_item(value: &toml::Value, base: &Path, synth_dir: &Path) -> anyhow::Result<Ready> {
+    let item: SpeechItem = value.clone().try_into().context("malformed entry")?;
+    if !SPLITS.contains(&item.split.as_str()) {
+        bail!("split `{}` is neither `in-domain` nor `held-out`", item.split);
+    }
+    if normalize(&item.text).is_empty() {
+        bail!("the reference transcript has no words");
+    }
+    let audio_path = match (&item.audio, &item.voice) {
+        (Some(file), None) => base.join(file),
+        (None, Some(voice)) => synthesize(&item.text, voice, item.wpm.unwrap_or(150), &synth_dir.join(format!("{}.wav", item.id)))?,
+        _ => bail!("give either `audio` or `voice` (with `wpm`)"),
+    };
+    if !audio_path.is_file() {
+        bail!("{}: no such file", audio_path.display());
+    }
+    let samples = audio::load_mono_16k(&audio_path).with_context(|| audio_path.display().to_string())?;
+    Ok(Ready { id: item.id, split: item.split, source: item.source, reference: item.text, samples })
+}
+
+fn synthesize(text: &str, voice: &str, wpm: u32, out: &Path) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(out.parent().unwrap_or(Path::new("."))).with_context(|| out.display().to_string())?;
+    let status = Command::new("espeak-ng")
+        .args(["-v", voice, "-s", &wpm.to_string(), "-w"])
+        .arg(out)
+        .arg(text)
+        .status()
+        .context("espeak-ng could not be started (install espeak-ng)")?;
+    if !status.success() {
+        bail!("espeak-ng -v {voice} failed ({status})");
+    }
+    Ok(out.to_path_buf())
+}
+
+/// Runs every item through one `VARIANT:WINDOW` (for example `int8:fit`) on one thread, greedy, with the VAD, as
+/// `lookout transcribe` and the daemon hear speech.
+fn evaluate(ctx: &Context, spec: &str, items: &[Ready]) -> anyhow::Result<VariantResult> {
+    let (variant, window) = spec.split_once(':').unwrap_or((spec, "full"));
+    let window_kind = match window {
+        "full" => Window::Full,
+        "fit" => Window::FIT,
+        other => bail!("unknown window `{other}` (fit or full)"),
+    };
+    lookout_models::engine::set_threads(1);
+    let bundle = ctx.open_bundle()?;
+    let started = Instant::now();
+    let whisper = Whisper::load(&bundle, Some(variant))?;
+    let load_ms = started.elapsed().as_secs_f64() * 1e3;
+    let vad = SileroVad::load(&bundle)?;
+    let mut transcriber = Transcriber::new(&whisper, Some(&vad))?;
+    let options = DecodeOptions { window: window_kind, ..DecodeOptions::default() };
+    let (mut scored, mut failed) = (Vec::new(), Vec::new());
+    for (i, item) in items.iter().enumerate() {
+        eprint!("\rbench: {spec} {}/{} {:<40}", i + 1, items.len(), item.id);
+        let started = Instant::now();
+        match transcriber.transcribe(&item.samples, &options) {
+            Ok(t) => {
+                let ms = started.elapsed().as_secs_f64() * 1e3;
+                let (reference, hypothesis) = (normalize(&item.reference), normalize(&t.text));
+                let (ref_words, hyp_words): (Vec<&str>, Vec<&str>) = (reference.split(' ').collect(), hypothesis.split(' ').filter(|w| !w.is_empty()).collect());
+                let (ref_chars, hyp_chars): (Vec<char>, Vec<char>) = (reference.chars().collect(), hypothesis.chars().collect());
+                scored.push(Scored {
+                    id: item.id.clone(),
+                    split: item.split.clone(),
+                    source: item.source.clone(),
+                    reference: item.reference.clone(),
+                    hypothesis: t.text.trim().to_string(),
+                    word_errors: edit_distance(&ref_words, &hyp_words),
+                    words: ref_words.len(),
+                    char_errors: edit_distance(&ref_chars, &hyp_chars),
+                    chars: ref_chars.len(),
+                    audio_s: item.samples.len() as f64 / 16_000.0,
+                    ms,
+                });
+            }
+            Err(e) => failed.push(ItemError { item: item.id.clone(), error: format!("{e:#}") }),
+        }
+    }
+    let splits = SPLITS
+        .iter()
+        .filter_map(|&split| {
+            let of_split: Vec<&Scored> = scored.iter().filter(|s| s.split == split).collect();
+            let words: usize = of_split.iter().map(|s| s.words).sum();
+            let chars: usize = of_split.iter().map(|s| s.chars).sum();
+            (!of_split.is_empty()).then(|| SplitScore {
+                split: split.to_string(),
+                items: of_split.len(),
+                wer: of_split.iter().map(|s| s.word_errors).sum::<usize>() as f64 / words.max(1) as f64,
+                cer: of_split.iter().map(|s| s.char_errors).sum::<usize>() as f64 / chars.max(1) as f64,
+            })
+        })
+        .collect();
+    eprintln!();
+    let real_time_factor = median(scored.iter().map(|s| s.ms / 1e3 / s.audio_s.max(1e-3)));
+    Ok(VariantResult { variant: spec.to_string(), load_ms, real_time_factor, splits, items: scored, failed })
+}
+
+/// Lower case, punctuation dropped (apostrophes inside words kept), single spaces: how WER is usually scored.
+fn normalize(text: &str) -> String {
+    let cleaned: String = text
+        .to_lowercase()
+        .chars()
+        .map(|c| if c.is_alphanumeric() || c == '\'' { c } else { ' ' })
+        .collect();
+    cleaned.split_whitespace().map(|w| w.trim_matches('\'')).filter(|w| !w.is_empty()).collect::<Vec<_>>().join(" ")
+}
+
+/// Levenshtein distance: substitutions, insertions and deletions turning `reference` into `hypothesis`.
+fn edit_distance<T: PartialEq>(reference: &[T], hypothesis: &[T]) -> usize {
+    let mut previous: Vec<usize> = (0..=hypothesis.len()).collect();
+    let mut current = vec![0; hypothesis.len() + 1];
+    for (i, r) in reference.iter().enumerate() {
+        current[0] = i + 1;
+        for (j, h) in hypothesis.iter().enumerate() {
+            current[j + 1] = (previous[j] + usize::from(r != h)).min(previous[j + 1] + 1).min(current[j] + 1);
+        }
+        std::mem::swap(&mut previous, &mut current);
+    }
+    previous[hypothesis.len()]
+}
+
+fn percent(x: f64) -> String {
+    format!("{:.1}%", 100.0 * x)
+}
+
+fn report_markdown(suite: &str, description: &str, skipped: &[ItemError], results: &[VariantResult]) -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mut md = format!("# lookout bench --suite {suite}\n\n{} ({cores} cores), one thread, greedy decoding, Silero VAD\n\n{description}\n\n", super::cpu_name());
+    md.push_str("| variant | in-domain WER | in-domain CER | held-out WER | held-out CER | items | RTF (median) | load ms |\n");
+    md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    for r in results {
+        let split = |name: &str| r.splits.iter().find(|s| s.split == name);
+        let cell = |name: &str, wer: bool| split(name).map_or("-".into(), |s| percent(if wer { s.wer } else { s.cer }));
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {:.3} | {:.0} |\n",
+            r.variant,
+            cell("in-domain", true),
+            cell("in-domain", false),
+            cell("held-out", true),
+            cell("held-out", false),
+            r.items.len(),
+            r.real_time_factor,
+            r.load_ms
+        ));
+    }
+    md.push_str("\nWER and CER are pooled over each split's items (errors over reference words or characters) after lower-casing and dropping punctuation.\n");
+    let mut by_item: BTreeMap<&str, Vec<(&str, &Scored)>> = BTreeMap::new();
+    for r in results {
+        for s in &r.items {
+            by_item.entry(&s.id).or_default().push((&r.variant, s));
+        }
+    }
+    md.push_str("\n## Items with errors\n\n| item | split | variant | reference | heard | word errors |\n|---|---|---|---|---|---:|\n");
+    let mut any = false;
+    for (id, runs) in &by_item {
+        for (variant, s) in runs.iter().filter(|(_, s)| s.word_errors > 0) {
+            any = true;
+            md.push_str(&format!("| {id} | {} | {variant} | {} | {} | {} of {} |\n", s.split, s.reference, s.hypothesis, s.word_errors, s.words));
+        }
+    }
+    if !any {
+        md.push_str("| (none) | | | | | |\n");
+    }
+    let failed: Vec<String> = results.iter().flat_map(|r| r.failed.iter().map(move |f| format!("- {} with {}: {}", f.item, r.variant, f.error))).collect();
+    if !skipped.is_empty() || !failed.is_empty() {
+        md.push_str("\n## Items not scored\n\n");
+        for s in skipped {
+            md.push_str(&format!("- {}: {}\n", s.item, s.error));
+        }
+        for f in failed {
+            md.push_str(&format!("{f}\n"));
+        }
+    }
+    md
+}
+
+/// A grouped bar chart of WER per variant, in-domain beside held-out.
+fn wer_chart(results: &[VariantResult]) -> String {
+    let (bar, gap, left, top, height) = (28.0, 24.0, 60.0, 30.0, 200.0);
+    let max = results.iter().flat_map(|r| r.splits.iter().map(|s| s.wer)).fold(0.05_f64, f64::max);
+    let width = left + results.len() as f64 * (2.0 * bar + gap) + 20.0;
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width:.0}\" height=\"{:.0}\" font-family=\"sans-serif\" font-size=\"11\">\n\
+         <text x=\"{left}\" y=\"18\" font-size=\"13\">Word error rate per variant (blue: in-domain, orange: held-out)</text>\n\
+         <line x1=\"{left}\" y1=\"{}\" x2=\"{:.0}\" y2=\"{}\" stroke=\"black\"/>\n<text x=\"4\" y=\"{}\">{}</text>\n<text x=\"4\" y=\"{}\">0%</text>\n",
+        top + height + 50.0,
+        top + height,
+        width - 10.0,
+        top + height,
+        top + 10.0,
+        percent(max),
+        top + height
+    );
+    for (i, r) in results.iter().enumerate() {
+        let x0 = left + gap / 2.0 + i as f64 * (2.0 * bar + gap);
+        for (j, (split, colour)) in [("in-domain", "#4477aa"), ("held-out", "#ee7733")].iter().enumerate() {
+            if let Some(s) = r.splits.iter().find(|s| s.split == *split) {
+                let h = height * s.wer / max;
+                let x = x0 + j as f64 * bar;
+                svg.push_str(&format!(
+                    "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{h:.1}\" fill=\"{colour}\"><title>{} {split}: {}</title></rect>\n",
+                    top + height - h,
+                    bar - 2.0,
+                    r.variant,
+                    percent(s.wer)
+                ));
+                svg.push_str(&format!("<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"9\">{}</text>\n", x, top + height - h - 3.0, percent(s.wer)));
+            }
+        }
+        svg.push_str(&format!("<text x=\"{x0:.1}\" y=\"{:.1}\">{}</text>\n", top + height + 16.0, r.variant));
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_rates_count_substitutions_insertions_and_deletions() {
+        let words = |s: &str| s.split(' ').map(str::to_string).collect::<Vec<_>>();
+        assert_eq!(edit_distance(&words("is the door open"), &words("is the door open")), 0);
+        assert_eq!(edit_distance(&words("is the door open"), &words("is a door open")), 1);
+        assert_eq!(edit_distance(&words("is the door open"), &words("is the door wide open")), 1);
+        assert_eq!(edit_distance(&words("is the door open"), &words("door open")), 2);
+        assert_eq!(edit_distance::<char>(&[], &['a', 'b']), 2);
+        assert_eq!(normalize(" What do you see? "), "what do you see");
+        assert_eq!(normalize("Don't stop, 'now'."), "don't stop now");
+    }
+
+    #[test]
+    fn malformed_entries_are_refused_one_by_one() {
+        let base = Path::new(".");
+        let out = std::env::temp_dir();
+        let entry = |s: &str| toml::from_str::<toml::Value>(s).unwrap();
+        let error = |s: &str| format!("{:#}", prepare_item(&entry(s), base, &out).err().unwrap());
+        assert!(error("id = \"a\"\ntext = 5\nsplit = \"in-domain\"\nsource = \"x\"\naudio = \"a.wav\"").contains("malformed"));
+        assert!(error("id = \"a\"\ntext = \"hi\"\nsplit = \"train\"\nsource = \"x\"\naudio = \"a.wav\"").contains("split `train`"));
+        assert!(error("id = \"a\"\ntext = \"...\"\nsplit = \"in-domain\"\nsource = \"x\"\naudio = \"a.wav\"").contains("no words"));
+        assert!(error("id = \"a\"\ntext = \"hi\"\nsplit = \"in-domain\"\nsource = \"x\"").contains("either `audio`"));
+        assert!(error("id = \"a\"\ntext = \"hi\"\nsplit = \"in-domain\"\nsource = \"x\"\naudio = \"missing.wav\"").contains("no such file"));
+    }
+}

@@ -1,0 +1,64 @@
+//! `lookout bench` with a suite file on the real default speech models: items scored per variant, a held-out item
+//! spoken by espeak-ng, broken items reported one by one without stopping the run, and the same figures twice.
+
+mod common;
+
+use std::path::Path;
+
+use common::{lookout, testdata_dir};
+use serde_json::Value;
+
+fn write_suite(dir: &Path, items: &str) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("suite.toml");
+    std::fs::write(&path, format!("kind = \"speech\"\ndescription = \"test suite\"\n{items}")).unwrap();
+    path.display().to_string()
+}
+
+fn run_suite(suite: &str, out: &Path) -> Value {
+    let result = lookout(&["bench", "--suite", suite, "--variants", "int8:fit", "--out", out.to_str().unwrap()]);
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn a_suite_file_is_scored_item_by_item_and_broken_items_do_not_stop_it() {
+    let dir = std::env::temp_dir().join(format!("lookout-suite-{}", std::process::id()));
+    let clip = testdata_dir().join("speech/what_do_you_see.wav");
+    let items = format!(
+        "[[item]]\nid = \"see\"\ntext = \"What do you see?\"\nsplit = \"in-domain\"\nsource = \"prepared\"\naudio = \"{}\"\n\
+         [[item]]\nid = \"gone\"\ntext = \"is the door open\"\nsplit = \"in-domain\"\nsource = \"nowhere\"\naudio = \"gone.wav\"\n\
+         [[item]]\nid = \"bad\"\ntext = 5\nsplit = \"in-domain\"\nsource = \"x\"\naudio = \"gone.wav\"\n\
+         [[item]]\nid = \"spoken\"\ntext = \"is the kitchen light on\"\nsplit = \"held-out\"\nsource = \"espeak-ng en-gb\"\nvoice = \"en-gb\"\nwpm = 140\n",
+        clip.display()
+    );
+    let suite = write_suite(&dir, &items);
+    let first = run_suite(&suite, &dir.join("out1"));
+    let skipped: Vec<(&str, &str)> = first["skipped"].as_array().unwrap().iter().map(|s| (s["item"].as_str().unwrap(), s["error"].as_str().unwrap())).collect();
+    assert_eq!(skipped.len(), 2, "{skipped:?}");
+    assert!(skipped[0].0 == "gone" && skipped[0].1.contains("no such file"), "{skipped:?}");
+    assert!(skipped[1].0 == "bad" && skipped[1].1.contains("malformed"), "{skipped:?}");
+    let variant = &first["variants"][0];
+    assert_eq!(variant["variant"], "int8:fit");
+    let scored = variant["items"].as_array().unwrap();
+    assert_eq!(scored.len(), 2);
+    assert_eq!((scored[0]["id"].as_str(), scored[0]["word_errors"].as_u64(), scored[0]["words"].as_u64()), (Some("see"), Some(0), Some(4)), "{}", scored[0]);
+    let held_out = variant["splits"].as_array().unwrap().iter().find(|s| s["split"] == "held-out").expect("a held-out score");
+    assert!(held_out["wer"].as_f64().unwrap() <= 0.4, "{held_out}");
+    let markdown = std::fs::read_to_string(dir.join("out1/report.md")).unwrap();
+    assert!(markdown.contains("## Items not scored") && markdown.contains("- gone:"), "{markdown}");
+    assert!(std::fs::read_to_string(dir.join("out1/wer.svg")).unwrap().starts_with("<svg"));
+
+    // Greedy decoding: a second run hears the same words.
+    let second = run_suite(&suite, &dir.join("out2"));
+    for (a, b) in scored.iter().zip(second["variants"][0]["items"].as_array().unwrap()) {
+        assert_eq!(a["hypothesis"], b["hypothesis"]);
+    }
+
+    // A suite with nothing runnable is an error, not an empty report.
+    let broken = write_suite(&dir.join("broken"), "[[item]]\nid = \"gone\"\ntext = \"hi\"\nsplit = \"in-domain\"\nsource = \"x\"\naudio = \"gone.wav\"\n");
+    let result = lookout(&["bench", "--suite", &broken, "--out", dir.join("out3").to_str().unwrap()]);
+    assert!(!result.status.success());
+    assert!(String::from_utf8_lossy(&result.stderr).contains("none of its 1 items"), "{}", String::from_utf8_lossy(&result.stderr));
+    let _ = std::fs::remove_dir_all(&dir);
+}
