@@ -62,3 +62,36 @@ fn a_suite_file_is_scored_item_by_item_and_broken_items_do_not_stop_it() {
     assert!(String::from_utf8_lossy(&result.stderr).contains("none of its 1 items"), "{}", String::from_utf8_lossy(&result.stderr));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_vision_suite_scores_labels_counts_and_text_per_threshold() {
+    let dir = std::env::temp_dir().join(format!("lookout-vision-suite-{}", std::process::id()));
+    let vision = testdata_dir().join("vision");
+    let items = format!(
+        "[[item]]\nid = \"dog\"\nsplit = \"in-domain\"\nsource = \"darknet\"\nimage = \"{}\"\nobjects = {{ dog = 1, bicycle = 1, truck = 1 }}\nalso = [\"car\"]\n\
+         [[item]]\nid = \"sign\"\nsplit = \"held-out\"\nsource = \"rendered\"\nimage = \"{}\"\ntext = \"EXIT 42\\nPlatform 9\"\n\
+         [[item]]\nid = \"dragon\"\nsplit = \"held-out\"\nsource = \"x\"\nimage = \"{}\"\nobjects = {{ dragon = 1 }}\n\
+         [[item]]\nid = \"gone\"\nsplit = \"held-out\"\nsource = \"x\"\nimage = \"gone.jpg\"\nobjects = {{ dog = 1 }}\n",
+        vision.join("photos/dog.jpg").display(),
+        vision.join("text/sign.png").display(),
+        vision.join("photos/dog.jpg").display()
+    );
+    std::fs::create_dir_all(&dir).unwrap();
+    let suite = dir.join("vision.toml");
+    std::fs::write(&suite, format!("kind = \"vision\"\n{items}")).unwrap();
+    let out = dir.join("out");
+    let result = lookout(&["bench", "--suite", suite.to_str().unwrap(), "--variants", "0.3,0.9", "--out", out.to_str().unwrap()]);
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let skipped: Vec<&str> = report["skipped"].as_array().unwrap().iter().map(|s| s["error"].as_str().unwrap()).collect();
+    assert!(skipped.len() == 2 && skipped[0].contains("`dragon` is not one of the detector's labels"), "{skipped:?}");
+    let at = |i: usize| &report["variants"][i];
+    let dog = &at(0)["items"][0];
+    assert_eq!(dog["id"], "dog");
+    assert!(!dog["missed"].as_array().unwrap().iter().any(|l| l == "dog" || l == "bicycle"), "{dog}");
+    assert_eq!(at(0)["items"][1]["char_errors"], 0, "{}", at(0)["items"][1]);
+    let recall = |i: usize| at(i)["splits"].as_array().unwrap().iter().find(|s| s["split"] == "in-domain").unwrap()["recall"].as_f64().unwrap();
+    assert!(recall(0) >= 2.0 / 3.0 && recall(1) < recall(0), "recall at 0.3: {}, at 0.9: {}", recall(0), recall(1));
+    assert!(std::fs::read_to_string(out.join("recall.svg")).unwrap().starts_with("<svg"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

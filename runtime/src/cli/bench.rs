@@ -10,6 +10,7 @@ mod npy;
 mod speech;
 mod suite;
 mod vision;
+mod vision_suite;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};

@@ -1,7 +1,8 @@
 //! Evaluation suites as data files (`lookout bench --suite FILE.toml`): inputs with their references and where
 //! they came from, each in an in-domain or a held-out split, scored for every requested model variant. An item
 //! whose file is missing or whose entry is malformed is reported on its own and the run goes on. Speech suites
-//! are scored by word and character error rate; items may name a recording or text for espeak-ng to speak.
+//! (here) are scored by word and character error rate, their items naming a recording or text for espeak-ng to
+//! speak; vision suites are in `vision_suite.rs`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,7 +21,7 @@ use crate::cli::Context;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SuiteFile {
+pub(super) struct SuiteFile {
     kind: String,
     #[serde(default)]
     description: String,
@@ -49,7 +50,7 @@ struct SpeechItem {
     wpm: Option<u32>,
 }
 
-const SPLITS: [&str; 2] = ["in-domain", "held-out"];
+pub(super) const SPLITS: [&str; 2] = ["in-domain", "held-out"];
 
 /// One item's outcome for one variant.
 #[derive(Debug, Serialize)]
@@ -88,18 +89,19 @@ struct VariantResult {
 }
 
 #[derive(Debug, Clone, Serialize)]
-struct ItemError {
-    item: String,
-    error: String,
+pub(super) struct ItemError {
+    pub item: String,
+    pub error: String,
 }
 
+/// report.json of a suite run, whatever its kind.
 #[derive(Serialize)]
-struct Report<'a> {
-    suite: String,
-    kind: &'a str,
-    description: &'a str,
-    skipped: &'a [ItemError],
-    variants: &'a [VariantResult],
+pub(super) struct SuiteReport<'a, V: Serialize> {
+    pub suite: String,
+    pub kind: &'a str,
+    pub description: &'a str,
+    pub skipped: &'a [ItemError],
+    pub variants: &'a [V],
 }
 
 /// A usable item: its reference and its audio at 16 kHz.
@@ -114,16 +116,19 @@ struct Ready {
 pub(super) fn run(ctx: &Context, args: &BenchArgs, path: &Path) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(path).with_context(|| format!("suite {}", path.display()))?;
     let suite: SuiteFile = toml::from_str(&text).with_context(|| format!("suite {}", path.display()))?;
-    if suite.kind != "speech" {
-        bail!("suite {}: kind `{}` is not supported (supported: speech)", path.display(), suite.kind);
+    match suite.kind.as_str() {
+        "speech" => run_speech(ctx, args, path, &suite),
+        "vision" => super::vision_suite::run(ctx, args, path, &suite.description, &suite.items),
+        other => bail!("suite {}: kind `{other}` is not supported (speech or vision)", path.display()),
     }
-    let base = path.parent().unwrap_or(Path::new("."));
-    let synth_dir = args.out.join("suite-audio");
-    let mut skipped = Vec::new();
-    let mut ready = Vec::new();
-    for (i, value) in suite.items.iter().enumerate() {
+}
+
+/// Checks every entry with `prepare`; the ones it refuses are returned with the reason, named by their `id`.
+pub(super) fn prepare_items<T>(path: &Path, items: &[toml::Value], mut prepare: impl FnMut(&toml::Value) -> anyhow::Result<T>) -> anyhow::Result<(Vec<T>, Vec<ItemError>)> {
+    let (mut ready, mut skipped) = (Vec::new(), Vec::new());
+    for (i, value) in items.iter().enumerate() {
         let name = value.get("id").and_then(toml::Value::as_str).map_or_else(|| format!("item {}", i + 1), str::to_string);
-        match prepare_item(value, base, &synth_dir) {
+        match prepare(value) {
             Ok(item) => ready.push(item),
             Err(e) => {
                 eprintln!("bench: {name}: {e:#}");
@@ -132,8 +137,23 @@ pub(super) fn run(ctx: &Context, args: &BenchArgs, path: &Path) -> anyhow::Resul
         }
     }
     if ready.is_empty() {
-        bail!("suite {}: none of its {} items can be run", path.display(), suite.items.len());
+        bail!("suite {}: none of its {} items can be run", path.display(), items.len());
     }
+    Ok((ready, skipped))
+}
+
+/// Checks an item's `split`.
+pub(super) fn check_split(split: &str) -> anyhow::Result<()> {
+    if !SPLITS.contains(&split) {
+        bail!("split `{split}` is neither `in-domain` nor `held-out`");
+    }
+    Ok(())
+}
+
+fn run_speech(ctx: &Context, args: &BenchArgs, path: &Path, suite: &SuiteFile) -> anyhow::Result<()> {
+    let base = path.parent().unwrap_or(Path::new("."));
+    let synth_dir = args.out.join("suite-audio");
+    let (ready, skipped) = prepare_items(path, &suite.items, |value| prepare_item(value, base, &synth_dir))?;
 
     let bundle = ctx.open_bundle()?;
     let variants: Vec<String> = if args.variants.is_empty() {
@@ -147,9 +167,16 @@ pub(super) fn run(ctx: &Context, args: &BenchArgs, path: &Path) -> anyhow::Resul
     }
     let suite_name = path.display().to_string();
     let markdown = report_markdown(&suite_name, &suite.description, &skipped, &results);
-    write_report(&args.out, &markdown, &Report { suite: suite_name, kind: &suite.kind, description: &suite.description, skipped: &skipped, variants: &results })?;
+    write_report(&args.out, &markdown, &SuiteReport { suite: suite_name, kind: &suite.kind, description: &suite.description, skipped: &skipped, variants: &results })?;
     let svg = args.out.join("wer.svg");
-    std::fs::write(&svg, wer_chart(&results)).with_context(|| svg.display().to_string())?;
+    let bars: Vec<_> = results
+        .iter()
+        .map(|r| {
+            let wer = |name: &str| r.splits.iter().find(|s| s.split == name).map(|s| s.wer);
+            (r.variant.clone(), wer("in-domain"), wer("held-out"))
+        })
+        .collect();
+    std::fs::write(&svg, split_chart("Word error rate per variant", &bars)).with_context(|| svg.display().to_string())?;
     eprintln!("bench: wrote {}", svg.display());
     Ok(())
 }
@@ -157,9 +184,7 @@ pub(super) fn run(ctx: &Context, args: &BenchArgs, path: &Path) -> anyhow::Resul
 /// Checks one entry and loads (or synthesizes) its audio.
 fn prepare_item(value: &toml::Value, base: &Path, synth_dir: &Path) -> anyhow::Result<Ready> {
     let item: SpeechItem = value.clone().try_into().context("malformed entry")?;
-    if !SPLITS.contains(&item.split.as_str()) {
-        bail!("split `{}` is neither `in-domain` nor `held-out`", item.split);
-    }
+    check_split(&item.split)?;
     if normalize(&item.text).is_empty() {
         bail!("the reference transcript has no words");
     }
@@ -263,7 +288,7 @@ fn normalize(text: &str) -> String {
 }
 
 /// Levenshtein distance: substitutions, insertions and deletions turning `reference` into `hypothesis`.
-fn edit_distance<T: PartialEq>(reference: &[T], hypothesis: &[T]) -> usize {
+pub(super) fn edit_distance<T: PartialEq>(reference: &[T], hypothesis: &[T]) -> usize {
     let mut previous: Vec<usize> = (0..=hypothesis.len()).collect();
     let mut current = vec![0; hypothesis.len() + 1];
     for (i, r) in reference.iter().enumerate() {
@@ -276,13 +301,12 @@ fn edit_distance<T: PartialEq>(reference: &[T], hypothesis: &[T]) -> usize {
     previous[hypothesis.len()]
 }
 
-fn percent(x: f64) -> String {
+pub(super) fn percent(x: f64) -> String {
     format!("{:.1}%", 100.0 * x)
 }
 
 fn report_markdown(suite: &str, description: &str, skipped: &[ItemError], results: &[VariantResult]) -> String {
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let mut md = format!("# lookout bench --suite {suite}\n\n{} ({cores} cores), one thread, greedy decoding, Silero VAD\n\n{description}\n\n", super::cpu_name());
+    let mut md = suite_heading(suite, "one thread, greedy decoding, Silero VAD", description);
     md.push_str("| variant | in-domain WER | in-domain CER | held-out WER | held-out CER | items | RTF (median) | load ms |\n");
     md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in results {
@@ -318,27 +342,41 @@ fn report_markdown(suite: &str, description: &str, skipped: &[ItemError], result
     if !any {
         md.push_str("| (none) | | | | | |\n");
     }
-    let failed: Vec<String> = results.iter().flat_map(|r| r.failed.iter().map(move |f| format!("- {} with {}: {}", f.item, r.variant, f.error))).collect();
-    if !skipped.is_empty() || !failed.is_empty() {
-        md.push_str("\n## Items not scored\n\n");
-        for s in skipped {
-            md.push_str(&format!("- {}: {}\n", s.item, s.error));
-        }
-        for f in failed {
-            md.push_str(&format!("{f}\n"));
-        }
+    let failed: Vec<(&str, &ItemError)> = results.iter().flat_map(|r| r.failed.iter().map(move |f| (r.variant.as_str(), f))).collect();
+    md.push_str(&not_scored_markdown(skipped, &failed));
+    md
+}
+
+/// The report's list of items refused before the run and items that failed with one variant.
+pub(super) fn not_scored_markdown(skipped: &[ItemError], failed: &[(&str, &ItemError)]) -> String {
+    if skipped.is_empty() && failed.is_empty() {
+        return String::new();
+    }
+    let mut md = String::from("\n## Items not scored\n\n");
+    for s in skipped {
+        md.push_str(&format!("- {}: {}\n", s.item, s.error));
+    }
+    for (variant, f) in failed {
+        md.push_str(&format!("- {} with {variant}: {}\n", f.item, f.error));
     }
     md
 }
 
-/// A grouped bar chart of WER per variant, in-domain beside held-out.
-fn wer_chart(results: &[VariantResult]) -> String {
+/// The report's title and machine line.
+pub(super) fn suite_heading(suite: &str, conditions: &str, description: &str) -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("# lookout bench --suite {suite}\n\n{} ({cores} cores), {conditions}\n\n{description}\n\n", super::cpu_name())
+}
+
+/// A grouped bar chart of one metric per variant, in-domain beside held-out; `bars` holds (variant, in-domain,
+/// held-out) fractions.
+pub(super) fn split_chart(title: &str, bars: &[(String, Option<f64>, Option<f64>)]) -> String {
     let (bar, gap, left, top, height) = (28.0, 24.0, 60.0, 30.0, 200.0);
-    let max = results.iter().flat_map(|r| r.splits.iter().map(|s| s.wer)).fold(0.05_f64, f64::max);
-    let width = left + results.len() as f64 * (2.0 * bar + gap) + 20.0;
+    let max = bars.iter().flat_map(|b| [b.1, b.2]).flatten().fold(0.05_f64, f64::max);
+    let width = left + bars.len() as f64 * (2.0 * bar + gap) + 20.0;
     let mut svg = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width:.0}\" height=\"{:.0}\" font-family=\"sans-serif\" font-size=\"11\">\n\
-         <text x=\"{left}\" y=\"18\" font-size=\"13\">Word error rate per variant (blue: in-domain, orange: held-out)</text>\n\
+         <text x=\"{left}\" y=\"18\" font-size=\"13\">{title} (blue: in-domain, orange: held-out)</text>\n\
          <line x1=\"{left}\" y1=\"{}\" x2=\"{:.0}\" y2=\"{}\" stroke=\"black\"/>\n<text x=\"4\" y=\"{}\">{}</text>\n<text x=\"4\" y=\"{}\">0%</text>\n",
         top + height + 50.0,
         top + height,
@@ -348,23 +386,21 @@ fn wer_chart(results: &[VariantResult]) -> String {
         percent(max),
         top + height
     );
-    for (i, r) in results.iter().enumerate() {
+    for (i, (variant, in_domain, held_out)) in bars.iter().enumerate() {
         let x0 = left + gap / 2.0 + i as f64 * (2.0 * bar + gap);
-        for (j, (split, colour)) in [("in-domain", "#4477aa"), ("held-out", "#ee7733")].iter().enumerate() {
-            if let Some(s) = r.splits.iter().find(|s| s.split == *split) {
-                let h = height * s.wer / max;
-                let x = x0 + j as f64 * bar;
-                svg.push_str(&format!(
-                    "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{h:.1}\" fill=\"{colour}\"><title>{} {split}: {}</title></rect>\n",
-                    top + height - h,
-                    bar - 2.0,
-                    r.variant,
-                    percent(s.wer)
-                ));
-                svg.push_str(&format!("<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"9\">{}</text>\n", x, top + height - h - 3.0, percent(s.wer)));
-            }
+        for (j, (split, value, colour)) in [("in-domain", in_domain, "#4477aa"), ("held-out", held_out, "#ee7733")].into_iter().enumerate() {
+            let Some(value) = *value else { continue };
+            let h = height * value / max;
+            let x = x0 + j as f64 * bar;
+            svg.push_str(&format!(
+                "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{h:.1}\" fill=\"{colour}\"><title>{variant} {split}: {}</title></rect>\n",
+                top + height - h,
+                bar - 2.0,
+                percent(value)
+            ));
+            svg.push_str(&format!("<text x=\"{x:.1}\" y=\"{:.1}\" font-size=\"9\">{}</text>\n", top + height - h - 3.0, percent(value)));
         }
-        svg.push_str(&format!("<text x=\"{x0:.1}\" y=\"{:.1}\">{}</text>\n", top + height + 16.0, r.variant));
+        svg.push_str(&format!("<text x=\"{x0:.1}\" y=\"{:.1}\">{variant}</text>\n", top + height + 16.0));
     }
     svg.push_str("</svg>\n");
     svg

@@ -1,0 +1,273 @@
+//! Vision suite files (`kind = "vision"`): photos with the objects in them (label and, where it is clear, how
+//! many) and rendered text with its reference, scored per detector score threshold: label precision and recall,
+//! the rate of reported labels that are not in the photo, count accuracy, and OCR character error rate.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context as _};
+use lookout_models::vision::image::{load_image, RgbImage};
+use lookout_models::vision::VisionModels;
+use serde::{Deserialize, Serialize};
+
+use super::suite::{check_split, edit_distance, not_scored_markdown, percent, prepare_items, split_chart, suite_heading, ItemError, SuiteReport, SPLITS};
+use super::{median, write_report, BenchArgs};
+use crate::cli::Context;
+
+/// Score thresholds compared, beside the bundle's own, when `--variants` names none.
+const OTHER_THRESHOLDS: [f32; 3] = [0.25, 0.4, 0.55];
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VisionItem {
+    id: String,
+    split: String,
+    source: String,
+    /// Relative to the suite file.
+    image: PathBuf,
+    /// COCO label → how many are in the photo (0: present, too many or too small to count).
+    #[serde(default)]
+    objects: BTreeMap<String, usize>,
+    /// Labels that may be reported without being required (a pickup reported as a car, a table under a cup).
+    #[serde(default)]
+    also: Vec<String>,
+    /// The text in the image, one line per line.
+    #[serde(default)]
+    text: Option<String>,
+}
+
+struct Ready {
+    item: VisionItem,
+    image: RgbImage,
+}
+
+#[derive(Debug, Serialize)]
+struct Scored {
+    id: String,
+    split: String,
+    source: String,
+    found: BTreeMap<String, usize>,
+    missed: Vec<String>,
+    not_in_photo: Vec<String>,
+    counts_right: usize,
+    counts_checked: usize,
+    text: Option<String>,
+    char_errors: usize,
+    chars: usize,
+    ms: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct SplitScore {
+    split: String,
+    items: usize,
+    precision: f64,
+    recall: f64,
+    /// Reported labels not in the photo, over all reported labels.
+    not_in_photo_rate: f64,
+    count_accuracy: Option<f64>,
+    ocr_cer: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+struct VariantResult {
+    variant: String,
+    threshold: f32,
+    median_ms: f64,
+    splits: Vec<SplitScore>,
+    items: Vec<Scored>,
+    failed: Vec<ItemError>,
+}
+
+pub(super) fn run(ctx: &Context, args: &BenchArgs, path: &Path, description: &str, items: &[toml::Value]) -> anyhow::Result<()> {
+    lookout_models::engine::set_threads(1);
+    let bundle = ctx.open_bundle()?;
+    let mut models = VisionModels::load(&bundle, true)?;
+    let thresholds: Vec<f32> = if args.variants.is_empty() {
+        let mut all = OTHER_THRESHOLDS.to_vec();
+        all.push(models.detector.filter.score_threshold);
+        all.sort_by(f32::total_cmp);
+        all.dedup();
+        all
+    } else {
+        args.variants
+            .iter()
+            .map(|v| match v.parse::<f32>() {
+                Ok(t) if (0.0..=1.0).contains(&t) => Ok(t),
+                _ => bail!("vision suites take score thresholds between 0 and 1 as variants, got `{v}`"),
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
+    let labels: BTreeSet<String> = models.detector.labels().iter().cloned().collect();
+    let base = path.parent().unwrap_or(Path::new("."));
+    let (ready, skipped) = prepare_items(path, items, |value| prepare_item(value, base, &labels))?;
+
+    let mut results = Vec::new();
+    for threshold in thresholds {
+        models.set_score_threshold(threshold);
+        results.push(evaluate(&models, threshold, &ready)?);
+    }
+    let suite = path.display().to_string();
+    let markdown = report_markdown(&suite, description, &skipped, &results);
+    write_report(&args.out, &markdown, &SuiteReport { suite: suite.clone(), kind: "vision", description, skipped: &skipped, variants: &results })?;
+    for (file, title, metric) in [
+        ("recall.svg", "Label recall per threshold", (|s: &SplitScore| s.recall) as fn(&SplitScore) -> f64),
+        ("not-in-photo.svg", "Reported labels not in the photo", |s: &SplitScore| s.not_in_photo_rate),
+    ] {
+        let bars: Vec<_> = results
+            .iter()
+            .map(|r| {
+                let of = |name: &str| r.splits.iter().find(|s| s.split == name).map(metric);
+                (r.variant.clone(), of("in-domain"), of("held-out"))
+            })
+            .collect();
+        let svg = args.out.join(file);
+        std::fs::write(&svg, split_chart(title, &bars)).with_context(|| svg.display().to_string())?;
+    }
+    eprintln!("bench: wrote recall.svg and not-in-photo.svg in {}", args.out.display());
+    Ok(())
+}
+
+fn prepare_item(value: &toml::Value, base: &Path, labels: &BTreeSet<String>) -> anyhow::Result<Ready> {
+    let item: VisionItem = value.clone().try_into().context("malformed entry")?;
+    check_split(&item.split)?;
+    if let Some(unknown) = item.objects.keys().chain(&item.also).find(|l| !labels.contains(*l)) {
+        bail!("`{unknown}` is not one of the detector's labels");
+    }
+    if item.objects.is_empty() && item.text.is_none() {
+        bail!("give `objects`, `text` or both");
+    }
+    let file = base.join(&item.image);
+    let image = load_image(&file).with_context(|| file.display().to_string())?;
+    Ok(Ready { item, image })
+}
+
+fn evaluate(models: &VisionModels, threshold: f32, items: &[Ready]) -> anyhow::Result<VariantResult> {
+    let variant = format!("threshold {threshold}");
+    let mut session = models.session()?;
+    let (mut scored, mut failed) = (Vec::new(), Vec::new());
+    for (i, Ready { item, image }) in items.iter().enumerate() {
+        eprint!("\rbench: {variant} {}/{} {:<30}", i + 1, items.len(), item.id);
+        let started = Instant::now();
+        let scene = match session.describe(image) {
+            Ok(scene) => scene,
+            Err(e) => {
+                failed.push(ItemError { item: item.id.clone(), error: format!("{e:#}") });
+                continue;
+            }
+        };
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        let (mut missed, mut not_in_photo) = (Vec::new(), Vec::new());
+        let (mut counts_right, mut counts_checked) = (0, 0);
+        if !item.objects.is_empty() {
+            for (label, &count) in &item.objects {
+                match scene.counts.get(label) {
+                    None => missed.push(label.clone()),
+                    Some(&n) if count > 0 => counts_right += usize::from(n == count),
+                    Some(_) => {}
+                }
+                counts_checked += usize::from(count > 0);
+            }
+            not_in_photo = scene.counts.keys().filter(|l| !item.objects.contains_key(*l) && !item.also.contains(l)).cloned().collect();
+        }
+        let read: Vec<&str> = scene.text.iter().map(|l| l.text.as_str()).collect();
+        let (char_errors, chars) = match &item.text {
+            Some(reference) => {
+                let reference: Vec<char> = single_spaced(reference).chars().collect();
+                let heard: Vec<char> = single_spaced(&read.join(" ")).chars().collect();
+                (edit_distance(&reference, &heard), reference.len())
+            }
+            None => (0, 0),
+        };
+        scored.push(Scored {
+            id: item.id.clone(),
+            split: item.split.clone(),
+            source: item.source.clone(),
+            found: if item.objects.is_empty() { BTreeMap::new() } else { scene.counts.clone() },
+            missed,
+            not_in_photo,
+            counts_right,
+            counts_checked,
+            text: item.text.as_ref().map(|_| read.join("\n")),
+            char_errors,
+            chars,
+            ms,
+        });
+    }
+    eprintln!();
+    let splits = SPLITS.iter().filter_map(|&split| split_score(split, items, &scored)).collect();
+    Ok(VariantResult { variant, threshold, median_ms: median(scored.iter().map(|s| s.ms)), splits, items: scored, failed })
+}
+
+/// Pooled over one split's items: true positives are required labels found; labels found that are neither
+/// required nor allowed count against precision.
+fn split_score(split: &str, items: &[Ready], scored: &[Scored]) -> Option<SplitScore> {
+    let of_split: Vec<&Scored> = scored.iter().filter(|s| s.split == split).collect();
+    if of_split.is_empty() {
+        return None;
+    }
+    let required = |s: &Scored| items.iter().find(|r| r.item.id == s.id).map_or(0, |r| r.item.objects.len());
+    let with_objects: Vec<&&Scored> = of_split.iter().filter(|s| required(s) > 0).collect();
+    let true_positives: usize = with_objects.iter().map(|s| required(s) - s.missed.len()).sum();
+    let reported: usize = with_objects.iter().map(|s| s.found.len()).sum();
+    let wrong: usize = with_objects.iter().map(|s| s.not_in_photo.len()).sum();
+    let wanted: usize = with_objects.iter().map(|s| required(s)).sum();
+    let checked: usize = of_split.iter().map(|s| s.counts_checked).sum();
+    let chars: usize = of_split.iter().map(|s| s.chars).sum();
+    Some(SplitScore {
+        split: split.to_string(),
+        items: of_split.len(),
+        precision: true_positives as f64 / (true_positives + wrong).max(1) as f64,
+        recall: true_positives as f64 / wanted.max(1) as f64,
+        not_in_photo_rate: wrong as f64 / reported.max(1) as f64,
+        count_accuracy: (checked > 0).then(|| of_split.iter().map(|s| s.counts_right).sum::<usize>() as f64 / checked as f64),
+        ocr_cer: (chars > 0).then(|| of_split.iter().map(|s| s.char_errors).sum::<usize>() as f64 / chars as f64),
+    })
+}
+
+fn single_spaced(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn report_markdown(suite: &str, description: &str, skipped: &[ItemError], results: &[VariantResult]) -> String {
+    let mut md = suite_heading(suite, "one thread, detector and OCR", description);
+    md.push_str("| threshold | split | items | label precision | label recall | labels not in photo | count accuracy | OCR CER | median ms |\n");
+    md.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    let optional = |v: Option<f64>| v.map_or("-".to_string(), percent);
+    for r in results {
+        for s in &r.splits {
+            md.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {:.0} |\n",
+                r.threshold,
+                s.split,
+                s.items,
+                percent(s.precision),
+                percent(s.recall),
+                percent(s.not_in_photo_rate),
+                optional(s.count_accuracy),
+                optional(s.ocr_cer),
+                r.median_ms
+            ));
+        }
+    }
+    md.push_str("\nPrecision, recall and count accuracy are pooled over each split's photos; OCR CER over its rendered text (whitespace collapsed, case kept).\n");
+    md.push_str("\n## Photos and text with errors\n\n| item | threshold | missed | not in photo | counts found | text read |\n|---|---|---|---|---|---|\n");
+    for r in results {
+        for s in r.items.iter().filter(|s| !s.missed.is_empty() || !s.not_in_photo.is_empty() || s.counts_right < s.counts_checked || s.char_errors > 0) {
+            let found: Vec<String> = s.found.iter().map(|(l, n)| format!("{l} {n}")).collect();
+            md.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} |\n",
+                s.id,
+                r.threshold,
+                s.missed.join(", "),
+                s.not_in_photo.join(", "),
+                found.join(", "),
+                s.text.as_deref().unwrap_or("").replace('\n', " / ")
+            ));
+        }
+    }
+    let failed: Vec<(&str, &ItemError)> = results.iter().flat_map(|r| r.failed.iter().map(move |f| (r.variant.as_str(), f))).collect();
+    md.push_str(&not_scored_markdown(skipped, &failed));
+    md
+}
