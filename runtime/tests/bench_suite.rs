@@ -95,3 +95,31 @@ fn a_vision_suite_scores_labels_counts_and_text_per_threshold() {
     assert!(std::fs::read_to_string(out.join("recall.svg")).unwrap().starts_with("<svg"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn an_end_to_end_suite_scores_captions_and_answers() {
+    let dir = std::env::temp_dir().join(format!("lookout-e2e-suite-{}", std::process::id()));
+    let data = testdata_dir();
+    let items = format!(
+        "[[item]]\nid = \"cat\"\nsplit = \"in-domain\"\nsource = \"skimage\"\nimage = \"{}\"\nobjects = {{ cat = 1 }}\nquestion = \"what animal is this?\"\nexpect = [\"cat\"]\n\
+         [[item]]\nid = \"people\"\nsplit = \"held-out\"\nsource = \"darknet\"\nimage = \"{}\"\nobjects = {{ kite = 0, person = 0 }}\naudio = \"{}\"\nexpect = [\"9\", \"nine\"]\n\
+         [[item]]\nid = \"no_expect\"\nsplit = \"held-out\"\nsource = \"x\"\nimage = \"{}\"\nobjects = {{ cat = 1 }}\nquestion = \"what is it?\"\n",
+        data.join("vision/photos/chelsea.png").display(),
+        data.join("vision/photos/kite.jpg").display(),
+        data.join("speech/how_many_people.wav").display(),
+        data.join("vision/photos/chelsea.png").display()
+    );
+    std::fs::create_dir_all(&dir).unwrap();
+    let suite = dir.join("e2e.toml");
+    std::fs::write(&suite, format!("kind = \"e2e\"\n{items}")).unwrap();
+    let out = dir.join("out");
+    let result = lookout(&["bench", "--suite", suite.to_str().unwrap(), "--variants", "scene", "--out", out.to_str().unwrap()]);
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert!(report["skipped"][0]["error"].as_str().unwrap().contains("needs `expect`"), "{}", report["skipped"]);
+    let items = report["variants"][0]["items"].as_array().unwrap();
+    assert_eq!((items[0]["named"][0].as_str(), items[0]["answer_right"].as_bool()), (Some("cat"), Some(true)), "{}", items[0]);
+    assert_eq!(items[1]["question"], "How many people are outside?", "Whisper hears the spoken question");
+    assert!(items[1]["named"].as_array().unwrap().len() == 2 && items[1]["not_in_photo"].as_array().unwrap().is_empty(), "{}", items[1]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

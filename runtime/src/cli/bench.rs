@@ -4,6 +4,7 @@
 //! Each configuration runs in a child process of its own so that its peak RSS is its own; this module holds
 //! what the suites share (arguments, child processes, peers, medians, the report files).
 
+mod e2e_suite;
 mod frames;
 mod llm;
 mod npy;

@@ -2,7 +2,7 @@
 //! they came from, each in an in-domain or a held-out split, scored for every requested model variant. An item
 //! whose file is missing or whose entry is malformed is reported on its own and the run goes on. Speech suites
 //! (here) are scored by word and character error rate, their items naming a recording or text for espeak-ng to
-//! speak; vision suites are in `vision_suite.rs`.
+//! speak; vision suites are in `vision_suite.rs`, end-to-end ones in `e2e_suite.rs`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -119,7 +119,8 @@ pub(super) fn run(ctx: &Context, args: &BenchArgs, path: &Path) -> anyhow::Resul
     match suite.kind.as_str() {
         "speech" => run_speech(ctx, args, path, &suite),
         "vision" => super::vision_suite::run(ctx, args, path, &suite.description, &suite.items),
-        other => bail!("suite {}: kind `{other}` is not supported (speech or vision)", path.display()),
+        "e2e" => super::e2e_suite::run(ctx, args, path, &suite.description, &suite.items),
+        other => bail!("suite {}: kind `{other}` is not supported (speech, vision or e2e)", path.display()),
     }
 }
 

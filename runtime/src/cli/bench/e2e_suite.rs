@@ -1,0 +1,297 @@
+//! End-to-end suite files (`kind = "e2e"`): a photo with the objects in it, captioned, and optionally a question
+//! about it (typed, or a recording heard through Whisper) with the words a right answer contains. Scored per
+//! language-decoder variant (and `scene`, the deterministic sentence without a decoder): caption object recall,
+//! the rate of objects named in captions that are not in the photo, and answer correctness.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context as _};
+use lookout_models::audio;
+use lookout_models::llm::{GenerateOptions, LanguageModel};
+use lookout_models::speech::Transcriber;
+use lookout_models::vad::SileroVad;
+use lookout_models::vision::image::load_image;
+use lookout_models::vision::{Scene, VisionModels};
+use lookout_models::whisper::{DecodeOptions, Whisper, Window};
+use serde::{Deserialize, Serialize};
+
+use super::suite::{check_split, not_scored_markdown, percent, prepare_items, split_chart, suite_heading, ItemError, SuiteReport, SPLITS};
+use super::{median, write_report, BenchArgs};
+use crate::answer::reply;
+use crate::cli::Context;
+use crate::fusion::{SceneFacts, Task};
+
+/// The variant that answers from the scene alone, without a decoder.
+const SCENE_ONLY: &str = "scene";
+const MAX_TOKENS: usize = 48;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct E2eItem {
+    id: String,
+    split: String,
+    source: String,
+    /// Relative to the suite file.
+    image: PathBuf,
+    /// COCO label → count in the photo (0: present, not counted); a caption should name them.
+    objects: BTreeMap<String, usize>,
+    /// Labels a caption may name without being required.
+    #[serde(default)]
+    also: Vec<String>,
+    /// A typed question...
+    #[serde(default)]
+    question: Option<String>,
+    /// ...or a spoken one (a recording, relative to the suite file).
+    #[serde(default)]
+    audio: Option<PathBuf>,
+    /// Words or phrases of which a right answer contains at least one.
+    #[serde(default)]
+    expect: Vec<String>,
+}
+
+struct Ready {
+    item: E2eItem,
+    scene: Scene,
+    /// The typed question, or what Whisper heard.
+    question: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Scored {
+    id: String,
+    split: String,
+    source: String,
+    caption: String,
+    named: Vec<String>,
+    missed: Vec<String>,
+    not_in_photo: Vec<String>,
+    question: Option<String>,
+    answer: Option<String>,
+    answer_right: Option<bool>,
+    ms: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct SplitScore {
+    split: String,
+    items: usize,
+    caption_recall: f64,
+    /// Objects named in captions that are not in the photo, over all objects named.
+    not_in_photo_rate: f64,
+    answers: usize,
+    answer_accuracy: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+struct VariantResult {
+    variant: String,
+    median_ms: f64,
+    splits: Vec<SplitScore>,
+    items: Vec<Scored>,
+    failed: Vec<ItemError>,
+}
+
+pub(super) fn run(ctx: &Context, args: &BenchArgs, path: &Path, description: &str, items: &[toml::Value]) -> anyhow::Result<()> {
+    lookout_models::engine::set_threads(1);
+    let bundle = ctx.open_bundle()?;
+    let variants: Vec<String> = if args.variants.is_empty() {
+        std::iter::once(SCENE_ONLY.to_string()).chain(bundle.variants("llm-decoder").into_iter().map(str::to_string)).collect()
+    } else {
+        args.variants.clone()
+    };
+    let vision = VisionModels::load(&bundle, true)?;
+    let labels: BTreeSet<String> = vision.detector.labels().iter().cloned().collect();
+    let whisper = Whisper::load(&bundle, None)?;
+    let vad = SileroVad::load(&bundle)?;
+    let mut transcriber = Transcriber::new(&whisper, Some(&vad))?;
+    let mut session = vision.session()?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let (ready, skipped) = prepare_items(path, items, |value| {
+        let item: E2eItem = value.clone().try_into().context("malformed entry")?;
+        check_split(&item.split)?;
+        if let Some(unknown) = item.objects.keys().chain(&item.also).find(|l| !labels.contains(*l)) {
+            bail!("`{unknown}` is not one of the detector's labels");
+        }
+        if (item.question.is_some() || item.audio.is_some()) && item.expect.is_empty() {
+            bail!("a question needs `expect`, the words a right answer contains");
+        }
+        let file = base.join(&item.image);
+        let image = load_image(&file).with_context(|| file.display().to_string())?;
+        let scene = session.describe(&image)?;
+        let question = match (&item.question, &item.audio) {
+            (Some(q), None) => Some(q.clone()),
+            (None, Some(recording)) => {
+                let file = base.join(recording);
+                let samples = audio::load_mono_16k(&file).with_context(|| file.display().to_string())?;
+                let heard = transcriber.transcribe(&samples, &DecodeOptions { window: Window::FIT, ..DecodeOptions::default() })?;
+                let text = heard.text.trim().to_string();
+                if text.is_empty() {
+                    bail!("no speech heard in {}", file.display());
+                }
+                Some(text)
+            }
+            (None, None) => None,
+            (Some(_), Some(_)) => bail!("give `question` or `audio`, not both"),
+        };
+        Ok(Ready { item, scene, question })
+    })?;
+    drop(session);
+
+    let known: Vec<String> = labels.into_iter().collect();
+    let mut results = Vec::new();
+    for variant in &variants {
+        let decoder = match variant.as_str() {
+            SCENE_ONLY => None,
+            v => Some(LanguageModel::load(&bundle, Some(v)).with_context(|| format!("decoder variant {v}"))?),
+        };
+        results.push(evaluate(variant, decoder.as_ref(), &known, &ready));
+    }
+    let suite = path.display().to_string();
+    let markdown = report_markdown(&suite, description, &skipped, &results);
+    write_report(&args.out, &markdown, &SuiteReport { suite: suite.clone(), kind: "e2e", description, skipped: &skipped, variants: &results })?;
+    let bars: Vec<_> = results
+        .iter()
+        .map(|r| {
+            let of = |name: &str| r.splits.iter().find(|s| s.split == name).and_then(|s| s.answer_accuracy);
+            (r.variant.clone(), of("in-domain"), of("held-out"))
+        })
+        .collect();
+    let svg = args.out.join("answers.svg");
+    std::fs::write(&svg, split_chart("Right answers per decoder variant", &bars)).with_context(|| svg.display().to_string())?;
+    Ok(())
+}
+
+fn evaluate(variant: &str, decoder: Option<&LanguageModel>, known: &[String], items: &[Ready]) -> VariantResult {
+    let options = GenerateOptions { max_tokens: MAX_TOKENS, ..GenerateOptions::default() };
+    let (mut scored, mut failed) = (Vec::new(), Vec::new());
+    for (i, ready) in items.iter().enumerate() {
+        eprint!("\rbench: {variant} {}/{} {:<30}", i + 1, items.len(), ready.item.id);
+        let started = Instant::now();
+        let run = |task: &Task| reply(&ready.scene, known, task, &[], decoder, &options, &mut |_| {}, &|| false).map(|r| r.text);
+        let caption = match run(&Task::Caption) {
+            Ok(text) => text,
+            Err(e) => {
+                failed.push(ItemError { item: ready.item.id.clone(), error: format!("{e:#}") });
+                continue;
+            }
+        };
+        let answer = match &ready.question {
+            Some(q) => match run(&Task::Answer(q.clone())) {
+                Ok(text) => Some(text),
+                Err(e) => {
+                    failed.push(ItemError { item: ready.item.id.clone(), error: format!("{e:#}") });
+                    continue;
+                }
+            },
+            None => None,
+        };
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        // The caption checked against the photo's reference objects instead of the detector's.
+        let mut reference = Scene::default();
+        reference.counts = ready.item.objects.keys().chain(&ready.item.also).map(|l| (l.clone(), 0)).collect();
+        let grounding = SceneFacts { scene: &reference, known_labels: known }.grounding(&caption);
+        let named: Vec<String> = grounding.named.iter().filter(|l| ready.item.objects.contains_key(*l)).cloned().collect();
+        let missed = ready.item.objects.keys().filter(|l| !named.contains(l)).cloned().collect();
+        let answer_right = answer.as_ref().map(|a| contains_any(a, &ready.item.expect));
+        scored.push(Scored {
+            id: ready.item.id.clone(),
+            split: ready.item.split.clone(),
+            source: ready.item.source.clone(),
+            caption,
+            named,
+            missed,
+            not_in_photo: grounding.invented,
+            question: ready.question.clone(),
+            answer,
+            answer_right,
+            ms,
+        });
+    }
+    eprintln!();
+    let splits = SPLITS.iter().filter_map(|&split| split_score(split, &scored)).collect();
+    VariantResult { variant: variant.to_string(), median_ms: median(scored.iter().map(|s| s.ms)), splits, items: scored, failed }
+}
+
+fn split_score(split: &str, scored: &[Scored]) -> Option<SplitScore> {
+    let of_split: Vec<&Scored> = scored.iter().filter(|s| s.split == split).collect();
+    if of_split.is_empty() {
+        return None;
+    }
+    let named: usize = of_split.iter().map(|s| s.named.len()).sum();
+    let wanted: usize = named + of_split.iter().map(|s| s.missed.len()).sum::<usize>();
+    let invented: usize = of_split.iter().map(|s| s.not_in_photo.len()).sum();
+    let answered: Vec<bool> = of_split.iter().filter_map(|s| s.answer_right).collect();
+    Some(SplitScore {
+        split: split.to_string(),
+        items: of_split.len(),
+        caption_recall: named as f64 / wanted.max(1) as f64,
+        not_in_photo_rate: invented as f64 / (named + invented).max(1) as f64,
+        answers: answered.len(),
+        answer_accuracy: (!answered.is_empty()).then(|| answered.iter().filter(|&&r| r).count() as f64 / answered.len() as f64),
+    })
+}
+
+/// Whether `text` contains one of `phrases` as whole words, ignoring case and punctuation.
+fn contains_any(text: &str, phrases: &[String]) -> bool {
+    let words = |s: &str| s.to_lowercase().split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_string).collect::<Vec<_>>();
+    let said = words(text);
+    phrases.iter().any(|p| {
+        let wanted = words(p);
+        !wanted.is_empty() && said.windows(wanted.len()).any(|w| w == wanted.as_slice())
+    })
+}
+
+fn report_markdown(suite: &str, description: &str, skipped: &[ItemError], results: &[VariantResult]) -> String {
+    let mut md = suite_heading(suite, "one thread, greedy decoding, detector and OCR, Whisper for spoken questions", description);
+    md.push_str("| decoder | split | items | caption object recall | objects named not in photo | answers right | median ms per item |\n");
+    md.push_str("|---|---|---:|---:|---:|---:|---:|\n");
+    for r in results {
+        for s in &r.splits {
+            let answers = s.answer_accuracy.map_or("-".to_string(), |a| format!("{} of {}", (a * s.answers as f64).round(), s.answers));
+            md.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {answers} | {:.0} |\n",
+                r.variant,
+                s.split,
+                s.items,
+                percent(s.caption_recall),
+                percent(s.not_in_photo_rate),
+                r.median_ms
+            ));
+        }
+    }
+    md.push_str("\nRecall counts the photo's reference objects a caption names; a named COCO object that is neither in `objects` nor in `also` counts as not in the photo. An answer is right when it contains one of the item's expected words.\n");
+    md.push_str("\n## Captions and answers\n\n| item | decoder | caption | question | answer | right |\n|---|---|---|---|---|---|\n");
+    for r in results {
+        for s in &r.items {
+            let right = s.answer_right.map_or("", |r| if r { "yes" } else { "no" });
+            md.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {right} |\n",
+                s.id,
+                r.variant,
+                s.caption,
+                s.question.as_deref().unwrap_or(""),
+                s.answer.as_deref().unwrap_or("")
+            ));
+        }
+    }
+    let failed: Vec<(&str, &ItemError)> = results.iter().flat_map(|r| r.failed.iter().map(move |f| (r.variant.as_str(), f))).collect();
+    md.push_str(&not_scored_markdown(skipped, &failed));
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::contains_any;
+
+    #[test]
+    fn answers_are_matched_on_whole_words() {
+        let expect = ["two".to_string(), "2".to_string()];
+        assert!(contains_any("I see two people.", &expect));
+        assert!(contains_any("There are 2 kites", &expect));
+        assert!(!contains_any("I see twenty people", &expect));
+        assert!(contains_any("Yes, a dog is there", &["a dog".to_string()]));
+        assert!(!contains_any("anything", &[String::new()]));
+    }
+}
