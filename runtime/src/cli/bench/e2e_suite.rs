@@ -17,7 +17,7 @@ use lookout_models::vision::{Scene, VisionModels};
 use lookout_models::whisper::{DecodeOptions, Whisper, Window};
 use serde::{Deserialize, Serialize};
 
-use super::suite::{check_split, not_scored_markdown, percent, prepare_items, split_chart, suite_heading, ItemError, SuiteReport, SPLITS};
+use super::suite::{check_split, not_scored_markdown, percent, prepare_items, split_chart, suite_heading, ItemError, ScoredVariant, SuiteReport, SPLITS};
 use super::{median, write_report, BenchArgs};
 use crate::answer::reply;
 use crate::cli::Context;
@@ -84,14 +84,7 @@ struct SplitScore {
     answer_accuracy: Option<f64>,
 }
 
-#[derive(Debug, Serialize)]
-struct VariantResult {
-    variant: String,
-    median_ms: f64,
-    splits: Vec<SplitScore>,
-    items: Vec<Scored>,
-    failed: Vec<ItemError>,
-}
+type VariantResult = ScoredVariant<SplitScore, Scored>;
 
 pub(super) fn run(ctx: &Context, args: &BenchArgs, path: &Path, description: &str, items: &[toml::Value]) -> anyhow::Result<()> {
     lookout_models::engine::set_threads(1);

@@ -94,6 +94,16 @@ pub(super) struct ItemError {
     pub error: String,
 }
 
+/// One vision or end-to-end variant's scores: per split, per item, and the items it could not run.
+#[derive(Debug, Serialize)]
+pub(super) struct ScoredVariant<S, I> {
+    pub variant: String,
+    pub median_ms: f64,
+    pub splits: Vec<S>,
+    pub items: Vec<I>,
+    pub failed: Vec<ItemError>,
+}
+
 /// report.json of a suite run, whatever its kind.
 #[derive(Serialize)]
 pub(super) struct SuiteReport<'a, V: Serialize> {

@@ -11,7 +11,7 @@ use lookout_models::vision::image::{load_image, RgbImage};
 use lookout_models::vision::VisionModels;
 use serde::{Deserialize, Serialize};
 
-use super::suite::{check_split, edit_distance, not_scored_markdown, percent, prepare_items, split_chart, suite_heading, ItemError, SuiteReport, SPLITS};
+use super::suite::{check_split, edit_distance, not_scored_markdown, percent, prepare_items, split_chart, suite_heading, ItemError, ScoredVariant, SuiteReport, SPLITS};
 use super::{median, write_report, BenchArgs};
 use crate::cli::Context;
 
@@ -70,15 +70,7 @@ struct SplitScore {
     ocr_cer: Option<f64>,
 }
 
-#[derive(Debug, Serialize)]
-struct VariantResult {
-    variant: String,
-    threshold: f32,
-    median_ms: f64,
-    splits: Vec<SplitScore>,
-    items: Vec<Scored>,
-    failed: Vec<ItemError>,
-}
+type VariantResult = ScoredVariant<SplitScore, Scored>;
 
 pub(super) fn run(ctx: &Context, args: &BenchArgs, path: &Path, description: &str, items: &[toml::Value]) -> anyhow::Result<()> {
     lookout_models::engine::set_threads(1);
@@ -144,7 +136,7 @@ fn prepare_item(value: &toml::Value, base: &Path, labels: &BTreeSet<String>) -> 
 }
 
 fn evaluate(models: &VisionModels, threshold: f32, items: &[Ready]) -> anyhow::Result<VariantResult> {
-    let variant = format!("threshold {threshold}");
+    let variant = threshold.to_string();
     let mut session = models.session()?;
     let (mut scored, mut failed) = (Vec::new(), Vec::new());
     for (i, Ready { item, image }) in items.iter().enumerate() {
@@ -197,7 +189,7 @@ fn evaluate(models: &VisionModels, threshold: f32, items: &[Ready]) -> anyhow::R
     }
     eprintln!();
     let splits = SPLITS.iter().filter_map(|&split| split_score(split, items, &scored)).collect();
-    Ok(VariantResult { variant, threshold, median_ms: median(scored.iter().map(|s| s.ms)), splits, items: scored, failed })
+    Ok(VariantResult { variant, median_ms: median(scored.iter().map(|s| s.ms)), splits, items: scored, failed })
 }
 
 /// Pooled over one split's items: true positives are required labels found; labels found that are neither
@@ -239,7 +231,7 @@ fn report_markdown(suite: &str, description: &str, skipped: &[ItemError], result
         for s in &r.splits {
             md.push_str(&format!(
                 "| {} | {} | {} | {} | {} | {} | {} | {} | {:.0} |\n",
-                r.threshold,
+                r.variant,
                 s.split,
                 s.items,
                 percent(s.precision),
@@ -259,7 +251,7 @@ fn report_markdown(suite: &str, description: &str, skipped: &[ItemError], result
             md.push_str(&format!(
                 "| {} | {} | {} | {} | {} | {} |\n",
                 s.id,
-                r.threshold,
+                r.variant,
                 s.missed.join(", "),
                 s.not_in_photo.join(", "),
                 found.join(", "),
