@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Boots Debian's own kernel under qemu (TCG, no KVM needed) with the vivid camera, the snd-aloop sound card and a
-# gpio-mockup GPIO chip loaded, and runs the device tests that need real kernel drivers (device/tests/vm.rs, `--ignored`) plus
-# `lookout probe` and the daemon inside it. Downloads and builds are cached in .cache/vm.
+# gpio-mockup GPIO chip loaded, and runs the device tests that need real kernel drivers (device/tests/vm.rs,
+# `--ignored`) plus `lookout probe` and the daemon inside it. Downloads and builds are cached in .cache/vm.
 # Usage: device/vm/run.sh [TEST-NAME-FILTER]   (root, or sudo for the packages; needs the prepared models)
 set -euo pipefail
 
@@ -47,6 +47,7 @@ if [[ ! -f "$gpio_mockup" ]]; then
         | tar -xJ -C "$build" --strip-components=3 "linux-source-$series/drivers/gpio/gpio-mockup.c" \
             "linux-source-$series/drivers/gpio/gpiolib.h" "linux-source-$series/kernel/irq/irq_sim.c"
     sed -i 's/handle_simple_irq(irq_to_desc(irqnum));/generic_handle_irq(irqnum);/' "$build/irq_sim.c"
+    grep -q 'generic_handle_irq(irqnum)' "$build/irq_sim.c" || { echo "error: irq_sim.c in linux-source-$series changed; adapt the patch above" >&2; exit 1; }
     printf 'obj-m := gpio-mockup-vm.o\ngpio-mockup-vm-y := gpio-mockup.o irq_sim.o\n' > "$build/Kbuild"
     make -s -C "/usr/src/linux-headers-$version" M="$build" modules 2>&1 | grep -v 'Skipping BTF' || true
     [[ -f "$gpio_mockup" ]] || { echo "error: building gpio-mockup failed" >&2; exit 1; }
