@@ -16,7 +16,7 @@ fn write_suite(dir: &Path, items: &str) -> String {
 }
 
 fn run_suite(suite: &str, out: &Path) -> Value {
-    let result = lookout(&["bench", "--suite", suite, "--variants", "int8:fit", "--out", out.to_str().unwrap()]);
+    let result = lookout(&["bench", "--suite", suite, "--variants", "int8:fit", "--no-peers", "--out", out.to_str().unwrap()]);
     assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
     serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap()
 }

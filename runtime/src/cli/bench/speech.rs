@@ -18,31 +18,31 @@ use crate::memory;
 const DEFAULT_REPEATS: usize = 5;
 
 #[derive(Debug, Serialize, Deserialize)]
-struct Medians {
+pub(super) struct Medians {
     mel: f64,
     encode: f64,
     decode: f64,
-    total: f64,
+    pub total: f64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-struct InputResult {
-    file: String,
+pub(super) struct InputResult {
+    pub file: String,
     duration_s: f64,
     tokens: usize,
-    text: String,
-    median_ms: Medians,
+    pub text: String,
+    pub median_ms: Medians,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-struct EngineRun {
+pub(super) struct EngineRun {
     engine: String,
     variant: String,
     window: String,
-    load_ms: f64,
+    pub load_ms: f64,
     peak_rss_mib: f64,
     weight_mib: Option<f64>,
-    results: Vec<InputResult>,
+    pub results: Vec<InputResult>,
 }
 
 pub(super) fn run(ctx: &Context, args: &BenchArgs) -> anyhow::Result<()> {
@@ -156,7 +156,7 @@ fn measure(ctx: &Context, variant: &str, window: &str, inputs: &[PathBuf], repea
     })
 }
 
-fn faster_whisper(python: &std::path::Path, compute_type: &str, inputs: &[PathBuf], repeats: usize) -> anyhow::Result<EngineRun> {
+pub(super) fn faster_whisper(python: &std::path::Path, compute_type: &str, inputs: &[PathBuf], repeats: usize) -> anyhow::Result<EngineRun> {
     let mut peer_args: Vec<OsString> = ["--compute-type", compute_type, "--threads", "1", "--repeats", &repeats.to_string()]
         .into_iter()
         .chain(["--sources", ".cache/sources", "--work", ".cache/peers"])

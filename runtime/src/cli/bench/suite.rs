@@ -16,7 +16,7 @@ use lookout_models::vad::SileroVad;
 use lookout_models::whisper::{DecodeOptions, Whisper, Window};
 use serde::{Deserialize, Serialize};
 
-use super::{median, write_report, BenchArgs};
+use super::{median, peer_python, write_report, BenchArgs};
 use crate::cli::Context;
 
 #[derive(Debug, Deserialize)]
@@ -120,6 +120,7 @@ struct Ready {
     split: String,
     source: String,
     reference: String,
+    audio_path: PathBuf,
     samples: Vec<f32>,
 }
 
@@ -174,7 +175,23 @@ fn run_speech(ctx: &Context, args: &BenchArgs, path: &Path, suite: &SuiteFile) -
     };
     let mut results = Vec::new();
     for variant in &variants {
-            results.push(evaluate(ctx, variant, &ready).with_context(|| format!("variant {variant}"))?);
+        results.push(evaluate(ctx, variant, &ready).with_context(|| format!("variant {variant}"))?);
+    }
+    if args.no_peers {
+        eprintln!("bench: peers skipped (--no-peers)");
+    } else if let Some(python) = peer_python(&[".cache/venv-peers/bin/python"]) {
+        let mut precisions: Vec<&str> = variants.iter().map(|v| v.split(':').next().unwrap_or(v)).collect();
+        precisions.dedup();
+        for precision in precisions {
+            let compute_type = if precision == "f32" { "float32" } else { precision };
+            eprintln!("bench: faster-whisper {compute_type} on {} items ...", ready.len());
+            match faster_whisper(&python, compute_type, &ready) {
+                Ok(run) => results.push(run),
+                Err(e) => eprintln!("bench: faster-whisper {compute_type} failed: {e:#}"),
+            }
+        }
+    } else {
+        eprintln!("bench: faster-whisper not installed (runtime/bench/setup-peers.sh); scoring lookout alone");
     }
     let suite_name = path.display().to_string();
     let markdown = report_markdown(&suite_name, &suite.description, &skipped, &results);
@@ -208,7 +225,7 @@ fn prepare_item(value: &toml::Value, base: &Path, synth_dir: &Path) -> anyhow::R
         bail!("{}: no such file", audio_path.display());
     }
     let samples = audio::load_mono_16k(&audio_path).with_context(|| audio_path.display().to_string())?;
-    Ok(Ready { id: item.id, split: item.split, source: item.source, reference: item.text, samples })
+    Ok(Ready { id: item.id, split: item.split, source: item.source, reference: item.text, audio_path, samples })
 }
 
 fn synthesize(text: &str, voice: &str, wpm: u32, out: &Path) -> anyhow::Result<PathBuf> {
@@ -247,28 +264,52 @@ fn evaluate(ctx: &Context, spec: &str, items: &[Ready]) -> anyhow::Result<Varian
         eprint!("\rbench: {spec} {}/{} {:<40}", i + 1, items.len(), item.id);
         let started = Instant::now();
         match transcriber.transcribe(&item.samples, &options) {
-            Ok(t) => {
-                let ms = started.elapsed().as_secs_f64() * 1e3;
-                let (reference, hypothesis) = (normalize(&item.reference), normalize(&t.text));
-                let (ref_words, hyp_words): (Vec<&str>, Vec<&str>) = (reference.split(' ').collect(), hypothesis.split(' ').filter(|w| !w.is_empty()).collect());
-                let (ref_chars, hyp_chars): (Vec<char>, Vec<char>) = (reference.chars().collect(), hypothesis.chars().collect());
-                scored.push(Scored {
-                    id: item.id.clone(),
-                    split: item.split.clone(),
-                    source: item.source.clone(),
-                    reference: item.reference.clone(),
-                    hypothesis: t.text.trim().to_string(),
-                    word_errors: edit_distance(&ref_words, &hyp_words),
-                    words: ref_words.len(),
-                    char_errors: edit_distance(&ref_chars, &hyp_chars),
-                    chars: ref_chars.len(),
-                    audio_s: item.samples.len() as f64 / 16_000.0,
-                    ms,
-                });
-            }
+            Ok(t) => scored.push(score(item, &t.text, started.elapsed().as_secs_f64() * 1e3)),
             Err(e) => failed.push(ItemError { item: item.id.clone(), error: format!("{e:#}") }),
         }
     }
+    eprintln!();
+    Ok(variant_result(spec.to_string(), load_ms, scored, failed))
+}
+
+/// faster-whisper on the same items and the same CTranslate2 weights (greedy, one thread, its defaults: no VAD,
+/// the full window), scored the same way.
+fn faster_whisper(python: &Path, compute_type: &str, items: &[Ready]) -> anyhow::Result<VariantResult> {
+    let inputs: Vec<PathBuf> = items.iter().map(|i| i.audio_path.clone()).collect();
+    let run = super::speech::faster_whisper(python, compute_type, &inputs, 1)?;
+    let mut scored = Vec::new();
+    let mut failed = Vec::new();
+    for item in items {
+        match run.results.iter().find(|r| Path::new(&r.file) == item.audio_path) {
+            Some(r) => scored.push(score(item, &r.text, r.median_ms.total)),
+            None => failed.push(ItemError { item: item.id.clone(), error: "faster-whisper returned no transcript".into() }),
+        }
+    }
+    Ok(variant_result(format!("faster-whisper {compute_type}"), run.load_ms, scored, failed))
+}
+
+/// One item's transcript against its reference.
+fn score(item: &Ready, heard: &str, ms: f64) -> Scored {
+    let (reference, hypothesis) = (normalize(&item.reference), normalize(heard));
+    let (ref_words, hyp_words): (Vec<&str>, Vec<&str>) = (reference.split(' ').collect(), hypothesis.split(' ').filter(|w| !w.is_empty()).collect());
+    let (ref_chars, hyp_chars): (Vec<char>, Vec<char>) = (reference.chars().collect(), hypothesis.chars().collect());
+    Scored {
+        id: item.id.clone(),
+        split: item.split.clone(),
+        source: item.source.clone(),
+        reference: item.reference.clone(),
+        hypothesis: heard.trim().to_string(),
+        word_errors: edit_distance(&ref_words, &hyp_words),
+        words: ref_words.len(),
+        char_errors: edit_distance(&ref_chars, &hyp_chars),
+        chars: ref_chars.len(),
+        audio_s: item.samples.len() as f64 / 16_000.0,
+        ms,
+    }
+}
+
+/// Error rates pooled per split, and the median real-time factor.
+fn variant_result(variant: String, load_ms: f64, scored: Vec<Scored>, failed: Vec<ItemError>) -> VariantResult {
     let splits = SPLITS
         .iter()
         .filter_map(|&split| {
@@ -283,9 +324,8 @@ fn evaluate(ctx: &Context, spec: &str, items: &[Ready]) -> anyhow::Result<Varian
             })
         })
         .collect();
-    eprintln!();
     let real_time_factor = median(scored.iter().map(|s| s.ms / 1e3 / s.audio_s.max(1e-3)));
-    Ok(VariantResult { variant: spec.to_string(), load_ms, real_time_factor, splits, items: scored, failed })
+    VariantResult { variant, load_ms, real_time_factor, splits, items: scored, failed }
 }
 
 /// Lower case, punctuation dropped (apostrophes inside words kept), single spaces: how WER is usually scored.
@@ -317,7 +357,7 @@ pub(super) fn percent(x: f64) -> String {
 }
 
 fn report_markdown(suite: &str, description: &str, skipped: &[ItemError], results: &[VariantResult]) -> String {
-    let mut md = suite_heading(suite, "one thread, greedy decoding, Silero VAD", description);
+    let mut md = suite_heading(suite, "one thread, greedy decoding; Lookout with Silero VAD as `lookout transcribe`, faster-whisper with its defaults (no VAD, full window)", description);
     md.push_str("| variant | in-domain WER | in-domain CER | held-out WER | held-out CER | items | RTF (median) | load ms |\n");
     md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in results {
