@@ -25,6 +25,8 @@ pub struct AlsaMicrophone {
     raw32: Vec<i32>,
     /// Overruns recovered so far.
     pub overruns: u64,
+    /// Times the device was suspended (the system slept) and the stream was brought back.
+    pub suspends: u64,
 }
 
 fn alsa_error(name: &str, what: &str, err: alsa::Error) -> DeviceError {
@@ -82,6 +84,7 @@ impl AlsaMicrophone {
             raw16: if sample == Sample::S16 { vec![0; samples] } else { Vec::new() },
             raw32: if sample == Sample::S32 { vec![0; samples] } else { Vec::new() },
             overruns: 0,
+            suspends: 0,
         })
     }
 
@@ -99,6 +102,7 @@ impl AlsaMicrophone {
                 Err(DeviceError::new(ErrorKind::Overrun, format!("ALSA `{}`: overrun, samples lost", self.name)))
             }
             libc::ESTRPIPE => {
+                self.suspends += 1;
                 for _ in 0..50 {
                     match self.pcm.resume() {
                         Err(e) if e.errno() == libc::EAGAIN => std::thread::sleep(std::time::Duration::from_millis(100)),
@@ -169,9 +173,9 @@ impl Microphone for AlsaMicrophone {
     }
 
     fn reconnect(&mut self) -> Result<(), DeviceError> {
-        let overruns = self.overruns;
+        let (overruns, suspends) = (self.overruns, self.suspends);
         *self = AlsaMicrophone::open(&self.name, self.requested.0, self.requested.1)?;
-        self.overruns = overruns;
+        (self.overruns, self.suspends) = (overruns, suspends);
         Ok(())
     }
 }

@@ -1,8 +1,9 @@
 //! The real drivers against real kernel drivers, inside the test VM (`device/vm/run.sh` boots Debian's kernel
 //! under qemu with vivid, snd-aloop and gpio-mockup and runs these with `--ignored`; on a machine without those
 //! devices they have nothing to open). vivid's colour bars in three pixel formats, a recording through the ALSA
-//! loopback sample for sample, an overrun from a stalled reader, a camera disconnected and reopened, a button and
-//! an LED on a kernel GPIO chip, `lookout probe`, and the daemon captioning vivid's frames and following the button.
+//! loopback sample for sample, an overrun from a stalled reader, a stream suspended while the system sleeps, a
+//! camera disconnected and reopened, a button and an LED on a kernel GPIO chip, `lookout probe`, and the daemon
+//! captioning vivid's frames and following the button.
 
 #![cfg(all(feature = "alsa", feature = "v4l2", feature = "gpio"))]
 
@@ -151,6 +152,24 @@ fn a_stalled_reader_gets_an_overrun_and_the_stream_goes_on() {
     assert_eq!(mic.overruns, 1);
     mic.read(&mut chunk).expect("reading goes on after the overrun");
     player.join().unwrap();
+}
+
+#[test]
+#[ignore = "needs snd-aloop and suspend-to-idle: run by device/vm/run.sh"]
+fn a_capture_stream_comes_back_after_the_system_sleeps() {
+    let mut mic = AlsaMicrophone::open(LOOP_CAPTURE, 16_000, 512).unwrap();
+    let mut chunk = [0.0f32; 512];
+    mic.read(&mut chunk).unwrap();
+    // A system suspend that stops after suspending the devices (the kernel's `pm_test` mode, which resumes them 5 s
+    // later: an emulated machine has nothing to wake it from a real sleep). ALSA suspends the stream with the card.
+    std::fs::write("/sys/power/pm_test", "devices").expect("pm_test");
+    let slept = std::fs::write("/sys/power/state", "freeze");
+    std::fs::write("/sys/power/pm_test", "none").unwrap();
+    slept.expect("suspend to idle");
+    for _ in 0..8 {
+        mic.read(&mut chunk).expect("reading goes on after the system wakes");
+    }
+    assert_eq!((mic.suspends, mic.overruns), (1, 0), "one suspend seen and recovered, no overrun");
 }
 
 /// `VIDIOC_S_CTRL` with vivid's "Disconnect" button (`VIVID_CID_DISCONNECT`).
