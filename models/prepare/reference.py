@@ -79,9 +79,10 @@ def synthesize(text: str, out: Path, tmp: Path) -> None:
 
 
 def long_clip(sentences: list[str], out: Path, tmp: Path) -> None:
-    """The sentences one after another, separated by 1 s of silence."""
+    """The sentences one after another, separated by 1 s of digital silence (no dither, so every run writes the
+    same file)."""
     silence = tmp / "silence.wav"
-    run("sox", "-n", "-r", "16000", "-c", "1", "-b", "16", str(silence), "trim", "0", "1")
+    run("sox", "-D", "-n", "-r", "16000", "-c", "1", "-b", "16", str(silence), "trim", "0", "1")
     parts = []
     for i, sentence in enumerate(sentences):
         part = tmp / f"sentence_{i}.wav"

@@ -123,6 +123,16 @@ fn median(values: impl Iterator<Item = f64>) -> f64 {
     }
 }
 
+/// The value below which `q` (0 to 1) of the values lie, nearest rank; 0 for none.
+fn percentile(values: impl Iterator<Item = f64>, q: f64) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n => v[((n as f64 * q).ceil() as usize).clamp(1, n) - 1],
+    }
+}
+
 /// The report's title and machine line.
 fn heading(suite: &str, repeats: usize, conditions: &str) -> String {
     format!(

@@ -71,6 +71,9 @@ struct Scored {
     answer: Option<String>,
     answer_right: Option<bool>,
     ms: f64,
+    /// The caption's decoding, when a decoder wrote it.
+    first_token_ms: Option<f64>,
+    tokens_per_s: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -162,9 +165,9 @@ fn evaluate(variant: &str, decoder: Option<&LanguageModel>, known: &[String], it
     for (i, ready) in items.iter().enumerate() {
         eprint!("\rbench: {variant} {}/{} {:<30}", i + 1, items.len(), ready.item.id);
         let started = Instant::now();
-        let run = |task: &Task| reply(&ready.scene, known, task, &[], decoder, &options, &mut |_| {}, &|| false).map(|r| r.text);
-        let caption = match run(&Task::Caption) {
-            Ok(text) => text,
+        let run = |task: &Task| reply(&ready.scene, known, task, &[], decoder, &options, &mut |_| {}, &|| false);
+        let (caption, generation) = match run(&Task::Caption) {
+            Ok(r) => (r.text, r.generation),
             Err(e) => {
                 failed.push(ItemError { item: ready.item.id.clone(), error: format!("{e:#}") });
                 continue;
@@ -172,7 +175,7 @@ fn evaluate(variant: &str, decoder: Option<&LanguageModel>, known: &[String], it
         };
         let answer = match &ready.question {
             Some(q) => match run(&Task::Answer(q.clone())) {
-                Ok(text) => Some(text),
+                Ok(r) => Some(r.text),
                 Err(e) => {
                     failed.push(ItemError { item: ready.item.id.clone(), error: format!("{e:#}") });
                     continue;
@@ -200,11 +203,13 @@ fn evaluate(variant: &str, decoder: Option<&LanguageModel>, known: &[String], it
             answer,
             answer_right,
             ms,
+            first_token_ms: generation.as_ref().map(|g| g.first_token_ms),
+            tokens_per_s: generation.as_ref().map(|g| g.decode_tokens_per_s),
         });
     }
     eprintln!();
     let splits = SPLITS.iter().filter_map(|&split| split_score(split, &scored)).collect();
-    VariantResult { variant: variant.to_string(), median_ms: median(scored.iter().map(|s| s.ms)), splits, items: scored, failed }
+    VariantResult::new(variant.to_string(), splits, scored, failed, |s| s.ms)
 }
 
 fn split_score(split: &str, scored: &[Scored]) -> Option<SplitScore> {
@@ -238,19 +243,25 @@ fn contains_any(text: &str, phrases: &[String]) -> bool {
 
 fn report_markdown(suite: &str, description: &str, skipped: &[ItemError], results: &[VariantResult]) -> String {
     let mut md = suite_heading(suite, "one thread, greedy decoding, detector and OCR, Whisper for spoken questions", description);
-    md.push_str("| decoder | split | items | caption object recall | objects named not in photo | answers right | median ms per item |\n");
-    md.push_str("|---|---|---:|---:|---:|---:|---:|\n");
+    md.push_str("| decoder | split | items | caption object recall | objects named not in photo | answers right | ms per item p50 | p95 | first token ms | tokens/s |\n");
+    md.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in results {
+        let decoded = |f: fn(&Scored) -> Option<f64>| {
+            let values: Vec<f64> = r.items.iter().filter_map(f).collect();
+            if values.is_empty() { "-".to_string() } else { format!("{:.0}", median(values.into_iter())) }
+        };
+        let (first_token, tokens_per_s) = (decoded(|s| s.first_token_ms), decoded(|s| s.tokens_per_s));
         for s in &r.splits {
             let answers = s.answer_accuracy.map_or("-".to_string(), |a| format!("{} of {}", (a * s.answers as f64).round(), s.answers));
             md.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {answers} | {:.0} |\n",
+                "| {} | {} | {} | {} | {} | {answers} | {:.0} | {:.0} | {first_token} | {tokens_per_s} |\n",
                 r.variant,
                 s.split,
                 s.items,
                 percent(s.caption_recall),
                 percent(s.not_in_photo_rate),
-                r.median_ms
+                r.median_ms,
+                r.p95_ms
             ));
         }
     }

@@ -11,7 +11,7 @@ use lookout_models::vision::pixels::{convert_frame, PixelFormat};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{heading, median, peer, peer_python, write_report, BenchArgs};
+use super::{heading, median, peer, peer_python, percentile, write_report, BenchArgs};
 use crate::allocations::allocations;
 use crate::cli::Context;
 
@@ -133,7 +133,7 @@ fn measure(name: &'static str, format: PixelFormat, frame: &[u8], source: &RgbIm
     for _ in 0..WARM_UP {
         convert_frame(format, frame, width, height, &mut image).with_context(|| format!("{name} {width}x{height}"))?;
     }
-    let mut times = Vec::with_capacity(repeats);
+    let mut times: Vec<f64> = Vec::with_capacity(repeats);
     let before = allocations();
     for _ in 0..repeats {
         let started = Instant::now();
@@ -142,8 +142,7 @@ fn measure(name: &'static str, format: PixelFormat, frame: &[u8], source: &RgbIm
     }
     let allocations_per_frame = (allocations() - before) as f64 / repeats as f64;
     let ms_p50 = median(times.iter().copied());
-    times.sort_by(f64::total_cmp);
-    let ms_p95 = times[((times.len() as f64 * 0.95).ceil() as usize).clamp(1, times.len()) - 1];
+    let ms_p95 = percentile(times.iter().copied(), 0.95);
     Ok(Row {
         format: name,
         width,

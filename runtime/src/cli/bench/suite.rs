@@ -16,7 +16,7 @@ use lookout_models::vad::SileroVad;
 use lookout_models::whisper::{DecodeOptions, Whisper, Window};
 use serde::{Deserialize, Serialize};
 
-use super::{median, peer_python, write_report, BenchArgs};
+use super::{median, peer_python, percentile, write_report, BenchArgs};
 use crate::cli::Context;
 
 #[derive(Debug, Deserialize)]
@@ -50,6 +50,7 @@ struct SpeechItem {
     wpm: Option<u32>,
 }
 
+pub(super) const MIB: f64 = 1024.0 * 1024.0;
 pub(super) const SPLITS: [&str; 2] = ["in-domain", "held-out"];
 
 /// One item's outcome for one variant.
@@ -82,6 +83,11 @@ struct VariantResult {
     load_ms: f64,
     /// Median over items of processing time over audio duration.
     real_time_factor: f64,
+    real_time_factor_p95: f64,
+    ms_p50: f64,
+    ms_p95: f64,
+    /// Encoder and decoder weights (Lookout's variants).
+    model_mib: Option<f64>,
     splits: Vec<SplitScore>,
     items: Vec<Scored>,
     /// Items that could not be run with this variant (a decoding error), with the reason.
@@ -99,9 +105,18 @@ pub(super) struct ItemError {
 pub(super) struct ScoredVariant<S, I> {
     pub variant: String,
     pub median_ms: f64,
+    pub p95_ms: f64,
     pub splits: Vec<S>,
     pub items: Vec<I>,
     pub failed: Vec<ItemError>,
+}
+
+impl<S, I> ScoredVariant<S, I> {
+    /// `items` with the median and 95th percentile of their times.
+    pub fn new(variant: String, splits: Vec<S>, items: Vec<I>, failed: Vec<ItemError>, ms: impl Fn(&I) -> f64) -> Self {
+        let (median_ms, p95_ms) = (median(items.iter().map(&ms)), percentile(items.iter().map(&ms), 0.95));
+        ScoredVariant { variant, median_ms, p95_ms, splits, items, failed }
+    }
 }
 
 /// report.json of a suite run, whatever its kind.
@@ -269,7 +284,8 @@ fn evaluate(ctx: &Context, spec: &str, items: &[Ready]) -> anyhow::Result<Varian
         }
     }
     eprintln!();
-    Ok(variant_result(spec.to_string(), load_ms, scored, failed))
+    let weights: u64 = ["asr-encoder", "asr-decoder"].iter().filter_map(|role| bundle.component(role, Some(variant)).ok()).map(|c| c.bytes).sum();
+    Ok(VariantResult { model_mib: Some(weights as f64 / MIB), ..variant_result(spec.to_string(), load_ms, scored, failed) })
 }
 
 /// faster-whisper on the same items and the same CTranslate2 weights (greedy, one thread, its defaults: no VAD,
@@ -324,8 +340,19 @@ fn variant_result(variant: String, load_ms: f64, scored: Vec<Scored>, failed: Ve
             })
         })
         .collect();
-    let real_time_factor = median(scored.iter().map(|s| s.ms / 1e3 / s.audio_s.max(1e-3)));
-    VariantResult { variant, load_ms, real_time_factor, splits, items: scored, failed }
+    let rtf = || scored.iter().map(|s| s.ms / 1e3 / s.audio_s.max(1e-3));
+    VariantResult {
+        variant,
+        load_ms,
+        real_time_factor: median(rtf()),
+        real_time_factor_p95: percentile(rtf(), 0.95),
+        ms_p50: median(scored.iter().map(|s| s.ms)),
+        ms_p95: percentile(scored.iter().map(|s| s.ms), 0.95),
+        model_mib: None,
+        splits,
+        items: scored,
+        failed,
+    }
 }
 
 /// Lower case, punctuation dropped (apostrophes inside words kept), single spaces: how WER is usually scored.
@@ -358,13 +385,13 @@ pub(super) fn percent(x: f64) -> String {
 
 fn report_markdown(suite: &str, description: &str, skipped: &[ItemError], results: &[VariantResult]) -> String {
     let mut md = suite_heading(suite, "one thread, greedy decoding; Lookout with Silero VAD as `lookout transcribe`, faster-whisper with its defaults (no VAD, full window)", description);
-    md.push_str("| variant | in-domain WER | in-domain CER | held-out WER | held-out CER | items | RTF (median) | load ms |\n");
-    md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    md.push_str("| variant | in-domain WER | in-domain CER | held-out WER | held-out CER | items | RTF p50 | RTF p95 | ms p50 | ms p95 | weights MiB | load ms |\n");
+    md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in results {
         let split = |name: &str| r.splits.iter().find(|s| s.split == name);
         let cell = |name: &str, wer: bool| split(name).map_or("-".into(), |s| percent(if wer { s.wer } else { s.cer }));
         md.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {:.3} | {:.0} |\n",
+            "| {} | {} | {} | {} | {} | {} | {:.3} | {:.3} | {:.0} | {:.0} | {} | {:.0} |\n",
             r.variant,
             cell("in-domain", true),
             cell("in-domain", false),
@@ -372,6 +399,10 @@ fn report_markdown(suite: &str, description: &str, skipped: &[ItemError], result
             cell("held-out", false),
             r.items.len(),
             r.real_time_factor,
+            r.real_time_factor_p95,
+            r.ms_p50,
+            r.ms_p95,
+            r.model_mib.map_or("-".into(), |m| format!("{m:.0}")),
             r.load_ms
         ));
     }

@@ -12,7 +12,7 @@ use lookout_models::vision::VisionModels;
 use serde::{Deserialize, Serialize};
 
 use super::suite::{check_split, edit_distance, not_scored_markdown, percent, prepare_items, split_chart, suite_heading, ItemError, ScoredVariant, SuiteReport, SPLITS};
-use super::{median, write_report, BenchArgs};
+use super::{write_report, BenchArgs};
 use crate::cli::Context;
 
 /// Score thresholds compared, beside the bundle's own, when `--variants` names none.
@@ -189,7 +189,7 @@ fn evaluate(models: &VisionModels, threshold: f32, items: &[Ready]) -> anyhow::R
     }
     eprintln!();
     let splits = SPLITS.iter().filter_map(|&split| split_score(split, items, &scored)).collect();
-    Ok(VariantResult { variant, median_ms: median(scored.iter().map(|s| s.ms)), splits, items: scored, failed })
+    Ok(VariantResult::new(variant, splits, scored, failed, |s| s.ms))
 }
 
 /// Pooled over one split's items: true positives are required labels found; labels found that are neither
@@ -224,13 +224,13 @@ fn single_spaced(text: &str) -> String {
 
 fn report_markdown(suite: &str, description: &str, skipped: &[ItemError], results: &[VariantResult]) -> String {
     let mut md = suite_heading(suite, "one thread, detector and OCR", description);
-    md.push_str("| threshold | split | items | label precision | label recall | labels not in photo | count accuracy | OCR CER | median ms |\n");
-    md.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    md.push_str("| threshold | split | items | label precision | label recall | labels not in photo | count accuracy | OCR CER | ms p50 | ms p95 |\n");
+    md.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     let optional = |v: Option<f64>| v.map_or("-".to_string(), percent);
     for r in results {
         for s in &r.splits {
             md.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {:.0} |\n",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.0} |\n",
                 r.variant,
                 s.split,
                 s.items,
@@ -239,7 +239,8 @@ fn report_markdown(suite: &str, description: &str, skipped: &[ItemError], result
                 percent(s.not_in_photo_rate),
                 optional(s.count_accuracy),
                 optional(s.ocr_cer),
-                r.median_ms
+                r.median_ms,
+                r.p95_ms
             ));
         }
     }
