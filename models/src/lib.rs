@@ -1,6 +1,7 @@
 //! Lookout's models: bundles and their manifests, audio preprocessing, and the encoders and decoders that run
 //! through tract. This is the only crate that talks to the engine.
 
+pub mod allocations;
 pub mod audio;
 pub mod bundle;
 pub mod engine;

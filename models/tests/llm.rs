@@ -170,39 +170,8 @@ fn gguf_reader_checks_architecture_and_truncation() {
 }
 
 /// Counts the allocations of the current thread, so a test can prove a loop allocates nothing.
-mod counting_allocator {
-    use std::alloc::{GlobalAlloc, Layout, System};
-    use std::cell::Cell;
-
-    pub struct Counting;
-
-    thread_local! {
-        static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
-    }
-
-    unsafe impl GlobalAlloc for Counting {
-        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-            let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
-            unsafe { System.alloc(layout) }
-        }
-
-        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-            unsafe { System.dealloc(ptr, layout) }
-        }
-
-        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-            let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
-            unsafe { System.realloc(ptr, layout, new_size) }
-        }
-    }
-
-    #[global_allocator]
-    static GLOBAL: Counting = Counting;
-
-    pub fn allocations() -> u64 {
-        ALLOCATIONS.with(Cell::get)
-    }
-}
+#[global_allocator]
+static GLOBAL: lookout_models::allocations::Counting = lookout_models::allocations::Counting;
 
 #[test]
 fn choosing_and_detokenizing_a_token_allocates_nothing_after_warm_up() {
@@ -229,10 +198,10 @@ fn choosing_and_detokenizing_a_token_allocates_nothing_after_warm_up() {
     for i in 0..64 {
         step(&mut sampler, &mut stream, &mut text, i);
     }
-    let before = counting_allocator::allocations();
+    let before = lookout_models::allocations::allocations();
     for i in 64..576 {
         step(&mut sampler, &mut stream, &mut text, i);
     }
-    assert_eq!(counting_allocator::allocations(), before, "the per-token path allocated");
+    assert_eq!(lookout_models::allocations::allocations(), before, "the per-token path allocated");
     assert!(text.len() > 512, "{} bytes of text from 576 tokens", text.len());
 }

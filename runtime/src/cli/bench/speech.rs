@@ -8,10 +8,11 @@ use std::time::Instant;
 use anyhow::{bail, Context as _};
 use lookout_models::audio;
 use lookout_models::speech::Transcriber;
-use lookout_models::whisper::{DecodeOptions, Whisper, Window};
+use lookout_models::whisper::{DecodeOptions, Whisper};
 use serde::{Deserialize, Serialize};
 
 use super::{file_name, heading, median, peer, peer_python, worker, write_report, BenchArgs};
+use crate::cli::transcribe::WindowArg;
 use crate::cli::{print_json, Context};
 use crate::memory;
 
@@ -100,23 +101,20 @@ pub(super) fn run(ctx: &Context, args: &BenchArgs) -> anyhow::Result<()> {
     write_report(&args.out, &report_markdown(&runs, repeats), &runs)
 }
 
+/// The encoder's and decoder's file sizes for one Whisper variant.
+pub(super) fn whisper_weight_bytes(bundle: &lookout_models::bundle::Bundle, variant: &str) -> u64 {
+    ["asr-encoder", "asr-decoder"].iter().filter_map(|role| bundle.component(role, Some(variant)).ok()).map(|c| c.bytes).sum()
+}
+
 /// One variant and window, measured in this process.
 fn measure(ctx: &Context, variant: &str, window: &str, inputs: &[PathBuf], repeats: usize) -> anyhow::Result<EngineRun> {
-    let window_kind = match window {
-        "full" => Window::Full,
-        "fit" => Window::FIT,
-        other => bail!("unknown window `{other}`"),
-    };
+    let window_kind = WindowArg::named(window)?;
     lookout_models::engine::set_threads(1);
     let bundle = ctx.open_bundle()?;
     let started = Instant::now();
     let whisper = Whisper::load(&bundle, Some(variant))?;
     let load_ms = started.elapsed().as_secs_f64() * 1e3;
-    let weight_bytes: u64 = ["asr-encoder", "asr-decoder"]
-        .iter()
-        .filter_map(|role| bundle.component(role, Some(variant)).ok())
-        .map(|c| c.bytes)
-        .sum();
+    let weight_bytes = whisper_weight_bytes(&bundle, variant);
     let mut transcriber = Transcriber::new(&whisper, None)?;
     let options = DecodeOptions { window: window_kind, ..DecodeOptions::default() };
     let mut results = Vec::new();

@@ -13,10 +13,11 @@ use anyhow::{bail, Context as _};
 use lookout_models::audio;
 use lookout_models::speech::Transcriber;
 use lookout_models::vad::SileroVad;
-use lookout_models::whisper::{DecodeOptions, Whisper, Window};
+use lookout_models::whisper::{DecodeOptions, Whisper};
 use serde::{Deserialize, Serialize};
 
 use super::{median, peer_python, percentile, write_report, BenchArgs};
+use crate::cli::transcribe::WindowArg;
 use crate::cli::Context;
 
 #[derive(Debug, Deserialize)]
@@ -261,11 +262,7 @@ fn synthesize(text: &str, voice: &str, wpm: u32, out: &Path) -> anyhow::Result<P
 /// `lookout transcribe` and the daemon hear speech.
 fn evaluate(ctx: &Context, spec: &str, items: &[Ready]) -> anyhow::Result<VariantResult> {
     let (variant, window) = spec.split_once(':').unwrap_or((spec, "full"));
-    let window_kind = match window {
-        "full" => Window::Full,
-        "fit" => Window::FIT,
-        other => bail!("unknown window `{other}` (fit or full)"),
-    };
+    let window_kind = WindowArg::named(window)?;
     lookout_models::engine::set_threads(1);
     let bundle = ctx.open_bundle()?;
     let started = Instant::now();
@@ -284,7 +281,7 @@ fn evaluate(ctx: &Context, spec: &str, items: &[Ready]) -> anyhow::Result<Varian
         }
     }
     eprintln!();
-    let weights: u64 = ["asr-encoder", "asr-decoder"].iter().filter_map(|role| bundle.component(role, Some(variant)).ok()).map(|c| c.bytes).sum();
+    let weights = super::speech::whisper_weight_bytes(&bundle, variant);
     Ok(VariantResult { model_mib: Some(weights as f64 / MIB), ..variant_result(spec.to_string(), load_ms, scored, failed) })
 }
 
