@@ -17,16 +17,16 @@ cross_env() {
     local cpu
     case "$1" in aarch64) cpu=cortex-a72 ;; armv7) cpu=cortex-a15 ;; esac
     export QEMU_CPU="${QEMU_CPU:-$cpu}"
-    # tract's flash attention spreads heads over threads; on machines where qemu-user cannot start a thread
-    # (cross/test.sh probes it) that would hang, and the single-threaded kernel gives the same results.
-    export TRACT_FLASH_SDPA_ST=1
-    # Where qemu finds the target's dynamic loader and libraries, also for binaries started through binfmt_misc.
-    export QEMU_LD_PREFIX="/usr/${gnu}"
+    # Binaries run on the multiarch loader and libc (/lib/${gnu}, pulled in by libasound2-dev:ARCH), not on the
+    # cross sysroot's (/usr/${gnu}): Debian's cross libc lags the multiarch one, and with `-L /usr/${gnu}` the
+    # sysroot's ld.so loads the multiarch libc.so.6 of another build, whose mismatched private loader state makes
+    # the first pthread_create loop forever in its stack cache.
+    unset QEMU_LD_PREFIX
     # Debian's cargo and rustc go together and carry the foreign standard libraries; rustup's come first in PATH.
     export PATH="/usr/bin:$PATH"
     export RUSTC=/usr/bin/rustc CARGO=/usr/bin/cargo
     export "CARGO_TARGET_${upper}_LINKER=${gnu}-gcc"
-    export "CARGO_TARGET_${upper}_RUNNER=${qemu} -L /usr/${gnu}"
+    export "CARGO_TARGET_${upper}_RUNNER=${qemu}"
     export "CC_${triple//-/_}=${gnu}-gcc" "AR_${triple//-/_}=${gnu}-ar"
     export PKG_CONFIG_ALLOW_CROSS=1
     export "PKG_CONFIG_LIBDIR_${triple//-/_}=/usr/lib/${gnu}/pkgconfig:/usr/share/pkgconfig"
@@ -34,6 +34,6 @@ cross_env() {
     # A separate target directory keeps Debian's rustc from invalidating the native build.
     export CARGO_TARGET_DIR="${CROSS_TARGET_DIR:-target/cross}"
     CROSS_TRIPLE="$triple"
-    CROSS_QEMU="$qemu -L /usr/${gnu}"
+    CROSS_QEMU="$qemu"
     CROSS_LINKER="${gnu}-gcc"
 }

@@ -45,6 +45,10 @@ fn a_suite_file_is_scored_item_by_item_and_broken_items_do_not_stop_it() {
     assert_eq!((scored[0]["id"].as_str(), scored[0]["word_errors"].as_u64(), scored[0]["words"].as_u64()), (Some("see"), Some(0), Some(4)), "{}", scored[0]);
     let held_out = variant["splits"].as_array().unwrap().iter().find(|s| s["split"] == "held-out").expect("a held-out score");
     assert!(held_out["wer"].as_f64().unwrap() <= 0.4, "{held_out}");
+    // The variant ran in a process of its own: its cold start includes loading Whisper, its peak holds the weights.
+    let (process, figure) = (&variant["process"], |v: &Value| v.as_f64().unwrap());
+    assert!(figure(&process["cold_start_ms"]) > figure(&variant["load_ms"]), "{process}");
+    assert!(figure(&process["peak_rss_mib"]) > figure(&variant["model_mib"]), "{process}");
     let markdown = std::fs::read_to_string(dir.join("out1/report.md")).unwrap();
     assert!(markdown.contains("## Items not scored") && markdown.contains("- gone:"), "{markdown}");
     assert!(std::fs::read_to_string(dir.join("out1/wer.svg")).unwrap().starts_with("<svg"));
@@ -121,5 +125,8 @@ fn an_end_to_end_suite_scores_captions_and_answers() {
     assert_eq!((items[0]["named"][0].as_str(), items[0]["answer_right"].as_bool()), (Some("cat"), Some(true)), "{}", items[0]);
     assert_eq!(items[1]["question"], "How many people are outside?", "Whisper hears the spoken question");
     assert!(items[1]["named"].as_array().unwrap().len() == 2 && items[1]["not_in_photo"].as_array().unwrap().is_empty(), "{}", items[1]);
+    let process = &report["variants"][0]["process"];
+    assert!(process["cold_start_ms"].as_f64().unwrap() > 0.0 && process["peak_rss_mib"].as_f64().unwrap() > 100.0, "the detector, OCR and Whisper are resident: {process}");
+    assert!(std::fs::read_to_string(out.join("report.md")).unwrap().contains("cold start ms"));
     let _ = std::fs::remove_dir_all(&dir);
 }

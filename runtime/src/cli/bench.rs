@@ -16,6 +16,8 @@ mod vision_suite;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Instant;
 
 use anyhow::{bail, Context as _};
 use clap::Args;
@@ -65,6 +67,18 @@ pub struct BenchArgs {
     tensors: Option<PathBuf>,
 }
 
+static PROCESS_START: OnceLock<Instant> = OnceLock::new();
+
+/// Notes when this process started (first thing in `main`), for cold-start figures.
+pub fn mark_process_start() {
+    PROCESS_START.get_or_init(Instant::now);
+}
+
+/// Milliseconds since `mark_process_start`.
+fn since_process_start() -> f64 {
+    PROCESS_START.get_or_init(Instant::now).elapsed().as_secs_f64() * 1e3
+}
+
 pub fn run(ctx: &Context, args: BenchArgs) -> anyhow::Result<()> {
     if args.repeats == Some(0) {
         bail!("--repeats must be at least 1");
@@ -83,17 +97,18 @@ pub fn run(ctx: &Context, args: BenchArgs) -> anyhow::Result<()> {
 
 /// Runs `lookout bench --suite SUITE --repeats N ARGS...` against the same bundle and parses the JSON it prints.
 fn worker<T: DeserializeOwned>(ctx: &Context, suite: &str, repeats: usize, args: &[OsString]) -> anyhow::Result<T> {
-    let exe = std::env::current_exe()?;
-    let out = Command::new(exe)
-        .arg("--models")
-        .arg(ctx.models_dir())
-        .args(["--bundle", &ctx.bundle, "bench", "--suite", suite, "--repeats", &repeats.to_string()])
-        .args(args)
-        .output()?;
+    let out = bench_command(ctx, suite)?.args(["--repeats", &repeats.to_string()]).args(args).output()?;
     if !out.status.success() {
         bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
     }
     serde_json::from_slice(&out.stdout).context("worker output")
+}
+
+/// `lookout bench --suite SUITE` on this process's models and bundle, to run in a child process.
+fn bench_command(ctx: &Context, suite: &str) -> anyhow::Result<Command> {
+    let mut command = Command::new(std::env::current_exe()?);
+    command.arg("--models").arg(ctx.models_dir()).args(["--bundle", &ctx.bundle, "bench", "--suite", suite]);
+    Ok(command)
 }
 
 /// The Python that has the peers installed: `$LOOKOUT_PEER_PYTHON`, else the first of `candidates` that exists.

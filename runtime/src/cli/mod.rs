@@ -14,6 +14,7 @@ mod transcribe;
 use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
+pub use bench::mark_process_start;
 pub use check_config::OverBudget;
 use lookout_models::bundle::{self, Bundle, DEFAULT_BUNDLE};
 

@@ -17,8 +17,11 @@ use lookout_models::vision::{Scene, VisionModels};
 use lookout_models::whisper::{DecodeOptions, Whisper, Window};
 use serde::{Deserialize, Serialize};
 
-use super::suite::{check_split, not_scored_markdown, percent, prepare_items, split_chart, suite_heading, ItemError, ScoredVariant, SuiteReport, SPLITS};
-use super::{median, write_report, BenchArgs};
+use super::suite::{
+    check_split, in_own_processes, not_scored_markdown, percent, prepare_items, print_worker_output, process_cells, split_chart, suite_heading, worker_variant, ItemError, ProcessFigures, ScoredVariant, SuiteReport,
+    WorkerOutput, PROCESS_NOTE, SPLITS,
+};
+use super::{median, since_process_start, write_report, BenchArgs};
 use crate::answer::reply;
 use crate::cli::Context;
 use crate::fusion::{SceneFacts, Task};
@@ -58,7 +61,7 @@ struct Ready {
     question: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Scored {
     id: String,
     split: String,
@@ -76,7 +79,7 @@ struct Scored {
     tokens_per_s: Option<f64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct SplitScore {
     split: String,
     items: usize,
@@ -90,18 +93,48 @@ struct SplitScore {
 type VariantResult = ScoredVariant<SplitScore, Scored>;
 
 pub(super) fn run(ctx: &Context, args: &BenchArgs, path: &Path, description: &str, items: &[toml::Value]) -> anyhow::Result<()> {
-    lookout_models::engine::set_threads(1);
+    if args.worker.is_some() {
+        return run_variant(ctx, worker_variant(args)?, path, items);
+    }
     let bundle = ctx.open_bundle()?;
     let variants: Vec<String> = if args.variants.is_empty() {
         std::iter::once(SCENE_ONLY.to_string()).chain(bundle.variants("llm-decoder").into_iter().map(str::to_string)).collect()
     } else {
         args.variants.clone()
     };
+    let outputs: Vec<WorkerOutput<VariantResult>> = in_own_processes(ctx, args, path, &variants)?;
+    let skipped = outputs.first().map(|o| o.skipped.clone()).unwrap_or_default();
+    let results: Vec<VariantResult> = outputs.into_iter().map(|o| o.result).collect();
+    let suite = path.display().to_string();
+    let markdown = report_markdown(&suite, description, &skipped, &results);
+    write_report(&args.out, &markdown, &SuiteReport { suite: suite.clone(), kind: "e2e", description, skipped: &skipped, variants: &results })?;
+    let bars: Vec<_> = results
+        .iter()
+        .map(|r| {
+            let of = |name: &str| r.splits.iter().find(|s| s.split == name).and_then(|s| s.answer_accuracy);
+            (r.variant.clone(), of("in-domain"), of("held-out"))
+        })
+        .collect();
+    let svg = args.out.join("answers.svg");
+    std::fs::write(&svg, split_chart("Right answers per decoder variant", &bars)).with_context(|| svg.display().to_string())?;
+    Ok(())
+}
+
+/// One variant in this process (`--worker suite`): every model the job needs is loaded first (the cold start),
+/// then each item's scene is described and its spoken question heard, then the variant captions and answers.
+fn run_variant(ctx: &Context, variant: &str, path: &Path, items: &[toml::Value]) -> anyhow::Result<()> {
+    lookout_models::engine::set_threads(1);
+    let bundle = ctx.open_bundle()?;
     let vision = VisionModels::load(&bundle, true)?;
-    let labels: BTreeSet<String> = vision.detector.labels().iter().cloned().collect();
     let whisper = Whisper::load(&bundle, None)?;
     let vad = SileroVad::load(&bundle)?;
     let mut transcriber = Transcriber::new(&whisper, Some(&vad))?;
+    let decoder = match variant {
+        SCENE_ONLY => None,
+        v => Some(LanguageModel::load(&bundle, Some(v)).with_context(|| format!("decoder variant {v}"))?),
+    };
+    let cold_start_ms = since_process_start();
+    let labels: BTreeSet<String> = vision.detector.labels().iter().cloned().collect();
     let mut session = vision.session()?;
     let base = path.parent().unwrap_or(Path::new("."));
     let (ready, skipped) = prepare_items(path, items, |value| {
@@ -134,29 +167,10 @@ pub(super) fn run(ctx: &Context, args: &BenchArgs, path: &Path, description: &st
         Ok(Ready { item, scene, question })
     })?;
     drop(session);
-
     let known: Vec<String> = labels.into_iter().collect();
-    let mut results = Vec::new();
-    for variant in &variants {
-        let decoder = match variant.as_str() {
-            SCENE_ONLY => None,
-            v => Some(LanguageModel::load(&bundle, Some(v)).with_context(|| format!("decoder variant {v}"))?),
-        };
-        results.push(evaluate(variant, decoder.as_ref(), &known, &ready));
-    }
-    let suite = path.display().to_string();
-    let markdown = report_markdown(&suite, description, &skipped, &results);
-    write_report(&args.out, &markdown, &SuiteReport { suite: suite.clone(), kind: "e2e", description, skipped: &skipped, variants: &results })?;
-    let bars: Vec<_> = results
-        .iter()
-        .map(|r| {
-            let of = |name: &str| r.splits.iter().find(|s| s.split == name).and_then(|s| s.answer_accuracy);
-            (r.variant.clone(), of("in-domain"), of("held-out"))
-        })
-        .collect();
-    let svg = args.out.join("answers.svg");
-    std::fs::write(&svg, split_chart("Right answers per decoder variant", &bars)).with_context(|| svg.display().to_string())?;
-    Ok(())
+    let mut result = evaluate(variant, decoder.as_ref(), &known, &ready);
+    result.process = Some(ProcessFigures::now(cold_start_ms));
+    print_worker_output(skipped, result)
 }
 
 fn evaluate(variant: &str, decoder: Option<&LanguageModel>, known: &[String], items: &[Ready]) -> VariantResult {
@@ -243,8 +257,8 @@ fn contains_any(text: &str, phrases: &[String]) -> bool {
 
 fn report_markdown(suite: &str, description: &str, skipped: &[ItemError], results: &[VariantResult]) -> String {
     let mut md = suite_heading(suite, "one thread, greedy decoding, detector and OCR, Whisper for spoken questions", description);
-    md.push_str("| decoder | split | items | caption object recall | objects named not in photo | answers right | ms per item p50 | p95 | first token ms | tokens/s |\n");
-    md.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    md.push_str("| decoder | split | items | caption object recall | objects named not in photo | answers right | ms per item p50 | p95 | first token ms | tokens/s | cold start ms | peak RSS MiB |\n");
+    md.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in results {
         let decoded = |f: fn(&Scored) -> Option<f64>| {
             let values: Vec<f64> = r.items.iter().filter_map(f).collect();
@@ -254,18 +268,20 @@ fn report_markdown(suite: &str, description: &str, skipped: &[ItemError], result
         for s in &r.splits {
             let answers = s.answer_accuracy.map_or("-".to_string(), |a| format!("{} of {}", (a * s.answers as f64).round(), s.answers));
             md.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {answers} | {:.0} | {:.0} | {first_token} | {tokens_per_s} |\n",
+                "| {} | {} | {} | {} | {} | {answers} | {:.0} | {:.0} | {first_token} | {tokens_per_s} | {} |\n",
                 r.variant,
                 s.split,
                 s.items,
                 percent(s.caption_recall),
                 percent(s.not_in_photo_rate),
                 r.median_ms,
-                r.p95_ms
+                r.p95_ms,
+                process_cells(r.process)
             ));
         }
     }
     md.push_str("\nRecall counts the photo's reference objects a caption names; a named COCO object that is neither in `objects` nor in `also` counts as not in the photo. An answer is right when it contains one of the item's expected words.\n");
+    md.push_str(PROCESS_NOTE);
     md.push_str("\n## Captions and answers\n\n| item | decoder | caption | question | answer | right |\n|---|---|---|---|---|---|\n");
     for r in results {
         for s in &r.items {

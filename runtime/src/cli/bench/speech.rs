@@ -41,7 +41,9 @@ pub(super) struct EngineRun {
     variant: String,
     window: String,
     pub load_ms: f64,
-    peak_rss_mib: f64,
+    /// From the process's start to the model loaded.
+    pub cold_start_ms: f64,
+    pub peak_rss_mib: f64,
     weight_mib: Option<f64>,
     pub results: Vec<InputResult>,
 }
@@ -114,6 +116,7 @@ fn measure(ctx: &Context, variant: &str, window: &str, inputs: &[PathBuf], repea
     let started = Instant::now();
     let whisper = Whisper::load(&bundle, Some(variant))?;
     let load_ms = started.elapsed().as_secs_f64() * 1e3;
+    let cold_start_ms = super::since_process_start();
     let weight_bytes = whisper_weight_bytes(&bundle, variant);
     let mut transcriber = Transcriber::new(&whisper, None)?;
     let options = DecodeOptions { window: window_kind, ..DecodeOptions::default() };
@@ -148,6 +151,7 @@ fn measure(ctx: &Context, variant: &str, window: &str, inputs: &[PathBuf], repea
         variant: variant.into(),
         window: window.into(),
         load_ms,
+        cold_start_ms,
         peak_rss_mib: memory::rss().map_or(0.0, |r| r.peak_mib),
         weight_mib: Some(weight_bytes as f64 / (1024.0 * 1024.0)),
         results,
@@ -167,6 +171,7 @@ pub(super) fn faster_whisper(python: &std::path::Path, compute_type: &str, input
         variant: compute_type.into(),
         window: "full".into(),
         load_ms: v["load_ms"].as_f64().unwrap_or(0.0),
+        cold_start_ms: v["cold_start_ms"].as_f64().unwrap_or(0.0),
         peak_rss_mib: v["peak_rss_mib"].as_f64().unwrap_or(0.0),
         weight_mib: None,
         results: serde_json::from_value(v["results"].clone())?,

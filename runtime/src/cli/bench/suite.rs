@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{bail, Context as _};
@@ -14,9 +14,11 @@ use lookout_models::audio;
 use lookout_models::speech::Transcriber;
 use lookout_models::vad::SileroVad;
 use lookout_models::whisper::{DecodeOptions, Whisper};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::{median, peer_python, percentile, write_report, BenchArgs};
+use super::{bench_command, median, peer_python, percentile, since_process_start, write_report, BenchArgs};
+use crate::memory;
 use crate::cli::transcribe::WindowArg;
 use crate::cli::Context;
 
@@ -55,7 +57,7 @@ pub(super) const MIB: f64 = 1024.0 * 1024.0;
 pub(super) const SPLITS: [&str; 2] = ["in-domain", "held-out"];
 
 /// One item's outcome for one variant.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Scored {
     id: String,
     split: String,
@@ -70,7 +72,7 @@ struct Scored {
     ms: f64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct SplitScore {
     split: String,
     items: usize,
@@ -78,10 +80,11 @@ struct SplitScore {
     cer: f64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct VariantResult {
     variant: String,
     load_ms: f64,
+    process: Option<ProcessFigures>,
     /// Median over items of processing time over audio duration.
     real_time_factor: f64,
     real_time_factor_p95: f64,
@@ -95,18 +98,34 @@ struct VariantResult {
     failed: Vec<ItemError>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct ItemError {
     pub item: String,
     pub error: String,
 }
 
+/// What a variant's own process measured: from its start to its models loaded, and its peak resident size.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub(super) struct ProcessFigures {
+    pub cold_start_ms: f64,
+    pub peak_rss_mib: f64,
+}
+
+impl ProcessFigures {
+    /// The peak so far, with the cold start measured when the models were loaded.
+    pub fn now(cold_start_ms: f64) -> Self {
+        ProcessFigures { cold_start_ms, peak_rss_mib: memory::rss().map_or(0.0, |r| r.peak_mib) }
+    }
+}
+
 /// One vision or end-to-end variant's scores: per split, per item, and the items it could not run.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub(super) struct ScoredVariant<S, I> {
     pub variant: String,
     pub median_ms: f64,
     pub p95_ms: f64,
+    /// Set where the variant ran in a process of its own.
+    pub process: Option<ProcessFigures>,
     pub splits: Vec<S>,
     pub items: Vec<I>,
     pub failed: Vec<ItemError>,
@@ -116,8 +135,49 @@ impl<S, I> ScoredVariant<S, I> {
     /// `items` with the median and 95th percentile of their times.
     pub fn new(variant: String, splits: Vec<S>, items: Vec<I>, failed: Vec<ItemError>, ms: impl Fn(&I) -> f64) -> Self {
         let (median_ms, p95_ms) = (median(items.iter().map(&ms)), percentile(items.iter().map(&ms), 0.95));
-        ScoredVariant { variant, median_ms, p95_ms, splits, items, failed }
+        ScoredVariant { variant, median_ms, p95_ms, process: None, splits, items, failed }
     }
+}
+
+/// What a variant's process (`--worker suite`) prints for the run that started it.
+#[derive(Serialize, Deserialize)]
+pub(super) struct WorkerOutput<V> {
+    pub skipped: Vec<ItemError>,
+    pub result: V,
+}
+
+/// Runs each variant in a `lookout bench --worker suite` process of its own, one after the other, so that its
+/// cold start and peak RSS are its own; their progress goes to this process's stderr.
+pub(super) fn in_own_processes<V: DeserializeOwned>(ctx: &Context, args: &BenchArgs, path: &Path, variants: &[String]) -> anyhow::Result<Vec<WorkerOutput<V>>> {
+    let suite = path.to_str().with_context(|| format!("suite path {} is not UTF-8", path.display()))?;
+    variants
+        .iter()
+        .map(|variant| {
+            let out = bench_command(ctx, suite)?
+                .args(["--variants", variant, "--worker", "suite", "--no-peers", "--out"])
+                .arg(&args.out)
+                .stderr(Stdio::inherit())
+                .output()?;
+            if !out.status.success() {
+                bail!("variant {variant}: its process failed ({})", out.status);
+            }
+            serde_json::from_slice(&out.stdout).with_context(|| format!("variant {variant}: its process's output"))
+        })
+        .collect()
+}
+
+/// The one variant a `--worker suite` process runs.
+pub(super) fn worker_variant(args: &BenchArgs) -> anyhow::Result<&str> {
+    match args.variants.as_slice() {
+        [variant] => Ok(variant),
+        _ => bail!("a suite worker runs exactly one variant"),
+    }
+}
+
+/// Prints a worker's result for the process that started it.
+pub(super) fn print_worker_output<V: Serialize>(skipped: Vec<ItemError>, result: V) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string(&WorkerOutput { skipped, result })?);
+    Ok(())
 }
 
 /// report.json of a suite run, whatever its kind.
@@ -181,7 +241,12 @@ pub(super) fn check_split(split: &str) -> anyhow::Result<()> {
 fn run_speech(ctx: &Context, args: &BenchArgs, path: &Path, suite: &SuiteFile) -> anyhow::Result<()> {
     let base = path.parent().unwrap_or(Path::new("."));
     let synth_dir = args.out.join("suite-audio");
-    let (ready, skipped) = prepare_items(path, &suite.items, |value| prepare_item(value, base, &synth_dir))?;
+    let prepare = || prepare_items(path, &suite.items, |value| prepare_item(value, base, &synth_dir));
+    if args.worker.is_some() {
+        let (skipped, result) = evaluate(ctx, worker_variant(args)?, prepare)?;
+        return print_worker_output(skipped, result);
+    }
+    let (ready, skipped) = prepare()?;
 
     let bundle = ctx.open_bundle()?;
     let variants: Vec<String> = if args.variants.is_empty() {
@@ -189,10 +254,7 @@ fn run_speech(ctx: &Context, args: &BenchArgs, path: &Path, suite: &SuiteFile) -
     } else {
         args.variants.clone()
     };
-    let mut results = Vec::new();
-    for variant in &variants {
-        results.push(evaluate(ctx, variant, &ready).with_context(|| format!("variant {variant}"))?);
-    }
+    let mut results: Vec<VariantResult> = in_own_processes(ctx, args, path, &variants)?.into_iter().map(|o| o.result).collect();
     if args.no_peers {
         eprintln!("bench: peers skipped (--no-peers)");
     } else if let Some(python) = peer_python(&[".cache/venv-peers/bin/python"]) {
@@ -259,8 +321,9 @@ fn synthesize(text: &str, voice: &str, wpm: u32, out: &Path) -> anyhow::Result<P
 }
 
 /// Runs every item through one `VARIANT:WINDOW` (for example `int8:fit`) on one thread, greedy, with the VAD, as
-/// `lookout transcribe` and the daemon hear speech.
-fn evaluate(ctx: &Context, spec: &str, items: &[Ready]) -> anyhow::Result<VariantResult> {
+/// `lookout transcribe` and the daemon hear speech. The models are loaded before the items are prepared, so the
+/// cold start is the models' alone.
+fn evaluate(ctx: &Context, spec: &str, prepare: impl FnOnce() -> anyhow::Result<(Vec<Ready>, Vec<ItemError>)>) -> anyhow::Result<(Vec<ItemError>, VariantResult)> {
     let (variant, window) = spec.split_once(':').unwrap_or((spec, "full"));
     let window_kind = WindowArg::named(window)?;
     lookout_models::engine::set_threads(1);
@@ -270,6 +333,8 @@ fn evaluate(ctx: &Context, spec: &str, items: &[Ready]) -> anyhow::Result<Varian
     let load_ms = started.elapsed().as_secs_f64() * 1e3;
     let vad = SileroVad::load(&bundle)?;
     let mut transcriber = Transcriber::new(&whisper, Some(&vad))?;
+    let cold_start_ms = since_process_start();
+    let (items, skipped) = prepare()?;
     let options = DecodeOptions { window: window_kind, ..DecodeOptions::default() };
     let (mut scored, mut failed) = (Vec::new(), Vec::new());
     for (i, item) in items.iter().enumerate() {
@@ -282,7 +347,8 @@ fn evaluate(ctx: &Context, spec: &str, items: &[Ready]) -> anyhow::Result<Varian
     }
     eprintln!();
     let weights = super::speech::whisper_weight_bytes(&bundle, variant);
-    Ok(VariantResult { model_mib: Some(weights as f64 / MIB), ..variant_result(spec.to_string(), load_ms, scored, failed) })
+    let process = Some(ProcessFigures::now(cold_start_ms));
+    Ok((skipped, VariantResult { model_mib: Some(weights as f64 / MIB), process, ..variant_result(spec.to_string(), load_ms, scored, failed) }))
 }
 
 /// faster-whisper on the same items and the same CTranslate2 weights (greedy, one thread, its defaults: no VAD,
@@ -298,7 +364,8 @@ fn faster_whisper(python: &Path, compute_type: &str, items: &[Ready]) -> anyhow:
             None => failed.push(ItemError { item: item.id.clone(), error: "faster-whisper returned no transcript".into() }),
         }
     }
-    Ok(variant_result(format!("faster-whisper {compute_type}"), run.load_ms, scored, failed))
+    let process = Some(ProcessFigures { cold_start_ms: run.cold_start_ms, peak_rss_mib: run.peak_rss_mib });
+    Ok(VariantResult { process, ..variant_result(format!("faster-whisper {compute_type}"), run.load_ms, scored, failed) })
 }
 
 /// One item's transcript against its reference.
@@ -341,6 +408,7 @@ fn variant_result(variant: String, load_ms: f64, scored: Vec<Scored>, failed: Ve
     VariantResult {
         variant,
         load_ms,
+        process: None,
         real_time_factor: median(rtf()),
         real_time_factor_p95: percentile(rtf(), 0.95),
         ms_p50: median(scored.iter().map(|s| s.ms)),
@@ -382,13 +450,13 @@ pub(super) fn percent(x: f64) -> String {
 
 fn report_markdown(suite: &str, description: &str, skipped: &[ItemError], results: &[VariantResult]) -> String {
     let mut md = suite_heading(suite, "one thread, greedy decoding; Lookout with Silero VAD as `lookout transcribe`, faster-whisper with its defaults (no VAD, full window)", description);
-    md.push_str("| variant | in-domain WER | in-domain CER | held-out WER | held-out CER | items | RTF p50 | RTF p95 | ms p50 | ms p95 | weights MiB | load ms |\n");
-    md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    md.push_str("| variant | in-domain WER | in-domain CER | held-out WER | held-out CER | items | RTF p50 | RTF p95 | ms p50 | ms p95 | weights MiB | load ms | cold start ms | peak RSS MiB |\n");
+    md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in results {
         let split = |name: &str| r.splits.iter().find(|s| s.split == name);
         let cell = |name: &str, wer: bool| split(name).map_or("-".into(), |s| percent(if wer { s.wer } else { s.cer }));
         md.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {:.3} | {:.3} | {:.0} | {:.0} | {} | {:.0} |\n",
+            "| {} | {} | {} | {} | {} | {} | {:.3} | {:.3} | {:.0} | {:.0} | {} | {:.0} | {} |\n",
             r.variant,
             cell("in-domain", true),
             cell("in-domain", false),
@@ -400,10 +468,12 @@ fn report_markdown(suite: &str, description: &str, skipped: &[ItemError], result
             r.ms_p50,
             r.ms_p95,
             r.model_mib.map_or("-".into(), |m| format!("{m:.0}")),
-            r.load_ms
+            r.load_ms,
+            process_cells(r.process)
         ));
     }
     md.push_str("\nWER and CER are pooled over each split's items (errors over reference words or characters) after lower-casing and dropping punctuation.\n");
+    md.push_str(PROCESS_NOTE);
     let mut by_item: BTreeMap<&str, Vec<(&str, &Scored)>> = BTreeMap::new();
     for r in results {
         for s in &r.items {
@@ -424,6 +494,14 @@ fn report_markdown(suite: &str, description: &str, skipped: &[ItemError], result
     let failed: Vec<(&str, &ItemError)> = results.iter().flat_map(|r| r.failed.iter().map(move |f| (r.variant.as_str(), f))).collect();
     md.push_str(&not_scored_markdown(skipped, &failed));
     md
+}
+
+/// How the report's cold start and peak RSS were measured.
+pub(super) const PROCESS_NOTE: &str = "Each variant runs in a process of its own. Cold start: from the process's start to its models loaded (Lookout from `main`, a Python peer from its script's first line, imports included); peak RSS: the process's high-water mark after every item.\n";
+
+/// The report's cold start and peak RSS cells: `cold start ms | peak RSS MiB`.
+pub(super) fn process_cells(process: Option<ProcessFigures>) -> String {
+    process.map_or("- | -".into(), |p| format!("{:.0} | {:.0}", p.cold_start_ms, p.peak_rss_mib))
 }
 
 /// The report's list of items refused before the run and items that failed with one variant.
