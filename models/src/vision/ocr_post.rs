@@ -360,12 +360,17 @@ pub fn word_gaps(line: &[f32], height: usize, width: usize, content_width: usize
     let background = column_values[column_values.len() / 2];
     let deviation: Vec<f32> =
         (0..content_width).map(|x| (0..height).map(|y| (grey(y, x) - background).abs()).fold(0.0, f32::max)).collect();
+    // In a tight crop of bold type the median lies between paper and ink, and even blank columns stray from it;
+    // they stray least, so ink is measured from the quietest three columns in a row up (a lone mid-grey column
+    // on a letter's edge does not count).
     let strongest = deviation.iter().copied().fold(0.0, f32::max);
-    if strongest <= 0.0 {
+    let quietest = deviation.windows(3).map(|w| w.iter().copied().fold(0.0, f32::max)).fold(f32::INFINITY, f32::min);
+    if strongest - quietest <= 1e-3 {
         return;
     }
+    let ink_level = quietest + 0.25 * (strongest - quietest);
     let ink_rows: Vec<usize> = (0..height)
-        .filter(|&y| (0..content_width).any(|x| (grey(y, x) - background).abs() >= 0.25 * strongest))
+        .filter(|&y| (0..content_width).any(|x| (grey(y, x) - background).abs() >= ink_level))
         .collect();
     let ink_height = match (ink_rows.first(), ink_rows.last()) {
         (Some(top), Some(bottom)) => bottom - top + 1,
@@ -375,7 +380,7 @@ pub fn word_gaps(line: &[f32], height: usize, width: usize, content_width: usize
     let mut runs: Vec<(usize, usize)> = Vec::new();
     let mut start = None;
     for (x, d) in deviation.iter().enumerate() {
-        let blank = *d < 0.25 * strongest;
+        let blank = *d < ink_level;
         match (blank, start) {
             (true, None) => start = Some(x),
             (false, Some(s)) => {

@@ -307,13 +307,16 @@ fn tvec_of<const N: usize>(values: [TValue; N]) -> tract_onnx::prelude::TVec<TVa
     values.into_iter().collect()
 }
 
-/// Where a decoding loop begins: when the output ends with the same phrase (2 to 32 tokens) three times over,
-/// the length that keeps its first occurrence.
+/// Where a decoding loop begins, as the length that keeps the phrase's first occurrence: the output ends with the
+/// same phrase three times over (2 to 32 tokens), or twice over when the phrase is 5 tokens or longer. A short
+/// encoder window makes Whisper say a short query twice ("Did I leave the stove on? Did I leave the stove on?");
+/// a phrase that long said twice in a row is rarely what was spoken.
 pub fn repetition_cut(tokens: &[u32]) -> Option<usize> {
     let n = tokens.len();
-    (2..=32).take_while(|k| 3 * k <= n).find_map(|k| {
-        let last = &tokens[n - k..];
-        (last == &tokens[n - 2 * k..n - k] && last == &tokens[n - 3 * k..n - 2 * k]).then(|| n - 2 * k)
+    let ends_with = |k: usize, times: usize| (1..times).all(|t| tokens[n - k..] == tokens[n - (t + 1) * k..n - t * k]);
+    (2..=32).take_while(|k| 2 * k <= n).find_map(|k| {
+        let times = if k >= 5 { 2 } else { 3 };
+        (times * k <= n && ends_with(k, times)).then(|| n - (times - 1) * k)
     })
 }
 
@@ -342,6 +345,9 @@ mod tests {
         assert_eq!(repetition_cut(&looped), Some(4));
         assert_eq!(repetition_cut(&[5, 5, 5]), None, "one-token repeats are real speech (\"no no no\")");
         assert_eq!(repetition_cut(&[1, 2, 3, 1, 2, 4, 1, 2, 3]), None);
+        assert_eq!(repetition_cut(&[1, 2, 3, 1, 2, 3]), None, "a short phrase twice can be real speech");
+        let twice = [9, 1, 2, 3, 4, 5, 1, 2, 3, 4, 5];
+        assert_eq!(repetition_cut(&twice), Some(6), "a whole question said twice is kept once");
     }
 
     #[test]
