@@ -227,7 +227,8 @@ def main() -> int:
         "default",
         "Speech: Silero VAD v6 (16 kHz) and Whisper base (multilingual) encoder + KV-cache decoder, int8 and f32. "
         "Vision: CenterNet-MobileNetV3 COCO-80 object detector (512x512 NHWC) and PP-OCRv4 text detector "
-        "(640x640) + CTC recognizer (48x320, Chinese/English dictionary), f32. "
+        "(640x640) + CTC recognizer (48x320, Chinese/English dictionary), EfficientNet-Lite0 ImageNet-1k scene "
+        "classifier (224x224), f32. "
         "Language: SmolLM2-135M-Instruct decoder from its Q4_1 GGUF, 4-bit (the GGUF's own blocks) and f32",
         components,
     )

@@ -9,6 +9,7 @@ Writes $REPO/.cache/testdata/vision/ (preprocessing as documented in vision.py a
                         image, x1 and y1 exclusive), input, input_name, outputs: [{name, file}]}],
                         detections: {photo: {size: [w, h], scale (letterbox), objects: [{label, class, score,
                         box: [x1, y1, x2, y2] in image pixels}]}},
+                        scene_labels: {photo: [{label, class, score}]} (the classifier's top 3 at or above 0.15),
                         ocr: [{file, text, read, exact, without_spaces, boxes: [{box, score, line, text,
                         text_score}]}], timings_ms: {role: {"1": median, "2": median}}}
 The detections are the full pipeline (letterbox, detector, class-agnostic NMS at IoU 0.5, score > 0.3);
@@ -112,7 +113,8 @@ def main() -> int:
         return 1
 
     components = {c["role"]: c for c in manifest.load(manifest_path)["component"]}
-    roles = ("object-detector", "object-labels", "ocr-detector", "ocr-recognizer", "ocr-dictionary")
+    roles = ("object-detector", "object-labels", "ocr-detector", "ocr-recognizer", "ocr-dictionary", "scene-classifier",
+             "scene-labels")
     if any(role not in components for role in roles):
         print(f"error: {manifest_path} lacks the vision components", file=sys.stderr)
         return 1
@@ -146,8 +148,9 @@ def main() -> int:
     path = {role: args.bundle / components[role]["file"] for role in roles}
     labels = path["object-labels"].read_text().splitlines()
     dictionary = path["ocr-dictionary"].read_text(encoding="utf-8").split("\n")[:-1]
+    scene_names = path["scene-labels"].read_text().splitlines()
     sessions = {threads: {role: vision.session(path[role], threads)
-                          for role in ("object-detector", "ocr-detector", "ocr-recognizer")}
+                          for role in ("object-detector", "ocr-detector", "ocr-recognizer", "scene-classifier")}
                 for threads in (1, 2)}
     one = sessions[1]
     problems: list[str] = []
@@ -168,21 +171,26 @@ def main() -> int:
         tensors.append(entry)
         return outputs
 
-    # Detector: full pipeline on every photo, raw tensors for a few.
-    detections = {}
-    print("\nobject detection (letterbox 512, NMS IoU 0.5, score > 0.3):")
+    # Detector and scene classifier: full pipeline on every photo, raw tensors for a few.
+    detections, scene_labels = {}, {}
+    print("\nobject detection (letterbox 512, NMS IoU 0.5, score > 0.3) | scene labels (letterbox 224):")
     for name in DARKNET_PHOTOS + SKIMAGE_PHOTOS:
         with Image.open(OUT / "photos" / name) as image:
             image.load()
         tensor, scale = vision.detector_input(image)
         if name in DETECTOR_TENSORS:
             reference("object-detector", f"photos/{name}", f"detector.{Path(name).stem}", tensor)
+            reference("scene-classifier", f"photos/{name}", f"classifier.{Path(name).stem}", vision.classifier_input(image))
         objects = vision.detect_objects(one["object-detector"], image, labels)
         detections[name] = {"size": list(image.size), "scale": scale, "objects": objects}
+        scene_labels[name] = vision.classify(one["scene-classifier"], image, scene_names)
         counts: dict[str, int] = {}
         for o in objects:
             counts[o["label"]] = counts.get(o["label"], 0) + 1
-        print(f"  {name:<14} " + ", ".join(f"{n} x{c}" if c > 1 else n for n, c in counts.items()))
+        print(f"  {name:<14} " + ", ".join(f"{n} x{c}" if c > 1 else n for n, c in counts.items())
+              + " | " + ", ".join(f"{t['label']} {t['score']:.2f}" for t in scene_labels[name]))
+    if [t["label"] for t in scene_labels["coffee.png"][:1]] != ["espresso"]:
+        problems.append(f"coffee.png: expected the scene label espresso, got {scene_labels['coffee.png']}")
     dog = {o["label"] for o in detections["dog.jpg"]["objects"]}
     if not ({"dog", "bicycle"} <= dog and dog & {"car", "truck"}):
         problems.append(f"dog.jpg: expected dog, bicycle and car or truck, got {sorted(dog)}")
@@ -229,7 +237,7 @@ def main() -> int:
         t = timings[entry["role"]]
         print(f"  {entry['role']:<16} 1 thread {t['1']:7.1f}   2 threads {t['2']:7.1f}")
 
-    index = {"tensors": tensors, "detections": detections, "ocr": ocr, "timings_ms": timings,
+    index = {"tensors": tensors, "detections": detections, "scene_labels": scene_labels, "ocr": ocr, "timings_ms": timings,
              "dictionary_size": len(dictionary)}
     write_atomic(OUT / "index.json", (json.dumps(index, indent=1, ensure_ascii=False) + "\n").encode())
     report_problems(problems)

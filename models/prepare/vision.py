@@ -1,4 +1,5 @@
-"""Vision components of the bundle (CenterNet detector, PP-OCRv4 det + rec) and their exact pre/post-processing.
+"""Vision components of the bundle (CenterNet detector, PP-OCRv4 det + rec, EfficientNet-Lite0 scene classifier)
+and their exact pre/post-processing.
 
 Preprocessing, as the runtime must reproduce it:
   resize      bilinear with half-pixel centres and no antialiasing (cv2 INTER_LINEAR, TF half_pixel_centers):
@@ -12,6 +13,8 @@ Preprocessing, as the runtime must reproduce it:
               the output is a text probability per input pixel [1, 1, 640, 640]
   ocr rec     crop, resize to height 48 and width min(320, ceil(48 * w / h)), BGR, (x / 255 - 0.5) / 0.5,
               NCHW, right-padded with 0.0 (after normalization) to [1, 3, 48, 320] (as rapidocr does)
+  classifier  letterbox to 224 padded with pixel 127 (the whole frame, not a centre crop: a scene label is about
+              everything the camera sees), RGB, (x - 127) / 128, NCHW [1, 3, 224, 224]
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import onnxruntime as ort
 from PIL import Image
 
 import centernet
+import classifier
 import manifest
 from sources import Source, SourceError
 
@@ -53,6 +57,11 @@ OCR_DET_PARAMS = {
     "input_size": OCR_DET_SIZE, **OCR_NORM, "resize": "letterbox", "pad_pixel": 0.0, "db_threshold": 0.3,
     "box_threshold": 0.5, "unclip_ratio": 1.5, "dilate": 2, "min_box_side": 3, "max_candidates": 1000,
     "merge_line_overlaps": True,
+}
+CLASSIFIER_PARAMS = {
+    "input_size": classifier.INPUT_SIZE, "layout": "nchw", "channel_order": "rgb", "pixel_scale": 1.0,
+    "mean": [127.0, 127.0, 127.0], "std": [128.0, 128.0, 128.0], "resize": "letterbox", "pad_pixel": 127,
+    "top_k": 3, "min_score": 0.15, "labels": f"{VISION_DIR}/imagenet_labels.txt",
 }
 OCR_REC_PARAMS = {
     "height": OCR_REC_SHAPE[0], "width": OCR_REC_SHAPE[1], **OCR_NORM, "pad": "right", "pad_normalized": 0.0,
@@ -135,13 +144,13 @@ def resize_bilinear(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
     return (top * (1 - fy[:, None, None]) + bottom * fy[:, None, None]).astype(np.float32)
 
 
-def letterbox(image: Image.Image, size: int) -> tuple[np.ndarray, float]:
-    """RGB image -> size x size x 3 f32 (0..255) at the top-left, zero-padded; returns it and the scale."""
+def letterbox(image: Image.Image, size: int, pad: float = 0.0) -> tuple[np.ndarray, float]:
+    """RGB image -> size x size x 3 f32 (0..255) at the top-left, padded with `pad`; returns it and the scale."""
     rgb = np.asarray(image.convert("RGB"))
     h, w = rgb.shape[:2]
     scale = size / max(w, h)
     nw, nh = min(size, round(w * scale)), min(size, round(h * scale))
-    out = np.zeros((size, size, 3), np.float32)
+    out = np.full((size, size, 3), pad, np.float32)
     out[:nh, :nw] = resize_bilinear(rgb, nw, nh)
     return out, scale
 
@@ -149,6 +158,19 @@ def letterbox(image: Image.Image, size: int) -> tuple[np.ndarray, float]:
 def detector_input(image: Image.Image) -> tuple[np.ndarray, float]:
     pixels, scale = letterbox(image, DETECTOR_SIZE)
     return pixels[None], scale
+
+
+def classifier_input(image: Image.Image) -> np.ndarray:
+    pixels, _ = letterbox(image, classifier.INPUT_SIZE, pad=CLASSIFIER_PARAMS["pad_pixel"])
+    return np.ascontiguousarray(((pixels - np.float32(127.0)) / np.float32(128.0)).transpose(2, 0, 1)[None], np.float32)
+
+
+def classify(sess: ort.InferenceSession, image: Image.Image, names: list[str]) -> list[dict]:
+    """The classifier's top labels as the runtime reports them: the top_k classes at or above min_score."""
+    probabilities = sess.run(None, {"input": classifier_input(image)})[0][0]
+    top = np.argsort(-probabilities, kind="stable")[:CLASSIFIER_PARAMS["top_k"]]
+    return [{"label": names[i], "class": int(i), "score": float(probabilities[i])}
+            for i in top if probabilities[i] >= CLASSIFIER_PARAMS["min_score"]]
 
 
 def _normalize_bgr(pixels: np.ndarray) -> np.ndarray:
@@ -371,6 +393,21 @@ def build(sources: dict[str, Source], emit) -> None:
          outputs=[manifest.tensor(rec.graph.output[0].name, "f32", rec_out)],
          params={**OCR_REC_PARAMS, "timesteps": rec_out[1], "classes": rec_out[2],
                  "output": "softmax over the dictionary per time step"})
+    mobilenet, lite0 = sources["tfjs-mobilenet"], sources["efficientnet-lite0"]
+    names = classifier.class_names(mobilenet)
+    scene = classifier.build_onnx(classifier.load_legacy_state_dict(lite0.read(classifier.WEIGHTS))).SerializeToString()
+    top = classify(session(scene), Image.open(darknet_photo(sources["darknet"], "dog.jpg")), names)
+    print("  scene classifier on dog.jpg: " + ", ".join(f"{t['label']} {t['score']:.2f}" for t in top), flush=True)
+    if not top or not 151 <= top[0]["class"] <= 268:
+        raise AssertionError(f"the scene classifier does not see a dog breed in dog.jpg: {top}")
+    emit(scene, name="efficientnet-lite0-imagenet", role="scene-classifier", variant="f32",
+         file=f"{VISION_DIR}/efficientnet_lite0.onnx", sources=[lite0.spec], license="Apache-2.0",
+         inputs=[manifest.tensor("input", "f32", [1, 3, classifier.INPUT_SIZE, classifier.INPUT_SIZE])],
+         outputs=[manifest.tensor("probabilities", "f32", [1, 1000])], params=CLASSIFIER_PARAMS)
+    emit(("\n".join(names) + "\n").encode(), name="imagenet-labels", role="scene-labels", variant="any",
+         file=CLASSIFIER_PARAMS["labels"], sources=[mobilenet.spec], license="Apache-2.0", inputs=[], outputs=[],
+         params={"count": len(names), "format": "one name per line, line i = class i (0-based)"})
+
     emit(("\n".join(dictionary) + "\n").encode(), name="ppocr-keys", role="ocr-dictionary", variant="any",
          file=OCR_REC_PARAMS["dictionary"], sources=[rapidocr.spec], license="Apache-2.0", inputs=[], outputs=[],
          params={"count": len(dictionary), "blank": 0, "blank_token": BLANK,

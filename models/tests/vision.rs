@@ -127,3 +127,25 @@ fn rendered_text_is_read_exactly() {
     // with spaces, 72 ignoring them).
     assert!(misread.len() <= 1, "{} of {} renders misread: {misread:#?}", misread.len(), renders.len());
 }
+
+#[test]
+fn scene_labels_match_onnxruntime_pipeline() {
+    let bundle = bundle();
+    let models = VisionModels::load(&bundle, false).unwrap().with_scene_classifier(&bundle).unwrap();
+    assert!(models.classifier.is_some(), "the default bundle has a scene classifier");
+    let mut session = models.session().unwrap();
+    let expected = index()["scene_labels"].as_object().unwrap().clone();
+    assert!(expected.len() >= 9);
+    for (photo, labels) in &expected {
+        let ours = session.classify(&load_image(&testdata().join("photos").join(photo)).unwrap()).unwrap();
+        let theirs = labels.as_array().unwrap();
+        assert_eq!(ours.len(), theirs.len(), "{photo}: {ours:?} vs {theirs:?}");
+        for (o, t) in ours.iter().zip(theirs) {
+            assert_eq!(o.label, t["label"].as_str().unwrap(), "{photo}: {ours:?} vs {theirs:?}");
+            assert!((o.score - t["score"].as_f64().unwrap() as f32).abs() < 0.03, "{photo}: {ours:?} vs {theirs:?}");
+        }
+    }
+    // ImageNet classes 151 to 268 are dog breeds.
+    let dog = &expected["dog.jpg"][0];
+    assert!((151..=268).contains(&dog["class"].as_u64().unwrap()), "dog.jpg: {dog}");
+}

@@ -1,5 +1,5 @@
-//! The vision encoders through tract: the COCO-80 object detector and PP-OCR text detection and recognition,
-//! run on an RGB image with preallocated input tensors, giving a `Scene`.
+//! The vision encoders through tract: the COCO-80 object detector, PP-OCR text detection and recognition, and the
+//! ImageNet scene classifier, run on an RGB image with preallocated input tensors, giving a `Scene`.
 
 use std::time::Instant;
 
@@ -13,7 +13,7 @@ use crate::vision::ocr_post::{
     ctc_greedy_decode_with_steps, insert_word_spaces, sort_reading_order, word_gaps, CtcDictionary, DbParams, DbPostprocessor,
     MapToSource, TextBox,
 };
-use crate::vision::scene::{Scene, TextLine};
+use crate::vision::scene::{Scene, SceneLabel, TextLine};
 
 /// Where the time went, in milliseconds: `detect` fills the detector's stages, `read_text` the OCR stages, and
 /// `describe` clears them all first, so after it a stage that did not run reads zero.
@@ -37,6 +37,8 @@ pub struct StageTimings {
     pub ocr_rec_run: f64,
     /// Text boxes handed to the recognizer.
     pub ocr_rec_lines: usize,
+    /// The scene classifier: letterboxing, graph and top classes.
+    pub classify: f64,
 }
 
 /// One preprocessed model input as the engine last received it.
@@ -171,10 +173,37 @@ impl TextReader {
     }
 }
 
+/// The ImageNet scene classifier: the whole letterboxed frame in, class probabilities out.
+pub struct SceneClassifier {
+    graph: Graph,
+    size: usize,
+    normalization: Normalization,
+    layout: Layout,
+    pad_pixel: u8,
+    labels: Vec<String>,
+    top_k: usize,
+    min_score: f32,
+}
+
+impl SceneClassifier {
+    /// The bundle's classifier; `None` for a bundle without one (made before it was added).
+    pub fn load(bundle: &Bundle) -> Result<Option<SceneClassifier>> {
+        let Ok(c) = bundle.component("scene-classifier", None) else { return Ok(None) };
+        let size = c.param_usize("input_size")?;
+        let (normalization, layout) = input_format(c)?;
+        let pad_pixel = u8::try_from(c.param_usize("pad_pixel")?).map_err(|_| ModelError::BadParam { component: c.name.clone(), param: "pad_pixel".into() })?;
+        let labels: Vec<String> = read_text_file(bundle, bundle.component("scene-labels", None)?)?.lines().map(str::to_string).collect();
+        let (top_k, min_score) = (c.param_usize("top_k")?, c.param_f64("min_score")? as f32);
+        let graph = Graph::load(&c.name, &bundle.checked_path(c)?, &[(DatumType::F32, &image_dims(layout, size, size))])?;
+        Ok(Some(SceneClassifier { graph, size, normalization, layout, pad_pixel, labels, top_k, min_score }))
+    }
+}
+
 /// Every vision encoder the bundle offers, loaded once.
 pub struct VisionModels {
     pub detector: ObjectDetector,
     pub reader: Option<TextReader>,
+    pub classifier: Option<SceneClassifier>,
 }
 
 impl VisionModels {
@@ -182,7 +211,13 @@ impl VisionModels {
     pub fn load(bundle: &Bundle, with_text: bool) -> Result<VisionModels> {
         let detector = ObjectDetector::load(bundle)?;
         let reader = if with_text { Some(TextReader::load(bundle)?) } else { None };
-        Ok(VisionModels { detector, reader })
+        Ok(VisionModels { detector, reader, classifier: None })
+    }
+
+    /// Also loads the bundle's scene classifier, when it has one.
+    pub fn with_scene_classifier(mut self, bundle: &Bundle) -> Result<VisionModels> {
+        self.classifier = SceneClassifier::load(bundle)?;
+        Ok(self)
     }
 
     pub fn set_score_threshold(&mut self, threshold: f32) {
@@ -205,12 +240,17 @@ impl VisionModels {
             }),
             None => None,
         };
+        let classifier = match &self.classifier {
+            Some(c) => Some((c.graph.new_state()?, vec![0.0; 3 * c.size * c.size])),
+            None => None,
+        };
         Ok(VisionSession {
             models: self,
             detector: d.graph.new_state()?,
             det_input: vec![0.0; 3 * d.size * d.size],
             detections: Vec::new(),
             ocr,
+            classifier,
             timings: StageTimings::default(),
         })
     }
@@ -234,6 +274,8 @@ pub struct VisionSession<'m> {
     det_input: Vec<f32>,
     detections: Vec<Detection>,
     ocr: Option<OcrSession>,
+    /// The scene classifier's engine state and input tensor.
+    classifier: Option<(GraphState, Vec<f32>)>,
     timings: StageTimings,
 }
 
@@ -297,7 +339,7 @@ impl VisionSession<'_> {
         inputs
     }
 
-    /// Objects (and text, when the OCR models are loaded) in one image.
+    /// Objects (and text and scene labels, when those models are loaded) in one image.
     pub fn describe(&mut self, image: &RgbImage) -> Result<Scene> {
         self.timings = StageTimings::default();
         let started = Instant::now();
@@ -307,11 +349,44 @@ impl VisionSession<'_> {
         let text = self.read_text(image)?;
         let ocr_ms = started.elapsed().as_secs_f64() * 1e3;
         let mut scene = Scene::new(image.width, image.height, objects, text);
+        scene.scene_labels = self.classify(image)?;
         scene.timings_ms.insert("detect".into(), detect_ms);
         if self.ocr.is_some() {
             scene.timings_ms.insert("ocr".into(), ocr_ms);
         }
+        if self.classifier.is_some() {
+            scene.timings_ms.insert("classify".into(), self.timings.classify);
+        }
         Ok(scene)
+    }
+
+    /// The scene classifier's top classes for the whole frame, most likely first (ties to the lower class), at or
+    /// above its minimum score; empty when it is not loaded.
+    pub fn classify(&mut self, image: &RgbImage) -> Result<Vec<SceneLabel>> {
+        let (Some((state, input)), Some(c)) = (self.classifier.as_mut(), self.models.classifier.as_ref()) else {
+            return Ok(Vec::new());
+        };
+        let name = c.graph.component();
+        let started = Instant::now();
+        letterbox_into(image, c.size, Padding::Pixel(c.pad_pixel), &c.normalization, c.layout, input).map_err(|e| resize_failed(name, e))?;
+        let outputs = state.run([engine::tensor(&shape_of(&image_dims(c.layout, c.size, c.size)), input)?].into_iter().collect())?;
+        let probabilities = engine::f32_slice(name, outputs.first().ok_or_else(|| ModelError::run(name, "no output"))?)?;
+        if probabilities.len() != c.labels.len() {
+            return Err(ModelError::run(name, format!("{} probabilities for {} labels", probabilities.len(), c.labels.len())));
+        }
+        let mut labels: Vec<SceneLabel> = Vec::with_capacity(c.top_k);
+        let mut taken: Vec<usize> = Vec::with_capacity(c.top_k);
+        while taken.len() < c.top_k {
+            let best = (0..probabilities.len()).filter(|i| !taken.contains(i)).fold(None, |best: Option<usize>, i| match best {
+                Some(b) if probabilities[b] >= probabilities[i] => Some(b),
+                _ => Some(i),
+            });
+            let Some(best) = best.filter(|&b| probabilities[b] >= c.min_score) else { break };
+            taken.push(best);
+            labels.push(SceneLabel { label: c.labels[best].clone(), score: probabilities[best] });
+        }
+        self.timings.classify = ms_since(started);
+        Ok(labels)
     }
 
     /// Detections above the score threshold after per-class NMS, in source-image pixels.

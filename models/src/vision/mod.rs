@@ -9,5 +9,5 @@ pub mod pixels;
 pub mod scene;
 pub mod encoders;
 
-pub use encoders::{InputTensor, ObjectDetector, StageTimings, TextReader, VisionModels, VisionSession};
-pub use scene::Scene;
+pub use encoders::{InputTensor, ObjectDetector, SceneClassifier, StageTimings, TextReader, VisionModels, VisionSession};
+pub use scene::{Scene, SceneLabel};

@@ -1,4 +1,4 @@
-//! What one look at an image found: objects, their counts, text lines and stage timings, serializable, and a
+//! What one look at an image found: objects, their counts, text lines, scene labels and stage timings, serializable, and a
 //! deterministic short English description of it.
 
 use std::collections::BTreeMap;
@@ -15,12 +15,22 @@ pub struct TextLine {
     pub bbox: [f32; 4],
 }
 
+/// One ImageNet class the scene classifier sees in the whole frame ("seashore", "espresso").
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SceneLabel {
+    pub label: String,
+    pub score: f32,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Scene {
     pub objects: Vec<Detection>,
     pub counts: BTreeMap<String, usize>,
     /// In reading order.
     pub text: Vec<TextLine>,
+    /// The scene classifier's most likely classes for the whole frame, most likely first; empty when it is not
+    /// loaded.
+    pub scene_labels: Vec<SceneLabel>,
     pub width: u32,
     pub height: u32,
     /// Milliseconds per stage, keyed by stage name ("decode", "detect", "ocr", ...).
@@ -35,6 +45,7 @@ impl Scene {
             objects,
             counts,
             text,
+            scene_labels: Vec::new(),
             width,
             height,
             timings_ms: BTreeMap::new(),

@@ -1,4 +1,4 @@
-//! `lookout describe IMAGE`: the objects, their counts and the text in a photo.
+//! `lookout describe IMAGE`: the objects, their counts, the text and the scene labels of a photo.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::Args;
 use lookout_models::vision::detections::{position, Detection};
 use lookout_models::vision::image::load_image;
-use lookout_models::vision::{Scene, VisionModels};
+use lookout_models::vision::{Scene, SceneLabel, VisionModels};
 use serde::Serialize;
 
 use super::{print_json, Context};
@@ -22,6 +22,9 @@ pub struct DescribeArgs {
     /// Skip reading text (faster).
     #[arg(long)]
     no_ocr: bool,
+    /// Skip the scene classifier (the ImageNet labels of the whole frame).
+    #[arg(long)]
+    no_scene: bool,
     /// Minimum detection score (default: the bundle's).
     #[arg(long)]
     threshold: Option<f32>,
@@ -32,6 +35,7 @@ struct Output<'s> {
     objects: Vec<ObjectOut<'s>>,
     counts: &'s std::collections::BTreeMap<String, usize>,
     text: Vec<TextOut<'s>>,
+    scene_labels: &'s [SceneLabel],
     width: u32,
     height: u32,
     timings_ms: std::collections::BTreeMap<String, f64>,
@@ -62,6 +66,9 @@ pub fn run(ctx: &Context, args: DescribeArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let bundle = ctx.open_bundle()?;
     let mut models = VisionModels::load(&bundle, !args.no_ocr)?;
+    if !args.no_scene {
+        models = models.with_scene_classifier(&bundle)?;
+    }
     if let Some(t) = args.threshold {
         anyhow::ensure!((0.0..=1.0).contains(&t), "--threshold must be between 0 and 1, got {t}");
         models.set_score_threshold(t);
@@ -83,6 +90,7 @@ pub fn run(ctx: &Context, args: DescribeArgs) -> anyhow::Result<()> {
             objects,
             counts: &scene.counts,
             text,
+            scene_labels: &scene.scene_labels,
             width: scene.width,
             height: scene.height,
             timings_ms: scene.timings_ms.clone(),
@@ -96,7 +104,10 @@ pub fn run(ctx: &Context, args: DescribeArgs) -> anyhow::Result<()> {
         let [x1, y1, x2, y2] = t.bbox;
         println!("text {:?} {:.2} [{x1:.0},{y1:.0},{x2:.0},{y2:.0}]", t.text, t.score);
     }
-    if objects.is_empty() && text.is_empty() {
+    for s in &scene.scene_labels {
+        println!("scene {:?} {:.2}", s.label, s.score);
+    }
+    if objects.is_empty() && text.is_empty() && scene.scene_labels.is_empty() {
         println!("nothing detected");
     }
     Ok(())
