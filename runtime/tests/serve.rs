@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
-use common::{lookout, normalize, testdata_dir};
+use common::{lookout, normalize, patience, testdata_dir};
 use serde_json::Value;
 
 const TOKEN: &str = "test-token-0123456789";
@@ -49,7 +49,7 @@ impl Reply {
 /// Sends raw request bytes and reads the whole response.
 fn send(port: u16, request: &[u8]) -> Reply {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    stream.set_read_timeout(Some(patience(Duration::from_secs(120)))).unwrap();
     stream.write_all(request).unwrap();
     let mut raw = Vec::new();
     let _ = stream.read_to_end(&mut raw);
@@ -190,14 +190,14 @@ fn the_daemon_captions_answers_refuses_bad_requests_and_talks_to_systemd() {
     std::fs::write(&config, config_text(&frames, &speech.join("how_many_people.wav"), "")).unwrap();
 
     let mut daemon = Daemon::start(&config, &dir);
-    let listening = daemon.event("listening", Duration::from_secs(120), event_is("listening"));
+    let listening = daemon.event("listening", patience(Duration::from_secs(120)), event_is("listening"));
     let port: u16 = listening["address"].as_str().unwrap().rsplit(':').next().unwrap().parse().unwrap();
-    daemon.event("ready", Duration::from_secs(10), event_is("ready"));
-    assert!(daemon.notification("READY=1", Duration::from_secs(10)).contains("STATUS=serving on"));
-    daemon.notification("WATCHDOG=1", Duration::from_secs(5));
+    daemon.event("ready", patience(Duration::from_secs(10)), event_is("ready"));
+    assert!(daemon.notification("READY=1", patience(Duration::from_secs(10))).contains("STATUS=serving on"));
+    daemon.notification("WATCHDOG=1", patience(Duration::from_secs(5)));
 
     // The caption of the photo the camera shows, published without being asked.
-    let caption = daemon.event("caption", Duration::from_secs(60), event_is("caption"));
+    let caption = daemon.event("caption", patience(Duration::from_secs(60)), event_is("caption"));
     let scene = request(port, "GET", "/v1/scene", None, b"");
     assert_eq!(scene.status, 200, "{}", scene.body);
     let scene = scene.json();
@@ -208,17 +208,17 @@ fn the_daemon_captions_answers_refuses_bad_requests_and_talks_to_systemd() {
     assert!(scene["age_s"].as_f64().unwrap() < 10.0, "the scene is of a current frame: {scene}");
 
     // The question played into the microphone, found by the VAD and answered.
-    let heard = daemon.event("voice answer", Duration::from_secs(60), |e| e["event"] == "answer" && e["origin"] == "voice");
+    let heard = daemon.event("voice answer", patience(Duration::from_secs(60)), |e| e["event"] == "answer" && e["origin"] == "voice");
     assert_eq!(normalize(heard["question"].as_str().unwrap()), "how many people are outside");
     let people = scene["counts"]["person"].as_u64().unwrap().to_string();
     assert!(heard["answer"].as_str().unwrap().contains(&people), "{heard}");
 
     // Push-to-talk (SIGUSR1 presses, SIGUSR1 releases) over the silence after the recording: heard, nothing said.
     daemon.signal("USR1");
-    daemon.event("push-to-talk press", Duration::from_secs(5), |e| e["event"] == "push_to_talk" && e["held"] == true);
+    daemon.event("push-to-talk press", patience(Duration::from_secs(5)), |e| e["event"] == "push_to_talk" && e["held"] == true);
     std::thread::sleep(Duration::from_millis(1500));
     daemon.signal("USR1");
-    let unanswered = daemon.event("push-to-talk utterance", Duration::from_secs(60), event_is("unanswered"));
+    let unanswered = daemon.event("push-to-talk utterance", patience(Duration::from_secs(60)), event_is("unanswered"));
     assert_eq!(unanswered["reason"], "no speech found in the audio", "{unanswered}");
     let heard: Vec<f64> = daemon.seen.iter().filter(|e| e["event"] == "heard").map(|e| e["seconds"].as_f64().unwrap()).collect();
     assert!(heard.len() == 2 && heard[1] >= 1.4, "the second utterance spans the press: {heard:?}");
@@ -275,18 +275,18 @@ fn the_daemon_captions_answers_refuses_bad_requests_and_talks_to_systemd() {
     // SIGHUP: a broken configuration is refused and the old one keeps running; a good one is taken.
     std::fs::write(&config, "board = \"x86-dev\"\n[camera]\nfps = 500\n").unwrap();
     daemon.signal("HUP");
-    let failed = daemon.event("reload_failed", Duration::from_secs(10), event_is("reload_failed"));
+    let failed = daemon.event("reload_failed", patience(Duration::from_secs(10)), event_is("reload_failed"));
     assert!(failed["error"].as_str().unwrap().contains("camera.fps"), "{failed}");
     assert_eq!(send(port, b"GET /healthz HTTP/1.1\r\n\r\n").status, 200);
     std::fs::write(&config, config_text(&frames, &speech.join("how_many_people.wav"), "[caption]\ninterval_s = 5")).unwrap();
     daemon.signal("HUP");
-    daemon.event("reloaded", Duration::from_secs(120), event_is("reloaded"));
+    daemon.event("reloaded", patience(Duration::from_secs(120)), event_is("reloaded"));
     assert_eq!(send(port, b"GET /healthz HTTP/1.1\r\n\r\n").status, 200);
 
     // SIGTERM: STOPPING=1, and the process is gone within 2 s.
     while daemon.notifications.try_recv().is_ok() {}
-    daemon.terminate_within(Duration::from_secs(2));
-    daemon.event("stopped", Duration::from_secs(1), event_is("stopped"));
+    daemon.terminate_within(patience(Duration::from_secs(2)));
+    daemon.event("stopped", patience(Duration::from_secs(1)), event_is("stopped"));
 }
 
 #[test]
@@ -323,7 +323,7 @@ fn sigterm_while_the_models_load_stops_within_2_s() {
     let config = dir.join("lookout.toml");
     std::fs::write(&config, config_text(&dir, &testdata_dir().join("speech/how_many_people.wav"), "")).unwrap();
     let mut daemon = Daemon::start(&config, &dir);
-    daemon.event("starting", Duration::from_secs(10), event_is("starting"));
-    daemon.terminate_within(Duration::from_secs(2));
+    daemon.event("starting", patience(Duration::from_secs(10)), event_is("starting"));
+    daemon.terminate_within(patience(Duration::from_secs(2)));
     assert!(!daemon.seen.iter().any(|e| e["event"] == "ready"), "stopped before it was ready");
 }
