@@ -9,7 +9,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 /// A deadline for something the binary must do, stretched by `$LOOKOUT_TEST_PATIENCE` (a factor, default 1)
-/// where it runs under emulation: cross/test.sh sets it for qemu-user, which runs the models some 20 times slower.
+/// where it runs under emulation: cross/test.sh sets it for qemu-user, which runs the models some 20 times slower
+/// (and a frame waits behind the caption of the one before).
 pub fn patience(deadline: Duration) -> Duration {
     let factor = std::env::var("LOOKOUT_TEST_PATIENCE").ok().and_then(|f| f.parse::<f64>().ok()).filter(|f| *f >= 1.0);
     deadline.mul_f64(factor.unwrap_or(1.0))
