@@ -26,9 +26,11 @@ fn temp_dir(name: &str) -> PathBuf {
 }
 
 fn config_text(frames: &Path, wav: &Path, extra: &str) -> String {
+    // The daemon's own deadline for an answer (120 s by default) stretches with the tests' (at most 3600 s).
+    let answer_timeout_s = patience(Duration::from_secs(120)).as_secs().min(3600);
     format!(
         "board = \"x86-dev\"\n{extra}\n[camera]\ndevice = \"dir:{}\"\n[microphone]\ndevice = \"wav:{}\"\n\
-         [http]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\ntimeout_ms = 1500\nmax_body_kib = 1024\n",
+         [http]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\ntimeout_ms = 1500\nmax_body_kib = 1024\nanswer_timeout_s = {answer_timeout_s}\n",
         frames.display(),
         wav.display()
     )
@@ -189,6 +191,7 @@ fn the_daemon_captions_answers_refuses_bad_requests_and_talks_to_systemd() {
     let config = dir.join("lookout.toml");
     std::fs::write(&config, config_text(&frames, &speech.join("how_many_people.wav"), "")).unwrap();
 
+    let started = Instant::now();
     let mut daemon = Daemon::start(&config, &dir);
     let listening = daemon.event("listening", patience(Duration::from_secs(120)), event_is("listening"));
     let port: u16 = listening["address"].as_str().unwrap().rsplit(':').next().unwrap().parse().unwrap();
@@ -205,7 +208,9 @@ fn the_daemon_captions_answers_refuses_bad_requests_and_talks_to_systemd() {
     let text = scene["caption"]["text"].as_str().unwrap().to_lowercase();
     assert_eq!(scene["caption"]["text"], caption["text"]);
     assert!(text.contains("kite") && (text.contains("people") || text.contains("person")), "{text}");
-    assert!(scene["age_s"].as_f64().unwrap() < patience(Duration::from_secs(10)).as_secs_f64(), "the scene is of a current frame: {scene}");
+    // The scene is of the captioned frame or a later one, read by this daemon (how old it is depends on the load).
+    assert!(scene["frame"].as_u64().unwrap() >= scene["caption"]["frame"].as_u64().unwrap(), "{scene}");
+    assert!(scene["age_s"].as_f64().unwrap() < started.elapsed().as_secs_f64(), "the scene is of a frame read by this daemon: {scene}");
 
     // The question played into the microphone, found by the VAD and answered.
     let heard = daemon.event("voice answer", patience(Duration::from_secs(60)), |e| e["event"] == "answer" && e["origin"] == "voice");
