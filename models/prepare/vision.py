@@ -47,7 +47,7 @@ BLANK = "<blank>"
 # Every image input is built as (pixel / pixel_scale - mean) / std per channel, pixels being 0..255.
 DETECTOR_PARAMS = {
     "input_size": DETECTOR_SIZE, "layout": "nhwc", "channel_order": "rgb", "pixel_scale": 1.0,
-    "resize": "letterbox", "pad_pixel": 0.0, "score_threshold": 0.3, "iou_threshold": 0.5,
+    "resize": "letterbox", "pad_pixel": 0.0, "score_threshold": 0.3, "iou_threshold": 0.5, "nms": "class-agnostic",
     "max_detections": 100, "output": "x1,y1,x2,y2,score,class", "box_space": "input", "class_base": 0,
     "labels": f"{VISION_DIR}/coco_labels.txt",
 }

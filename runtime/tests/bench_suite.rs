@@ -106,7 +106,7 @@ fn an_end_to_end_suite_scores_captions_and_answers() {
     let data = testdata_dir();
     let items = format!(
         "[[item]]\nid = \"cat\"\nsplit = \"in-domain\"\nsource = \"skimage\"\nimage = \"{}\"\nobjects = {{ cat = 1 }}\nquestion = \"what animal is this?\"\nexpect = [\"cat\"]\n\
-         [[item]]\nid = \"people\"\nsplit = \"held-out\"\nsource = \"darknet\"\nimage = \"{}\"\nobjects = {{ kite = 0, person = 0 }}\naudio = \"{}\"\nexpect = [\"9\", \"nine\"]\n\
+         [[item]]\nid = \"people\"\nsplit = \"held-out\"\nsource = \"darknet\"\nimage = \"{}\"\nobjects = {{ kite = 0, person = 0 }}\naudio = \"{}\"\nexpect = [\"8\", \"eight\"]\n\
          [[item]]\nid = \"no_expect\"\nsplit = \"held-out\"\nsource = \"x\"\nimage = \"{}\"\nobjects = {{ cat = 1 }}\nquestion = \"what is it?\"\n",
         data.join("vision/photos/chelsea.png").display(),
         data.join("vision/photos/kite.jpg").display(),

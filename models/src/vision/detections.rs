@@ -19,8 +19,10 @@ pub struct Detection {
 pub struct DetectionFilter {
     /// Detections scoring below this are dropped.
     pub score_threshold: f32,
-    /// A box overlapping a higher-scoring box of the same class by more than this IoU is dropped.
+    /// A box overlapping a higher-scoring box by more than this IoU is dropped...
     pub iou_threshold: f32,
+    /// ...whatever its class (as the detector's own pipeline does), or only when the classes match.
+    pub class_agnostic: bool,
     pub max_detections: usize,
 }
 
@@ -29,6 +31,7 @@ impl Default for DetectionFilter {
         DetectionFilter {
             score_threshold: 0.25,
             iou_threshold: 0.45,
+            class_agnostic: true,
             max_detections: 100,
         }
     }
@@ -54,8 +57,9 @@ pub fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
     }
 }
 
-/// Drops low scores and NaNs, sorts by score (highest first; ties by label id, then box), suppresses
-/// same-class overlaps greedily, and keeps at most `max_detections`. Works in place, without allocating.
+/// Drops low scores and NaNs, sorts by score (highest first; ties by label id, then box), suppresses overlaps
+/// greedily (of any class, or of the same class), and keeps at most `max_detections`. Works in place, without
+/// allocating.
 pub fn filter_detections(detections: &mut Vec<Detection>, filter: &DetectionFilter) {
     detections.retain(|d| {
         d.score >= filter.score_threshold
@@ -81,7 +85,7 @@ pub fn filter_detections(detections: &mut Vec<Detection>, filter: &DetectionFilt
             break;
         }
         let suppressed = detections[..kept].iter().any(|winner| {
-            winner.label_id == detections[candidate].label_id
+            (filter.class_agnostic || winner.label_id == detections[candidate].label_id)
                 && iou(winner.bbox, detections[candidate].bbox) > filter.iou_threshold
         });
         if !suppressed {
@@ -196,25 +200,22 @@ mod tests {
     }
 
     #[test]
-    fn nms_is_per_class_and_sorted_by_score() {
-        let mut detections = vec![
-            detection(0, 0.6, [0.0, 0.0, 10.0, 10.0]),
-            detection(0, 0.9, [1.0, 1.0, 11.0, 11.0]),
-            detection(1, 0.8, [0.0, 0.0, 10.0, 10.0]),
-            detection(0, 0.7, [50.0, 50.0, 60.0, 60.0]),
-            detection(2, 0.1, [0.0, 0.0, 5.0, 5.0]),
-            detection(2, f32::NAN, [0.0, 0.0, 5.0, 5.0]),
-        ];
-        filter_detections(
-            &mut detections,
-            &DetectionFilter {
-                score_threshold: 0.25,
-                iou_threshold: 0.45,
-                max_detections: 10,
-            },
-        );
-        let kept: Vec<(usize, f32)> = detections.iter().map(|d| (d.label_id, d.score)).collect();
-        assert_eq!(kept, vec![(0, 0.9), (1, 0.8), (0, 0.7)]);
+    fn nms_is_sorted_by_score_across_classes_or_per_class() {
+        let kept = |class_agnostic: bool| {
+            let mut detections = vec![
+                detection(0, 0.6, [0.0, 0.0, 10.0, 10.0]),
+                detection(0, 0.9, [1.0, 1.0, 11.0, 11.0]),
+                detection(1, 0.8, [0.0, 0.0, 10.0, 10.0]),
+                detection(0, 0.7, [50.0, 50.0, 60.0, 60.0]),
+                detection(2, 0.1, [0.0, 0.0, 5.0, 5.0]),
+                detection(2, f32::NAN, [0.0, 0.0, 5.0, 5.0]),
+            ];
+            let filter = DetectionFilter { score_threshold: 0.25, iou_threshold: 0.45, class_agnostic, max_detections: 10 };
+            filter_detections(&mut detections, &filter);
+            detections.iter().map(|d| (d.label_id, d.score)).collect::<Vec<_>>()
+        };
+        assert_eq!(kept(false), vec![(0, 0.9), (1, 0.8), (0, 0.7)]);
+        assert_eq!(kept(true), vec![(0, 0.9), (0, 0.7)]);
     }
 
     #[test]

@@ -118,6 +118,11 @@ impl ObjectDetector {
         let filter = DetectionFilter {
             score_threshold: c.param_f64("score_threshold")? as f32,
             iou_threshold: c.param_f64("iou_threshold")? as f32,
+            class_agnostic: match c.params.get("nms").map(|v| v.as_str()) {
+                None | Some(Some("class-agnostic")) => true,
+                Some(Some("per-class")) => false,
+                Some(_) => return Err(ModelError::BadParam { component: c.name.clone(), param: "nms (class-agnostic or per-class)".into() }),
+            },
             max_detections: c.param_usize("max_detections")?,
         };
         let graph = Graph::load(&c.name, &bundle.checked_path(c)?, &[(DatumType::F32, &image_dims(layout, size, size))])?;
