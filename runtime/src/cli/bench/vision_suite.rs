@@ -3,6 +3,7 @@
 //! the rate of reported labels that are not in the photo, count accuracy, and OCR character error rate.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -11,9 +12,13 @@ use lookout_models::vision::image::{load_image, RgbImage};
 use lookout_models::vision::VisionModels;
 use serde::{Deserialize, Serialize};
 
-use super::suite::{check_split, edit_distance, not_scored_markdown, percent, prepare_items, split_chart, suite_heading, ItemError, ScoredVariant, SuiteReport, SPLITS};
-use super::{write_report, BenchArgs};
+use super::suite::{
+    check_split, edit_distance, not_scored_markdown, percent, prepare_items, process_cells, split_chart, suite_heading, ItemError, ProcessFigures, ScoredVariant, SuiteReport, SPLITS,
+};
+use super::{peer, peer_python, since_process_start, write_report, BenchArgs};
 use crate::cli::Context;
+
+const PEER_SCRIPT: &str = "runtime/bench/onnxruntime_vision_suite_peer.py";
 
 /// Score thresholds compared, beside the bundle's own, when `--variants` names none.
 const OTHER_THRESHOLDS: [f32; 3] = [0.25, 0.4, 0.55];
@@ -39,6 +44,7 @@ struct VisionItem {
 
 struct Ready {
     item: VisionItem,
+    path: PathBuf,
     image: RgbImage,
 }
 
@@ -76,9 +82,11 @@ pub(super) fn run(ctx: &Context, args: &BenchArgs, path: &Path, description: &st
     lookout_models::engine::set_threads(1);
     let bundle = ctx.open_bundle()?;
     let mut models = VisionModels::load(&bundle, true)?;
+    let cold_start_ms = since_process_start();
+    let bundle_threshold = models.detector.filter.score_threshold;
     let thresholds: Vec<f32> = if args.variants.is_empty() {
         let mut all = OTHER_THRESHOLDS.to_vec();
-        all.push(models.detector.filter.score_threshold);
+        all.push(bundle_threshold);
         all.sort_by(f32::total_cmp);
         all.dedup();
         all
@@ -98,7 +106,20 @@ pub(super) fn run(ctx: &Context, args: &BenchArgs, path: &Path, description: &st
     let mut results = Vec::new();
     for threshold in thresholds {
         models.set_score_threshold(threshold);
-        results.push(evaluate(&models, threshold, &ready)?);
+        let mut result = evaluate(&models, threshold, &ready)?;
+        result.process = Some(ProcessFigures::now(cold_start_ms));
+        results.push(result);
+    }
+    if args.no_peers {
+        eprintln!("bench: peers skipped (--no-peers)");
+    } else if let Some(python) = peer_python(&[".cache/venv-peers/bin/python", ".cache/venv/bin/python"]) {
+        eprintln!("bench: onnxruntime at threshold {bundle_threshold} on {} images ...", ready.len());
+        match onnxruntime_peer(ctx, &python, bundle_threshold, &ready) {
+            Ok(run) => results.push(run),
+            Err(e) => eprintln!("bench: the onnxruntime peer failed: {e:#}"),
+        }
+    } else {
+        eprintln!("bench: onnxruntime not installed (runtime/bench/setup-peers.sh); scoring lookout alone");
     }
     let suite = path.display().to_string();
     let markdown = report_markdown(&suite, description, &skipped, &results);
@@ -132,64 +153,115 @@ fn prepare_item(value: &toml::Value, base: &Path, labels: &BTreeSet<String>) -> 
     }
     let file = base.join(&item.image);
     let image = load_image(&file).with_context(|| file.display().to_string())?;
-    Ok(Ready { item, image })
+    Ok(Ready { item, path: file, image })
+}
+
+/// What a pipeline found in one image: objects per label, the text lines it read, and how long it took.
+struct Seen {
+    counts: BTreeMap<String, usize>,
+    text: Vec<String>,
+    ms: f64,
 }
 
 fn evaluate(models: &VisionModels, threshold: f32, items: &[Ready]) -> anyhow::Result<VariantResult> {
     let variant = threshold.to_string();
     let mut session = models.session()?;
     let (mut scored, mut failed) = (Vec::new(), Vec::new());
-    for (i, Ready { item, image }) in items.iter().enumerate() {
+    for (i, Ready { item, image, .. }) in items.iter().enumerate() {
         eprint!("\rbench: {variant} {}/{} {:<30}", i + 1, items.len(), item.id);
         let started = Instant::now();
-        let scene = match session.describe(image) {
-            Ok(scene) => scene,
-            Err(e) => {
-                failed.push(ItemError { item: item.id.clone(), error: format!("{e:#}") });
-                continue;
+        match session.describe(image) {
+            Ok(scene) => {
+                let seen = Seen { text: scene.text.iter().map(|l| l.text.clone()).collect(), counts: scene.counts, ms: started.elapsed().as_secs_f64() * 1e3 };
+                scored.push(score(item, seen));
             }
-        };
-        let ms = started.elapsed().as_secs_f64() * 1e3;
-        let (mut missed, mut not_in_photo) = (Vec::new(), Vec::new());
-        let (mut counts_right, mut counts_checked) = (0, 0);
-        if !item.objects.is_empty() {
-            for (label, &count) in &item.objects {
-                match scene.counts.get(label) {
-                    None => missed.push(label.clone()),
-                    Some(&n) if count > 0 => counts_right += usize::from(n == count),
-                    Some(_) => {}
-                }
-                counts_checked += usize::from(count > 0);
-            }
-            not_in_photo = scene.counts.keys().filter(|l| !item.objects.contains_key(*l) && !item.also.contains(l)).cloned().collect();
+            Err(e) => failed.push(ItemError { item: item.id.clone(), error: format!("{e:#}") }),
         }
-        let read: Vec<&str> = scene.text.iter().map(|l| l.text.as_str()).collect();
-        let (char_errors, chars) = match &item.text {
-            Some(reference) => {
-                let reference: Vec<char> = single_spaced(reference).chars().collect();
-                let heard: Vec<char> = single_spaced(&read.join(" ")).chars().collect();
-                (edit_distance(&reference, &heard), reference.len())
-            }
-            None => (0, 0),
-        };
-        scored.push(Scored {
-            id: item.id.clone(),
-            split: item.split.clone(),
-            source: item.source.clone(),
-            found: if item.objects.is_empty() { BTreeMap::new() } else { scene.counts.clone() },
-            missed,
-            not_in_photo,
-            counts_right,
-            counts_checked,
-            text: item.text.as_ref().map(|_| read.join("\n")),
-            char_errors,
-            chars,
-            ms,
-        });
     }
     eprintln!();
+    Ok(variant_result(variant, items, scored, failed))
+}
+
+fn variant_result(variant: String, items: &[Ready], scored: Vec<Scored>, failed: Vec<ItemError>) -> VariantResult {
     let splits = SPLITS.iter().filter_map(|&split| split_score(split, items, &scored)).collect();
-    Ok(VariantResult::new(variant, splits, scored, failed, |s| s.ms))
+    VariantResult::new(variant, splits, scored, failed, |s| s.ms)
+}
+
+/// One image's findings against its reference objects and text.
+fn score(item: &VisionItem, seen: Seen) -> Scored {
+    let (mut missed, mut not_in_photo) = (Vec::new(), Vec::new());
+    let (mut counts_right, mut counts_checked) = (0, 0);
+    if !item.objects.is_empty() {
+        for (label, &count) in &item.objects {
+            match seen.counts.get(label) {
+                None => missed.push(label.clone()),
+                Some(&n) if count > 0 => counts_right += usize::from(n == count),
+                Some(_) => {}
+            }
+            counts_checked += usize::from(count > 0);
+        }
+        not_in_photo = seen.counts.keys().filter(|l| !item.objects.contains_key(*l) && !item.also.contains(l)).cloned().collect();
+    }
+    let (char_errors, chars) = match &item.text {
+        Some(reference) => {
+            let reference: Vec<char> = single_spaced(reference).chars().collect();
+            let heard: Vec<char> = single_spaced(&seen.text.join(" ")).chars().collect();
+            (edit_distance(&reference, &heard), reference.len())
+        }
+        None => (0, 0),
+    };
+    Scored {
+        id: item.id.clone(),
+        split: item.split.clone(),
+        source: item.source.clone(),
+        found: if item.objects.is_empty() { BTreeMap::new() } else { seen.counts },
+        missed,
+        not_in_photo,
+        counts_right,
+        counts_checked,
+        text: item.text.as_ref().map(|_| seen.text.join("\n")),
+        char_errors,
+        chars,
+        ms: seen.ms,
+    }
+}
+
+/// What the onnxruntime peer script prints.
+#[derive(Deserialize)]
+struct PeerRun {
+    engine: String,
+    cold_start_ms: f64,
+    peak_rss_mib: f64,
+    results: Vec<PeerImage>,
+}
+
+#[derive(Deserialize)]
+struct PeerImage {
+    counts: BTreeMap<String, usize>,
+    text: Vec<String>,
+    ms: f64,
+}
+
+/// onnxruntime on the bundle's own vision ONNX files, through the reference pipeline the bundle's tests check
+/// against, at `threshold`; scored as Lookout's variants are.
+fn onnxruntime_peer(ctx: &Context, python: &Path, threshold: f32, items: &[Ready]) -> anyhow::Result<VariantResult> {
+    let bundle = ctx.open_bundle()?;
+    let mut args: Vec<OsString> = Vec::new();
+    for (flag, role) in [("--detector", "object-detector"), ("--labels", "object-labels"), ("--ocr-det", "ocr-detector"), ("--ocr-rec", "ocr-recognizer"), ("--dictionary", "ocr-dictionary")] {
+        args.push(flag.into());
+        args.push(bundle.checked_path(bundle.component(role, None)?)?.into());
+    }
+    args.extend(["--score-threshold".into(), threshold.to_string().into()]);
+    args.extend(items.iter().map(|r| r.path.clone().into_os_string()));
+    let run: PeerRun = serde_json::from_value(peer(python, PEER_SCRIPT, &args)?).context("onnxruntime peer output")?;
+    if run.results.len() != items.len() {
+        bail!("the onnxruntime peer returned {} results for {} images", run.results.len(), items.len());
+    }
+    let scored = items.iter().zip(run.results).map(|(r, p)| score(&r.item, Seen { counts: p.counts, text: p.text, ms: p.ms })).collect();
+    let engine = run.engine.split(' ').next().unwrap_or("onnxruntime");
+    let mut result = variant_result(format!("{engine} {threshold}"), items, scored, Vec::new());
+    result.process = Some(ProcessFigures { cold_start_ms: run.cold_start_ms, peak_rss_mib: run.peak_rss_mib });
+    Ok(result)
 }
 
 /// Pooled over one split's items: true positives are required labels found; labels found that are neither
@@ -222,15 +294,28 @@ fn single_spaced(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// The onnxruntime row's conditions and its time beside Lookout's at the same threshold.
+fn peer_markdown(results: &[VariantResult]) -> String {
+    let Some((peer, threshold)) = results.iter().find_map(|r| r.variant.strip_prefix("onnxruntime ").map(|t| (r, t))) else {
+        return String::new();
+    };
+    let mut md = format!("\n`{}` is onnxruntime on the same ONNX files through the reference pipeline the bundle is tested against (models/prepare/vision.py), in a process of its own; its text reader does not split words at blank columns, so its OCR CER counts missing word spaces.", peer.variant);
+    if let Some(ours) = results.iter().find(|r| r.variant == threshold) {
+        md.push_str(&format!(" Per image at threshold {threshold}: Lookout {:.0} ms, onnxruntime {:.0} ms (median), {:.2}x.", ours.median_ms, peer.median_ms, ours.median_ms / peer.median_ms.max(1e-9)));
+    }
+    md.push('\n');
+    md
+}
+
 fn report_markdown(suite: &str, description: &str, skipped: &[ItemError], results: &[VariantResult]) -> String {
     let mut md = suite_heading(suite, "one thread, detector and OCR", description);
-    md.push_str("| threshold | split | items | label precision | label recall | labels not in photo | count accuracy | OCR CER | ms p50 | ms p95 |\n");
-    md.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    md.push_str("| threshold | split | items | label precision | label recall | labels not in photo | count accuracy | OCR CER | ms p50 | ms p95 | cold start ms | peak RSS MiB |\n");
+    md.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     let optional = |v: Option<f64>| v.map_or("-".to_string(), percent);
     for r in results {
         for s in &r.splits {
             md.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.0} |\n",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.0} | {} |\n",
                 r.variant,
                 s.split,
                 s.items,
@@ -240,11 +325,13 @@ fn report_markdown(suite: &str, description: &str, skipped: &[ItemError], result
                 optional(s.count_accuracy),
                 optional(s.ocr_cer),
                 r.median_ms,
-                r.p95_ms
+                r.p95_ms,
+                process_cells(r.process)
             ));
         }
     }
-    md.push_str("\nPrecision, recall and count accuracy are pooled over each split's photos; OCR CER over its rendered text (whitespace collapsed, case kept).\n");
+    md.push_str("\nPrecision, recall and count accuracy are pooled over each split's photos; OCR CER over its rendered text (whitespace collapsed, case kept). Lookout's thresholds run one after the other in one process, so they share its cold start and peak RSS.\n");
+    md.push_str(&peer_markdown(results));
     md.push_str("\n## Photos and text with errors\n\n| item | threshold | missed | not in photo | counts found | text read |\n|---|---|---|---|---|---|\n");
     for r in results {
         for s in r.items.iter().filter(|s| !s.missed.is_empty() || !s.not_in_photo.is_empty() || s.counts_right < s.counts_checked || s.char_errors > 0) {
