@@ -3,6 +3,7 @@
 //! scene and falls back to the deterministic sentence when it is not faithful, when the prompt does not fit, or
 //! when no decoder is loaded.
 
+use lookout_models::llm::chat::ChatText;
 use lookout_models::llm::{GenerateOptions, Generation, LanguageModel};
 use lookout_models::vision::Scene;
 use serde::Serialize;
@@ -70,6 +71,35 @@ impl GenerationStats {
     }
 }
 
+/// The language decoder a reply runs: Lookout's own, or (in `lookout bench`) a peer engine on the same GGUF.
+pub trait Decoder {
+    /// The tokenizer and chat template the prompt is written with.
+    fn chat(&self) -> &ChatText;
+    /// The most tokens, prompt and answer together, one generation may hold.
+    fn capacity(&self) -> usize;
+    fn variant(&self) -> &str;
+    /// Generates from `prompt`, streaming text pieces to `on_text` and asking `cancel` between tokens.
+    fn generate(&self, prompt: &[u32], options: &GenerateOptions, on_text: &mut dyn FnMut(&str), cancel: &dyn Fn() -> bool) -> anyhow::Result<Generation>;
+}
+
+impl Decoder for LanguageModel {
+    fn chat(&self) -> &ChatText {
+        &self.text
+    }
+
+    fn capacity(&self) -> usize {
+        self.context
+    }
+
+    fn variant(&self) -> &str {
+        &self.variant
+    }
+
+    fn generate(&self, prompt: &[u32], options: &GenerateOptions, on_text: &mut dyn FnMut(&str), cancel: &dyn Fn() -> bool) -> anyhow::Result<Generation> {
+        Ok(self.session(None)?.generate_until(prompt, options, on_text, cancel)?)
+    }
+}
+
 /// Answers `task` about `scene`; with `decoder` = None the deterministic sentence is the answer. `cancel` is asked
 /// between decoding steps; a cancelled reply has `Finish::Cancelled` in its generation.
 pub fn reply(
@@ -77,7 +107,7 @@ pub fn reply(
     known_labels: &[String],
     task: &Task,
     history: &[Exchange],
-    decoder: Option<&LanguageModel>,
+    decoder: Option<&dyn Decoder>,
     options: &GenerateOptions,
     on_text: &mut dyn FnMut(&str),
     cancel: &dyn Fn() -> bool,
@@ -97,20 +127,19 @@ pub fn reply(
     if facts.beyond_perception(task) {
         return Ok(fallback("the question is about nothing the detector or the text reader reports"));
     }
-    let mut session = lm.session(None)?;
-    let budget = session.capacity().saturating_sub(options.max_tokens.max(1));
+    let budget = lm.capacity().saturating_sub(options.max_tokens.max(1));
     let mut count = |messages: &[lookout_models::llm::chat::Message]| {
-        lm.text.prompt_ids(messages).map_or(usize::MAX, |ids| ids.len())
+        lm.chat().prompt_ids(messages).map_or(usize::MAX, |ids| ids.len())
     };
     let Some(fused) = facts.prompt(task, history, budget, &mut count) else {
         return Ok(fallback(&format!("the prompt does not fit in {budget} tokens")));
     };
-    let prompt_text = lm.text.prompt(&fused.chat())?;
-    let ids = lm.text.tokenizer.encode(&prompt_text);
-    let generation = session.generate_until(&ids, options, on_text, cancel)?;
+    let prompt_text = lm.chat().prompt(&fused.chat())?;
+    let ids = lm.chat().tokenizer.encode(&prompt_text);
+    let generation = lm.generate(&ids, options, on_text, cancel)?;
     let sentence = answer_sentence(&generation.text).unwrap_or_default();
     let grounding = facts.grounding(&sentence);
-    let stats = GenerationStats::of(&generation, &lm.variant);
+    let stats = GenerationStats::of(&generation, lm.variant());
     let faithful = !sentence.is_empty() && grounding.faithful(task) && facts.states_asked_count(task, &sentence);
     let mut out = fallback(&unfaithful_reason(&grounding, &sentence));
     if faithful {

@@ -18,7 +18,7 @@ use lookout_models::whisper::{DecodeOptions, Whisper, Window};
 use serde::Serialize;
 
 use super::{print_json, Context};
-use crate::answer::{reply, Reply};
+use crate::answer::{reply, Decoder, Reply};
 use crate::exit::BadInput;
 use crate::fusion::{Task, MAX_QUESTION_BYTES};
 use crate::memory;
@@ -197,7 +197,7 @@ fn run(
             let _ = stderr.flush();
         }
     };
-    let result = reply(&scene, vision.detector.labels(), &task, &[], decoder.as_ref(), &options, &mut on_text, &|| false)?;
+    let result = reply(&scene, vision.detector.labels(), &task, &[], decoder.as_ref().map(|d| d as &dyn Decoder), &options, &mut on_text, &|| false)?;
     if args.stream && result.decoder_text.is_some() {
         eprintln!();
     }

@@ -6,6 +6,7 @@
 
 mod e2e_suite;
 mod frames;
+mod llama_cpp;
 mod llm;
 mod npy;
 mod speech;

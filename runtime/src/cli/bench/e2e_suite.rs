@@ -1,7 +1,8 @@
 //! End-to-end suite files (`kind = "e2e"`): a photo with the objects in it, captioned, and optionally a question
 //! about it (typed, or a recording heard through Whisper) with the words a right answer contains. Scored per
-//! language-decoder variant (and `scene`, the deterministic sentence without a decoder): caption object recall,
-//! the rate of objects named in captions that are not in the photo, and answer correctness.
+//! language-decoder variant (and `scene`, the deterministic sentence without a decoder, and `llama.cpp`, the same
+//! pipeline with llama.cpp decoding the bundle's GGUF): caption object recall, the rate of objects named in
+//! captions that are not in the photo, and answer correctness.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use std::time::Instant;
 use anyhow::{bail, Context as _};
 use lookout_models::audio;
 use lookout_models::llm::{GenerateOptions, LanguageModel};
+use super::llama_cpp::LlamaCppDecoder;
 use lookout_models::speech::Transcriber;
 use lookout_models::vad::SileroVad;
 use lookout_models::vision::image::load_image;
@@ -21,13 +23,16 @@ use super::suite::{
     check_split, in_own_processes, not_scored_markdown, percent, prepare_items, print_worker_output, process_cells, split_chart, suite_heading, worker_variant, ItemError, ProcessFigures, ScoredVariant, SuiteReport,
     WorkerOutput, PROCESS_NOTE, SPLITS,
 };
-use super::{median, since_process_start, write_report, BenchArgs};
-use crate::answer::reply;
+use super::{median, peer_python, since_process_start, write_report, BenchArgs};
+use crate::answer::{reply, Decoder};
 use crate::cli::Context;
 use crate::fusion::{SceneFacts, Task};
 
 /// The variant that answers from the scene alone, without a decoder.
 const SCENE_ONLY: &str = "scene";
+/// The variant whose decoder is llama.cpp on the bundle's GGUF.
+const LLAMA_CPP: &str = "llama.cpp";
+const PEER_PYTHON: [&str; 1] = [".cache/venv-peers/bin/python"];
 const MAX_TOKENS: usize = 48;
 
 #[derive(Debug, Deserialize)]
@@ -98,7 +103,13 @@ pub(super) fn run(ctx: &Context, args: &BenchArgs, path: &Path, description: &st
     }
     let bundle = ctx.open_bundle()?;
     let variants: Vec<String> = if args.variants.is_empty() {
-        std::iter::once(SCENE_ONLY.to_string()).chain(bundle.variants("llm-decoder").into_iter().map(str::to_string)).collect()
+        let mut all: Vec<String> = std::iter::once(SCENE_ONLY.to_string()).chain(bundle.variants("llm-decoder").into_iter().map(str::to_string)).collect();
+        match (args.no_peers, peer_python(&PEER_PYTHON)) {
+            (true, _) => eprintln!("bench: peers skipped (--no-peers)"),
+            (false, None) => eprintln!("bench: llama.cpp not installed (runtime/bench/setup-peers.sh); scoring lookout alone"),
+            (false, Some(_)) => all.push(LLAMA_CPP.to_string()),
+        }
+        all
     } else {
         args.variants.clone()
     };
@@ -129,9 +140,19 @@ fn run_variant(ctx: &Context, variant: &str, path: &Path, items: &[toml::Value])
     let whisper = Whisper::load(&bundle, None)?;
     let vad = SileroVad::load(&bundle)?;
     let mut transcriber = Transcriber::new(&whisper, Some(&vad))?;
-    let decoder = match variant {
-        SCENE_ONLY => None,
-        v => Some(LanguageModel::load(&bundle, Some(v)).with_context(|| format!("decoder variant {v}"))?),
+    let (mut ours, mut peer) = (None, None);
+    match variant {
+        SCENE_ONLY => {}
+        LLAMA_CPP => {
+            let python = peer_python(&PEER_PYTHON).context("llama.cpp needs the peers' Python (runtime/bench/setup-peers.sh)")?;
+            peer = Some(LlamaCppDecoder::start(&python, &bundle)?);
+        }
+        v => ours = Some(LanguageModel::load(&bundle, Some(v)).with_context(|| format!("decoder variant {v}"))?),
+    }
+    let decoder: Option<&dyn Decoder> = match (&ours, &peer) {
+        (Some(lm), _) => Some(lm),
+        (_, Some(llama)) => Some(llama),
+        _ => None,
     };
     let cold_start_ms = since_process_start();
     let labels: BTreeSet<String> = vision.detector.labels().iter().cloned().collect();
@@ -168,12 +189,17 @@ fn run_variant(ctx: &Context, variant: &str, path: &Path, items: &[toml::Value])
     })?;
     drop(session);
     let known: Vec<String> = labels.into_iter().collect();
-    let mut result = evaluate(variant, decoder.as_ref(), &known, &ready);
-    result.process = Some(ProcessFigures::now(cold_start_ms));
+    let mut result = evaluate(decoder.map_or(variant, |d| d.variant()), decoder, &known, &ready);
+    let mut process = ProcessFigures::now(cold_start_ms);
+    if let Some(llama) = &peer {
+        // The decoder's memory is in its own process.
+        process.peak_rss_mib += llama.peak_rss_mib()?;
+    }
+    result.process = Some(process);
     print_worker_output(skipped, result)
 }
 
-fn evaluate(variant: &str, decoder: Option<&LanguageModel>, known: &[String], items: &[Ready]) -> VariantResult {
+fn evaluate(variant: &str, decoder: Option<&dyn Decoder>, known: &[String], items: &[Ready]) -> VariantResult {
     let options = GenerateOptions { max_tokens: MAX_TOKENS, ..GenerateOptions::default() };
     let (mut scored, mut failed) = (Vec::new(), Vec::new());
     for (i, ready) in items.iter().enumerate() {
@@ -282,6 +308,13 @@ fn report_markdown(suite: &str, description: &str, skipped: &[ItemError], result
     }
     md.push_str("\nRecall counts the photo's reference objects a caption names; a named COCO object that is neither in `objects` nor in `also` counts as not in the photo. An answer is right when it contains one of the item's expected words.\n");
     md.push_str(PROCESS_NOTE);
+    if let Some(peer) = results.iter().find(|r| r.variant.starts_with(LLAMA_CPP)) {
+        md.push_str(&format!("`{}` is Lookout's pipeline with llama.cpp decoding the bundle's GGUF from the same prompt ids (greedy, one thread); its peak RSS adds the llama.cpp process's to Lookout's.", peer.variant));
+        for r in results.iter().filter(|r| r.variant != peer.variant && r.variant != SCENE_ONLY) {
+            md.push_str(&format!(" Per item, {} takes {:.2}x llama.cpp's time (median).", r.variant, r.median_ms / peer.median_ms.max(1e-9)));
+        }
+        md.push('\n');
+    }
     md.push_str("\n## Captions and answers\n\n| item | decoder | caption | question | answer | right |\n|---|---|---|---|---|---|\n");
     for r in results {
         for s in &r.items {
