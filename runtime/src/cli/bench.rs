@@ -30,8 +30,8 @@ use super::Context;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Suite to run: `speech`, `vision`, `llm` or `frames` (timing beside peers), or an evaluation suite file
-    /// (`runtime/bench/suites/*.toml`: inputs with references, scored per variant).
+    /// Suite to run: `speech`, `vision`, `llm` or `frames` (timing beside peers), or an evaluation suite file:
+    /// a path, or the name of one in runtime/bench/suites (`speech.toml`, `vision.toml`, `e2e.toml`, or `e2e`).
     #[arg(long, default_value = "speech")]
     suite: String,
     /// Speech and llm: variants to compare (default: every variant in the bundle); speech suite files take
@@ -84,16 +84,31 @@ pub fn run(ctx: &Context, args: BenchArgs) -> anyhow::Result<()> {
     if args.repeats == Some(0) {
         bail!("--repeats must be at least 1");
     }
-    if args.suite.ends_with(".toml") {
-        return suite::run(ctx, &args, Path::new(&args.suite));
-    }
     match args.suite.as_str() {
         "speech" => speech::run(ctx, &args),
         "vision" => vision::run(ctx, &args),
         "llm" => llm::run(ctx, &args),
         "frames" => frames::run(ctx, &args),
-        other => bail!("unknown suite `{other}` (available: speech, vision, llm, frames, or a suite file FILE.toml)"),
+        other => match suite_file(other) {
+            Some(file) => suite::run(ctx, &args, &file),
+            None => bail!("unknown suite `{other}` (available: speech, vision, llm, frames, or a suite file: e2e, speech.toml, vision.toml, e2e.toml or a path)"),
+        },
     }
+}
+
+/// Where the evaluation suites shipped with Lookout are, relative to the repository.
+const SUITES_DIR: &str = "runtime/bench/suites";
+
+/// The evaluation suite file a `--suite` other than a timing suite names: a path to a .toml file, else a file of
+/// that name (`.toml` added to a bare name) in `SUITES_DIR`.
+fn suite_file(suite: &str) -> Option<PathBuf> {
+    let path = Path::new(suite);
+    if suite.ends_with(".toml") && (path.exists() || path.components().count() > 1) {
+        return Some(path.to_path_buf());
+    }
+    let name = if suite.ends_with(".toml") { suite.to_string() } else { format!("{suite}.toml") };
+    let shipped = Path::new(SUITES_DIR).join(name);
+    (suite.ends_with(".toml") || shipped.is_file()).then_some(shipped)
 }
 
 /// Runs `lookout bench --suite SUITE --repeats N ARGS...` against the same bundle and parses the JSON it prints.
@@ -177,4 +192,16 @@ fn cpu_name() -> String {
         .ok()
         .and_then(|c| c.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()))
         .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suite_files_are_paths_or_shipped_names() {
+        assert_eq!(suite_file("my/suite.toml"), Some(PathBuf::from("my/suite.toml")));
+        assert_eq!(suite_file("mine.toml"), Some(Path::new(SUITES_DIR).join("mine.toml")));
+        assert_eq!(suite_file("no-such-suite"), None);
+    }
 }
