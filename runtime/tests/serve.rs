@@ -88,7 +88,8 @@ impl Daemon {
         let mut child = Command::new(env!("CARGO_BIN_EXE_lookout"))
             .args(["serve", "--config", config.to_str().unwrap()])
             .env("NOTIFY_SOCKET", &socket_path)
-            .env("WATCHDOG_USEC", "1000000")
+            // The stall limit too: under emulation one decoder prefill keeps the pipeline from beating for a minute.
+            .env("WATCHDOG_USEC", patience(Duration::from_secs(3)).as_micros().to_string())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
