@@ -518,6 +518,7 @@ fn report_markdown(suite: &str, description: &str, skipped: &[ItemError], result
     }
     md.push_str("\nWER and CER are pooled over each split's items (errors over reference words or characters) after lower-casing and dropping punctuation.\n");
     md.push_str(PROCESS_NOTE);
+    md.push_str(&peer_ratios(results));
     let mut by_item: BTreeMap<&str, Vec<(&str, &Scored)>> = BTreeMap::new();
     for r in results {
         for s in &r.items {
@@ -538,6 +539,22 @@ fn report_markdown(suite: &str, description: &str, skipped: &[ItemError], result
     let failed: Vec<(&str, &ItemError)> = results.iter().flat_map(|r| r.failed.iter().map(move |f| (r.variant.as_str(), f))).collect();
     md.push_str(&not_scored_markdown(skipped, &failed));
     md
+}
+
+/// Each Lookout variant's time per item and peak RSS over faster-whisper's at the same precision, where both ran.
+fn peer_ratios(results: &[VariantResult]) -> String {
+    let mut md = String::new();
+    for ours in results.iter().filter(|r| !r.variant.starts_with("faster-whisper")) {
+        let precision = ours.variant.split(':').next().unwrap_or_default();
+        let compute_type = if precision == "f32" { "float32" } else { precision };
+        let Some(peer) = results.iter().find(|r| r.variant == format!("faster-whisper {compute_type}")) else { continue };
+        md.push_str(&format!("- {} against {}: {:.2}x the time per item (median)", ours.variant, peer.variant, ours.ms_p50 / peer.ms_p50.max(1e-9)));
+        if let (Some(a), Some(b)) = (ours.process, peer.process) {
+            md.push_str(&format!(", {:.2}x the peak RSS", a.peak_rss_mib / b.peak_rss_mib.max(1e-9)));
+        }
+        md.push_str(".\n");
+    }
+    if md.is_empty() { md } else { format!("\nBeside faster-whisper on the same weights:\n\n{md}") }
 }
 
 /// How the report's cold start and peak RSS were measured.
