@@ -315,17 +315,15 @@ impl<'m> Worker<'m> {
         shared.metrics.latency.caption.observe(started.elapsed());
         Metrics::add(&shared.metrics.captions, 1);
         self.policy.captioned(signature(&scene), now);
-        shared.events.emit(
-            "caption",
-            json!({ "frame": frame, "text": reply.text, "source": reply.source, "fallback_reason": reply.fallback_reason,
-                    "ms": started.elapsed().as_secs_f64() * 1e3 }),
-        );
-        memory::release_free_memory();
+        let event = json!({ "frame": frame, "text": reply.text, "source": reply.source, "fallback_reason": reply.fallback_reason,
+                            "ms": started.elapsed().as_secs_f64() * 1e3 });
         let published = PublishedCaption { text: reply.text, source: reply.source, fallback_reason: reply.fallback_reason, frame, at: Instant::now() };
-        let mut latest = shared.scene.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(latest) = latest.as_mut() {
+        // Published before it is announced, so that whoever hears the event finds the caption in /v1/scene.
+        if let Some(latest) = shared.scene.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
             latest.caption = Some(published);
         }
+        shared.events.emit("caption", event);
+        memory::release_free_memory();
     }
 
     fn answer(&mut self, job: Job) {
