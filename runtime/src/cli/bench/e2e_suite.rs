@@ -11,7 +11,6 @@ use std::time::Instant;
 use anyhow::{bail, Context as _};
 use lookout_models::audio;
 use lookout_models::llm::{GenerateOptions, LanguageModel};
-use super::llama_cpp::LlamaCppDecoder;
 use lookout_models::speech::Transcriber;
 use lookout_models::vad::SileroVad;
 use lookout_models::vision::image::load_image;
@@ -23,6 +22,7 @@ use super::suite::{
     check_split, in_own_processes, not_scored_markdown, percent, prepare_items, print_worker_output, process_cells, split_chart, suite_heading, worker_variant, ItemError, ProcessFigures, ScoredVariant, SuiteReport,
     WorkerOutput, PROCESS_NOTE, SPLITS,
 };
+use super::llama_cpp::LlamaCppDecoder;
 use super::{median, peer_python, since_process_start, write_report, BenchArgs};
 use crate::answer::{reply, Decoder};
 use crate::cli::Context;
