@@ -37,7 +37,7 @@ struct PeerProcess {
 }
 
 #[derive(Deserialize)]
-struct Reply {
+struct PeerGeneration {
     tokens: Vec<u32>,
     finish: String,
     prefill_ms: f64,
@@ -125,7 +125,7 @@ impl Decoder for LlamaCppDecoder {
             bail!("a prompt of {} tokens leaves no room in {}", prompt.len(), self.capacity);
         }
         let max_tokens = options.max_tokens.min(self.capacity - prompt.len());
-        let reply: Reply = {
+        let reply: PeerGeneration = {
             let mut process = self.process.borrow_mut();
             process.send(&json!({ "prompt": prompt, "max_tokens": max_tokens, "stop": self.stop }))?;
             process.read()?

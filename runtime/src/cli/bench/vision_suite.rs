@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context as _};
+use lookout_models::bundle::Bundle;
 use lookout_models::vision::image::{load_image, RgbImage};
 use lookout_models::vision::VisionModels;
 use serde::{Deserialize, Serialize};
@@ -114,7 +115,7 @@ pub(super) fn run(ctx: &Context, args: &BenchArgs, path: &Path, description: &st
         eprintln!("bench: peers skipped (--no-peers)");
     } else if let Some(python) = peer_python(&[".cache/venv-peers/bin/python", ".cache/venv/bin/python"]) {
         eprintln!("bench: onnxruntime at threshold {bundle_threshold} on {} images ...", ready.len());
-        match onnxruntime_peer(ctx, &python, bundle_threshold, &ready) {
+        match onnxruntime_peer(&bundle, &python, bundle_threshold, &ready) {
             Ok(run) => results.push(run),
             Err(e) => eprintln!("bench: the onnxruntime peer failed: {e:#}"),
         }
@@ -244,8 +245,7 @@ struct PeerImage {
 
 /// onnxruntime on the bundle's own vision ONNX files, through the reference pipeline the bundle's tests check
 /// against, at `threshold`; scored as Lookout's variants are.
-fn onnxruntime_peer(ctx: &Context, python: &Path, threshold: f32, items: &[Ready]) -> anyhow::Result<VariantResult> {
-    let bundle = ctx.open_bundle()?;
+fn onnxruntime_peer(bundle: &Bundle, python: &Path, threshold: f32, items: &[Ready]) -> anyhow::Result<VariantResult> {
     let mut args: Vec<OsString> = Vec::new();
     for (flag, role) in [("--detector", "object-detector"), ("--labels", "object-labels"), ("--ocr-det", "ocr-detector"), ("--ocr-rec", "ocr-recognizer"), ("--dictionary", "ocr-dictionary")] {
         args.push(flag.into());
