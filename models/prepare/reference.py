@@ -110,14 +110,20 @@ class Whisper:
         self.suppress = np.array(params.get("suppress_ids", []), np.int64)
         self.suppress_begin = np.array(params.get("suppress_ids_begin", []), np.int64)
 
-    def pick(self, logits: np.ndarray, first: bool) -> int:
-        """The runtime's greedy rule: no suppressed ids (and no blank or end first), no special tokens but the end."""
+    def pick(self, logits: np.ndarray, first: bool) -> tuple[int, int, float]:
+        """The runtime's greedy rule: no suppressed ids (and no blank or end first), no special tokens but the end.
+
+        Returns the pick, the runner-up and the logit gap between them: where the gap is a rounding error wide,
+        another CPU's summation order may pick the runner-up."""
         logits = logits.copy()
         logits[self.suppress] = -np.inf
         if first:
             logits[self.suppress_begin] = -np.inf
         logits[EOT + 1:] = -np.inf
-        return int(logits.argmax())
+        runner_up, best = np.argpartition(logits, -2)[-2:]
+        if logits[runner_up] > logits[best]:
+            best, runner_up = runner_up, best
+        return int(best), int(runner_up), float(logits[best] - logits[runner_up])
 
     def encode(self, mel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return tuple(self.encoder.run(None, {"mel": mel[None]}))
@@ -127,31 +133,33 @@ class Whisper:
                 "cross_k": cross[0], "cross_v": cross[1]}
         return self.decoder.run(None, feed)
 
-    def greedy(self, cross) -> tuple[list[int], bool, np.ndarray, list[float]]:
+    def greedy(self, cross) -> tuple[list[int], bool, np.ndarray, list[tuple[int, float]], list[float]]:
         """KV-cache decoding: the prompt first, then one token per call.
 
-        Returns generated tokens, whether <|endoftext|> ended them, the first step's logits and
-        the time of each single-token step.
+        Returns generated tokens, whether <|endoftext|> ended them, the first step's logits, each step's
+        runner-up and gap (see `pick`; one more than the tokens where the end was picked) and the time of each
+        single-token step.
         """
-        tokens, step_times = [], []
+        tokens, runners_up, step_times = [], [], []
         logits, self_k, self_v = self._step(PROMPT, self.empty, self.empty, cross)
         first = logits[0]
         while len(tokens) < MAX_TOKENS:
-            token = self.pick(logits[0], not tokens)
+            token, runner_up, gap = self.pick(logits[0], not tokens)
+            runners_up.append((runner_up, gap))
             if token == EOT:
-                return tokens, True, first, step_times
+                return tokens, True, first, runners_up, step_times
             tokens.append(token)
             start = time.perf_counter()
             logits, self_k, self_v = self._step([token], self_k, self_v, cross)
             step_times.append(time.perf_counter() - start)
-        return tokens, False, first, step_times
+        return tokens, False, first, runners_up, step_times
 
     def greedy_uncached(self, cross, limit: int) -> list[int]:
         """The same greedy search recomputing the whole prefix (empty cache) at every step."""
         tokens = []
         while len(tokens) < limit:
             logits, _, _ = self._step(PROMPT + tokens, self.empty, self.empty, cross)
-            token = self.pick(logits[0], not tokens)
+            token = self.pick(logits[0], not tokens)[0]
             if token == EOT:
                 break
             tokens.append(token)
@@ -251,7 +259,7 @@ def main() -> int:
             t0 = time.perf_counter()
             cross = whisper.encode(mel)
             encode_s = time.perf_counter() - t0
-            tokens, eot, first, times = whisper.greedy(cross)
+            tokens, eot, first, runners_up, times = whisper.greedy(cross)
             step_times[variant] += times
             transcript = tokenizer.decode(tokens)
             matches = words(transcript) == words(text)
@@ -265,6 +273,7 @@ def main() -> int:
                 problems.append(f"{name} {variant}: transcript {transcript!r} does not match {text!r}")
             entry["decode"][variant] = {
                 "prompt": PROMPT, "tokens": tokens, "eot": eot, "text": transcript,
+                "runner_up": [r for r, _ in runners_up], "gap": [round(g, 4) for _, g in runners_up],
                 "first_logits": [round(float(x), 5) for x in first[:8]], "first_argmax": int(first.argmax()),
                 "matches_text": matches, "uncached_tokens_equal": uncached == tokens,
                 "encoder_sha256": enc["sha256"], "decoder_sha256": dec["sha256"],

@@ -22,14 +22,23 @@ fn short_clips() -> Vec<Clip> {
     speech_index().into_iter().filter(|c| c.duration_s <= 30.0).collect()
 }
 
-/// Same ONNX files, same mel, same prompt and suppression: tract must emit onnxruntime's tokens.
+/// Same ONNX files, same mel, same prompt and suppression: tract must emit onnxruntime's tokens, up to a step where
+/// onnxruntime's top two were tied and tract took the runner-up (after which the two decodes go their own ways).
 fn matches_onnxruntime(variant: &str) {
+    const END: u64 = 50257;
     for clip in short_clips() {
         let reference = clip.reference_tokens(variant);
         let json = transcribe_json(&clip.path(), &["--variant", variant, "--no-vad", "--window", "full"]);
         assert_eq!(json["variant"], variant);
         let ours = tokens_of(&json);
-        assert_eq!(ours, reference, "{variant} tokens differ from onnxruntime on {}", clip.file);
+        let Some(step) = (0..=ours.len().max(reference.len())).find(|&i| ours.get(i) != reference.get(i)) else { continue };
+        let choice = ours.get(step).copied().unwrap_or(END);
+        assert!(
+            clip.reference_ties(variant).contains(&(step, choice)),
+            "{variant} tokens differ from onnxruntime on {} at step {step}, where onnxruntime's pick was no tie:\n ours {ours:?}\n want {reference:?}",
+            clip.file
+        );
+        eprintln!("{variant} {}: a tie at step {step} broken the other way (token {choice}); the tokens before it match", clip.file);
     }
 }
 
@@ -52,11 +61,12 @@ fn transcripts_are_right(variant: &str, window: &str) {
         // Whisper base hears beckett.wav's first "Ever" as "Never" (so do onnxruntime and CTranslate2 on these
         // weights): one word in twelve. On the 38 s espeak-ng clip it misses 7 to 9 words of 89 ("quick round
         // fox"), in both variants and in onnxruntime alike.
+        // A tie in onnxruntime's decode (`Clip::reference_ties`) may go either way: one word each.
         let limit = match clip.file.as_str() {
             "beckett.wav" => 0.09,
             _ if clip.duration_s > 30.0 => 0.15,
             _ => 0.0,
-        };
+        } + clip.reference_ties(variant).len() as f64 / normalize(&clip.text).split(' ').count() as f64;
         assert!(wer <= limit, "{variant}/{window} {}: WER {wer:.2}: got {text:?}, want {:?}", clip.file, clip.text);
         assert!(json["segments"].as_array().unwrap().iter().all(|s| s["end_s"].as_f64() > s["start_s"].as_f64()));
         for key in ["load", "mel", "encode", "decode"] {
