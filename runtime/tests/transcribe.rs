@@ -25,7 +25,7 @@ fn short_clips() -> Vec<Clip> {
 /// Same ONNX files, same mel, same prompt and suppression: tract must emit onnxruntime's tokens, up to a step where
 /// onnxruntime's top two were tied and tract took the runner-up (after which the two decodes go their own ways).
 fn matches_onnxruntime(variant: &str) {
-    const END: u64 = 50257;
+    const END: u64 = 50257; // <|endoftext|>: a decode that stops where the other goes on chose it
     for clip in short_clips() {
         let reference = clip.reference_tokens(variant);
         let json = transcribe_json(&clip.path(), &["--variant", variant, "--no-vad", "--window", "full"]);
