@@ -96,6 +96,10 @@ class LlamaWeights:
         out = w.shape[0]
         return w.reshape(heads, self.dims.head_dim // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(out, *w.shape[1:])
 
+    def rows(self, name: str) -> int:
+        """The output width of tensor `name` (its rows in numpy order)."""
+        return int(self._tensor(name).shape[-1])
+
     def __call__(self, name: str) -> np.ndarray:
         tensor = self._tensor(name)
         w = np.asarray(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
@@ -165,28 +169,41 @@ class LlamaGraph(GraphBuilder):
         rms = self.op("Sqrt", self.op("Add", mean_sq, self.const(np.float32(self.dims.rms_eps), "eps")))
         return self.op("Mul", self.op("Div", x, rms), self.const(gamma.astype(np.float32), "gamma"))
 
-    def project(self, x: str, weights: LlamaWeights, name: str, scope: str) -> str:
-        """x @ w.T for the GGUF tensor `name`: a plain MatMul for f32; for q4 one MatMulNBits (zero point 8) per
-        nibble term of the weight, plus the per-block offsets times the activations' sums over each block of 32."""
+    def project(self, x: str, weights: LlamaWeights, names: list[str], scope: str) -> list[str]:
+        """x @ w.T for each GGUF tensor in `names` (all with the same input width), as one product whose outputs are
+        split apart: a plain MatMul for f32; for q4 one MatMulNBits (zero point 8) per nibble term of the stacked
+        weights, plus the per-block offsets times the activations' sums over each block of 32. One product per input
+        instead of one per projection keeps the graph small: per-node cost outweighs arithmetic on a 135M model."""
         with self.scope(scope):
             if self.variant == "f32":
-                return self.op("MatMul", x, self.const(np.ascontiguousarray(weights(name).T), "weight"))
-            terms, offset = weights.nibble_terms(name)
-            k = terms[0][0].shape[1]
-            parts = [
-                self.op(
-                    "MatMulNBits", x, self.const(pack_nibbles(codes), "weight_q4"), self.const(scale.reshape(-1), "scales"),
-                    domain="com.microsoft", K=k, N=codes.shape[0], bits=4, block_size=BLOCK,
-                )
-                for codes, scale in terms
-            ]
-            if offset is not None:
-                sums = self.op("ReduceSum", self.op("Reshape", x, self.ints(1, -1, k // BLOCK, BLOCK)), self.ints(-1), keepdims=0)
-                parts.append(self.op("MatMul", sums, self.const(np.ascontiguousarray(offset.T), "block_offsets")))
-            y = parts[0]
-            for part in parts[1:]:
-                y = self.op("Add", y, part)
-            return y
+                stacked = np.concatenate([weights(name) for name in names], axis=0)
+                y = self.op("MatMul", x, self.const(np.ascontiguousarray(stacked.T), "weight"))
+                widths = [weights.rows(name) for name in names]
+            else:
+                per_name = [weights.nibble_terms(name) for name in names]
+                widths = [terms[0][0].shape[0] for terms, _ in per_name]
+                n_terms = {len(terms) for terms, _ in per_name}
+                if len(n_terms) != 1 or len({offset is None for _, offset in per_name}) != 1:
+                    raise GgufError(f"{names} mix quantization types; they cannot share one product")
+                k = per_name[0][0][0][0].shape[1]
+                parts = []
+                for t in range(n_terms.pop()):
+                    codes = np.concatenate([terms[t][0] for terms, _ in per_name], axis=0)
+                    scale = np.concatenate([terms[t][1] for terms, _ in per_name], axis=0)
+                    parts.append(self.op(
+                        "MatMulNBits", x, self.const(pack_nibbles(codes), "weight_q4"), self.const(scale.reshape(-1), "scales"),
+                        domain="com.microsoft", K=k, N=codes.shape[0], bits=4, block_size=BLOCK,
+                    ))
+                if per_name[0][1] is not None:
+                    offset = np.concatenate([offset for _, offset in per_name], axis=0)
+                    sums = self.op("ReduceSum", self.op("Reshape", x, self.ints(1, -1, k // BLOCK, BLOCK)), self.ints(-1), keepdims=0)
+                    parts.append(self.op("MatMul", sums, self.const(np.ascontiguousarray(offset.T), "block_offsets")))
+                y = parts[0]
+                for part in parts[1:]:
+                    y = self.op("Add", y, part)
+            if len(names) == 1:
+                return [y]
+            return list(self.op("Split", y, self.ints(*widths), axis=-1, outputs=len(names)))
 
     def embed(self, ids: str, weights: LlamaWeights, name: str) -> str:
         """Rows of the GGUF table `name` for `ids`: a plain Gather for f32; for q4 one GatherBlockQuantized per
@@ -257,40 +274,46 @@ def build_decoder(gguf_path: Path, variant: str) -> tuple[LlamaDims, onnx.ModelP
     def heads(t: str, n: int) -> str:  # [1,S,n*D] -> [1,n,S,D]
         return g.op("Transpose", g.op("Reshape", t, g.ints(1, -1, n, D)), perm=[0, 2, 1, 3])
 
-    def repeat_kv(t: str) -> str:  # [1,Hkv,T,D] -> [1,H,T,D]
-        if H == Hkv:
-            return t
-        expanded = g.op("Expand", g.op("Unsqueeze", t, g.ints(2)), g.ints(1, 1, H // Hkv, 1, 1))
-        return g.op("Reshape", expanded, g.ints(1, H, -1, D))
+    group = H // Hkv  # query heads per key/value head: head h reads key/value head h // group
+    # Explicit lengths for the reshapes below (tract cannot solve -1 against a product of symbols).
+    query_count = g.op("Shape", ids, start=1)  # [S]
+    key_count = g.op("Shape", mask, start=1)  # [T]
+    scores_shape = g.op("Concat", g.ints(1, Hkv, group), query_count, key_count, axis=0)  # [1,Hkv,group,S,T]
+    grouped_shape = g.op("Concat", g.ints(1, Hkv), g.op("Mul", g.ints(group), query_count), key_count, axis=0)
 
     presents = []
     for layer in range(dims.n_layers):
         p = f"blk.{layer}."
         with g.scope(f"layer{layer}"):
             h = g.rms_norm(x, weights(p + "attn_norm.weight"))
-            q = rope(heads(g.project(h, weights, p + "attn_q.weight", "q"), H))
-            k = rope(heads(g.project(h, weights, p + "attn_k.weight", "k"), Hkv))
-            v = heads(g.project(h, weights, p + "attn_v.weight", "v"), Hkv)
+            q, k, v = g.project(h, weights, [p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"], "qkv")
+            q, k, v = rope(heads(q, H)), rope(heads(k, Hkv)), heads(v, Hkv)
             past_k, past_v = pasts[layer]
             k_all = g.op("Concat", past_k, k, axis=2)
             v_all = g.op("Concat", past_v, v, axis=2)
             presents.append((k_all, v_all))
-            scores = g.op("MatMul", q, g.op("Transpose", repeat_kv(k_all), perm=[0, 1, 3, 2]))
+            # Grouped-query attention without copying the cache per query head: each key/value head serves its
+            # group's queries stacked along the sequence axis ([1,Hkv,group*S,D]), so both products are plain
+            # batched matmuls over the cache as stored.
+            grouped_q = g.op("Reshape", q, g.ints(1, Hkv, -1, D))
+            scores = g.op("MatMul", grouped_q, g.op("Transpose", k_all, perm=[0, 1, 3, 2]))  # [1,Hkv,group*S,T]
+            scores = g.op("Reshape", scores, scores_shape)
             scores = g.op("Add", g.op("Mul", scores, g.const(np.float32(1.0 / np.sqrt(D)), "scale")), bias)
-            attn = g.op("MatMul", g.op("Softmax", scores, axis=-1), repeat_kv(v_all))  # [1,H,S,D]
+            probs = g.op("Reshape", g.op("Softmax", scores, axis=-1), grouped_shape)
+            attn = g.op("MatMul", probs, v_all)  # [1,Hkv,group*S,D] = [1,H,S,D] in memory order
+            attn = g.op("Reshape", attn, g.ints(1, H, -1, D))
             attn = g.op("Reshape", g.op("Transpose", attn, perm=[0, 2, 1, 3]), g.ints(1, -1, H * D))
-            x = g.op("Add", x, g.project(attn, weights, p + "attn_output.weight", "o"))
+            x = g.op("Add", x, g.project(attn, weights, [p + "attn_output.weight"], "o")[0])
 
             h = g.rms_norm(x, weights(p + "ffn_norm.weight"))
-            gate = g.project(h, weights, p + "ffn_gate.weight", "gate")
-            up = g.project(h, weights, p + "ffn_up.weight", "up")
+            gate, up = g.project(h, weights, [p + "ffn_gate.weight", p + "ffn_up.weight"], "gate_up")
             act = g.op("Mul", g.op("Mul", gate, g.op("Sigmoid", gate)), up)
-            x = g.op("Add", x, g.project(act, weights, p + "ffn_down.weight", "down"))
+            x = g.op("Add", x, g.project(act, weights, [p + "ffn_down.weight"], "down")[0])
 
     x = g.rms_norm(x, weights("output_norm.weight"))
     last = g.op("Slice", x, g.ints(-1), g.ints(np.iinfo(np.int64).max), g.ints(1))  # [1,1,d]
     head = "output.weight" if "output.weight" in weights.tensors else "token_embd.weight"
-    logits = g.project(last, weights, head, "lm_head")
+    logits = g.project(last, weights, [head], "lm_head")[0]
     g.output(logits, "logits", "f32", [1, 1, dims.n_vocab])
     for layer, (k_all, v_all) in enumerate(presents):
         g.output(k_all, f"present.{layer}.key", "f32", [1, Hkv, "T", D])
