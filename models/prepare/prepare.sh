@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the model bundle (speech, vision, language) and its test references: sets up .cache/venv (and .cache/venv-tf when the
-# TF.js detector must be converted), then runs centernet.py, prepare.py, the reference scripts (speech, vision, language) and
-# `lookout models measure` (each stage's memory footprint, for the memory plan).
+# TF.js detector must be converted), then runs centernet.py, prepare.py, the reference scripts (speech, vision, language),
+# `lookout models compile` (decoders that load fast) and `lookout models measure` (each stage's memory footprint).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -55,8 +55,9 @@ fi
 "$venv/bin/python" "$here/reference_vision.py" "$@"
 "$venv/bin/python" "$here/reference_llm.py" "$@"
 
-# The memory plan needs each stage's footprint, measured by the runtime itself into the manifest: once per bundle
-# build (a rebuilt manifest has none), always with --force.
+# The decoders are compiled into graphs that load fast (kept while their source and the engine are unchanged), then
+# the memory plan needs each stage's footprint, measured by the runtime itself into the manifest: once per bundle
+# build or compilation (either leaves the manifest without footprints), always with --force.
 models_args=()
 previous=""
 for arg in "$@"; do
@@ -66,5 +67,8 @@ for arg in "$@"; do
 done
 measure_args=(--if-missing)
 [[ $force -eq 1 ]] && measure_args=()
+compile_args=()
+[[ $force -eq 1 ]] && compile_args=(--force)
 (cd "$repo" && cargo build --release --locked --quiet --bin lookout)
+"$repo/target/release/lookout" "${models_args[@]}" models compile "${compile_args[@]}"
 "$repo/target/release/lookout" "${models_args[@]}" models measure "${measure_args[@]}"

@@ -77,6 +77,25 @@ pub struct Component {
     pub outputs: Vec<TensorSpec>,
     #[serde(default)]
     pub params: BTreeMap<String, toml::Value>,
+    /// The graph in a form that loads fast (`lookout models compile`), when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compiled: Option<Compiled>,
+}
+
+/// A component's graph as tract's NNEF archive of the model already parsed, typed, decluttered and transformed:
+/// loading it leaves only kernel selection and weight packing. It is tied to the exact source file and engine
+/// version it was made from, and refused when either differs.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Compiled {
+    /// Path relative to the bundle directory.
+    pub file: String,
+    pub sha256: String,
+    pub bytes: u64,
+    /// sha256 of the component's own file when it was compiled.
+    pub source_sha256: String,
+    /// The engine that wrote it (`tract 0.23.9`).
+    pub engine: String,
 }
 
 /// A named model input or output; dimensions are numbers or symbol expressions.
@@ -181,9 +200,14 @@ impl Bundle {
         Ok(Bundle { dir: dir.to_path_buf(), manifest })
     }
 
-    /// Replaces the bundle's measured footprints and rewrites its manifest (atomically: a new file renamed over it).
+    /// Replaces the bundle's measured footprints and rewrites its manifest.
     pub fn write_footprints(&mut self, footprints: Vec<Footprint>) -> Result<()> {
         self.manifest.footprints = footprints;
+        self.write_manifest()
+    }
+
+    /// Rewrites the manifest from `self.manifest` (atomically: a new file renamed over it).
+    pub fn write_manifest(&self) -> Result<()> {
         let path = self.dir.join(MANIFEST);
         let text = toml::to_string_pretty(&self.manifest)
             .map_err(|e| ModelError::BadManifest { path: path.clone(), reason: e.to_string() })?;
@@ -223,26 +247,33 @@ impl Bundle {
 
     /// Re-hashes a component's file against the manifest.
     pub fn check_file(&self, component: &Component) -> FileStatus {
-        let path = self.path_of(component);
-        let meta = match fs::metadata(&path) {
-            Ok(m) if m.is_file() => m,
-            Ok(_) | Err(_) => return FileStatus::Missing,
-        };
-        if meta.len() != component.bytes {
-            return FileStatus::SizeMismatch { expected: component.bytes, actual: meta.len() };
-        }
-        match sha256_file(&path) {
-            Ok(actual) if actual.eq_ignore_ascii_case(&component.sha256) => FileStatus::Ok,
-            Ok(actual) => FileStatus::HashMismatch { expected: component.sha256.clone(), actual },
-            Err(e) => FileStatus::Unreadable { reason: e.to_string() },
-        }
+        check_file_at(&self.path_of(component), &component.sha256, component.bytes)
     }
 
     /// Checks a component's file before it is loaded and returns its path; any mismatch is an error naming it.
     pub fn checked_path(&self, component: &Component) -> Result<PathBuf> {
-        let path = self.path_of(component);
-        let name = component.name.clone();
-        match self.check_file(component) {
+        self.checked(&component.name, &component.file, &component.sha256, component.bytes)
+    }
+
+    /// The component's compiled graph, checked like a component file and against the source it was made from
+    /// and the engine that reads it; `None` when the bundle has no compiled form of it.
+    pub fn checked_compiled_path(&self, component: &Component, engine: &str) -> Result<Option<PathBuf>> {
+        let Some(compiled) = &component.compiled else { return Ok(None) };
+        let path = self.checked(&component.name, &compiled.file, &compiled.sha256, compiled.bytes)?;
+        let stale = |reason: String| ModelError::StaleCompiled { component: component.name.clone(), path: path.clone(), reason };
+        if compiled.engine != engine {
+            return Err(stale(format!("it was written by {} and this is {engine}", compiled.engine)));
+        }
+        if !compiled.source_sha256.eq_ignore_ascii_case(&component.sha256) {
+            return Err(stale(format!("it was compiled from another {} (sha256 {})", component.file, compiled.source_sha256)));
+        }
+        Ok(Some(path))
+    }
+
+    fn checked(&self, name: &str, file: &str, sha256: &str, bytes: u64) -> Result<PathBuf> {
+        let path = self.dir.join(file);
+        let name = name.to_string();
+        match self.check_before_load(file, sha256, bytes) {
             FileStatus::Ok => Ok(path),
             FileStatus::Missing => Err(ModelError::MissingFile { component: name, path }),
             FileStatus::SizeMismatch { expected, actual } => Err(ModelError::SizeMismatch { component: name, path, expected, actual }),
@@ -300,6 +331,73 @@ impl Component {
 
     fn bad_param(&self, key: &str) -> ModelError {
         ModelError::BadParam { component: self.name.clone(), param: key.to_string() }
+    }
+}
+
+/// What a file looked like when its sha256 was last checked in full: a file whose size, modification time and
+/// inode still match it is not hashed again before loading (`sha256sum` takes 1.4 s over the q4 decoder's files on a
+/// 2-core machine). `lookout models verify` always hashes in full.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+struct Checked {
+    sha256: String,
+    bytes: u64,
+    modified_ns: u128,
+    inode: u64,
+}
+
+/// The record of full checks, one per bundle, next to its manifest.
+const CHECKED: &str = ".checked.json";
+
+impl Checked {
+    fn of(path: &Path, sha256: &str) -> Option<Checked> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = fs::metadata(path).ok()?;
+        let modified_ns = meta.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos();
+        Some(Checked { sha256: sha256.to_ascii_lowercase(), bytes: meta.len(), modified_ns, inode: meta.ino() })
+    }
+}
+
+impl Bundle {
+    fn checked_record(&self) -> BTreeMap<String, Checked> {
+        fs::read_to_string(self.dir.join(CHECKED)).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default()
+    }
+
+    /// A file's status before it is loaded: `Ok` at once when it is unchanged since a full check found it right,
+    /// else a full check, recorded when it passes (where the bundle directory is writable; else just checked).
+    fn check_before_load(&self, file: &str, sha256: &str, bytes: u64) -> FileStatus {
+        let path = self.dir.join(file);
+        let mut record = self.checked_record();
+        let now = Checked::of(&path, sha256);
+        if now.is_some() && now.as_ref().map(|n| n.bytes) == Some(bytes) && record.get(file) == now.as_ref() {
+            return FileStatus::Ok;
+        }
+        let status = check_file_at(&path, sha256, bytes);
+        if let (FileStatus::Ok, Some(now)) = (&status, now) {
+            record.insert(file.to_string(), now);
+            let temporary = self.dir.join(format!("{CHECKED}.{}", std::process::id()));
+            if let Ok(text) = serde_json::to_string_pretty(&record) {
+                if fs::write(&temporary, text).is_ok() && fs::rename(&temporary, self.dir.join(CHECKED)).is_err() {
+                    let _ = fs::remove_file(&temporary);
+                }
+            }
+        }
+        status
+    }
+}
+
+/// Checks a file's size, then its sha256.
+pub fn check_file_at(path: &Path, sha256: &str, bytes: u64) -> FileStatus {
+    let meta = match fs::metadata(path) {
+        Ok(m) if m.is_file() => m,
+        Ok(_) | Err(_) => return FileStatus::Missing,
+    };
+    if meta.len() != bytes {
+        return FileStatus::SizeMismatch { expected: bytes, actual: meta.len() };
+    }
+    match sha256_file(path) {
+        Ok(actual) if actual.eq_ignore_ascii_case(sha256) => FileStatus::Ok,
+        Ok(actual) => FileStatus::HashMismatch { expected: sha256.to_string(), actual },
+        Err(e) => FileStatus::Unreadable { reason: e.to_string() },
     }
 }
 

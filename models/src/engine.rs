@@ -46,34 +46,23 @@ impl Graph {
         inputs: &[(DatumType, &[Dim])],
         transforms: &[&str],
     ) -> Result<Graph> {
+        let plan = guard(component, || {
+            let mut model = prepare(path, inputs, transforms)?;
+            model.optimize()?;
+            model.into_runnable()
+        })
+            .map_err(|e| ModelError::load(component, e))?;
+        Ok(Graph { component: component.to_string(), plan })
+    }
+
+    /// Loads a graph compiled by [`compile`]: only kernel selection and weight packing are left to do.
+    pub fn load_compiled(component: &str, path: &Path) -> Result<Graph> {
         let load = || -> TractResult<Arc<TypedSimplePlan>> {
-            let mut model = tract_onnx::onnx()
-                .with_ignore_output_shapes(true)
-                .with_ignore_value_info(true)
-                .model_for_path(path)?;
-            for (ix, (dtype, dims)) in inputs.iter().enumerate() {
-                let shape: TVec<TDim> = dims
-                    .iter()
-                    .map(|d| match d {
-                        Dim::Fixed(n) => Ok(TDim::from(*n)),
-                        Dim::Symbol(name) => Ok(model.symbols.sym(name).into()),
-                        Dim::Expr(expr) => model.symbols.parse_tdim(expr),
-                    })
-                    .collect::<TractResult<_>>()?;
-                model.set_input_fact(ix, InferenceFact::dt_shape(*dtype, shape))?;
-            }
-            if transforms.is_empty() {
-                return model.into_optimized()?.into_runnable();
-            }
-            let mut typed = model.into_typed()?.into_decluttered()?;
-            for name in transforms {
-                let transform = tract_onnx::tract_core::transform::get_transform(name)?
-                    .ok_or_else(|| anyhow::anyhow!("unknown model transform {name}"))?;
-                transform.transform(&mut typed)?;
-            }
-            typed.into_optimized()?.into_runnable()
+            let mut model = nnef_framework().model_for_path(path)?;
+            model.optimize()?;
+            model.into_runnable()
         };
-        let plan = guard(component, load).map_err(|e| ModelError::load(component, e))?;
+        let plan = guard(component, load).map_err(|e| ModelError::load(component, format!("{}: {e:#}", path.display())))?;
         Ok(Graph { component: component.to_string(), plan })
     }
 
@@ -99,6 +88,59 @@ impl GraphState {
         let state = &mut self.state;
         guard(&self.component, || state.run(inputs)).map_err(|e| ModelError::run(&self.component, e))
     }
+}
+
+/// The engine a compiled graph must come from: the tract this crate is built with (pinned in Cargo.toml).
+pub const ENGINE: &str = "tract 0.23.9";
+
+/// Parses an ONNX graph, declares its inputs, declutters it and applies the named model transforms: everything
+/// before optimization, which is what a compiled graph holds.
+fn prepare(path: &Path, inputs: &[(DatumType, &[Dim])], transforms: &[&str]) -> TractResult<TypedModel> {
+    let mut model = tract_onnx::onnx().with_ignore_output_shapes(true).with_ignore_value_info(true).model_for_path(path)?;
+    for (ix, (dtype, dims)) in inputs.iter().enumerate() {
+        let shape: TVec<TDim> = dims
+            .iter()
+            .map(|d| match d {
+                Dim::Fixed(n) => Ok(TDim::from(*n)),
+                Dim::Symbol(name) => Ok(model.symbols.sym(name).into()),
+                Dim::Expr(expr) => model.symbols.parse_tdim(expr),
+            })
+            .collect::<TractResult<_>>()?;
+        model.set_input_fact(ix, InferenceFact::dt_shape(*dtype, shape))?;
+    }
+    let mut typed = model.into_typed()?.into_decluttered()?;
+    for name in transforms {
+        let transform = tract_onnx::tract_core::transform::get_transform(name)?
+            .ok_or_else(|| anyhow::anyhow!("unknown model transform {name}"))?;
+        transform.transform(&mut typed)?;
+    }
+    if !transforms.is_empty() {
+        typed.declutter()?; // what the transforms fused leaves patterns for the declutter passes
+    }
+    Ok(typed)
+}
+
+fn nnef_framework() -> tract_nnef::framework::Nnef {
+    use tract_transformers::WithTractTransformers;
+    tract_nnef::nnef().with_tract_transformers().with_onnx()
+}
+
+/// Compiles an ONNX graph (inputs declared and transforms applied as [`Graph::load_with_transforms`] does) into
+/// `out`, tract's NNEF archive, which [`Graph::load_compiled`] loads without parsing, typing or decluttering.
+/// Written to a temporary file renamed over `out`, so a failure never leaves a partial archive.
+pub fn compile(component: &str, path: &Path, inputs: &[(DatumType, &[Dim])], transforms: &[&str], out: &Path) -> Result<()> {
+    let temporary = out.with_extension("part");
+    let write = || -> TractResult<()> {
+        let model = prepare(path, inputs, transforms)?;
+        let file = std::io::BufWriter::new(std::fs::File::create(&temporary)?);
+        nnef_framework().write_to_tar(&model, file)?.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        std::fs::rename(&temporary, out)?;
+        Ok(())
+    };
+    guard(component, write).map_err(|e| {
+        let _ = std::fs::remove_file(&temporary);
+        ModelError::load(component, format!("compiling {} into {}: {e:#}", path.display(), out.display()))
+    })
 }
 
 /// Runs engine code, turning a panic inside the engine into an error instead of aborting the process.

@@ -23,6 +23,8 @@ pub enum ModelError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("component `{component}`: missing or invalid parameter `{param}` in the manifest")]
     BadParam { component: String, param: String },
+    #[error("compiled graph of component `{component}` is stale: {path}: {reason}; rebuild it with models/prepare/prepare.sh")]
+    StaleCompiled { component: String, path: PathBuf, reason: String },
     #[error("cannot load component `{component}` into the engine: {reason}")]
     Load { component: String, reason: String },
     #[error("component `{component}` failed while running: {reason}")]

@@ -4,6 +4,7 @@
 pub mod allocations;
 pub mod audio;
 pub mod bundle;
+pub mod compile;
 pub mod engine;
 pub mod error;
 pub mod llm;

@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::bundle::Bundle;
+use crate::bundle::{Bundle, Component};
 use crate::engine::{self, DatumType, Dim, Graph};
 use crate::error::{ModelError, Result};
 use bpe::TextStream;
@@ -80,47 +80,41 @@ pub struct LanguageModel {
 
 const COMPONENT: &str = "llm-decoder";
 const INPUTS: [&str; 3] = ["input_ids", "attention_mask", "position_ids"];
+/// Turns the graph's past/present key and value pairs into a KV cache kept in the run state.
+const KV_CACHE_TRANSFORM: &str = "transformers_detect_all";
+
+/// The decoder graph's inputs as declared to the engine: ids, mask and positions, then every layer's past keys and
+/// values (the GGUF's hyperparameters size them, so a graph and GGUF that do not match fail to load).
+fn graph_inputs(config: &LlamaConfig) -> Vec<(DatumType, Vec<Dim>)> {
+    let tokens = vec![Dim::Fixed(1), Dim::Symbol("S")];
+    let mut inputs = vec![
+        (DatumType::I64, tokens.clone()),
+        (DatumType::I64, vec![Dim::Fixed(1), Dim::Expr("P+S")]),
+        (DatumType::I64, tokens),
+    ];
+    let kv = vec![Dim::Fixed(1), Dim::Fixed(config.n_kv_heads), Dim::Symbol("P"), Dim::Fixed(config.head_dim)];
+    inputs.extend(std::iter::repeat_n((DatumType::F32, kv), 2 * config.n_layers));
+    inputs
+}
 
 impl LanguageModel {
-    /// Loads the bundle's decoder (`variant` or the first listed) and reads tokenizer, chat template and
-    /// hyperparameters from the GGUF it was converted from.
+    /// Loads the bundle's decoder (`variant` or the first listed), from its compiled form when the bundle has one,
+    /// and reads tokenizer, chat template and hyperparameters from the GGUF it was converted from.
     pub fn load(bundle: &Bundle, variant: Option<&str>) -> Result<LanguageModel> {
         let component = bundle.component(COMPONENT, variant)?;
-        let path = bundle.checked_path(component)?;
-        let gguf_file = component.param_str("gguf")?;
-        let gguf_component = bundle.component("llm-gguf", None)?;
-        if gguf_component.file != gguf_file {
-            return Err(ModelError::BadParam { component: component.name.clone(), param: "gguf".into() });
-        }
-        let gguf_path = bundle.checked_path(gguf_component)?;
-        let context = component.param_usize("context")?;
-        let model = Self::load_files(&path, &gguf_path, &component.variant, context)?;
-        let c = &model.config;
-        for (param, value) in [("n_layers", c.n_layers), ("n_kv_heads", c.n_kv_heads), ("head_dim", c.head_dim), ("n_vocab", c.n_vocab)] {
-            if component.param_usize(param)? != value {
-                return Err(ModelError::BadParam { component: component.name.clone(), param: format!("{param} (the GGUF says {value})") });
+        let (config, text, context) = Self::read_gguf(bundle, component)?;
+        let graph = match bundle.checked_compiled_path(component, engine::ENGINE)? {
+            Some(compiled) => Graph::load_compiled(COMPONENT, &compiled)?,
+            None => {
+                eprintln!(
+                    "notice: {} has no compiled form, so it loads from ONNX, more slowly (models/prepare/prepare.sh compiles it)",
+                    component.file
+                );
+                let inputs = graph_inputs(&config);
+                let inputs: Vec<(DatumType, &[Dim])> = inputs.iter().map(|(t, d)| (*t, &d[..])).collect();
+                Graph::load_with_transforms(COMPONENT, &bundle.checked_path(component)?, &inputs, &[KV_CACHE_TRANSFORM])?
             }
-        }
-        Ok(model)
-    }
-
-    /// Loads a decoder graph and the GGUF that describes it (the graph's key/value inputs are declared from the
-    /// GGUF's hyperparameters, so a mismatched pair fails to load).
-    pub fn load_files(decoder: &Path, gguf_path: &Path, variant: &str, context: usize) -> Result<LanguageModel> {
-        let gguf = Gguf::open(gguf_path)?;
-        let config = LlamaConfig::from_gguf(&gguf)?;
-        let text = ChatText::from_gguf(&gguf)?;
-        if context < 2 || context > config.n_ctx_train {
-            return Err(ModelError::BadParam { component: COMPONENT.into(), param: format!("context ({context})") });
-        }
-
-        let kv: [Dim; 4] = [Dim::Fixed(1), Dim::Fixed(config.n_kv_heads), Dim::Symbol("P"), Dim::Fixed(config.head_dim)];
-        let tokens: [Dim; 2] = [Dim::Fixed(1), Dim::Symbol("S")];
-        let mask: [Dim; 2] = [Dim::Fixed(1), Dim::Expr("P+S")];
-        let mut inputs: Vec<(DatumType, &[Dim])> =
-            vec![(DatumType::I64, &tokens), (DatumType::I64, &mask), (DatumType::I64, &tokens)];
-        inputs.extend(std::iter::repeat_n((DatumType::F32, &kv[..]), 2 * config.n_layers));
-        let graph = Graph::load_with_transforms(COMPONENT, decoder, &inputs, &["transformers_detect_all"])?;
+        };
         let names = graph.input_names();
         let input_slots: Vec<usize> = names.iter().filter_map(|n| INPUTS.iter().position(|i| i == n)).collect();
         if names.len() != INPUTS.len() || input_slots.len() != INPUTS.len() {
@@ -129,7 +123,39 @@ impl LanguageModel {
                 format!("the KV cache was not folded into the run state; graph inputs are {names:?}"),
             ));
         }
-        Ok(LanguageModel { graph, config, text, context, variant: variant.to_string(), input_slots })
+        Ok(LanguageModel { graph, config, text, context, variant: component.variant.clone(), input_slots })
+    }
+
+    /// Compiles a decoder component of the bundle into `out` (see [`engine::compile`]).
+    pub fn compile(bundle: &Bundle, component: &Component, out: &Path) -> Result<()> {
+        let (config, _, _) = Self::read_gguf(bundle, component)?;
+        let inputs = graph_inputs(&config);
+        let inputs: Vec<(DatumType, &[Dim])> = inputs.iter().map(|(t, d)| (*t, &d[..])).collect();
+        engine::compile(COMPONENT, &bundle.checked_path(component)?, &inputs, &[KV_CACHE_TRANSFORM], out)
+    }
+
+    /// The hyperparameters, tokenizer and chat template of the GGUF a decoder component was converted from, and
+    /// the KV cache capacity, each checked against the component's parameters.
+    fn read_gguf(bundle: &Bundle, component: &Component) -> Result<(LlamaConfig, ChatText, usize)> {
+        let gguf_file = component.param_str("gguf")?;
+        let gguf_component = bundle.component("llm-gguf", None)?;
+        if gguf_component.file != gguf_file {
+            return Err(ModelError::BadParam { component: component.name.clone(), param: "gguf".into() });
+        }
+        let gguf = Gguf::open(&bundle.checked_path(gguf_component)?)?;
+        let config = LlamaConfig::from_gguf(&gguf)?;
+        let text = ChatText::from_gguf(&gguf)?;
+        let context = component.param_usize("context")?;
+        if context < 2 || context > config.n_ctx_train {
+            return Err(ModelError::BadParam { component: COMPONENT.into(), param: format!("context ({context})") });
+        }
+        let c = &config;
+        for (param, value) in [("n_layers", c.n_layers), ("n_kv_heads", c.n_kv_heads), ("head_dim", c.head_dim), ("n_vocab", c.n_vocab)] {
+            if component.param_usize(param)? != value {
+                return Err(ModelError::BadParam { component: component.name.clone(), param: format!("{param} (the GGUF says {value})") });
+            }
+        }
+        Ok((config, text, context))
     }
 
     /// A session with an empty KV cache of `capacity` tokens at most (the model's context when `None`).

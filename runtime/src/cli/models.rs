@@ -1,5 +1,5 @@
-//! `lookout models list | verify | inspect | measure`: what the bundles hold, whether every file matches its manifest, and
-//! what a GGUF file holds and whether Lookout can use it.
+//! `lookout models list | verify | inspect | measure | compile`: what the bundles hold, whether every file matches its
+//! manifest, what a GGUF file holds and whether Lookout can use it, and the compiled graphs that load fast.
 
 use clap::Subcommand;
 use lookout_models::bundle::{Bundle, FileStatus};
@@ -21,6 +21,14 @@ pub enum ModelsCommand {
     },
     /// Measure each stage's resident and working memory on a worst-case input and record it in the manifest.
     Measure(super::measure::MeasureArgs),
+    /// Compile the decoders into graphs that load fast (tract's NNEF archive of the prepared model), next to their
+    /// ONNX files, and record them in the manifest; current ones are kept unless --force.
+    Compile {
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Read a GGUF file: architecture, hyperparameters, tensor types, tokenizer; checks that a decoder can be built.
     Inspect {
         /// The .gguf file.
@@ -100,6 +108,8 @@ struct ComponentReport<'a> {
     file: &'a str,
     bytes: u64,
     license: &'a str,
+    /// The row is the component's compiled graph, not its own file.
+    compiled: bool,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     status: Option<FileStatus>,
 }
@@ -108,6 +118,17 @@ pub fn run(ctx: &Context, command: ModelsCommand) -> anyhow::Result<()> {
     match command {
         ModelsCommand::Inspect { file, json } => inspect(&file, json),
         ModelsCommand::Measure(args) => super::measure::run(ctx, args),
+        ModelsCommand::Compile { force, json } => {
+            let mut bundle = ctx.open_bundle()?;
+            let reports = lookout_models::compile::compile_bundle(&mut bundle, force)?;
+            if json {
+                return print_json(&reports);
+            }
+            for r in &reports {
+                println!("{:<40} {:<45} {:>7.1} MiB  {} ({:.1} s)", r.component, r.file, r.bytes as f64 / 1048576.0, r.status, r.ms / 1e3);
+            }
+            Ok(())
+        }
         ModelsCommand::List { json } => {
             let bundles = Bundle::list(ctx.models_dir())?;
             if bundles.is_empty() {
@@ -143,7 +164,12 @@ pub fn run(ctx: &Context, command: ModelsCommand) -> anyhow::Result<()> {
             }
             if let Some(first) = bad.first() {
                 let component = bundle.manifest.components.iter().find(|c| c.name == first.name).expect("row of this bundle");
-                let cause = bundle.checked_path(component).err().map(anyhow::Error::new).unwrap_or_else(|| anyhow::anyhow!("{} changed during verification", first.file));
+                let cause = if first.compiled {
+                    bundle.checked_compiled_path(component, lookout_models::engine::ENGINE).err()
+                } else {
+                    bundle.checked_path(component).err()
+                };
+                let cause = cause.map(anyhow::Error::new).unwrap_or_else(|| anyhow::anyhow!("{} changed during verification", first.file));
                 return Err(cause.context(format!("bundle {}: {} of {} files failed verification", bundle.manifest.name, bad.len(), rows.len())));
             }
             Ok(())
@@ -156,15 +182,26 @@ fn report(bundle: &Bundle, check: bool) -> Vec<ComponentReport<'_>> {
         .manifest
         .components
         .iter()
-        .map(|c| ComponentReport {
-            bundle: &bundle.manifest.name,
-            name: &c.name,
-            role: &c.role,
-            variant: &c.variant,
-            file: &c.file,
-            bytes: c.bytes,
-            license: &c.license,
-            status: check.then(|| bundle.check_file(c)),
+        .flat_map(|c| {
+            let own = ComponentReport {
+                bundle: &bundle.manifest.name,
+                name: &c.name,
+                role: &c.role,
+                variant: &c.variant,
+                file: &c.file,
+                bytes: c.bytes,
+                license: &c.license,
+                compiled: false,
+                status: check.then(|| bundle.check_file(c)),
+            };
+            let compiled = c.compiled.as_ref().map(|k| ComponentReport {
+                file: &k.file,
+                bytes: k.bytes,
+                compiled: true,
+                status: check.then(|| lookout_models::bundle::check_file_at(&bundle.dir.join(&k.file), &k.sha256, k.bytes)),
+                ..own
+            });
+            std::iter::once(own).chain(compiled)
         })
         .collect()
 }
@@ -187,6 +224,7 @@ fn print_table(rows: &[ComponentReport]) {
             Some(FileStatus::Ok) => "ok".into(),
             Some(other) => describe(Some(other), r.file),
         };
-        println!("{:<32} {:<14} {:<8} {:>12}  {:<10} {}", r.name, r.role, r.variant, r.bytes, r.license, status);
+        let role = if r.compiled { "compiled" } else { r.role };
+        println!("{:<32} {:<14} {:<8} {:>12}  {:<10} {}", r.name, role, r.variant, r.bytes, r.license, status);
     }
 }
