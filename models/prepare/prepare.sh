@@ -18,7 +18,10 @@ for tool in espeak-ng:espeak-ng sox:sox flac:flac npm:npm dpkg-deb:dpkg pkg-conf
     command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
 done
 [[ -f /usr/include/alsa/asoundlib.h ]] || missing+=(libasound2-dev)
-compgen -G "/usr/lib/llvm-*/lib/libclang*.so*" >/dev/null || missing+=(libclang-dev)
+# bindgen loads the unversioned libclang.so and needs clang's own headers (stddef.h): libclang-cpp.so.N or libclang.so.1
+# alone, which many machines have without libclang-dev, are not enough.
+{ compgen -G "/usr/lib/llvm-*/lib/libclang.so" && compgen -G "/usr/lib/llvm-*/lib/clang/*/include/stddef.h"; } >/dev/null ||
+    missing+=(libclang-dev)
 for font in /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf:fonts-dejavu-core \
             /usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf:fonts-liberation; do
     [[ -f "${font%%:*}" ]] || missing+=("${font#*:}")
@@ -72,3 +75,13 @@ compile_args=()
 (cd "$repo" && cargo build --release --locked --quiet --bin lookout)
 "$repo/target/release/lookout" "${models_args[@]}" models compile "${compile_args[@]}"
 "$repo/target/release/lookout" "${models_args[@]}" models measure "${measure_args[@]}"
+
+# `lookout` goes where cargo installs binaries (on a rustup user's PATH), from the build above: `cargo install`
+# reuses it through the shared target directory and records it, so `cargo uninstall lookout` removes it.
+(cd "$repo" && cargo install --quiet --locked --offline --path runtime --target-dir "$repo/target" --force)
+bin_dir="${CARGO_INSTALL_ROOT:-${CARGO_HOME:-$HOME/.cargo}}/bin"
+if [[ "$(command -v lookout)" == "$bin_dir/lookout" ]]; then
+    echo "lookout is installed as $bin_dir/lookout"
+else
+    echo "lookout is installed as $bin_dir/lookout; that folder is not on your PATH: add it (rustup's ~/.cargo/env does)"
+fi
