@@ -127,6 +127,9 @@ pub fn run(ctx: &Context, command: ModelsCommand) -> anyhow::Result<()> {
             for r in &reports {
                 println!("{:<40} {:<45} {:>7.1} MiB  {} ({:.1} s)", r.component, r.file, r.bytes as f64 / 1048576.0, r.status, r.ms / 1e3);
             }
+            if reports.iter().any(|r| r.status == "compiled") {
+                eprintln!("the memory plan needs the footprints measured again: run `lookout models measure`");
+            }
             Ok(())
         }
         ModelsCommand::List { json } => {
