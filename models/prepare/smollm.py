@@ -96,10 +96,6 @@ class LlamaWeights:
         out = w.shape[0]
         return w.reshape(heads, self.dims.head_dim // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(out, *w.shape[1:])
 
-    def rows(self, name: str) -> int:
-        """The output width of tensor `name` (its rows in numpy order)."""
-        return int(self._tensor(name).shape[-1])
-
     def __call__(self, name: str) -> np.ndarray:
         tensor = self._tensor(name)
         w = np.asarray(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
@@ -176,9 +172,9 @@ class LlamaGraph(GraphBuilder):
         instead of one per projection keeps the graph small: per-node cost outweighs arithmetic on a 135M model."""
         with self.scope(scope):
             if self.variant == "f32":
-                stacked = np.concatenate([weights(name) for name in names], axis=0)
-                y = self.op("MatMul", x, self.const(np.ascontiguousarray(stacked.T), "weight"))
-                widths = [weights.rows(name) for name in names]
+                matrices = [weights(name) for name in names]
+                widths = [m.shape[0] for m in matrices]
+                y = self.op("MatMul", x, self.const(np.ascontiguousarray(np.concatenate(matrices, axis=0).T), "weight"))
             else:
                 per_name = [weights.nibble_terms(name) for name in names]
                 widths = [terms[0][0].shape[0] for terms, _ in per_name]

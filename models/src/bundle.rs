@@ -368,7 +368,7 @@ impl Bundle {
         let path = self.dir.join(file);
         let mut record = self.checked_record();
         let now = Checked::of(&path, sha256);
-        if now.is_some() && now.as_ref().map(|n| n.bytes) == Some(bytes) && record.get(file) == now.as_ref() {
+        if now.is_some() && record.get(file) == now.as_ref() {
             return FileStatus::Ok;
         }
         let status = check_file_at(&path, sha256, bytes);
