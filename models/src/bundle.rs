@@ -366,13 +366,17 @@ impl Bundle {
     /// else a full check, recorded when it passes (where the bundle directory is writable; else just checked).
     fn check_before_load(&self, file: &str, sha256: &str, bytes: u64) -> FileStatus {
         let path = self.dir.join(file);
-        let mut record = self.checked_record();
         let now = Checked::of(&path, sha256);
-        if now.is_some() && record.get(file) == now.as_ref() {
+        if now.is_some() && self.checked_record().get(file) == now.as_ref() {
             return FileStatus::Ok;
         }
         let status = check_file_at(&path, sha256, bytes);
         if let (FileStatus::Ok, Some(now)) = (&status, now) {
+            // Components load on several threads: the record is read again and rewritten under one lock, so no
+            // thread's entry is lost.
+            static RECORD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+            let _held = RECORD.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut record = self.checked_record();
             record.insert(file.to_string(), now);
             let temporary = self.dir.join(format!("{CHECKED}.{}", std::process::id()));
             if let Ok(text) = serde_json::to_string_pretty(&record) {

@@ -1,19 +1,19 @@
-//! Compiled graphs: a bundle's decoders written once as tract's NNEF archive of the prepared model (parsed, typed,
-//! decluttered, transformed) next to their ONNX files, and recorded in the manifest with the source file and
-//! engine version they came from, so that loading them leaves only kernel selection and weight packing.
+//! Compiled graphs: every graph of a bundle written once as tract's NNEF archive of the prepared model (parsed,
+//! typed, decluttered, transformed) next to its ONNX file, and recorded in the manifest with the source file and
+//! engine version it came from, so that loading it leaves only kernel selection and weight packing.
 
 use std::path::Path;
 use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::bundle::{sha256_file, Bundle, Compiled};
-use crate::engine;
+use crate::bundle::{sha256_file, Bundle, Compiled, Component};
+use crate::engine::{self, GraphSpec, COMPILED_ROLES};
 use crate::error::{ModelError, Result};
 use crate::llm::LanguageModel;
-
-/// The roles whose graphs are compiled; the others load from ONNX, which is already fast for them.
-pub const COMPILED_ROLES: [&str; 1] = ["llm-decoder"];
+use crate::vad::SileroVad;
+use crate::vision::encoders::image_graph_spec;
+use crate::whisper::Whisper;
 
 /// What compiling one component did.
 #[derive(Debug, Clone, Serialize)]
@@ -27,7 +27,8 @@ pub struct CompileReport {
 }
 
 /// Compiles every component of a compiled role that has no current compiled form (all of them with `force`), and
-/// rewrites the manifest. Measured footprints are dropped when anything was compiled: the loading peak changes.
+/// records each in the manifest. Measured footprints are dropped when anything was compiled: the loading peak
+/// changes.
 pub fn compile_bundle(bundle: &mut Bundle, force: bool) -> Result<Vec<CompileReport>> {
     let mut reports = Vec::new();
     for ix in 0..bundle.manifest.components.len() {
@@ -49,7 +50,8 @@ pub fn compile_bundle(bundle: &mut Bundle, force: bool) -> Result<Vec<CompileRep
         let file = compiled_file_name(&component.file);
         let out = bundle.dir.join(&file);
         let started = Instant::now();
-        LanguageModel::compile(bundle, component, &out)?;
+        let spec = graph_spec(bundle, component)?;
+        engine::compile(&component.name, &bundle.checked_path(component)?, &spec, &out)?;
         let io = |source| ModelError::Io { path: out.clone(), source };
         let bytes = std::fs::metadata(&out).map_err(io)?.len();
         let sha256 = sha256_file(&out).map_err(io)?;
@@ -67,13 +69,24 @@ pub fn compile_bundle(bundle: &mut Bundle, force: bool) -> Result<Vec<CompileRep
             bytes,
             ms: started.elapsed().as_secs_f64() * 1e3,
         });
+        // Recorded at once, so that a later component's failure leaves every written archive in the manifest.
         bundle.manifest.components[ix].compiled = Some(compiled);
-    }
-    if reports.iter().any(|r| r.status == "compiled") {
         bundle.manifest.footprints.clear();
         bundle.write_manifest()?;
     }
     Ok(reports)
+}
+
+/// How the loader of a component's role declares its graph.
+fn graph_spec(bundle: &Bundle, component: &Component) -> Result<GraphSpec> {
+    match component.role.as_str() {
+        "llm-decoder" => LanguageModel::graph_spec(bundle, component),
+        "asr-encoder" => Whisper::encoder_spec(component),
+        "asr-decoder" => Whisper::decoder_spec(component),
+        "vad" => SileroVad::graph_spec(component),
+        "object-detector" | "scene-classifier" | "ocr-detector" | "ocr-recognizer" => image_graph_spec(component),
+        role => Err(ModelError::load(&component.name, format!("no graph of role {role} is compiled"))),
+    }
 }
 
 /// `dir/decoder.q4.onnx` → `dir/decoder.q4.nnef.tar`.

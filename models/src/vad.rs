@@ -1,8 +1,8 @@
 //! Voice activity detection with Silero VAD v6: speech probabilities per 32 ms chunk, then speech regions with
 //! hysteresis, minimum durations and padding (the rules of Silero's own `get_speech_timestamps`).
 
-use crate::bundle::Bundle;
-use crate::engine::{self, DatumType, Dim, Graph, GraphState};
+use crate::bundle::{Bundle, Component};
+use crate::engine::{self, DatumType, Dim, Graph, GraphSpec, GraphState};
 use crate::error::{ModelError, Result};
 
 /// A stretch of speech, in samples at 16 kHz.
@@ -45,16 +45,18 @@ impl SileroVad {
         let context = c.param_usize("context")?;
         let state_len = c.param_usize("state_size")?;
         let threshold = c.param_f64("threshold")? as f32;
-        let graph = Graph::load(
-            &c.name,
-            &bundle.checked_path(c)?,
-            &[
-                (DatumType::F32, &[Dim::Fixed(1), Dim::Fixed(context + chunk)]),
-                (DatumType::F32, &[Dim::Fixed(2), Dim::Fixed(1), Dim::Fixed(state_len)]),
-            ],
-        )?;
+        let graph = engine::load_component(bundle, c, &Self::graph_spec(c)?)?;
         let rules = VadRules { threshold, release: (threshold - 0.15).max(0.01), ..VadRules::default() };
         Ok(SileroVad { graph, chunk, context, state_len, rules })
+    }
+
+    /// How the VAD graph is declared: one chunk with its context, and the recurrent state.
+    pub fn graph_spec(c: &Component) -> Result<GraphSpec> {
+        let (chunk, context, state_len) = (c.param_usize("chunk")?, c.param_usize("context")?, c.param_usize("state_size")?);
+        Ok(GraphSpec::new(vec![
+            (DatumType::F32, vec![Dim::Fixed(1), Dim::Fixed(context + chunk)]),
+            (DatumType::F32, vec![Dim::Fixed(2), Dim::Fixed(1), Dim::Fixed(state_len)]),
+        ]))
     }
 
     /// Samples per probability.

@@ -1,10 +1,15 @@
-//! Compiled decoders (tract's NNEF archive of the prepared graph): the same logits as the ONNX path, and refused
-//! with a named error when stale (another source graph or engine), truncated or corrupt.
+//! Compiled graphs (tract's NNEF archive of the prepared graph): the same logits, transcripts and detector outputs
+//! as the ONNX path, and refused with a named error when stale (another source graph or engine), truncated or
+//! corrupt.
 
 use std::path::PathBuf;
 
 use lookout_models::bundle::{resolve_models_dir, Bundle, DEFAULT_BUNDLE};
+use lookout_models::audio::load_mono_16k;
 use lookout_models::llm::LanguageModel;
+use lookout_models::vision::image::load_image;
+use lookout_models::vision::VisionModels;
+use lookout_models::whisper::{DecodeOptions, Whisper};
 use lookout_models::ModelError;
 
 fn bundle() -> Bundle {
@@ -55,6 +60,56 @@ fn compiled_and_onnx_decoders_give_the_same_logits() {
     assert_eq!(compiled.len(), onnx.len());
     let max = compiled.iter().zip(&onnx).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     assert!(max < 1e-4, "compiled and ONNX logits differ by {max}");
+    let _ = std::fs::remove_dir_all(&from_onnx.dir);
+}
+
+fn testdata(path: &str) -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.cache/testdata")).join(path)
+}
+
+/// The bundle as it loads without any compiled graph.
+fn onnx_only(bundle: &Bundle, name: &str) -> Bundle {
+    edited_copy(bundle, name, |b| b.manifest.components.iter_mut().for_each(|c| c.compiled = None))
+}
+
+#[test]
+fn compiled_and_onnx_whisper_give_the_same_tokens() {
+    let bundle = bundle();
+    let from_onnx = onnx_only(&bundle, "speech");
+    for variant in ["int8", "f32"] {
+        assert!(bundle.component("asr-encoder", Some(variant)).unwrap().compiled.is_some(), "{variant} encoder not compiled");
+        let compiled = Whisper::load(&bundle, Some(variant)).unwrap();
+        let onnx = Whisper::load(&from_onnx, Some(variant)).unwrap();
+        for clip in ["speech/how_many_people.wav", "speech/is_the_door_open.wav"] {
+            let samples = load_mono_16k(testdata(clip)).unwrap();
+            let options = DecodeOptions::default();
+            let ours = compiled.session().unwrap().transcribe_window(&samples, &options).unwrap();
+            let reference = onnx.session().unwrap().transcribe_window(&samples, &options).unwrap();
+            assert!(!ours.tokens.is_empty(), "{variant} {clip}: nothing transcribed");
+            assert_eq!(ours.tokens, reference.tokens, "{variant} {clip}: {:?} vs {:?}", ours.text, reference.text);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&from_onnx.dir);
+}
+
+#[test]
+fn compiled_and_onnx_vision_give_the_same_scene() {
+    let bundle = bundle();
+    let from_onnx = onnx_only(&bundle, "vision");
+    let compiled = VisionModels::load(&bundle, true).unwrap();
+    let onnx = VisionModels::load(&from_onnx, true).unwrap();
+    for photo in ["photos/kite.jpg", "photos/coffee.png", "text/exit_42.DejaVuSerif.32.png"] {
+        let image = load_image(&testdata(&format!("vision/{photo}"))).unwrap();
+        let (ours, reference) = (compiled.session().unwrap().describe(&image).unwrap(), onnx.session().unwrap().describe(&image).unwrap());
+        assert!(!ours.objects.is_empty() || !ours.text.is_empty(), "{photo}: an empty scene");
+        assert_eq!(ours.objects.len(), reference.objects.len(), "{photo}: detections differ");
+        for (a, b) in ours.objects.iter().zip(&reference.objects) {
+            assert_eq!(a.label, b.label, "{photo}");
+            assert!((a.score - b.score).abs() < 1e-4, "{photo} {}: score {} vs {}", a.label, a.score, b.score);
+        }
+        let texts = |scene: &lookout_models::vision::Scene| scene.text.iter().map(|t| t.text.clone()).collect::<Vec<_>>();
+        assert_eq!(texts(&ours), texts(&reference), "{photo}: text read differs");
+    }
     let _ = std::fs::remove_dir_all(&from_onnx.dir);
 }
 

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use lookout_models::bundle::{resolve_models_dir, Bundle, DEFAULT_BUNDLE};
-use lookout_models::engine::{self, DatumType, Dim, Graph};
+use lookout_models::engine::{self, DatumType, Dim, GraphSpec};
 use lookout_models::vision::image::load_image;
 use lookout_models::vision::VisionModels;
 use serde_json::Value;
@@ -50,7 +50,8 @@ fn raw_outputs_match_onnxruntime_on_the_same_tensors() {
         let component = bundle.component(role, None).unwrap();
         let (shape, input) = read_npy(&dir.join(case["input"].as_str().unwrap()));
         let dims: Vec<Dim> = shape.iter().map(|d| Dim::Fixed(*d)).collect();
-        let graph = Graph::load(&component.name, &bundle.checked_path(component).unwrap(), &[(DatumType::F32, &dims)]).unwrap();
+        // The graph the product runs: the compiled form, whose input shape must be the reference tensor's.
+        let graph = engine::load_component(&bundle, component, &GraphSpec::new(vec![(DatumType::F32, dims)])).unwrap();
         let outputs = graph.new_state().unwrap().run([engine::tensor(&shape, &input).unwrap()].into_iter().collect()).unwrap();
         let (out_shape, expected) = read_npy(&dir.join(case["outputs"][0]["file"].as_str().unwrap()));
         let ours = engine::f32_slice(role, &outputs[0]).unwrap();

@@ -1,4 +1,5 @@
-//! Resident memory of this process, read from `/proc/self/status` (Linux); `None` elsewhere.
+//! Resident memory of this process, read from `/proc/self/status`, and the machine's available memory, read from
+//! `/proc/meminfo` (Linux); `None` elsewhere.
 
 use serde::Serialize;
 
@@ -17,6 +18,14 @@ pub fn rss() -> Option<Rss> {
         Some(kib / 1024.0)
     };
     Some(Rss { rss_mib: field("VmRSS:")?, peak_mib: field("VmHWM:")? })
+}
+
+/// Memory the kernel could give to new work without swapping (`MemAvailable`), in MiB.
+pub fn available_mib() -> Option<f64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }
 
 /// Returns the allocator's free memory to the kernel. Loading a model parses and rewrites whole graphs; glibc

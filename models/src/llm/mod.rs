@@ -11,13 +11,12 @@ pub mod chat;
 pub mod gguf;
 pub mod sampler;
 
-use std::path::Path;
 use std::time::Instant;
 
 use serde::Serialize;
 
 use crate::bundle::{Bundle, Component};
-use crate::engine::{self, DatumType, Dim, Graph};
+use crate::engine::{self, DatumType, Dim, Graph, GraphSpec};
 use crate::error::{ModelError, Result};
 use bpe::TextStream;
 use chat::ChatText;
@@ -83,9 +82,10 @@ const INPUTS: [&str; 3] = ["input_ids", "attention_mask", "position_ids"];
 /// Turns the graph's past/present key and value pairs into a KV cache kept in the run state.
 const KV_CACHE_TRANSFORM: &str = "transformers_detect_all";
 
-/// The decoder graph's inputs as declared to the engine: ids, mask and positions, then every layer's past keys and
-/// values (the GGUF's hyperparameters size them, so a graph and GGUF that do not match fail to load).
-fn graph_inputs(config: &LlamaConfig) -> Vec<(DatumType, Vec<Dim>)> {
+/// The decoder graph as declared to the engine: ids, mask and positions, then every layer's past keys and values
+/// (the GGUF's hyperparameters size them, so a graph and GGUF that do not match fail to load), the KV cache folded
+/// into the run state.
+fn graph_spec_for(config: &LlamaConfig) -> GraphSpec {
     let tokens = vec![Dim::Fixed(1), Dim::Symbol("S")];
     let mut inputs = vec![
         (DatumType::I64, tokens.clone()),
@@ -94,7 +94,7 @@ fn graph_inputs(config: &LlamaConfig) -> Vec<(DatumType, Vec<Dim>)> {
     ];
     let kv = vec![Dim::Fixed(1), Dim::Fixed(config.n_kv_heads), Dim::Symbol("P"), Dim::Fixed(config.head_dim)];
     inputs.extend(std::iter::repeat_n((DatumType::F32, kv), 2 * config.n_layers));
-    inputs
+    GraphSpec::new(inputs).with_transforms(&[KV_CACHE_TRANSFORM])
 }
 
 impl LanguageModel {
@@ -103,18 +103,7 @@ impl LanguageModel {
     pub fn load(bundle: &Bundle, variant: Option<&str>) -> Result<LanguageModel> {
         let component = bundle.component(COMPONENT, variant)?;
         let (config, text, context) = Self::read_gguf(bundle, component)?;
-        let graph = match bundle.checked_compiled_path(component, engine::ENGINE)? {
-            Some(compiled) => Graph::load_compiled(COMPONENT, &compiled)?,
-            None => {
-                eprintln!(
-                    "notice: {} has no compiled form, so it loads from ONNX, more slowly (models/prepare/prepare.sh compiles it)",
-                    component.file
-                );
-                let inputs = graph_inputs(&config);
-                let inputs: Vec<(DatumType, &[Dim])> = inputs.iter().map(|(t, d)| (*t, &d[..])).collect();
-                Graph::load_with_transforms(COMPONENT, &bundle.checked_path(component)?, &inputs, &[KV_CACHE_TRANSFORM])?
-            }
-        };
+        let graph = engine::load_component(bundle, component, &graph_spec_for(&config))?;
         let names = graph.input_names();
         let input_slots: Vec<usize> = names.iter().filter_map(|n| INPUTS.iter().position(|i| i == n)).collect();
         if names.len() != INPUTS.len() || input_slots.len() != INPUTS.len() {
@@ -126,12 +115,10 @@ impl LanguageModel {
         Ok(LanguageModel { graph, config, text, context, variant: component.variant.clone(), input_slots })
     }
 
-    /// Compiles a decoder component of the bundle into `out` (see [`engine::compile`]).
-    pub fn compile(bundle: &Bundle, component: &Component, out: &Path) -> Result<()> {
+    /// How a decoder component's graph is declared (see [`GraphSpec`]).
+    pub fn graph_spec(bundle: &Bundle, component: &Component) -> Result<GraphSpec> {
         let (config, _, _) = Self::read_gguf(bundle, component)?;
-        let inputs = graph_inputs(&config);
-        let inputs: Vec<(DatumType, &[Dim])> = inputs.iter().map(|(t, d)| (*t, &d[..])).collect();
-        engine::compile(COMPONENT, &bundle.checked_path(component)?, &inputs, &[KV_CACHE_TRANSFORM], out)
+        Ok(graph_spec_for(&config))
     }
 
     /// The hyperparameters, tokenizer and chat template of the GGUF a decoder component was converted from, and

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use crate::bundle::{Bundle, Component};
-use crate::engine::{self, DatumType, Dim, Graph, GraphState};
+use crate::engine::{self, DatumType, Dim, Graph, GraphSpec, GraphState};
 use crate::error::{ModelError, Result};
 use crate::vision::detections::{filter_detections, Detection, DetectionFilter};
 use crate::vision::image::RgbImage;
@@ -89,6 +89,21 @@ fn image_dims(layout: Layout, height: usize, width: usize) -> [Dim; 4] {
     }
 }
 
+/// How an image graph is declared: one RGB image of the component's `input_size` square (or `height` × `width`) in
+/// its layout.
+pub fn image_graph_spec(c: &Component) -> Result<GraphSpec> {
+    let (_, layout) = input_format(c)?;
+    let (height, width) = match c.params.contains_key("input_size") {
+        true => (c.param_usize("input_size")?, c.param_usize("input_size")?),
+        false => (c.param_usize("height")?, c.param_usize("width")?),
+    };
+    Ok(GraphSpec::new(vec![(DatumType::F32, image_dims(layout, height, width).to_vec())]))
+}
+
+fn load_image_graph(bundle: &Bundle, c: &Component) -> Result<Graph> {
+    engine::load_component(bundle, c, &image_graph_spec(c)?)
+}
+
 fn shape_of(dims: &[Dim; 4]) -> [usize; 4] {
     dims.map(|d| match d {
         Dim::Fixed(n) => n,
@@ -125,7 +140,7 @@ impl ObjectDetector {
             },
             max_detections: c.param_usize("max_detections")?,
         };
-        let graph = Graph::load(&c.name, &bundle.checked_path(c)?, &[(DatumType::F32, &image_dims(layout, size, size))])?;
+        let graph = load_image_graph(bundle, c)?;
         Ok(ObjectDetector { graph, size, normalization, layout, labels, filter })
     }
 
@@ -171,9 +186,7 @@ impl TextReader {
             param: "blank_token".into(),
         })?;
         let dictionary = CtcDictionary::from_lines(symbols, false);
-        let detector = Graph::load(&det.name, &bundle.checked_path(det)?, &[(DatumType::F32, &image_dims(det_format.1, det_size, det_size))])?;
-        let recognizer =
-            Graph::load(&rec.name, &bundle.checked_path(rec)?, &[(DatumType::F32, &image_dims(rec_format.1, rec_height, rec_width))])?;
+        let (detector, recognizer) = (load_image_graph(bundle, det)?, load_image_graph(bundle, rec)?);
         Ok(TextReader { detector, recognizer, det_size, det_format, rec_height, rec_width, rec_format, db, dictionary })
     }
 }
@@ -199,7 +212,7 @@ impl SceneClassifier {
         let pad_pixel = u8::try_from(c.param_usize("pad_pixel")?).map_err(|_| ModelError::BadParam { component: c.name.clone(), param: "pad_pixel".into() })?;
         let labels: Vec<String> = read_text_file(bundle, bundle.component("scene-labels", None)?)?.lines().map(str::to_string).collect();
         let (top_k, min_score) = (c.param_usize("top_k")?, c.param_f64("min_score")? as f32);
-        let graph = Graph::load(&c.name, &bundle.checked_path(c)?, &[(DatumType::F32, &image_dims(layout, size, size))])?;
+        let graph = load_image_graph(bundle, c)?;
         Ok(Some(SceneClassifier { graph, size, normalization, layout, pad_pixel, labels, top_k, min_score }))
     }
 }

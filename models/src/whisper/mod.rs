@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use crate::audio::mel::LogMel;
 use crate::bundle::{Bundle, Component};
-use crate::engine::{self, DatumType, Dim, Graph, GraphState, TValue};
+use crate::engine::{self, DatumType, Dim, Graph, GraphSpec, GraphState, TValue};
 use crate::error::{ModelError, Result};
 use crate::tokenizer::ByteLevelVocab;
 
@@ -145,25 +145,30 @@ impl Whisper {
                 reason: format!("{} tokens, but the decoder has {} outputs", vocab.len(), config.n_vocab),
             });
         }
-        let encoder = Graph::load(
-            &encoder_c.name,
-            &bundle.checked_path(encoder_c)?,
-            &[(DatumType::F32, &[Dim::Fixed(1), Dim::Fixed(config.n_mels), Dim::Symbol("frames")])],
-        )?;
-        let kv = [Dim::Fixed(config.n_layers), Dim::Fixed(1), Dim::Fixed(config.n_heads), Dim::Symbol("past"), Dim::Fixed(config.head_dim)];
-        let cross = [Dim::Fixed(config.n_layers), Dim::Fixed(1), Dim::Fixed(config.n_heads), Dim::Symbol("audio"), Dim::Fixed(config.head_dim)];
-        let decoder = Graph::load(
-            &decoder_c.name,
-            &bundle.checked_path(decoder_c)?,
-            &[
-                (DatumType::I64, &[Dim::Fixed(1), Dim::Symbol("tokens")]),
-                (DatumType::F32, &kv),
-                (DatumType::F32, &kv),
-                (DatumType::F32, &cross),
-                (DatumType::F32, &cross),
-            ],
-        )?;
+        let encoder = engine::load_component(bundle, encoder_c, &Self::encoder_spec(encoder_c)?)?;
+        let decoder = engine::load_component(bundle, decoder_c, &Self::decoder_spec(decoder_c)?)?;
         Ok(Whisper { variant, config, encoder, decoder, vocab })
+    }
+
+    /// How the encoder graph is declared: a log-mel spectrogram of any number of frames.
+    pub fn encoder_spec(encoder: &Component) -> Result<GraphSpec> {
+        let mel = vec![Dim::Fixed(1), Dim::Fixed(encoder.param_usize("n_mels")?), Dim::Symbol("frames")];
+        Ok(GraphSpec::new(vec![(DatumType::F32, mel)]))
+    }
+
+    /// How the decoder graph is declared: the step's tokens, the self-attention keys and values so far, and the
+    /// encoder's cross-attention keys and values.
+    pub fn decoder_spec(decoder: &Component) -> Result<GraphSpec> {
+        let (layers, heads, head_dim) = (decoder.param_usize("n_layers")?, decoder.param_usize("n_heads")?, decoder.param_usize("head_dim")?);
+        let kv = |length| vec![Dim::Fixed(layers), Dim::Fixed(1), Dim::Fixed(heads), Dim::Symbol(length), Dim::Fixed(head_dim)];
+        Ok(GraphSpec::new(vec![
+            // Not the input's own name: a compiled graph's text would read the symbol as the tensor.
+            (DatumType::I64, vec![Dim::Fixed(1), Dim::Symbol("new_tokens")]),
+            (DatumType::F32, kv("past")),
+            (DatumType::F32, kv("past")),
+            (DatumType::F32, kv("audio")),
+            (DatumType::F32, kv("audio")),
+        ]))
     }
 
     pub fn vocab(&self) -> &ByteLevelVocab {

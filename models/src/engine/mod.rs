@@ -1,5 +1,6 @@
-//! The one door to the tract engine: load an ONNX graph with declared input facts, optimize it once, run it
-//! through reusable per-stream states, and turn engine failures (panics included) into typed errors.
+//! The one door to the tract engine: load a bundle component's graph (its compiled form when there is one, else
+//! its ONNX file with declared input facts), optimize it once, run it through reusable per-stream states, and turn
+//! engine failures (panics included) into typed errors.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
@@ -7,7 +8,10 @@ use std::sync::Arc;
 
 use tract_onnx::prelude::*;
 
+use crate::bundle::{Bundle, Component};
 use crate::error::{ModelError, Result};
+
+mod nnef_ops;
 
 pub use tract_onnx::prelude::{DatumType, TValue, Tensor};
 
@@ -19,6 +23,52 @@ pub enum Dim {
     Symbol(&'static str),
     Expr(&'static str),
 }
+
+/// How a component's graph is declared to the engine: each input's type and shape, in order, and the tract model
+/// transforms applied between decluttering and optimization (such as `transformers_detect_all`, which turns
+/// past/present KV pairs into a KV cache kept in the run state). Loading from ONNX and compiling use the same spec.
+#[derive(Debug, Clone)]
+pub struct GraphSpec {
+    pub inputs: Vec<(DatumType, Vec<Dim>)>,
+    pub transforms: &'static [&'static str],
+}
+
+impl GraphSpec {
+    pub fn new(inputs: Vec<(DatumType, Vec<Dim>)>) -> GraphSpec {
+        GraphSpec { inputs, transforms: &[] }
+    }
+
+    pub fn with_transforms(self, transforms: &'static [&'static str]) -> GraphSpec {
+        GraphSpec { transforms, ..self }
+    }
+}
+
+/// Loads a component's graph: its compiled form when the manifest records a current one (a stale or damaged one is
+/// refused), else its ONNX file, with a one-line notice when the role is one that preparation compiles.
+pub fn load_component(bundle: &Bundle, component: &Component, spec: &GraphSpec) -> Result<Graph> {
+    if let Some(compiled) = bundle.checked_compiled_path(component, ENGINE)? {
+        return Graph::load_compiled(&component.name, &compiled);
+    }
+    if COMPILED_ROLES.contains(&component.role.as_str()) {
+        eprintln!(
+            "notice: {} has no compiled form, so it loads from ONNX, more slowly (models/prepare/prepare.sh compiles it)",
+            component.file
+        );
+    }
+    Graph::load(&component.name, &bundle.checked_path(component)?, spec)
+}
+
+/// The roles whose graphs preparation compiles (`lookout models compile`): every graph in a bundle.
+pub const COMPILED_ROLES: [&str; 8] = [
+    "llm-decoder",
+    "asr-encoder",
+    "asr-decoder",
+    "vad",
+    "object-detector",
+    "scene-classifier",
+    "ocr-detector",
+    "ocr-recognizer",
+];
 
 /// An optimized graph, loaded once and shared by every state that runs it.
 pub struct Graph {
@@ -33,21 +83,10 @@ pub struct GraphState {
 }
 
 impl Graph {
-    /// Loads `path`, declares each input's type and shape, and optimizes the graph for this CPU.
-    pub fn load(component: &str, path: &Path, inputs: &[(DatumType, &[Dim])]) -> Result<Graph> {
-        Graph::load_with_transforms(component, path, inputs, &[])
-    }
-
-    /// Like [`Graph::load`], applying tract model transforms by name (such as `transformers_detect_all`, which turns
-    /// past/present KV pairs into a KV cache kept in the state) between decluttering and optimization.
-    pub fn load_with_transforms(
-        component: &str,
-        path: &Path,
-        inputs: &[(DatumType, &[Dim])],
-        transforms: &[&str],
-    ) -> Result<Graph> {
+    /// Loads the ONNX graph at `path` as `spec` declares it and optimizes it for this CPU.
+    pub fn load(component: &str, path: &Path, spec: &GraphSpec) -> Result<Graph> {
         let plan = guard(component, || {
-            let mut model = prepare(path, inputs, transforms)?;
+            let mut model = prepare(path, spec)?;
             model.optimize()?;
             model.into_runnable()
         })
@@ -95,9 +134,9 @@ pub const ENGINE: &str = "tract 0.23.9";
 
 /// Parses an ONNX graph, declares its inputs, declutters it and applies the named model transforms: everything
 /// before optimization, which is what a compiled graph holds.
-fn prepare(path: &Path, inputs: &[(DatumType, &[Dim])], transforms: &[&str]) -> TractResult<TypedModel> {
+fn prepare(path: &Path, spec: &GraphSpec) -> TractResult<TypedModel> {
     let mut model = tract_onnx::onnx().with_ignore_output_shapes(true).with_ignore_value_info(true).model_for_path(path)?;
-    for (ix, (dtype, dims)) in inputs.iter().enumerate() {
+    for (ix, (dtype, dims)) in spec.inputs.iter().enumerate() {
         let shape: TVec<TDim> = dims
             .iter()
             .map(|d| match d {
@@ -109,31 +148,35 @@ fn prepare(path: &Path, inputs: &[(DatumType, &[Dim])], transforms: &[&str]) -> 
         model.set_input_fact(ix, InferenceFact::dt_shape(*dtype, shape))?;
     }
     let mut typed = model.into_typed()?.into_decluttered()?;
-    for name in transforms {
+    for name in spec.transforms {
         let transform = tract_onnx::tract_core::transform::get_transform(name)?
             .ok_or_else(|| anyhow::anyhow!("unknown model transform {name}"))?;
         transform.transform(&mut typed)?;
     }
-    if !transforms.is_empty() {
+    if !spec.transforms.is_empty() {
         typed.declutter()?; // what the transforms fused leaves patterns for the declutter passes
     }
     Ok(typed)
 }
 
-fn nnef_framework() -> tract_nnef::framework::Nnef {
+/// The NNEF reader and writer with every registry a compiled graph may use; built once (it takes about 15 ms).
+fn nnef_framework() -> &'static tract_nnef::framework::Nnef {
     use tract_transformers::WithTractTransformers;
-    tract_nnef::nnef().with_tract_transformers().with_onnx()
+    static NNEF: std::sync::OnceLock<tract_nnef::framework::Nnef> = std::sync::OnceLock::new();
+    NNEF.get_or_init(|| tract_nnef::nnef().with_tract_transformers().with_onnx().with_registry(nnef_ops::registry()))
 }
 
-/// Compiles an ONNX graph (inputs declared and transforms applied as [`Graph::load_with_transforms`] does) into
-/// `out`, tract's NNEF archive, which [`Graph::load_compiled`] loads without parsing, typing or decluttering.
-/// Written to a temporary file renamed over `out`, so a failure never leaves a partial archive.
-pub fn compile(component: &str, path: &Path, inputs: &[(DatumType, &[Dim])], transforms: &[&str], out: &Path) -> Result<()> {
+/// Compiles an ONNX graph (declared and transformed as [`Graph::load`] does) into `out`, tract's NNEF archive,
+/// which [`Graph::load_compiled`] loads without parsing, typing or decluttering. Written to a temporary file renamed
+/// over `out`, so a failure never leaves a partial archive.
+pub fn compile(component: &str, path: &Path, spec: &GraphSpec, out: &Path) -> Result<()> {
     let temporary = out.with_extension("part");
     let write = || -> TractResult<()> {
-        let model = prepare(path, inputs, transforms)?;
+        let mut model = prepare(path, spec)?;
+        nnef_ops::make_writable(&mut model);
         let file = std::io::BufWriter::new(std::fs::File::create(&temporary)?);
         nnef_framework().write_to_tar(&model, file)?.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        nnef_framework().model_for_path(&temporary).map_err(|e| e.context("reading the archive back"))?;
         std::fs::rename(&temporary, out)?;
         Ok(())
     };
