@@ -135,7 +135,7 @@ pub fn reply(
         return Ok(fallback(&format!("the prompt does not fit in {budget} tokens")));
     };
     let prompt_text = lm.chat().prompt(&fused.chat())?;
-    let ids = lm.chat().tokenizer.encode(&prompt_text);
+    let ids = lm.chat().prompt_ids(&fused.chat())?;
     let generation = lm.generate(&ids, options, on_text, cancel)?;
     let sentence = answer_sentence(&generation.text).unwrap_or_default();
     let grounding = facts.grounding(&sentence);

@@ -98,6 +98,16 @@ impl BpeTokenizer {
         self.control.get(id as usize).copied().unwrap_or(false)
     }
 
+    /// Token ids of `text` taken as plain text: control tokens written in it (`<|im_start|>`) are spelled out in
+    /// ordinary tokens, as any other characters are.
+    pub fn encode_plain(&self, text: &str) -> Vec<u32> {
+        let mut ids = Vec::new();
+        for piece in pre_tokenize(text, self.split_digits) {
+            self.encode_piece(piece, &mut ids);
+        }
+        ids
+    }
+
     /// Token ids of `text`; control tokens written in the text (`<|im_start|>`) become their ids.
     pub fn encode(&self, text: &str) -> Vec<u32> {
         let mut ids = Vec::new();
@@ -112,9 +122,7 @@ impl BpeTokenizer {
                 Some((at, len, id)) => (&rest[..at], Some((id, at + len))),
                 None => (rest, None),
             };
-            for piece in pre_tokenize(plain, self.split_digits) {
-                self.encode_piece(piece, &mut ids);
-            }
+            ids.extend(self.encode_plain(plain));
             match special {
                 Some((id, end)) => {
                     ids.push(id);

@@ -71,8 +71,26 @@ impl ChatText {
         self.template.render(messages).map_err(ModelError::BadGguf)
     }
 
-    /// The token ids of the chat-formatted prompt for `messages`.
+    /// The token ids of the chat-formatted prompt for `messages`. What the template writes is tokenized with its
+    /// control tokens; each message's content as plain text, so that `<|im_start|>` typed in a question stays
+    /// text and cannot open a turn of its own.
     pub fn prompt_ids(&self, messages: &[Message]) -> Result<Vec<u32>> {
-        Ok(self.tokenizer.encode(&self.prompt(messages)?))
+        // Rendered with a marker in place of each content, then cut at the markers.
+        let marker = |i: usize| format!("\u{E000}{i}\u{E001}");
+        let marked: Vec<Message> = messages.iter().enumerate().map(|(i, m)| Message::new(&m.role, marker(i))).collect();
+        let rendered = self.prompt(&marked)?;
+        let mut ids = Vec::new();
+        let mut rest = rendered.as_str();
+        for (i, message) in messages.iter().enumerate() {
+            let mark = marker(i);
+            let at = rest.find(&mark).ok_or_else(|| {
+                ModelError::BadGguf(format!("the chat template does not write message {i}'s content as given"))
+            })?;
+            ids.extend(self.tokenizer.encode(&rest[..at]));
+            ids.extend(self.tokenizer.encode_plain(&message.content));
+            rest = &rest[at + mark.len()..];
+        }
+        ids.extend(self.tokenizer.encode(rest));
+        Ok(ids)
     }
 }
