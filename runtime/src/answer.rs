@@ -123,6 +123,9 @@ pub fn reply(
         grounding: None,
         generation: None,
     };
+    if let Some((kind, _)) = facts.scene_answer(task) {
+        return Ok(fallback(&format!("{} questions are answered from the scene", kind.phrase())));
+    }
     let Some(lm) = decoder else { return Ok(fallback("decoder disabled")) };
     if facts.beyond_perception(task) {
         return Ok(fallback("the question is about nothing the detector or the text reader reports"));
@@ -138,9 +141,9 @@ pub fn reply(
     let ids = lm.chat().prompt_ids(&fused.chat())?;
     let generation = lm.generate(&ids, options, on_text, cancel)?;
     let sentence = answer_sentence(&generation.text).unwrap_or_default();
-    let grounding = facts.grounding(&sentence);
+    let grounding = facts.grounding(&sentence, task);
     let stats = GenerationStats::of(&generation, lm.variant());
-    let faithful = !sentence.is_empty() && grounding.faithful(task) && facts.states_asked_count(task, &sentence);
+    let faithful = !sentence.is_empty() && grounding.faithful(task);
     let mut out = fallback(&unfaithful_reason(&grounding, &sentence));
     if faithful {
         out.text = sentence;
@@ -169,8 +172,8 @@ fn unfaithful_reason(g: &Grounding, sentence: &str) -> String {
     if !g.missing.is_empty() {
         parts.push(format!("leaves out: {}", g.missing.join(", ")));
     }
-    if parts.is_empty() {
-        parts.push("does not state the detected count".to_string());
+    if !g.ungrounded.is_empty() {
+        parts.push(format!("says what nothing supports: {}", g.ungrounded.join(", ")));
     }
     format!("decoder sentence not faithful to the scene ({})", parts.join("; "))
 }

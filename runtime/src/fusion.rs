@@ -1,11 +1,14 @@
 //! Fusion: turns what the vision path saw (a `Scene`), what was asked (typed or transcribed) and recent exchanges
-//! into the language decoder's prompt under a token budget; checks the decoder's sentence against the scene; and
-//! builds the deterministic sentence used when the decoder is off, out of budget or not faithful to the scene.
+//! into the language decoder's prompt under a token budget; answers the questions the scene answers by itself (is
+//! there, how many, where, what does it say); checks every word of the decoder's sentence against the scene and the
+//! question; and builds the deterministic sentence used when the decoder is off, out of budget or not faithful.
 
 use lookout_models::llm::chat::Message;
-use lookout_models::vision::scene::plural;
+use lookout_models::vision::detections::{position, Detection, Horizontal, Vertical};
 use lookout_models::vision::Scene;
 use serde::Serialize;
+
+use crate::question::{find_phrase, group_words, names_of, plural, words, Kind, Question};
 
 /// Longest typed question accepted; longer ones are refused rather than cut.
 pub const MAX_QUESTION_BYTES: usize = 2000;
@@ -68,52 +71,54 @@ pub struct Grounding {
     pub invented: Vec<String>,
     /// Labels given a count that differs from the detected one ("3 people" when 8 were seen).
     pub miscounted: Vec<String>,
+    /// Words the scene, the question and the text read do not support: a new noun, a name, a number, an opinion.
+    pub ungrounded: Vec<String>,
 }
 
 impl Grounding {
-    /// Faithful: nothing invented or miscounted, and for a caption every detected label named.
+    /// Faithful: nothing invented, miscounted or ungrounded, and for a caption every detected label named.
     pub fn faithful(&self, task: &Task) -> bool {
-        self.invented.is_empty() && self.miscounted.is_empty() && (*task != Task::Caption || self.missing.is_empty())
+        self.invented.is_empty()
+            && self.miscounted.is_empty()
+            && self.ungrounded.is_empty()
+            && (*task != Task::Caption || self.missing.is_empty())
     }
 }
+
+/// Words any sentence about a photo may use without claiming anything: function words, the photo itself, seeing,
+/// and the words of a plain "I can't tell".
+const FUNCTION_WORDS: &[&str] = &[
+    "a", "an", "the", "this", "that", "these", "those", "there", "here", "it", "its", "they", "them", "their", "i", "you",
+    "we", "me", "my", "your", "our", "is", "are", "was", "were", "be", "been", "being", "am", "has", "have", "had", "do",
+    "does", "did", "can", "could", "will", "would", "should", "may", "might", "not", "no", "yes", "nor", "and", "or",
+    "but", "so", "if", "than", "as", "of", "in", "on", "at", "to", "from", "by", "with", "for", "into", "onto", "over",
+    "under", "above", "below", "near", "next", "beside", "behind", "between", "among", "around", "up", "down", "out",
+    "all", "some", "any", "each", "every", "both", "either", "neither", "several", "only", "just", "also", "too",
+    "what", "which", "who", "where", "how", "s", "t", "don", "doesn", "isn", "aren", "can", "cannot", "photo",
+    "photos", "image", "images", "picture", "pictures", "scene", "frame", "view", "camera", "see", "sees", "seen",
+    "show", "shows", "showing", "shown", "appear", "appears", "visible", "contains", "contain", "containing", "include",
+    "includes", "including", "tell", "sure", "know", "total", "altogether", "none", "nothing", "anything", "something",
+];
+
+/// Where things are, as the facts say it.
+const POSITION_WORDS: &[&str] = &[
+    "left", "right", "middle", "center", "centre", "top", "bottom", "front", "background", "foreground", "side", "sides",
+    "corner", "across", "upper", "lower", "half",
+];
+
+/// What a sentence about text in the photo may say about it.
+const TEXT_WORDS: &[&str] = &["sign", "signs", "text", "reads", "read", "says", "say", "written", "writing", "words", "word", "label"];
 
 const NUMBER_WORDS: [&str; 13] =
     ["no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"];
 
-/// Other words for a label that a sentence may use.
-fn synonyms(label: &str) -> &'static [&'static str] {
-    match label {
-        "person" => &["person", "persons", "people", "man", "men", "woman", "women", "child", "children", "boy", "girl", "kid", "kids"],
-        "cup" => &["mug", "mugs"],
-        "tv" => &["television", "tvs"],
-        "couch" => &["sofa", "sofas"],
-        "motorcycle" => &["motorbike", "motorbikes"],
-        "airplane" => &["plane", "planes", "aircraft"],
-        "bicycle" => &["bike", "bikes"],
-        "cell phone" => &["phone", "phones", "smartphone"],
-        _ => &[],
-    }
-}
-
-/// Lowercase words of `text` (letters and digits), for whole-word matching.
-fn words(text: &str) -> Vec<String> {
-    text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(|w| w.to_lowercase()).collect()
-}
-
-/// Positions in `words` where `phrase` (one or more words) starts.
-fn find_phrase(words: &[String], phrase: &str) -> Vec<usize> {
-    let target: Vec<String> = phrase.split(' ').map(str::to_lowercase).collect();
-    if target.is_empty() || words.len() < target.len() {
-        return Vec::new();
-    }
-    (0..=words.len() - target.len()).filter(|i| words[*i..*i + target.len()] == target[..]).collect()
-}
-
-/// The ways a sentence can name `label`: the label, its plural, its synonyms.
-fn names_of(label: &str) -> Vec<String> {
-    let mut names = vec![label.to_string(), plural(label)];
-    names.extend(synonyms(label).iter().map(|s| s.to_string()));
-    names
+/// A word without its commonest English endings ("fills", "filled", "filling" → "fill"), so that a sentence may
+/// use another form of a word it was given.
+fn stem(word: &str) -> &str {
+    ["ing", "ed", "es", "s"]
+        .iter()
+        .find_map(|end| word.strip_suffix(end).filter(|root| root.len() >= 3))
+        .unwrap_or(word)
 }
 
 fn number_value(word: &str) -> Option<usize> {
@@ -125,16 +130,78 @@ fn number_value(word: &str) -> Option<usize> {
     })
 }
 
+/// "a dog", "an apple", "8 people".
+fn counted(label: &str, count: usize) -> String {
+    match count {
+        1 => format!("{} {label}", if label.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" }),
+        n => format!("{n} {}", plural(label)),
+    }
+}
+
+/// Where a detection sits in the frame, in thirds: "on the left", "at the top right", "in the middle".
+fn place(d: &Detection, width: u32, height: u32) -> &'static str {
+    let at = position(d.bbox, width, height);
+    match (at.vertical, at.horizontal) {
+        (Vertical::Top, Horizontal::Left) => "at the top left",
+        (Vertical::Top, Horizontal::Center) => "at the top",
+        (Vertical::Top, Horizontal::Right) => "at the top right",
+        (Vertical::Middle, Horizontal::Left) => "on the left",
+        (Vertical::Middle, Horizontal::Center) => "in the middle",
+        (Vertical::Middle, Horizontal::Right) => "on the right",
+        (Vertical::Bottom, Horizontal::Left) => "at the bottom left",
+        (Vertical::Bottom, Horizontal::Center) => "at the bottom",
+        (Vertical::Bottom, Horizontal::Right) => "at the bottom right",
+    }
+}
+
 impl SceneFacts<'_> {
     /// Object phrases, most numerous first: "8 people", "6 kites", "a dog".
     fn object_phrases(&self) -> Vec<String> {
         let mut counts: Vec<(&String, &usize)> = self.scene.counts.iter().collect();
         counts.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        counts.into_iter().map(|(label, count)| counted(label, *count)).collect()
+    }
+
+    /// The distinct places of `label`'s detections, in order of first appearance.
+    fn places_of(&self, label: &str) -> Vec<&'static str> {
+        let mut places = Vec::new();
+        for d in self.scene.objects.iter().filter(|d| d.label == label) {
+            let place = place(d, self.scene.width, self.scene.height);
+            if !places.contains(&place) {
+                places.push(place);
+            }
+        }
+        places
+    }
+
+    /// Where the detections of a label spread over more than three places are: along the top or bottom, in the
+    /// upper or lower half, or all over.
+    fn spread_of(&self, label: &str) -> &'static str {
+        let rows: Vec<Vertical> =
+            self.scene.objects.iter().filter(|d| d.label == label).map(|d| position(d.bbox, self.scene.width, self.scene.height).vertical).collect();
+        let all = |allowed: &[Vertical]| rows.iter().all(|r| allowed.contains(r));
+        if all(&[Vertical::Top]) {
+            "along the top"
+        } else if all(&[Vertical::Bottom]) {
+            "along the bottom"
+        } else if all(&[Vertical::Top, Vertical::Middle]) {
+            "in the upper half"
+        } else if all(&[Vertical::Middle, Vertical::Bottom]) {
+            "in the lower half"
+        } else {
+            "all across the photo"
+        }
+    }
+
+    /// Object phrases with where they are, when that is one or two places: "a dog on the left", "8 people".
+    fn placed_object_phrases(&self) -> Vec<String> {
+        let mut counts: Vec<(&String, &usize)> = self.scene.counts.iter().collect();
+        counts.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
         counts
             .into_iter()
-            .map(|(label, count)| match count {
-                1 => format!("{} {label}", if label.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" }),
-                n => format!("{n} {}", plural(label)),
+            .map(|(label, count)| match self.places_of(label)[..] {
+                [one] => format!("{} {one}", counted(label, *count)),
+                _ => counted(label, *count),
             })
             .collect()
     }
@@ -146,21 +213,27 @@ impl SceneFacts<'_> {
 
     /// The scene in words: "8 people and 6 kites", "a cup and a sign that reads \"EXIT\"", or "nothing I recognize".
     fn describe(&self, with_objects: usize, with_text: bool) -> String {
-        let mut phrases: Vec<String> = self.object_phrases().into_iter().take(with_objects).collect();
+        self.describe_objects(self.object_phrases(), with_objects, with_text)
+    }
+
+    /// The scene for the decoder: as [`SceneFacts::describe`], with where each kind of object is when it is in one
+    /// place, so the decoder need not guess positions.
+    fn describe_placed(&self, with_objects: usize, with_text: bool) -> String {
+        self.describe_objects(self.placed_object_phrases(), with_objects, with_text)
+    }
+
+    fn describe_objects(&self, objects: Vec<String>, with_objects: usize, with_text: bool) -> String {
+        let mut phrases: Vec<String> = objects.into_iter().take(with_objects).collect();
         if with_text {
             phrases.extend(self.text_phrase());
         }
         join_and(&phrases).unwrap_or_else(|| "nothing I recognize".to_string())
     }
 
-    /// The labels a question asks about, among the known ones ("how many people" → person).
-    fn labels_in(&self, text: &str) -> Vec<&str> {
-        let words = words(text);
-        self.known_labels
-            .iter()
-            .filter(|label| names_of(label).iter().any(|name| !find_phrase(&words, name).is_empty()))
-            .map(String::as_str)
-            .collect()
+    /// The labels a question asks about, among the known ones ("how many people" → person, "any animals" → the
+    /// animal labels).
+    fn labels_in(&self, text: &str) -> Vec<String> {
+        Question::parse(text, self.known_labels).labels().into_iter().map(str::to_string).collect()
     }
 
     /// Known labels a question names that the scene lacks: said explicitly, so a small model does not guess.
@@ -170,14 +243,14 @@ impl SceneFacts<'_> {
             Task::Answer(question) => self
                 .labels_in(question)
                 .into_iter()
-                .filter(|label| !self.scene.counts.contains_key(*label))
-                .map(plural)
+                .filter(|label| !self.scene.counts.contains_key(label))
+                .map(|label| plural(&label))
                 .collect(),
         }
     }
 
-    /// Checks `sentence` against the scene.
-    pub fn grounding(&self, sentence: &str) -> Grounding {
+    /// Checks `sentence`, written for `task`, against the scene.
+    pub fn grounding(&self, sentence: &str, task: &Task) -> Grounding {
         let words = words(sentence);
         let mut g = Grounding::default();
         for label in self.known_labels {
@@ -201,22 +274,173 @@ impl SceneFacts<'_> {
                 }
             }
         }
+        g.ungrounded = self.ungrounded_words(sentence, task);
         g
     }
 
-    /// For a "how many" question about a known label: that label and its detected count.
-    fn asked_count(&self, task: &Task) -> Option<(&str, usize)> {
-        let Task::Answer(question) = task else { return None };
-        let counting = words(question).windows(2).any(|w| w[0] == "how" && w[1] == "many");
-        let label = *self.labels_in(question).first()?;
-        counting.then(|| (label, self.scene.counts.get(label).copied().unwrap_or(0)))
+    /// The words of `sentence` that nothing supports: not a function word, a position, a name of a detected label
+    /// or of a group holding one, a detected count, a word of the text read (quoted text must be quoted exactly),
+    /// or a word of the question.
+    fn ungrounded_words(&self, sentence: &str, task: &Task) -> Vec<String> {
+        let mut grounded: Vec<String> = FUNCTION_WORDS.iter().chain(POSITION_WORDS).map(|w| w.to_string()).collect();
+        for label in self.scene.counts.keys() {
+            grounded.extend(names_of(label).iter().flat_map(|name| words(name)));
+        }
+        for (word, labels) in group_words(self.known_labels) {
+            if labels.iter().any(|l| self.scene.counts.contains_key(l)) {
+                grounded.push(word.to_string());
+            }
+        }
+        let read: String = self.scene.text.iter().map(|t| t.text.as_str()).collect::<Vec<_>>().join(" ");
+        if !read.trim().is_empty() {
+            grounded.extend(TEXT_WORDS.iter().map(|w| w.to_string()));
+            grounded.extend(words(&read));
+        }
+        if let Task::Answer(question) = task {
+            grounded.extend(words(question));
+        }
+        let counts: Vec<usize> = self.scene.counts.values().copied().chain([self.scene.objects.len()]).collect();
+        // Names of known labels, and the counts before them, are judged by the label checks (invented, miscounted).
+        let said = words(sentence);
+        let mut judged = vec![false; said.len()];
+        for label in self.known_labels {
+            for name in names_of(label) {
+                let span = name.split(' ').count();
+                for at in find_phrase(&said, &name) {
+                    judged[at.saturating_sub(1)..at + span].iter_mut().for_each(|j| *j = true);
+                }
+            }
+        }
+        let stems: Vec<&str> = grounded.iter().map(|w| stem(w)).collect();
+        let mut ungrounded: Vec<String> = Vec::new();
+        for (word, _) in said.into_iter().zip(judged).filter(|(_, judged)| !judged) {
+            let supported = stems.contains(&stem(&word)) || number_value(&word).is_some_and(|n| counts.contains(&n) || n == 1);
+            if !supported && !ungrounded.contains(&word) {
+                ungrounded.push(word);
+            }
+        }
+        // Quoted text must be what was read, not a paraphrase.
+        let flat_read = read.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase();
+        for quoted in sentence.split('"').skip(1).step_by(2) {
+            let quoted = quoted.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase();
+            if !quoted.is_empty() && !flat_read.contains(&quoted) {
+                ungrounded.push(format!("\"{quoted}\""));
+            }
+        }
+        ungrounded
     }
 
-    /// Whether `sentence` states the detected count a "how many" question asks for (true for other tasks).
-    pub fn states_asked_count(&self, task: &Task, sentence: &str) -> bool {
-        match self.asked_count(task) {
-            Some((_, count)) => words(sentence).iter().any(|w| number_value(w) == Some(count)),
-            None => true,
+    /// The answer the scene gives by itself to a question it can answer (is there, how many, where, what is it,
+    /// what does it say), with the question's kind; None for the others (describe, anything else), which go to the
+    /// decoder.
+    pub fn scene_answer(&self, task: &Task) -> Option<(Kind, String)> {
+        let Task::Answer(text) = task else { return None };
+        let question = Question::parse(text, self.known_labels);
+        let answer = match question.kind {
+            Kind::Exists => self.exists_answer(&question),
+            Kind::Count => self.count_answer(&question),
+            Kind::Where if !question.subjects.is_empty() => self.where_answer(&question),
+            Kind::ReadText => self.read_answer(),
+            Kind::Identify => self.identify_answer(&question),
+            _ => return None,
+        };
+        Some((question.kind, answer))
+    }
+
+    /// "Yes, I see a dog.", "No, I see no cats.", "I see a dog, but no cats."
+    fn exists_answer(&self, question: &Question) -> String {
+        let (mut seen, mut unseen): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
+        for subject in &question.subjects {
+            let present: Vec<String> =
+                subject.labels.iter().filter_map(|l| self.scene.counts.get(l).map(|n| counted(l, *n))).collect();
+            if present.is_empty() {
+                unseen.push(subject.plural.clone());
+            }
+            for phrase in present {
+                if !seen.contains(&phrase) {
+                    seen.push(phrase);
+                }
+            }
+        }
+        match (join_and(&seen), join_or(&unseen)) {
+            (Some(seen), None) => format!("Yes, I see {seen}."),
+            (Some(seen), Some(unseen)) => format!("I see {seen}, but no {unseen}."),
+            (None, Some(unseen)) => format!("No, I see no {unseen}."),
+            (None, None) => format!("I see {}.", self.describe(usize::MAX, true)),
+        }
+    }
+
+    /// "There are 8 people.", "I see no cats.", "There are 3 animals: a dog and 2 horses."
+    fn count_answer(&self, question: &Question) -> String {
+        if question.subjects.is_empty() {
+            return format!("I see {}.", self.describe(usize::MAX, false));
+        }
+        let sentences: Vec<String> = question
+            .subjects
+            .iter()
+            .map(|subject| {
+                let present: Vec<(&String, usize)> =
+                    subject.labels.iter().filter_map(|l| self.scene.counts.get(l).map(|n| (l, *n))).collect();
+                let total: usize = present.iter().map(|(_, n)| n).sum();
+                match (total, &present[..]) {
+                    (0, _) => format!("I see no {}.", subject.plural),
+                    (1, [(label, _)]) => format!("There is 1 {label}."),
+                    (n, [(label, _)]) => format!("There are {n} {}.", plural(label)),
+                    (n, several) => {
+                        let phrases: Vec<String> = several.iter().map(|(l, n)| counted(l, *n)).collect();
+                        format!("There are {n} {}: {}.", subject.plural, join_and(&phrases).unwrap_or_default())
+                    }
+                }
+            })
+            .collect();
+        sentences.join(" ")
+    }
+
+    /// "The dog is on the left.", "The 2 cars are on the left and in the middle.", "I see no cats."
+    fn where_answer(&self, question: &Question) -> String {
+        let mut sentences: Vec<String> = Vec::new();
+        for subject in &question.subjects {
+            let present: Vec<(&String, usize)> =
+                subject.labels.iter().filter_map(|l| self.scene.counts.get(l).map(|n| (l, *n))).collect();
+            if present.is_empty() {
+                sentences.push(format!("I see no {}.", subject.plural));
+            }
+            for (label, count) in present {
+                let places = self.places_of(label);
+                let place = match places.len() {
+                    1..=3 => join_and(&places.iter().map(|p| p.to_string()).collect::<Vec<_>>()).unwrap_or_default(),
+                    _ => self.spread_of(label).to_string(),
+                };
+                sentences.push(match count {
+                    1 => format!("The {label} is {place}."),
+                    n => format!("The {n} {} are {place}.", plural(label)),
+                });
+            }
+        }
+        sentences.join(" ")
+    }
+
+    /// "I see a cat.", "I see a giraffe and a zebra.", "I see no animals."; with nothing named, what is seen.
+    fn identify_answer(&self, question: &Question) -> String {
+        let mut seen: Vec<String> = Vec::new();
+        for label in question.labels() {
+            if let Some(n) = self.scene.counts.get(label) {
+                seen.push(counted(label, *n));
+            }
+        }
+        match (join_and(&seen), question.subjects.is_empty()) {
+            (Some(seen), _) => format!("I see {seen}."),
+            (None, false) => format!("I see no {}.", join_or(&question.subjects.iter().map(|s| s.plural.clone()).collect::<Vec<_>>()).unwrap_or_default()),
+            (None, true) => format!("I see {}.", self.describe(usize::MAX, true)),
+        }
+    }
+
+    /// The text read, quoted exactly, or that there is none.
+    fn read_answer(&self) -> String {
+        let lines: Vec<&str> = self.scene.text.iter().map(|t| t.text.trim()).filter(|t| !t.is_empty()).collect();
+        match lines.is_empty() {
+            true => "I see no text I can read.".to_string(),
+            false => format!("It says \"{}\".", lines.join(" ")),
         }
     }
 
@@ -232,17 +456,21 @@ impl SceneFacts<'_> {
         yes_no && self.labels_in(question).is_empty() && !asked.iter().any(|w| seen_text.contains(w))
     }
 
-    /// The sentence used without the decoder: a caption, a count for "how many" questions, else what is seen.
+    /// The sentence used without the decoder: the scene's own answer to the questions it answers, a caption, what
+    /// is seen for a description, else that the question cannot be answered from what is seen.
     pub fn sentence(&self, task: &Task) -> String {
+        if let Some((_, answer)) = self.scene_answer(task) {
+            return answer;
+        }
         if self.beyond_perception(task) {
             return format!("I can't tell from what I can see; I see {}.", self.describe(usize::MAX, true));
         }
-        match (task, self.asked_count(task)) {
-            (Task::Caption, _) => capitalize(&format!("a photo with {}.", self.describe(usize::MAX, true))),
-            (_, Some((label, 0))) => format!("I see no {}.", plural(label)),
-            (_, Some((label, 1))) => format!("There is 1 {label}."),
-            (_, Some((label, n))) => format!("There are {n} {}.", plural(label)),
-            (_, None) => format!("I see {}.", self.describe(usize::MAX, true)),
+        match task {
+            Task::Caption => capitalize(&format!("a photo with {}.", self.describe(usize::MAX, true))),
+            Task::Answer(q) if Question::parse(q, self.known_labels).kind == Kind::Other => {
+                format!("I can't tell from what I can see; I see {}.", self.describe(usize::MAX, true))
+            }
+            Task::Answer(_) => format!("I see {}.", self.describe(usize::MAX, true)),
         }
     }
 
@@ -267,7 +495,7 @@ impl SceneFacts<'_> {
             attempts.push((0, false, keep, vec!["history".into(), "text".into(), "objects".into()]));
         }
         for (keep_history, with_text, with_objects, dropped) in attempts {
-            let mut facts = format!("The photo shows {}.", self.describe(with_objects, with_text));
+            let mut facts = format!("The photo shows {}.", self.describe_placed(with_objects, with_text));
             if !absent.is_empty() {
                 facts.push_str(&format!(" There are no {} in it.", join_and(&absent).unwrap_or_default()));
             }
@@ -340,6 +568,14 @@ fn join_and(items: &[String]) -> Option<String> {
     }
 }
 
+fn join_or(items: &[String]) -> Option<String> {
+    match items {
+        [] => None,
+        [one] => Some(one.clone()),
+        [init @ .., last] => Some(format!("{} or {last}", init.join(", "))),
+    }
+}
+
 fn capitalize(s: &str) -> String {
     let mut chars = s.chars();
     chars.next().map(|c| c.to_uppercase().chain(chars).collect()).unwrap_or_default()
@@ -348,7 +584,7 @@ fn capitalize(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lookout_models::vision::detections::Detection;
+    use lookout_models::vision::detections::{position, Detection, Horizontal, Vertical};
 
     fn scene(objects: &[(&str, usize)]) -> Scene {
         let mut detections = Vec::new();
@@ -385,16 +621,66 @@ mod tests {
         let s = scene(&[("person", 8), ("kite", 6)]);
         let known = labels();
         let facts = SceneFacts { scene: &s, known_labels: &known };
-        let good = facts.grounding("Eight people fly 6 kites on the beach.");
-        assert!(good.faithful(&Task::Caption), "{good:?}");
-        assert_eq!(facts.grounding("A person flies a kite.").miscounted, ["person", "kite"]);
-        let bad = facts.grounding("Three men and a dog watch the kites.");
+        let caption = Task::Caption;
+        let good = facts.grounding("Eight people and 6 kites are in the photo.", &caption);
+        assert!(good.faithful(&caption), "{good:?}");
+        assert_eq!(facts.grounding("A person flies a kite.", &caption).miscounted, ["person", "kite"]);
+        let bad = facts.grounding("Three men and a dog watch the kites.", &caption);
         assert_eq!(bad.invented, ["dog"]);
         assert_eq!(bad.miscounted, ["person"]);
-        let partial = facts.grounding("Kites fill the sky, and there are no cats.");
+        assert_eq!(bad.ungrounded, ["watch"]);
+        let asked = Task::Answer("what fills the sky? are there cats?".into());
+        let partial = facts.grounding("Kites fill the sky, and there are no cats.", &asked);
         assert_eq!(partial.missing, ["person"]);
-        assert!(partial.invented.is_empty(), "a denied label is not invented: {partial:?}");
-        assert!(!partial.faithful(&Task::Caption) && partial.faithful(&Task::Answer("what flies?".into())));
+        assert!(partial.invented.is_empty() && partial.ungrounded.is_empty(), "denied and asked words are grounded: {partial:?}");
+        assert!(!partial.faithful(&caption) && partial.faithful(&asked));
+    }
+
+    #[test]
+    fn words_nothing_supports_are_flagged() {
+        let s = scene(&[("person", 8), ("kite", 6)]);
+        let known = labels();
+        let facts = SceneFacts { scene: &s, known_labels: &known };
+        let caption = Task::Caption;
+        let ungrounded = |sentence: &str| facts.grounding(sentence, &caption).ungrounded;
+        assert_eq!(ungrounded("Eight people fly 6 kites on the beach."), ["fly", "beach"]);
+        assert_eq!(ungrounded("There are 8 people outside the photo."), ["outside"]);
+        assert_eq!(ungrounded("The photo is a classic example of a duck and cover trope."), ["classic", "example", "duck", "cover", "trope"]);
+        assert_eq!(ungrounded("There are 14 things: 8 people and 6 kites."), ["things"], "the total is a detected count");
+        assert_eq!(facts.grounding("There are 9 people.", &caption).miscounted, ["person"]);
+        assert_eq!(ungrounded("There are 9 of them."), ["9"]);
+        assert_eq!(ungrounded("A sign reads \"EXIT\"."), ["sign", "reads", "exit", "\"exit\""], "no text was read");
+        let with_text = Scene::new(100, 100, Vec::new(), vec![lookout_models::vision::scene::TextLine { text: "EXIT 42".into(), score: 0.9, bbox: [0.0; 4] }]);
+        let facts = SceneFacts { scene: &with_text, known_labels: &known };
+        assert!(facts.grounding("A sign reads \"EXIT 42\".", &caption).ungrounded.is_empty());
+        assert_eq!(facts.grounding("A sign reads \"EXIT 24\".", &caption).ungrounded, ["24", "\"exit 24\""]);
+    }
+
+    #[test]
+    fn the_scene_answers_is_there_how_many_where_and_what_does_it_say() {
+        let mut objects = scene(&[("person", 2), ("dog", 1)]).objects;
+        objects[2].bbox = [5.0, 80.0, 15.0, 95.0]; // the dog at the bottom left
+        let s = Scene::new(100, 100, objects, Vec::new());
+        let known = labels();
+        let facts = SceneFacts { scene: &s, known_labels: &known };
+        let answer = |q: &str| facts.scene_answer(&Task::Answer(q.into())).map(|(_, a)| a);
+        assert_eq!(answer("Is there a dog?").unwrap(), "Yes, I see a dog.");
+        assert_eq!(answer("Is anyone there?").unwrap(), "Yes, I see 2 people.");
+        assert_eq!(answer("Are there any cats?").unwrap(), "No, I see no cats.");
+        assert_eq!(answer("Is there a dog or a cat?").unwrap(), "I see a dog, but no cats.");
+        assert_eq!(answer("Any animals?").unwrap(), "Yes, I see a dog.");
+        assert_eq!(answer("How many animals are there?").unwrap(), "There is 1 dog.");
+        assert_eq!(answer("How many children?").unwrap(), "There are 2 people.");
+        assert_eq!(answer("How many vehicles?").unwrap(), "I see no vehicles.");
+        assert_eq!(answer("Where is the dog?").unwrap(), "The dog is at the bottom left.");
+        assert_eq!(answer("Where is the cat?").unwrap(), "I see no cats.");
+        assert_eq!(answer("What does the sign say?").unwrap(), "I see no text I can read.");
+        assert_eq!(answer("What animal is this?").unwrap(), "I see a dog.");
+        assert_eq!(answer("Which vehicles are there?").unwrap(), "No, I see no vehicles.");
+        assert_eq!(answer("What vehicles do you see?").unwrap(), "I see no vehicles.");
+        assert_eq!(answer("What is this?").unwrap(), "I see 2 people and a dog.");
+        assert_eq!(answer("What do you see?"), None, "descriptions go to the decoder");
+        assert_eq!(answer("Is the door open?"), None);
     }
 
     #[test]
@@ -407,8 +693,8 @@ mod tests {
         let task = Task::Answer("How many cats are there?".into());
         let full = facts.prompt(&task, &history, 1000, &mut words_in).unwrap();
         assert_eq!(full.history_used, 1);
-        assert!(full.facts.contains("2 people, a car and a dog") && full.facts.contains("no cats"), "{}", full.facts);
-        let tight = facts.prompt(&task, &history, 19, &mut words_in).unwrap();
+        assert!(full.facts.contains("2 people at the top left, a car at the top left and a dog") && full.facts.contains("no cats"), "{}", full.facts);
+        let tight = facts.prompt(&task, &history, 30, &mut words_in).unwrap();
         assert_eq!(tight.history_used, 0);
         assert!(tight.dropped.contains(&"objects".to_string()), "{tight:?}");
         assert!(facts.prompt(&task, &history, 3, &mut words_in).is_none());

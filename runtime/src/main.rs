@@ -11,6 +11,7 @@ mod exit;
 mod fusion;
 mod memory;
 mod plan;
+mod question;
 mod scheduler;
 
 use std::process::ExitCode;

@@ -107,11 +107,15 @@ fn an_end_to_end_suite_scores_captions_and_answers() {
     let items = format!(
         "[[item]]\nid = \"cat\"\nsplit = \"in-domain\"\nsource = \"skimage\"\nimage = \"{}\"\nobjects = {{ cat = 1 }}\nquestion = \"what animal is this?\"\nexpect = [\"cat\"]\n\
          [[item]]\nid = \"people\"\nsplit = \"held-out\"\nsource = \"darknet\"\nimage = \"{}\"\nobjects = {{ kite = 0, person = 0 }}\naudio = \"{}\"\nexpect = [\"8\", \"eight\"]\n\
-         [[item]]\nid = \"no_expect\"\nsplit = \"held-out\"\nsource = \"x\"\nimage = \"{}\"\nobjects = {{ cat = 1 }}\nquestion = \"what is it?\"\n",
+         [[item]]\nid = \"no_expect\"\nsplit = \"held-out\"\nsource = \"x\"\nimage = \"{}\"\nobjects = {{ cat = 1 }}\nquestion = \"what is it?\"\n\
+         [[item]]\nid = \"annotated_otherwise\"\nsplit = \"in-domain\"\nsource = \"x\"\nimage = \"{}\"\nobjects = {{ dog = 1 }}\nquestion = \"is there a dog?\"\nexpect = [\"yes\"]\n\
+         [[item]]\nid = \"sign\"\nsplit = \"held-out\"\nsource = \"x\"\nimage = \"{}\"\nobjects = {{}}\ntext = \"EXIT 42\\nPlatform 9\"\nquestion = \"what does the sign say?\"\nexpect = [\"exit 42\"]\n",
         data.join("vision/photos/chelsea.png").display(),
         data.join("vision/photos/kite.jpg").display(),
         data.join("speech/how_many_people.wav").display(),
-        data.join("vision/photos/chelsea.png").display()
+        data.join("vision/photos/chelsea.png").display(),
+        data.join("vision/photos/chelsea.png").display(),
+        data.join("vision/text/sign.png").display()
     );
     std::fs::create_dir_all(&dir).unwrap();
     let suite = dir.join("e2e.toml");
@@ -125,6 +129,15 @@ fn an_end_to_end_suite_scores_captions_and_answers() {
     assert_eq!((items[0]["named"][0].as_str(), items[0]["answer_right"].as_bool()), (Some("cat"), Some(true)), "{}", items[0]);
     assert_eq!(items[1]["question"], "How many people are outside?", "Whisper hears the spoken question");
     assert!(items[1]["named"].as_array().unwrap().len() == 2 && items[1]["not_in_photo"].as_array().unwrap().is_empty(), "{}", items[1]);
+    // An image annotated otherwise than the detector sees it: what the caption and answer say of it is invented.
+    let strings = |v: &Value| v.as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect::<Vec<_>>();
+    assert_eq!(items[2]["answer_right"], false, "{}", items[2]);
+    assert!(strings(&items[2]["caption_invented"]).contains(&"cat".to_string()), "{}", items[2]);
+    assert!(strings(&items[2]["answer_invented"]).contains(&"count of dog".to_string()), "\"no dogs\" when one is there: {}", items[2]);
+    assert_eq!(items[3]["answer_right"], true, "{}", items[3]);
+    assert!(items[3]["answer_invented"].as_array().unwrap().is_empty(), "the text read, quoted: {}", items[3]);
+    let in_domain = report["variants"][0]["splits"].as_array().unwrap().iter().find(|s| s["split"] == "in-domain").unwrap();
+    assert!(in_domain["invented_facts"].as_u64().unwrap() >= 2, "{in_domain}");
     let process = &report["variants"][0]["process"];
     assert!(process["cold_start_ms"].as_f64().unwrap() > 0.0 && process["peak_rss_mib"].as_f64().unwrap() > 100.0, "the detector, OCR and Whisper are resident: {process}");
     assert!(std::fs::read_to_string(out.join("report.md")).unwrap().contains("cold start ms"));

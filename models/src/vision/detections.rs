@@ -115,6 +115,14 @@ pub enum Horizontal {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
+pub enum Vertical {
+    Top,
+    Middle,
+    Bottom,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Distance {
     Near,
     Far,
@@ -147,23 +155,20 @@ pub const FAR_AREA_FRACTION: f32 = 0.02;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Position {
     pub horizontal: Horizontal,
+    pub vertical: Vertical,
     /// `None` between the far and near thresholds.
     pub distance: Option<Distance>,
 }
 
-/// Left / center / right by the box centre in thirds of the width (a centre exactly on a boundary goes to
-/// the middle third), and near / far by box area against the frame area.
+/// Left / center / right and top / middle / bottom by the box centre in thirds of the width and height (a centre
+/// exactly on a boundary goes to the middle third), and near / far by box area against the frame area.
 pub fn position(bbox: [f32; 4], width: u32, height: u32) -> Position {
-    let frame_w = width.max(1) as f32;
-    let frame_area = frame_w * height.max(1) as f32;
-    let centre = (bbox[0] + bbox[2]) / 2.0;
-    let horizontal = if centre < frame_w / 3.0 {
-        Horizontal::Left
-    } else if centre > frame_w * 2.0 / 3.0 {
-        Horizontal::Right
-    } else {
-        Horizontal::Center
-    };
+    let (frame_w, frame_h) = (width.max(1) as f32, height.max(1) as f32);
+    let frame_area = frame_w * frame_h;
+    // 0, 1 or 2: the third of `size` that `at` falls in.
+    let third = |at: f32, size: f32| if at < size / 3.0 { 0 } else if at > size * 2.0 / 3.0 { 2 } else { 1 };
+    let horizontal = [Horizontal::Left, Horizontal::Center, Horizontal::Right][third((bbox[0] + bbox[2]) / 2.0, frame_w)];
+    let vertical = [Vertical::Top, Vertical::Middle, Vertical::Bottom][third((bbox[1] + bbox[3]) / 2.0, frame_h)];
     let fraction = box_area(bbox) / frame_area;
     let distance = if fraction > NEAR_AREA_FRACTION {
         Some(Distance::Near)
@@ -174,6 +179,7 @@ pub fn position(bbox: [f32; 4], width: u32, height: u32) -> Position {
     };
     Position {
         horizontal,
+        vertical,
         distance,
     }
 }
@@ -279,6 +285,9 @@ mod tests {
             Some(Distance::Far)
         );
         assert_eq!(position([0.0, 0.0, 30.0, 100.0], w, h).distance, None);
+        assert_eq!(position([0.0, 0.0, 10.0, 10.0], w, h).vertical, Vertical::Top);
+        assert_eq!(position([0.0, 40.0, 10.0, 60.0], w, h).vertical, Vertical::Middle);
+        assert_eq!(position([0.0, 80.0, 10.0, 100.0], w, h).vertical, Vertical::Bottom);
         assert_eq!(Horizontal::Center.as_str(), "center");
         assert_eq!(Distance::Near.as_str(), "near");
     }

@@ -31,7 +31,8 @@ use super::Context;
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Suite to run: `speech`, `vision`, `llm` or `frames` (timing beside peers), or an evaluation suite file:
-    /// a path, or the name of one in runtime/bench/suites (`speech.toml`, `vision.toml`, `e2e.toml`, or `e2e`).
+    /// a path, or the name of one in runtime/bench/suites (`speech.toml`, `vision.toml`, `e2e.toml`,
+    /// `questions.toml`, or the name without `.toml`).
     #[arg(long, default_value = "speech")]
     suite: String,
     /// Speech and llm: variants to compare (default: every variant in the bundle); speech suite files take

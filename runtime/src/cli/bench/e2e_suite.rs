@@ -2,7 +2,8 @@
 //! about it (typed, or a recording heard through Whisper) with the words a right answer contains. Scored per
 //! language-decoder variant (and `scene`, the deterministic sentence without a decoder, and `llama.cpp`, the same
 //! pipeline with llama.cpp decoding the bundle's GGUF): caption object recall, the rate of objects named in
-//! captions that are not in the photo, and answer correctness.
+//! captions that are not in the photo, answer correctness, and invented facts: in captions and answers, labels not
+//! in the photo and words that neither the annotation, the question nor the photo's text support.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -57,6 +58,9 @@ struct E2eItem {
     /// Words or phrases of which a right answer contains at least one.
     #[serde(default)]
     expect: Vec<String>,
+    /// The text in the image, line by line, which an answer may quote.
+    #[serde(default)]
+    text: Option<String>,
 }
 
 struct Ready {
@@ -78,6 +82,15 @@ struct Scored {
     question: Option<String>,
     answer: Option<String>,
     answer_right: Option<bool>,
+    /// The image, relative to the suite file.
+    #[serde(default)]
+    image: String,
+    /// What the caption says that the image does not support.
+    #[serde(default)]
+    caption_invented: Vec<String>,
+    /// What the answer says that the image does not support.
+    #[serde(default)]
+    answer_invented: Vec<String>,
     ms: f64,
     /// The caption's decoding, when a decoder wrote it.
     first_token_ms: Option<f64>,
@@ -93,6 +106,9 @@ struct SplitScore {
     not_in_photo_rate: f64,
     answers: usize,
     answer_accuracy: Option<f64>,
+    /// Invented facts over all captions and answers of the split.
+    #[serde(default)]
+    invented_facts: usize,
 }
 
 type VariantResult = ScoredVariant<SplitScore, Scored>;
@@ -202,12 +218,23 @@ fn run_variant(ctx: &Context, variant: &str, path: &Path, items: &[toml::Value])
 fn evaluate(variant: &str, decoder: Option<&dyn Decoder>, known: &[String], items: &[Ready]) -> VariantResult {
     let options = GenerateOptions { max_tokens: MAX_TOKENS, ..GenerateOptions::default() };
     let (mut scored, mut failed) = (Vec::new(), Vec::new());
+    // Greedy captions of one image are the same every time: written once per image.
+    let mut captions: BTreeMap<PathBuf, (String, Option<f64>, Option<f64>)> = BTreeMap::new();
     for (i, ready) in items.iter().enumerate() {
         eprint!("\rbench: {variant} {}/{} {:<30}", i + 1, items.len(), ready.item.id);
         let started = Instant::now();
         let run = |task: &Task| reply(&ready.scene, known, task, &[], decoder, &options, &mut |_| {}, &|| false);
-        let (caption, generation) = match run(&Task::Caption) {
-            Ok(r) => (r.text, r.generation),
+        let caption = match captions.get(&ready.item.image) {
+            Some(known) => Ok(known.clone()),
+            None => run(&Task::Caption).map(|r| {
+                let timing = (r.generation.as_ref().map(|g| g.first_token_ms), r.generation.as_ref().map(|g| g.decode_tokens_per_s));
+                let entry = (r.text, timing.0, timing.1);
+                captions.insert(ready.item.image.clone(), entry.clone());
+                entry
+            }),
+        };
+        let (caption, first_token_ms, tokens_per_s) = match caption {
+            Ok(c) => c,
             Err(e) => {
                 failed.push(ItemError { item: ready.item.id.clone(), error: format!("{e:#}") });
                 continue;
@@ -224,13 +251,17 @@ fn evaluate(variant: &str, decoder: Option<&dyn Decoder>, known: &[String], item
             None => None,
         };
         let ms = started.elapsed().as_secs_f64() * 1e3;
-        // The caption checked against the photo's reference objects instead of the detector's.
-        let mut reference = Scene::default();
-        reference.counts = ready.item.objects.keys().chain(&ready.item.also).map(|l| (l.clone(), 0)).collect();
-        let grounding = SceneFacts { scene: &reference, known_labels: known }.grounding(&caption);
+        let reference = reference_scene(&ready.item);
+        let facts = SceneFacts { scene: &reference, known_labels: known };
+        let grounding = facts.grounding(&caption, &Task::Caption);
         let named: Vec<String> = grounding.named.iter().filter(|l| ready.item.objects.contains_key(*l)).cloned().collect();
         let missed = ready.item.objects.keys().filter(|l| !named.contains(l)).cloned().collect();
         let answer_right = answer.as_ref().map(|a| contains_any(a, &ready.item.expect));
+        let caption_invented = invented(&ready.item, &facts, &caption, &Task::Caption);
+        let answer_invented = match (&ready.question, &answer) {
+            (Some(question), Some(answer)) => invented(&ready.item, &facts, answer, &Task::Answer(question.clone())),
+            _ => Vec::new(),
+        };
         scored.push(Scored {
             id: ready.item.id.clone(),
             split: ready.item.split.clone(),
@@ -242,15 +273,48 @@ fn evaluate(variant: &str, decoder: Option<&dyn Decoder>, known: &[String], item
             question: ready.question.clone(),
             answer,
             answer_right,
+            image: ready.item.image.display().to_string(),
+            caption_invented,
+            answer_invented,
             ms,
-            first_token_ms: generation.as_ref().map(|g| g.first_token_ms),
-            tokens_per_s: generation.as_ref().map(|g| g.decode_tokens_per_s),
+            first_token_ms,
+            tokens_per_s,
         });
     }
     eprintln!();
     let splits = SPLITS.iter().filter_map(|&split| split_score(split, &scored)).collect();
     VariantResult::new(variant.to_string(), splits, scored, failed, |s| s.ms)
 }
+
+/// The image as annotated: its reference objects (counted, or present when the count is 0), with the labels it may
+/// also show, and its text; what captions and answers are checked against instead of the detector's scene.
+fn reference_scene(item: &E2eItem) -> Scene {
+    let mut reference = Scene::default();
+    reference.counts = item.objects.iter().map(|(l, n)| (l.clone(), *n)).chain(item.also.iter().map(|l| (l.clone(), 0))).collect();
+    reference.text = item
+        .text
+        .iter()
+        .flat_map(|t| t.lines())
+        .map(|line| lookout_models::vision::scene::TextLine { text: line.to_string(), score: 1.0, bbox: [0.0; 4] })
+        .collect();
+    reference
+}
+
+/// What `sentence` claims that the annotated image does not support: labels it lacks, counts that differ from a
+/// counted label's, and unsupported words (a number is not judged when the image holds an uncounted label).
+fn invented(item: &E2eItem, facts: &SceneFacts, sentence: &str, task: &Task) -> Vec<String> {
+    let g = facts.grounding(sentence, task);
+    let uncounted = item.objects.values().any(|n| *n == 0) || !item.also.is_empty();
+    let counted = |label: &String| item.objects.get(label).is_some_and(|n| *n > 0);
+    let is_number = |word: &String| word.chars().all(|c| c.is_ascii_digit()) || NUMBER_WORDS.contains(&word.as_str());
+    g.invented
+        .into_iter()
+        .chain(g.miscounted.into_iter().filter(counted).map(|l| format!("count of {l}")))
+        .chain(g.ungrounded.into_iter().filter(|w| !(uncounted && is_number(w))))
+        .collect()
+}
+
+const NUMBER_WORDS: [&str; 12] = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"];
 
 fn split_score(split: &str, scored: &[Scored]) -> Option<SplitScore> {
     let of_split: Vec<&Scored> = scored.iter().filter(|s| s.split == split).collect();
@@ -261,6 +325,9 @@ fn split_score(split: &str, scored: &[Scored]) -> Option<SplitScore> {
     let wanted: usize = named + of_split.iter().map(|s| s.missed.len()).sum::<usize>();
     let invented: usize = of_split.iter().map(|s| s.not_in_photo.len()).sum();
     let answered: Vec<bool> = of_split.iter().filter_map(|s| s.answer_right).collect();
+    // A caption shared by the items of one image counts once.
+    let caption_facts: BTreeMap<&str, usize> = of_split.iter().map(|s| (s.image.as_str(), s.caption_invented.len())).collect();
+    let answer_facts: usize = of_split.iter().map(|s| s.answer_invented.len()).sum();
     Some(SplitScore {
         split: split.to_string(),
         items: of_split.len(),
@@ -268,6 +335,7 @@ fn split_score(split: &str, scored: &[Scored]) -> Option<SplitScore> {
         not_in_photo_rate: invented as f64 / (named + invented).max(1) as f64,
         answers: answered.len(),
         answer_accuracy: (!answered.is_empty()).then(|| answered.iter().filter(|&&r| r).count() as f64 / answered.len() as f64),
+        invented_facts: caption_facts.values().sum::<usize>() + answer_facts,
     })
 }
 
@@ -283,8 +351,8 @@ fn contains_any(text: &str, phrases: &[String]) -> bool {
 
 fn report_markdown(suite: &str, description: &str, skipped: &[ItemError], results: &[VariantResult]) -> String {
     let mut md = suite_heading(suite, "one thread, greedy decoding, detector and OCR, Whisper for spoken questions", description);
-    md.push_str("| decoder | split | items | caption object recall | objects named not in photo | answers right | ms per item p50 | p95 | first token ms | tokens/s | cold start ms | peak RSS MiB |\n");
-    md.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    md.push_str("| decoder | split | items | caption object recall | objects named not in photo | answers right | invented facts | ms per item p50 | p95 | first token ms | tokens/s | cold start ms | peak RSS MiB |\n");
+    md.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in results {
         let decoded = |f: fn(&Scored) -> Option<f64>| {
             let values: Vec<f64> = r.items.iter().filter_map(f).collect();
@@ -294,19 +362,20 @@ fn report_markdown(suite: &str, description: &str, skipped: &[ItemError], result
         for s in &r.splits {
             let answers = s.answer_accuracy.map_or("-".to_string(), |a| format!("{} of {}", (a * s.answers as f64).round(), s.answers));
             md.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {answers} | {:.0} | {:.0} | {first_token} | {tokens_per_s} | {} |\n",
+                "| {} | {} | {} | {} | {} | {answers} | {} | {:.0} | {:.0} | {first_token} | {tokens_per_s} | {} |\n",
                 r.variant,
                 s.split,
                 s.items,
                 percent(s.caption_recall),
                 percent(s.not_in_photo_rate),
+                s.invented_facts,
                 r.median_ms,
                 r.p95_ms,
                 process_cells(r.process)
             ));
         }
     }
-    md.push_str("\nRecall counts the photo's reference objects a caption names; a named COCO object that is neither in `objects` nor in `also` counts as not in the photo. An answer is right when it contains one of the item's expected words.\n");
+    md.push_str("\nRecall counts the photo's reference objects a caption names; a named COCO object that is neither in `objects` nor in `also` counts as not in the photo. An answer is right when it contains one of the item's expected words. Invented facts, over every caption (once per image) and answer: COCO labels the image lacks, counts unlike a counted label's, and words that no annotated object or its everyday names, no position or function word, no word of the question and no word of the image's text supports; each is listed below.\n");
     md.push_str(PROCESS_NOTE);
     if let Some(peer) = results.iter().find(|r| r.variant.starts_with(LLAMA_CPP)) {
         md.push_str(&format!("`{}` is Lookout's pipeline with llama.cpp decoding the bundle's GGUF from the same prompt ids (greedy, one thread); its peak RSS adds the llama.cpp process's to Lookout's.", peer.variant));
@@ -315,17 +384,19 @@ fn report_markdown(suite: &str, description: &str, skipped: &[ItemError], result
         }
         md.push('\n');
     }
-    md.push_str("\n## Captions and answers\n\n| item | decoder | caption | question | answer | right |\n|---|---|---|---|---|---|\n");
+    md.push_str("\n## Captions and answers\n\n| item | decoder | caption | question | answer | right | invented |\n|---|---|---|---|---|---|---|\n");
     for r in results {
         for s in &r.items {
             let right = s.answer_right.map_or("", |r| if r { "yes" } else { "no" });
+            let invented: Vec<&str> = s.caption_invented.iter().chain(&s.answer_invented).map(String::as_str).collect();
             md.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {right} |\n",
+                "| {} | {} | {} | {} | {} | {right} | {} |\n",
                 s.id,
                 r.variant,
                 s.caption,
                 s.question.as_deref().unwrap_or(""),
-                s.answer.as_deref().unwrap_or("")
+                s.answer.as_deref().unwrap_or(""),
+                invented.join(", ").replace('|', "\\|")
             ));
         }
     }
