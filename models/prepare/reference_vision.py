@@ -4,6 +4,9 @@ Writes $REPO/.cache/testdata/vision/ (preprocessing as documented in vision.py a
   photos/*.jpg|png     darknet's dog, horses, person, giraffe, eagle, kite; scikit-image's astronaut, coffee, chelsea
   text/*.png           known strings rendered dark on light (Pillow, DejaVu and Liberation fonts)
   text/index.json      [{file, text, font, font_file, size}]
+  lines/*.png          long single lines (widths about 300 to 1300 px), clean and degraded (blur, JPEG quality 40,
+                       noise, a 1.5 degree rotation), light on dark too; dense paragraphs of six lines
+  lines/index.json     [{file, text, font, size, condition}]
   tensors/*.npy        exact model inputs (f32, after preprocessing) and onnxruntime's raw outputs
   index.json           {tensors: [{role, model, source, crop (recognizer only: x0, y0, x1, y1 of the source
                         image, x1 and y1 exclusive), input, input_name, outputs: [{name, file}]}],
@@ -49,6 +52,20 @@ TEXTS = ["EXIT 42", "Lookout 2026", "PUSH TO OPEN", "Platform 9"]
 INK, PAPER = (20, 20, 30), (245, 245, 240)
 # Multi-line sign for the OCR raw-tensor references (two lines, two fonts).
 SIGN = ("sign.png", [("EXIT 42", "LiberationSans", 40), ("Platform 9", "DejaVuSerif", 32)])
+# Long lines: wider than 6.7 times their height, which the recognizer's 48x320 input would squeeze.
+LONG_LINES = ["The quick brown fox jumps over the lazy dog near the station",
+              "Trains to Leeds leave platform 9 every 15 minutes",
+              "KEEP THIS DOOR CLOSED AT ALL TIMES"]
+LINE_FONTS = ["DejaVuSans", "DejaVuSerif", "DejaVuSans-Bold", "LiberationSans", "LiberationMono"]
+LINE_SIZES = [16, 28]
+# A dense paragraph (Dickens, public domain): adjacent lines must stay apart.
+PARAGRAPH = ["It was the best of times, it was the worst of times,",
+             "it was the age of wisdom, it was the age of foolishness,",
+             "it was the epoch of belief, it was the epoch of incredulity,",
+             "it was the season of Light, it was the season of Darkness,",
+             "it was the spring of hope, it was the winter of despair,",
+             "we had everything before us, we had nothing before us,"]
+PARAGRAPH_FONTS = [("DejaVuSerif", 16), ("LiberationSans", 20), ("LiberationMono", 14)]
 DETECTOR_TENSORS = ["dog.jpg", "kite.jpg", "astronaut.png"]
 OCR_TENSORS = ["sign.png", "push_to_open.LiberationSans.32.png"]
 TIMING_RUNS = 10
@@ -77,6 +94,39 @@ def render(lines: list[tuple[str, str, int]]) -> Image.Image:
     for (text, _, _), font, (l, t, _, b) in zip(lines, fonts, boxes):
         draw.text((margin - l, y - t), text, font=font, fill=INK)
         y += b - t + margin
+    return image
+
+
+def paragraph(lines: list[str], font: str, size: int) -> Image.Image:
+    """Lines set solid as in a book (baseline to baseline 1.2 times the size), dark on light, margin one size."""
+    face = ImageFont.truetype(FONTS[font], size)
+    pitch = round(1.2 * size)
+    width = max(face.getbbox(line)[2] for line in lines) + 2 * size
+    image = Image.new("RGB", (width, pitch * len(lines) + 2 * size), PAPER)
+    draw = ImageDraw.Draw(image)
+    for i, line in enumerate(lines):
+        draw.text((size, size + i * pitch), line, font=face, fill=INK)
+    return image
+
+
+def degraded(image: Image.Image, condition: str) -> Image.Image:
+    """`image` as a camera might give it: blurred, JPEG-compressed at quality 40, noisy, slightly rotated, or
+    light on dark; unchanged when `condition` is "clean"."""
+    from PIL import ImageFilter, ImageOps
+    if condition == "blur":
+        return image.filter(ImageFilter.GaussianBlur(1.0))
+    if condition == "jpeg40":
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=40)
+        return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+    if condition == "noise":
+        pixels = np.asarray(image).astype(np.float32)
+        noise = np.random.default_rng(7).normal(0.0, 12.0, pixels.shape)
+        return Image.fromarray(np.clip(pixels + noise, 0, 255).astype(np.uint8))
+    if condition == "rotated":
+        return image.rotate(1.5, resample=Image.BICUBIC, expand=True, fillcolor=PAPER)
+    if condition == "inverted":
+        return ImageOps.invert(image)
     return image
 
 
@@ -144,6 +194,20 @@ def main() -> int:
                      "font": ",".join(f for _, f, _ in SIGN[1]), "font_file": "",
                      "size": max(s for _, _, s in SIGN[1])})
     write_atomic(OUT / "text" / "index.json", (json.dumps(rendered, indent=2) + "\n").encode())
+    lines = []
+    for text in LONG_LINES:
+        for font in LINE_FONTS:
+            for size in LINE_SIZES:
+                conditions = ["clean", "blur", "jpeg40", "noise", "rotated", "inverted"] if size == LINE_SIZES[-1] else ["clean"]
+                for condition in conditions:
+                    name = f"{slug(text)[:24]}.{font}.{size}.{condition}.png"
+                    write_atomic(OUT / "lines" / name, png(degraded(render([(text, font, size)]), condition)))
+                    lines.append({"file": name, "text": text, "font": font, "size": size, "condition": condition})
+    for font, size in PARAGRAPH_FONTS:
+        name = f"paragraph.{font}.{size}.clean.png"
+        write_atomic(OUT / "lines" / name, png(paragraph(PARAGRAPH, font, size)))
+        lines.append({"file": name, "text": "\n".join(PARAGRAPH), "font": font, "size": size, "condition": "clean"})
+    write_atomic(OUT / "lines" / "index.json", (json.dumps(lines, indent=2) + "\n").encode())
 
     path = {role: args.bundle / components[role]["file"] for role in roles}
     labels = path["object-labels"].read_text().splitlines()

@@ -136,6 +136,52 @@ fn rendered_text_is_read_exactly() {
     assert!(misread.len() <= 1, "{} of {} renders misread: {misread:#?}", misread.len(), renders.len());
 }
 
+/// Edits (insertions, deletions, substitutions) that turn `a` into `b`, by characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut current = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            current.push((previous[j + 1] + 1).min(current[j] + 1).min(previous[j] + usize::from(ca != cb)));
+        }
+        previous = current;
+    }
+    previous[b.len()]
+}
+
+#[test]
+fn long_lines_and_paragraphs_are_read_at_their_own_width() {
+    let dir = testdata().join("lines");
+    let renders: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(dir.join("index.json")).unwrap()).unwrap();
+    assert!(renders.len() >= 100, "{} renders", renders.len());
+    let models = VisionModels::load(&bundle(), true).unwrap();
+    let mut session = models.session().unwrap();
+    // Character errors and characters, clean renders and degraded ones.
+    let (mut clean, mut degraded) = ((0, 0), (0, 0));
+    let mut worst = (0.0, String::new());
+    for render in &renders {
+        let image = load_image(&dir.join(render["file"].as_str().unwrap())).unwrap();
+        let read: Vec<String> = session.read_text(&image).unwrap().into_iter().map(|l| l.text).collect();
+        let expected: Vec<&str> = render["text"].as_str().unwrap().lines().collect();
+        if expected.len() > 1 {
+            assert_eq!(read.len(), expected.len(), "{}: the paragraph's lines are kept apart: {read:#?}", render["file"]);
+        }
+        let (read, expected) = (read.join(" "), expected.join(" "));
+        let errors = edit_distance(&read, &expected);
+        let rate = errors as f64 / expected.chars().count() as f64;
+        if rate > worst.0 {
+            worst = (rate, format!("{}: {read:?}", render["file"]));
+        }
+        let tally = if render["condition"] == "clean" { &mut clean } else { &mut degraded };
+        *tally = (tally.0 + errors, tally.1 + expected.chars().count());
+    }
+    let rate = |(errors, chars): (usize, usize)| errors as f64 / chars as f64;
+    assert!(rate(clean) <= 0.03, "clean character error rate {:.4} ({clean:?}); worst {worst:?}", rate(clean));
+    assert!(rate(degraded) <= 0.08, "degraded character error rate {:.4} ({degraded:?}); worst {worst:?}", rate(degraded));
+    assert!(worst.0 <= 0.2, "every render is mostly read; worst {worst:?}");
+}
+
 #[test]
 fn scene_labels_match_onnxruntime_pipeline() {
     let bundle = bundle();

@@ -6,6 +6,7 @@ use std::time::Instant;
 use crate::bundle::{Bundle, Component};
 use crate::engine::{self, DatumType, Dim, Graph, GraphSpec, GraphState};
 use crate::error::{ModelError, Result};
+use crate::vision::deskew::{ink_slope, level_crop, MIN_SLOPE};
 use crate::vision::detections::{filter_detections, Detection, DetectionFilter};
 use crate::vision::image::RgbImage;
 use crate::vision::letterbox::{letterbox_into, text_line_into, Layout, Normalization, Padding, PixelRect};
@@ -102,6 +103,62 @@ pub fn image_graph_spec(c: &Component) -> Result<GraphSpec> {
 
 fn load_image_graph(bundle: &Bundle, c: &Component) -> Result<Graph> {
     engine::load_component(bundle, c, &image_graph_spec(c)?)
+}
+
+/// Widest line read at its own aspect ratio, in columns at the recognizer's height (about 42 times the height);
+/// a longer line is squeezed into it.
+pub const MAX_LINE_WIDTH: usize = 2048;
+/// Columns two neighbouring windows of a long line share; each keeps the half nearer its own centre.
+const WINDOW_OVERLAP: usize = 64;
+
+/// One recognizer window over a line: it starts at column `start`, and its steps for columns `keep_from..keep_to`
+/// are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LineWindow {
+    pub start: usize,
+    pub keep_from: usize,
+    pub keep_to: usize,
+}
+
+/// The windows of `window` columns that cover a line of `width` columns, neighbours overlapping by `overlap` (a
+/// multiple of 8, the recognizer's columns per step) and meeting in the middle of it; one window when it fits.
+pub fn line_windows(width: usize, window: usize, overlap: usize) -> Vec<LineWindow> {
+    if width <= window {
+        return vec![LineWindow { start: 0, keep_from: 0, keep_to: window }];
+    }
+    let stride = window - overlap;
+    let count = (width - overlap).div_ceil(stride);
+    let starts: Vec<usize> = (0..count).map(|i| i * stride).collect();
+    starts
+        .iter()
+        .enumerate()
+        .map(|(i, &start)| LineWindow {
+            start,
+            keep_from: if i == 0 { 0 } else { start + overlap / 2 },
+            keep_to: if i + 1 == count { start + window } else { start + window - overlap / 2 },
+        })
+        .collect()
+}
+
+/// Copies the `window` columns from `start` of a line (row stride `stride`, zero beyond its end) into `out`.
+fn copy_window(line: &[f32], stride: usize, start: usize, height: usize, window: usize, layout: Layout, out: &mut [f32]) {
+    let available = stride.saturating_sub(start).min(window);
+    match layout {
+        Layout::Nchw => {
+            for (row, dst) in out.chunks_exact_mut(window).enumerate().take(3 * height) {
+                let src = &line[row * stride + start..row * stride + start + available];
+                dst[..available].copy_from_slice(src);
+                dst[available..].fill(0.0);
+            }
+        }
+        Layout::Nhwc => {
+            for (y, dst) in out.chunks_exact_mut(3 * window).enumerate().take(height) {
+                let src = &line[3 * (y * stride + start)..3 * (y * stride + start + available)];
+                dst[..3 * available].copy_from_slice(src);
+                dst[3 * available..].fill(0.0);
+            }
+        }
+    }
 }
 
 fn shape_of(dims: &[Dim; 4]) -> [usize; 4] {
@@ -251,6 +308,9 @@ impl VisionModels {
                 recognizer: r.recognizer.new_state()?,
                 det_input: vec![0.0; 3 * r.det_size * r.det_size],
                 rec_input: vec![0.0; 3 * r.rec_height * r.rec_width],
+                line_input: vec![0.0; 3 * r.rec_height * MAX_LINE_WIDTH.max(r.rec_width)],
+                line_probabilities: Vec::new(),
+                level: RgbImage::new(1, 1),
                 post: DbPostprocessor::new(r.db),
                 boxes: Vec::new(),
                 char_steps: Vec::new(),
@@ -279,6 +339,12 @@ struct OcrSession {
     recognizer: GraphState,
     det_input: Vec<f32>,
     rec_input: Vec<f32>,
+    /// A line wider than the recognizer's input, at its own aspect ratio (row stride [`MAX_LINE_WIDTH`]).
+    line_input: Vec<f32>,
+    /// The recognizer's step probabilities of such a line, its windows' joined.
+    line_probabilities: Vec<f32>,
+    /// A slanted line's crop, sheared level.
+    level: RgbImage,
     post: DbPostprocessor,
     boxes: Vec<TextBox>,
     char_steps: Vec<usize>,
@@ -480,27 +546,52 @@ impl VisionSession<'_> {
         (t.ocr_rec_run, t.ocr_rec_lines) = (0.0, 0);
         for text_box in &ocr.boxes {
             let Some(region) = PixelRect::from_box(text_box.bbox, image) else { continue };
-            let content_width = text_line_into(image, region, r.rec_height, r.rec_width, norm, *layout, &mut ocr.rec_input)
+            // A slightly rotated line is read from a copy sheared level.
+            let (source, region) = match ink_slope(image, region) {
+                Some(slope) if slope.abs() >= MIN_SLOPE => {
+                    level_crop(image, region, slope, &mut ocr.level);
+                    (&ocr.level, PixelRect::whole(&ocr.level))
+                }
+                _ => (image, region),
+            };
+            let native_width = (r.rec_height as f32 * region.width as f32 / region.height.max(1) as f32).ceil() as usize;
+            // A line wider than the input is read in overlapping windows at its own aspect ratio, not squeezed.
+            let long = native_width > r.rec_width;
+            let (buffer, stride) = if long { (&mut ocr.line_input, MAX_LINE_WIDTH) } else { (&mut ocr.rec_input, r.rec_width) };
+            let content_width = text_line_into(source, region, r.rec_height, stride, norm, *layout, buffer)
                 .map_err(|e| resize_failed(rec_name, e))?;
-            let input = engine::tensor(&shape, &ocr.rec_input)?;
             let started = Instant::now();
-            let outputs = ocr.recognizer.run([input].into_iter().collect())?;
+            let mut classes = 0;
+            let mut step_width = 0.0;
+            ocr.line_probabilities.clear();
+            for window in line_windows(content_width, r.rec_width, WINDOW_OVERLAP) {
+                if long {
+                    copy_window(&ocr.line_input, stride, window.start, r.rec_height, r.rec_width, *layout, &mut ocr.rec_input);
+                }
+                let outputs = ocr.recognizer.run([engine::tensor(&shape, &ocr.rec_input)?].into_iter().collect())?;
+                let value = outputs.first().ok_or_else(|| ModelError::run(rec_name, "no output"))?;
+                let dims = value.shape();
+                if dims.len() != 3 || dims[1] == 0 || r.rec_width % dims[1] != 0 {
+                    return Err(ModelError::run(rec_name, format!("output shape {dims:?}, expected [1, steps, classes]")));
+                }
+                let columns = r.rec_width / dims[1];
+                (classes, step_width) = (dims[2], columns as f32);
+                let probabilities = engine::f32_slice(rec_name, value)?;
+                let keep = (window.keep_from - window.start) / columns..(window.keep_to - window.start).div_ceil(columns);
+                ocr.line_probabilities.extend_from_slice(&probabilities[keep.start * classes..keep.end.min(dims[1]) * classes]);
+            }
             t.ocr_rec_run += ms_since(started);
             t.ocr_rec_lines += 1;
-            let value = outputs.first().ok_or_else(|| ModelError::run(rec_name, "no output"))?;
-            let dims = value.shape();
-            if dims.len() != 3 || dims[1] == 0 {
-                return Err(ModelError::run(rec_name, format!("output shape {dims:?}, expected [1, steps, classes]")));
-            }
             let mut text = String::new();
-            let probabilities = engine::f32_slice(rec_name, value)?;
-            let score = ctc_greedy_decode_with_steps(probabilities, dims[1], dims[2], &r.dictionary, &mut text, &mut ocr.char_steps)
+            let steps = ocr.line_probabilities.len() / classes.max(1);
+            let score = ctc_greedy_decode_with_steps(&ocr.line_probabilities, steps, classes, &r.dictionary, &mut text, &mut ocr.char_steps)
                 .map_err(|e| ModelError::run(rec_name, e))?;
             // The recognizer seldom emits spaces between Latin words; the blank columns of the line show them.
             if *layout == Layout::Nchw {
                 let squeeze = (content_width as f32 / region.width as f32) / (r.rec_height as f32 / region.height as f32);
-                word_gaps(&ocr.rec_input, r.rec_height, r.rec_width, content_width, squeeze, &mut ocr.gaps);
-                insert_word_spaces(&mut text, &ocr.char_steps, r.rec_width as f32 / dims[1] as f32, &ocr.gaps);
+                let line = if long { &ocr.line_input } else { &ocr.rec_input };
+                word_gaps(line, r.rec_height, stride, content_width, squeeze, &mut ocr.gaps);
+                insert_word_spaces(&mut text, &ocr.char_steps, step_width, &ocr.gaps);
             }
             let text = text.trim();
             if text.is_empty() || score < MIN_TEXT_SCORE {
@@ -518,5 +609,37 @@ impl VisionSession<'_> {
         }
         t.ocr_rec = ms_since(rec_started);
         Ok(lines)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_lines_are_covered_by_overlapping_windows_that_meet_midway() {
+        assert_eq!(line_windows(300, 320, 64), [LineWindow { start: 0, keep_from: 0, keep_to: 320 }]);
+        let windows = line_windows(1000, 320, 64);
+        assert_eq!(windows.iter().map(|w| w.start).collect::<Vec<_>>(), [0, 256, 512, 768]);
+        assert_eq!((windows[0].keep_from, windows[0].keep_to), (0, 288));
+        assert_eq!((windows[1].keep_from, windows[1].keep_to), (288, 544));
+        assert_eq!(windows[3].keep_to, 1088, "the last window runs to its end");
+        for pair in windows.windows(2) {
+            assert_eq!(pair[0].keep_to, pair[1].keep_from, "kept columns join without gap or overlap");
+        }
+        assert!(windows.iter().all(|w| w.keep_from % 8 == 0 && w.keep_to % 8 == 0));
+    }
+
+    #[test]
+    fn a_window_is_copied_from_the_line_and_padded_past_its_end() {
+        let (height, stride, window) = (2, 10, 4);
+        let line: Vec<f32> = (0..3 * height * stride).map(|i| i as f32).collect();
+        let mut out = vec![-1.0; 3 * height * window];
+        copy_window(&line, stride, 8, height, window, Layout::Nchw, &mut out);
+        assert_eq!(&out[..4], &[8.0, 9.0, 0.0, 0.0]);
+        assert_eq!(&out[4..8], &[18.0, 19.0, 0.0, 0.0]);
+        let mut out = vec![-1.0; 3 * height * window];
+        copy_window(&line, stride, 8, height, window, Layout::Nhwc, &mut out);
+        assert_eq!(&out[..12], &[24.0, 25.0, 26.0, 27.0, 28.0, 29.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
     }
 }

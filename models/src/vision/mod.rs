@@ -1,6 +1,7 @@
 //! The engine-free half of the vision path: image decoding, camera frame conversion, letterboxing into model
 //! tensors, and the post-processing of detector and OCR outputs into a `Scene`.
 
+pub mod deskew;
 pub mod detections;
 pub mod image;
 pub mod letterbox;

@@ -4,7 +4,8 @@
 //! DB differences from PaddleOCR, which the integrator should know: components are 8-connected (as the
 //! contours of `cv2.findContours`), each box is the axis-aligned bounding box of its component (no rotated
 //! rectangle), and the box score is the mean probability over that rectangle, which is what PaddleOCR's
-//! `box_score_fast` computes for an axis-aligned box. Box corners are pixel centres, so a component spanning
+//! `box_score_fast` computes for an axis-aligned box, or, when higher, over the component's own pixels: for a
+//! slanted line the rectangle holds mostly background, where PaddleOCR's rotated rectangle would follow the line. Box corners are pixel centres, so a component spanning
 //! columns a..=b has width b − a, as with `cv2.minAreaRect` on its contour. Unclipping grows each side by
 //! area · ratio / perimeter, the rectangle that `pyclipper`'s rounded offset followed by `minAreaRect`
 //! gives for an axis-aligned box.
@@ -159,13 +160,13 @@ impl DbPostprocessor {
                 break;
             }
             candidates += 1;
-            let [x_min, y_min, x_max, y_max] =
+            let ([x_min, y_min, x_max, y_max], component_mean) =
                 self.flood_component(probabilities, map_w, map_h, start);
             let (width, height) = ((x_max - x_min) as f32, (y_max - y_min) as f32);
             if width.min(height) < params.min_size {
                 continue;
             }
-            let score = mean_over(probabilities, map_w, [x_min, y_min, x_max, y_max]);
+            let score = mean_over(probabilities, map_w, [x_min, y_min, x_max, y_max]).max(component_mean);
             if score < params.box_threshold {
                 continue;
             }
@@ -192,20 +193,24 @@ impl DbPostprocessor {
         Ok(())
     }
 
-    /// Marks the 8-connected component containing `start` and returns its inclusive pixel bounds.
+    /// Marks the 8-connected component containing `start` and returns its inclusive pixel bounds and its pixels'
+    /// mean probability.
     fn flood_component(
         &mut self,
         probabilities: &[f32],
         map_w: usize,
         map_h: usize,
         start: usize,
-    ) -> [usize; 4] {
+    ) -> ([usize; 4], f32) {
         let threshold = self.params.threshold;
         let mut bounds = [start % map_w, start / map_w, start % map_w, start / map_w];
+        let (mut sum, mut count) = (0.0f64, 0usize);
         self.stack.clear();
         self.stack.push(start as u32);
         self.visited[start] = true;
         while let Some(index) = self.stack.pop() {
+            sum += f64::from(probabilities[index as usize]);
+            count += 1;
             let (x, y) = (index as usize % map_w, index as usize / map_w);
             bounds = [
                 bounds[0].min(x),
@@ -223,7 +228,7 @@ impl DbPostprocessor {
                 }
             }
         }
-        bounds
+        (bounds, (sum / count as f64) as f32)
     }
 }
 
