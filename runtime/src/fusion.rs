@@ -94,7 +94,7 @@ const FUNCTION_WORDS: &[&str] = &[
     "but", "so", "if", "than", "as", "of", "in", "on", "at", "to", "from", "by", "with", "for", "into", "onto", "over",
     "under", "above", "below", "near", "next", "beside", "behind", "between", "among", "around", "up", "down", "out",
     "all", "some", "any", "each", "every", "both", "either", "neither", "several", "only", "just", "also", "too",
-    "what", "which", "who", "where", "how", "s", "t", "don", "doesn", "isn", "aren", "can", "cannot", "photo",
+    "what", "which", "who", "where", "how", "s", "t", "don", "doesn", "isn", "aren", "cannot", "photo",
     "photos", "image", "images", "picture", "pictures", "scene", "frame", "view", "camera", "see", "sees", "seen",
     "show", "shows", "showing", "shown", "appear", "appears", "visible", "contains", "contain", "containing", "include",
     "includes", "including", "tell", "sure", "know", "total", "altogether", "none", "nothing", "anything", "something",
@@ -121,7 +121,8 @@ fn stem(word: &str) -> &str {
         .unwrap_or(word)
 }
 
-fn number_value(word: &str) -> Option<usize> {
+/// The number a word says ("8", "eight", "a", "pair"), if any.
+pub fn number_value(word: &str) -> Option<usize> {
     word.parse().ok().or_else(|| NUMBER_WORDS.iter().position(|w| *w == word)).or(match word {
         "a" | "an" | "single" => Some(1),
         "pair" | "couple" => Some(2),
@@ -584,7 +585,7 @@ fn capitalize(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lookout_models::vision::detections::{position, Detection, Horizontal, Vertical};
+    use lookout_models::vision::detections::Detection;
 
     fn scene(objects: &[(&str, usize)]) -> Scene {
         let mut detections = Vec::new();

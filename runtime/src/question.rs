@@ -194,9 +194,8 @@ fn subjects(w: &[String], known: &[String]) -> Vec<(usize, Subject)> {
                 continue;
             }
             taken[at..at + span].iter_mut().for_each(|t| *t = true);
-            match found.iter_mut().find(|(_, s)| s.labels == labels) {
-                Some(_) => {}
-                None => found.push((at, Subject { words: name.clone(), labels: labels.clone(), plural: plural.clone(), group })),
+            if !found.iter().any(|(_, s)| s.labels == labels) {
+                found.push((at, Subject { words: name.clone(), labels: labels.clone(), plural: plural.clone(), group }));
             }
         }
     }

@@ -27,7 +27,7 @@ use super::llama_cpp::LlamaCppDecoder;
 use super::{median, peer_python, since_process_start, write_report, BenchArgs};
 use crate::answer::{reply, Decoder};
 use crate::cli::Context;
-use crate::fusion::{SceneFacts, Task};
+use crate::fusion::{number_value, SceneFacts, Task};
 
 /// The variant that answers from the scene alone, without a decoder.
 const SCENE_ONLY: &str = "scene";
@@ -306,15 +306,13 @@ fn invented(item: &E2eItem, facts: &SceneFacts, sentence: &str, task: &Task) -> 
     let g = facts.grounding(sentence, task);
     let uncounted = item.objects.values().any(|n| *n == 0) || !item.also.is_empty();
     let counted = |label: &String| item.objects.get(label).is_some_and(|n| *n > 0);
-    let is_number = |word: &String| word.chars().all(|c| c.is_ascii_digit()) || NUMBER_WORDS.contains(&word.as_str());
+    let is_number = |word: &String| number_value(word).is_some();
     g.invented
         .into_iter()
         .chain(g.miscounted.into_iter().filter(counted).map(|l| format!("count of {l}")))
         .chain(g.ungrounded.into_iter().filter(|w| !(uncounted && is_number(w))))
         .collect()
 }
-
-const NUMBER_WORDS: [&str; 12] = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"];
 
 fn split_score(split: &str, scored: &[Scored]) -> Option<SplitScore> {
     let of_split: Vec<&Scored> = scored.iter().filter(|s| s.split == split).collect();
