@@ -6,7 +6,8 @@ Writes $REPO/.cache/testdata/vision/ (preprocessing as documented in vision.py a
   text/index.json      [{file, text, font, font_file, size}]
   lines/*.png          long single lines (widths about 300 to 1300 px), clean and degraded (blur, JPEG quality 40,
                        noise, a 1.5 degree rotation), light on dark too; dense paragraphs of six lines
-  lines/index.json     [{file, text, font, size, condition}]
+  lines/index.json     [{file, text, font, size, condition, onnxruntime: what rapidocr's dynamic-width recognizer
+                       reads in onnxruntime at each box's own width}]
   tensors/*.npy        exact model inputs (f32, after preprocessing) and onnxruntime's raw outputs
   index.json           {tensors: [{role, model, source, crop (recognizer only: x0, y0, x1, y1 of the source
                         image, x1 and y1 exclusive), input, input_name, outputs: [{name, file}]}],
@@ -23,11 +24,13 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 from PIL import Image, ImageDraw, ImageFont
 
 import manifest
@@ -157,7 +160,7 @@ def main() -> int:
         print(f"error: missing fonts {missing} (Debian: fonts-dejavu-core fonts-liberation)", file=sys.stderr)
         return 1
     try:
-        sources = ensure_sources(SOURCES_DIR, {"darknet", "scikit-image"})
+        sources = ensure_sources(SOURCES_DIR, {"darknet", "scikit-image", "rapidocr"})
     except (SourceError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -207,7 +210,6 @@ def main() -> int:
         name = f"paragraph.{font}.{size}.clean.png"
         write_atomic(OUT / "lines" / name, png(paragraph(PARAGRAPH, font, size)))
         lines.append({"file": name, "text": "\n".join(PARAGRAPH), "font": font, "size": size, "condition": "clean"})
-    write_atomic(OUT / "lines" / "index.json", (json.dumps(lines, indent=2) + "\n").encode())
 
     path = {role: args.bundle / components[role]["file"] for role in roles}
     labels = path["object-labels"].read_text().splitlines()
@@ -290,6 +292,21 @@ def main() -> int:
     wrong = [o["file"] for o in ocr if not o["without_spaces"]]
     if wrong:
         problems.append(f"OCR misread (beyond spaces): {', '.join(wrong)}")
+
+    # Long lines and paragraphs: onnxruntime runs rapidocr's own recognizer, whose width is dynamic, on each box
+    # of the same DB pipeline at the box's own width (as rapidocr batches lines), for comparison.
+    native = vision.session(onnx.load_from_string(sources["rapidocr"].read(vision.PPOCR_REC)))
+    for item in lines:
+        image = Image.open(OUT / "lines" / item["file"]).convert("RGB")
+        tensor, scale = vision.ocr_det_input(image)
+        boxes = vision.db_boxes(one["ocr-detector"].run(None, {"x": tensor})[0][0, 0], scale, image.size)
+        for box in boxes:
+            crop = np.asarray(image.crop(tuple(box["box"])))
+            width = math.ceil(48 * crop.shape[1] / crop.shape[0])
+            pixels = vision._normalize_bgr(vision.resize_bilinear(crop, width, 48))[None].astype(np.float32)
+            box["text"] = vision.ctc_greedy(native.run(None, {"x": pixels})[0][0], dictionary)[0]
+        item["onnxruntime"] = vision.joined_text(boxes)
+    write_atomic(OUT / "lines" / "index.json", (json.dumps(lines, indent=2) + "\n").encode())
 
     # onnxruntime timings.
     timings = {}

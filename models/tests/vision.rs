@@ -157,8 +157,10 @@ fn long_lines_and_paragraphs_are_read_at_their_own_width() {
     assert!(renders.len() >= 100, "{} renders", renders.len());
     let models = VisionModels::load(&bundle(), true).unwrap();
     let mut session = models.session().unwrap();
-    // Character errors and characters, clean renders and degraded ones.
+    // Character errors and characters, clean renders and degraded ones; the same for onnxruntime running rapidocr's
+    // dynamic-width recognizer at each box's own width.
     let (mut clean, mut degraded) = ((0, 0), (0, 0));
+    let mut onnxruntime_clean = (0, 0);
     let mut worst = (0.0, String::new());
     for render in &renders {
         let image = load_image(&dir.join(render["file"].as_str().unwrap())).unwrap();
@@ -175,8 +177,14 @@ fn long_lines_and_paragraphs_are_read_at_their_own_width() {
         }
         let tally = if render["condition"] == "clean" { &mut clean } else { &mut degraded };
         *tally = (tally.0 + errors, tally.1 + expected.chars().count());
+        if render["condition"] == "clean" {
+            let theirs = render["onnxruntime"].as_str().unwrap().lines().collect::<Vec<_>>().join(" ");
+            onnxruntime_clean = (onnxruntime_clean.0 + edit_distance(&theirs, &expected), onnxruntime_clean.1 + expected.chars().count());
+        }
     }
     let rate = |(errors, chars): (usize, usize)| errors as f64 / chars as f64;
+    eprintln!("clean CER {:.4}, onnxruntime at native width {:.4}; degraded CER {:.4}", rate(clean), rate(onnxruntime_clean), rate(degraded));
+    assert!(rate(clean) <= rate(onnxruntime_clean) + 0.005, "clean {:.4} vs onnxruntime {:.4}", rate(clean), rate(onnxruntime_clean));
     assert!(rate(clean) <= 0.03, "clean character error rate {:.4} ({clean:?}); worst {worst:?}", rate(clean));
     assert!(rate(degraded) <= 0.08, "degraded character error rate {:.4} ({degraded:?}); worst {worst:?}", rate(degraded));
     assert!(worst.0 <= 0.2, "every render is mostly read; worst {worst:?}");

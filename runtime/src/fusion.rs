@@ -76,12 +76,23 @@ pub struct Grounding {
 }
 
 impl Grounding {
-    /// Faithful: nothing invented, miscounted or ungrounded, and for a caption every detected label named.
+    /// Faithful: nothing invented, miscounted or ungrounded, and for a caption or a description every detected
+    /// label named.
     pub fn faithful(&self, task: &Task) -> bool {
         self.invented.is_empty()
             && self.miscounted.is_empty()
             && self.ungrounded.is_empty()
-            && (*task != Task::Caption || self.missing.is_empty())
+            && (!task.covers_the_scene() || self.missing.is_empty())
+    }
+}
+
+impl Task {
+    /// Whether an answer must name everything detected: a caption, or a request to describe what is seen.
+    pub fn covers_the_scene(&self) -> bool {
+        match self {
+            Task::Caption => true,
+            Task::Answer(question) => Question::parse(question, &[]).kind == Kind::Describe,
+        }
     }
 }
 
@@ -635,6 +646,8 @@ mod tests {
         assert_eq!(partial.missing, ["person"]);
         assert!(partial.invented.is_empty() && partial.ungrounded.is_empty(), "denied and asked words are grounded: {partial:?}");
         assert!(!partial.faithful(&caption) && partial.faithful(&asked));
+        let describe = Task::Answer("What do you see?".into());
+        assert!(!facts.grounding("I see kites.", &describe).faithful(&describe), "a description names everything seen");
     }
 
     #[test]
