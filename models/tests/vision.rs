@@ -191,6 +191,21 @@ fn long_lines_and_paragraphs_are_read_at_their_own_width() {
 }
 
 #[test]
+fn a_page_is_read_in_order_until_the_time_budget_ends() {
+    let dir = testdata().join("lines");
+    let page = load_image(&dir.join("paragraph.DejaVuSerif.16.clean.png")).unwrap();
+    let models = VisionModels::load(&bundle(), true).unwrap();
+    let mut session = models.session().unwrap();
+    let whole = session.read_text(&page).unwrap();
+    assert!(whole.len() == 6 && !session.text_was_cut(), "{whole:?}");
+    session.set_text_budget(std::time::Duration::ZERO);
+    let scene = session.describe(&page).unwrap();
+    assert!(scene.text_cut && session.text_was_cut());
+    assert_eq!(scene.text.len(), 1, "the first line is always read: {:?}", scene.text);
+    assert_eq!(scene.text[0].text, whole[0].text);
+}
+
+#[test]
 fn scene_labels_match_onnxruntime_pipeline() {
     let bundle = bundle();
     let models = VisionModels::load(&bundle, false).unwrap().with_scene_classifier(&bundle).unwrap();

@@ -143,8 +143,13 @@ pub fn reply(
     let sentence = answer_sentence(&generation.text).unwrap_or_default();
     let grounding = facts.grounding(&sentence, task);
     let stats = GenerationStats::of(&generation, lm.variant());
-    let faithful = !sentence.is_empty() && grounding.faithful(task);
-    let mut out = fallback(&unfaithful_reason(&grounding, &sentence));
+    let on_topic = facts.takes_up_the_question(task, &sentence);
+    let faithful = !sentence.is_empty() && grounding.faithful(task) && on_topic;
+    let reason = match on_topic {
+        true => unfaithful_reason(&grounding, &sentence),
+        false => "the decoder's sentence does not take up what was asked".to_string(),
+    };
+    let mut out = fallback(&reason);
     if faithful {
         out.text = sentence;
         out.source = Source::Decoder;

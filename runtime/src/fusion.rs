@@ -447,13 +447,31 @@ impl SceneFacts<'_> {
         }
     }
 
-    /// The text read, quoted exactly, or that there is none.
+    /// The text read, quoted exactly, and whether reading stopped before the end; or that there is none.
     fn read_answer(&self) -> String {
         let lines: Vec<&str> = self.scene.text.iter().map(|t| t.text.trim()).filter(|t| !t.is_empty()).collect();
-        match lines.is_empty() {
-            true => "I see no text I can read.".to_string(),
-            false => format!("It says \"{}\".", lines.join(" ")),
+        match (lines.is_empty(), self.scene.text.is_empty() || !self.scene.text_cut) {
+            (true, _) => "I see no text I can read.".to_string(),
+            (false, true) => format!("It says \"{}\".", lines.join(" ")),
+            (false, false) => format!("It says \"{}\"; there is more, which I stopped reading for time.", lines.join(" ")),
         }
+    }
+
+    /// For a question of no kind the scene answers, whether `sentence` takes up what it asks: says some word of the
+    /// question (in any form) beyond the things it names and the function and position words, such as "doing" in
+    /// "what is the dog doing?"; "The dog is on the left." does not. True for every other task.
+    pub fn takes_up_the_question(&self, task: &Task, sentence: &str) -> bool {
+        let Task::Answer(text) = task else { return true };
+        if Question::parse(text, self.known_labels).kind != Kind::Other {
+            return true;
+        }
+        let names: Vec<String> = self.known_labels.iter().flat_map(|l| names_of(l)).flat_map(|name| words(&name)).collect();
+        let asked: Vec<String> = words(text)
+            .into_iter()
+            .filter(|w| !FUNCTION_WORDS.contains(&w.as_str()) && !POSITION_WORDS.contains(&w.as_str()) && !names.contains(w))
+            .collect();
+        let said: Vec<String> = words(sentence);
+        asked.is_empty() || asked.iter().any(|a| said.iter().any(|s| stem(s) == stem(a)))
     }
 
     /// A yes/no question about nothing the detector or the text reader can report ("is the door open?" when
@@ -689,11 +707,21 @@ mod tests {
         assert_eq!(answer("Where is the dog?").unwrap(), "The dog is at the bottom left.");
         assert_eq!(answer("Where is the cat?").unwrap(), "I see no cats.");
         assert_eq!(answer("What does the sign say?").unwrap(), "I see no text I can read.");
+        let line = |text: &str| lookout_models::vision::scene::TextLine { text: text.into(), score: 0.9, bbox: [0.0; 4] };
+        let mut page = Scene::new(100, 100, Vec::new(), vec![line("It was the best of times,"), line("it was the worst")]);
+        let read = |scene: &Scene| SceneFacts { scene, known_labels: &known }.scene_answer(&Task::Answer("Read it.".into())).unwrap().1;
+        assert_eq!(read(&page), "It says \"It was the best of times, it was the worst\".");
+        page.text_cut = true;
+        assert_eq!(read(&page), "It says \"It was the best of times, it was the worst\"; there is more, which I stopped reading for time.");
         assert_eq!(answer("What animal is this?").unwrap(), "I see a dog.");
         assert_eq!(answer("Which vehicles are there?").unwrap(), "No, I see no vehicles.");
         assert_eq!(answer("What vehicles do you see?").unwrap(), "I see no vehicles.");
         assert_eq!(answer("What is this?").unwrap(), "I see 2 people and a dog.");
         assert_eq!(answer("What do you see?"), None, "descriptions go to the decoder");
+        let doing = Task::Answer("What is the dog doing?".into());
+        assert!(!facts.takes_up_the_question(&doing, "The dog is at the bottom left."));
+        assert!(facts.takes_up_the_question(&doing, "The dog is doing nothing I can tell."));
+        assert!(facts.takes_up_the_question(&Task::Caption, "A dog."));
         assert_eq!(answer("Is the door open?"), None);
     }
 

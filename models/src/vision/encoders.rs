@@ -1,7 +1,7 @@
 //! The vision encoders through tract: the COCO-80 object detector, PP-OCR text detection and recognition, and the
 //! ImageNet scene classifier, run on an RGB image with preallocated input tensors, giving a `Scene`.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::bundle::{Bundle, Component};
 use crate::engine::{self, DatumType, Dim, Graph, GraphSpec, GraphState};
@@ -104,6 +104,10 @@ pub fn image_graph_spec(c: &Component) -> Result<GraphSpec> {
 fn load_image_graph(bundle: &Bundle, c: &Component) -> Result<Graph> {
     engine::load_component(bundle, c, &image_graph_spec(c)?)
 }
+
+/// How long reading the text of one image may take by default: a page of it on a slow board is read in order until
+/// then.
+pub const TEXT_READ_BUDGET: Duration = Duration::from_secs(4);
 
 /// Widest line read at its own aspect ratio, in columns at the recognizer's height (about 42 times the height);
 /// a longer line is squeezed into it.
@@ -330,6 +334,8 @@ impl VisionModels {
             ocr,
             classifier,
             timings: StageTimings::default(),
+            text_budget: TEXT_READ_BUDGET,
+            text_cut: false,
         })
     }
 }
@@ -361,6 +367,10 @@ pub struct VisionSession<'m> {
     /// The scene classifier's engine state and input tensor.
     classifier: Option<(GraphState, Vec<f32>)>,
     timings: StageTimings,
+    /// How long reading the text of one image may take; lines past it are left unread.
+    text_budget: Duration,
+    /// Whether the last image's text was left partly unread for the budget.
+    text_cut: bool,
 }
 
 /// Whether box `next`, which reading order puts right after the line, continues it: its vertical centre lies
@@ -433,6 +443,7 @@ impl VisionSession<'_> {
         let text = self.read_text(image)?;
         let ocr_ms = started.elapsed().as_secs_f64() * 1e3;
         let mut scene = Scene::new(image.width, image.height, objects, text);
+        scene.text_cut = self.text_cut;
         scene.scene_labels = self.classify(image)?;
         scene.timings_ms.insert("detect".into(), detect_ms);
         if self.ocr.is_some() {
@@ -512,8 +523,19 @@ impl VisionSession<'_> {
         Ok(self.detections.clone())
     }
 
-    /// Text lines in reading order; empty when the OCR models are not loaded.
+    /// Sets how long reading one image's text may take (at least one line is always read).
+    pub fn set_text_budget(&mut self, budget: Duration) {
+        self.text_budget = budget;
+    }
+
+    /// Whether the last [`VisionSession::read_text`] stopped before the last line for the text budget.
+    pub fn text_was_cut(&self) -> bool {
+        self.text_cut
+    }
+
+    /// Text lines in reading order, read until the text budget is spent; empty when the OCR models are not loaded.
     pub fn read_text(&mut self, image: &RgbImage) -> Result<Vec<TextLine>> {
+        self.text_cut = false;
         let (Some(ocr), Some(r)) = (self.ocr.as_mut(), self.models.reader.as_ref()) else {
             return Ok(Vec::new());
         };
@@ -544,7 +566,11 @@ impl VisionSession<'_> {
         let mut lines: Vec<TextLine> = Vec::new();
         let rec_started = Instant::now();
         (t.ocr_rec_run, t.ocr_rec_lines) = (0.0, 0);
-        for text_box in &ocr.boxes {
+        for (i, text_box) in ocr.boxes.iter().enumerate() {
+            if i > 0 && rec_started.elapsed() > self.text_budget {
+                self.text_cut = true;
+                break;
+            }
             let Some(region) = PixelRect::from_box(text_box.bbox, image) else { continue };
             // A slightly rotated line is read from a copy sheared level.
             let (source, region) = match ink_slope(image, region) {

@@ -28,6 +28,9 @@ pub struct Scene {
     pub counts: BTreeMap<String, usize>,
     /// In reading order.
     pub text: Vec<TextLine>,
+    /// Whether reading stopped before the last line, for the time budget.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub text_cut: bool,
     /// The scene classifier's most likely classes for the whole frame, most likely first; empty when it is not
     /// loaded.
     pub scene_labels: Vec<SceneLabel>,
@@ -45,6 +48,7 @@ impl Scene {
             objects,
             counts,
             text,
+            text_cut: false,
             scene_labels: Vec::new(),
             width,
             height,
