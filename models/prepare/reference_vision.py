@@ -4,8 +4,9 @@ Writes $REPO/.cache/testdata/vision/ (preprocessing as documented in vision.py a
   photos/*.jpg|png     darknet's dog, horses, person, giraffe, eagle, kite; scikit-image's astronaut, coffee, chelsea
   text/*.png           known strings rendered dark on light (Pillow, DejaVu and Liberation fonts)
   text/index.json      [{file, text, font, font_file, size}]
-  lines/*.png          long single lines (widths about 300 to 1300 px), clean and degraded (blur, JPEG quality 40,
-                       noise, a 1.5 degree rotation), light on dark too; dense paragraphs of six lines
+  lines/*.png          long single lines (12, 28 and 40 px, about 250 to 1700 px wide) in sans, serif, bold, mono
+                       and condensed fonts, clean and at 28 px degraded (blur, JPEG quality 40, noise, a 1.5 degree
+                       rotation) and light on dark; dense paragraphs of six lines
   lines/index.json     [{file, text, font, size, condition, onnxruntime: what rapidocr's dynamic-width recognizer
                        reads in onnxruntime at each box's own width}]
   tensors/*.npy        exact model inputs (f32, after preprocessing) and onnxruntime's raw outputs
@@ -50,6 +51,9 @@ FONTS = {
     "LiberationSerif": "/usr/share/fonts/truetype/liberation/LiberationSerif-Regular.ttf",
     "LiberationMono": "/usr/share/fonts/truetype/liberation/LiberationMono-Regular.ttf",
 }
+# Fonts only the long lines use (the short renders keep the six above).
+LINE_ONLY_FONTS = {"LiberationSansNarrow": "/usr/share/fonts/truetype/liberation/LiberationSansNarrow-Regular.ttf"}
+ALL_FONTS = {**FONTS, **LINE_ONLY_FONTS}
 SIZES = [24, 32, 40]
 TEXTS = ["EXIT 42", "Lookout 2026", "PUSH TO OPEN", "Platform 9"]
 INK, PAPER = (20, 20, 30), (245, 245, 240)
@@ -59,8 +63,9 @@ SIGN = ("sign.png", [("EXIT 42", "LiberationSans", 40), ("Platform 9", "DejaVuSe
 LONG_LINES = ["The quick brown fox jumps over the lazy dog near the station",
               "Trains to Leeds leave platform 9 every 15 minutes",
               "KEEP THIS DOOR CLOSED AT ALL TIMES"]
-LINE_FONTS = ["DejaVuSans", "DejaVuSerif", "DejaVuSans-Bold", "LiberationSans", "LiberationMono"]
-LINE_SIZES = [16, 28]
+# Sans, serif, bold, mono and condensed; the degraded copies are made at the middle size.
+LINE_FONTS = ["DejaVuSans", "DejaVuSerif", "DejaVuSans-Bold", "LiberationSans", "LiberationMono", "LiberationSansNarrow"]
+LINE_SIZES = [12, 28, 40]
 # A dense paragraph (Dickens, public domain): adjacent lines must stay apart.
 PARAGRAPH = ["It was the best of times, it was the worst of times,",
              "it was the age of wisdom, it was the age of foolishness,",
@@ -86,7 +91,7 @@ def slug(text: str) -> str:
 
 def render(lines: list[tuple[str, str, int]]) -> Image.Image:
     """Lines of (text, font, size) dark on light, left-aligned, with a margin of half the largest size."""
-    fonts = [ImageFont.truetype(FONTS[font], size) for _, font, size in lines]
+    fonts = [ImageFont.truetype(ALL_FONTS[font], size) for _, font, size in lines]
     boxes = [f.getbbox(text) for (text, _, _), f in zip(lines, fonts)]
     margin = max(size for _, _, size in lines) // 2
     width = max(r - l for l, _, r, _ in boxes) + 2 * margin
@@ -102,7 +107,7 @@ def render(lines: list[tuple[str, str, int]]) -> Image.Image:
 
 def paragraph(lines: list[str], font: str, size: int) -> Image.Image:
     """Lines set solid as in a book (baseline to baseline 1.2 times the size), dark on light, margin one size."""
-    face = ImageFont.truetype(FONTS[font], size)
+    face = ImageFont.truetype(ALL_FONTS[font], size)
     pitch = round(1.2 * size)
     width = max(face.getbbox(line)[2] for line in lines) + 2 * size
     image = Image.new("RGB", (width, pitch * len(lines) + 2 * size), PAPER)
@@ -155,7 +160,7 @@ def main() -> int:
     if setup is None:
         return 0
     args, manifest_path = setup
-    missing = [path for path in FONTS.values() if not Path(path).is_file()]
+    missing = [path for path in ALL_FONTS.values() if not Path(path).is_file()]
     if missing:
         print(f"error: missing fonts {missing} (Debian: fonts-dejavu-core fonts-liberation)", file=sys.stderr)
         return 1
@@ -172,7 +177,7 @@ def main() -> int:
         print(f"error: {manifest_path} lacks the vision components", file=sys.stderr)
         return 1
     digest = digest_of((scripts_digest(), *(components[r]["sha256"] for r in roles),
-                        *sorted(s.sha256 for s in sources.values()), *(sha256_file(Path(f)) for f in FONTS.values())))
+                        *sorted(s.sha256 for s in sources.values()), *(sha256_file(Path(f)) for f in ALL_FONTS.values())))
     if references_current(OUT, digest, args.force):
         print(f"vision test references up to date: {OUT} ({time.perf_counter() - start:.1f} s)")
         return 0
@@ -201,7 +206,7 @@ def main() -> int:
     for text in LONG_LINES:
         for font in LINE_FONTS:
             for size in LINE_SIZES:
-                conditions = ["clean", "blur", "jpeg40", "noise", "rotated", "inverted"] if size == LINE_SIZES[-1] else ["clean"]
+                conditions = ["clean", "blur", "jpeg40", "noise", "rotated", "inverted"] if size == LINE_SIZES[1] else ["clean"]
                 for condition in conditions:
                     name = f"{slug(text)[:24]}.{font}.{size}.{condition}.png"
                     write_atomic(OUT / "lines" / name, png(degraded(render([(text, font, size)]), condition)))
