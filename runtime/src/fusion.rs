@@ -8,7 +8,9 @@ use lookout_models::vision::detections::{position, Detection, Horizontal, Vertic
 use lookout_models::vision::Scene;
 use serde::Serialize;
 
-use crate::question::{find_phrase, group_words, names_of, plural, words, Kind, Question};
+use crate::question::{
+    find_phrase, group_words, names_of, number_value, plural, words, Kind, Question, FUNCTION_WORDS, POSITION_WORDS,
+};
 
 /// Longest typed question accepted; longer ones are refused rather than cut.
 pub const MAX_QUESTION_BYTES: usize = 2000;
@@ -96,32 +98,8 @@ impl Task {
     }
 }
 
-/// Words any sentence about a photo may use without claiming anything: function words, the photo itself, seeing,
-/// and the words of a plain "I can't tell".
-const FUNCTION_WORDS: &[&str] = &[
-    "a", "an", "the", "this", "that", "these", "those", "there", "here", "it", "its", "they", "them", "their", "i", "you",
-    "we", "me", "my", "your", "our", "is", "are", "was", "were", "be", "been", "being", "am", "has", "have", "had", "do",
-    "does", "did", "can", "could", "will", "would", "should", "may", "might", "not", "no", "yes", "nor", "and", "or",
-    "but", "so", "if", "than", "as", "of", "in", "on", "at", "to", "from", "by", "with", "for", "into", "onto", "over",
-    "under", "above", "below", "near", "next", "beside", "behind", "between", "among", "around", "up", "down", "out",
-    "all", "some", "any", "each", "every", "both", "either", "neither", "several", "only", "just", "also", "too",
-    "what", "which", "who", "where", "how", "s", "t", "don", "doesn", "isn", "aren", "cannot", "photo",
-    "photos", "image", "images", "picture", "pictures", "scene", "frame", "view", "camera", "see", "sees", "seen",
-    "show", "shows", "showing", "shown", "appear", "appears", "visible", "contains", "contain", "containing", "include",
-    "includes", "including", "tell", "sure", "know", "total", "altogether", "none", "nothing", "anything", "something",
-];
-
-/// Where things are, as the facts say it.
-const POSITION_WORDS: &[&str] = &[
-    "left", "right", "middle", "center", "centre", "top", "bottom", "front", "background", "foreground", "side", "sides",
-    "corner", "across", "upper", "lower", "half",
-];
-
 /// What a sentence about text in the photo may say about it.
 const TEXT_WORDS: &[&str] = &["sign", "signs", "text", "reads", "read", "says", "say", "written", "writing", "words", "word", "label"];
-
-const NUMBER_WORDS: [&str; 13] =
-    ["no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"];
 
 /// A word without its commonest English endings ("fills", "filled", "filling" → "fill"), so that a sentence may
 /// use another form of a word it was given.
@@ -132,15 +110,6 @@ fn stem(word: &str) -> &str {
         .unwrap_or(word)
 }
 
-/// The number a word says ("8", "eight", "a", "pair"), if any.
-pub fn number_value(word: &str) -> Option<usize> {
-    word.parse().ok().or_else(|| NUMBER_WORDS.iter().position(|w| *w == word)).or(match word {
-        "a" | "an" | "single" => Some(1),
-        "pair" | "couple" => Some(2),
-        "trio" => Some(3),
-        _ => None,
-    })
-}
 
 /// "a dog", "an apple", "8 people".
 fn counted(label: &str, count: usize) -> String {
@@ -474,8 +443,9 @@ impl SceneFacts<'_> {
         asked.is_empty() || asked.iter().any(|a| said.iter().any(|s| stem(s) == stem(a)))
     }
 
-    /// A yes/no question about nothing the detector or the text reader can report ("is the door open?" when
-    /// doors are not among the labels and no text mentions one): the decoder would only guess.
+    /// A yes/no question the scene cannot settle: about nothing the detector or the text reader reports ("is the
+    /// door open?" when doors are not among the labels and no text mentions one), or about more than whether a
+    /// thing is there ("is the dog asleep?"): the decoder would only guess.
     pub fn beyond_perception(&self, task: &Task) -> bool {
         let Task::Answer(question) = task else { return false };
         let asked = words(question);
@@ -483,7 +453,8 @@ impl SceneFacts<'_> {
             matches!(w.as_str(), "is" | "are" | "was" | "were" | "does" | "do" | "did" | "can" | "could" | "has" | "have" | "will")
         });
         let seen_text: Vec<String> = self.scene.text.iter().flat_map(|t| words(&t.text)).filter(|w| w.len() > 2).collect();
-        yes_no && self.labels_in(question).is_empty() && !asked.iter().any(|w| seen_text.contains(w))
+        let other = Question::parse(question, self.known_labels).kind == Kind::Other;
+        yes_no && other && !asked.iter().any(|w| seen_text.contains(w))
     }
 
     /// The sentence used without the decoder: the scene's own answer to the questions it answers, a caption, what

@@ -42,6 +42,36 @@ pub struct Subject {
     pub group: bool,
 }
 
+/// Words any sentence about a photo may use without claiming anything: function words, the photo itself, seeing,
+/// and the words of a plain "I can't tell".
+pub const FUNCTION_WORDS: &[&str] = &[
+    "a", "an", "the", "this", "that", "these", "those", "there", "here", "it", "its", "they", "them", "their", "i", "you",
+    "we", "me", "my", "your", "our", "is", "are", "was", "were", "be", "been", "being", "am", "has", "have", "had", "do",
+    "does", "did", "can", "could", "will", "would", "should", "may", "might", "not", "no", "yes", "nor", "and", "or",
+    "but", "so", "if", "than", "as", "of", "in", "on", "at", "to", "from", "by", "with", "for", "into", "onto", "over",
+    "under", "above", "below", "near", "next", "beside", "behind", "between", "among", "around", "up", "down", "out",
+    "all", "some", "any", "each", "every", "both", "either", "neither", "several", "only", "just", "also", "too",
+    "what", "which", "who", "where", "how", "s", "t", "don", "doesn", "isn", "aren", "cannot", "photo",
+    "photos", "image", "images", "picture", "pictures", "scene", "frame", "view", "camera", "see", "sees", "seen",
+    "show", "shows", "showing", "shown", "appear", "appears", "visible", "contains", "contain", "containing", "include",
+    "includes", "including", "tell", "sure", "know", "total", "altogether", "none", "nothing", "anything", "something",
+];
+
+/// Where things are, as the facts say it.
+pub const POSITION_WORDS: &[&str] = &[
+    "left", "right", "middle", "center", "centre", "top", "bottom", "front", "background", "foreground", "side", "sides",
+    "corner", "across", "upper", "lower", "half",
+];
+
+/// Words that leave a yes/no question one of existence ("is anyone there?", "do you see a dog?").
+const EXISTENCE_WORDS: &[&str] = &[
+    "exist", "exists", "present", "visible", "any", "anyone", "anybody", "someone", "somebody", "anything", "something",
+    "outside", "inside", "outdoors", "indoors", "around", "here", "there",
+];
+
+/// Words after which the rest of a question says where ("in the water", "on the beach"), not what.
+const PLACE_PREPOSITIONS: &[&str] = &["in", "on", "at", "near", "by", "under", "behind", "beside", "next", "outside", "inside", "around", "across"];
+
 /// Everyday words for one COCO label, beside the label itself and its plural.
 fn label_synonyms(label: &str) -> &'static [&'static str] {
     match label {
@@ -154,7 +184,19 @@ impl Question {
         let w = words(text);
         let found = subjects(&w, known);
         let named_second = found.first().is_some_and(|(at, _)| *at == 1); // "what animal ...", "which cars ..."
-        let kind = kind_of(&w, !found.is_empty(), named_second);
+        let mut named = vec![false; w.len()];
+        for (at, subject) in &found {
+            named[*at..*at + subject.words.split(' ').count()].iter_mut().for_each(|n| *n = true);
+        }
+        // Words that ask something of what is named ("sleeping", "red", "open"): before any place phrase, neither
+        // named nor a function, position or existence word.
+        let before_place = w.iter().position(|x| PLACE_PREPOSITIONS.contains(&x.as_str())).unwrap_or(w.len());
+        let predicate = (0..before_place).any(|i| {
+            let x = w[i].as_str();
+            !named[i] && !FUNCTION_WORDS.contains(&x) && !POSITION_WORDS.contains(&x) && !EXISTENCE_WORDS.contains(&x) && number_value(x).is_none()
+        });
+        let counted = w.iter().any(|x| number_value(x).is_some() && !matches!(x.as_str(), "a" | "an" | "no" | "single"));
+        let kind = kind_of(&w, !found.is_empty(), named_second, predicate, counted);
         Question { kind, subjects: found.into_iter().map(|(_, s)| s).collect() }
     }
 
@@ -203,7 +245,20 @@ fn subjects(w: &[String], known: &[String]) -> Vec<(usize, Subject)> {
     found
 }
 
-fn kind_of(w: &[String], names_something: bool, named_second: bool) -> Kind {
+const NUMBER_WORDS: [&str; 13] =
+    ["no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"];
+
+/// The number a word says ("8", "eight", "a", "pair"), if any.
+pub fn number_value(word: &str) -> Option<usize> {
+    word.parse().ok().or_else(|| NUMBER_WORDS.iter().position(|w| *w == word)).or(match word {
+        "a" | "an" | "single" => Some(1),
+        "pair" | "couple" => Some(2),
+        "trio" => Some(3),
+        _ => None,
+    })
+}
+
+fn kind_of(w: &[String], names_something: bool, named_second: bool, predicate: bool, counted: bool) -> Kind {
     let has = |phrase: &str| !find_phrase(w, phrase).is_empty();
     let first = w.first().map(String::as_str).unwrap_or("");
     if has("how many") || has("number of") || (first == "count") {
@@ -217,8 +272,9 @@ fn kind_of(w: &[String], names_something: bool, named_second: bool) -> Kind {
         return Kind::Where;
     }
     let yes_no = matches!(first, "is" | "are" | "was" | "were" | "do" | "does" | "did" | "can" | "could" | "has" | "have" | "any" | "anything" | "anyone" | "anybody" | "someone");
-    if names_something && (yes_no || has("is there") || has("are there")) {
-        return Kind::Exists;
+    if names_something && (yes_no || has("is there") || has("are there")) && !predicate {
+        // "Are there two dogs?" is answered with the count.
+        return if counted { Kind::Count } else { Kind::Exists };
     }
     if has("what do you see") || has("what can you see") || has("what is in") || has("what s in") || has("what is there") || has("what s there") || first == "describe" || has("tell me what") || has("what is happening") || has("what s happening") {
         return Kind::Describe;
@@ -265,6 +321,11 @@ mod tests {
             ("What do you see?", Kind::Describe),
             ("Describe the scene.", Kind::Describe),
             ("Is the door open?", Kind::Other),
+            ("Is the dog sleeping?", Kind::Other),
+            ("Is there a red car?", Kind::Other),
+            ("Is anyone on the beach?", Kind::Exists),
+            ("Can you see anyone in the water?", Kind::Exists),
+            ("Are there two dogs?", Kind::Count),
             ("Why is the sky blue?", Kind::Other),
         ];
         for (q, kind) in cases {

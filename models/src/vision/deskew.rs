@@ -6,6 +6,9 @@ use crate::vision::letterbox::PixelRect;
 
 /// Slopes below this (rows per column, about half a degree) are left alone.
 pub const MIN_SLOPE: f32 = 0.008;
+/// A slope whose drift across the line is less than this share of the crop's height is left alone too: in a short
+/// word the ink centres of tall and short letters make a slope of their own.
+pub const MIN_DRIFT: f32 = 0.2;
 /// Slopes above this (about 8 degrees) are not a slightly rotated line; they are left alone too.
 const MAX_SLOPE: f32 = 0.15;
 
@@ -28,6 +31,12 @@ fn background_and_ink(image: &RgbImage, region: PixelRect) -> Option<(f32, f32)>
 
 /// The slope of a long line's ink in `region` (positive: falling to the right), by least squares over each
 /// column's ink centre weighted by its ink; None for a crop that is not a long line with ink across it.
+pub fn slant(image: &RgbImage, region: PixelRect) -> Option<f32> {
+    ink_slope(image, region)
+        .filter(|s| s.abs() >= MIN_SLOPE && s.abs() * region.width as f32 >= MIN_DRIFT * region.height as f32)
+}
+
+/// The least-squares slope of the ink in `region`, however small; see [`slant`].
 pub fn ink_slope(image: &RgbImage, region: PixelRect) -> Option<f32> {
     if region.width < 4 * region.height || region.height < 8 {
         return None;
@@ -137,5 +146,9 @@ mod tests {
         assert_eq!(ink_slope(&short, PixelRect::whole(&short)), None);
         let blank = RgbImage::new(200, 30);
         assert_eq!(ink_slope(&blank, PixelRect::whole(&blank)), None);
+        let gentle = slanted_line(200, 40, 20.0, 0.02);
+        assert!(slant(&gentle, PixelRect::whole(&gentle)).is_none(), "4 rows of drift in a 40-row crop is left alone");
+        let slanted = slanted_line(200, 30, 8.0, 0.07);
+        assert!(slant(&slanted, PixelRect::whole(&slanted)).is_some());
     }
 }

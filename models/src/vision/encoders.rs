@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use crate::bundle::{Bundle, Component};
 use crate::engine::{self, DatumType, Dim, Graph, GraphSpec, GraphState};
 use crate::error::{ModelError, Result};
-use crate::vision::deskew::{ink_slope, level_crop, MIN_SLOPE};
+use crate::vision::deskew::{level_crop, slant};
 use crate::vision::detections::{filter_detections, Detection, DetectionFilter};
 use crate::vision::image::RgbImage;
 use crate::vision::letterbox::{letterbox_into, text_line_into, Layout, Normalization, Padding, PixelRect};
@@ -573,8 +573,8 @@ impl VisionSession<'_> {
             }
             let Some(region) = PixelRect::from_box(text_box.bbox, image) else { continue };
             // A slightly rotated line is read from a copy sheared level.
-            let (source, region) = match ink_slope(image, region) {
-                Some(slope) if slope.abs() >= MIN_SLOPE => {
+            let (source, region) = match slant(image, region) {
+                Some(slope) => {
                     level_crop(image, region, slope, &mut ocr.level);
                     (&ocr.level, PixelRect::whole(&ocr.level))
                 }

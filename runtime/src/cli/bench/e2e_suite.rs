@@ -27,7 +27,8 @@ use super::llama_cpp::LlamaCppDecoder;
 use super::{median, peer_python, since_process_start, write_report, BenchArgs};
 use crate::answer::{reply, Decoder};
 use crate::cli::Context;
-use crate::fusion::{number_value, SceneFacts, Task};
+use crate::fusion::{SceneFacts, Task};
+use crate::question::number_value;
 
 /// The variant that answers from the scene alone, without a decoder.
 const SCENE_ONLY: &str = "scene";
