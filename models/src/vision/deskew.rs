@@ -23,8 +23,11 @@ fn background_and_ink(image: &RgbImage, region: PixelRect) -> Option<(f32, f32)>
         .flat_map(|y| (region.x..region.x + region.width).map(move |x| (x, y)))
         .map(|(x, y)| grey(image, x, y))
         .collect();
-    values.sort_by(f32::total_cmp);
-    let background = *values.get(values.len() / 2)?;
+    if values.is_empty() {
+        return None;
+    }
+    let middle = values.len() / 2;
+    let background = *values.select_nth_unstable_by(middle, f32::total_cmp).1;
     let spread = values.iter().map(|v| (v - background).abs()).fold(0.0, f32::max);
     (spread >= 32.0).then_some((background, spread / 2.0))
 }
