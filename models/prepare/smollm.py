@@ -3,8 +3,10 @@
 Optimum-style I/O, which tract's `transformers_detect_all` turns into a KV cache kept in the run state:
 inputs `input_ids` [1,S], `attention_mask` [1,P+S], `position_ids` [1,S], `past_key_values.N.key|value` [1,Hkv,P,D];
 outputs `logits` [1,1,V] (last position only) and `present.N.key|value` [1,Hkv,P+S,D]. Lengths come from the mask,
-never from Shape(past). Variants: `q4` (matmul weights as MatMulNBits, 4 bits, blocks of 32, symmetric; tract packs
-them as Q4_0 and keeps them quantized in memory) and `f32` (the reference).
+never from Shape(past). Variants: `q4` (every product and the embedding read the GGUF's own blocks, Q4_1 and Q8_0 as
+stored, through Lookout's `LookoutBlockMatMul` / `LookoutBlockGather` operators; exact against the dequantized
+weights, and only tract with Lookout's operators runs it) and `f32` (the dequantized weights as plain ONNX: the
+reference onnxruntime runs).
 """
 
 from __future__ import annotations
@@ -101,56 +103,30 @@ class LlamaWeights:
         w = np.asarray(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
         return self._unpermute(name, w.reshape([int(d) for d in reversed(tensor.shape)]))
 
-    def nibble_terms(self, name: str) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray | None]:
-        """The tensor as a sum of 4-bit terms `scale * (code - 8)` (codes u8 [N, K] in 0..15, scales f32 [N, K/32])
-        plus an optional per-block offset [N, K/32], exactly where the GGUF blocks allow:
-        Q4_1 (`d * q + m`) is one term with offset m + 8d; Q8_0 (`d * q`, q in -128..127) splits q = 16 hi + lo into
-        two terms (scales 16d and d) with offset 8d. Other types are requantized to one symmetric term."""
+    def blocks(self, name: str) -> tuple[str, np.ndarray]:
+        """The tensor as the GGUF's own blocks: its format name and bytes u8 [N, K/32 * block bytes], rows in
+        rotate-half order. Q4_0, Q4_1 and Q8_0 are kept as stored; other types are quantized to Q8_0."""
         tensor = self._tensor(name)
         n, k = (int(d) for d in reversed(tensor.shape))
-        raw = np.asarray(tensor.data, dtype=np.uint8)
-        blocks = (n, k // BLOCK)
-        if tensor.tensor_type == GGMLQuantizationType.Q4_1:
-            raw = raw.reshape(*blocks, 4 + BLOCK // 2)
-            scale = raw[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
-            minimum = raw[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32)
-            # ggml packs element j in the low nibble and element j+16 in the high nibble of byte j.
-            codes = np.concatenate([raw[..., 4:] & 0x0F, raw[..., 4:] >> 4], axis=-1).reshape(n, k)
-            terms, offset = [(codes, scale)], minimum + 8.0 * scale
-        elif tensor.tensor_type == GGMLQuantizationType.Q8_0:
-            raw = raw.reshape(*blocks, 2 + BLOCK)
-            scale = raw[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
-            q = raw[..., 2:].copy().view(np.int8).astype(np.int16).reshape(n, k)
-            high = np.floor_divide(q, 16)
-            low = q - 16 * high
-            terms = [((high + 8).astype(np.uint8), 16.0 * scale), (low.astype(np.uint8), scale)]
-            offset = 8.0 * scale
-        else:
-            terms, offset = [quantize_q4(self(name))], None
-            return terms, offset
-        terms = [(self._unpermute(name, c), self._unpermute(name, s)) for c, s in terms]
-        return terms, None if offset is None else self._unpermute(name, offset)
+        if tensor.tensor_type in BLOCK_BYTES:
+            fmt = tensor.tensor_type.name
+            raw = np.asarray(tensor.data, dtype=np.uint8).reshape(n, k // BLOCK * BLOCK_BYTES[tensor.tensor_type])
+            return fmt, np.ascontiguousarray(self._unpermute(name, raw))
+        return "Q8_0", quantize_q8_0(self(name))
 
 
-def pack_nibbles(codes: np.ndarray) -> np.ndarray:
-    """MatMulNBits' B layout: uint8 [N, K/32, 16], element 2j in the low nibble of byte j."""
-    n, k = codes.shape
-    blocks = codes.reshape(n, k // BLOCK, BLOCK)
-    return np.ascontiguousarray(blocks[..., 0::2] | (blocks[..., 1::2] << 4))
+BLOCK_BYTES = {GGMLQuantizationType.Q4_0: 18, GGMLQuantizationType.Q4_1: 20, GGMLQuantizationType.Q8_0: 34}
 
 
-def quantize_q4(w_out_in: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric 4-bit blocks of 32 along the input axis with ggml Q4_0 rounding (scale = signed max / -8).
-
-    Returns codes (u8 [N, K], zero at 8) and scales (f32 [N, K/32]).
-    """
+def quantize_q8_0(w_out_in: np.ndarray) -> np.ndarray:
+    """ggml's Q8_0 blocks of 32 along the input axis (scale = max |w| / 127, stored as f16; codes rounded)."""
     n, k = w_out_in.shape
-    blocks = w_out_in.reshape(n, k // BLOCK, BLOCK)
-    idx = np.abs(blocks).argmax(axis=-1)[..., None]
-    scale = np.take_along_axis(blocks, idx, axis=-1) / -8.0
-    safe = np.where(scale != 0, scale, 1.0)
-    q = np.where(scale != 0, np.floor(blocks / safe + 8.5), 8.0)
-    return np.clip(q, 0, 15).astype(np.uint8).reshape(n, k), scale[..., 0].astype(np.float32)
+    blocks = w_out_in.reshape(n, k // BLOCK, BLOCK).astype(np.float32)
+    scale = np.abs(blocks).max(axis=-1, keepdims=True) / 127.0
+    inverse = np.where(scale != 0, 1.0 / np.where(scale != 0, scale, 1.0), 0.0)
+    codes = np.clip(np.round(blocks * inverse), -127, 127).astype(np.int8)
+    header = scale.astype(np.float16).view(np.uint8)  # [n, k/32, 2]
+    return np.ascontiguousarray(np.concatenate([header, codes.view(np.uint8)], axis=-1).reshape(n, -1))
 
 
 class LlamaGraph(GraphBuilder):
@@ -158,6 +134,7 @@ class LlamaGraph(GraphBuilder):
         super().__init__(f"llama-decoder-{variant}")
         self.dims = dims
         self.variant = variant
+        self.block_consts: dict[str, tuple[str, str]] = {}
 
     def rms_norm(self, x: str, gamma: np.ndarray) -> str:
         last = self.ints(-1)
@@ -165,65 +142,50 @@ class LlamaGraph(GraphBuilder):
         rms = self.op("Sqrt", self.op("Add", mean_sq, self.const(np.float32(self.dims.rms_eps), "eps")))
         return self.op("Mul", self.op("Div", x, rms), self.const(gamma.astype(np.float32), "gamma"))
 
+    def block_const(self, weights: LlamaWeights, name: str) -> tuple[str, str]:
+        """The GGUF tensor `name` as one u8 initializer of its blocks, shared by every node that reads it."""
+        if name not in self.block_consts:
+            fmt, blocks = weights.blocks(name)
+            self.block_consts[name] = (fmt, self.const(blocks, name.replace(".", "_") + "_blocks"))
+        return self.block_consts[name]
+
     def project(self, x: str, weights: LlamaWeights, names: list[str], scope: str) -> list[str]:
         """x @ w.T for each GGUF tensor in `names` (all with the same input width), as one product whose outputs are
-        split apart: a plain MatMul for f32; for q4 one MatMulNBits (zero point 8) per nibble term of the stacked
-        weights, plus the per-block offsets times the activations' sums over each block of 32. One product per input
-        instead of one per projection keeps the graph small: per-node cost outweighs arithmetic on a 135M model."""
+        split apart: a plain MatMul over the stacked weights for f32; for q4 one `LookoutBlockMatMul` over the
+        stacked GGUF blocks, computed from them as stored. One product per input instead of one per projection keeps
+        the graph small: per-node cost outweighs arithmetic on a 135M model."""
         with self.scope(scope):
             if self.variant == "f32":
                 matrices = [weights(name) for name in names]
                 widths = [m.shape[0] for m in matrices]
                 y = self.op("MatMul", x, self.const(np.ascontiguousarray(np.concatenate(matrices, axis=0).T), "weight"))
             else:
-                per_name = [weights.nibble_terms(name) for name in names]
-                widths = [terms[0][0].shape[0] for terms, _ in per_name]
-                n_terms = {len(terms) for terms, _ in per_name}
-                if len(n_terms) != 1 or len({offset is None for _, offset in per_name}) != 1:
-                    raise GgufError(f"{names} mix quantization types; they cannot share one product")
-                k = per_name[0][0][0][0].shape[1]
-                parts = []
-                for t in range(n_terms.pop()):
-                    codes = np.concatenate([terms[t][0] for terms, _ in per_name], axis=0)
-                    scale = np.concatenate([terms[t][1] for terms, _ in per_name], axis=0)
-                    parts.append(self.op(
-                        "MatMulNBits", x, self.const(pack_nibbles(codes), "weight_q4"), self.const(scale.reshape(-1), "scales"),
-                        domain="com.microsoft", K=k, N=codes.shape[0], bits=4, block_size=BLOCK,
-                    ))
-                if per_name[0][1] is not None:
-                    offset = np.concatenate([offset for _, offset in per_name], axis=0)
-                    sums = self.op("ReduceSum", self.op("Reshape", x, self.ints(1, -1, k // BLOCK, BLOCK)), self.ints(-1), keepdims=0)
-                    parts.append(self.op("MatMul", sums, self.const(np.ascontiguousarray(offset.T), "block_offsets")))
-                y = parts[0]
-                for part in parts[1:]:
-                    y = self.op("Add", y, part)
+                tensors = [weights.blocks(name) for name in names] if len(names) > 1 else None
+                if tensors is None:
+                    fmt, blocks = self.block_const(weights, names[0])
+                    n = int(weights._tensor(names[0]).shape[1])
+                    widths = [n]
+                else:
+                    if len({fmt for fmt, _ in tensors}) != 1:
+                        raise GgufError(f"{names} mix quantization types; they cannot share one product")
+                    fmt = tensors[0][0]
+                    widths = [b.shape[0] for _, b in tensors]
+                    blocks = self.const(np.concatenate([b for _, b in tensors], axis=0), "weight_blocks")
+                k = int(weights._tensor(names[0]).shape[0])
+                y = self.op("LookoutBlockMatMul", x, blocks, domain="ai.lookout", format=fmt, K=k, N=sum(widths))
             if len(names) == 1:
                 return [y]
             return list(self.op("Split", y, self.ints(*widths), axis=-1, outputs=len(names)))
 
     def embed(self, ids: str, weights: LlamaWeights, name: str) -> str:
-        """Rows of the GGUF table `name` for `ids`: a plain Gather for f32; for q4 one GatherBlockQuantized per
-        nibble term (the table stays 4-bit in memory), plus the gathered per-block offsets."""
+        """Rows of the GGUF table `name` for `ids`: a plain Gather for f32; for q4 a `LookoutBlockGather` over the
+        table's blocks (the same initializer the output head reads when the model ties them)."""
         with self.scope("embed"):
             if self.variant == "f32":
                 return self.op("Gather", self.const(weights(name), "token_embd"), ids, axis=0)
-            terms, offset = weights.nibble_terms(name)
-            n, k = terms[0][0].shape
-            parts = [
-                self.op(
-                    "GatherBlockQuantized", self.const(pack_nibbles(codes).reshape(n, k // 2), "table_q4"), ids,
-                    self.const(scale, "scales"), domain="com.microsoft", bits=4, block_size=BLOCK,
-                    gather_axis=0, quantize_axis=1,
-                )
-                for codes, scale in terms
-            ]
-            if offset is not None:
-                rows = self.op("Unsqueeze", self.op("Gather", self.const(offset, "block_offsets"), ids, axis=0), self.ints(-1))
-                parts.append(self.op("Reshape", self.op("Expand", rows, self.ints(1, 1, 1, BLOCK)), self.ints(1, -1, k)))
-            y = parts[0]
-            for part in parts[1:]:
-                y = self.op("Add", y, part)
-            return y
+            fmt, blocks = self.block_const(weights, name)
+            k = int(weights._tensor(name).shape[0])
+            return self.op("LookoutBlockGather", blocks, ids, domain="ai.lookout", format=fmt, K=k)
 
 
 def build_decoder(gguf_path: Path, variant: str) -> tuple[LlamaDims, onnx.ModelProto]:
@@ -321,34 +283,6 @@ def build_decoder(gguf_path: Path, variant: str) -> tuple[LlamaDims, onnx.ModelP
     return dims, model
 
 
-def check_variants(decoders: dict[str, bytes], dims: LlamaDims) -> float:
-    """Runs both variants in onnxruntime on one prompt split into prefill + cached step; the q4 graph holds the
-    GGUF's own blocks, so its logits must equal the f32 graph's. Returns the largest difference."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    empty = np.zeros((1, dims.n_kv_heads, 0, dims.head_dim), np.float32)
-    prompt = [1, 9690, 198, 2683, 359, 253, 5356, 5646]  # SmolLM2's chat template opening its system turn
-    results = {}
-    for variant, data in decoders.items():
-        session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-        names = [o.name for o in session.get_outputs()]
-        past = {f"past_key_values.{n}.{kv}": empty for n in range(dims.n_layers) for kv in ("key", "value")}
-        logits = []
-        for start, ids in ((0, prompt[:-1]), (len(prompt) - 1, prompt[-1:])):
-            feed = {"input_ids": np.array([ids], np.int64), "attention_mask": np.ones((1, start + len(ids)), np.int64),
-                    "position_ids": np.arange(start, start + len(ids), dtype=np.int64)[None], **past}
-            out = dict(zip(names, session.run(None, feed)))
-            past = {name.replace("present", "past_key_values"): v for name, v in out.items() if name != "logits"}
-            logits.append(out["logits"].reshape(-1))
-        results[variant] = np.stack(logits)
-    diff = float(np.abs(results["q4"] - results["f32"]).max())
-    if not np.isfinite(diff) or diff > 2e-3:
-        raise AssertionError(f"q4 and f32 decoders disagree by {diff} on the check prompt")
-    return diff
-
-
 def build(sources: dict[str, Source], emit, bundle: Path) -> None:
     """Copies the GGUF into the bundle (the runtime reads its tokenizer, chat template and hyperparameters) and
     writes both decoder variants after checking them in onnxruntime."""
@@ -361,8 +295,6 @@ def build(sources: dict[str, Source], emit, bundle: Path) -> None:
     for variant in VARIANTS:
         dims, model = build_decoder(bundle / gguf_file, variant)
         decoders[variant] = model.SerializeToString()
-    diff = check_variants(decoders, dims)
-    print(f"  decoder q4 vs f32 logits in onnxruntime: max difference {diff:.2e}", flush=True)
     kv = [1, dims.n_kv_heads, "P", dims.head_dim]
     for variant, data in decoders.items():
         emit(data, name=f"smollm2-135m-instruct-decoder-{variant}", role="llm-decoder", variant=variant,

@@ -11,6 +11,7 @@ use tract_onnx::prelude::*;
 use crate::bundle::{Bundle, Component};
 use crate::error::{ModelError, Result};
 
+pub mod block_quant;
 mod nnef_ops;
 
 pub use tract_onnx::prelude::{DatumType, TValue, Tensor};
@@ -135,7 +136,9 @@ pub const ENGINE: &str = "tract 0.23.9";
 /// Parses an ONNX graph, declares its inputs, declutters it and applies the named model transforms: everything
 /// before optimization, which is what a compiled graph holds.
 fn prepare(path: &Path, spec: &GraphSpec) -> TractResult<TypedModel> {
-    let mut model = tract_onnx::onnx().with_ignore_output_shapes(true).with_ignore_value_info(true).model_for_path(path)?;
+    let mut onnx = tract_onnx::onnx().with_ignore_output_shapes(true).with_ignore_value_info(true);
+    block_quant::onnx::register(&mut onnx.op_register);
+    let mut model = onnx.model_for_path(path)?;
     for (ix, (dtype, dims)) in spec.inputs.iter().enumerate() {
         let shape: TVec<TDim> = dims
             .iter()

@@ -1,6 +1,7 @@
 //! NNEF forms for the operators that decluttering leaves in Lookout's graphs and that tract's own registries cannot
 //! write, so that every graph of a bundle can be compiled: the exact GELU, and the ONNX importer's dynamic u8
-//! quantization (replaced by an operator of the same arithmetic that this crate can name).
+//! quantization (replaced by an operator of the same arithmetic that this crate can name), and the GGUF block
+//! products and lookups of [`super::block_quant`].
 
 use tract_nnef::internal::*;
 use tract_nnef::ser::{invocation, IntoAst};
@@ -17,6 +18,7 @@ pub fn registry() -> Registry {
         &[("output", TypeName::Integer.tensor()), ("scale", TypeName::Scalar.tensor()), ("zero_point", TypeName::Integer.tensor())],
         load_dynamic_quantize,
     );
+    super::block_quant::register_nnef(&mut registry);
     registry
 }
 

@@ -1,0 +1,724 @@
+//! Matrix products and row lookups computed straight from a GGUF file's own quantized blocks (Q4_0, Q4_1, Q8_0):
+//! the weights stay in the file's bytes, nothing is repacked at load, and each product is exact against the
+//! dequantized weights up to the order of f32 additions (activations are never quantized).
+
+use tract_linalg::multithread::{current_tract_executor, Executor};
+use tract_nnef::internal::*;
+use tract_nnef::ser::{invocation, numeric, string, IntoAst};
+
+/// Values per block in every format here.
+pub const BLOCK: usize = 32;
+
+/// A GGUF block layout. Each block holds 32 weights as a little-endian f16 scale `d`, for Q4_1 an f16 minimum `m`,
+/// then the codes: Q4_0 and Q4_1 pack element j in the low nibble and element j+16 in the high nibble of byte j
+/// (values `d * (code - 8)` and `d * code + m`); Q8_0 holds 32 signed bytes (values `d * code`).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum BlockFormat {
+    Q4_0,
+    Q4_1,
+    Q8_0,
+}
+
+impl BlockFormat {
+    pub fn parse(name: &str) -> TractResult<BlockFormat> {
+        match name {
+            "Q4_0" => Ok(BlockFormat::Q4_0),
+            "Q4_1" => Ok(BlockFormat::Q4_1),
+            "Q8_0" => Ok(BlockFormat::Q8_0),
+            other => bail!("unknown GGUF block format {other:?} (known: Q4_0, Q4_1, Q8_0)"),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BlockFormat::Q4_0 => "Q4_0",
+            BlockFormat::Q4_1 => "Q4_1",
+            BlockFormat::Q8_0 => "Q8_0",
+        }
+    }
+
+    /// Bytes of one block of 32 weights.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            BlockFormat::Q4_0 => 18,
+            BlockFormat::Q4_1 => 20,
+            BlockFormat::Q8_0 => 34,
+        }
+    }
+
+    fn codes_at(self) -> usize {
+        match self {
+            BlockFormat::Q4_1 => 4,
+            BlockFormat::Q4_0 | BlockFormat::Q8_0 => 2,
+        }
+    }
+
+    /// A block's scale and the coefficient of the activations' block sum: every value is `scale * code + offset`.
+    fn scale_and_offset(self, block: &[u8]) -> (f32, f32) {
+        let scale = f16_at(block, 0);
+        let offset = match self {
+            BlockFormat::Q4_0 => -8.0 * scale,
+            BlockFormat::Q4_1 => f16_at(block, 2),
+            BlockFormat::Q8_0 => 0.0,
+        };
+        (scale, offset)
+    }
+
+    /// A block's 32 codes as f32, in element order.
+    fn codes(self, block: &[u8], out: &mut [f32; BLOCK]) {
+        let codes = &block[self.codes_at()..self.block_bytes()];
+        match self {
+            BlockFormat::Q8_0 => out.iter_mut().zip(codes).for_each(|(o, &c)| *o = c as i8 as f32),
+            BlockFormat::Q4_0 | BlockFormat::Q4_1 => {
+                for (j, &byte) in codes.iter().enumerate() {
+                    out[j] = (byte & 0x0F) as f32;
+                    out[j + BLOCK / 2] = (byte >> 4) as f32;
+                }
+            }
+        }
+    }
+
+    /// Dequantizes one row of blocks into `out` (its length is the row's width).
+    pub fn dequantize_row(self, row: &[u8], out: &mut [f32]) {
+        let mut codes = [0f32; BLOCK];
+        for (block, values) in row.chunks_exact(self.block_bytes()).zip(out.chunks_exact_mut(BLOCK)) {
+            let (scale, offset) = self.scale_and_offset(block);
+            self.codes(block, &mut codes);
+            values.iter_mut().zip(&codes).for_each(|(v, &c)| *v = scale * c + offset);
+        }
+    }
+}
+
+fn f16_at(bytes: &[u8], at: usize) -> f32 {
+    f16::from_bits(u16::from_le_bytes([bytes[at], bytes[at + 1]])).to_f32()
+}
+
+/// The shape of one product: `n` weight rows of `k` values each, in blocks.
+#[derive(Clone, Copy, Debug)]
+struct Weights<'a> {
+    format: BlockFormat,
+    blocks: &'a [u8],
+    k: usize,
+}
+
+impl Weights<'_> {
+    fn row_bytes(&self) -> usize {
+        self.k / BLOCK * self.format.block_bytes()
+    }
+
+    fn row(&self, j: usize) -> &[u8] {
+        let bytes = self.row_bytes();
+        &self.blocks[j * bytes..(j + 1) * bytes]
+    }
+}
+
+/// Activations: `rows` rows of `k` values, with each row's sums over each block of 32 (what a block's offset
+/// multiplies).
+struct Activations<'a> {
+    values: &'a [f32],
+    block_sums: Vec<f32>,
+    rows: usize,
+}
+
+impl<'a> Activations<'a> {
+    fn new(values: &'a [f32], k: usize) -> Activations<'a> {
+        let block_sums = values.chunks_exact(BLOCK).map(|block| block.iter().sum()).collect();
+        Activations { values, block_sums, rows: values.len() / k }
+    }
+}
+
+/// Where the products land: `rows × n`, row-major. Workers write disjoint columns.
+#[derive(Clone, Copy)]
+struct Output {
+    ptr: *mut f32,
+    n: usize,
+}
+
+// SAFETY: workers write disjoint weight rows' columns of one buffer that outlives them.
+unsafe impl Send for Output {}
+unsafe impl Sync for Output {}
+
+/// Products per work item below which a product stays on the calling thread: dispatching to the pool costs more.
+const PARALLEL_MIN_MACS: usize = 200_000;
+
+/// `out[s][j] = Σ_i x[s][i] * w[j][i]` for every activation row `s` of `x` (rows of `k` values) and each of the `n`
+/// weight rows held in `blocks`; `out` holds `rows × n` values.
+pub fn matmul(format: BlockFormat, blocks: &[u8], k: usize, n: usize, x: &[f32], out: &mut [f32]) -> TractResult<()> {
+    let weights = Weights { format, blocks, k };
+    ensure!(k % BLOCK == 0 && x.len() % k == 0, "BlockMatMul: {} activations are not rows of k={k}", x.len());
+    ensure!(
+        blocks.len() == n * weights.row_bytes(),
+        "BlockMatMul: {} bytes of {} blocks for {n}×{k} weights",
+        blocks.len(),
+        format.name()
+    );
+    ensure!(out.len() == x.len() / k * n, "BlockMatMul: {} outputs for {} rows of {n}", out.len(), x.len() / k);
+    product(weights, n, x, out);
+    Ok(())
+}
+
+fn product(weights: Weights, n: usize, x: &[f32], out: &mut [f32]) {
+    let k = weights.k;
+    let activations = Activations::new(x, k);
+    let output = Output { ptr: out.as_mut_ptr(), n };
+    let columns = |range: std::ops::Range<usize>| {
+        // SAFETY: `out` holds rows × n values and each range of weight rows is written by one worker only.
+        unsafe { product_columns(weights, &activations, range, output) }
+    };
+    let macs = n * k * activations.rows;
+    match current_tract_executor() {
+        #[allow(unreachable_patterns)]
+        Executor::MultiThread(pool) if macs >= PARALLEL_MIN_MACS && pool.current_num_threads() > 1 => {
+            let pieces = pool.current_num_threads() * 4;
+            let chunk = n.div_ceil(pieces).max(1);
+            pool.scope(|scope| {
+                for start in (0..n).step_by(chunk) {
+                    let columns = &columns;
+                    scope.spawn(move |_| columns(start..(start + chunk).min(n)));
+                }
+            });
+        }
+        _ => columns(0..n),
+    }
+}
+
+/// Computes the columns `range` of every output row.
+///
+/// # Safety
+/// `output` must point at `activations.rows × output.n` values, and no other thread may write these columns.
+unsafe fn product_columns(weights: Weights, activations: &Activations, range: std::ops::Range<usize>, output: Output) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2::available() {
+        return avx2::product_columns(weights, activations, range, output);
+    }
+    portable_product_columns(weights, activations, range, output)
+}
+
+unsafe fn portable_product_columns(weights: Weights, activations: &Activations, range: std::ops::Range<usize>, output: Output) {
+    let k = weights.k;
+    let blocks_per_row = k / BLOCK;
+    let mut codes = [0f32; BLOCK];
+    for j in range {
+        let row = weights.row(j);
+        for s in 0..activations.rows {
+            let x = &activations.values[s * k..(s + 1) * k];
+            let sums = &activations.block_sums[s * blocks_per_row..(s + 1) * blocks_per_row];
+            let mut total = 0f32;
+            for (b, block) in row.chunks_exact(weights.format.block_bytes()).enumerate() {
+                let (scale, offset) = weights.format.scale_and_offset(block);
+                weights.format.codes(block, &mut codes);
+                let dot: f32 = codes.iter().zip(&x[b * BLOCK..(b + 1) * BLOCK]).map(|(c, v)| c * v).sum();
+                total += scale * dot + offset * sums[b];
+            }
+            *output.ptr.add(s * output.n + j) = total;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{Activations, BlockFormat, Output, Weights, BLOCK};
+    use std::arch::x86_64::*;
+
+    pub fn available() -> bool {
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn product_columns(weights: Weights, activations: &Activations, range: std::ops::Range<usize>, output: Output) {
+        match weights.format {
+            BlockFormat::Q4_0 => columns::<Q4_0>(weights, activations, range, output),
+            BlockFormat::Q4_1 => columns::<Q4_1>(weights, activations, range, output),
+            BlockFormat::Q8_0 => columns::<Q8_0>(weights, activations, range, output),
+        }
+    }
+
+    const Q4_0: u8 = 0;
+    const Q4_1: u8 = 1;
+    const Q8_0: u8 = 2;
+
+    const fn format_of(code: u8) -> BlockFormat {
+        match code {
+            Q4_0 => BlockFormat::Q4_0,
+            Q4_1 => BlockFormat::Q4_1,
+            _ => BlockFormat::Q8_0,
+        }
+    }
+
+    /// Tiles of weight rows × activation rows: a single activation row (decoding) takes four weight rows at a time,
+    /// so that each activation block is loaded once for four rows and four sums advance together; several
+    /// activation rows (a prompt) take four of them per weight row, so that each block's codes are widened once.
+    #[inline(always)]
+    unsafe fn columns<const F: u8>(weights: Weights, activations: &Activations, range: std::ops::Range<usize>, output: Output) {
+        let rows = activations.rows;
+        if rows == 1 && F == Q8_0 {
+            for j in range {
+                tile::<F, 1, 1>(weights, activations, j, 0, output);
+            }
+            return;
+        }
+        if rows == 1 {
+            let mut j = range.start;
+            while j + 4 <= range.end {
+                tile::<F, 4, 1>(weights, activations, j, 0, output);
+                j += 4;
+            }
+            for j in j..range.end {
+                tile::<F, 1, 1>(weights, activations, j, 0, output);
+            }
+            return;
+        }
+        for j in range {
+            let mut s = 0;
+            while s + 4 <= rows {
+                tile::<F, 1, 4>(weights, activations, j, s, output);
+                s += 4;
+            }
+            for s in s..rows {
+                tile::<F, 1, 1>(weights, activations, j, s, output);
+            }
+        }
+    }
+
+    /// Weight rows `first_row..first_row + R` against activation rows `first..first + T`.
+    #[inline(always)]
+    unsafe fn tile<const F: u8, const R: usize, const T: usize>(
+        weights: Weights,
+        activations: &Activations,
+        first_row: usize,
+        first: usize,
+        output: Output,
+    ) {
+        let format = format_of(F);
+        let k = weights.k;
+        let blocks_per_row = k / BLOCK;
+        let row_bytes = weights.row_bytes();
+        let rows = weights.blocks.as_ptr().add(first_row * row_bytes);
+        // Prefetch the same block of the next tile's rows: one tile ahead of every row read.
+        let ahead = R * row_bytes;
+        let mut acc = [[_mm256_setzero_ps(); T]; R];
+        let mut offsets = [[0f32; T]; R];
+        let x = activations.values.as_ptr().add(first * k);
+        let sums = activations.block_sums.as_ptr().add(first * blocks_per_row);
+        for b in 0..blocks_per_row {
+            for r in 0..R {
+                let block = rows.add(r * row_bytes + b * format.block_bytes());
+                _mm_prefetch::<_MM_HINT_T0>(block.add(ahead) as *const i8);
+                // Both f16 header values at once (for Q4_0 and Q8_0 the second is the first codes, unused).
+                let header = _mm_cvtph_ps(_mm_cvtsi32_si128((block as *const i32).read_unaligned()));
+                let offset = match format {
+                    BlockFormat::Q4_0 => -8.0 * _mm_cvtss_f32(header),
+                    BlockFormat::Q4_1 => _mm_cvtss_f32(_mm_movehdup_ps(header)),
+                    BlockFormat::Q8_0 => 0.0,
+                };
+                let codes = widen(format, block);
+                let scale = _mm256_broadcastss_ps(header);
+                for t in 0..T {
+                    let xb = x.add(t * k + b * BLOCK);
+                    let mut dot = _mm256_mul_ps(codes[0], _mm256_loadu_ps(xb));
+                    dot = _mm256_fmadd_ps(codes[1], _mm256_loadu_ps(xb.add(8)), dot);
+                    dot = _mm256_fmadd_ps(codes[2], _mm256_loadu_ps(xb.add(16)), dot);
+                    dot = _mm256_fmadd_ps(codes[3], _mm256_loadu_ps(xb.add(24)), dot);
+                    acc[r][t] = _mm256_fmadd_ps(scale, dot, acc[r][t]);
+                    if format != BlockFormat::Q8_0 {
+                        offsets[r][t] += offset * *sums.add(t * blocks_per_row + b);
+                    }
+                }
+            }
+        }
+        for r in 0..R {
+            for t in 0..T {
+                *output.ptr.add((first + t) * output.n + first_row + r) = horizontal_sum(acc[r][t]) + offsets[r][t];
+            }
+        }
+    }
+
+    /// A block's 32 codes as four vectors of eight f32, in element order.
+    #[inline(always)]
+    unsafe fn widen(format: BlockFormat, block: *const u8) -> [__m256; 4] {
+        let to_f32 = |v: __m128i, signed: bool| {
+            _mm256_cvtepi32_ps(if signed { _mm256_cvtepi8_epi32(v) } else { _mm256_cvtepu8_epi32(v) })
+        };
+        match format {
+            BlockFormat::Q8_0 => {
+                let low = _mm_loadu_si128(block.add(2) as *const __m128i);
+                let high = _mm_loadu_si128(block.add(18) as *const __m128i);
+                [to_f32(low, true), to_f32(_mm_srli_si128(low, 8), true), to_f32(high, true), to_f32(_mm_srli_si128(high, 8), true)]
+            }
+            BlockFormat::Q4_0 | BlockFormat::Q4_1 => {
+                let packed = _mm_loadu_si128(block.add(format.codes_at()) as *const __m128i);
+                let mask = _mm_set1_epi8(0x0F);
+                let low = _mm_and_si128(packed, mask);
+                let high = _mm_and_si128(_mm_srli_epi16(packed, 4), mask);
+                [to_f32(low, false), to_f32(_mm_srli_si128(low, 8), false), to_f32(high, false), to_f32(_mm_srli_si128(high, 8), false)]
+            }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn horizontal_sum(v: __m256) -> f32 {
+        let pair = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let pair = _mm_add_ps(pair, _mm_movehl_ps(pair, pair));
+        _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1)))
+    }
+}
+
+/// `y = x · wᵀ` with `w` held as GGUF blocks: input 0 is f32 `[…, k]`, input 1 the constant u8 blocks
+/// `[n, k / 32 * block_bytes]`; the output is f32 `[…, n]`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct BlockMatMul {
+    pub format: BlockFormat,
+    pub k: usize,
+    pub n: usize,
+}
+
+impl Op for BlockMatMul {
+    fn name(&self) -> StaticName {
+        "BlockMatMul".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!("{} weights, k={}, n={}", self.format.name(), self.k, self.n)])
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for BlockMatMul {
+    op_out_of_plan!();
+
+    fn eval(&self, _: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let x = inputs[0].try_as_plain_ram()?;
+        let x = x.as_slice::<f32>()?;
+        let blocks = inputs[1].try_as_plain_ram()?;
+        let blocks = blocks.as_slice::<u8>()?;
+        let mut shape: TVec<usize> = inputs[0].shape().into();
+        ensure!(shape.last() == Some(&self.k), "BlockMatMul: input shape {shape:?} does not end in k={}", self.k);
+        *shape.last_mut().unwrap() = self.n;
+        let mut out = Tensor::zero::<f32>(&shape)?;
+        {
+            let mut plain = out.try_as_plain_ram_mut()?;
+            matmul(self.format, blocks, self.k, self.n, x, plain.as_slice_mut::<f32>()?)?;
+        }
+        Ok(tvec!(out.into_tvalue()))
+    }
+}
+
+impl TypedOp for BlockMatMul {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        ensure!(self.k % BLOCK == 0, "BlockMatMul: k={} is not a multiple of {BLOCK}", self.k);
+        ensure!(inputs[0].datum_type == f32::datum_type(), "BlockMatMul takes f32 activations");
+        ensure!(inputs[1].datum_type == u8::datum_type(), "BlockMatMul takes u8 blocks");
+        let mut shape = inputs[0].shape.to_tvec();
+        ensure!(shape.last() == Some(&self.k.to_dim()), "BlockMatMul: input {:?} does not end in k={}", shape, self.k);
+        *shape.last_mut().unwrap() = self.n.to_dim();
+        Ok(tvec!(f32::fact(shape)))
+    }
+
+    fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
+        let rows: TDim = inputs[0].shape.iter().rev().skip(1).product();
+        Ok(tvec!((Cost::FMA(f32::datum_type()), rows * self.n * self.k)))
+    }
+
+    as_op!();
+}
+
+/// Rows of a table held as GGUF blocks, dequantized: input 0 the constant u8 blocks `[rows, k / 32 * block_bytes]`,
+/// input 1 integer indices `[…]`; the output is f32 `[…, k]`. An index outside the table is an error.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct BlockGather {
+    pub format: BlockFormat,
+    pub k: usize,
+}
+
+impl Op for BlockGather {
+    fn name(&self) -> StaticName {
+        "BlockGather".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!("{} rows, k={}", self.format.name(), self.k)])
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for BlockGather {
+    op_out_of_plan!();
+
+    fn eval(&self, _: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let blocks = inputs[0].try_as_plain_ram()?;
+        let blocks = blocks.as_slice::<u8>()?;
+        let weights = Weights { format: self.format, blocks, k: self.k };
+        let table_rows = blocks.len() / weights.row_bytes();
+        let ids = inputs[1].cast_to::<i64>()?;
+        let ids = ids.try_as_plain_ram()?;
+        let ids = ids.as_slice::<i64>()?;
+        let mut shape: TVec<usize> = inputs[1].shape().into();
+        shape.push(self.k);
+        let mut out = Tensor::zero::<f32>(&shape)?;
+        {
+            let mut plain = out.try_as_plain_ram_mut()?;
+            let rows = plain.as_slice_mut::<f32>()?.chunks_exact_mut(self.k);
+            for (&id, out_row) in ids.iter().zip(rows) {
+                ensure!((0..table_rows as i64).contains(&id), "BlockGather: index {id} outside a table of {table_rows} rows");
+                self.format.dequantize_row(weights.row(id as usize), out_row);
+            }
+        }
+        Ok(tvec!(out.into_tvalue()))
+    }
+}
+
+impl TypedOp for BlockGather {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        ensure!(self.k % BLOCK == 0, "BlockGather: k={} is not a multiple of {BLOCK}", self.k);
+        ensure!(inputs[0].datum_type == u8::datum_type(), "BlockGather takes u8 blocks");
+        let mut shape = inputs[1].shape.to_tvec();
+        shape.push(self.k.to_dim());
+        Ok(tvec!(f32::fact(shape)))
+    }
+
+    as_op!();
+}
+
+/// Adds both operators' NNEF forms to `registry`.
+pub fn register_nnef(registry: &mut Registry) {
+    registry.register_dumper(dump_matmul);
+    registry.register_primitive(
+        "lookout_block_matmul",
+        &[
+            TypeName::Scalar.tensor().named("input"),
+            TypeName::Integer.tensor().named("blocks"),
+            TypeName::String.named("format"),
+            TypeName::Integer.named("k"),
+            TypeName::Integer.named("n"),
+        ],
+        &[("output", TypeName::Scalar.tensor())],
+        load_matmul,
+    );
+    registry.register_dumper(dump_gather);
+    registry.register_primitive(
+        "lookout_block_gather",
+        &[
+            TypeName::Integer.tensor().named("blocks"),
+            TypeName::Integer.tensor().named("indices"),
+            TypeName::String.named("format"),
+            TypeName::Integer.named("k"),
+        ],
+        &[("output", TypeName::Scalar.tensor())],
+        load_gather,
+    );
+}
+
+fn dump_matmul(ast: &mut IntoAst, node: &TypedNode, op: &BlockMatMul) -> TractResult<Option<Arc<RValue>>> {
+    let input = ast.mapping[&node.inputs[0]].clone();
+    let blocks = ast.mapping[&node.inputs[1]].clone();
+    let attributes = [("format", string(op.format.name())), ("k", numeric(op.k)), ("n", numeric(op.n))];
+    Ok(Some(invocation("lookout_block_matmul", &[input, blocks], &attributes)))
+}
+
+fn load_matmul(builder: &mut ModelBuilder, invocation: &ResolvedInvocation) -> TractResult<Value> {
+    let input = invocation.named_arg_as(builder, "input")?;
+    let blocks = invocation.named_arg_as(builder, "blocks")?;
+    let format = BlockFormat::parse(&invocation.named_arg_as::<String>(builder, "format")?)?;
+    let k = invocation.named_arg_as::<i64>(builder, "k")? as usize;
+    let n = invocation.named_arg_as::<i64>(builder, "n")? as usize;
+    builder.wire(BlockMatMul { format, k, n }, &[input, blocks])
+}
+
+fn dump_gather(ast: &mut IntoAst, node: &TypedNode, op: &BlockGather) -> TractResult<Option<Arc<RValue>>> {
+    let blocks = ast.mapping[&node.inputs[0]].clone();
+    let indices = ast.mapping[&node.inputs[1]].clone();
+    let attributes = [("format", string(op.format.name())), ("k", numeric(op.k))];
+    Ok(Some(invocation("lookout_block_gather", &[blocks, indices], &attributes)))
+}
+
+fn load_gather(builder: &mut ModelBuilder, invocation: &ResolvedInvocation) -> TractResult<Value> {
+    let blocks = invocation.named_arg_as(builder, "blocks")?;
+    let indices = invocation.named_arg_as(builder, "indices")?;
+    let format = BlockFormat::parse(&invocation.named_arg_as::<String>(builder, "format")?)?;
+    let k = invocation.named_arg_as::<i64>(builder, "k")? as usize;
+    builder.wire(BlockGather { format, k }, &[blocks, indices])
+}
+
+/// The ONNX forms, `LookoutBlockMatMul(x, blocks)` and `LookoutBlockGather(blocks, indices)` in the `ai.lookout`
+/// domain, with attributes `format` (`Q4_0`, `Q4_1`, `Q8_0`), `K` and, for the product, `N`.
+pub mod onnx {
+    use super::{BlockFormat, BlockGather, BlockMatMul};
+    use tract_onnx::model::{OnnxOpRegister, ParsingContext};
+    use tract_onnx::pb::NodeProto;
+    use tract_onnx::tract_hir::internal::*;
+
+    pub fn register(register: &mut OnnxOpRegister) {
+        register.insert("LookoutBlockMatMul", parse_matmul);
+        register.insert("LookoutBlockGather", parse_gather);
+    }
+
+    fn parse_matmul(_: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+        let format = BlockFormat::parse(node.get_attr::<&str>("format")?)?;
+        let op = BlockMatMul { format, k: node.get_attr("K")?, n: node.get_attr("N")? };
+        Ok((expand(Parsed::MatMul(op)), vec![]))
+    }
+
+    fn parse_gather(_: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+        let format = BlockFormat::parse(node.get_attr::<&str>("format")?)?;
+        Ok((expand(Parsed::Gather(BlockGather { format, k: node.get_attr("K")? })), vec![]))
+    }
+
+    #[derive(Debug, Clone)]
+    enum Parsed {
+        MatMul(BlockMatMul),
+        Gather(BlockGather),
+    }
+
+    impl Expansion for Parsed {
+        fn name(&self) -> StaticName {
+            match self {
+                Parsed::MatMul(_) => "LookoutBlockMatMul".into(),
+                Parsed::Gather(_) => "LookoutBlockGather".into(),
+            }
+        }
+
+        fn rules<'r, 'p: 'r, 's: 'r>(
+            &'s self,
+            s: &mut Solver<'r>,
+            inputs: &'p [TensorProxy],
+            outputs: &'p [TensorProxy],
+        ) -> InferenceResult {
+            check_input_arity(inputs, 2)?;
+            check_output_arity(outputs, 1)?;
+            s.equals(&outputs[0].datum_type, f32::datum_type())?;
+            match self {
+                Parsed::MatMul(op) => {
+                    let n = op.n.to_dim();
+                    s.equals(&outputs[0].rank, &inputs[0].rank)?;
+                    s.given(&inputs[0].rank, move |s, rank| {
+                        let rank = rank as usize;
+                        for axis in 0..rank - 1 {
+                            s.equals(&outputs[0].shape[axis], &inputs[0].shape[axis])?;
+                        }
+                        s.equals(&outputs[0].shape[rank - 1], n.clone())
+                    })
+                }
+                Parsed::Gather(op) => {
+                    let k = op.k.to_dim();
+                    s.equals(&outputs[0].rank, inputs[1].rank.bex() + 1)?;
+                    s.given(&inputs[1].rank, move |s, rank| {
+                        let rank = rank as usize;
+                        for axis in 0..rank {
+                            s.equals(&outputs[0].shape[axis], &inputs[1].shape[axis])?;
+                        }
+                        s.equals(&outputs[0].shape[rank], k.clone())
+                    })
+                }
+            }
+        }
+
+        fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
+            match self {
+                Parsed::MatMul(op) => model.wire_node(prefix, op.clone(), inputs),
+                Parsed::Gather(op) => model.wire_node(prefix, op.clone(), inputs),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Blocks of every format with pseudo-random scales and codes, and their dequantized values.
+    fn random_blocks(format: BlockFormat, n: usize, k: usize, seed: u64) -> (Vec<u8>, Vec<f32>) {
+        let mut state = seed;
+        let mut next = move || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (state >> 33) as u32
+        };
+        let mut blocks = Vec::new();
+        for _ in 0..n * k / BLOCK {
+            let scale = f16::from_f32((next() % 1000) as f32 / 20000.0 + 0.001);
+            blocks.extend_from_slice(&scale.to_bits().to_le_bytes());
+            if format == BlockFormat::Q4_1 {
+                blocks.extend_from_slice(&f16::from_f32(-((next() % 100) as f32) / 1000.0).to_bits().to_le_bytes());
+            }
+            let code_bytes = format.block_bytes() - format.codes_at();
+            blocks.extend((0..code_bytes).map(|_| next() as u8));
+        }
+        let mut values = vec![0f32; n * k];
+        let row_bytes = k / BLOCK * format.block_bytes();
+        for (row, out) in blocks.chunks_exact(row_bytes).zip(values.chunks_exact_mut(k)) {
+            format.dequantize_row(row, out);
+        }
+        (blocks, values)
+    }
+
+    fn reference(values: &[f32], n: usize, k: usize, x: &[f32]) -> Vec<f32> {
+        let rows = x.len() / k;
+        let mut out = vec![0f32; rows * n];
+        for s in 0..rows {
+            for j in 0..n {
+                out[s * n + j] = (0..k).map(|i| x[s * k + i] as f64 * values[j * k + i] as f64).sum::<f64>() as f32;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn dequantized_blocks_follow_the_gguf_layout() {
+        // Q4_1: d = 0.5, m = -1, byte j holds element j (low nibble) and element j + 16 (high nibble).
+        let mut block = vec![];
+        block.extend_from_slice(&f16::from_f32(0.5).to_bits().to_le_bytes());
+        block.extend_from_slice(&f16::from_f32(-1.0).to_bits().to_le_bytes());
+        block.extend((0..16u8).map(|j| j | ((15 - j) << 4)));
+        let mut out = [0f32; BLOCK];
+        BlockFormat::Q4_1.dequantize_row(&block, &mut out);
+        assert_eq!(out[0], -1.0);
+        assert_eq!(out[3], 0.5);
+        assert_eq!(out[16], 6.5);
+        assert_eq!(out[31], -1.0);
+        // Q8_0: signed codes; Q4_0: codes centred on 8.
+        let mut q8 = f16::from_f32(0.25).to_bits().to_le_bytes().to_vec();
+        q8.extend((0..32).map(|j: i32| (j - 16) as i8 as u8));
+        BlockFormat::Q8_0.dequantize_row(&q8, &mut out);
+        assert_eq!((out[0], out[16], out[31]), (-4.0, 0.0, 3.75));
+        let mut q4 = f16::from_f32(2.0).to_bits().to_le_bytes().to_vec();
+        q4.extend(std::iter::repeat(0x80).take(16));
+        BlockFormat::Q4_0.dequantize_row(&q4, &mut out);
+        assert_eq!((out[0], out[16]), (-16.0, 0.0));
+    }
+
+    #[test]
+    fn products_equal_the_dequantized_weights_for_every_format_and_row_count() {
+        for format in [BlockFormat::Q4_0, BlockFormat::Q4_1, BlockFormat::Q8_0] {
+            let (n, k) = (37, 96);
+            let (blocks, values) = random_blocks(format, n, k, 7);
+            for rows in [1, 3, 4, 9] {
+                let x: Vec<f32> = (0..rows * k).map(|i| ((i * 7919) % 201) as f32 / 100.0 - 1.0).collect();
+                let expected = reference(&values, n, k, &x);
+                let weights = Weights { format, blocks: &blocks, k };
+                let mut fast = vec![0f32; rows * n];
+                product(weights, n, &x, &mut fast);
+                let mut portable = vec![0f32; rows * n];
+                let activations = Activations::new(&x, k);
+                unsafe { portable_product_columns(weights, &activations, 0..n, Output { ptr: portable.as_mut_ptr(), n }) };
+                for ((f, p), e) in fast.iter().zip(&portable).zip(&expected) {
+                    assert!((f - e).abs() <= 1e-4 * (1.0 + e.abs()), "{format:?} rows={rows}: {f} vs {e}");
+                    assert!((p - e).abs() <= 1e-4 * (1.0 + e.abs()), "{format:?} rows={rows} portable: {p} vs {e}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn gather_refuses_indices_outside_the_table() {
+        let (blocks, values) = random_blocks(BlockFormat::Q8_0, 5, 64, 3);
+        let op = BlockGather { format: BlockFormat::Q8_0, k: 64 };
+        let table = Tensor::from_shape(&[5, 2 * 34], &blocks).unwrap().into_tvalue();
+        let run = |ids: &[i64]| op.eval(&EvalContext::out_of_plan(), tvec!(table.clone(), tensor1(ids).into_tvalue()));
+        let rows = run(&[4, 0]).unwrap();
+        let rows = rows[0].try_as_plain_ram().unwrap();
+        assert_eq!(rows.as_slice::<f32>().unwrap(), [&values[4 * 64..], &values[..64]].concat());
+        assert!(run(&[5]).unwrap_err().to_string().contains("outside a table of 5 rows"));
+        assert!(run(&[-1]).is_err());
+    }
+}
