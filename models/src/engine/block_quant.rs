@@ -2,8 +2,9 @@
 //! the weights stay in the file's bytes, nothing is repacked at load, and each product is exact against the
 //! dequantized weights up to the order of f32 additions (activations are never quantized).
 
-use tract_linalg::multithread::{current_tract_executor, Executor};
 use tract_nnef::internal::*;
+
+use super::workers;
 use tract_nnef::ser::{invocation, numeric, string, IntoAst};
 
 /// Values per block in every format here.
@@ -118,13 +119,43 @@ struct Activations<'a> {
     values: &'a [f32],
     block_sums: Vec<f32>,
     rows: usize,
+    /// A single row (a decoding step) also as 16-bit integers `round(x / scale)` with a scale per block, for the
+    /// integer kernel; `None` for several rows, or when the row is not finite.
+    rounded: Option<(Vec<i16>, Vec<f32>)>,
 }
 
 impl<'a> Activations<'a> {
     fn new(values: &'a [f32], k: usize) -> Activations<'a> {
         let block_sums = values.chunks_exact(BLOCK).map(|block| block.iter().sum()).collect();
-        Activations { values, block_sums, rows: values.len() / k }
+        let rows = values.len() / k;
+        let rounded = if rows == 1 && integer_kernel() { round_to_i16(values) } else { None };
+        Activations { values, block_sums, rows, rounded }
     }
+}
+
+fn integer_kernel() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return avx2::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// `x` as 16-bit integers with one scale per block of 32 (the block's largest magnitude maps to 32767): each value
+/// within 2^-16 of its block's largest, far below the f16 precision of the weights' scales.
+fn round_to_i16(x: &[f32]) -> Option<(Vec<i16>, Vec<f32>)> {
+    let mut rounded = Vec::with_capacity(x.len());
+    let mut scales = Vec::with_capacity(x.len() / BLOCK);
+    for block in x.chunks_exact(BLOCK) {
+        let largest = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+        if !largest.is_finite() {
+            return None;
+        }
+        let scale = largest / i16::MAX as f32;
+        let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+        rounded.extend(block.iter().map(|v| (v * inverse).round_ties_even() as i16));
+        scales.push(scale);
+    }
+    Some((rounded, scales))
 }
 
 /// Where the products land: `rows × n`, row-major. Workers write disjoint columns.
@@ -138,7 +169,7 @@ struct Output {
 unsafe impl Send for Output {}
 unsafe impl Sync for Output {}
 
-/// Products per work item below which a product stays on the calling thread: dispatching to the pool costs more.
+/// Products below this many multiply-adds stay on the calling thread: sharing them costs more than it saves.
 const PARALLEL_MIN_MACS: usize = 200_000;
 
 /// `out[s][j] = Σ_i x[s][i] * w[j][i]` for every activation row `s` of `x` (rows of `k` values) and each of the `n`
@@ -166,20 +197,13 @@ fn product(weights: Weights, n: usize, x: &[f32], out: &mut [f32]) {
         unsafe { product_columns(weights, &activations, range, output) }
     };
     let macs = n * k * activations.rows;
-    match current_tract_executor() {
-        #[allow(unreachable_patterns)]
-        Executor::MultiThread(pool) if macs >= PARALLEL_MIN_MACS && pool.current_num_threads() > 1 => {
-            let pieces = pool.current_num_threads() * 4;
-            let chunk = n.div_ceil(pieces).max(1);
-            pool.scope(|scope| {
-                for start in (0..n).step_by(chunk) {
-                    let columns = &columns;
-                    scope.spawn(move |_| columns(start..(start + chunk).min(n)));
-                }
-            });
-        }
-        _ => columns(0..n),
+    let workers = workers::current();
+    if macs < PARALLEL_MIN_MACS || workers.threads() == 1 {
+        return columns(0..n);
     }
+    // A few pieces per thread, claimed as threads come free; whole tiles of four rows each.
+    let chunk = n.div_ceil(workers.threads() * 4).next_multiple_of(4);
+    workers.run(n.div_ceil(chunk), &|piece| columns(piece * chunk..((piece + 1) * chunk).min(n)));
 }
 
 /// Computes the columns `range` of every output row.
@@ -251,20 +275,22 @@ mod avx2 {
     #[inline(always)]
     unsafe fn columns<const F: u8>(weights: Weights, activations: &Activations, range: std::ops::Range<usize>, output: Output) {
         let rows = activations.rows;
-        if rows == 1 && F == Q8_0 {
-            for j in range {
-                tile::<F, 1, 1>(weights, activations, j, 0, output);
+        if let Some((x, scale)) = &activations.rounded {
+            let scale = scale.as_slice();
+            // One wide table (the output head) streams best row by row; the layers' products four rows at a time.
+            if F == Q8_0 {
+                for j in range {
+                    integer_tile::<F, 1>(weights, activations, x, scale, j, output);
+                }
+                return;
             }
-            return;
-        }
-        if rows == 1 {
             let mut j = range.start;
             while j + 4 <= range.end {
-                tile::<F, 4, 1>(weights, activations, j, 0, output);
+                integer_tile::<F, 4>(weights, activations, x, scale, j, output);
                 j += 4;
             }
             for j in j..range.end {
-                tile::<F, 1, 1>(weights, activations, j, 0, output);
+                integer_tile::<F, 1>(weights, activations, x, scale, j, output);
             }
             return;
         }
@@ -276,6 +302,68 @@ mod avx2 {
             }
             for s in s..rows {
                 tile::<F, 1, 1>(weights, activations, j, s, output);
+            }
+        }
+    }
+
+    /// Weight rows `first_row..first_row + R` against the single activation row rounded to 16-bit integers: each
+    /// block's 32 products are summed exactly in 32-bit integers (`madd`), then scaled by both blocks' scales.
+    #[inline(always)]
+    unsafe fn integer_tile<const F: u8, const R: usize>(
+        weights: Weights,
+        activations: &Activations,
+        x: &[i16],
+        x_scales: &[f32],
+        first_row: usize,
+        output: Output,
+    ) {
+        let format = format_of(F);
+        let blocks_per_row = weights.k / BLOCK;
+        let row_bytes = weights.row_bytes();
+        let rows = weights.blocks.as_ptr().add(first_row * row_bytes);
+        let ahead = R * row_bytes;
+        let mut acc = [_mm256_setzero_ps(); R];
+        let mut offsets = [0f32; R];
+        let x = x.as_ptr();
+        for b in 0..blocks_per_row {
+            let x_low = _mm256_loadu_si256(x.add(b * BLOCK) as *const __m256i);
+            let x_high = _mm256_loadu_si256(x.add(b * BLOCK + 16) as *const __m256i);
+            let sum = activations.block_sums[b];
+            let x_scale = _mm256_set1_ps(x_scales[b]);
+            for r in 0..R {
+                let block = rows.add(r * row_bytes + b * format.block_bytes());
+                _mm_prefetch::<_MM_HINT_T0>(block.add(ahead) as *const i8);
+                let header = _mm_cvtph_ps(_mm_cvtsi32_si128((block as *const i32).read_unaligned()));
+                let (low, high) = widen_i16(format, block);
+                let dot = _mm256_add_epi32(_mm256_madd_epi16(low, x_low), _mm256_madd_epi16(high, x_high));
+                let scale = _mm256_mul_ps(_mm256_broadcastss_ps(header), x_scale);
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[r]);
+                match format {
+                    BlockFormat::Q4_0 => offsets[r] += -8.0 * _mm_cvtss_f32(header) * sum,
+                    BlockFormat::Q4_1 => offsets[r] += _mm_cvtss_f32(_mm_movehdup_ps(header)) * sum,
+                    BlockFormat::Q8_0 => {}
+                }
+            }
+        }
+        for r in 0..R {
+            *output.ptr.add(first_row + r) = horizontal_sum(acc[r]) + offsets[r];
+        }
+    }
+
+    /// A block's codes as two vectors of sixteen i16: elements 0..16 and 16..32.
+    #[inline(always)]
+    unsafe fn widen_i16(format: BlockFormat, block: *const u8) -> (__m256i, __m256i) {
+        match format {
+            BlockFormat::Q8_0 => (
+                _mm256_cvtepi8_epi16(_mm_loadu_si128(block.add(2) as *const __m128i)),
+                _mm256_cvtepi8_epi16(_mm_loadu_si128(block.add(18) as *const __m128i)),
+            ),
+            BlockFormat::Q4_0 | BlockFormat::Q4_1 => {
+                let packed = _mm_loadu_si128(block.add(format.codes_at()) as *const __m128i);
+                let mask = _mm_set1_epi8(0x0F);
+                let low = _mm_and_si128(packed, mask);
+                let high = _mm_and_si128(_mm_srli_epi16(packed, 4), mask);
+                (_mm256_cvtepu8_epi16(low), _mm256_cvtepu8_epi16(high))
             }
         }
     }
@@ -663,6 +751,10 @@ mod tests {
         out
     }
 
+    fn block_largest(x: &[f32], i: usize) -> f32 {
+        x[i / BLOCK * BLOCK..(i / BLOCK + 1) * BLOCK].iter().fold(0f32, |m, v| m.max(v.abs()))
+    }
+
     #[test]
     fn dequantized_blocks_follow_the_gguf_layout() {
         // Q4_1: d = 0.5, m = -1, byte j holds element j (low nibble) and element j + 16 (high nibble).
@@ -701,8 +793,17 @@ mod tests {
                 let mut portable = vec![0f32; rows * n];
                 let activations = Activations::new(&x, k);
                 unsafe { portable_product_columns(weights, &activations, 0..n, Output { ptr: portable.as_mut_ptr(), n }) };
-                for ((f, p), e) in fast.iter().zip(&portable).zip(&expected) {
-                    assert!((f - e).abs() <= 1e-4 * (1.0 + e.abs()), "{format:?} rows={rows}: {f} vs {e}");
+                for (index, ((f, p), e)) in fast.iter().zip(&portable).zip(&expected).enumerate() {
+                    // A single row may be rounded to 16 bits per block: each value moves by at most half a step,
+                    // 1/65534 of its block's largest magnitude.
+                    let (s, j) = (index / n, index % n);
+                    let rounding: f32 = if rows == 1 && integer_kernel() {
+                        (0..k).map(|i| values[j * k + i].abs() * block_largest(&x[s * k..(s + 1) * k], i) / 65534.0).sum()
+                    } else {
+                        0.0
+                    };
+                    let tolerance = 1e-4 * (1.0 + e.abs()) + rounding;
+                    assert!((f - e).abs() <= tolerance, "{format:?} rows={rows}: {f} vs {e}");
                     assert!((p - e).abs() <= 1e-4 * (1.0 + e.abs()), "{format:?} rows={rows} portable: {p} vs {e}");
                 }
             }

@@ -13,6 +13,7 @@ use crate::error::{ModelError, Result};
 
 pub mod block_quant;
 mod nnef_ops;
+mod workers;
 
 pub use tract_onnx::prelude::{DatumType, TValue, Tensor};
 
@@ -210,6 +211,7 @@ pub fn set_threads(n: usize) -> usize {
     use tract_linalg::multithread::{set_default_executor, Executor};
     // Flash attention spreads its heads over rayon's global pool whatever the executor says.
     tract_transformers::ops::flash_sdpa::TRACT_FLASH_SDPA_ST.set(n <= 1);
+    workers::set_threads(n);
     if n <= 1 {
         set_default_executor(Executor::SingleThread);
         return 1;

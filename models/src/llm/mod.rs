@@ -172,6 +172,20 @@ impl LmSession<'_> {
         Ok(logits)
     }
 
+    /// The logits after feeding all of `prompt` but its last token at once and the last token alone, as a
+    /// decoding step computes it (for checks of that path against a reference).
+    pub fn prompt_logits_stepped(&mut self, prompt: &[u32]) -> Result<Vec<f32>> {
+        self.check_prompt(prompt)?;
+        let (last, head) = prompt.split_last().expect("checked non-empty");
+        let mut state = self.model.graph.new_state()?;
+        let mut logits = Vec::new();
+        if !head.is_empty() {
+            self.step(&mut state, head, 0, &mut logits)?;
+        }
+        self.step(&mut state, &[*last], head.len(), &mut logits)?;
+        Ok(logits)
+    }
+
     fn check_prompt(&self, prompt: &[u32]) -> Result<()> {
         let vocab = self.model.config.n_vocab;
         if let Some(bad) = prompt.iter().find(|id| **id as usize >= vocab) {
