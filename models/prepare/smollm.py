@@ -5,8 +5,10 @@ inputs `input_ids` [1,S], `attention_mask` [1,P+S], `position_ids` [1,S], `past_
 outputs `logits` [1,1,V] (last position only) and `present.N.key|value` [1,Hkv,P+S,D]. Lengths come from the mask,
 never from Shape(past). Variants: `q4` (every product and the embedding read the GGUF's own blocks, Q4_1 and Q8_0 as
 stored, through Lookout's `LookoutBlockMatMul` / `LookoutBlockGather` operators; exact against the dequantized
-weights, and only tract with Lookout's operators runs it) and `f32` (the dequantized weights as plain ONNX: the
-reference onnxruntime runs).
+weights, and only tract with Lookout's operators runs it; its attention, `LookoutAttention`, keeps the KV cache in
+the run state itself and attends causally to every position, so the graph has no past/present pairs and ignores
+`attention_mask`: the runtime never pads) and `f32` (the dequantized weights as plain ONNX with past/present pairs:
+the reference onnxruntime runs).
 """
 
 from __future__ import annotations
@@ -198,8 +200,11 @@ def build_decoder(gguf_path: Path, variant: str) -> tuple[LlamaDims, onnx.ModelP
     ids = g.input("input_ids", "i64", [1, "S"])
     mask = g.input("attention_mask", "i64", [1, "T"])
     positions = g.input("position_ids", "i64", [1, "S"])
+    # The q4 graph's attention keeps its own cache (LookoutAttention); the f32 graph takes and returns it as
+    # past/present pairs, which onnxruntime runs and tract folds into its run state.
+    cached = variant == "q4"
     pasts = []
-    for layer in range(dims.n_layers):
+    for layer in range(dims.n_layers if not cached else 0):
         pasts.append(tuple(g.input(f"past_key_values.{layer}.{kv}", "f32", [1, Hkv, "P", D]) for kv in ("key", "value")))
 
     x = g.embed(ids, weights, "token_embd.weight")  # [1,S,d]
@@ -238,29 +243,36 @@ def build_decoder(gguf_path: Path, variant: str) -> tuple[LlamaDims, onnx.ModelP
     key_count = g.op("Shape", mask, start=1)  # [T]
     scores_shape = g.op("Concat", g.ints(1, Hkv, group), query_count, key_count, axis=0)  # [1,Hkv,group,S,T]
     grouped_shape = g.op("Concat", g.ints(1, Hkv), g.op("Mul", g.ints(group), query_count), key_count, axis=0)
-
     presents = []
+
+    def attend(layer: int, q: str, k: str, v: str) -> str:
+        """Attention over the past/present pairs: [1,S,H*D] from q [1,H,S,D] and the new k, v [1,Hkv,S,D]."""
+        past_k, past_v = pasts[layer]
+        k_all = g.op("Concat", past_k, k, axis=2)
+        v_all = g.op("Concat", past_v, v, axis=2)
+        presents.append((k_all, v_all))
+        # Grouped-query attention without copying the cache per query head: each key/value head serves its
+        # group's queries stacked along the sequence axis ([1,Hkv,group*S,D]), so both products are plain
+        # batched matmuls over the cache as stored.
+        grouped_q = g.op("Reshape", q, g.ints(1, Hkv, -1, D))
+        scores = g.op("MatMul", grouped_q, g.op("Transpose", k_all, perm=[0, 1, 3, 2]))  # [1,Hkv,group*S,T]
+        scores = g.op("Reshape", scores, scores_shape)
+        scores = g.op("Add", g.op("Mul", scores, g.const(np.float32(1.0 / np.sqrt(D)), "scale")), bias)
+        probs = g.op("Reshape", g.op("Softmax", scores, axis=-1), grouped_shape)
+        attn = g.op("MatMul", probs, v_all)  # [1,Hkv,group*S,D] = [1,H,S,D] in memory order
+        attn = g.op("Reshape", attn, g.ints(1, H, -1, D))
+        return g.op("Reshape", g.op("Transpose", attn, perm=[0, 2, 1, 3]), g.ints(1, -1, H * D))
+
     for layer in range(dims.n_layers):
         p = f"blk.{layer}."
         with g.scope(f"layer{layer}"):
             h = g.rms_norm(x, weights(p + "attn_norm.weight"))
             q, k, v = g.project(h, weights, [p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"], "qkv")
             q, k, v = rope(heads(q, H)), rope(heads(k, Hkv)), heads(v, Hkv)
-            past_k, past_v = pasts[layer]
-            k_all = g.op("Concat", past_k, k, axis=2)
-            v_all = g.op("Concat", past_v, v, axis=2)
-            presents.append((k_all, v_all))
-            # Grouped-query attention without copying the cache per query head: each key/value head serves its
-            # group's queries stacked along the sequence axis ([1,Hkv,group*S,D]), so both products are plain
-            # batched matmuls over the cache as stored.
-            grouped_q = g.op("Reshape", q, g.ints(1, Hkv, -1, D))
-            scores = g.op("MatMul", grouped_q, g.op("Transpose", k_all, perm=[0, 1, 3, 2]))  # [1,Hkv,group*S,T]
-            scores = g.op("Reshape", scores, scores_shape)
-            scores = g.op("Add", g.op("Mul", scores, g.const(np.float32(1.0 / np.sqrt(D)), "scale")), bias)
-            probs = g.op("Reshape", g.op("Softmax", scores, axis=-1), grouped_shape)
-            attn = g.op("MatMul", probs, v_all)  # [1,Hkv,group*S,D] = [1,H,S,D] in memory order
-            attn = g.op("Reshape", attn, g.ints(1, H, -1, D))
-            attn = g.op("Reshape", g.op("Transpose", attn, perm=[0, 2, 1, 3]), g.ints(1, -1, H * D))
+            if cached:
+                attn = g.op("LookoutAttention", q, k, v, domain="ai.lookout", heads=H, kv_heads=Hkv, head_dim=D)
+            else:
+                attn = attend(layer, q, k, v)
             x = g.op("Add", x, g.project(attn, weights, [p + "attn_output.weight"], "o")[0])
 
             h = g.rms_norm(x, weights(p + "ffn_norm.weight"))
@@ -297,15 +309,16 @@ def build(sources: dict[str, Source], emit, bundle: Path) -> None:
         decoders[variant] = model.SerializeToString()
     kv = [1, dims.n_kv_heads, "P", dims.head_dim]
     for variant, data in decoders.items():
+        layers = range(dims.n_layers if variant == "f32" else 0)  # the q4 graph keeps its cache itself
         emit(data, name=f"smollm2-135m-instruct-decoder-{variant}", role="llm-decoder", variant=variant,
              file=f"{LLM_DIR}/decoder.{variant}.onnx", sources=[source.spec], license="Apache-2.0",
              inputs=[manifest.tensor("input_ids", "i64", [1, "S"]), manifest.tensor("attention_mask", "i64", [1, "P+S"]),
                      manifest.tensor("position_ids", "i64", [1, "S"]),
                      *(manifest.tensor(f"past_key_values.{n}.{kv_name}", "f32", kv)
-                       for n in range(dims.n_layers) for kv_name in ("key", "value"))],
+                       for n in layers for kv_name in ("key", "value"))],
              outputs=[manifest.tensor("logits", "f32", [1, 1, dims.n_vocab]),
                       *(manifest.tensor(f"present.{n}.{kv_name}", "f32", [1, dims.n_kv_heads, "P+S", dims.head_dim])
-                        for n in range(dims.n_layers) for kv_name in ("key", "value"))],
+                        for n in layers for kv_name in ("key", "value"))],
              params={"gguf": gguf_file, "n_layers": dims.n_layers, "n_heads": dims.n_heads,
                      "n_kv_heads": dims.n_kv_heads, "head_dim": dims.head_dim, "n_vocab": dims.n_vocab,
                      "context": CONTEXT})

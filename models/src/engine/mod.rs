@@ -11,6 +11,7 @@ use tract_onnx::prelude::*;
 use crate::bundle::{Bundle, Component};
 use crate::error::{ModelError, Result};
 
+mod attention;
 pub mod block_quant;
 mod nnef_ops;
 mod workers;
@@ -139,6 +140,7 @@ pub const ENGINE: &str = "tract 0.23.9";
 fn prepare(path: &Path, spec: &GraphSpec) -> TractResult<TypedModel> {
     let mut onnx = tract_onnx::onnx().with_ignore_output_shapes(true).with_ignore_value_info(true);
     block_quant::onnx::register(&mut onnx.op_register);
+    attention::onnx::register(&mut onnx.op_register);
     let mut model = onnx.model_for_path(path)?;
     for (ix, (dtype, dims)) in spec.inputs.iter().enumerate() {
         let shape: TVec<TDim> = dims

@@ -1,7 +1,7 @@
 //! NNEF forms for the operators that decluttering leaves in Lookout's graphs and that tract's own registries cannot
 //! write, so that every graph of a bundle can be compiled: the exact GELU, and the ONNX importer's dynamic u8
 //! quantization (replaced by an operator of the same arithmetic that this crate can name), and the GGUF block
-//! products and lookups of [`super::block_quant`].
+//! products and lookups of [`super::block_quant`] and the cached attention of [`super::attention`].
 
 use tract_nnef::internal::*;
 use tract_nnef::ser::{invocation, IntoAst};
@@ -19,6 +19,7 @@ pub fn registry() -> Registry {
         load_dynamic_quantize,
     );
     super::block_quant::register_nnef(&mut registry);
+    super::attention::register_nnef(&mut registry);
     registry
 }
 

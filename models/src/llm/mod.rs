@@ -82,18 +82,20 @@ const INPUTS: [&str; 3] = ["input_ids", "attention_mask", "position_ids"];
 /// Turns the graph's past/present key and value pairs into a KV cache kept in the run state.
 const KV_CACHE_TRANSFORM: &str = "transformers_detect_all";
 
-/// The decoder graph as declared to the engine: ids, mask and positions, then every layer's past keys and values
-/// (the GGUF's hyperparameters size them, so a graph and GGUF that do not match fail to load), the KV cache folded
-/// into the run state.
-fn graph_spec_for(config: &LlamaConfig) -> GraphSpec {
+/// The decoder graph as declared to the engine: ids, mask and positions, then, where the manifest lists them (the
+/// f32 graph; the q4 graph's attention keeps its own cache), every layer's past keys and values (the GGUF's
+/// hyperparameters size them, so a graph and GGUF that do not match fail to load), folded into the run state.
+fn graph_spec_for(config: &LlamaConfig, component: &Component) -> GraphSpec {
     let tokens = vec![Dim::Fixed(1), Dim::Symbol("S")];
     let mut inputs = vec![
         (DatumType::I64, tokens.clone()),
         (DatumType::I64, vec![Dim::Fixed(1), Dim::Expr("P+S")]),
         (DatumType::I64, tokens),
     ];
-    let kv = vec![Dim::Fixed(1), Dim::Fixed(config.n_kv_heads), Dim::Symbol("P"), Dim::Fixed(config.head_dim)];
-    inputs.extend(std::iter::repeat_n((DatumType::F32, kv), 2 * config.n_layers));
+    if component.inputs.len() > INPUTS.len() {
+        let kv = vec![Dim::Fixed(1), Dim::Fixed(config.n_kv_heads), Dim::Symbol("P"), Dim::Fixed(config.head_dim)];
+        inputs.extend(std::iter::repeat_n((DatumType::F32, kv), 2 * config.n_layers));
+    }
     GraphSpec::new(inputs).with_transforms(&[KV_CACHE_TRANSFORM])
 }
 
@@ -103,7 +105,7 @@ impl LanguageModel {
     pub fn load(bundle: &Bundle, variant: Option<&str>) -> Result<LanguageModel> {
         let component = bundle.component(COMPONENT, variant)?;
         let (config, text, context) = Self::read_gguf(bundle, component)?;
-        let graph = engine::load_component(bundle, component, &graph_spec_for(&config))?;
+        let graph = engine::load_component(bundle, component, &graph_spec_for(&config, component))?;
         let names = graph.input_names();
         let input_slots: Vec<usize> = names.iter().filter_map(|n| INPUTS.iter().position(|i| i == n)).collect();
         if names.len() != INPUTS.len() || input_slots.len() != INPUTS.len() {
@@ -118,7 +120,7 @@ impl LanguageModel {
     /// How a decoder component's graph is declared (see [`GraphSpec`]).
     pub fn graph_spec(bundle: &Bundle, component: &Component) -> Result<GraphSpec> {
         let (config, _, _) = Self::read_gguf(bundle, component)?;
-        Ok(graph_spec_for(&config))
+        Ok(graph_spec_for(&config, component))
     }
 
     /// The hyperparameters, tokenizer and chat template of the GGUF a decoder component was converted from, and
