@@ -5,9 +5,10 @@ inputs `input_ids` [1,S], `attention_mask` [1,P+S], `position_ids` [1,S], `past_
 outputs `logits` [1,1,V] (last position only) and `present.N.key|value` [1,Hkv,P+S,D]. Lengths come from the mask,
 never from Shape(past). Variants: `q4` (every product and the embedding read the GGUF's own blocks, Q4_1 and Q8_0 as
 stored, through Lookout's `LookoutBlockMatMul` / `LookoutBlockGather` operators; exact against the dequantized
-weights, and only tract with Lookout's operators runs it; its attention, `LookoutAttention`, keeps the KV cache in
-the run state itself and attends causally to every position, so the graph has no past/present pairs and ignores
-`attention_mask`: the runtime never pads) and `f32` (the dequantized weights as plain ONNX with past/present pairs:
+weights, and only tract with Lookout's operators runs it; its attention, `LookoutAttention`, takes the fused q/k/v
+projection, applies the rotary embedding at the positions that follow its cache, keeps the KV cache in the run state
+itself and attends causally to every position, so the graph has no past/present pairs and ignores `attention_mask`
+and `position_ids`: the runtime never pads and always continues from the cache) and `f32` (the dequantized weights as plain ONNX with past/present pairs:
 the reference onnxruntime runs).
 """
 
@@ -151,7 +152,7 @@ class LlamaGraph(GraphBuilder):
             self.block_consts[name] = (fmt, self.const(blocks, name.replace(".", "_") + "_blocks"))
         return self.block_consts[name]
 
-    def project(self, x: str, weights: LlamaWeights, names: list[str], scope: str) -> list[str]:
+    def project(self, x: str, weights: LlamaWeights, names: list[str], scope: str, split: bool = True) -> list[str]:
         """x @ w.T for each GGUF tensor in `names` (all with the same input width), as one product whose outputs are
         split apart: a plain MatMul over the stacked weights for f32; for q4 one `LookoutBlockMatMul` over the
         stacked GGUF blocks, computed from them as stored. One product per input instead of one per projection keeps
@@ -175,7 +176,7 @@ class LlamaGraph(GraphBuilder):
                     blocks = self.const(np.concatenate([b for _, b in tensors], axis=0), "weight_blocks")
                 k = int(weights._tensor(names[0]).shape[0])
                 y = self.op("LookoutBlockMatMul", x, blocks, domain="ai.lookout", format=fmt, K=k, N=sum(widths))
-            if len(names) == 1:
+            if len(names) == 1 or not split:
                 return [y]
             return list(self.op("Split", y, self.ints(*widths), axis=-1, outputs=len(names)))
 
@@ -267,12 +268,14 @@ def build_decoder(gguf_path: Path, variant: str) -> tuple[LlamaDims, onnx.ModelP
         p = f"blk.{layer}."
         with g.scope(f"layer{layer}"):
             h = g.rms_norm(x, weights(p + "attn_norm.weight"))
-            q, k, v = g.project(h, weights, [p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"], "qkv")
-            q, k, v = rope(heads(q, H)), rope(heads(k, Hkv)), heads(v, Hkv)
+            qkv_names = [p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"]
             if cached:
-                attn = g.op("LookoutAttention", q, k, v, domain="ai.lookout", heads=H, kv_heads=Hkv, head_dim=D)
+                qkv = g.project(h, weights, qkv_names, "qkv", split=False)[0]
+                attn = g.op("LookoutAttention", qkv, domain="ai.lookout", heads=H, kv_heads=Hkv, head_dim=D,
+                            rope_theta=float(dims.rope_theta))
             else:
-                attn = attend(layer, q, k, v)
+                q, k, v = g.project(h, weights, qkv_names, "qkv")
+                attn = attend(layer, rope(heads(q, H)), rope(heads(k, Hkv)), heads(v, Hkv))
             x = g.op("Add", x, g.project(attn, weights, [p + "attn_output.weight"], "o")[0])
 
             h = g.rms_norm(x, weights(p + "ffn_norm.weight"))
