@@ -79,7 +79,7 @@ impl EvalOp for CausalAttention {
 impl TypedOp for CausalAttention {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         ensure!(
-            self.kv_heads > 0 && self.heads % self.kv_heads == 0 && self.head_dim % 2 == 0,
+            self.kv_heads > 0 && self.heads % self.kv_heads == 0 && self.head_dim > 0 && self.head_dim % 2 == 0,
             "CausalAttention: {} heads over {} key/value heads of {}",
             self.heads,
             self.kv_heads,
@@ -246,7 +246,7 @@ unsafe fn attend_head(op: &CausalAttention, cache: &AttentionCache, queries: &[f
 }
 
 /// A dot product in eight independent lanes, which the compiler turns into vector code.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut lanes = [0f32; 8];
     let (a_chunks, b_chunks) = (a.chunks_exact(8), b.chunks_exact(8));
     let tail: f32 = a_chunks.remainder().iter().zip(b_chunks.remainder()).map(|(x, y)| x * y).sum();

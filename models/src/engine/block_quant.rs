@@ -176,7 +176,7 @@ const PARALLEL_MIN_MACS: usize = 200_000;
 /// weight rows held in `blocks`; `out` holds `rows × n` values.
 pub fn matmul(format: BlockFormat, blocks: &[u8], k: usize, n: usize, x: &[f32], out: &mut [f32]) -> TractResult<()> {
     let weights = Weights { format, blocks, k };
-    ensure!(k % BLOCK == 0 && x.len() % k == 0, "BlockMatMul: {} activations are not rows of k={k}", x.len());
+    ensure!(k > 0 && k % BLOCK == 0 && x.len() % k == 0, "BlockMatMul: {} activations are not rows of k={k}", x.len());
     ensure!(
         blocks.len() == n * weights.row_bytes(),
         "BlockMatMul: {} bytes of {} blocks for {n}×{k} weights",
@@ -231,7 +231,7 @@ unsafe fn portable_product_columns(weights: Weights, activations: &Activations, 
             for (b, block) in row.chunks_exact(weights.format.block_bytes()).enumerate() {
                 let (scale, offset) = weights.format.scale_and_offset(block);
                 weights.format.codes(block, &mut codes);
-                let dot: f32 = codes.iter().zip(&x[b * BLOCK..(b + 1) * BLOCK]).map(|(c, v)| c * v).sum();
+                let dot = super::attention::dot(&codes, &x[b * BLOCK..(b + 1) * BLOCK]);
                 total += scale * dot + offset * sums[b];
             }
             *output.ptr.add(s * output.n + j) = total;
@@ -494,7 +494,7 @@ impl EvalOp for BlockMatMul {
 
 impl TypedOp for BlockMatMul {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        ensure!(self.k % BLOCK == 0, "BlockMatMul: k={} is not a multiple of {BLOCK}", self.k);
+        ensure!(self.k > 0 && self.k % BLOCK == 0, "BlockMatMul: k={} is not a positive multiple of {BLOCK}", self.k);
         ensure!(inputs[0].datum_type == f32::datum_type(), "BlockMatMul takes f32 activations");
         ensure!(inputs[1].datum_type == u8::datum_type(), "BlockMatMul takes u8 blocks");
         let mut shape = inputs[0].shape.to_tvec();
@@ -537,6 +537,7 @@ impl EvalOp for BlockGather {
     fn eval(&self, _: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let blocks = inputs[0].try_as_plain_ram()?;
         let blocks = blocks.as_slice::<u8>()?;
+        ensure!(self.k > 0 && self.k % BLOCK == 0, "BlockGather: k={} is not a positive multiple of {BLOCK}", self.k);
         let weights = Weights { format: self.format, blocks, k: self.k };
         let table_rows = blocks.len() / weights.row_bytes();
         let ids = inputs[1].cast_to::<i64>()?;
@@ -559,7 +560,7 @@ impl EvalOp for BlockGather {
 
 impl TypedOp for BlockGather {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        ensure!(self.k % BLOCK == 0, "BlockGather: k={} is not a multiple of {BLOCK}", self.k);
+        ensure!(self.k > 0 && self.k % BLOCK == 0, "BlockGather: k={} is not a positive multiple of {BLOCK}", self.k);
         ensure!(inputs[0].datum_type == u8::datum_type(), "BlockGather takes u8 blocks");
         let mut shape = inputs[1].shape.to_tvec();
         shape.push(self.k.to_dim());
