@@ -6,6 +6,7 @@
 use tract_nnef::internal::*;
 use tract_nnef::ser::{invocation, numeric, IntoAst};
 
+use super::nnef_ops::size_arg;
 use super::workers;
 
 /// Input: the S new positions' projections f32 `[1, S, (heads + 2 * kv_heads) * head_dim]`, queries then keys then
@@ -288,8 +289,9 @@ fn dump(ast: &mut IntoAst, node: &TypedNode, op: &CausalAttention) -> TractResul
 
 fn load(builder: &mut ModelBuilder, invocation: &ResolvedInvocation) -> TractResult<Value> {
     let projections = invocation.named_arg_as(builder, "projections")?;
-    let mut count = |name| -> TractResult<usize> { Ok(invocation.named_arg_as::<i64>(builder, name)? as usize) };
-    let (heads, kv_heads, head_dim) = (count("heads")?, count("kv_heads")?, count("head_dim")?);
+    let heads = size_arg(builder, invocation, "heads")?;
+    let kv_heads = size_arg(builder, invocation, "kv_heads")?;
+    let head_dim = size_arg(builder, invocation, "head_dim")?;
     let rope_theta = invocation.named_arg_as::<f32>(builder, "rope_theta")?;
     builder.wire(CausalAttention { heads, kv_heads, head_dim, rope_theta }, &[projections])
 }

@@ -6,6 +6,7 @@
 
 use tract_nnef::internal::*;
 
+use super::nnef_ops::size_arg;
 use super::workers;
 use tract_nnef::ser::{invocation, numeric, string, IntoAst};
 
@@ -621,8 +622,8 @@ fn load_matmul(builder: &mut ModelBuilder, invocation: &ResolvedInvocation) -> T
     let input = invocation.named_arg_as(builder, "input")?;
     let blocks = invocation.named_arg_as(builder, "blocks")?;
     let format = BlockFormat::parse(&invocation.named_arg_as::<String>(builder, "format")?)?;
-    let k = invocation.named_arg_as::<i64>(builder, "k")? as usize;
-    let n = invocation.named_arg_as::<i64>(builder, "n")? as usize;
+    let k = size_arg(builder, invocation, "k")?;
+    let n = size_arg(builder, invocation, "n")?;
     builder.wire(BlockMatMul { format, k, n }, &[input, blocks])
 }
 
@@ -637,7 +638,7 @@ fn load_gather(builder: &mut ModelBuilder, invocation: &ResolvedInvocation) -> T
     let blocks = invocation.named_arg_as(builder, "blocks")?;
     let indices = invocation.named_arg_as(builder, "indices")?;
     let format = BlockFormat::parse(&invocation.named_arg_as::<String>(builder, "format")?)?;
-    let k = invocation.named_arg_as::<i64>(builder, "k")? as usize;
+    let k = size_arg(builder, invocation, "k")?;
     builder.wire(BlockGather { format, k }, &[blocks, indices])
 }
 

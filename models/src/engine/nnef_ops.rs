@@ -23,6 +23,12 @@ pub fn registry() -> Registry {
     registry
 }
 
+/// An integer attribute of an NNEF invocation as a size: a negative one (a damaged archive) is an error, not a wrap.
+pub(super) fn size_arg(builder: &mut ModelBuilder, invocation: &ResolvedInvocation, name: &str) -> TractResult<usize> {
+    let value = invocation.named_arg_as::<i64>(builder, name)?;
+    usize::try_from(value).map_err(|_| anyhow::anyhow!("{name} = {value} is not a size"))
+}
+
 /// Makes a prepared model writable as NNEF: drops the ONNX metadata properties (nothing reads them, and text such as
 /// PP-OCR's embedded dictionary does not survive NNEF's string syntax), and replaces the ONNX importer's
 /// `DynamicQuantizeLinearU8` (a type private to tract-onnx, so without an NNEF form) with [`DynamicQuantizeU8`],
