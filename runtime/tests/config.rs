@@ -83,11 +83,11 @@ fn an_invalid_config_exits_78_naming_the_field() {
 
 #[test]
 fn an_over_budget_config_exits_78_naming_the_largest_items() {
-    let path = temp_config("over.toml", "board = \"rpi0-2w\"\n[models]\ndecoder = \"q4\"\n");
+    let path = temp_config("over.toml", "board = \"rpi0-2w\"\n[models]\ndecoder = \"f32\"\n");
     let out = check(&path, &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(78), "{stderr}");
-    assert!(stderr.contains("allows 350 MiB") && stderr.contains("decoder q4"), "{stderr}");
+    assert!(stderr.contains("allows 350 MiB") && stderr.contains("decoder f32"), "{stderr}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("OVER BUDGET"));
 }
 

@@ -156,19 +156,20 @@ impl Whisper {
         Ok(GraphSpec::new(vec![(DatumType::F32, mel)]))
     }
 
-    /// How the decoder graph is declared: the step's tokens, the self-attention keys and values so far, and the
-    /// encoder's cross-attention keys and values.
+    /// How the decoder graph is declared: the step's tokens, the self-attention keys and values so far (all layers
+    /// stacked), and the encoder's cross-attention keys, then values, one input per layer.
     pub fn decoder_spec(decoder: &Component) -> Result<GraphSpec> {
         let (layers, heads, head_dim) = (decoder.param_usize("n_layers")?, decoder.param_usize("n_heads")?, decoder.param_usize("head_dim")?);
-        let kv = |length| vec![Dim::Fixed(layers), Dim::Fixed(1), Dim::Fixed(heads), Dim::Symbol(length), Dim::Fixed(head_dim)];
-        Ok(GraphSpec::new(vec![
+        let past = vec![Dim::Fixed(layers), Dim::Fixed(1), Dim::Fixed(heads), Dim::Symbol("past"), Dim::Fixed(head_dim)];
+        let audio = vec![Dim::Fixed(1), Dim::Fixed(heads), Dim::Symbol("audio"), Dim::Fixed(head_dim)];
+        let mut inputs = vec![
             // Not the input's own name: a compiled graph's text would read the symbol as the tensor.
             (DatumType::I64, vec![Dim::Fixed(1), Dim::Symbol("new_tokens")]),
-            (DatumType::F32, kv("past")),
-            (DatumType::F32, kv("past")),
-            (DatumType::F32, kv("audio")),
-            (DatumType::F32, kv("audio")),
-        ]))
+            (DatumType::F32, past.clone()),
+            (DatumType::F32, past),
+        ];
+        inputs.extend(std::iter::repeat_n((DatumType::F32, audio), 2 * layers));
+        Ok(GraphSpec::new(inputs))
     }
 
     pub fn vocab(&self) -> &ByteLevelVocab {
@@ -226,20 +227,22 @@ impl WhisperSession<'_> {
 
         let started = Instant::now();
         let cross = self.encoder.run(tvec_of([engine::tensor(&[1, cfg.n_mels, frames], mel)?]))?;
-        if cross.len() < 2 {
-            return Err(ModelError::run(model.encoder.component(), "encoder returned fewer than 2 outputs"));
+        if cross.len() != 2 * cfg.n_layers {
+            let message = format!("encoder returned {} outputs, expected {} (keys and values per layer)", cross.len(), 2 * cfg.n_layers);
+            return Err(ModelError::run(model.encoder.component(), message));
         }
         let encode_ms = ms_since(started);
 
         let started = Instant::now();
-        let tokens = self.greedy_decode(&prompt, &cross[0], &cross[1], options.max_tokens)?;
+        let tokens = self.greedy_decode(&prompt, &cross, options.max_tokens)?;
         let decode_ms = ms_since(started);
         let text = model.vocab.decode(&tokens).trim().to_string();
         Ok(WindowTranscript { tokens, text, frames, mel_ms, encode_ms, decode_ms })
     }
 
-    /// Greedy decoding with the KV cache: the prompt in one step, then one token per step.
-    pub fn greedy_decode(&mut self, prompt: &[u32], cross_k: &TValue, cross_v: &TValue, max_tokens: usize) -> Result<Vec<u32>> {
+    /// Greedy decoding with the KV cache: the prompt in one step, then one token per step. `cross` holds the
+    /// encoder's outputs: each layer's cross-attention keys, then each layer's values.
+    pub fn greedy_decode(&mut self, prompt: &[u32], cross: &[TValue], max_tokens: usize) -> Result<Vec<u32>> {
         let cfg = &self.model.config;
         let component = self.model.decoder.component().to_string();
         let max_tokens = max_tokens.min(cfg.n_text_ctx.saturating_sub(prompt.len()));
@@ -251,13 +254,8 @@ impl WhisperSession<'_> {
         }
         let mut out = Vec::with_capacity(max_tokens);
         while out.len() < max_tokens {
-            let inputs = tvec_of([
-                engine::tensor(&[1, step_ids.len()], &step_ids)?,
-                self_k,
-                self_v,
-                cross_k.clone(),
-                cross_v.clone(),
-            ]);
+            let mut inputs = tvec_of([engine::tensor(&[1, step_ids.len()], &step_ids)?, self_k, self_v]);
+            inputs.extend(cross.iter().cloned());
             let mut outputs = self.decoder.run(inputs)?;
             if outputs.len() < 3 {
                 return Err(ModelError::run(&component, "decoder returned fewer than 3 outputs"));

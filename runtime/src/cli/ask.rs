@@ -15,6 +15,7 @@ use lookout_models::vad::SileroVad;
 use lookout_models::vision::image::load_image;
 use lookout_models::vision::{Scene, VisionModels};
 use lookout_models::whisper::{DecodeOptions, Whisper, Window};
+use lookout_models::ModelError;
 use serde::Serialize;
 
 use super::{print_json, Context};
@@ -151,14 +152,20 @@ fn run(
     };
 
     let bundle = ctx.open_bundle()?;
+    // When each model finished loading: the last of them, counted from the process's start, is the cold start.
+    let loaded_at = std::sync::Mutex::new(Vec::new());
+    let note_loaded = || loaded_at.lock().unwrap_or_else(|e| e.into_inner()).push(Instant::now());
     let load_decoder = || {
         let started = Instant::now();
-        LanguageModel::load(&bundle, args.variant.as_deref()).map(|lm| (lm, ms_since(started)))
+        let lm = LanguageModel::load(&bundle, args.variant.as_deref())?;
+        note_loaded();
+        Ok::<_, ModelError>((lm, ms_since(started)))
     };
     let see = || -> anyhow::Result<_> {
         let started = Instant::now();
         let vision = VisionModels::load(&bundle, !args.no_ocr)?;
         let mut session = vision.session()?;
+        note_loaded();
         let load_ms = ms_since(started);
         let started = Instant::now();
         let scene = session.describe(&image)?;
@@ -177,6 +184,7 @@ fn run(
                 let whisper = Whisper::load(&bundle, variant)?;
                 let vad = SileroVad::load(&bundle)?;
                 let mut transcriber = Transcriber::new(&whisper, Some(&vad))?;
+                note_loaded();
                 timings.insert("load_speech".to_string(), ms_since(started));
                 let started = Instant::now();
                 let options = DecodeOptions { window: Window::FIT, ..DecodeOptions::default() };
@@ -214,6 +222,9 @@ fn run(
         };
         Ok((transcript, scene, vision, decoder))
     })?;
+    if let Some(last) = loaded_at.into_inner().unwrap_or_else(|e| e.into_inner()).into_iter().max() {
+        timings.insert("cold_start".to_string(), super::bench::ms_from_process_start(last));
+    }
 
     let question = text.map(str::to_string).or_else(|| transcript.clone());
     let task = match &question {

@@ -78,7 +78,12 @@ pub fn mark_process_start() {
 
 /// Milliseconds since `mark_process_start`.
 fn since_process_start() -> f64 {
-    PROCESS_START.get_or_init(Instant::now).elapsed().as_secs_f64() * 1e3
+    ms_from_process_start(Instant::now())
+}
+
+/// Milliseconds from `mark_process_start` to `instant`.
+pub fn ms_from_process_start(instant: Instant) -> f64 {
+    instant.saturating_duration_since(*PROCESS_START.get_or_init(Instant::now)).as_secs_f64() * 1e3
 }
 
 pub fn run(ctx: &Context, args: BenchArgs) -> anyhow::Result<()> {
