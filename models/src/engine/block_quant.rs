@@ -291,14 +291,12 @@ mod avx2 {
         }
     }
 
-    /// Tiles of weight rows × activation rows: a single activation row (decoding) takes four weight rows at a time,
-    /// so that each activation block is loaded once for four rows and four sums advance together; several
-    /// activation rows (a prompt) take four of them per weight row, so that each block's codes are widened once.
-    /// Q8_0 weights (here the output head's table) are read one row at a time, which streamed faster from memory
-    /// than four rows side by side when measured.
+    /// A single activation row (decoding) takes four weight rows at a time, so that each activation block is loaded
+    /// once for four rows and four sums advance together; Q8_0 weights (the output head's table) are read one row
+    /// at a time, which streamed faster from memory than four rows side by side when measured. Several activation
+    /// rows (a prompt, an audio window) go through [`prompt_columns`].
     #[inline(always)]
     unsafe fn columns<const F: u8>(weights: Weights, activations: &Activations, range: std::ops::Range<usize>, output: Output) {
-        let rows = activations.rows;
         if let Some((x, scale)) = &activations.rounded {
             let scale = scale.as_slice();
             if F == Q8_0 {
@@ -317,14 +315,99 @@ mod avx2 {
             }
             return;
         }
-        for j in range {
-            let mut s = 0;
-            while s + 4 <= rows {
-                tile::<F, 4>(weights, activations, j, s, output);
-                s += 4;
+        prompt_columns::<F>(weights, activations, range, output);
+    }
+
+    /// The activation rows one pass over a worker's weight rows keeps: as many as fit in about 192 KiB, within the
+    /// L2 cache, so that each panel of dequantized weights serves all of them from there.
+    const CHUNK_BYTES: usize = 192 * 1024;
+
+    /// Several activation rows: panels of four weight rows are dequantized to f32 once per chunk of activation rows,
+    /// then multiplied as tiles of four weight rows × three activation rows whose twelve sums stay in registers.
+    #[inline(always)]
+    unsafe fn prompt_columns<const F: u8>(weights: Weights, activations: &Activations, range: std::ops::Range<usize>, output: Output) {
+        let (k, rows) = (weights.k, activations.rows);
+        let chunk = (CHUNK_BYTES / (k * 4)).max(3) / 3 * 3;
+        let mut panel = vec![0f32; 4 * k];
+        for first in (0..rows).step_by(chunk) {
+            let chunk_rows = first..(first + chunk).min(rows);
+            let mut j = range.start;
+            while j < range.end {
+                let count = (range.end - j).min(4);
+                dequantize_panel::<F>(weights, j, count, &mut panel);
+                let x = activations.values;
+                match count {
+                    4 => panel_rows::<4>(&panel, x, k, j, chunk_rows.clone(), output),
+                    3 => panel_rows::<3>(&panel, x, k, j, chunk_rows.clone(), output),
+                    2 => panel_rows::<2>(&panel, x, k, j, chunk_rows.clone(), output),
+                    _ => panel_rows::<1>(&panel, x, k, j, chunk_rows.clone(), output),
+                }
+                j += count;
             }
-            for s in s..rows {
-                tile::<F, 1>(weights, activations, j, s, output);
+        }
+    }
+
+    /// Weight rows `first_row..first_row + count` as f32 values into `panel` (rows of k), as `dequantize_row` gives
+    /// them.
+    #[inline(always)]
+    unsafe fn dequantize_panel<const F: u8>(weights: Weights, first_row: usize, count: usize, panel: &mut [f32]) {
+        let format = format_of(F);
+        let row_bytes = weights.row_bytes();
+        for r in 0..count {
+            let row = weights.blocks.as_ptr().add((first_row + r) * row_bytes);
+            let out = panel.as_mut_ptr().add(r * weights.k);
+            for b in 0..weights.k / BLOCK {
+                let block = row.add(b * format.block_bytes());
+                // Both f16 header values at once (for Q4_0 and Q8_0 the second is the first codes, unused).
+                let header = _mm_cvtph_ps(_mm_cvtsi32_si128((block as *const i32).read_unaligned()));
+                let offset = match format {
+                    BlockFormat::Q4_0 => -8.0 * _mm_cvtss_f32(header),
+                    BlockFormat::Q4_1 => _mm_cvtss_f32(_mm_movehdup_ps(header)),
+                    BlockFormat::Q8_0 => 0.0,
+                };
+                let (scale, offset) = (_mm256_broadcastss_ps(header), _mm256_set1_ps(offset));
+                for (q, codes) in widen(format, block).into_iter().enumerate() {
+                    _mm256_storeu_ps(out.add(b * BLOCK + q * 8), _mm256_fmadd_ps(codes, scale, offset));
+                }
+            }
+        }
+    }
+
+    /// The `R` panel rows (output columns `j..j + R`) against activation rows `rows`, three at a time.
+    #[inline(always)]
+    unsafe fn panel_rows<const R: usize>(panel: &[f32], x: &[f32], k: usize, j: usize, rows: std::ops::Range<usize>, output: Output) {
+        let mut s = rows.start;
+        while s + 3 <= rows.end {
+            panel_tile::<R, 3>(panel, x, k, j, s, output);
+            s += 3;
+        }
+        match rows.end - s {
+            2 => panel_tile::<R, 2>(panel, x, k, j, s, output),
+            1 => panel_tile::<R, 1>(panel, x, k, j, s, output),
+            _ => {}
+        }
+    }
+
+    /// `R` panel rows × activation rows `first..first + T`: R × T sums of eight lanes each, added up at the end.
+    #[inline(always)]
+    unsafe fn panel_tile<const R: usize, const T: usize>(panel: &[f32], x: &[f32], k: usize, j: usize, first: usize, output: Output) {
+        let (w, x) = (panel.as_ptr(), x.as_ptr().add(first * k));
+        let mut acc = [[_mm256_setzero_ps(); T]; R];
+        let mut xs = [_mm256_setzero_ps(); T];
+        for i in (0..k).step_by(8) {
+            for t in 0..T {
+                xs[t] = _mm256_loadu_ps(x.add(t * k + i));
+            }
+            for r in 0..R {
+                let weight = _mm256_loadu_ps(w.add(r * k + i));
+                for t in 0..T {
+                    acc[r][t] = _mm256_fmadd_ps(weight, xs[t], acc[r][t]);
+                }
+            }
+        }
+        for r in 0..R {
+            for t in 0..T {
+                *output.ptr.add((first + t) * output.n + j + r) = horizontal_sum(acc[r][t]);
             }
         }
     }
@@ -389,47 +472,6 @@ mod avx2 {
                 let high = _mm_and_si128(_mm_srli_epi16(packed, 4), mask);
                 (_mm256_cvtepu8_epi16(low), _mm256_cvtepu8_epi16(high))
             }
-        }
-    }
-
-    /// Weight row `j` against activation rows `first..first + T`.
-    #[inline(always)]
-    unsafe fn tile<const F: u8, const T: usize>(weights: Weights, activations: &Activations, j: usize, first: usize, output: Output) {
-        let format = format_of(F);
-        let k = weights.k;
-        let blocks_per_row = k / BLOCK;
-        let row_bytes = weights.row_bytes();
-        let row = weights.blocks.as_ptr().add(j * row_bytes);
-        let mut acc = [_mm256_setzero_ps(); T];
-        let mut offsets = [0f32; T];
-        let x = activations.values.as_ptr().add(first * k);
-        let sums = activations.block_sums.as_ptr().add(first * blocks_per_row);
-        for b in 0..blocks_per_row {
-            let block = row.add(b * format.block_bytes());
-            _mm_prefetch::<_MM_HINT_T0>(block.wrapping_add(row_bytes) as *const i8);
-            // Both f16 header values at once (for Q4_0 and Q8_0 the second is the first codes, unused).
-            let header = _mm_cvtph_ps(_mm_cvtsi32_si128((block as *const i32).read_unaligned()));
-            let offset = match format {
-                BlockFormat::Q4_0 => -8.0 * _mm_cvtss_f32(header),
-                BlockFormat::Q4_1 => _mm_cvtss_f32(_mm_movehdup_ps(header)),
-                BlockFormat::Q8_0 => 0.0,
-            };
-            let codes = widen(format, block);
-            let scale = _mm256_broadcastss_ps(header);
-            for t in 0..T {
-                let xb = x.add(t * k + b * BLOCK);
-                let mut dot = _mm256_mul_ps(codes[0], _mm256_loadu_ps(xb));
-                dot = _mm256_fmadd_ps(codes[1], _mm256_loadu_ps(xb.add(8)), dot);
-                dot = _mm256_fmadd_ps(codes[2], _mm256_loadu_ps(xb.add(16)), dot);
-                dot = _mm256_fmadd_ps(codes[3], _mm256_loadu_ps(xb.add(24)), dot);
-                acc[t] = _mm256_fmadd_ps(scale, dot, acc[t]);
-                if format != BlockFormat::Q8_0 {
-                    offsets[t] += offset * *sums.add(t * blocks_per_row + b);
-                }
-            }
-        }
-        for t in 0..T {
-            *output.ptr.add((first + t) * output.n + j) = horizontal_sum(acc[t]) + offsets[t];
         }
     }
 
@@ -794,10 +836,14 @@ mod tests {
 
     #[test]
     fn products_equal_the_dequantized_weights_for_every_format_and_row_count() {
-        for format in [BlockFormat::Q4_0, BlockFormat::Q4_1, BlockFormat::Q8_0] {
-            let (n, k) = (37, 96);
+        // 37 weight rows: nine panels of four and one of one; 2048 values a row: chunks of 24 activation rows.
+        let shapes: [(usize, usize, &[usize]); 2] = [(37, 96, &[1, 2, 3, 4, 9]), (5, 2048, &[26])];
+        for (format, (n, k, row_counts)) in [BlockFormat::Q4_0, BlockFormat::Q4_1, BlockFormat::Q8_0]
+            .into_iter()
+            .flat_map(|format| shapes.map(|shape| (format, shape)))
+        {
             let (blocks, values) = random_blocks(format, n, k, 7);
-            for rows in [1, 3, 4, 9] {
+            for &rows in row_counts {
                 let x: Vec<f32> = (0..rows * k).map(|i| ((i * 7919) % 201) as f32 / 100.0 - 1.0).collect();
                 let expected = reference(&values, n, k, &x);
                 let weights = Weights { format, blocks: &blocks, k };
