@@ -63,7 +63,10 @@ impl AlsaMicrophone {
                 hw.set_format(Format::s32()).map_err(e("S32 samples"))?;
                 Sample::S32
             } else {
-                return Err(DeviceError::new(ErrorKind::BadData, format!("ALSA `{name}`: neither S16_LE nor S32_LE capture")));
+                return Err(DeviceError::new(
+                    ErrorKind::BadData,
+                    format!("ALSA `{name}`: neither S16_LE nor S32_LE capture"),
+                ));
             };
             let channels = hw.set_channels_near(1).map_err(e("channels"))?;
             let rate = hw.set_rate_near(rate, ValueOr::Nearest).map_err(e("rate"))?;
@@ -105,7 +108,9 @@ impl AlsaMicrophone {
                 self.suspends += 1;
                 for _ in 0..50 {
                     match self.pcm.resume() {
-                        Err(e) if e.errno() == libc::EAGAIN => std::thread::sleep(std::time::Duration::from_millis(100)),
+                        Err(e) if e.errno() == libc::EAGAIN => {
+                            std::thread::sleep(std::time::Duration::from_millis(100))
+                        }
                         Ok(()) => return Ok(()),
                         Err(_) => break,
                     }
@@ -218,7 +223,12 @@ pub fn list_capture_devices() -> Vec<CaptureDevice> {
                 let hw = HwParams::any(&pcm)?;
                 entry.rates = Some((hw.get_rate_min()?, hw.get_rate_max()?));
                 entry.channels = Some((hw.get_channels_min()?, hw.get_channels_max()?));
-                for (format, label) in [(Format::s16(), "S16_LE"), (Format::s32(), "S32_LE"), (Format::S243LE, "S24_3LE"), (Format::float(), "FLOAT_LE")] {
+                for (format, label) in [
+                    (Format::s16(), "S16_LE"),
+                    (Format::s32(), "S32_LE"),
+                    (Format::S243LE, "S24_3LE"),
+                    (Format::float(), "FLOAT_LE"),
+                ] {
                     if hw.test_format(format).is_ok() {
                         entry.formats.push(label);
                     }

@@ -119,7 +119,12 @@ pub type GpioButton = Button<linux_embedded_hal::CdevPin>;
 pub type GpioLed = Led<linux_embedded_hal::CdevPin>;
 
 #[cfg(feature = "gpio")]
-pub fn open_button(chip: &std::path::Path, line: u32, active_low: bool, stable_polls: u32) -> Result<GpioButton, DeviceError> {
+pub fn open_button(
+    chip: &std::path::Path,
+    line: u32,
+    active_low: bool,
+    stable_polls: u32,
+) -> Result<GpioButton, DeviceError> {
     Ok(Button::new(open_line(chip, line, false)?, active_low, stable_polls))
 }
 
@@ -191,7 +196,9 @@ mod tests {
         let mut button = Button::new(pin.clone(), true, 3);
         let mut events = Vec::new();
         // Contact bounce, then held down for a while, then bounce on release.
-        for level in [false, true, false, false, true, false, false, false, false, false, true, false, true, true, true, true] {
+        for level in
+            [false, true, false, false, true, false, false, false, false, false, true, false, true, true, true, true]
+        {
             pin.0.borrow_mut().0 = level;
             if let Some(e) = button.poll().unwrap() {
                 events.push(e);

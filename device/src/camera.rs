@@ -75,7 +75,10 @@ impl ImageDirCamera {
             .collect();
         files.sort();
         if files.is_empty() {
-            return Err(DeviceError::new(ErrorKind::NotFound, format!("{}: no .jpg, .jpeg or .png files", dir.display())));
+            return Err(DeviceError::new(
+                ErrorKind::NotFound,
+                format!("{}: no .jpg, .jpeg or .png files", dir.display()),
+            ));
         }
         let period = Duration::from_secs_f64(1.0 / f64::from(fps.max(1)));
         Ok(ImageDirCamera {
@@ -99,7 +102,10 @@ impl ImageDirCamera {
         let what = path.display().to_string();
         let len = std::fs::metadata(path).map_err(|e| DeviceError::io(&what, &e))?.len();
         if len > MAX_FRAME_FILE_BYTES {
-            return Err(DeviceError::new(ErrorKind::BadData, format!("{what}: {len} bytes; frames are limited to {MAX_FRAME_FILE_BYTES}")));
+            return Err(DeviceError::new(
+                ErrorKind::BadData,
+                format!("{what}: {len} bytes; frames are limited to {MAX_FRAME_FILE_BYTES}"),
+            ));
         }
         use std::io::Read as _;
         self.bytes.clear();

@@ -23,7 +23,8 @@ struct RawChipInfo {
 }
 
 /// `GPIO_GET_CHIPINFO_IOCTL`: `_IOR(0xB4, 0x01, struct gpiochip_info)`.
-const GET_CHIPINFO: libc::c_ulong = (2 << 30) | ((std::mem::size_of::<RawChipInfo>() as libc::c_ulong) << 16) | (0xB4 << 8) | 0x01;
+const GET_CHIPINFO: libc::c_ulong =
+    (2 << 30) | ((std::mem::size_of::<RawChipInfo>() as libc::c_ulong) << 16) | (0xB4 << 8) | 0x01;
 
 fn c_string(bytes: &[u8]) -> String {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
@@ -55,7 +56,8 @@ struct RawLineInfo {
 }
 
 /// `GPIO_V2_GET_LINEINFO_IOCTL`: `_IOWR(0xB4, 0x05, struct gpio_v2_line_info)`.
-const GET_LINEINFO: libc::c_ulong = (3 << 30) | ((std::mem::size_of::<RawLineInfo>() as libc::c_ulong) << 16) | (0xB4 << 8) | 0x05;
+const GET_LINEINFO: libc::c_ulong =
+    (3 << 30) | ((std::mem::size_of::<RawLineInfo>() as libc::c_ulong) << 16) | (0xB4 << 8) | 0x05;
 const LINE_USED: u64 = 1 << 0;
 const LINE_ACTIVE_LOW: u64 = 1 << 1;
 const LINE_OUTPUT: u64 = 1 << 3;
@@ -81,7 +83,15 @@ pub fn chip_lines(path: &Path) -> Result<Vec<LineInfo>, DeviceError> {
     let file = std::fs::File::open(path).map_err(|e| DeviceError::io(&what, &e))?;
     (0..count)
         .map(|offset| {
-            let mut raw = RawLineInfo { name: [0; 32], consumer: [0; 32], offset, num_attrs: 0, flags: 0, attrs: [0; 20], padding: [0; 4] };
+            let mut raw = RawLineInfo {
+                name: [0; 32],
+                consumer: [0; 32],
+                offset,
+                num_attrs: 0,
+                flags: 0,
+                attrs: [0; 20],
+                padding: [0; 4],
+            };
             // SAFETY: the ioctl reads the offset from and writes one `gpio_v2_line_info` into `raw`, which has that
             // layout and lives for the call.
             let result = unsafe { libc::ioctl(file.as_raw_fd(), GET_LINEINFO as _, &mut raw as *mut RawLineInfo) };
@@ -108,7 +118,9 @@ pub fn list_chips() -> Vec<Result<ChipInfo, DeviceError>> {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("gpiochip")))
         .collect();
-    paths.sort_by_key(|p| p.file_name().and_then(|n| n.to_str()).and_then(|n| n["gpiochip".len()..].parse::<u32>().ok()));
+    paths.sort_by_key(|p| {
+        p.file_name().and_then(|n| n.to_str()).and_then(|n| n["gpiochip".len()..].parse::<u32>().ok())
+    });
     paths.iter().map(|p| chip_info(p)).collect()
 }
 

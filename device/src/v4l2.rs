@@ -18,8 +18,12 @@ use crate::camera::{Camera, CapturedFrame, FrameFormat};
 use crate::{DeviceError, ErrorKind};
 
 /// Formats Lookout converts itself, in order of preference (raw ones cost no decoding).
-const FORMATS: [(&[u8; 4], FrameFormat); 4] =
-    [(b"YUYV", FrameFormat::Yuyv), (b"NV12", FrameFormat::Nv12), (b"RGB3", FrameFormat::Rgb24), (b"MJPG", FrameFormat::Mjpeg)];
+const FORMATS: [(&[u8; 4], FrameFormat); 4] = [
+    (b"YUYV", FrameFormat::Yuyv),
+    (b"NV12", FrameFormat::Nv12),
+    (b"RGB3", FrameFormat::Rgb24),
+    (b"MJPG", FrameFormat::Mjpeg),
+];
 
 /// When the driver captured a frame, from the buffer's timestamp when it is on the monotonic clock (which `Instant`
 /// also reads); otherwise, or when the stamp is implausible, `now` at dequeue.
@@ -137,7 +141,9 @@ pub fn resolve(device: &str) -> Result<PathBuf, DeviceError> {
     }
     for node in v4l::context::enum_devices() {
         if let Ok(caps) = Device::with_path(node.path()).and_then(|d| d.query_caps()) {
-            if caps.card.eq_ignore_ascii_case(device) && caps.capabilities.contains(v4l::capability::Flags::VIDEO_CAPTURE) {
+            if caps.card.eq_ignore_ascii_case(device)
+                && caps.capabilities.contains(v4l::capability::Flags::VIDEO_CAPTURE)
+            {
                 return Ok(node.path().to_path_buf());
             }
         }
@@ -157,7 +163,10 @@ fn sizes(device: &Device, fourcc: FourCC, wanted: (u32, u32)) -> Vec<(u32, u32)>
                     let v = v.clamp(min, max);
                     min + (v - min) / step.max(1) * step.max(1)
                 };
-                (snap(wanted.0, s.min_width, s.max_width, s.step_width), snap(wanted.1, s.min_height, s.max_height, s.step_height))
+                (
+                    snap(wanted.0, s.min_width, s.max_width, s.step_width),
+                    snap(wanted.1, s.min_height, s.max_height, s.step_height),
+                )
             }
         })
         .collect()
@@ -168,15 +177,23 @@ fn rates(device: &Device, fourcc: FourCC, width: u32, height: u32) -> Vec<f64> {
     intervals
         .into_iter()
         .filter_map(|i| match i.interval {
-            FrameIntervalEnum::Discrete(f) if f.numerator > 0 => Some(f64::from(f.denominator) / f64::from(f.numerator)),
-            FrameIntervalEnum::Stepwise(s) if s.min.numerator > 0 => Some(f64::from(s.min.denominator) / f64::from(s.min.numerator)),
+            FrameIntervalEnum::Discrete(f) if f.numerator > 0 => {
+                Some(f64::from(f.denominator) / f64::from(f.numerator))
+            }
+            FrameIntervalEnum::Stepwise(s) if s.min.numerator > 0 => {
+                Some(f64::from(s.min.denominator) / f64::from(s.min.numerator))
+            }
             _ => None,
         })
         .collect()
 }
 
 /// The supported format and size closest to `wanted`: the smallest size difference, then the preferred format.
-fn choose(device: &Device, only: Option<FrameFormat>, wanted: (u32, u32)) -> Result<(FourCC, FrameFormat, u32, u32), DeviceError> {
+fn choose(
+    device: &Device,
+    only: Option<FrameFormat>,
+    wanted: (u32, u32),
+) -> Result<(FourCC, FrameFormat, u32, u32), DeviceError> {
     let offered = device.enum_formats().map_err(|e| io_error("listing formats", &e))?;
     let mut best: Option<(u64, usize, FourCC, FrameFormat, u32, u32)> = None;
     for (rank, (code, format)) in FORMATS.iter().enumerate() {
@@ -193,16 +210,29 @@ fn choose(device: &Device, only: Option<FrameFormat>, wanted: (u32, u32)) -> Res
     }
     let offered: Vec<String> = offered.iter().map(|d| d.fourcc.to_string()).collect();
     best.map(|b| (b.2, b.3, b.4, b.5)).ok_or_else(|| {
-        DeviceError::new(ErrorKind::BadData, format!("the camera offers {}; Lookout reads YUYV, NV12, RGB3 and MJPG", offered.join(", ")))
+        DeviceError::new(
+            ErrorKind::BadData,
+            format!("the camera offers {}; Lookout reads YUYV, NV12, RGB3 and MJPG", offered.join(", ")),
+        )
     })
 }
 
-fn start(path: &Path, only: Option<FrameFormat>, wanted: (u32, u32, u32), buffers: u32) -> Result<(Negotiated, Stream<'static>), DeviceError> {
+fn start(
+    path: &Path,
+    only: Option<FrameFormat>,
+    wanted: (u32, u32, u32),
+    buffers: u32,
+) -> Result<(Negotiated, Stream<'static>), DeviceError> {
     let what = path.display().to_string();
     let device = Device::with_path(path).map_err(|e| io_error(&what, &e))?;
     let caps = device.query_caps().map_err(|e| io_error(&what, &e))?;
-    if !caps.capabilities.contains(v4l::capability::Flags::VIDEO_CAPTURE) || !caps.capabilities.contains(v4l::capability::Flags::STREAMING) {
-        return Err(DeviceError::new(ErrorKind::BadData, format!("{what} ({}) is not a streaming capture device", caps.card)));
+    if !caps.capabilities.contains(v4l::capability::Flags::VIDEO_CAPTURE)
+        || !caps.capabilities.contains(v4l::capability::Flags::STREAMING)
+    {
+        return Err(DeviceError::new(
+            ErrorKind::BadData,
+            format!("{what} ({}) is not a streaming capture device", caps.card),
+        ));
     }
     let (fourcc, format, width, height) = choose(&device, only, (wanted.0, wanted.1))?;
     let mut fmt = device.format().map_err(|e| io_error(&what, &e))?;
@@ -212,7 +242,8 @@ fn start(path: &Path, only: Option<FrameFormat>, wanted: (u32, u32, u32), buffer
     // Zero lets the driver compute the row length and size for the new format instead of keeping the old ones.
     fmt.stride = 0;
     fmt.size = 0;
-    let fmt = device.set_format(&fmt).map_err(|e| io_error(&format!("{what}: setting {fourcc} {width}x{height}"), &e))?;
+    let fmt =
+        device.set_format(&fmt).map_err(|e| io_error(&format!("{what}: setting {fourcc} {width}x{height}"), &e))?;
     let packed_row = match format {
         FrameFormat::Yuyv => Some(fmt.width * 2),
         FrameFormat::Nv12 => Some(fmt.width),
@@ -225,13 +256,16 @@ fn start(path: &Path, only: Option<FrameFormat>, wanted: (u32, u32, u32), buffer
             format!("{what}: {fourcc} rows of {} bytes for {} pixels ({row} without padding); padded rows are not supported", fmt.stride, fmt.width),
         ));
     }
-    let params = device.set_params(&v4l::video::capture::Parameters::with_fps(wanted.2.max(1))).map_err(|e| io_error(&what, &e))?;
+    let params = device
+        .set_params(&v4l::video::capture::Parameters::with_fps(wanted.2.max(1)))
+        .map_err(|e| io_error(&what, &e))?;
     let fps = match params.interval.numerator {
         0 => f64::from(wanted.2),
         n => f64::from(params.interval.denominator) / f64::from(n),
     };
     let format = FORMATS.iter().find(|(code, _)| FourCC::new(code) == fmt.fourcc).map_or(format, |(_, f)| *f);
-    let mut stream = Stream::with_buffers(&device, Type::VideoCapture, buffers.max(2)).map_err(|e| io_error(&what, &e))?;
+    let mut stream =
+        Stream::with_buffers(&device, Type::VideoCapture, buffers.max(2)).map_err(|e| io_error(&what, &e))?;
     stream.set_timeout(Duration::from_secs(5));
     Ok((Negotiated { format, width: fmt.width, height: fmt.height, fps }, stream))
 }
@@ -334,7 +368,13 @@ mod tests {
     #[test]
     fn frames_without_a_monotonic_stamp_are_dated_at_dequeue() {
         let now = Instant::now();
-        let mut meta = Metadata { bytesused: 0, flags: Flags::TIMESTAMP_COPY, field: 0, timestamp: v4l::Timestamp::new(5, 0), sequence: 0 };
+        let mut meta = Metadata {
+            bytesused: 0,
+            flags: Flags::TIMESTAMP_COPY,
+            field: 0,
+            timestamp: v4l::Timestamp::new(5, 0),
+            sequence: 0,
+        };
         assert_eq!(capture_time(&meta, now), now, "a copied stamp is not on our clock");
         meta.flags = Flags::TIMESTAMP_MONOTONIC;
         meta.timestamp = v4l::Timestamp::new(0, 0);

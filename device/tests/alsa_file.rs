@@ -33,7 +33,8 @@ fn a_file_pcm_delivers_the_recording_sample_for_sample() {
     let testdata = std::env::var_os("LOOKOUT_TESTDATA")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/testdata"));
-    let recording = std::fs::read(testdata.join("speech/how_many_people.wav")).expect("test speech (run models/prepare/prepare.sh)");
+    let recording = std::fs::read(testdata.join("speech/how_many_people.wav"))
+        .expect("test speech (run models/prepare/prepare.sh)");
     let samples = wav_samples(&recording);
     assert!(samples.len() > 16_000);
 

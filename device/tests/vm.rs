@@ -30,7 +30,9 @@ const LOOP_PLAY: &str = "hw:CARD=Loopback,DEV=0";
 const LOOP_CAPTURE: &str = "hw:CARD=Loopback,DEV=1";
 
 fn testdata() -> PathBuf {
-    std::env::var_os("LOOKOUT_TESTDATA").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/testdata"))
+    std::env::var_os("LOOKOUT_TESTDATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/testdata"))
 }
 
 /// vivid's default pattern, 75% colour bars left to right, as full-range RGB.
@@ -50,7 +52,11 @@ fn check_bars(image: &RgbImage, what: &str) {
 #[test]
 #[ignore = "needs vivid: run by device/vm/run.sh"]
 fn vivid_frames_show_the_colour_bars_in_three_formats_with_the_drivers_timestamps() {
-    for (format, pixels) in [(FrameFormat::Yuyv, PixelFormat::Yuyv), (FrameFormat::Rgb24, PixelFormat::Rgb24), (FrameFormat::Nv12, PixelFormat::Nv12)] {
+    for (format, pixels) in [
+        (FrameFormat::Yuyv, PixelFormat::Yuyv),
+        (FrameFormat::Rgb24, PixelFormat::Rgb24),
+        (FrameFormat::Nv12, PixelFormat::Nv12),
+    ] {
         let mut camera = V4l2Camera::open_as(CAMERA, Some(format), 640, 480, 30, 4).unwrap();
         let n = camera.negotiated();
         assert_eq!((n.format, n.width, n.height), (format, 640, 480), "{format:?}");
@@ -68,7 +74,10 @@ fn vivid_frames_show_the_colour_bars_in_three_formats_with_the_drivers_timestamp
         // A frame read late was captured when the driver filled it, not when it was read.
         std::thread::sleep(Duration::from_millis(300));
         let age = camera.next_frame().unwrap().captured_at.elapsed();
-        assert!(age > Duration::from_millis(100) && age < Duration::from_secs(1), "{format:?}: read 300 ms late, captured {age:?} ago");
+        assert!(
+            age > Duration::from_millis(100) && age < Duration::from_secs(1),
+            "{format:?}: read 300 ms late, captured {age:?} ago"
+        );
         check_bars(&image, &format!("{format:?}"));
     }
     let by_name = V4l2Camera::open("vivid", 640, 480, 30, 2).expect("open by card name");
@@ -184,7 +193,9 @@ fn press_vivid_disconnect() {
     let device = std::fs::OpenOptions::new().read(true).write(true).open(CAMERA).unwrap();
     let mut control = Control { id: VIVID_CID_DISCONNECT, value: 0 };
     // SAFETY: the ioctl reads and writes one `v4l2_control`, which `control` is, for the duration of the call.
-    let result = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&device), VIDIOC_S_CTRL as _, &mut control as *mut Control) };
+    let result = unsafe {
+        libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&device), VIDIOC_S_CTRL as _, &mut control as *mut Control)
+    };
     assert_eq!(result, 0, "pressing Disconnect: {}", std::io::Error::last_os_error());
 }
 
@@ -211,7 +222,11 @@ fn a_disconnected_camera_reports_it_and_reopens_when_the_device_returns() {
 /// The gpio-mockup chip's device and its debugfs directory, where writing a line's file sets the level an input
 /// reads and reading it gives the line's value.
 fn mockup_chip() -> (PathBuf, PathBuf) {
-    let chip = list_chips().into_iter().filter_map(Result::ok).find(|c| c.label == "gpio-mockup-A").expect("gpio-mockup loaded");
+    let chip = list_chips()
+        .into_iter()
+        .filter_map(Result::ok)
+        .find(|c| c.label == "gpio-mockup-A")
+        .expect("gpio-mockup loaded");
     let debugfs = PathBuf::from("/sys/kernel/debug/gpio-mockup").join(chip.path.file_name().unwrap());
     (chip.path, debugfs)
 }
@@ -268,7 +283,10 @@ fn a_button_and_an_led_on_a_kernel_gpio_chip() {
     // The kernel reports who holds which line, and refuses a second request for a held one.
     let info = chip_lines(&chip).unwrap();
     assert_eq!(info.len(), 8);
-    assert_eq!((info[0].name.as_str(), info[0].consumer.as_str(), info[0].used, info[0].output), ("gpio-mockup-A-0", "lookout-button", true, false));
+    assert_eq!(
+        (info[0].name.as_str(), info[0].consumer.as_str(), info[0].used, info[0].output),
+        ("gpio-mockup-A-0", "lookout-button", true, false)
+    );
     assert_eq!((info[1].consumer.as_str(), info[1].output), ("lookout-led", true));
     assert!(!info[3].used && info[3].consumer.is_empty(), "{:?}", info[3]);
     let busy = open_button(&chip, 0, false, 3).err().expect("line 0 is already held");
@@ -289,13 +307,20 @@ fn probe_lists_vivid_the_loopback_and_the_gpio_chip() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let probe: Value = serde_json::from_slice(&out.stdout).unwrap();
     let vivid = probe["cameras"].as_array().unwrap().iter().find(|c| c["driver"] == "vivid").expect("vivid listed");
-    let formats: Vec<&str> = vivid["formats"].as_array().unwrap().iter().map(|f| f["fourcc"].as_str().unwrap()).collect();
+    let formats: Vec<&str> =
+        vivid["formats"].as_array().unwrap().iter().map(|f| f["fourcc"].as_str().unwrap()).collect();
     assert!(formats.contains(&"YUYV") && formats.contains(&"RGB3") && formats.contains(&"NV12"), "{formats:?}");
-    let loopback = probe["microphones"].as_array().unwrap().iter().find(|m| m["card"] == "Loopback").expect("loopback listed");
+    let loopback =
+        probe["microphones"].as_array().unwrap().iter().find(|m| m["card"] == "Loopback").expect("loopback listed");
     let rates = &loopback["rates"];
     assert!(rates[0].as_u64().unwrap() <= 16_000 && rates[1].as_u64().unwrap() >= 48_000, "{loopback}");
     let (chip, _) = mockup_chip();
-    let gpio = probe["gpio"].as_array().unwrap().iter().find(|g| g["path"] == chip.to_str().unwrap()).expect("gpio-mockup listed");
+    let gpio = probe["gpio"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["path"] == chip.to_str().unwrap())
+        .expect("gpio-mockup listed");
     assert_eq!((gpio["label"].as_str(), gpio["lines"].as_u64()), (Some("gpio-mockup-A"), Some(8)), "{gpio}");
     assert_eq!(gpio["line_info"][7]["name"], "gpio-mockup-A-7", "{gpio}");
     let table = lookout().arg("probe").output().unwrap();
@@ -333,7 +358,8 @@ fn the_daemon_captions_vivid_frames_and_follows_the_button() {
         ),
     )
     .unwrap();
-    let mut daemon = Daemon(lookout().args(["serve", "--config", config.to_str().unwrap()]).stdout(Stdio::piped()).spawn().unwrap());
+    let mut daemon =
+        Daemon(lookout().args(["serve", "--config", config.to_str().unwrap()]).stdout(Stdio::piped()).spawn().unwrap());
     let mut events = std::io::BufReader::new(daemon.0.stdout.take().unwrap()).lines();
     let mut port = None;
     let mut caption = None;
@@ -353,7 +379,10 @@ fn the_daemon_captions_vivid_frames_and_follows_the_button() {
     assert!(!caption["text"].as_str().unwrap().is_empty());
     // The button holds push-to-talk, and the LED stays on while it is held.
     let button_event = |events: &mut dyn Iterator<Item = std::io::Result<String>>| {
-        events.map(|line| serde_json::from_str::<Value>(&line.unwrap()).unwrap()).find(|e| e["event"] == "push_to_talk").expect("a push_to_talk event")
+        events
+            .map(|line| serde_json::from_str::<Value>(&line.unwrap()).unwrap())
+            .find(|e| e["event"] == "push_to_talk")
+            .expect("a push_to_talk event")
     };
     set_level(&lines, 4, true);
     let pressed = button_event(&mut events);

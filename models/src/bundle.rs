@@ -183,8 +183,8 @@ impl Bundle {
             return Err(ModelError::BundleNotFound(dir.to_path_buf()));
         }
         let text = fs::read_to_string(&path).map_err(|source| ModelError::Io { path: path.clone(), source })?;
-        let manifest: Manifest =
-            toml::from_str(&text).map_err(|e| ModelError::BadManifest { path: path.clone(), reason: e.message().to_string() })?;
+        let manifest: Manifest = toml::from_str(&text)
+            .map_err(|e| ModelError::BadManifest { path: path.clone(), reason: e.message().to_string() })?;
         if manifest.format != 1 {
             return Err(ModelError::BadManifest { path, reason: format!("unsupported format {}", manifest.format) });
         }
@@ -260,12 +260,19 @@ impl Bundle {
     pub fn checked_compiled_path(&self, component: &Component, engine: &str) -> Result<Option<PathBuf>> {
         let Some(compiled) = &component.compiled else { return Ok(None) };
         let path = self.checked(&component.name, &compiled.file, &compiled.sha256, compiled.bytes)?;
-        let stale = |reason: String| ModelError::StaleCompiled { component: component.name.clone(), path: path.clone(), reason };
+        let stale = |reason: String| ModelError::StaleCompiled {
+            component: component.name.clone(),
+            path: path.clone(),
+            reason,
+        };
         if compiled.engine != engine {
             return Err(stale(format!("it was written by {} and this is {engine}", compiled.engine)));
         }
         if !compiled.source_sha256.eq_ignore_ascii_case(&component.sha256) {
-            return Err(stale(format!("it was compiled from another {} (sha256 {})", component.file, compiled.source_sha256)));
+            return Err(stale(format!(
+                "it was compiled from another {} (sha256 {})",
+                component.file, compiled.source_sha256
+            )));
         }
         Ok(Some(path))
     }
@@ -276,11 +283,13 @@ impl Bundle {
         match self.check_before_load(file, sha256, bytes) {
             FileStatus::Ok => Ok(path),
             FileStatus::Missing => Err(ModelError::MissingFile { component: name, path }),
-            FileStatus::SizeMismatch { expected, actual } => Err(ModelError::SizeMismatch { component: name, path, expected, actual }),
-            FileStatus::HashMismatch { expected, actual } => Err(ModelError::HashMismatch { component: name, path, expected, actual }),
-            FileStatus::Unreadable { reason } => {
-                Err(ModelError::Io { path, source: std::io::Error::other(reason) })
+            FileStatus::SizeMismatch { expected, actual } => {
+                Err(ModelError::SizeMismatch { component: name, path, expected, actual })
             }
+            FileStatus::HashMismatch { expected, actual } => {
+                Err(ModelError::HashMismatch { component: name, path, expected, actual })
+            }
+            FileStatus::Unreadable { reason } => Err(ModelError::Io { path, source: std::io::Error::other(reason) }),
         }
     }
 }

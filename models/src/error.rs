@@ -37,7 +37,9 @@ pub enum ModelError {
     UnknownLanguage(String),
     #[error("GGUF: {0}")]
     BadGguf(String),
-    #[error("the prompt has {tokens} tokens but the context holds {capacity} (prompt and answer together); shorten it")]
+    #[error(
+        "the prompt has {tokens} tokens but the context holds {capacity} (prompt and answer together); shorten it"
+    )]
     PromptTooLong { tokens: usize, capacity: usize },
     #[error("{0}")]
     BadRequest(String),

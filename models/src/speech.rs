@@ -5,9 +5,9 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::error::Result;
 use crate::vad::{SileroVad, SpeechRegion, VadSession};
 use crate::whisper::{DecodeOptions, Whisper, WhisperSession, WINDOW_SAMPLES};
-use crate::error::Result;
 
 /// Audio rate every speech model here expects.
 pub const SAMPLE_RATE: usize = 16_000;

@@ -28,11 +28,7 @@ pub(crate) fn unicode_to_byte() -> HashMap<char, u8> {
             extra += 1;
         }
     }
-    printable
-        .into_iter()
-        .zip(chars)
-        .filter_map(|(b, c)| char::from_u32(c).map(|c| (c, b as u8)))
-        .collect()
+    printable.into_iter().zip(chars).filter_map(|(b, c)| char::from_u32(c).map(|c| (c, b as u8))).collect()
 }
 
 #[derive(Deserialize)]
@@ -65,10 +61,17 @@ impl ByteLevelVocab {
     /// Reads a Hugging Face `tokenizer.json` with a byte-level BPE model.
     pub fn from_tokenizer_json(path: &Path) -> Result<ByteLevelVocab> {
         let bad = |reason: String| ModelError::BadTokenizer { path: path.to_path_buf(), reason };
-        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
         let file: TokenizerFile = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
         let byte_of = unicode_to_byte();
-        let size = file.model.vocab.values().chain(file.added_tokens.iter().map(|t| &t.id)).max().map_or(0, |m| *m as usize + 1);
+        let size = file
+            .model
+            .vocab
+            .values()
+            .chain(file.added_tokens.iter().map(|t| &t.id))
+            .max()
+            .map_or(0, |m| *m as usize + 1);
         if size == 0 || size > 1 << 20 {
             return Err(bad(format!("implausible vocabulary size {size}")));
         }

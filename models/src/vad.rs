@@ -52,7 +52,8 @@ impl SileroVad {
 
     /// How the VAD graph is declared: one chunk with its context, and the recurrent state.
     pub fn graph_spec(c: &Component) -> Result<GraphSpec> {
-        let (chunk, context, state_len) = (c.param_usize("chunk")?, c.param_usize("context")?, c.param_usize("state_size")?);
+        let (chunk, context, state_len) =
+            (c.param_usize("chunk")?, c.param_usize("context")?, c.param_usize("state_size")?);
         Ok(GraphSpec::new(vec![
             (DatumType::F32, vec![Dim::Fixed(1), Dim::Fixed(context + chunk)]),
             (DatumType::F32, vec![Dim::Fixed(2), Dim::Fixed(1), Dim::Fixed(state_len)]),

@@ -4,8 +4,8 @@
 
 use std::path::PathBuf;
 
-use lookout_models::bundle::{resolve_models_dir, Bundle, DEFAULT_BUNDLE};
 use lookout_models::audio::load_mono_16k;
+use lookout_models::bundle::{resolve_models_dir, Bundle, DEFAULT_BUNDLE};
 use lookout_models::llm::LanguageModel;
 use lookout_models::vision::image::load_image;
 use lookout_models::vision::VisionModels;
@@ -13,7 +13,8 @@ use lookout_models::whisper::{DecodeOptions, Whisper};
 use lookout_models::ModelError;
 
 fn bundle() -> Bundle {
-    let bundle = Bundle::locate(&resolve_models_dir(None), DEFAULT_BUNDLE).expect("default bundle (run models/prepare/prepare.sh)");
+    let bundle = Bundle::locate(&resolve_models_dir(None), DEFAULT_BUNDLE)
+        .expect("default bundle (run models/prepare/prepare.sh)");
     let decoder = bundle.component("llm-decoder", Some("q4")).unwrap();
     assert!(decoder.compiled.is_some(), "the q4 decoder has no compiled form (run models/prepare/prepare.sh)");
     bundle
@@ -24,7 +25,11 @@ fn edited_copy(bundle: &Bundle, name: &str, edit: impl FnOnce(&mut Bundle)) -> B
     let dir = std::env::temp_dir().join(format!("lookout-compiled-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut copy = Bundle { dir: dir.clone(), manifest: bundle.manifest.clone() };
-    let files = bundle.manifest.components.iter().flat_map(|c| std::iter::once(c.file.clone()).chain(c.compiled.iter().map(|k| k.file.clone())));
+    let files = bundle
+        .manifest
+        .components
+        .iter()
+        .flat_map(|c| std::iter::once(c.file.clone()).chain(c.compiled.iter().map(|k| k.file.clone())));
     for file in files {
         let link = dir.join(&file);
         std::fs::create_dir_all(link.parent().unwrap()).unwrap();
@@ -54,9 +59,12 @@ fn stale_error(bundle: &Bundle) -> (PathBuf, String) {
 fn compiled_and_onnx_decoders_give_the_same_logits() {
     let bundle = bundle();
     let from_onnx = edited_copy(&bundle, "onnx", |b| decoder_mut(b).compiled = None);
-    let prompt: Vec<u32> = vec![1, 9690, 198, 2683, 359, 253, 5356, 5646, 2, 198, 1, 4093, 198, 504, 314, 260, 3575, 282, 4649, 47];
-    let compiled = LanguageModel::load(&bundle, Some("q4")).unwrap().session(None).unwrap().prompt_logits(&prompt).unwrap();
-    let onnx = LanguageModel::load(&from_onnx, Some("q4")).unwrap().session(None).unwrap().prompt_logits(&prompt).unwrap();
+    let prompt: Vec<u32> =
+        vec![1, 9690, 198, 2683, 359, 253, 5356, 5646, 2, 198, 1, 4093, 198, 504, 314, 260, 3575, 282, 4649, 47];
+    let compiled =
+        LanguageModel::load(&bundle, Some("q4")).unwrap().session(None).unwrap().prompt_logits(&prompt).unwrap();
+    let onnx =
+        LanguageModel::load(&from_onnx, Some("q4")).unwrap().session(None).unwrap().prompt_logits(&prompt).unwrap();
     assert_eq!(compiled.len(), onnx.len());
     let max = compiled.iter().zip(&onnx).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     assert!(max < 1e-4, "compiled and ONNX logits differ by {max}");
@@ -77,7 +85,10 @@ fn compiled_and_onnx_whisper_give_the_same_tokens() {
     let bundle = bundle();
     let from_onnx = onnx_only(&bundle, "speech");
     for variant in ["int8", "f32"] {
-        assert!(bundle.component("asr-encoder", Some(variant)).unwrap().compiled.is_some(), "{variant} encoder not compiled");
+        assert!(
+            bundle.component("asr-encoder", Some(variant)).unwrap().compiled.is_some(),
+            "{variant} encoder not compiled"
+        );
         let compiled = Whisper::load(&bundle, Some(variant)).unwrap();
         let onnx = Whisper::load(&from_onnx, Some(variant)).unwrap();
         for clip in ["speech/how_many_people.wav", "speech/is_the_door_open.wav"] {
@@ -100,14 +111,16 @@ fn compiled_and_onnx_vision_give_the_same_scene() {
     let onnx = VisionModels::load(&from_onnx, true).unwrap();
     for photo in ["photos/kite.jpg", "photos/coffee.png", "text/exit_42.DejaVuSerif.32.png"] {
         let image = load_image(&testdata(&format!("vision/{photo}"))).unwrap();
-        let (ours, reference) = (compiled.session().unwrap().describe(&image).unwrap(), onnx.session().unwrap().describe(&image).unwrap());
+        let (ours, reference) =
+            (compiled.session().unwrap().describe(&image).unwrap(), onnx.session().unwrap().describe(&image).unwrap());
         assert!(!ours.objects.is_empty() || !ours.text.is_empty(), "{photo}: an empty scene");
         assert_eq!(ours.objects.len(), reference.objects.len(), "{photo}: detections differ");
         for (a, b) in ours.objects.iter().zip(&reference.objects) {
             assert_eq!(a.label, b.label, "{photo}");
             assert!((a.score - b.score).abs() < 1e-4, "{photo} {}: score {} vs {}", a.label, a.score, b.score);
         }
-        let texts = |scene: &lookout_models::vision::Scene| scene.text.iter().map(|t| t.text.clone()).collect::<Vec<_>>();
+        let texts =
+            |scene: &lookout_models::vision::Scene| scene.text.iter().map(|t| t.text.clone()).collect::<Vec<_>>();
         assert_eq!(texts(&ours), texts(&reference), "{photo}: text read differs");
     }
     let _ = std::fs::remove_dir_all(&from_onnx.dir);
@@ -116,12 +129,14 @@ fn compiled_and_onnx_vision_give_the_same_scene() {
 #[test]
 fn a_compiled_graph_of_another_source_or_engine_is_refused_by_name() {
     let bundle = bundle();
-    let other_source = edited_copy(&bundle, "source", |b| decoder_mut(b).compiled.as_mut().unwrap().source_sha256 = "0".repeat(64));
+    let other_source =
+        edited_copy(&bundle, "source", |b| decoder_mut(b).compiled.as_mut().unwrap().source_sha256 = "0".repeat(64));
     let (path, message) = stale_error(&other_source);
     assert!(path.ends_with("decoder.q4.nnef.tar"), "{}", path.display());
     assert!(message.contains("compiled from another") && message.contains("models/prepare/prepare.sh"), "{message}");
 
-    let other_engine = edited_copy(&bundle, "engine", |b| decoder_mut(b).compiled.as_mut().unwrap().engine = "tract 0.21.0".into());
+    let other_engine =
+        edited_copy(&bundle, "engine", |b| decoder_mut(b).compiled.as_mut().unwrap().engine = "tract 0.21.0".into());
     let (_, message) = stale_error(&other_engine);
     assert!(message.contains("tract 0.21.0") && message.contains("models/prepare/prepare.sh"), "{message}");
     for b in [other_source, other_engine] {
@@ -161,4 +176,3 @@ fn a_truncated_or_corrupt_compiled_graph_is_refused_by_name() {
         let _ = std::fs::remove_dir_all(&b.dir);
     }
 }
-

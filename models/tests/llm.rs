@@ -20,8 +20,9 @@ fn testdata() -> PathBuf {
 
 fn index() -> Value {
     let dir = testdata();
-    let text = std::fs::read_to_string(dir.join("index.json"))
-        .unwrap_or_else(|e| panic!("language test data missing in {} (run models/prepare/prepare.sh): {e}", dir.display()));
+    let text = std::fs::read_to_string(dir.join("index.json")).unwrap_or_else(|e| {
+        panic!("language test data missing in {} (run models/prepare/prepare.sh): {e}", dir.display())
+    });
     serde_json::from_str(&text).unwrap()
 }
 
@@ -56,7 +57,10 @@ fn tokenizer_and_chat_template_match_the_references() {
     let question = chat["messages"][0]["content"].as_str().unwrap();
     assert_eq!(model.text.prompt(&[Message::new("user", question)]).unwrap(), chat["prompt"].as_str().unwrap());
     let messages = [Message::new("user", question)];
-    assert_eq!(model.text.prompt_ids(&messages).unwrap(), model.text.tokenizer.encode(chat["prompt"].as_str().unwrap()));
+    assert_eq!(
+        model.text.prompt_ids(&messages).unwrap(),
+        model.text.tokenizer.encode(chat["prompt"].as_str().unwrap())
+    );
 }
 
 #[test]
@@ -78,7 +82,8 @@ fn logits_and_greedy_text_of_both_variants_match_the_exact_gguf_in_onnxruntime()
     let bundle = bundle();
     let index = index();
     // onnxruntime runs the f32 graph (the GGUF's blocks dequantized exactly); the q4 graph computes from the blocks.
-    let cases: Vec<&Value> = index["generations"].as_array().unwrap().iter().filter(|g| g["variant"] == "f32").collect();
+    let cases: Vec<&Value> =
+        index["generations"].as_array().unwrap().iter().filter(|g| g["variant"] == "f32").collect();
     assert!(cases.len() >= 2, "references for the exact decoder");
     for variant in ["q4", "f32"] {
         let model = LanguageModel::load(&bundle, Some(variant)).unwrap();
@@ -88,10 +93,14 @@ fn logits_and_greedy_text_of_both_variants_match_the_exact_gguf_in_onnxruntime()
         for case in &cases {
             let prompt = ids(&case["prompt_ids"]);
             let question = case["question"].as_str().unwrap();
-            assert_eq!(prompt, model.text.tokenizer.encode(&model.text.prompt(&[Message::new("user", question)]).unwrap()));
+            assert_eq!(
+                prompt,
+                model.text.tokenizer.encode(&model.text.prompt(&[Message::new("user", question)]).unwrap())
+            );
 
             let bytes = std::fs::read(testdata().join(case["logits_file"].as_str().unwrap())).unwrap();
-            let reference: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+            let reference: Vec<f32> =
+                bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
             // The prompt at once (prefill), and its last token as a decoding step.
             let stepped = session.prompt_logits_stepped(&prompt).unwrap();
             let logits = session.prompt_logits(&prompt).unwrap();
@@ -112,7 +121,11 @@ fn logits_and_greedy_text_of_both_variants_match_the_exact_gguf_in_onnxruntime()
             let mut streamed = String::new();
             let options = GenerateOptions { max_tokens: expected_tokens.len().max(1), sampling: Sampling::default() };
             let generation = session.generate(&prompt, &options, &mut |piece| streamed.push_str(piece)).unwrap();
-            assert_eq!(generation.tokens, expected_tokens, "{variant} {question:?}: greedy tokens ({:?})", generation.text);
+            assert_eq!(
+                generation.tokens, expected_tokens,
+                "{variant} {question:?}: greedy tokens ({:?})",
+                generation.text
+            );
             assert_eq!(generation.text, case["text"].as_str().unwrap());
             assert_eq!(streamed, generation.text, "streamed pieces add up to the text");
             assert_eq!(generation.prompt_tokens, prompt.len());
@@ -121,7 +134,10 @@ fn logits_and_greedy_text_of_both_variants_match_the_exact_gguf_in_onnxruntime()
         for ((largest, total, count), path) in differences.into_iter().zip(["prefilled", "stepped"]) {
             let mean = total / count as f64;
             eprintln!("{variant} logits vs the exact GGUF over {} prompts, {path}: max |difference| {largest:.2e}, mean {mean:.2e}", cases.len());
-            assert!(largest < 2e-2 && mean < 2e-3, "{variant} {path}: logits differ from the exact GGUF by up to {largest} (mean {mean})");
+            assert!(
+                largest < 2e-2 && mean < 2e-3,
+                "{variant} {path}: logits differ from the exact GGUF by up to {largest} (mean {mean})"
+            );
         }
     }
 }
@@ -130,7 +146,8 @@ fn logits_and_greedy_text_of_both_variants_match_the_exact_gguf_in_onnxruntime()
 fn seeded_sampling_repeats_and_limits_hold() {
     let bundle = bundle();
     let model = LanguageModel::load(&bundle, Some("q4")).unwrap();
-    let prompt = model.text.tokenizer.encode(&model.text.prompt(&[Message::new("user", "Tell me about kites.")]).unwrap());
+    let prompt =
+        model.text.tokenizer.encode(&model.text.prompt(&[Message::new("user", "Tell me about kites.")]).unwrap());
     let mut session = model.session(None).unwrap();
     let warm = GenerateOptions { max_tokens: 12, sampling: Sampling { temperature: 0.9, top_p: 0.9, seed: 42 } };
     let first = session.generate(&prompt, &warm, &mut |_| {}).unwrap();

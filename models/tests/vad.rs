@@ -11,19 +11,25 @@ fn testdata() -> PathBuf {
     let dir = std::env::var_os("LOOKOUT_TESTDATA")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/testdata"));
-    assert!(dir.join("speech/vad.json").is_file(), "test data missing in {} (run models/prepare/prepare.sh)", dir.display());
+    assert!(
+        dir.join("speech/vad.json").is_file(),
+        "test data missing in {} (run models/prepare/prepare.sh)",
+        dir.display()
+    );
     dir.join("speech")
 }
 
 fn vad() -> SileroVad {
-    let bundle = Bundle::locate(&resolve_models_dir(None), DEFAULT_BUNDLE).expect("default bundle (run models/prepare/prepare.sh)");
+    let bundle = Bundle::locate(&resolve_models_dir(None), DEFAULT_BUNDLE)
+        .expect("default bundle (run models/prepare/prepare.sh)");
     SileroVad::load(&bundle).expect("VAD loads")
 }
 
 #[test]
 fn probabilities_match_onnxruntime() {
     let dir = testdata();
-    let reference: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("vad.json")).unwrap()).unwrap();
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("vad.json")).unwrap()).unwrap();
     let vad = vad();
     let mut session = vad.session().unwrap();
     let clips = reference.as_object().unwrap();

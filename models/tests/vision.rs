@@ -14,7 +14,11 @@ fn testdata() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/testdata"))
         .join("vision");
-    assert!(dir.join("index.json").is_file(), "vision test data missing in {} (run models/prepare/prepare.sh)", dir.display());
+    assert!(
+        dir.join("index.json").is_file(),
+        "vision test data missing in {} (run models/prepare/prepare.sh)",
+        dir.display()
+    );
     dir
 }
 
@@ -35,7 +39,8 @@ fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
     assert!(header.contains("'descr': '<f4'") && header.contains("'fortran_order': False"), "{header}");
     let shape_text = header.split("'shape': (").nth(1).unwrap().split(')').next().unwrap();
     let shape: Vec<usize> = shape_text.split(',').filter_map(|d| d.trim().parse().ok()).collect();
-    let values = bytes[10 + header_len..].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let values =
+        bytes[10 + header_len..].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
     (shape, values)
 }
 
@@ -52,7 +57,8 @@ fn raw_outputs_match_onnxruntime_on_the_same_tensors() {
         let dims: Vec<Dim> = shape.iter().map(|d| Dim::Fixed(*d)).collect();
         // The graph the product runs: the compiled form, whose input shape must be the reference tensor's.
         let graph = engine::load_component(&bundle, component, &GraphSpec::new(vec![(DatumType::F32, dims)])).unwrap();
-        let outputs = graph.new_state().unwrap().run([engine::tensor(&shape, &input).unwrap()].into_iter().collect()).unwrap();
+        let outputs =
+            graph.new_state().unwrap().run([engine::tensor(&shape, &input).unwrap()].into_iter().collect()).unwrap();
         let (out_shape, expected) = read_npy(&dir.join(case["outputs"][0]["file"].as_str().unwrap()));
         let ours = engine::f32_slice(role, &outputs[0]).unwrap();
         assert_eq!(ours.len(), expected.len(), "{role} on {}: output size", case["source"]);
@@ -62,7 +68,11 @@ fn raw_outputs_match_onnxruntime_on_the_same_tensors() {
         assert!(worst <= tolerance, "{role} on {}: tract and onnxruntime differ by {worst}", case["source"]);
         if role == "ocr-recognizer" {
             let classes = *out_shape.last().unwrap();
-            let argmax = |v: &[f32]| v.chunks_exact(classes).map(|s| s.iter().enumerate().fold(0, |b, (i, p)| if *p > s[b] { i } else { b })).collect::<Vec<_>>();
+            let argmax = |v: &[f32]| {
+                v.chunks_exact(classes)
+                    .map(|s| s.iter().enumerate().fold(0, |b, (i, p)| if *p > s[b] { i } else { b }))
+                    .collect::<Vec<_>>()
+            };
             assert_eq!(argmax(ours), argmax(&expected), "{role} on {}: symbols differ", case["source"]);
         }
     }
@@ -167,7 +177,12 @@ fn long_lines_and_paragraphs_are_read_at_their_own_width() {
         let read: Vec<String> = session.read_text(&image).unwrap().into_iter().map(|l| l.text).collect();
         let expected: Vec<&str> = render["text"].as_str().unwrap().lines().collect();
         if expected.len() > 1 {
-            assert_eq!(read.len(), expected.len(), "{}: the paragraph's lines are kept apart: {read:#?}", render["file"]);
+            assert_eq!(
+                read.len(),
+                expected.len(),
+                "{}: the paragraph's lines are kept apart: {read:#?}",
+                render["file"]
+            );
         }
         let (read, expected) = (read.join(" "), expected.join(" "));
         let errors = edit_distance(&read, &expected);
@@ -179,14 +194,31 @@ fn long_lines_and_paragraphs_are_read_at_their_own_width() {
         *tally = (tally.0 + errors, tally.1 + expected.chars().count());
         if render["condition"] == "clean" {
             let theirs = render["onnxruntime"].as_str().unwrap().lines().collect::<Vec<_>>().join(" ");
-            onnxruntime_clean = (onnxruntime_clean.0 + edit_distance(&theirs, &expected), onnxruntime_clean.1 + expected.chars().count());
+            onnxruntime_clean = (
+                onnxruntime_clean.0 + edit_distance(&theirs, &expected),
+                onnxruntime_clean.1 + expected.chars().count(),
+            );
         }
     }
     let rate = |(errors, chars): (usize, usize)| errors as f64 / chars as f64;
-    eprintln!("clean CER {:.4}, onnxruntime at native width {:.4}; degraded CER {:.4}", rate(clean), rate(onnxruntime_clean), rate(degraded));
-    assert!(rate(clean) <= rate(onnxruntime_clean) + 0.005, "clean {:.4} vs onnxruntime {:.4}", rate(clean), rate(onnxruntime_clean));
+    eprintln!(
+        "clean CER {:.4}, onnxruntime at native width {:.4}; degraded CER {:.4}",
+        rate(clean),
+        rate(onnxruntime_clean),
+        rate(degraded)
+    );
+    assert!(
+        rate(clean) <= rate(onnxruntime_clean) + 0.005,
+        "clean {:.4} vs onnxruntime {:.4}",
+        rate(clean),
+        rate(onnxruntime_clean)
+    );
     assert!(rate(clean) <= 0.03, "clean character error rate {:.4} ({clean:?}); worst {worst:?}", rate(clean));
-    assert!(rate(degraded) <= 0.08, "degraded character error rate {:.4} ({degraded:?}); worst {worst:?}", rate(degraded));
+    assert!(
+        rate(degraded) <= 0.08,
+        "degraded character error rate {:.4} ({degraded:?}); worst {worst:?}",
+        rate(degraded)
+    );
     assert!(worst.0 <= 0.2, "every render is mostly read; worst {worst:?}");
 }
 

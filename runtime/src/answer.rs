@@ -79,7 +79,13 @@ pub trait Decoder {
     fn capacity(&self) -> usize;
     fn variant(&self) -> &str;
     /// Generates from `prompt`, streaming text pieces to `on_text` and asking `cancel` between tokens.
-    fn generate(&self, prompt: &[u32], options: &GenerateOptions, on_text: &mut dyn FnMut(&str), cancel: &dyn Fn() -> bool) -> anyhow::Result<Generation>;
+    fn generate(
+        &self,
+        prompt: &[u32],
+        options: &GenerateOptions,
+        on_text: &mut dyn FnMut(&str),
+        cancel: &dyn Fn() -> bool,
+    ) -> anyhow::Result<Generation>;
 }
 
 impl Decoder for LanguageModel {
@@ -95,7 +101,13 @@ impl Decoder for LanguageModel {
         &self.variant
     }
 
-    fn generate(&self, prompt: &[u32], options: &GenerateOptions, on_text: &mut dyn FnMut(&str), cancel: &dyn Fn() -> bool) -> anyhow::Result<Generation> {
+    fn generate(
+        &self,
+        prompt: &[u32],
+        options: &GenerateOptions,
+        on_text: &mut dyn FnMut(&str),
+        cancel: &dyn Fn() -> bool,
+    ) -> anyhow::Result<Generation> {
         Ok(self.session(None)?.generate_until(prompt, options, on_text, cancel)?)
     }
 }

@@ -33,7 +33,10 @@ impl Probe {
         let model = std::fs::read(root.join("proc/device-tree/model"))
             .ok()
             .map(|bytes| String::from_utf8_lossy(&bytes).trim_end_matches(['\0', '\n']).to_string());
-        Probe { device_tree_model: model, cpuinfo: std::fs::read_to_string(root.join("proc/cpuinfo")).unwrap_or_default() }
+        Probe {
+            device_tree_model: model,
+            cpuinfo: std::fs::read_to_string(root.join("proc/cpuinfo")).unwrap_or_default(),
+        }
     }
 
     /// The value of the first `key : value` line of cpuinfo with this key.
@@ -71,11 +74,15 @@ pub fn detect(probe: &Probe) -> Result<&'static str, String> {
             .filter(|(_, needle)| model.contains(needle.as_str()))
             .max_by_key(|(_, needle)| needle.len());
         return best.map(|(name, _)| name).ok_or_else(|| {
-            format!("no board profile matches this machine (model \"{model}\"); name one with --board or `board = \"...\"`")
+            format!(
+                "no board profile matches this machine (model \"{model}\"); name one with --board or `board = \"...\"`"
+            )
         });
     }
     if let Some(vendor) = probe.cpuinfo_field("vendor_id") {
-        if let Some((name, _)) = boards.iter().find(|(_, table)| detect_list(table, "vendor_id").iter().any(|v| v == vendor)) {
+        if let Some((name, _)) =
+            boards.iter().find(|(_, table)| detect_list(table, "vendor_id").iter().any(|v| v == vendor))
+        {
             return Ok(name);
         }
         return Err(format!("no board profile matches this machine (CPU vendor \"{vendor}\"); name one with --board"));
@@ -87,7 +94,10 @@ pub fn detect(probe: &Probe) -> Result<&'static str, String> {
 pub fn resolve(reference: &str, config_path: &Path, probe: &Probe) -> Result<(String, BoardSource), String> {
     if reference == "auto" {
         let name = detect(probe)?;
-        return Ok((built_in(name).expect("detect returns built-in names").to_string(), BoardSource::Detected(name.to_string())));
+        return Ok((
+            built_in(name).expect("detect returns built-in names").to_string(),
+            BoardSource::Detected(name.to_string()),
+        ));
     }
     if let Some(text) = built_in(reference) {
         return Ok((text.to_string(), BoardSource::Named(reference.to_string())));

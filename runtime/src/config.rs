@@ -155,7 +155,13 @@ pub struct Http {
 
 impl Default for Http {
     fn default() -> Http {
-        Http { listen: "127.0.0.1:8470".into(), token: None, max_body_kib: 2048, timeout_ms: 10_000, answer_timeout_s: 120 }
+        Http {
+            listen: "127.0.0.1:8470".into(),
+            token: None,
+            max_body_kib: 2048,
+            timeout_ms: 10_000,
+            answer_timeout_s: 120,
+        }
     }
 }
 
@@ -185,7 +191,8 @@ fn default_bundle() -> String {
 /// Every stage name `on_demand` may list.
 pub const STAGES: [&str; 3] = ["speech", "vision", "decoder"];
 /// Targets the project builds for.
-pub const TARGETS: [&str; 3] = ["x86_64-unknown-linux-gnu", "aarch64-unknown-linux-gnu", "armv7-unknown-linux-gnueabihf"];
+pub const TARGETS: [&str; 3] =
+    ["x86_64-unknown-linux-gnu", "aarch64-unknown-linux-gnu", "armv7-unknown-linux-gnueabihf"];
 
 /// A configuration that cannot be used; `field` is the dotted path of the offending key.
 #[derive(Debug, thiserror::Error)]
@@ -228,8 +235,17 @@ impl Config {
     }
 
     /// Parses configuration text; `probe` answers `board = "auto"`.
-    pub fn parse(text: &str, path: &Path, board_override: Option<&str>, probe: &board::Probe) -> Result<Loaded, ConfigError> {
-        let field_error = |field: &str, reason: String| ConfigError::Field { path: path.to_path_buf(), field: field.to_string(), reason };
+    pub fn parse(
+        text: &str,
+        path: &Path,
+        board_override: Option<&str>,
+        probe: &board::Probe,
+    ) -> Result<Loaded, ConfigError> {
+        let field_error = |field: &str, reason: String| ConfigError::Field {
+            path: path.to_path_buf(),
+            field: field.to_string(),
+            reason,
+        };
         let mut user: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Unreadable {
             path: path.to_path_buf(),
             reason: format!("not valid TOML: {}", e.message()),
@@ -238,8 +254,12 @@ impl Config {
             (Some(name), _) => Some(name.to_string()),
             (None, Some(toml::Value::String(name))) => Some(name.clone()),
             (None, Some(toml::Value::Table(_))) => None,
-            (None, Some(_)) => return Err(field_error("board", "must be a board name, \"auto\", a path or a [board] table".into())),
-            (None, None) => return Err(field_error("board", "missing: name a board (rpi5, ...), \"auto\" or a board file".into())),
+            (None, Some(_)) => {
+                return Err(field_error("board", "must be a board name, \"auto\", a path or a [board] table".into()))
+            }
+            (None, None) => {
+                return Err(field_error("board", "missing: name a board (rpi5, ...), \"auto\" or a board file".into()))
+            }
         };
         let (merged, board_source) = match reference {
             None => (user, BoardSource::File),
@@ -343,10 +363,9 @@ impl Config {
 
     fn check_http(&self) -> Result<(), (&'static str, String)> {
         let http = &self.http;
-        let addr: SocketAddr = http
-            .listen
-            .parse()
-            .map_err(|_| ("http.listen", format!("`{}` is not an address with a port (127.0.0.1:8470)", http.listen)))?;
+        let addr: SocketAddr = http.listen.parse().map_err(|_| {
+            ("http.listen", format!("`{}` is not an address with a port (127.0.0.1:8470)", http.listen))
+        })?;
         match &http.token {
             Some(token) if token.len() < 16 => return Err(("http.token", "must be at least 16 characters".into())),
             None if !addr.ip().is_loopback() => {
@@ -459,7 +478,9 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_rejected_with_their_path() {
-        assert!(error_of("board = \"rpi5\"\n[camera]\nfsp = 2\n").contains("test.toml: camera.fsp: unknown field `fsp`"));
+        assert!(
+            error_of("board = \"rpi5\"\n[camera]\nfsp = 2\n").contains("test.toml: camera.fsp: unknown field `fsp`")
+        );
         assert!(error_of("board = \"rpi5\"\nverbose = true\n").contains("test.toml: verbose: unknown field `verbose`"));
     }
 
@@ -482,7 +503,9 @@ mod tests {
     #[test]
     fn listening_beyond_loopback_needs_a_token() {
         assert!(error_of("board = \"rpi5\"\n[http]\nlisten = \"0.0.0.0:8470\"\n").contains("http.token: required"));
-        assert!(error_of("board = \"rpi5\"\n[http]\nlisten = \"0.0.0.0:8470\"\ntoken = \"short\"\n").contains("http.token"));
+        assert!(
+            error_of("board = \"rpi5\"\n[http]\nlisten = \"0.0.0.0:8470\"\ntoken = \"short\"\n").contains("http.token")
+        );
         let ok = parse("board = \"rpi5\"\n[http]\nlisten = \"0.0.0.0:8470\"\ntoken = \"0123456789abcdef0123\"\n");
         assert!(ok.is_ok());
         assert!(error_of("board = \"rpi5\"\n[http]\nlisten = \"localhost\"\n").contains("http.listen"));

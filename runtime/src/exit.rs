@@ -36,7 +36,9 @@ pub struct BadInput(pub String);
 
 pub fn code_for(err: &anyhow::Error) -> u8 {
     let bad_input = |c: &(dyn std::error::Error + 'static)| {
-        c.downcast_ref::<AudioError>().is_some() || c.downcast_ref::<ImageError>().is_some() || c.downcast_ref::<BadInput>().is_some()
+        c.downcast_ref::<AudioError>().is_some()
+            || c.downcast_ref::<ImageError>().is_some()
+            || c.downcast_ref::<BadInput>().is_some()
     };
     if err.chain().any(bad_input) {
         return BAD_INPUT;

@@ -99,7 +99,8 @@ impl Task {
 }
 
 /// What a sentence about text in the photo may say about it.
-const TEXT_WORDS: &[&str] = &["sign", "signs", "text", "reads", "read", "says", "say", "written", "writing", "words", "word", "label"];
+const TEXT_WORDS: &[&str] =
+    &["sign", "signs", "text", "reads", "read", "says", "say", "written", "writing", "words", "word", "label"];
 
 /// A word without its commonest English endings ("fills", "filled", "filling" → "fill"), so that a sentence may
 /// use another form of a word it was given.
@@ -109,7 +110,6 @@ fn stem(word: &str) -> &str {
         .find_map(|end| word.strip_suffix(end).filter(|root| root.len() >= 3))
         .unwrap_or(word)
 }
-
 
 /// "a dog", "an apple", "8 people".
 fn counted(label: &str, count: usize) -> String {
@@ -158,8 +158,13 @@ impl SceneFacts<'_> {
     /// Where the detections of a label spread over more than three places are: along the top or bottom, in the
     /// upper or lower half, or all over.
     fn spread_of(&self, label: &str) -> &'static str {
-        let rows: Vec<Vertical> =
-            self.scene.objects.iter().filter(|d| d.label == label).map(|d| position(d.bbox, self.scene.width, self.scene.height).vertical).collect();
+        let rows: Vec<Vertical> = self
+            .scene
+            .objects
+            .iter()
+            .filter(|d| d.label == label)
+            .map(|d| position(d.bbox, self.scene.width, self.scene.height).vertical)
+            .collect();
         let all = |allowed: &[Vertical]| rows.iter().all(|r| allowed.contains(r));
         if all(&[Vertical::Top]) {
             "along the top"
@@ -241,7 +246,8 @@ impl SceneFacts<'_> {
                 (Some(_), true) => g.missing.push(label.clone()),
                 (None, false) => {
                     // "no people" / "zero dogs" claim nothing.
-                    let denied = places.iter().all(|p| *p > 0 && matches!(words[p - 1].as_str(), "no" | "zero" | "any"));
+                    let denied =
+                        places.iter().all(|p| *p > 0 && matches!(words[p - 1].as_str(), "no" | "zero" | "any"));
                     if !denied {
                         g.invented.push(label.clone());
                     }
@@ -249,7 +255,8 @@ impl SceneFacts<'_> {
                 (None, true) => {}
             }
             if let Some(count) = self.scene.counts.get(label) {
-                let said: Vec<usize> = places.iter().filter_map(|p| p.checked_sub(1).and_then(|q| number_value(&words[q]))).collect();
+                let said: Vec<usize> =
+                    places.iter().filter_map(|p| p.checked_sub(1).and_then(|q| number_value(&words[q]))).collect();
                 if said.iter().any(|n| n != count) {
                     g.miscounted.push(label.clone());
                 }
@@ -295,7 +302,8 @@ impl SceneFacts<'_> {
         let stems: Vec<&str> = grounded.iter().map(|w| stem(w)).collect();
         let mut ungrounded: Vec<String> = Vec::new();
         for (word, _) in said.into_iter().zip(judged).filter(|(_, judged)| !judged) {
-            let supported = stems.contains(&stem(&word)) || number_value(&word).is_some_and(|n| counts.contains(&n) || n == 1);
+            let supported =
+                stems.contains(&stem(&word)) || number_value(&word).is_some_and(|n| counts.contains(&n) || n == 1);
             if !supported && !ungrounded.contains(&word) {
                 ungrounded.push(word);
             }
@@ -411,7 +419,10 @@ impl SceneFacts<'_> {
         }
         match (join_and(&seen), question.subjects.is_empty()) {
             (Some(seen), _) => format!("I see {seen}."),
-            (None, false) => format!("I see no {}.", join_or(&question.subjects.iter().map(|s| s.plural.clone()).collect::<Vec<_>>()).unwrap_or_default()),
+            (None, false) => format!(
+                "I see no {}.",
+                join_or(&question.subjects.iter().map(|s| s.plural.clone()).collect::<Vec<_>>()).unwrap_or_default()
+            ),
             (None, true) => format!("I see {}.", self.describe(usize::MAX, true)),
         }
     }
@@ -422,7 +433,9 @@ impl SceneFacts<'_> {
         match (lines.is_empty(), self.scene.text.is_empty() || !self.scene.text_cut) {
             (true, _) => "I see no text I can read.".to_string(),
             (false, true) => format!("It says \"{}\".", lines.join(" ")),
-            (false, false) => format!("It says \"{}\"; there is more, which I stopped reading for time.", lines.join(" ")),
+            (false, false) => {
+                format!("It says \"{}\"; there is more, which I stopped reading for time.", lines.join(" "))
+            }
         }
     }
 
@@ -434,10 +447,13 @@ impl SceneFacts<'_> {
         if Question::parse(text, self.known_labels).kind != Kind::Other {
             return true;
         }
-        let names: Vec<String> = self.known_labels.iter().flat_map(|l| names_of(l)).flat_map(|name| words(&name)).collect();
+        let names: Vec<String> =
+            self.known_labels.iter().flat_map(|l| names_of(l)).flat_map(|name| words(&name)).collect();
         let asked: Vec<String> = words(text)
             .into_iter()
-            .filter(|w| !FUNCTION_WORDS.contains(&w.as_str()) && !POSITION_WORDS.contains(&w.as_str()) && !names.contains(w))
+            .filter(|w| {
+                !FUNCTION_WORDS.contains(&w.as_str()) && !POSITION_WORDS.contains(&w.as_str()) && !names.contains(w)
+            })
             .collect();
         let said: Vec<String> = words(sentence);
         asked.is_empty() || asked.iter().any(|a| said.iter().any(|s| stem(s) == stem(a)))
@@ -450,9 +466,13 @@ impl SceneFacts<'_> {
         let Task::Answer(question) = task else { return false };
         let asked = words(question);
         let yes_no = asked.first().is_some_and(|w| {
-            matches!(w.as_str(), "is" | "are" | "was" | "were" | "does" | "do" | "did" | "can" | "could" | "has" | "have" | "will")
+            matches!(
+                w.as_str(),
+                "is" | "are" | "was" | "were" | "does" | "do" | "did" | "can" | "could" | "has" | "have" | "will"
+            )
         });
-        let seen_text: Vec<String> = self.scene.text.iter().flat_map(|t| words(&t.text)).filter(|w| w.len() > 2).collect();
+        let seen_text: Vec<String> =
+            self.scene.text.iter().flat_map(|t| words(&t.text)).filter(|w| w.len() > 2).collect();
         let other = Question::parse(question, self.known_labels).kind == Kind::Other;
         yes_no && other && !asked.iter().any(|w| seen_text.contains(w))
     }
@@ -592,14 +612,22 @@ mod tests {
         for (label, n) in objects {
             for i in 0..*n {
                 let x = i as f32 * 10.0;
-                detections.push(Detection { label_id: 0, label: label.to_string(), score: 0.9, bbox: [x, 0.0, x + 5.0, 5.0] });
+                detections.push(Detection {
+                    label_id: 0,
+                    label: label.to_string(),
+                    score: 0.9,
+                    bbox: [x, 0.0, x + 5.0, 5.0],
+                });
             }
         }
         Scene::new(100, 100, detections, Vec::new())
     }
 
     fn labels() -> Vec<String> {
-        ["person", "bicycle", "car", "dog", "kite", "cup", "horse", "cat", "hot dog"].iter().map(|s| s.to_string()).collect()
+        ["person", "bicycle", "car", "dog", "kite", "cup", "horse", "cat", "hot dog"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
     }
 
     #[test]
@@ -633,7 +661,10 @@ mod tests {
         let asked = Task::Answer("what fills the sky? are there cats?".into());
         let partial = facts.grounding("Kites fill the sky, and there are no cats.", &asked);
         assert_eq!(partial.missing, ["person"]);
-        assert!(partial.invented.is_empty() && partial.ungrounded.is_empty(), "denied and asked words are grounded: {partial:?}");
+        assert!(
+            partial.invented.is_empty() && partial.ungrounded.is_empty(),
+            "denied and asked words are grounded: {partial:?}"
+        );
         assert!(!partial.faithful(&caption) && partial.faithful(&asked));
         let describe = Task::Answer("What do you see?".into());
         assert!(!facts.grounding("I see kites.", &describe).faithful(&describe), "a description names everything seen");
@@ -648,12 +679,24 @@ mod tests {
         let ungrounded = |sentence: &str| facts.grounding(sentence, &caption).ungrounded;
         assert_eq!(ungrounded("Eight people fly 6 kites on the beach."), ["fly", "beach"]);
         assert_eq!(ungrounded("There are 8 people outside the photo."), ["outside"]);
-        assert_eq!(ungrounded("The photo is a classic example of a duck and cover trope."), ["classic", "example", "duck", "cover", "trope"]);
-        assert_eq!(ungrounded("There are 14 things: 8 people and 6 kites."), ["things"], "the total is a detected count");
+        assert_eq!(
+            ungrounded("The photo is a classic example of a duck and cover trope."),
+            ["classic", "example", "duck", "cover", "trope"]
+        );
+        assert_eq!(
+            ungrounded("There are 14 things: 8 people and 6 kites."),
+            ["things"],
+            "the total is a detected count"
+        );
         assert_eq!(facts.grounding("There are 9 people.", &caption).miscounted, ["person"]);
         assert_eq!(ungrounded("There are 9 of them."), ["9"]);
         assert_eq!(ungrounded("A sign reads \"EXIT\"."), ["sign", "reads", "exit", "\"exit\""], "no text was read");
-        let with_text = Scene::new(100, 100, Vec::new(), vec![lookout_models::vision::scene::TextLine { text: "EXIT 42".into(), score: 0.9, bbox: [0.0; 4] }]);
+        let with_text = Scene::new(
+            100,
+            100,
+            Vec::new(),
+            vec![lookout_models::vision::scene::TextLine { text: "EXIT 42".into(), score: 0.9, bbox: [0.0; 4] }],
+        );
         let facts = SceneFacts { scene: &with_text, known_labels: &known };
         assert!(facts.grounding("A sign reads \"EXIT 42\".", &caption).ungrounded.is_empty());
         assert_eq!(facts.grounding("A sign reads \"EXIT 24\".", &caption).ungrounded, ["24", "\"exit 24\""]);
@@ -678,12 +721,19 @@ mod tests {
         assert_eq!(answer("Where is the dog?").unwrap(), "The dog is at the bottom left.");
         assert_eq!(answer("Where is the cat?").unwrap(), "I see no cats.");
         assert_eq!(answer("What does the sign say?").unwrap(), "I see no text I can read.");
-        let line = |text: &str| lookout_models::vision::scene::TextLine { text: text.into(), score: 0.9, bbox: [0.0; 4] };
-        let mut page = Scene::new(100, 100, Vec::new(), vec![line("It was the best of times,"), line("it was the worst")]);
-        let read = |scene: &Scene| SceneFacts { scene, known_labels: &known }.scene_answer(&Task::Answer("Read it.".into())).unwrap().1;
+        let line =
+            |text: &str| lookout_models::vision::scene::TextLine { text: text.into(), score: 0.9, bbox: [0.0; 4] };
+        let mut page =
+            Scene::new(100, 100, Vec::new(), vec![line("It was the best of times,"), line("it was the worst")]);
+        let read = |scene: &Scene| {
+            SceneFacts { scene, known_labels: &known }.scene_answer(&Task::Answer("Read it.".into())).unwrap().1
+        };
         assert_eq!(read(&page), "It says \"It was the best of times, it was the worst\".");
         page.text_cut = true;
-        assert_eq!(read(&page), "It says \"It was the best of times, it was the worst\"; there is more, which I stopped reading for time.");
+        assert_eq!(
+            read(&page),
+            "It says \"It was the best of times, it was the worst\"; there is more, which I stopped reading for time."
+        );
         assert_eq!(answer("What animal is this?").unwrap(), "I see a dog.");
         assert_eq!(answer("Which vehicles are there?").unwrap(), "No, I see no vehicles.");
         assert_eq!(answer("What vehicles do you see?").unwrap(), "I see no vehicles.");
@@ -706,7 +756,12 @@ mod tests {
         let task = Task::Answer("How many cats are there?".into());
         let full = facts.prompt(&task, &history, 1000, &mut words_in).unwrap();
         assert_eq!(full.history_used, 1);
-        assert!(full.facts.contains("2 people at the top left, a car at the top left and a dog") && full.facts.contains("no cats"), "{}", full.facts);
+        assert!(
+            full.facts.contains("2 people at the top left, a car at the top left and a dog")
+                && full.facts.contains("no cats"),
+            "{}",
+            full.facts
+        );
         let tight = facts.prompt(&task, &history, 30, &mut words_in).unwrap();
         assert_eq!(tight.history_used, 0);
         assert!(tight.dropped.contains(&"objects".to_string()), "{tight:?}");
@@ -716,7 +771,10 @@ mod tests {
     #[test]
     fn tacked_on_clauses_are_cut() {
         let cut = |t: &str| answer_sentence(t).unwrap_or_default();
-        assert_eq!(cut("The photo shows 9 people and 6 kites, with 9 people on the left. More."), "The photo shows 9 people and 6 kites.");
+        assert_eq!(
+            cut("The photo shows 9 people and 6 kites, with 9 people on the left. More."),
+            "The photo shows 9 people and 6 kites."
+        );
         assert_eq!(cut("The photo shows a cow, a dog, and a person."), "The photo shows a cow, a dog, and a person.");
         assert_eq!(cut("A cat, which is a classic example of art."), "A cat.");
         assert_eq!(cut("A bird with a human face."), "A bird.");

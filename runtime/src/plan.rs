@@ -88,13 +88,23 @@ pub fn plan(config: &Config, bundle: &Bundle) -> anyhow::Result<Plan> {
         stages.push(StagePlan { label: "vad".into(), footprint: vad, on_demand: false, working_mib: vad.working_mib });
         let speech = find("speech", &m.speech)?;
         let on_demand = config.on_demand("speech");
-        stages.push(StagePlan { label: format!("speech {}", m.speech), footprint: speech, on_demand, working_mib: speech.working_mib });
+        stages.push(StagePlan {
+            label: format!("speech {}", m.speech),
+            footprint: speech,
+            on_demand,
+            working_mib: speech.working_mib,
+        });
     }
     if config.stage_enabled("vision") {
         let (stage, label) = if m.ocr == "off" { ("vision", "detector") } else { ("vision-ocr", "detector + ocr") };
         let vision = find(stage, &m.detector)?;
         let on_demand = config.on_demand("vision");
-        stages.push(StagePlan { label: format!("{label} {}", m.detector), footprint: vision, on_demand, working_mib: vision.working_mib });
+        stages.push(StagePlan {
+            label: format!("{label} {}", m.detector),
+            footprint: vision,
+            on_demand,
+            working_mib: vision.working_mib,
+        });
     }
     if config.stage_enabled("decoder") {
         let decoder = find("decoder", &m.decoder)?;
@@ -109,9 +119,14 @@ pub fn plan(config: &Config, bundle: &Bundle) -> anyhow::Result<Plan> {
         });
     }
 
-    let mut resident = vec![Item { name: "process".into(), mib: runtime.resident_mib, basis: "measured at start-up".into() }];
+    let mut resident =
+        vec![Item { name: "process".into(), mib: runtime.resident_mib, basis: "measured at start-up".into() }];
     for s in stages.iter().filter(|s| !s.on_demand) {
-        resident.push(Item { name: s.label.clone(), mib: s.footprint.resident_mib, basis: "measured after loading".into() });
+        resident.push(Item {
+            name: s.label.clone(),
+            mib: s.footprint.resident_mib,
+            basis: "measured after loading".into(),
+        });
     }
     if config.stage_enabled("vision") {
         let cam = &config.camera;
@@ -152,7 +167,11 @@ pub fn plan(config: &Config, bundle: &Bundle) -> anyhow::Result<Plan> {
                 vec![Item { name: format!("{} on demand", s.label), mib, basis }]
             } else {
                 vec![
-                    Item { name: format!("{} run", s.label), mib: s.working_mib, basis: format!("one run on {}", f.input) },
+                    Item {
+                        name: format!("{} run", s.label),
+                        mib: s.working_mib,
+                        basis: format!("one run on {}", f.input),
+                    },
                     Item {
                         name: format!("{} loading", s.label),
                         mib: (f.load_peak_mib - f.resident_mib).max(0.0),
@@ -184,7 +203,11 @@ impl std::fmt::Display for Plan {
         let p = &self.peak_extra;
         writeln!(f, "  {:<32} {:>7.1} MiB  {} (the largest)", p.name, p.mib, p.basis)?;
         let verdict = if self.fits() { "fits" } else { "OVER BUDGET" };
-        write!(f, "  {:<32} {:>7.1} MiB  of {:.0} MiB budget: {}", "total at peak", self.total_mib, self.budget_mib, verdict)
+        write!(
+            f,
+            "  {:<32} {:>7.1} MiB  of {:.0} MiB budget: {}",
+            "total at peak", self.total_mib, self.budget_mib, verdict
+        )
     }
 }
 
@@ -231,7 +254,9 @@ mod tests {
     }
 
     fn config(overrides: &str) -> Config {
-        Config::parse(&format!("board = \"rpi4\"\n{overrides}"), Path::new("t.toml"), None, &Probe::default()).unwrap().config
+        Config::parse(&format!("board = \"rpi4\"\n{overrides}"), Path::new("t.toml"), None, &Probe::default())
+            .unwrap()
+            .config
     }
 
     #[test]
@@ -251,8 +276,10 @@ mod tests {
 
     #[test]
     fn a_short_query_window_uses_the_short_speech_measurement() {
-        let short = plan(&config("[models]\ndecoder = \"off\"\nocr = \"off\"\n[microphone]\nring_s = 10\n"), &bundle()).unwrap();
-        let long = plan(&config("[models]\ndecoder = \"off\"\nocr = \"off\"\nspeech_window = \"full\"\n"), &bundle()).unwrap();
+        let short = plan(&config("[models]\ndecoder = \"off\"\nocr = \"off\"\n[microphone]\nring_s = 10\n"), &bundle())
+            .unwrap();
+        let long =
+            plan(&config("[models]\ndecoder = \"off\"\nocr = \"off\"\nspeech_window = \"full\"\n"), &bundle()).unwrap();
         assert_eq!(short.peak_extra.name, "speech int8 loading");
         assert_eq!(long.peak_extra.name, "speech int8 run");
         assert!((long.peak_extra.mib - 110.0).abs() < 1e-9);
@@ -278,7 +305,10 @@ mod tests {
         let plan = plan(&config("[budget]\nmemory_mib = 300\n"), &bundle()).unwrap();
         assert!(!plan.fits());
         let message = plan.over_budget_message();
-        assert!(message.contains("allows 300 MiB") && message.contains("decoder q4 (1024 tokens) loading 210 MiB"), "{message}");
+        assert!(
+            message.contains("allows 300 MiB") && message.contains("decoder q4 (1024 tokens) loading 210 MiB"),
+            "{message}"
+        );
     }
 
     #[test]

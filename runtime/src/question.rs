@@ -45,40 +45,229 @@ pub struct Subject {
 /// Words any sentence about a photo may use without claiming anything: function words, the photo itself, seeing,
 /// and the words of a plain "I can't tell".
 pub const FUNCTION_WORDS: &[&str] = &[
-    "a", "an", "the", "this", "that", "these", "those", "there", "here", "it", "its", "they", "them", "their", "i", "you",
-    "we", "me", "my", "your", "our", "is", "are", "was", "were", "be", "been", "being", "am", "has", "have", "had", "do",
-    "does", "did", "can", "could", "will", "would", "should", "may", "might", "not", "no", "yes", "nor", "and", "or",
-    "but", "so", "if", "than", "as", "of", "in", "on", "at", "to", "from", "by", "with", "for", "into", "onto", "over",
-    "under", "above", "below", "near", "next", "beside", "behind", "between", "among", "around", "up", "down", "out",
-    "all", "some", "any", "each", "every", "both", "either", "neither", "several", "only", "just", "also", "too",
-    "what", "which", "who", "where", "how", "s", "t", "don", "doesn", "isn", "aren", "cannot", "photo",
-    "photos", "image", "images", "picture", "pictures", "scene", "frame", "view", "camera", "see", "sees", "seen",
-    "show", "shows", "showing", "shown", "appear", "appears", "visible", "contains", "contain", "containing", "include",
-    "includes", "including", "tell", "sure", "know", "total", "altogether", "none", "nothing", "anything", "something",
+    "a",
+    "an",
+    "the",
+    "this",
+    "that",
+    "these",
+    "those",
+    "there",
+    "here",
+    "it",
+    "its",
+    "they",
+    "them",
+    "their",
+    "i",
+    "you",
+    "we",
+    "me",
+    "my",
+    "your",
+    "our",
+    "is",
+    "are",
+    "was",
+    "were",
+    "be",
+    "been",
+    "being",
+    "am",
+    "has",
+    "have",
+    "had",
+    "do",
+    "does",
+    "did",
+    "can",
+    "could",
+    "will",
+    "would",
+    "should",
+    "may",
+    "might",
+    "not",
+    "no",
+    "yes",
+    "nor",
+    "and",
+    "or",
+    "but",
+    "so",
+    "if",
+    "than",
+    "as",
+    "of",
+    "in",
+    "on",
+    "at",
+    "to",
+    "from",
+    "by",
+    "with",
+    "for",
+    "into",
+    "onto",
+    "over",
+    "under",
+    "above",
+    "below",
+    "near",
+    "next",
+    "beside",
+    "behind",
+    "between",
+    "among",
+    "around",
+    "up",
+    "down",
+    "out",
+    "all",
+    "some",
+    "any",
+    "each",
+    "every",
+    "both",
+    "either",
+    "neither",
+    "several",
+    "only",
+    "just",
+    "also",
+    "too",
+    "what",
+    "which",
+    "who",
+    "where",
+    "how",
+    "s",
+    "t",
+    "don",
+    "doesn",
+    "isn",
+    "aren",
+    "cannot",
+    "photo",
+    "photos",
+    "image",
+    "images",
+    "picture",
+    "pictures",
+    "scene",
+    "frame",
+    "view",
+    "camera",
+    "see",
+    "sees",
+    "seen",
+    "show",
+    "shows",
+    "showing",
+    "shown",
+    "appear",
+    "appears",
+    "visible",
+    "contains",
+    "contain",
+    "containing",
+    "include",
+    "includes",
+    "including",
+    "tell",
+    "sure",
+    "know",
+    "total",
+    "altogether",
+    "none",
+    "nothing",
+    "anything",
+    "something",
 ];
 
 /// Where things are, as the facts say it.
 pub const POSITION_WORDS: &[&str] = &[
-    "left", "right", "middle", "center", "centre", "top", "bottom", "front", "background", "foreground", "side", "sides",
-    "corner", "across", "upper", "lower", "half",
+    "left",
+    "right",
+    "middle",
+    "center",
+    "centre",
+    "top",
+    "bottom",
+    "front",
+    "background",
+    "foreground",
+    "side",
+    "sides",
+    "corner",
+    "across",
+    "upper",
+    "lower",
+    "half",
 ];
 
 /// Words that leave a yes/no question one of existence ("is anyone there?", "do you see a dog?").
 const EXISTENCE_WORDS: &[&str] = &[
-    "exist", "exists", "present", "visible", "any", "anyone", "anybody", "someone", "somebody", "anything", "something",
-    "outside", "inside", "outdoors", "indoors", "around", "here", "there",
+    "exist",
+    "exists",
+    "present",
+    "visible",
+    "any",
+    "anyone",
+    "anybody",
+    "someone",
+    "somebody",
+    "anything",
+    "something",
+    "outside",
+    "inside",
+    "outdoors",
+    "indoors",
+    "around",
+    "here",
+    "there",
 ];
 
 /// Words after which the rest of a question says where ("in the water", "on the beach"), not what.
-const PLACE_PREPOSITIONS: &[&str] = &["in", "on", "at", "near", "by", "under", "behind", "beside", "next", "outside", "inside", "around", "across"];
+const PLACE_PREPOSITIONS: &[&str] =
+    &["in", "on", "at", "near", "by", "under", "behind", "beside", "next", "outside", "inside", "around", "across"];
 
 /// Everyday words for one COCO label, beside the label itself and its plural.
 fn label_synonyms(label: &str) -> &'static [&'static str] {
     match label {
         "person" => &[
-            "people", "persons", "anyone", "anybody", "someone", "somebody", "man", "men", "woman", "women", "child",
-            "children", "kid", "kids", "boy", "boys", "girl", "girls", "human", "humans", "pedestrian", "pedestrians",
-            "guy", "guys", "lady", "ladies", "baby", "babies", "adult", "adults", "player", "players",
+            "people",
+            "persons",
+            "anyone",
+            "anybody",
+            "someone",
+            "somebody",
+            "man",
+            "men",
+            "woman",
+            "women",
+            "child",
+            "children",
+            "kid",
+            "kids",
+            "boy",
+            "boys",
+            "girl",
+            "girls",
+            "human",
+            "humans",
+            "pedestrian",
+            "pedestrians",
+            "guy",
+            "guys",
+            "lady",
+            "ladies",
+            "baby",
+            "babies",
+            "adult",
+            "adults",
+            "player",
+            "players",
         ],
         "sports ball" => &["ball", "balls", "football", "footballs", "soccer ball", "basketball", "baseball"],
         "cell phone" => &["phone", "phones", "smartphone", "smartphones", "mobile phone", "mobile"],
@@ -153,7 +342,8 @@ pub fn names_of(label: &str) -> Vec<String> {
 /// Group words, the group's plural and the labels it covers among `known` labels.
 fn groups(known: &[String]) -> impl Iterator<Item = (&'static str, &'static str, Vec<String>)> + '_ {
     GROUPS.iter().flat_map(move |(plural, names, members)| {
-        let labels: Vec<String> = members.iter().filter(|m| known.iter().any(|k| k == *m)).map(|m| m.to_string()).collect();
+        let labels: Vec<String> =
+            members.iter().filter(|m| known.iter().any(|k| k == *m)).map(|m| m.to_string()).collect();
         names.iter().map(move |name| (*name, *plural, labels.clone()))
     })
 }
@@ -193,9 +383,14 @@ impl Question {
         let before_place = w.iter().position(|x| PLACE_PREPOSITIONS.contains(&x.as_str())).unwrap_or(w.len());
         let predicate = (0..before_place).any(|i| {
             let x = w[i].as_str();
-            !named[i] && !FUNCTION_WORDS.contains(&x) && !POSITION_WORDS.contains(&x) && !EXISTENCE_WORDS.contains(&x) && number_value(x).is_none()
+            !named[i]
+                && !FUNCTION_WORDS.contains(&x)
+                && !POSITION_WORDS.contains(&x)
+                && !EXISTENCE_WORDS.contains(&x)
+                && number_value(x).is_none()
         });
-        let counted = w.iter().any(|x| number_value(x).is_some() && !matches!(x.as_str(), "a" | "an" | "no" | "single"));
+        let counted =
+            w.iter().any(|x| number_value(x).is_some() && !matches!(x.as_str(), "a" | "an" | "no" | "single"));
         let kind = kind_of(&w, !found.is_empty(), named_second, predicate, counted);
         Question { kind, subjects: found.into_iter().map(|(_, s)| s).collect() }
     }
@@ -237,7 +432,8 @@ fn subjects(w: &[String], known: &[String]) -> Vec<(usize, Subject)> {
             }
             taken[at..at + span].iter_mut().for_each(|t| *t = true);
             if !found.iter().any(|(_, s)| s.labels == labels) {
-                found.push((at, Subject { words: name.clone(), labels: labels.clone(), plural: plural.clone(), group }));
+                found
+                    .push((at, Subject { words: name.clone(), labels: labels.clone(), plural: plural.clone(), group }));
             }
         }
     }
@@ -264,23 +460,57 @@ fn kind_of(w: &[String], names_something: bool, named_second: bool, predicate: b
     if has("how many") || has("number of") || (first == "count") {
         return Kind::Count;
     }
-    let about_text = w.iter().any(|x| ["say", "says", "read", "written", "writing", "text", "sign", "words"].contains(&x.as_str()));
+    let about_text =
+        w.iter().any(|x| ["say", "says", "read", "written", "writing", "text", "sign", "words"].contains(&x.as_str()));
     if first == "read" || (matches!(first, "what" | "which") && about_text) {
         return Kind::ReadText;
     }
     if first == "where" || has("where is") || has("where are") {
         return Kind::Where;
     }
-    let yes_no = matches!(first, "is" | "are" | "was" | "were" | "do" | "does" | "did" | "can" | "could" | "has" | "have" | "any" | "anything" | "anyone" | "anybody" | "someone");
+    let yes_no = matches!(
+        first,
+        "is" | "are"
+            | "was"
+            | "were"
+            | "do"
+            | "does"
+            | "did"
+            | "can"
+            | "could"
+            | "has"
+            | "have"
+            | "any"
+            | "anything"
+            | "anyone"
+            | "anybody"
+            | "someone"
+    );
     if names_something && (yes_no || has("is there") || has("are there")) && !predicate {
         // "Are there two dogs?" is answered with the count.
         return if counted { Kind::Count } else { Kind::Exists };
     }
-    if has("what do you see") || has("what can you see") || has("what is in") || has("what s in") || has("what is there") || has("what s there") || first == "describe" || has("tell me what") || has("what is happening") || has("what s happening") {
+    if has("what do you see")
+        || has("what can you see")
+        || has("what is in")
+        || has("what s in")
+        || has("what is there")
+        || has("what s there")
+        || first == "describe"
+        || has("tell me what")
+        || has("what is happening")
+        || has("what s happening")
+    {
         return Kind::Describe;
     }
-    let what_it_is = has("what is this") || has("what is that") || has("what is it") || has("what are these") || has("what are those");
-    if matches!(first, "what" | "which") && (has("kind of") || has("type of") || has("sort of") || named_second || what_it_is) {
+    let what_it_is = has("what is this")
+        || has("what is that")
+        || has("what is it")
+        || has("what are these")
+        || has("what are those");
+    if matches!(first, "what" | "which")
+        && (has("kind of") || has("type of") || has("sort of") || named_second || what_it_is)
+    {
         return Kind::Identify;
     }
     Kind::Other
@@ -291,10 +521,25 @@ mod tests {
     use super::*;
 
     fn known() -> Vec<String> {
-        ["person", "bicycle", "car", "dog", "cat", "horse", "bird", "truck", "bus", "sports ball", "hot dog", "cell phone", "tv", "laptop"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
+        [
+            "person",
+            "bicycle",
+            "car",
+            "dog",
+            "cat",
+            "horse",
+            "bird",
+            "truck",
+            "bus",
+            "sports ball",
+            "hot dog",
+            "cell phone",
+            "tv",
+            "laptop",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
     }
 
     fn parse(q: &str) -> Question {

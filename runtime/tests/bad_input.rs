@@ -159,7 +159,10 @@ fn corrupt_model_file_is_named_with_its_hash() {
     let verify = lookout(&["--models", dir.to_str().unwrap(), "models", "verify"]);
     assert_eq!(verify.status.code(), Some(BAD_MODELS));
     let listing = String::from_utf8_lossy(&verify.stdout);
-    assert!(listing.lines().any(|l| l.contains("decoder.int8.") && l.contains("expected")), "the damaged file is not flagged: {listing}");
+    assert!(
+        listing.lines().any(|l| l.contains("decoder.int8.") && l.contains("expected")),
+        "the damaged file is not flagged: {listing}"
+    );
 }
 
 #[test]
@@ -171,7 +174,9 @@ fn missing_model_file_is_named() {
 
 #[test]
 fn malformed_manifest() {
-    let dir = damaged_bundle("manifest", |dir, _| fs::write(dir.join("manifest.toml"), "format = 1\nname = [oops\n").unwrap());
+    let dir = damaged_bundle("manifest", |dir, _| {
+        fs::write(dir.join("manifest.toml"), "format = 1\nname = [oops\n").unwrap()
+    });
     let out = lookout(&["--models", dir.to_str().unwrap(), "transcribe", &clip()]);
     assert_fails(&out, BAD_MODELS, &["manifest.toml"]);
 }

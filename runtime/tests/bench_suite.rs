@@ -16,7 +16,8 @@ fn write_suite(dir: &Path, items: &str) -> String {
 }
 
 fn run_suite(suite: &str, out: &Path) -> Value {
-    let result = lookout(&["bench", "--suite", suite, "--variants", "int8:fit", "--no-peers", "--out", out.to_str().unwrap()]);
+    let result =
+        lookout(&["bench", "--suite", suite, "--variants", "int8:fit", "--no-peers", "--out", out.to_str().unwrap()]);
     assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
     serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap()
 }
@@ -34,7 +35,12 @@ fn a_suite_file_is_scored_item_by_item_and_broken_items_do_not_stop_it() {
     );
     let suite = write_suite(&dir, &items);
     let first = run_suite(&suite, &dir.join("out1"));
-    let skipped: Vec<(&str, &str)> = first["skipped"].as_array().unwrap().iter().map(|s| (s["item"].as_str().unwrap(), s["error"].as_str().unwrap())).collect();
+    let skipped: Vec<(&str, &str)> = first["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["item"].as_str().unwrap(), s["error"].as_str().unwrap()))
+        .collect();
     assert_eq!(skipped.len(), 2, "{skipped:?}");
     assert!(skipped[0].0 == "gone" && skipped[0].1.contains("no such file"), "{skipped:?}");
     assert!(skipped[1].0 == "bad" && skipped[1].1.contains("malformed"), "{skipped:?}");
@@ -42,8 +48,14 @@ fn a_suite_file_is_scored_item_by_item_and_broken_items_do_not_stop_it() {
     assert_eq!(variant["variant"], "int8:fit");
     let scored = variant["items"].as_array().unwrap();
     assert_eq!(scored.len(), 2);
-    assert_eq!((scored[0]["id"].as_str(), scored[0]["word_errors"].as_u64(), scored[0]["words"].as_u64()), (Some("see"), Some(0), Some(4)), "{}", scored[0]);
-    let held_out = variant["splits"].as_array().unwrap().iter().find(|s| s["split"] == "held-out").expect("a held-out score");
+    assert_eq!(
+        (scored[0]["id"].as_str(), scored[0]["word_errors"].as_u64(), scored[0]["words"].as_u64()),
+        (Some("see"), Some(0), Some(4)),
+        "{}",
+        scored[0]
+    );
+    let held_out =
+        variant["splits"].as_array().unwrap().iter().find(|s| s["split"] == "held-out").expect("a held-out score");
     assert!(held_out["wer"].as_f64().unwrap() <= 0.4, "{held_out}");
     // The variant ran in a process of its own: its cold start includes loading Whisper, its peak holds the weights.
     let (process, figure) = (&variant["process"], |v: &Value| v.as_f64().unwrap());
@@ -60,10 +72,17 @@ fn a_suite_file_is_scored_item_by_item_and_broken_items_do_not_stop_it() {
     }
 
     // A suite with nothing runnable is an error, not an empty report.
-    let broken = write_suite(&dir.join("broken"), "[[item]]\nid = \"gone\"\ntext = \"hi\"\nsplit = \"in-domain\"\nsource = \"x\"\naudio = \"gone.wav\"\n");
+    let broken = write_suite(
+        &dir.join("broken"),
+        "[[item]]\nid = \"gone\"\ntext = \"hi\"\nsplit = \"in-domain\"\nsource = \"x\"\naudio = \"gone.wav\"\n",
+    );
     let result = lookout(&["bench", "--suite", &broken, "--out", dir.join("out3").to_str().unwrap()]);
     assert!(!result.status.success());
-    assert!(String::from_utf8_lossy(&result.stderr).contains("none of its 1 items"), "{}", String::from_utf8_lossy(&result.stderr));
+    assert!(
+        String::from_utf8_lossy(&result.stderr).contains("none of its 1 items"),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -84,17 +103,30 @@ fn a_vision_suite_scores_labels_counts_and_text_per_threshold() {
     let suite = dir.join("vision.toml");
     std::fs::write(&suite, format!("kind = \"vision\"\n{items}")).unwrap();
     let out = dir.join("out");
-    let result = lookout(&["bench", "--suite", suite.to_str().unwrap(), "--variants", "0.3,0.9", "--out", out.to_str().unwrap()]);
+    let result = lookout(&[
+        "bench",
+        "--suite",
+        suite.to_str().unwrap(),
+        "--variants",
+        "0.3,0.9",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
     let report: Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
-    let skipped: Vec<&str> = report["skipped"].as_array().unwrap().iter().map(|s| s["error"].as_str().unwrap()).collect();
+    let skipped: Vec<&str> =
+        report["skipped"].as_array().unwrap().iter().map(|s| s["error"].as_str().unwrap()).collect();
     assert!(skipped.len() == 2 && skipped[0].contains("`dragon` is not one of the detector's labels"), "{skipped:?}");
     let at = |i: usize| &report["variants"][i];
     let dog = &at(0)["items"][0];
     assert_eq!(dog["id"], "dog");
     assert!(!dog["missed"].as_array().unwrap().iter().any(|l| l == "dog" || l == "bicycle"), "{dog}");
     assert_eq!(at(0)["items"][1]["char_errors"], 0, "{}", at(0)["items"][1]);
-    let recall = |i: usize| at(i)["splits"].as_array().unwrap().iter().find(|s| s["split"] == "in-domain").unwrap()["recall"].as_f64().unwrap();
+    let recall = |i: usize| {
+        at(i)["splits"].as_array().unwrap().iter().find(|s| s["split"] == "in-domain").unwrap()["recall"]
+            .as_f64()
+            .unwrap()
+    };
     assert!(recall(0) >= 2.0 / 3.0 && recall(1) < recall(0), "recall at 0.3: {}, at 0.9: {}", recall(0), recall(1));
     assert!(std::fs::read_to_string(out.join("recall.svg")).unwrap().starts_with("<svg"));
     let _ = std::fs::remove_dir_all(&dir);
@@ -121,25 +153,43 @@ fn an_end_to_end_suite_scores_captions_and_answers() {
     let suite = dir.join("e2e.toml");
     std::fs::write(&suite, format!("kind = \"e2e\"\n{items}")).unwrap();
     let out = dir.join("out");
-    let result = lookout(&["bench", "--suite", suite.to_str().unwrap(), "--variants", "scene", "--out", out.to_str().unwrap()]);
+    let result =
+        lookout(&["bench", "--suite", suite.to_str().unwrap(), "--variants", "scene", "--out", out.to_str().unwrap()]);
     assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
     let report: Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     assert!(report["skipped"][0]["error"].as_str().unwrap().contains("needs `expect`"), "{}", report["skipped"]);
     let items = report["variants"][0]["items"].as_array().unwrap();
-    assert_eq!((items[0]["named"][0].as_str(), items[0]["answer_right"].as_bool()), (Some("cat"), Some(true)), "{}", items[0]);
+    assert_eq!(
+        (items[0]["named"][0].as_str(), items[0]["answer_right"].as_bool()),
+        (Some("cat"), Some(true)),
+        "{}",
+        items[0]
+    );
     assert_eq!(items[1]["question"], "How many people are outside?", "Whisper hears the spoken question");
-    assert!(items[1]["named"].as_array().unwrap().len() == 2 && items[1]["not_in_photo"].as_array().unwrap().is_empty(), "{}", items[1]);
+    assert!(
+        items[1]["named"].as_array().unwrap().len() == 2 && items[1]["not_in_photo"].as_array().unwrap().is_empty(),
+        "{}",
+        items[1]
+    );
     // An image annotated otherwise than the detector sees it: what the caption and answer say of it is invented.
     let strings = |v: &Value| v.as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect::<Vec<_>>();
     assert_eq!(items[2]["answer_right"], false, "{}", items[2]);
     assert!(strings(&items[2]["caption_invented"]).contains(&"cat".to_string()), "{}", items[2]);
-    assert!(strings(&items[2]["answer_invented"]).contains(&"count of dog".to_string()), "\"no dogs\" when one is there: {}", items[2]);
+    assert!(
+        strings(&items[2]["answer_invented"]).contains(&"count of dog".to_string()),
+        "\"no dogs\" when one is there: {}",
+        items[2]
+    );
     assert_eq!(items[3]["answer_right"], true, "{}", items[3]);
     assert!(items[3]["answer_invented"].as_array().unwrap().is_empty(), "the text read, quoted: {}", items[3]);
-    let in_domain = report["variants"][0]["splits"].as_array().unwrap().iter().find(|s| s["split"] == "in-domain").unwrap();
+    let in_domain =
+        report["variants"][0]["splits"].as_array().unwrap().iter().find(|s| s["split"] == "in-domain").unwrap();
     assert!(in_domain["invented_facts"].as_u64().unwrap() >= 2, "{in_domain}");
     let process = &report["variants"][0]["process"];
-    assert!(process["cold_start_ms"].as_f64().unwrap() > 0.0 && process["peak_rss_mib"].as_f64().unwrap() > 100.0, "the detector, OCR and Whisper are resident: {process}");
+    assert!(
+        process["cold_start_ms"].as_f64().unwrap() > 0.0 && process["peak_rss_mib"].as_f64().unwrap() > 100.0,
+        "the detector, OCR and Whisper are resident: {process}"
+    );
     assert!(std::fs::read_to_string(out.join("report.md")).unwrap().contains("cold start ms"));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -33,7 +33,10 @@ fn temp_config(name: &str, text: &str) -> PathBuf {
 fn every_board_profile_and_the_packaged_config_fit_their_budget() {
     let packaged = repo().join("cross/package/lookout.toml");
     for board in BOARDS {
-        for (file, extra) in [(repo().join(format!("board-configs/{board}.toml")), vec!["--json"]), (packaged.clone(), vec!["--json", "--board", board])] {
+        for (file, extra) in [
+            (repo().join(format!("board-configs/{board}.toml")), vec!["--json"]),
+            (packaged.clone(), vec!["--json", "--board", board]),
+        ] {
             let out = check(&file, &extra);
             assert!(out.status.success(), "{board} {}: {}", file.display(), String::from_utf8_lossy(&out.stderr));
             let report: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -43,8 +46,12 @@ fn every_board_profile_and_the_packaged_config_fit_their_budget() {
             let total = plan["total_mib"].as_f64().unwrap();
             let budget = plan["budget_mib"].as_f64().unwrap();
             assert!(total > 100.0 && total <= budget, "{board}: plan {total} MiB, budget {budget} MiB");
-            let items: Vec<&str> = plan["resident"].as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap()).collect();
-            assert!(items.contains(&"process") && items.contains(&"frame pool") && items.contains(&"audio ring"), "{items:?}");
+            let items: Vec<&str> =
+                plan["resident"].as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap()).collect();
+            assert!(
+                items.contains(&"process") && items.contains(&"frame pool") && items.contains(&"audio ring"),
+                "{items:?}"
+            );
         }
     }
 }
@@ -98,7 +105,8 @@ fn boards_lists_every_profile_and_marks_this_machine() {
     let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
     let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
     assert_eq!(names, BOARDS);
-    let here: Vec<&str> = rows.iter().filter(|r| r["this_machine"] == true).map(|r| r["name"].as_str().unwrap()).collect();
+    let here: Vec<&str> =
+        rows.iter().filter(|r| r["this_machine"] == true).map(|r| r["name"].as_str().unwrap()).collect();
     if cfg!(target_arch = "x86_64") {
         assert_eq!(here, ["x86-dev"]);
     }

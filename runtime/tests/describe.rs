@@ -15,11 +15,20 @@ fn describe(args: &[&str]) -> String {
 #[test]
 fn a_photo_is_described_with_objects_counts_and_scene_labels() {
     let photos = testdata_dir().join("vision/photos");
-    let index: Value = serde_json::from_str(&std::fs::read_to_string(testdata_dir().join("vision/index.json")).unwrap()).unwrap();
+    let index: Value =
+        serde_json::from_str(&std::fs::read_to_string(testdata_dir().join("vision/index.json")).unwrap()).unwrap();
     let kite = photos.join("kite.jpg");
     let json: Value = serde_json::from_str(&describe(&["--json", kite.to_str().unwrap()])).unwrap();
-    assert!(json["counts"]["kite"].as_u64().unwrap() >= 3 && json["counts"]["person"].as_u64().unwrap() >= 3, "{}", json["counts"]);
-    assert!(json["objects"].as_array().unwrap().iter().all(|o| o["box"].as_array().unwrap().len() == 4 && o["position"].is_string()));
+    assert!(
+        json["counts"]["kite"].as_u64().unwrap() >= 3 && json["counts"]["person"].as_u64().unwrap() >= 3,
+        "{}",
+        json["counts"]
+    );
+    assert!(json["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|o| o["box"].as_array().unwrap().len() == 4 && o["position"].is_string()));
     let reference = &index["scene_labels"]["kite.jpg"];
     assert_eq!(json["scene_labels"][0]["label"], reference[0]["label"], "{}", json["scene_labels"]);
     assert!(json["timings_ms"]["classify"].as_f64().unwrap() > 0.0);

@@ -38,10 +38,22 @@ fn mentions(text: &str, names: &[&str]) -> bool {
 fn captions_name_the_detected_objects_and_invent_none() {
     // (photo, each entry: one object the caption must name in one of these words, labels it must not use)
     let cases: &[(&str, &[&[&str]], &[&str])] = &[
-        ("dog.jpg", &[&["dog", "dogs"], &["bicycle", "bicycles", "bike", "bikes"]], &["cat", "horse", "sheep", "person", "people", "kite"]),
+        (
+            "dog.jpg",
+            &[&["dog", "dogs"], &["bicycle", "bicycles", "bike", "bikes"]],
+            &["cat", "horse", "sheep", "person", "people", "kite"],
+        ),
         ("horses.jpg", &[&["horse", "horses"]], &["dog", "cow", "person", "people", "zebra", "giraffe"]),
-        ("kite.jpg", &[&["kite", "kites"], &["people", "person", "persons", "men", "women"]], &["dog", "horse", "bird", "car", "boat"]),
-        ("giraffe.jpg", &[&["giraffe", "giraffes"], &["zebra", "zebras"]], &["elephant", "horse", "dog", "person", "people"]),
+        (
+            "kite.jpg",
+            &[&["kite", "kites"], &["people", "person", "persons", "men", "women"]],
+            &["dog", "horse", "bird", "car", "boat"],
+        ),
+        (
+            "giraffe.jpg",
+            &[&["giraffe", "giraffes"], &["zebra", "zebras"]],
+            &["elephant", "horse", "dog", "person", "people"],
+        ),
         ("chelsea.png", &[&["cat", "cats"]], &["dog", "person", "people", "teddy bear"]),
     ];
     for (name, must, must_not) in cases {
@@ -58,7 +70,10 @@ fn captions_name_the_detected_objects_and_invent_none() {
         let generation = &reply["generation"];
         assert!(generation["prompt_tokens"].as_u64().unwrap() > 20, "{name}: token counts reported");
         assert!(generation["decode_tokens_per_s"].as_f64().unwrap() > 0.0);
-        assert!(reply["prompt_text"].as_str().unwrap().contains("<|im_start|>user"), "{name}: the fused prompt is shown");
+        assert!(
+            reply["prompt_text"].as_str().unwrap().contains("<|im_start|>user"),
+            "{name}: the fused prompt is shown"
+        );
         assert!(out["scene"]["counts"].is_object());
         eprintln!("{name}: {caption} ({})", reply["source"]);
     }

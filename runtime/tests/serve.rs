@@ -62,7 +62,10 @@ fn send(port: u16, request: &[u8]) -> Reply {
 }
 
 fn request(port: u16, method: &str, path: &str, content_type: Option<&str>, body: &[u8]) -> Reply {
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {}\r\n", body.len());
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     if let Some(t) = content_type {
         head.push_str(&format!("Content-Type: {t}\r\n"));
     }
@@ -99,7 +102,8 @@ impl Daemon {
         std::thread::spawn(move || {
             use std::io::BufRead as _;
             for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-                let event: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("event is not JSON ({e}): {line}"));
+                let event: Value =
+                    serde_json::from_str(&line).unwrap_or_else(|e| panic!("event is not JSON ({e}): {line}"));
                 if send_event.send(event).is_err() {
                     break;
                 }
@@ -212,28 +216,38 @@ fn the_daemon_captions_answers_refuses_bad_requests_and_talks_to_systemd() {
     let scene = request(port, "GET", "/v1/scene", None, b"");
     assert_eq!(scene.status, 200, "{}", scene.body);
     let scene = scene.json();
-    assert!(scene["counts"]["kite"].as_u64().unwrap() >= 2 && scene["counts"]["person"].as_u64().unwrap() >= 2, "{scene}");
+    assert!(
+        scene["counts"]["kite"].as_u64().unwrap() >= 2 && scene["counts"]["person"].as_u64().unwrap() >= 2,
+        "{scene}"
+    );
     let text = scene["caption"]["text"].as_str().unwrap().to_lowercase();
     assert_eq!(scene["caption"]["text"], caption["text"]);
     assert!(text.contains("kite") && (text.contains("people") || text.contains("person")), "{text}");
     // The scene is of the captioned frame or a later one, read by this daemon (how old it is depends on the load).
     assert!(scene["frame"].as_u64().unwrap() >= scene["caption"]["frame"].as_u64().unwrap(), "{scene}");
-    assert!(scene["age_s"].as_f64().unwrap() < started.elapsed().as_secs_f64(), "the scene is of a frame read by this daemon: {scene}");
+    assert!(
+        scene["age_s"].as_f64().unwrap() < started.elapsed().as_secs_f64(),
+        "the scene is of a frame read by this daemon: {scene}"
+    );
 
     // The question played into the microphone, found by the VAD and answered.
-    let heard = daemon.event("voice answer", patience(Duration::from_secs(60)), |e| e["event"] == "answer" && e["origin"] == "voice");
+    let heard = daemon
+        .event("voice answer", patience(Duration::from_secs(60)), |e| e["event"] == "answer" && e["origin"] == "voice");
     assert_eq!(normalize(heard["question"].as_str().unwrap()), "how many people are outside");
     let people = scene["counts"]["person"].as_u64().unwrap().to_string();
     assert!(heard["answer"].as_str().unwrap().contains(&people), "{heard}");
 
     // Push-to-talk (SIGUSR1 presses, SIGUSR1 releases) over the silence after the recording: heard, nothing said.
     daemon.signal("USR1");
-    daemon.event("push-to-talk press", patience(Duration::from_secs(5)), |e| e["event"] == "push_to_talk" && e["held"] == true);
+    daemon.event("push-to-talk press", patience(Duration::from_secs(5)), |e| {
+        e["event"] == "push_to_talk" && e["held"] == true
+    });
     std::thread::sleep(Duration::from_millis(1500));
     daemon.signal("USR1");
     let unanswered = daemon.event("push-to-talk utterance", patience(Duration::from_secs(60)), event_is("unanswered"));
     assert_eq!(unanswered["reason"], "no speech found in the audio", "{unanswered}");
-    let heard: Vec<f64> = daemon.seen.iter().filter(|e| e["event"] == "heard").map(|e| e["seconds"].as_f64().unwrap()).collect();
+    let heard: Vec<f64> =
+        daemon.seen.iter().filter(|e| e["event"] == "heard").map(|e| e["seconds"].as_f64().unwrap()).collect();
     assert!(heard.len() == 2 && heard[1] >= 1.4, "the second utterance spans the press: {heard:?}");
 
     // A spoken question posted as WAV.
@@ -245,7 +259,8 @@ fn the_daemon_captions_answers_refuses_bad_requests_and_talks_to_systemd() {
     assert!(answer["answer"].as_str().unwrap().to_lowercase().contains("kite"), "{answer}");
 
     // A typed question.
-    let answer = request(port, "POST", "/v1/ask", Some("application/json"), br#"{"question": "How many people are there?"}"#);
+    let answer =
+        request(port, "POST", "/v1/ask", Some("application/json"), br#"{"question": "How many people are there?"}"#);
     assert_eq!(answer.status, 200, "{}", answer.body);
     assert!(answer.json()["answer"].as_str().unwrap().contains(&people), "{}", answer.body);
 
@@ -254,7 +269,11 @@ fn the_daemon_captions_answers_refuses_bad_requests_and_talks_to_systemd() {
     let huge = format!("POST /v1/ask HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: audio/wav\r\nContent-Length: {}\r\n\r\n", 64 << 20);
     let cases: Vec<(&str, Reply, u16)> = vec![
         ("malformed JSON", request(port, "POST", "/v1/ask", Some("application/json"), b"{\"question\": "), 400),
-        ("unknown field", request(port, "POST", "/v1/ask", Some("application/json"), br#"{"question": "hi", "x": 1}"#), 400),
+        (
+            "unknown field",
+            request(port, "POST", "/v1/ask", Some("application/json"), br#"{"question": "hi", "x": 1}"#),
+            400,
+        ),
         ("empty question", request(port, "POST", "/v1/ask", Some("application/json"), br#"{"question": "  "}"#), 400),
         ("wrong content type", request(port, "POST", "/v1/ask", Some("text/plain"), b"What do you see?"), 415),
         ("no content type", request(port, "POST", "/v1/ask", None, b"What do you see?"), 415),
@@ -276,7 +295,11 @@ fn the_daemon_captions_answers_refuses_bad_requests_and_talks_to_systemd() {
     let metrics = request(port, "GET", "/metrics", None, b"");
     assert_eq!(metrics.status, 200);
     let value = |name: &str| -> f64 {
-        let line = metrics.body.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("{name} missing"));
+        let line = metrics
+            .body
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} missing"));
         line.rsplit(' ').next().unwrap().parse().unwrap()
     };
     assert!(value("lookout_frames_processed_total") >= 1.0);
@@ -291,7 +314,8 @@ fn the_daemon_captions_answers_refuses_bad_requests_and_talks_to_systemd() {
     let failed = daemon.event("reload_failed", patience(Duration::from_secs(10)), event_is("reload_failed"));
     assert!(failed["error"].as_str().unwrap().contains("camera.fps"), "{failed}");
     assert_eq!(send(port, b"GET /healthz HTTP/1.1\r\n\r\n").status, 200);
-    std::fs::write(&config, config_text(&frames, &speech.join("how_many_people.wav"), "[caption]\ninterval_s = 5")).unwrap();
+    std::fs::write(&config, config_text(&frames, &speech.join("how_many_people.wav"), "[caption]\ninterval_s = 5"))
+        .unwrap();
     daemon.signal("HUP");
     daemon.event("reloaded", patience(Duration::from_secs(120)), event_is("reloaded"));
     assert_eq!(send(port, b"GET /healthz HTTP/1.1\r\n\r\n").status, 200);
@@ -313,8 +337,18 @@ fn configurations_and_devices_the_daemon_cannot_run_exit_naming_the_problem() {
         ("missing camera directory", config_text(&dir.join("nowhere"), &wav, ""), "camera.device", 78),
         ("unreadable recording", config_text(&dir, &dir.join("missing.wav"), ""), "microphone.device", 78),
         // An absent device is a runtime failure (exit 1): systemd retries, as for a camera plugged in late.
-        ("absent camera", config_text(&dir, &wav, "").replace(&format!("dir:{}", dir.display()), "/dev/video9"), "camera.device `/dev/video9`", 1),
-        ("absent microphone", config_text(&dir, &wav, "").replace(&format!("wav:{}", wav.display()), "hw:CARD=NoSuchCard,DEV=0"), "microphone.device", 1),
+        (
+            "absent camera",
+            config_text(&dir, &wav, "").replace(&format!("dir:{}", dir.display()), "/dev/video9"),
+            "camera.device `/dev/video9`",
+            1,
+        ),
+        (
+            "absent microphone",
+            config_text(&dir, &wav, "").replace(&format!("wav:{}", wav.display()), "hw:CARD=NoSuchCard,DEV=0"),
+            "microphone.device",
+            1,
+        ),
     ];
     for (what, text, names, code) in cases {
         let path = dir.join("lookout.toml");

@@ -15,7 +15,12 @@ fn transcribe_json(clip_path: &str, extra: &[&str]) -> Value {
 }
 
 fn tokens_of(json: &Value) -> Vec<u64> {
-    json["segments"].as_array().unwrap().iter().flat_map(|s| s["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap())).collect()
+    json["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap()))
+        .collect()
 }
 
 fn short_clips() -> Vec<Clip> {
@@ -31,14 +36,19 @@ fn matches_onnxruntime(variant: &str) {
         let json = transcribe_json(&clip.path(), &["--variant", variant, "--no-vad", "--window", "full"]);
         assert_eq!(json["variant"], variant);
         let ours = tokens_of(&json);
-        let Some(step) = (0..=ours.len().max(reference.len())).find(|&i| ours.get(i) != reference.get(i)) else { continue };
+        let Some(step) = (0..=ours.len().max(reference.len())).find(|&i| ours.get(i) != reference.get(i)) else {
+            continue;
+        };
         let choice = ours.get(step).copied().unwrap_or(END);
         assert!(
             clip.reference_ties(variant).contains(&(step, choice)),
             "{variant} tokens differ from onnxruntime on {} at step {step}, where onnxruntime's pick was no tie:\n ours {ours:?}\n want {reference:?}",
             clip.file
         );
-        eprintln!("{variant} {}: a tie at step {step} broken the other way (token {choice}); the tokens before it match", clip.file);
+        eprintln!(
+            "{variant} {}: a tie at step {step} broken the other way (token {choice}); the tokens before it match",
+            clip.file
+        );
     }
 }
 
@@ -92,7 +102,8 @@ fn short_window_transcripts_are_right() {
 
 #[test]
 fn long_audio_is_transcribed_in_consecutive_windows() {
-    let long = speech_index().into_iter().find(|c| c.duration_s > 30.0).expect("a clip longer than 30 s in the test data");
+    let long =
+        speech_index().into_iter().find(|c| c.duration_s > 30.0).expect("a clip longer than 30 s in the test data");
     let json = transcribe_json(&long.path(), &["--no-vad"]);
     assert!(json["frames"].as_array().unwrap().len() >= 2, "expected several windows: {json}");
     assert!(word_error_rate(&long.text, json["text"].as_str().unwrap()) <= 0.15);
@@ -100,7 +111,10 @@ fn long_audio_is_transcribed_in_consecutive_windows() {
 
 #[test]
 fn plain_output_is_the_text() {
-    let clip = short_clips().into_iter().find(|c| c.file.contains("kitchen")).expect("the kitchen-light query in the test data");
+    let clip = short_clips()
+        .into_iter()
+        .find(|c| c.file.contains("kitchen"))
+        .expect("the kitchen-light query in the test data");
     let out = lookout(&["transcribe", &clip.path()]);
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();

@@ -41,23 +41,12 @@ pub fn decode_file(path: impl AsRef<Path>) -> Result<DecodedAudio, AudioError> {
     let path = path.as_ref();
     let file = File::open(path).map_err(|source| {
         if source.kind() == io::ErrorKind::NotFound {
-            AudioError::NotFound {
-                path: path.to_path_buf(),
-            }
+            AudioError::NotFound { path: path.to_path_buf() }
         } else {
-            AudioError::Io {
-                path: path.to_path_buf(),
-                source,
-            }
+            AudioError::Io { path: path.to_path_buf(), source }
         }
     })?;
-    let total_len = file
-        .metadata()
-        .map_err(|source| AudioError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?
-        .len();
+    let total_len = file.metadata().map_err(|source| AudioError::Io { path: path.to_path_buf(), source })?.len();
     decode_stream(BufReader::new(file), total_len, Some(path))
 }
 
@@ -79,9 +68,7 @@ fn decode_stream<R: Read + Seek>(
     let mut magic = [0u8; 12];
     let magic_len = read_up_to(&mut reader, &mut magic).map_err(|e| io_error(e, path, "header"))?;
     let container = detect_container(&magic[..magic_len])?;
-    reader
-        .seek(SeekFrom::Start(0))
-        .map_err(|e| io_error(e, path, "header"))?;
+    reader.seek(SeekFrom::Start(0)).map_err(|e| io_error(e, path, "header"))?;
     let audio = match container {
         Container::Wav => decode_wav(reader, total_len, path)?,
         Container::Flac => decode_flac(reader, path)?,
@@ -93,15 +80,9 @@ fn decode_stream<R: Read + Seek>(
 }
 
 fn detect_container(magic: &[u8]) -> Result<Container, AudioError> {
-    let unsupported = |encoding: &str| {
-        Err(AudioError::Unsupported {
-            encoding: encoding.to_string(),
-        })
-    };
+    let unsupported = |encoding: &str| Err(AudioError::Unsupported { encoding: encoding.to_string() });
     if magic.is_empty() {
-        return Err(AudioError::NotAudio {
-            detail: "input is empty".to_string(),
-        });
+        return Err(AudioError::NotAudio { detail: "input is empty".to_string() });
     }
     if magic.starts_with(b"fLaC") {
         return Ok(Container::Flac);
@@ -110,14 +91,9 @@ fn detect_container(magic: &[u8]) -> Result<Container, AudioError> {
         return match magic.get(8..12) {
             Some(b"WAVE") => Ok(Container::Wav),
             Some(form) => Err(AudioError::NotAudio {
-                detail: format!(
-                    "RIFF file of form '{}', not 'WAVE'",
-                    String::from_utf8_lossy(form)
-                ),
+                detail: format!("RIFF file of form '{}', not 'WAVE'", String::from_utf8_lossy(form)),
             }),
-            None => Err(AudioError::Truncated {
-                detail: format!("RIFF header is {} bytes, 12 needed", magic.len()),
-            }),
+            None => Err(AudioError::Truncated { detail: format!("RIFF header is {} bytes, 12 needed", magic.len()) }),
         };
     }
     if magic.starts_with(b"RF64") || magic.starts_with(b"BW64") {
@@ -133,9 +109,7 @@ fn detect_container(magic: &[u8]) -> Result<Container, AudioError> {
         return unsupported("ID3-tagged stream (MP3, or FLAC with an ID3 prefix)");
     }
     let hex: Vec<String> = magic.iter().take(8).map(|b| format!("{b:02x}")).collect();
-    Err(AudioError::NotAudio {
-        detail: format!("unrecognised leading bytes {}", hex.join(" ")),
-    })
+    Err(AudioError::NotAudio { detail: format!("unrecognised leading bytes {}", hex.join(" ")) })
 }
 
 /// Reads until `buf` is full or the stream ends; returns the number of bytes read.
@@ -154,16 +128,9 @@ fn read_up_to<R: Read>(reader: &mut R, buf: &mut [u8]) -> io::Result<usize> {
 
 fn io_error(error: io::Error, path: Option<&Path>, part: &str) -> AudioError {
     match (error.kind(), path) {
-        (io::ErrorKind::UnexpectedEof, _) => AudioError::Truncated {
-            detail: format!("stream ends inside its {part}"),
-        },
-        (_, Some(path)) => AudioError::Io {
-            path: path.to_path_buf(),
-            source: error,
-        },
-        (_, None) => AudioError::Corrupt {
-            detail: format!("cannot read {part}: {error}"),
-        },
+        (io::ErrorKind::UnexpectedEof, _) => AudioError::Truncated { detail: format!("stream ends inside its {part}") },
+        (_, Some(path)) => AudioError::Io { path: path.to_path_buf(), source: error },
+        (_, None) => AudioError::Corrupt { detail: format!("cannot read {part}: {error}") },
     }
 }
 
@@ -180,9 +147,8 @@ const WAVE_FORMAT_PCM: u16 = 0x0001;
 const WAVE_FORMAT_IEEE_FLOAT: u16 = 0x0003;
 const WAVE_FORMAT_EXTENSIBLE: u16 = 0xFFFE;
 /// Bytes 2..16 shared by every KSDATAFORMAT_SUBTYPE GUID derived from a format tag.
-const KSDATAFORMAT_GUID_TAIL: [u8; 14] = [
-    0x00, 0x00, 0x00, 0x00, 0x10, 0x00, 0x80, 0x00, 0x00, 0xAA, 0x00, 0x38, 0x9B, 0x71,
-];
+const KSDATAFORMAT_GUID_TAIL: [u8; 14] =
+    [0x00, 0x00, 0x00, 0x00, 0x10, 0x00, 0x80, 0x00, 0x00, 0xAA, 0x00, 0x38, 0x9B, 0x71];
 /// Largest 'fmt ' chunk read; real ones are 16 to 40 bytes.
 const MAX_FMT_CHUNK_LEN: u32 = 1024;
 
@@ -213,11 +179,7 @@ struct WavLayout {
 /// Bytes converted per read from the 'data' chunk.
 const WAV_READ_BLOCK: usize = 64 * 1024;
 
-fn decode_wav<R: Read + Seek>(
-    mut reader: R,
-    total_len: u64,
-    path: Option<&Path>,
-) -> Result<DecodedAudio, AudioError> {
+fn decode_wav<R: Read + Seek>(mut reader: R, total_len: u64, path: Option<&Path>) -> Result<DecodedAudio, AudioError> {
     let layout = read_wav_layout(&mut reader, total_len, path)?;
     let format = &layout.format;
     let block_align = usize::from(format.block_align);
@@ -239,9 +201,7 @@ fn decode_wav<R: Read + Seek>(
         });
     }
 
-    reader
-        .seek(SeekFrom::Start(layout.data_offset))
-        .map_err(|e| io_error(e, path, "WAV data"))?;
+    reader.seek(SeekFrom::Start(layout.data_offset)).map_err(|e| io_error(e, path, "WAV data"))?;
     let sample_count = frames * usize::from(format.channels);
     let mut samples = Vec::with_capacity(sample_count);
     let mut block = vec![0u8; (WAV_READ_BLOCK / block_align).max(1) * block_align];
@@ -249,42 +209,28 @@ fn decode_wav<R: Read + Seek>(
     while remaining > 0 {
         let chunk_len = remaining.min(block.len());
         let chunk = &mut block[..chunk_len];
-        reader
-            .read_exact(chunk)
-            .map_err(|e| io_error(e, path, "WAV data"))?;
+        reader.read_exact(chunk).map_err(|e| io_error(e, path, "WAV data"))?;
         append_wav_samples(chunk, format.sample_format, &mut samples)?;
         remaining -= chunk.len();
     }
-    Ok(DecodedAudio {
-        sample_rate: format.sample_rate,
-        channels: format.channels,
-        samples,
-    })
+    Ok(DecodedAudio { sample_rate: format.sample_rate, channels: format.channels, samples })
 }
 
 /// Converts whole samples from `bytes` to f32 in [-1, 1] and appends them.
-fn append_wav_samples(
-    bytes: &[u8],
-    format: WavSampleFormat,
-    samples: &mut Vec<f32>,
-) -> Result<(), AudioError> {
+fn append_wav_samples(bytes: &[u8], format: WavSampleFormat, samples: &mut Vec<f32>) -> Result<(), AudioError> {
     match format {
         WavSampleFormat::U8 => {
             samples.extend(bytes.iter().map(|&b| f32::from(i16::from(b) - 128) / 128.0));
         }
-        WavSampleFormat::Int { bytes: 2 } => samples.extend(
-            bytes
-                .chunks_exact(2)
-                .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32_768.0),
-        ),
+        WavSampleFormat::Int { bytes: 2 } => {
+            samples.extend(bytes.chunks_exact(2).map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32_768.0))
+        }
         WavSampleFormat::Int { bytes: 3 } => samples.extend(bytes.chunks_exact(3).map(|b| {
             // Placed in the top three bytes of an i32, so full scale is 2^31.
             i32::from_le_bytes([0, b[0], b[1], b[2]]) as f32 / 2_147_483_648.0
         })),
         WavSampleFormat::Int { .. } => samples.extend(
-            bytes
-                .chunks_exact(4)
-                .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32 / 2_147_483_648.0),
+            bytes.chunks_exact(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32 / 2_147_483_648.0),
         ),
         WavSampleFormat::F32 => {
             for b in bytes.chunks_exact(4) {
@@ -311,52 +257,33 @@ fn read_wav_layout<R: Read + Seek>(
     let mut format = None;
     let mut position: u64 = 12;
     loop {
-        reader
-            .seek(SeekFrom::Start(position))
-            .map_err(header_error)?;
+        reader.seek(SeekFrom::Start(position)).map_err(header_error)?;
         let mut chunk_header = [0u8; 8];
         let got = read_up_to(reader, &mut chunk_header).map_err(header_error)?;
         if got < chunk_header.len() {
             let missing = if format.is_some() { "'data'" } else { "'fmt '" };
             return Err(if got == 0 {
-                AudioError::Corrupt {
-                    detail: format!("WAV file has no {missing} chunk"),
-                }
+                AudioError::Corrupt { detail: format!("WAV file has no {missing} chunk") }
             } else {
-                AudioError::Truncated {
-                    detail: "WAV file ends inside a chunk header".to_string(),
-                }
+                AudioError::Truncated { detail: "WAV file ends inside a chunk header".to_string() }
             });
         }
-        let chunk_len = u32::from_le_bytes([
-            chunk_header[4],
-            chunk_header[5],
-            chunk_header[6],
-            chunk_header[7],
-        ]);
+        let chunk_len = u32::from_le_bytes([chunk_header[4], chunk_header[5], chunk_header[6], chunk_header[7]]);
         position += 8;
         match &chunk_header[..4] {
             b"fmt " => {
                 if !(16..=MAX_FMT_CHUNK_LEN).contains(&chunk_len) {
-                    return Err(AudioError::Corrupt {
-                        detail: format!("WAV 'fmt ' chunk is {chunk_len} bytes long"),
-                    });
+                    return Err(AudioError::Corrupt { detail: format!("WAV 'fmt ' chunk is {chunk_len} bytes long") });
                 }
                 let mut body = vec![0u8; chunk_len as usize];
-                reader
-                    .read_exact(&mut body)
-                    .map_err(|e| io_error(e, path, "WAV 'fmt ' chunk"))?;
+                reader.read_exact(&mut body).map_err(|e| io_error(e, path, "WAV 'fmt ' chunk"))?;
                 format = Some(parse_fmt_chunk(&body)?);
             }
             b"data" => {
                 let format = format.ok_or_else(|| AudioError::Corrupt {
                     detail: "WAV 'data' chunk comes before the 'fmt ' chunk".to_string(),
                 })?;
-                return Ok(WavLayout {
-                    format,
-                    data_offset: position,
-                    data_len: chunk_len,
-                });
+                return Ok(WavLayout { format, data_offset: position, data_len: chunk_len });
             }
             _ => {}
         }
@@ -380,40 +307,26 @@ fn parse_fmt_chunk(body: &[u8]) -> Result<WavFormat, AudioError> {
     let bits_per_sample = u16_at(14);
 
     if channels == 0 {
-        return Err(AudioError::InvalidHeader {
-            detail: "channel count is 0".to_string(),
-        });
+        return Err(AudioError::InvalidHeader { detail: "channel count is 0".to_string() });
     }
     if sample_rate == 0 {
-        return Err(AudioError::InvalidHeader {
-            detail: "sample rate is 0".to_string(),
-        });
+        return Err(AudioError::InvalidHeader { detail: "sample rate is 0".to_string() });
     }
 
     let (encoding, bits) = if format_tag == WAVE_FORMAT_EXTENSIBLE {
         if body.len() < 40 {
             return Err(AudioError::Corrupt {
-                detail: format!(
-                    "WAVE_FORMAT_EXTENSIBLE 'fmt ' chunk is {} bytes, 40 needed",
-                    body.len()
-                ),
+                detail: format!("WAVE_FORMAT_EXTENSIBLE 'fmt ' chunk is {} bytes, 40 needed", body.len()),
             });
         }
         let valid_bits = u16_at(18);
         let guid = &body[24..40];
         if guid[2..] != KSDATAFORMAT_GUID_TAIL {
             return Err(AudioError::Unsupported {
-                encoding: format!(
-                    "WAV WAVE_FORMAT_EXTENSIBLE with sub-format GUID {}",
-                    format_guid(guid)
-                ),
+                encoding: format!("WAV WAVE_FORMAT_EXTENSIBLE with sub-format GUID {}", format_guid(guid)),
             });
         }
-        let bits = if valid_bits != 0 {
-            valid_bits
-        } else {
-            bits_per_sample
-        };
+        let bits = if valid_bits != 0 { valid_bits } else { bits_per_sample };
         (u16_at(24), bits)
     } else {
         (format_tag, bits_per_sample)
@@ -428,21 +341,17 @@ fn parse_fmt_chunk(body: &[u8]) -> Result<WavFormat, AudioError> {
     let container_bits = container_bytes * 8;
     let sample_format = match (encoding, container_bytes) {
         (WAVE_FORMAT_PCM, 1) if (1..=8).contains(&bits) => WavSampleFormat::U8,
-        (WAVE_FORMAT_PCM, 2..=4) if (1..=container_bits).contains(&bits) => WavSampleFormat::Int {
-            bytes: usize::from(container_bytes),
-        },
+        (WAVE_FORMAT_PCM, 2..=4) if (1..=container_bits).contains(&bits) => {
+            WavSampleFormat::Int { bytes: usize::from(container_bytes) }
+        }
         (WAVE_FORMAT_PCM, _) => {
             return Err(AudioError::Unsupported {
-                encoding: format!(
-                    "WAV {bits}-bit integer PCM stored in {container_bytes}-byte samples"
-                ),
+                encoding: format!("WAV {bits}-bit integer PCM stored in {container_bytes}-byte samples"),
             })
         }
         (WAVE_FORMAT_IEEE_FLOAT, 4) if bits == 32 => WavSampleFormat::F32,
         (WAVE_FORMAT_IEEE_FLOAT, _) => {
-            return Err(AudioError::Unsupported {
-                encoding: format!("WAV {bits}-bit float"),
-            })
+            return Err(AudioError::Unsupported { encoding: format!("WAV {bits}-bit float") })
         }
         (other, _) => {
             return Err(AudioError::Unsupported {
@@ -450,12 +359,7 @@ fn parse_fmt_chunk(body: &[u8]) -> Result<WavFormat, AudioError> {
             })
         }
     };
-    Ok(WavFormat {
-        sample_format,
-        channels,
-        sample_rate,
-        block_align,
-    })
+    Ok(WavFormat { sample_format, channels, sample_rate, block_align })
 }
 
 fn format_tag_name(tag: u16) -> &'static str {
@@ -476,13 +380,7 @@ fn format_tag_name(tag: u16) -> &'static str {
 
 fn format_guid(guid: &[u8]) -> String {
     let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02X}")).collect::<String>();
-    let rev = |bytes: &[u8]| {
-        bytes
-            .iter()
-            .rev()
-            .map(|b| format!("{b:02X}"))
-            .collect::<String>()
-    };
+    let rev = |bytes: &[u8]| bytes.iter().rev().map(|b| format!("{b:02X}")).collect::<String>();
     format!(
         "{}-{}-{}-{}-{}",
         rev(&guid[0..4]),
@@ -498,40 +396,28 @@ fn format_guid(guid: &[u8]) -> String {
 /// "fLaC", a metadata block header and the 34-byte STREAMINFO body.
 const FLAC_STREAMINFO_END: usize = 4 + 4 + 34;
 
-fn decode_flac<R: Read + Seek>(
-    mut reader: R,
-    path: Option<&Path>,
-) -> Result<DecodedAudio, AudioError> {
+fn decode_flac<R: Read + Seek>(mut reader: R, path: Option<&Path>) -> Result<DecodedAudio, AudioError> {
     let mut head = [0u8; FLAC_STREAMINFO_END];
     let got = read_up_to(&mut reader, &mut head).map_err(|e| io_error(e, path, "FLAC header"))?;
     if got < head.len() {
-        return Err(AudioError::Truncated {
-            detail: "FLAC stream ends inside its STREAMINFO block".to_string(),
-        });
+        return Err(AudioError::Truncated { detail: "FLAC stream ends inside its STREAMINFO block".to_string() });
     }
     if head[4] & 0x7F != 0 {
-        return Err(AudioError::Corrupt {
-            detail: "FLAC stream does not start with a STREAMINFO block".to_string(),
-        });
+        return Err(AudioError::Corrupt { detail: "FLAC stream does not start with a STREAMINFO block".to_string() });
     }
     let info = &head[8..];
-    let sample_rate =
-        u32::from(info[10]) << 12 | u32::from(info[11]) << 4 | u32::from(info[12]) >> 4;
+    let sample_rate = u32::from(info[10]) << 12 | u32::from(info[11]) << 4 | u32::from(info[12]) >> 4;
     if sample_rate == 0 {
-        return Err(AudioError::InvalidHeader {
-            detail: "sample rate is 0".to_string(),
-        });
+        return Err(AudioError::InvalidHeader { detail: "sample rate is 0".to_string() });
     }
-    let declared_frames = u64::from(info[13] & 0x0F) << 32
-        | u64::from(u32::from_be_bytes([info[14], info[15], info[16], info[17]]));
+    let declared_frames =
+        u64::from(info[13] & 0x0F) << 32 | u64::from(u32::from_be_bytes([info[14], info[15], info[16], info[17]]));
     let max_frames = MAX_DURATION_SECONDS * u64::from(sample_rate);
     if declared_frames > max_frames {
         return Err(too_long(declared_frames, sample_rate));
     }
 
-    reader
-        .seek(SeekFrom::Start(0))
-        .map_err(|e| io_error(e, path, "FLAC header"))?;
+    reader.seek(SeekFrom::Start(0)).map_err(|e| io_error(e, path, "FLAC header"))?;
     let mut flac = claxon::FlacReader::new(reader).map_err(|e| claxon_error(e, path))?;
     let streaminfo = flac.streaminfo();
     let channels = streaminfo.channels;
@@ -544,8 +430,7 @@ fn decode_flac<R: Read + Seek>(
     let scale = 1.0 / (1u64 << (bits - 1)) as f32;
 
     let declared_samples = declared_frames * u64::from(channels);
-    let mut samples =
-        Vec::with_capacity(declared_samples.min(MAX_FLAC_PREALLOCATED_SAMPLES) as usize);
+    let mut samples = Vec::with_capacity(declared_samples.min(MAX_FLAC_PREALLOCATED_SAMPLES) as usize);
     let mut decoded_frames: u64 = 0;
     let mut blocks = flac.blocks();
     let mut buffer = Vec::new();
@@ -557,10 +442,7 @@ fn decode_flac<R: Read + Seek>(
         };
         if block.channels() != channels {
             return Err(AudioError::Corrupt {
-                detail: format!(
-                    "FLAC frame has {} channels, the stream declares {channels}",
-                    block.channels()
-                ),
+                detail: format!("FLAC frame has {} channels, the stream declares {channels}", block.channels()),
             });
         }
         decoded_frames += u64::from(block.duration());
@@ -591,21 +473,13 @@ fn decode_flac<R: Read + Seek>(
             }
         });
     }
-    Ok(DecodedAudio {
-        sample_rate,
-        channels: channels as u16,
-        samples,
-    })
+    Ok(DecodedAudio { sample_rate, channels: channels as u16, samples })
 }
 
 fn claxon_error(error: claxon::Error, path: Option<&Path>) -> AudioError {
     match error {
         claxon::Error::IoError(e) => io_error(e, path, "FLAC data"),
-        claxon::Error::FormatError(reason) => AudioError::Corrupt {
-            detail: format!("malformed FLAC: {reason}"),
-        },
-        claxon::Error::Unsupported(feature) => AudioError::Unsupported {
-            encoding: format!("FLAC {feature}"),
-        },
+        claxon::Error::FormatError(reason) => AudioError::Corrupt { detail: format!("malformed FLAC: {reason}") },
+        claxon::Error::Unsupported(feature) => AudioError::Unsupported { encoding: format!("FLAC {feature}") },
     }
 }

@@ -30,17 +30,10 @@ pub fn mel_filterbank(n_mels: usize, n_fft: usize, sample_rate: u32) -> Vec<f32>
     let n_bins = n_fft / 2 + 1;
     let nyquist = f64::from(sample_rate) / 2.0;
     let bin_frequencies = linspace(0.0, nyquist, n_bins);
-    let band_edges: Vec<f64> = linspace(0.0, hz_to_mel(nyquist), n_mels + 2)
-        .into_iter()
-        .map(mel_to_hz)
-        .collect();
+    let band_edges: Vec<f64> = linspace(0.0, hz_to_mel(nyquist), n_mels + 2).into_iter().map(mel_to_hz).collect();
 
     let mut weights = vec![0.0f32; n_mels * n_bins];
-    for (band, row) in weights
-        .chunks_exact_mut(n_bins.max(1))
-        .enumerate()
-        .take(n_mels)
-    {
+    for (band, row) in weights.chunks_exact_mut(n_bins.max(1)).enumerate().take(n_mels) {
         let (left, centre, right) = (band_edges[band], band_edges[band + 1], band_edges[band + 2]);
         let area_norm = 2.0 / (right - left);
         for (weight, &frequency) in row.iter_mut().zip(&bin_frequencies) {
@@ -60,15 +53,7 @@ fn linspace(start: f64, stop: f64, count: usize) -> Vec<f64> {
         return vec![start];
     }
     let step = (stop - start) / (count - 1) as f64;
-    (0..count)
-        .map(|i| {
-            if i + 1 == count {
-                stop
-            } else {
-                i as f64 * step + start
-            }
-        })
-        .collect()
+    (0..count).map(|i| if i + 1 == count { stop } else { i as f64 * step + start }).collect()
 }
 
 const SLANEY_HZ_PER_MEL: f64 = 200.0 / 3.0;
@@ -136,17 +121,10 @@ impl LogMel {
         let mut band_weights = Vec::new();
         for row in dense.chunks_exact(N_FREQ_BINS) {
             let first = row.iter().position(|&w| w != 0.0).unwrap_or(0);
-            let end = row
-                .iter()
-                .rposition(|&w| w != 0.0)
-                .map_or(first, |last| last + 1);
+            let end = row.iter().rposition(|&w| w != 0.0).map_or(first, |last| last + 1);
             let weights_start = band_weights.len();
             band_weights.extend_from_slice(&row[first..end]);
-            bands.push(MelBand {
-                first_bin: first,
-                weights_start,
-                weights_end: band_weights.len(),
-            });
+            bands.push(MelBand { first_bin: first, weights_start, weights_end: band_weights.len() });
         }
 
         // Periodic Hann window, as torch.hann_window(N_FFT).
@@ -161,17 +139,7 @@ impl LogMel {
         let frame = fft.make_input_vec();
         let spectrum = fft.make_output_vec();
         let fft_scratch = fft.make_scratch_vec();
-        LogMel {
-            n_mels,
-            bands,
-            band_weights,
-            window,
-            fft,
-            frame,
-            spectrum,
-            fft_scratch,
-            power: vec![0.0; N_FREQ_BINS],
-        }
+        LogMel { n_mels, bands, band_weights, window, fft, frame, spectrum, fft_scratch, power: vec![0.0; N_FREQ_BINS] }
     }
 
     /// Number of mel bands, the row count of the output.
@@ -191,11 +159,7 @@ impl LogMel {
     /// # Panics
     /// If `out.len() != n_mels * n_frames`.
     pub fn compute_into(&mut self, samples: &[f32], n_frames: usize, out: &mut [f32]) {
-        assert_eq!(
-            out.len(),
-            self.n_mels * n_frames,
-            "log-mel output buffer must hold n_mels * n_frames values"
-        );
+        assert_eq!(out.len(), self.n_mels * n_frames, "log-mel output buffer must hold n_mels * n_frames values");
         if n_frames == 0 {
             return;
         }

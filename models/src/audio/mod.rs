@@ -11,10 +11,7 @@ use std::path::{Path, PathBuf};
 
 pub use decode::{decode_bytes, decode_file, DecodedAudio, MAX_DURATION_SECONDS};
 pub use mel::{mel_filterbank, LogMel};
-pub use resample::{
-    downmix_to_mono, resample, to_mono_16k, StreamResampler, RESAMPLE_RATE_RANGE,
-    TARGET_SAMPLE_RATE,
-};
+pub use resample::{downmix_to_mono, resample, to_mono_16k, StreamResampler, RESAMPLE_RATE_RANGE, TARGET_SAMPLE_RATE};
 
 /// Everything that can go wrong while reading or converting audio.
 #[derive(Debug, thiserror::Error)]
@@ -56,13 +53,8 @@ pub enum AudioError {
     Empty,
 
     /// The header declares more audio than [`MAX_DURATION_SECONDS`]; refused before allocating.
-    #[error(
-        "audio declares {declared_seconds:.0} s of audio, more than the limit of {limit_seconds} s"
-    )]
-    TooLong {
-        declared_seconds: f64,
-        limit_seconds: u64,
-    },
+    #[error("audio declares {declared_seconds:.0} s of audio, more than the limit of {limit_seconds} s")]
+    TooLong { declared_seconds: f64, limit_seconds: u64 },
 
     /// The resampler could not be built for this pair of rates.
     #[error("cannot resample from {from} Hz to {to} Hz: {detail}")]

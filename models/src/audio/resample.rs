@@ -19,15 +19,10 @@ const MIN_BLOCK_LEN: usize = 1024;
 /// Converts decoded audio to 16 kHz mono. 16 kHz mono input is returned as is, without a copy.
 pub fn to_mono_16k(audio: DecodedAudio) -> Result<Vec<f32>, AudioError> {
     if audio.channels == 0 {
-        return Err(AudioError::InvalidHeader {
-            detail: "channel count is 0".to_string(),
-        });
+        return Err(AudioError::InvalidHeader { detail: "channel count is 0".to_string() });
     }
-    let mono = if audio.channels == 1 {
-        audio.samples
-    } else {
-        downmix_to_mono(&audio.samples, usize::from(audio.channels))
-    };
+    let mono =
+        if audio.channels == 1 { audio.samples } else { downmix_to_mono(&audio.samples, usize::from(audio.channels)) };
     if audio.sample_rate == TARGET_SAMPLE_RATE {
         return Ok(mono);
     }
@@ -40,10 +35,7 @@ pub fn downmix_to_mono(interleaved: &[f32], channels: usize) -> Vec<f32> {
         return interleaved.to_vec();
     }
     let scale = 1.0 / channels as f32;
-    interleaved
-        .chunks_exact(channels)
-        .map(|frame| frame.iter().sum::<f32>() * scale)
-        .collect()
+    interleaved.chunks_exact(channels).map(|frame| frame.iter().sum::<f32>() * scale).collect()
 }
 
 /// Resamples mono audio from `from_rate` to `to_rate` with an FFT-based windowed-sinc filter.
@@ -52,11 +44,7 @@ pub fn downmix_to_mono(interleaved: &[f32], channels: usize) -> Vec<f32> {
 /// with the input: the filter delay is removed, so output sample `k` is the band-limited
 /// input at time `k / to_rate`.
 pub fn resample(samples: &[f32], from_rate: u32, to_rate: u32) -> Result<Vec<f32>, AudioError> {
-    let resample_error = |detail: String| AudioError::Resample {
-        from: from_rate,
-        to: to_rate,
-        detail,
-    };
+    let resample_error = |detail: String| AudioError::Resample { from: from_rate, to: to_rate, detail };
     if from_rate == to_rate {
         return Ok(samples.to_vec());
     }
@@ -99,26 +87,18 @@ pub fn resample(samples: &[f32], from_rate: u32, to_rate: u32) -> Result<Vec<f32
 
 /// The FFT resampler for a pair of rates, with its input and output block lengths.
 fn block_resampler(from_rate: u32, to_rate: u32) -> Result<(FftFixedInOut<f32>, usize, usize), AudioError> {
-    let resample_error = |detail: String| AudioError::Resample {
-        from: from_rate,
-        to: to_rate,
-        detail,
-    };
+    let resample_error = |detail: String| AudioError::Resample { from: from_rate, to: to_rate, detail };
     let divisor = gcd(from_rate, to_rate);
     let unit_in = (from_rate / divisor) as usize;
     let unit_out = (to_rate / divisor) as usize;
     // An even number of units makes both block lengths even, which puts the centre of
     // the filter on a whole output sample, so the delay can be removed exactly.
-    let mut units = MIN_BLOCK_LEN
-        .div_ceil(unit_in)
-        .max(MIN_BLOCK_LEN.div_ceil(unit_out))
-        .max(2);
+    let mut units = MIN_BLOCK_LEN.div_ceil(unit_in).max(MIN_BLOCK_LEN.div_ceil(unit_out)).max(2);
     units += units % 2;
     let block_in = units * unit_in;
     let block_out = units * unit_out;
-    let resampler =
-        FftFixedInOut::<f32>::new(from_rate as usize, to_rate as usize, block_in, 1)
-            .map_err(|e| resample_error(e.to_string()))?;
+    let resampler = FftFixedInOut::<f32>::new(from_rate as usize, to_rate as usize, block_in, 1)
+        .map_err(|e| resample_error(e.to_string()))?;
     if resampler.input_frames_next() != block_in || resampler.output_frames_next() != block_out {
         return Err(resample_error(format!(
             "unexpected block lengths {} -> {}",
@@ -178,11 +158,7 @@ impl StreamResampler {
                     &mut [&mut out[start..]],
                     None,
                 )
-                .map_err(|e| AudioError::Resample {
-                    from: self.from_rate,
-                    to: self.to_rate,
-                    detail: e.to_string(),
-                })?;
+                .map_err(|e| AudioError::Resample { from: self.from_rate, to: self.to_rate, detail: e.to_string() })?;
             consumed += self.block_in;
         }
         self.pending.drain(..consumed);

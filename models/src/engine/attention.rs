@@ -215,7 +215,15 @@ impl OpState for AttentionCache {
 ///
 /// # Safety
 /// `output` must point at `count × heads × head_dim` values, and no other thread may write head `h`'s columns.
-unsafe fn attend_head(op: &CausalAttention, cache: &AttentionCache, queries: &[f32], first: usize, count: usize, h: usize, output: Output) {
+unsafe fn attend_head(
+    op: &CausalAttention,
+    cache: &AttentionCache,
+    queries: &[f32],
+    first: usize,
+    count: usize,
+    h: usize,
+    output: Output,
+) {
     let d = op.head_dim;
     let kv = h / (op.heads / op.kv_heads);
     let keys = &cache.keys[kv * cache.capacity * d..][..cache.len * d];
@@ -369,13 +377,17 @@ mod tests {
             for s in 0..n {
                 let q = vector(s, h);
                 let scores: Vec<f64> = (0..=s)
-                    .map(|j| q.iter().zip(vector(j, op.heads + kv)).map(|(a, b)| (a * b) as f64).sum::<f64>() / (d as f64).sqrt())
+                    .map(|j| {
+                        q.iter().zip(vector(j, op.heads + kv)).map(|(a, b)| (a * b) as f64).sum::<f64>()
+                            / (d as f64).sqrt()
+                    })
                     .collect();
                 let top = scores.iter().cloned().fold(f64::MIN, f64::max);
                 let weights: Vec<f64> = scores.iter().map(|x| (x - top).exp()).collect();
                 let total: f64 = weights.iter().sum();
                 for i in 0..d {
-                    let mixed: f64 = (0..=s).map(|j| weights[j] / total * vector(j, op.heads + op.kv_heads + kv)[i] as f64).sum();
+                    let mixed: f64 =
+                        (0..=s).map(|j| weights[j] / total * vector(j, op.heads + op.kv_heads + kv)[i] as f64).sum();
                     out[s * op.heads * d + h * d + i] = mixed as f32;
                 }
             }

@@ -214,7 +214,12 @@ unsafe fn product_columns(weights: Weights, activations: &Activations, range: st
     portable_product_columns(weights, activations, range, output)
 }
 
-unsafe fn portable_product_columns(weights: Weights, activations: &Activations, range: std::ops::Range<usize>, output: Output) {
+unsafe fn portable_product_columns(
+    weights: Weights,
+    activations: &Activations,
+    range: std::ops::Range<usize>,
+    output: Output,
+) {
     if let Some((x, x_scales)) = &activations.rounded {
         return portable_integer_columns(weights, activations, x, x_scales, range, output);
     }
@@ -271,7 +276,12 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn product_columns(weights: Weights, activations: &Activations, range: std::ops::Range<usize>, output: Output) {
+    pub unsafe fn product_columns(
+        weights: Weights,
+        activations: &Activations,
+        range: std::ops::Range<usize>,
+        output: Output,
+    ) {
         match weights.format {
             BlockFormat::Q4_0 => columns::<Q4_0>(weights, activations, range, output),
             BlockFormat::Q4_1 => columns::<Q4_1>(weights, activations, range, output),
@@ -296,7 +306,12 @@ mod avx2 {
     /// at a time, which streamed faster from memory than four rows side by side when measured. Several activation
     /// rows (a prompt, an audio window) go through [`prompt_columns`].
     #[inline(always)]
-    unsafe fn columns<const F: u8>(weights: Weights, activations: &Activations, range: std::ops::Range<usize>, output: Output) {
+    unsafe fn columns<const F: u8>(
+        weights: Weights,
+        activations: &Activations,
+        range: std::ops::Range<usize>,
+        output: Output,
+    ) {
         if let Some((x, scale)) = &activations.rounded {
             let scale = scale.as_slice();
             if F == Q8_0 {
@@ -325,7 +340,12 @@ mod avx2 {
     /// Several activation rows: panels of four weight rows are dequantized to f32 once per chunk of activation rows,
     /// then multiplied as tiles of four weight rows × three activation rows whose twelve sums stay in registers.
     #[inline(always)]
-    unsafe fn prompt_columns<const F: u8>(weights: Weights, activations: &Activations, range: std::ops::Range<usize>, output: Output) {
+    unsafe fn prompt_columns<const F: u8>(
+        weights: Weights,
+        activations: &Activations,
+        range: std::ops::Range<usize>,
+        output: Output,
+    ) {
         let (k, rows) = (weights.k, activations.rows);
         let chunk = (CHUNK_BYTES / (k * 4)).max(3) / 3 * 3;
         let mut panel = vec![0f32; 4 * k];
@@ -375,7 +395,14 @@ mod avx2 {
 
     /// The `R` panel rows (output columns `j..j + R`) against activation rows `rows`, three at a time.
     #[inline(always)]
-    unsafe fn panel_rows<const R: usize>(panel: &[f32], x: &[f32], k: usize, j: usize, rows: std::ops::Range<usize>, output: Output) {
+    unsafe fn panel_rows<const R: usize>(
+        panel: &[f32],
+        x: &[f32],
+        k: usize,
+        j: usize,
+        rows: std::ops::Range<usize>,
+        output: Output,
+    ) {
         let mut s = rows.start;
         while s + 3 <= rows.end {
             panel_tile::<R, 3>(panel, x, k, j, s, output);
@@ -390,7 +417,14 @@ mod avx2 {
 
     /// `R` panel rows × activation rows `first..first + T`: R × T sums of eight lanes each, added up at the end.
     #[inline(always)]
-    unsafe fn panel_tile<const R: usize, const T: usize>(panel: &[f32], x: &[f32], k: usize, j: usize, first: usize, output: Output) {
+    unsafe fn panel_tile<const R: usize, const T: usize>(
+        panel: &[f32],
+        x: &[f32],
+        k: usize,
+        j: usize,
+        first: usize,
+        output: Output,
+    ) {
         let (w, x) = (panel.as_ptr(), x.as_ptr().add(first * k));
         let mut acc = [[_mm256_setzero_ps(); T]; R];
         let mut xs = [_mm256_setzero_ps(); T];
@@ -485,14 +519,24 @@ mod avx2 {
             BlockFormat::Q8_0 => {
                 let low = _mm_loadu_si128(block.add(2) as *const __m128i);
                 let high = _mm_loadu_si128(block.add(18) as *const __m128i);
-                [to_f32(low, true), to_f32(_mm_srli_si128(low, 8), true), to_f32(high, true), to_f32(_mm_srli_si128(high, 8), true)]
+                [
+                    to_f32(low, true),
+                    to_f32(_mm_srli_si128(low, 8), true),
+                    to_f32(high, true),
+                    to_f32(_mm_srli_si128(high, 8), true),
+                ]
             }
             BlockFormat::Q4_0 | BlockFormat::Q4_1 => {
                 let packed = _mm_loadu_si128(block.add(format.codes_at()) as *const __m128i);
                 let mask = _mm_set1_epi8(0x0F);
                 let low = _mm_and_si128(packed, mask);
                 let high = _mm_and_si128(_mm_srli_epi16(packed, 4), mask);
-                [to_f32(low, false), to_f32(_mm_srli_si128(low, 8), false), to_f32(high, false), to_f32(_mm_srli_si128(high, 8), false)]
+                [
+                    to_f32(low, false),
+                    to_f32(_mm_srli_si128(low, 8), false),
+                    to_f32(high, false),
+                    to_f32(_mm_srli_si128(high, 8), false),
+                ]
             }
         }
     }
@@ -604,7 +648,10 @@ impl EvalOp for BlockGather {
             let mut plain = out.try_as_plain_ram_mut()?;
             let rows = plain.as_slice_mut::<f32>()?.chunks_exact_mut(self.k);
             for (&id, out_row) in ids.iter().zip(rows) {
-                ensure!((0..table_rows as i64).contains(&id), "BlockGather: index {id} outside a table of {table_rows} rows");
+                ensure!(
+                    (0..table_rows as i64).contains(&id),
+                    "BlockGather: index {id} outside a table of {table_rows} rows"
+                );
                 self.format.dequantize_row(weights.row(id as usize), out_row);
             }
         }
@@ -851,13 +898,17 @@ mod tests {
                 product(weights, n, &x, &mut fast);
                 let mut portable = vec![0f32; rows * n];
                 let activations = Activations::new(&x, k);
-                unsafe { portable_product_columns(weights, &activations, 0..n, Output { ptr: portable.as_mut_ptr(), n }) };
+                unsafe {
+                    portable_product_columns(weights, &activations, 0..n, Output { ptr: portable.as_mut_ptr(), n })
+                };
                 for (index, ((f, p), e)) in fast.iter().zip(&portable).zip(&expected).enumerate() {
                     // A single row is rounded to 16 bits per block: each value moves by at most half a step, 1/65534
                     // of its block's largest magnitude.
                     let (s, j) = (index / n, index % n);
                     let rounding: f32 = if rows == 1 {
-                        (0..k).map(|i| values[j * k + i].abs() * block_largest(&x[s * k..(s + 1) * k], i) / 65534.0).sum()
+                        (0..k)
+                            .map(|i| values[j * k + i].abs() * block_largest(&x[s * k..(s + 1) * k], i) / 65534.0)
+                            .sum()
                     } else {
                         0.0
                     };

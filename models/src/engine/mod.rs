@@ -93,7 +93,7 @@ impl Graph {
             model.optimize()?;
             model.into_runnable()
         })
-            .map_err(|e| ModelError::load(component, e))?;
+        .map_err(|e| ModelError::load(component, e))?;
         Ok(Graph { component: component.to_string(), plan })
     }
 
@@ -104,7 +104,8 @@ impl Graph {
             model.optimize()?;
             model.into_runnable()
         };
-        let plan = guard(component, load).map_err(|e| ModelError::load(component, format!("{}: {e:#}", path.display())))?;
+        let plan =
+            guard(component, load).map_err(|e| ModelError::load(component, format!("{}: {e:#}", path.display())))?;
         Ok(Graph { component: component.to_string(), plan })
     }
 
@@ -232,15 +233,10 @@ pub fn set_threads(n: usize) -> usize {
 
 /// Builds an input tensor from a shape and data.
 pub fn tensor<T: tract_onnx::prelude::Datum + Copy>(shape: &[usize], data: &[T]) -> Result<TValue> {
-    Tensor::from_shape(shape, data)
-        .map(|t| t.into_tvalue())
-        .map_err(|e| ModelError::run("input", e))
+    Tensor::from_shape(shape, data).map(|t| t.into_tvalue()).map_err(|e| ModelError::run("input", e))
 }
 
 /// Reads an output tensor as a flat f32 slice.
 pub fn f32_slice<'t>(component: &str, value: &'t TValue) -> Result<&'t [f32]> {
-    value
-        .try_as_plain_ram()
-        .and_then(|v| v.as_slice::<f32>())
-        .map_err(|e| ModelError::run(component, e))
+    value.try_as_plain_ram().and_then(|v| v.as_slice::<f32>()).map_err(|e| ModelError::run(component, e))
 }

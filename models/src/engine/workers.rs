@@ -81,7 +81,8 @@ impl Workers {
         let _one_at_a_time = self.running.lock().unwrap_or_else(|e| e.into_inner());
         let shared = &*self.shared;
         // SAFETY: the lifetime is erased only while this function waits for every helper to finish with the job.
-        let job_ref = JobRef(unsafe { std::mem::transmute::<&'a Job<'a>, &'static Job<'static>>(job) } as *const Job<'static>);
+        let job_ref =
+            JobRef(unsafe { std::mem::transmute::<&'a Job<'a>, &'static Job<'static>>(job) } as *const Job<'static>);
         *shared.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(job_ref);
         shared.pieces.store(pieces, Ordering::SeqCst);
         shared.next_piece.store(0, Ordering::SeqCst);

@@ -57,8 +57,10 @@ impl BpeTokenizer {
         let ids: HashMap<String, u32> = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
         let mut merges = HashMap::new();
         for (rank, merge) in gguf.strings("tokenizer.ggml.merges")?.into_iter().enumerate() {
-            let (left, right) = merge.split_once(' ').ok_or_else(|| bad(format!("merge `{merge}` is not two tokens")))?;
-            let id = |t: &str| ids.get(t).copied().ok_or_else(|| bad(format!("merge `{merge}` names unknown token `{t}`")));
+            let (left, right) =
+                merge.split_once(' ').ok_or_else(|| bad(format!("merge `{merge}` is not two tokens")))?;
+            let id =
+                |t: &str| ids.get(t).copied().ok_or_else(|| bad(format!("merge `{merge}` names unknown token `{t}`")));
             let merged = id(&format!("{left}{right}"))?;
             merges.insert((id(left)?, id(right)?), (rank as u32, merged));
         }

@@ -104,7 +104,9 @@ impl<R: Read> Cursor<R> {
 
     fn bytes<const N: usize>(&mut self) -> Result<[u8; N]> {
         let mut buf = [0u8; N];
-        self.inner.read_exact(&mut buf).map_err(|_| self.bad(format!("file ends inside the header at byte {}", self.pos)))?;
+        self.inner
+            .read_exact(&mut buf)
+            .map_err(|_| self.bad(format!("file ends inside the header at byte {}", self.pos)))?;
         self.pos += N as u64;
         Ok(buf)
     }
@@ -205,7 +207,9 @@ impl Gguf {
             let bytes = elements
                 .filter(|e| *e > 0 && dims[0] % block == 0)
                 .and_then(|e| (e / block).checked_mul(block_bytes))
-                .ok_or_else(|| cur.bad(format!("tensor `{name}` has invalid dimensions {dims:?} for {}", type_name(ggml_type))))?;
+                .ok_or_else(|| {
+                    cur.bad(format!("tensor `{name}` has invalid dimensions {dims:?} for {}", type_name(ggml_type)))
+                })?;
             tensors.push(TensorInfo { name, dims, ggml_type, offset, bytes });
         }
         let alignment = match metadata.get("general.alignment") {
@@ -344,7 +348,12 @@ impl LlamaConfig {
         {
             return Err(bad(format!("inconsistent hyperparameters {config:?}")));
         }
-        let (d, kv, ff, v) = (config.d_model as u64, (config.n_kv_heads * config.head_dim) as u64, config.d_ff as u64, config.n_vocab as u64);
+        let (d, kv, ff, v) = (
+            config.d_model as u64,
+            (config.n_kv_heads * config.head_dim) as u64,
+            config.d_ff as u64,
+            config.n_vocab as u64,
+        );
         let mut expected: Vec<(String, Vec<u64>)> =
             vec![("token_embd.weight".into(), vec![d, v]), ("output_norm.weight".into(), vec![d])];
         for n in 0..config.n_layers {

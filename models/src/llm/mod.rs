@@ -139,9 +139,14 @@ impl LanguageModel {
             return Err(ModelError::BadParam { component: COMPONENT.into(), param: format!("context ({context})") });
         }
         let c = &config;
-        for (param, value) in [("n_layers", c.n_layers), ("n_kv_heads", c.n_kv_heads), ("head_dim", c.head_dim), ("n_vocab", c.n_vocab)] {
+        for (param, value) in
+            [("n_layers", c.n_layers), ("n_kv_heads", c.n_kv_heads), ("head_dim", c.head_dim), ("n_vocab", c.n_vocab)]
+        {
             if component.param_usize(param)? != value {
-                return Err(ModelError::BadParam { component: component.name.clone(), param: format!("{param} (the GGUF says {value})") });
+                return Err(ModelError::BadParam {
+                    component: component.name.clone(),
+                    param: format!("{param} (the GGUF says {value})"),
+                });
             }
         }
         Ok((config, text, context))
@@ -333,7 +338,12 @@ pub struct ImageSpan {
 /// Matches each image to its run of `placeholder` tokens in `tokens`, in order, checking that every run has as
 /// many tokens as its image has rows, that every row is `width` wide, and that no placeholder is left over. A
 /// decoder that takes input embeddings fills its embedding matrix from these spans; a text-only decoder has none.
-pub fn image_spans(tokens: &[u32], placeholder: u32, images: &[ImageEmbedding], width: usize) -> Result<Vec<ImageSpan>> {
+pub fn image_spans(
+    tokens: &[u32],
+    placeholder: u32,
+    images: &[ImageEmbedding],
+    width: usize,
+) -> Result<Vec<ImageSpan>> {
     let bad = |reason: String| ModelError::BadRequest(format!("image embeddings: {reason}"));
     let mut runs = Vec::new();
     let mut i = 0;
@@ -357,7 +367,12 @@ pub fn image_spans(tokens: &[u32], placeholder: u32, images: &[ImageEmbedding], 
         .enumerate()
         .map(|(n, (image, (start, len)))| {
             if image.width != width || image.values.len() != image.rows * width {
-                return Err(bad(format!("image {n} is {}x{} with {} values; the decoder is {width} wide", image.rows, image.width, image.values.len())));
+                return Err(bad(format!(
+                    "image {n} is {}x{} with {} values; the decoder is {width} wide",
+                    image.rows,
+                    image.width,
+                    image.values.len()
+                )));
             }
             if image.rows != len {
                 return Err(bad(format!("image {n} has {} rows but its slot holds {len} tokens", image.rows)));

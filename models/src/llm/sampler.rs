@@ -111,7 +111,9 @@ mod tests {
         let logits = [0.1, 3.0, 2.9, -1.0, f32::NAN];
         assert_eq!(Sampler::new(Sampling::default()).choose(&logits), 1);
         let warm = Sampling { temperature: 1.0, top_p: 1.0, seed: 7 };
-        let draw = |s: Sampling| (0..50).map(|_| 0).scan(Sampler::new(s), |sm, _: i32| Some(sm.choose(&logits))).collect::<Vec<_>>();
+        let draw = |s: Sampling| {
+            (0..50).map(|_| 0).scan(Sampler::new(s), |sm, _: i32| Some(sm.choose(&logits))).collect::<Vec<_>>()
+        };
         assert_eq!(draw(warm), draw(warm));
         let picks = draw(warm);
         assert!(picks.contains(&1) && picks.contains(&2), "both likely tokens drawn: {picks:?}");

@@ -97,7 +97,10 @@ pub fn level_crop(image: &RgbImage, region: PixelRect, slope: f32, out: &mut Rgb
             let (row, weight) = (source.floor() as u32, source.fract());
             let below = (row + 1).min(region.height - 1);
             for c in 0..3 {
-                let at = |r: u32| image.data[3 * ((region.y + r) as usize * image.width as usize + (region.x + x) as usize) + c] as f32;
+                let at = |r: u32| {
+                    image.data[3 * ((region.y + r) as usize * image.width as usize + (region.x + x) as usize) + c]
+                        as f32
+                };
                 out.data[pixel + c] = (at(row) * (1.0 - weight) + at(below) * weight).round() as u8;
             }
         }
@@ -131,13 +134,20 @@ mod tests {
         let mut level = RgbImage::new(1, 1);
         level_crop(&image, region, slope, &mut level);
         assert_eq!((level.width, level.height), (200, 16));
-        let dark_rows = |x: u32| (0..level.height).filter(|&y| level.data[3 * (y * level.width + x) as usize] < 128).collect::<Vec<_>>();
+        let dark_rows = |x: u32| {
+            (0..level.height).filter(|&y| level.data[3 * (y * level.width + x) as usize] < 128).collect::<Vec<_>>()
+        };
         let (left, right) = (dark_rows(10), dark_rows(190));
         let centre = |rows: &[u32]| rows.iter().sum::<u32>() as f32 / rows.len().max(1) as f32;
-        assert!(!left.is_empty() && (centre(&left) - centre(&right)).abs() <= 1.0, "the band is level: {left:?} vs {right:?}");
+        assert!(
+            !left.is_empty() && (centre(&left) - centre(&right)).abs() <= 1.0,
+            "the band is level: {left:?} vs {right:?}"
+        );
         let before = slanted_line(200, 30, 8.0, 0.07);
-        let (first, last) = (centre(&(0..30).filter(|&y| before.data[3 * (y * 200 + 10) as usize] < 128).collect::<Vec<_>>()),
-            centre(&(0..30).filter(|&y| before.data[3 * (y * 200 + 190) as usize] < 128).collect::<Vec<_>>()));
+        let (first, last) = (
+            centre(&(0..30).filter(|&y| before.data[3 * (y * 200 + 10) as usize] < 128).collect::<Vec<_>>()),
+            centre(&(0..30).filter(|&y| before.data[3 * (y * 200 + 190) as usize] < 128).collect::<Vec<_>>()),
+        );
         assert!(last - first > 10.0, "the line fell {} rows across the crop before", last - first);
     }
 

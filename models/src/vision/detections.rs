@@ -28,12 +28,7 @@ pub struct DetectionFilter {
 
 impl Default for DetectionFilter {
     fn default() -> Self {
-        DetectionFilter {
-            score_threshold: 0.25,
-            iou_threshold: 0.45,
-            class_agnostic: true,
-            max_detections: 100,
-        }
+        DetectionFilter { score_threshold: 0.25, iou_threshold: 0.45, class_agnostic: true, max_detections: 100 }
     }
 }
 
@@ -43,12 +38,7 @@ pub fn box_area(bbox: [f32; 4]) -> f32 {
 
 /// Intersection over union of two `[x1, y1, x2, y2]` boxes; 0 when either is empty.
 pub fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
-    let intersection = box_area([
-        a[0].max(b[0]),
-        a[1].max(b[1]),
-        a[2].min(b[2]),
-        a[3].min(b[3]),
-    ]);
+    let intersection = box_area([a[0].max(b[0]), a[1].max(b[1]), a[2].min(b[2]), a[3].min(b[3])]);
     let union = box_area(a) + box_area(b) - intersection;
     if union > 0.0 {
         intersection / union
@@ -61,23 +51,12 @@ pub fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
 /// greedily (of any class, or of the same class), and keeps at most `max_detections`. Works in place, without
 /// allocating.
 pub fn filter_detections(detections: &mut Vec<Detection>, filter: &DetectionFilter) {
-    detections.retain(|d| {
-        d.score >= filter.score_threshold
-            && d.score.is_finite()
-            && d.bbox.iter().all(|v| v.is_finite())
-    });
+    detections
+        .retain(|d| d.score >= filter.score_threshold && d.score.is_finite() && d.bbox.iter().all(|v| v.is_finite()));
     detections.sort_by(|a, b| {
-        b.score
-            .total_cmp(&a.score)
-            .then(a.label_id.cmp(&b.label_id))
-            .then_with(|| {
-                a.bbox
-                    .iter()
-                    .zip(b.bbox.iter())
-                    .fold(std::cmp::Ordering::Equal, |o, (x, y)| {
-                        o.then(x.total_cmp(y))
-                    })
-            })
+        b.score.total_cmp(&a.score).then(a.label_id.cmp(&b.label_id)).then_with(|| {
+            a.bbox.iter().zip(b.bbox.iter()).fold(std::cmp::Ordering::Equal, |o, (x, y)| o.then(x.total_cmp(y)))
+        })
     });
     let mut kept = 0;
     for candidate in 0..detections.len() {
@@ -166,8 +145,17 @@ pub fn position(bbox: [f32; 4], width: u32, height: u32) -> Position {
     let (frame_w, frame_h) = (width.max(1) as f32, height.max(1) as f32);
     let frame_area = frame_w * frame_h;
     // 0, 1 or 2: the third of `size` that `at` falls in.
-    let third = |at: f32, size: f32| if at < size / 3.0 { 0 } else if at > size * 2.0 / 3.0 { 2 } else { 1 };
-    let horizontal = [Horizontal::Left, Horizontal::Center, Horizontal::Right][third((bbox[0] + bbox[2]) / 2.0, frame_w)];
+    let third = |at: f32, size: f32| {
+        if at < size / 3.0 {
+            0
+        } else if at > size * 2.0 / 3.0 {
+            2
+        } else {
+            1
+        }
+    };
+    let horizontal =
+        [Horizontal::Left, Horizontal::Center, Horizontal::Right][third((bbox[0] + bbox[2]) / 2.0, frame_w)];
     let vertical = [Vertical::Top, Vertical::Middle, Vertical::Bottom][third((bbox[1] + bbox[3]) / 2.0, frame_h)];
     let fraction = box_area(bbox) / frame_area;
     let distance = if fraction > NEAR_AREA_FRACTION {
@@ -177,11 +165,7 @@ pub fn position(bbox: [f32; 4], width: u32, height: u32) -> Position {
     } else {
         None
     };
-    Position {
-        horizontal,
-        vertical,
-        distance,
-    }
+    Position { horizontal, vertical, distance }
 }
 
 #[cfg(test)]
@@ -189,12 +173,7 @@ mod tests {
     use super::*;
 
     fn detection(label_id: usize, score: f32, bbox: [f32; 4]) -> Detection {
-        Detection {
-            label_id,
-            label: format!("class{label_id}"),
-            score,
-            bbox,
-        }
+        Detection { label_id, label: format!("class{label_id}"), score, bbox }
     }
 
     #[test]
@@ -216,7 +195,8 @@ mod tests {
                 detection(2, 0.1, [0.0, 0.0, 5.0, 5.0]),
                 detection(2, f32::NAN, [0.0, 0.0, 5.0, 5.0]),
             ];
-            let filter = DetectionFilter { score_threshold: 0.25, iou_threshold: 0.45, class_agnostic, max_detections: 10 };
+            let filter =
+                DetectionFilter { score_threshold: 0.25, iou_threshold: 0.45, class_agnostic, max_detections: 10 };
             filter_detections(&mut detections, &filter);
             detections.iter().map(|d| (d.label_id, d.score)).collect::<Vec<_>>()
         };
@@ -227,35 +207,17 @@ mod tests {
     #[test]
     fn max_detections_keeps_the_best() {
         let mut detections: Vec<Detection> = (0..10)
-            .map(|i| {
-                detection(
-                    0,
-                    0.3 + i as f32 * 0.05,
-                    [i as f32 * 20.0, 0.0, i as f32 * 20.0 + 10.0, 10.0],
-                )
-            })
+            .map(|i| detection(0, 0.3 + i as f32 * 0.05, [i as f32 * 20.0, 0.0, i as f32 * 20.0 + 10.0, 10.0]))
             .collect();
-        filter_detections(
-            &mut detections,
-            &DetectionFilter {
-                max_detections: 3,
-                ..DetectionFilter::default()
-            },
-        );
+        filter_detections(&mut detections, &DetectionFilter { max_detections: 3, ..DetectionFilter::default() });
         assert_eq!(detections.len(), 3);
-        assert!(
-            detections[0].score > detections[1].score && detections[1].score > detections[2].score
-        );
+        assert!(detections[0].score > detections[1].score && detections[1].score > detections[2].score);
         assert_eq!(detections[0].bbox[0], 180.0);
     }
 
     #[test]
     fn counts_group_by_label() {
-        let detections = vec![
-            detection(0, 0.9, [0.0; 4]),
-            detection(1, 0.9, [0.0; 4]),
-            detection(0, 0.9, [0.0; 4]),
-        ];
+        let detections = vec![detection(0, 0.9, [0.0; 4]), detection(1, 0.9, [0.0; 4]), detection(0, 0.9, [0.0; 4])];
         let counts = count_by_label(&detections);
         assert_eq!(counts.get("class0"), Some(&2));
         assert_eq!(counts.get("class1"), Some(&1));
@@ -264,26 +226,11 @@ mod tests {
     #[test]
     fn position_words_follow_thirds_and_area() {
         let (w, h) = (300, 100);
-        assert_eq!(
-            position([0.0, 0.0, 50.0, 10.0], w, h).horizontal,
-            Horizontal::Left
-        );
-        assert_eq!(
-            position([140.0, 0.0, 160.0, 10.0], w, h).horizontal,
-            Horizontal::Center
-        );
-        assert_eq!(
-            position([250.0, 0.0, 300.0, 10.0], w, h).horizontal,
-            Horizontal::Right
-        );
-        assert_eq!(
-            position([0.0, 0.0, 200.0, 100.0], w, h).distance,
-            Some(Distance::Near)
-        );
-        assert_eq!(
-            position([0.0, 0.0, 10.0, 10.0], w, h).distance,
-            Some(Distance::Far)
-        );
+        assert_eq!(position([0.0, 0.0, 50.0, 10.0], w, h).horizontal, Horizontal::Left);
+        assert_eq!(position([140.0, 0.0, 160.0, 10.0], w, h).horizontal, Horizontal::Center);
+        assert_eq!(position([250.0, 0.0, 300.0, 10.0], w, h).horizontal, Horizontal::Right);
+        assert_eq!(position([0.0, 0.0, 200.0, 100.0], w, h).distance, Some(Distance::Near));
+        assert_eq!(position([0.0, 0.0, 10.0, 10.0], w, h).distance, Some(Distance::Far));
         assert_eq!(position([0.0, 0.0, 30.0, 100.0], w, h).distance, None);
         assert_eq!(position([0.0, 0.0, 10.0, 10.0], w, h).vertical, Vertical::Top);
         assert_eq!(position([0.0, 40.0, 10.0, 60.0], w, h).vertical, Vertical::Middle);

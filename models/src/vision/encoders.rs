@@ -11,8 +11,8 @@ use crate::vision::detections::{filter_detections, Detection, DetectionFilter};
 use crate::vision::image::RgbImage;
 use crate::vision::letterbox::{letterbox_into, text_line_into, Layout, Normalization, Padding, PixelRect};
 use crate::vision::ocr_post::{
-    ctc_greedy_decode_with_steps, insert_word_spaces, sort_reading_order, word_gaps, CtcDictionary, DbParams, DbPostprocessor,
-    MapToSource, TextBox,
+    ctc_greedy_decode_with_steps, insert_word_spaces, sort_reading_order, word_gaps, CtcDictionary, DbParams,
+    DbPostprocessor, MapToSource, TextBox,
 };
 use crate::vision::scene::{Scene, SceneLabel, TextLine};
 
@@ -145,7 +145,15 @@ pub fn line_windows(width: usize, window: usize, overlap: usize) -> Vec<LineWind
 }
 
 /// Copies the `window` columns from `start` of a line (row stride `stride`, zero beyond its end) into `out`.
-fn copy_window(line: &[f32], stride: usize, start: usize, height: usize, window: usize, layout: Layout, out: &mut [f32]) {
+fn copy_window(
+    line: &[f32],
+    stride: usize,
+    start: usize,
+    height: usize,
+    window: usize,
+    layout: Layout,
+    out: &mut [f32],
+) {
     let available = stride.saturating_sub(start).min(window);
     match layout {
         Layout::Nchw => {
@@ -187,17 +195,20 @@ impl ObjectDetector {
         let c = bundle.component("object-detector", None)?;
         let size = c.param_usize("input_size")?;
         let (normalization, layout) = input_format(c)?;
-        let labels: Vec<String> = read_text_file(bundle, bundle.component("object-labels", None)?)?
-            .lines()
-            .map(str::to_string)
-            .collect();
+        let labels: Vec<String> =
+            read_text_file(bundle, bundle.component("object-labels", None)?)?.lines().map(str::to_string).collect();
         let filter = DetectionFilter {
             score_threshold: c.param_f64("score_threshold")? as f32,
             iou_threshold: c.param_f64("iou_threshold")? as f32,
             class_agnostic: match c.params.get("nms").map(|v| v.as_str()) {
                 None | Some(Some("class-agnostic")) => true,
                 Some(Some("per-class")) => false,
-                Some(_) => return Err(ModelError::BadParam { component: c.name.clone(), param: "nms (class-agnostic or per-class)".into() }),
+                Some(_) => {
+                    return Err(ModelError::BadParam {
+                        component: c.name.clone(),
+                        param: "nms (class-agnostic or per-class)".into(),
+                    })
+                }
             },
             max_detections: c.param_usize("max_detections")?,
         };
@@ -242,10 +253,10 @@ impl TextReader {
         let keys = read_text_file(bundle, dict)?;
         // The file lists every class in output order, the blank first under a placeholder name.
         let blank = dict.param_str("blank_token")?;
-        let symbols = keys.strip_prefix(blank).and_then(|rest| rest.strip_prefix('\n')).ok_or_else(|| ModelError::BadParam {
-            component: dict.name.clone(),
-            param: "blank_token".into(),
-        })?;
+        let symbols = keys
+            .strip_prefix(blank)
+            .and_then(|rest| rest.strip_prefix('\n'))
+            .ok_or_else(|| ModelError::BadParam { component: dict.name.clone(), param: "blank_token".into() })?;
         let dictionary = CtcDictionary::from_lines(symbols, false);
         let (detector, recognizer) = (load_image_graph(bundle, det)?, load_image_graph(bundle, rec)?);
         Ok(TextReader { detector, recognizer, det_size, det_format, rec_height, rec_width, rec_format, db, dictionary })
@@ -270,8 +281,10 @@ impl SceneClassifier {
         let Ok(c) = bundle.component("scene-classifier", None) else { return Ok(None) };
         let size = c.param_usize("input_size")?;
         let (normalization, layout) = input_format(c)?;
-        let pad_pixel = u8::try_from(c.param_usize("pad_pixel")?).map_err(|_| ModelError::BadParam { component: c.name.clone(), param: "pad_pixel".into() })?;
-        let labels: Vec<String> = read_text_file(bundle, bundle.component("scene-labels", None)?)?.lines().map(str::to_string).collect();
+        let pad_pixel = u8::try_from(c.param_usize("pad_pixel")?)
+            .map_err(|_| ModelError::BadParam { component: c.name.clone(), param: "pad_pixel".into() })?;
+        let labels: Vec<String> =
+            read_text_file(bundle, bundle.component("scene-labels", None)?)?.lines().map(str::to_string).collect();
         let (top_k, min_score) = (c.param_usize("top_k")?, c.param_f64("min_score")? as f32);
         let graph = load_image_graph(bundle, c)?;
         Ok(Some(SceneClassifier { graph, size, normalization, layout, pad_pixel, labels, top_k, min_score }))
@@ -418,7 +431,11 @@ impl VisionSession<'_> {
         let d = &self.models.detector;
         let mut inputs = Vec::new();
         if self.timings.detect_run > 0.0 {
-            inputs.push(InputTensor { role: "object-detector", shape: shape_of(&image_dims(d.layout, d.size, d.size)), data: &self.det_input });
+            inputs.push(InputTensor {
+                role: "object-detector",
+                shape: shape_of(&image_dims(d.layout, d.size, d.size)),
+                data: &self.det_input,
+            });
         }
         if let (Some(ocr), Some(r)) = (self.ocr.as_ref(), self.models.reader.as_ref()) {
             if self.timings.ocr_det_run > 0.0 {
@@ -463,19 +480,29 @@ impl VisionSession<'_> {
         };
         let name = c.graph.component();
         let started = Instant::now();
-        letterbox_into(image, c.size, Padding::Pixel(c.pad_pixel), &c.normalization, c.layout, input).map_err(|e| resize_failed(name, e))?;
-        let outputs = state.run([engine::tensor(&shape_of(&image_dims(c.layout, c.size, c.size)), input)?].into_iter().collect())?;
-        let probabilities = engine::f32_slice(name, outputs.first().ok_or_else(|| ModelError::run(name, "no output"))?)?;
+        letterbox_into(image, c.size, Padding::Pixel(c.pad_pixel), &c.normalization, c.layout, input)
+            .map_err(|e| resize_failed(name, e))?;
+        let outputs = state
+            .run([engine::tensor(&shape_of(&image_dims(c.layout, c.size, c.size)), input)?].into_iter().collect())?;
+        let probabilities =
+            engine::f32_slice(name, outputs.first().ok_or_else(|| ModelError::run(name, "no output"))?)?;
         if probabilities.len() != c.labels.len() {
-            return Err(ModelError::run(name, format!("{} probabilities for {} labels", probabilities.len(), c.labels.len())));
+            return Err(ModelError::run(
+                name,
+                format!("{} probabilities for {} labels", probabilities.len(), c.labels.len()),
+            ));
         }
         let mut labels: Vec<SceneLabel> = Vec::with_capacity(c.top_k);
         let mut taken: Vec<usize> = Vec::with_capacity(c.top_k);
         while taken.len() < c.top_k {
-            let best = (0..probabilities.len()).filter(|i| !taken.contains(i)).fold(None, |best: Option<usize>, i| match best {
-                Some(b) if probabilities[b] >= probabilities[i] => Some(b),
-                _ => Some(i),
-            });
+            let best =
+                (0..probabilities.len()).filter(|i| !taken.contains(i)).fold(
+                    None,
+                    |best: Option<usize>, i| match best {
+                        Some(b) if probabilities[b] >= probabilities[i] => Some(b),
+                        _ => Some(i),
+                    },
+                );
             let Some(best) = best.filter(|&b| probabilities[b] >= c.min_score) else { break };
             taken.push(best);
             labels.push(SceneLabel { label: c.labels[best].clone(), score: probabilities[best] });
@@ -489,8 +516,9 @@ impl VisionSession<'_> {
         let d = &self.models.detector;
         let name = d.graph.component();
         let started = Instant::now();
-        let letterbox = letterbox_into(image, d.size, Padding::Pixel(0), &d.normalization, d.layout, &mut self.det_input)
-            .map_err(|e| resize_failed(name, e))?;
+        let letterbox =
+            letterbox_into(image, d.size, Padding::Pixel(0), &d.normalization, d.layout, &mut self.det_input)
+                .map_err(|e| resize_failed(name, e))?;
         let shape = shape_of(&image_dims(d.layout, d.size, d.size));
         let input = engine::tensor(&shape, &self.det_input)?;
         self.timings.detect_preprocess = ms_since(started);
@@ -552,7 +580,8 @@ impl VisionSession<'_> {
         let outputs = ocr.detector.run([input].into_iter().collect())?;
         t.ocr_det_run = ms_since(started);
         let started = Instant::now();
-        let probs = engine::f32_slice(det_name, outputs.first().ok_or_else(|| ModelError::run(det_name, "no output"))?)?;
+        let probs =
+            engine::f32_slice(det_name, outputs.first().ok_or_else(|| ModelError::run(det_name, "no output"))?)?;
         ocr.post
             .boxes(probs, r.det_size, r.det_size, &MapToSource::from_letterbox(&letterbox), &mut ocr.boxes)
             .map_err(|e| ModelError::run(det_name, e))?;
@@ -580,10 +609,12 @@ impl VisionSession<'_> {
                 }
                 _ => (image, region),
             };
-            let native_width = (r.rec_height as f32 * region.width as f32 / region.height.max(1) as f32).ceil() as usize;
+            let native_width =
+                (r.rec_height as f32 * region.width as f32 / region.height.max(1) as f32).ceil() as usize;
             // A line wider than the input is read in overlapping windows at its own aspect ratio, not squeezed.
             let long = native_width > r.rec_width;
-            let (buffer, stride) = if long { (&mut ocr.line_input, MAX_LINE_WIDTH) } else { (&mut ocr.rec_input, r.rec_width) };
+            let (buffer, stride) =
+                if long { (&mut ocr.line_input, MAX_LINE_WIDTH) } else { (&mut ocr.rec_input, r.rec_width) };
             let content_width = text_line_into(source, region, r.rec_height, stride, norm, *layout, buffer)
                 .map_err(|e| resize_failed(rec_name, e))?;
             let started = Instant::now();
@@ -592,29 +623,50 @@ impl VisionSession<'_> {
             ocr.line_probabilities.clear();
             for window in line_windows(content_width, r.rec_width, WINDOW_OVERLAP) {
                 if long {
-                    copy_window(&ocr.line_input, stride, window.start, r.rec_height, r.rec_width, *layout, &mut ocr.rec_input);
+                    copy_window(
+                        &ocr.line_input,
+                        stride,
+                        window.start,
+                        r.rec_height,
+                        r.rec_width,
+                        *layout,
+                        &mut ocr.rec_input,
+                    );
                 }
                 let outputs = ocr.recognizer.run([engine::tensor(&shape, &ocr.rec_input)?].into_iter().collect())?;
                 let value = outputs.first().ok_or_else(|| ModelError::run(rec_name, "no output"))?;
                 let dims = value.shape();
                 if dims.len() != 3 || dims[1] == 0 || r.rec_width % dims[1] != 0 {
-                    return Err(ModelError::run(rec_name, format!("output shape {dims:?}, expected [1, steps, classes]")));
+                    return Err(ModelError::run(
+                        rec_name,
+                        format!("output shape {dims:?}, expected [1, steps, classes]"),
+                    ));
                 }
                 let columns = r.rec_width / dims[1];
                 (classes, step_width) = (dims[2], columns as f32);
                 let probabilities = engine::f32_slice(rec_name, value)?;
-                let keep = (window.keep_from - window.start) / columns..(window.keep_to - window.start).div_ceil(columns);
-                ocr.line_probabilities.extend_from_slice(&probabilities[keep.start * classes..keep.end.min(dims[1]) * classes]);
+                let keep =
+                    (window.keep_from - window.start) / columns..(window.keep_to - window.start).div_ceil(columns);
+                ocr.line_probabilities
+                    .extend_from_slice(&probabilities[keep.start * classes..keep.end.min(dims[1]) * classes]);
             }
             t.ocr_rec_run += ms_since(started);
             t.ocr_rec_lines += 1;
             let mut text = String::new();
             let steps = ocr.line_probabilities.len() / classes.max(1);
-            let score = ctc_greedy_decode_with_steps(&ocr.line_probabilities, steps, classes, &r.dictionary, &mut text, &mut ocr.char_steps)
-                .map_err(|e| ModelError::run(rec_name, e))?;
+            let score = ctc_greedy_decode_with_steps(
+                &ocr.line_probabilities,
+                steps,
+                classes,
+                &r.dictionary,
+                &mut text,
+                &mut ocr.char_steps,
+            )
+            .map_err(|e| ModelError::run(rec_name, e))?;
             // The recognizer seldom emits spaces between Latin words; the blank columns of the line show them.
             if *layout == Layout::Nchw {
-                let squeeze = (content_width as f32 / region.width as f32) / (r.rec_height as f32 / region.height as f32);
+                let squeeze =
+                    (content_width as f32 / region.width as f32) / (r.rec_height as f32 / region.height as f32);
                 let line = if long { &ocr.line_input } else { &ocr.rec_input };
                 word_gaps(line, r.rec_height, stride, content_width, squeeze, &mut ocr.gaps);
                 insert_word_spaces(&mut text, &ocr.char_steps, step_width, &ocr.gaps);

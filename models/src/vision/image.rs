@@ -24,27 +24,16 @@ pub struct RgbImage {
 impl RgbImage {
     /// A black image of the given size.
     pub fn new(width: u32, height: u32) -> Self {
-        RgbImage {
-            width,
-            height,
-            data: vec![0; rgb_len(width, height)],
-        }
+        RgbImage { width, height, data: vec![0; rgb_len(width, height)] }
     }
 
     /// Wraps existing RGB8 bytes; the length must be `width * height * 3`.
     pub fn from_raw(width: u32, height: u32, data: Vec<u8>) -> Result<Self, ImageError> {
         let expected = rgb_len(width, height);
         if data.len() != expected {
-            return Err(ImageError::BufferSize {
-                expected,
-                actual: data.len(),
-            });
+            return Err(ImageError::BufferSize { expected, actual: data.len() });
         }
-        Ok(RgbImage {
-            width,
-            height,
-            data,
-        })
+        Ok(RgbImage { width, height, data })
     }
 
     /// Changes the size, reusing the existing allocation when it is large enough. Pixel contents are
@@ -93,10 +82,7 @@ pub enum ImageError {
     #[error("image file not found: {}", path.display())]
     NotFound { path: PathBuf },
     #[error("cannot read image file {}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("not a JPEG or PNG image (starts with {head})")]
     NotAnImage { head: String },
     #[error("{format} data ends early (truncated)")]
@@ -104,25 +90,14 @@ pub enum ImageError {
     #[error("corrupt {format} data: {detail}")]
     Corrupt { format: ImageFormat, detail: String },
     #[error("{format} image has zero size ({width}x{height})")]
-    ZeroSize {
-        format: ImageFormat,
-        width: u32,
-        height: u32,
-    },
+    ZeroSize { format: ImageFormat, width: u32, height: u32 },
     #[error(
         "{format} image declares {width}x{height}, over the limit of {MAX_IMAGE_SIDE} per side and \
          {MAX_IMAGE_PIXELS} pixels"
     )]
-    TooLarge {
-        format: ImageFormat,
-        width: u32,
-        height: u32,
-    },
+    TooLarge { format: ImageFormat, width: u32, height: u32 },
     #[error("unsupported {format} pixel format: {pixel_format}")]
-    UnsupportedPixelFormat {
-        format: ImageFormat,
-        pixel_format: String,
-    },
+    UnsupportedPixelFormat { format: ImageFormat, pixel_format: String },
     #[error("pixel buffer has {actual} bytes, expected {expected}")]
     BufferSize { expected: usize, actual: usize },
 }
@@ -145,14 +120,9 @@ pub fn detect_format(bytes: &[u8]) -> Option<ImageFormat> {
 pub fn load_image(path: &Path) -> Result<RgbImage, ImageError> {
     let bytes = std::fs::read(path).map_err(|source| {
         if source.kind() == std::io::ErrorKind::NotFound {
-            ImageError::NotFound {
-                path: path.to_path_buf(),
-            }
+            ImageError::NotFound { path: path.to_path_buf() }
         } else {
-            ImageError::Io {
-                path: path.to_path_buf(),
-                source,
-            }
+            ImageError::Io { path: path.to_path_buf(), source }
         }
     })?;
     decode_image(&bytes)
@@ -171,9 +141,7 @@ pub fn decode_image_into(bytes: &[u8], out: &mut RgbImage) -> Result<(), ImageEr
     match detect_format(bytes) {
         Some(ImageFormat::Jpeg) => decode_jpeg_into(bytes, out),
         Some(ImageFormat::Png) => decode_png_into(bytes, out),
-        None => Err(ImageError::NotAnImage {
-            head: hex_head(bytes),
-        }),
+        None => Err(ImageError::NotAnImage { head: hex_head(bytes) }),
     }
 }
 
@@ -187,21 +155,10 @@ fn hex_head(bytes: &[u8]) -> String {
 
 fn check_dimensions(format: ImageFormat, width: u32, height: u32) -> Result<(), ImageError> {
     if width == 0 || height == 0 {
-        return Err(ImageError::ZeroSize {
-            format,
-            width,
-            height,
-        });
+        return Err(ImageError::ZeroSize { format, width, height });
     }
-    if width > MAX_IMAGE_SIDE
-        || height > MAX_IMAGE_SIDE
-        || u64::from(width) * u64::from(height) > MAX_IMAGE_PIXELS
-    {
-        return Err(ImageError::TooLarge {
-            format,
-            width,
-            height,
-        });
+    if width > MAX_IMAGE_SIDE || height > MAX_IMAGE_SIDE || u64::from(width) * u64::from(height) > MAX_IMAGE_PIXELS {
+        return Err(ImageError::TooLarge { format, width, height });
     }
     Ok(())
 }
@@ -225,27 +182,13 @@ pub fn decode_jpeg_into(bytes: &[u8], out: &mut RgbImage) -> Result<(), ImageErr
     decoder.decode_headers().map_err(jpeg_error)?;
     let (width, height) = match decoder.info() {
         Some(info) => (u32::from(info.width), u32::from(info.height)),
-        None => {
-            return Err(ImageError::Corrupt {
-                format: FORMAT,
-                detail: "no frame header".into(),
-            })
-        }
+        None => return Err(ImageError::Corrupt { format: FORMAT, detail: "no frame header".into() }),
     };
     check_dimensions(FORMAT, width, height)?;
     let input = decoder.input_colorspace().unwrap_or(ColorSpace::Unknown);
     match input {
-        ColorSpace::YCbCr
-        | ColorSpace::RGB
-        | ColorSpace::Luma
-        | ColorSpace::CMYK
-        | ColorSpace::YCCK => {}
-        other => {
-            return Err(ImageError::UnsupportedPixelFormat {
-                format: FORMAT,
-                pixel_format: format!("{other:?}"),
-            })
-        }
+        ColorSpace::YCbCr | ColorSpace::RGB | ColorSpace::Luma | ColorSpace::CMYK | ColorSpace::YCCK => {}
+        other => return Err(ImageError::UnsupportedPixelFormat { format: FORMAT, pixel_format: format!("{other:?}") }),
     }
     if decoder.output_buffer_size() != Some(rgb_len(width, height)) {
         return Err(ImageError::UnsupportedPixelFormat {
@@ -260,29 +203,17 @@ pub fn decode_jpeg_into(bytes: &[u8], out: &mut RgbImage) -> Result<(), ImageErr
 fn jpeg_error(error: zune_jpeg::errors::DecodeErrors) -> ImageError {
     use zune_jpeg::errors::DecodeErrors;
     match error {
-        DecodeErrors::ExhaustedData => ImageError::Truncated {
-            format: ImageFormat::Jpeg,
-        },
-        DecodeErrors::ZeroError => ImageError::ZeroSize {
-            format: ImageFormat::Jpeg,
-            width: 0,
-            height: 0,
-        },
-        DecodeErrors::Unsupported(scheme) => ImageError::UnsupportedPixelFormat {
-            format: ImageFormat::Jpeg,
-            pixel_format: format!("{scheme:?}"),
-        },
+        DecodeErrors::ExhaustedData => ImageError::Truncated { format: ImageFormat::Jpeg },
+        DecodeErrors::ZeroError => ImageError::ZeroSize { format: ImageFormat::Jpeg, width: 0, height: 0 },
+        DecodeErrors::Unsupported(scheme) => {
+            ImageError::UnsupportedPixelFormat { format: ImageFormat::Jpeg, pixel_format: format!("{scheme:?}") }
+        }
         other => {
             let detail = other.to_string();
             if detail.contains("No more bytes") || detail.to_ascii_lowercase().contains("eof") {
-                ImageError::Truncated {
-                    format: ImageFormat::Jpeg,
-                }
+                ImageError::Truncated { format: ImageFormat::Jpeg }
             } else {
-                ImageError::Corrupt {
-                    format: ImageFormat::Jpeg,
-                    detail,
-                }
+                ImageError::Corrupt { format: ImageFormat::Jpeg, detail }
             }
         }
     }
@@ -330,17 +261,10 @@ pub fn decode_png_into(bytes: &[u8], out: &mut RgbImage) -> Result<(), ImageErro
     while let Some(row) = reader.next_row().map_err(png_error)? {
         let source = row.data();
         if row_index >= height as usize || source.len() < row_bytes {
-            return Err(ImageError::Corrupt {
-                format: FORMAT,
-                detail: "row size mismatch".into(),
-            });
+            return Err(ImageError::Corrupt { format: FORMAT, detail: "row size mismatch".into() });
         }
-        let target =
-            &mut out.data[row_index * width as usize * 3..(row_index + 1) * width as usize * 3];
-        for (pixel, rgb) in source[..row_bytes]
-            .chunks_exact(channels)
-            .zip(target.chunks_exact_mut(3))
-        {
+        let target = &mut out.data[row_index * width as usize * 3..(row_index + 1) * width as usize * 3];
+        for (pixel, rgb) in source[..row_bytes].chunks_exact(channels).zip(target.chunks_exact_mut(3)) {
             match channels {
                 1 | 2 => rgb.fill(pixel[0]),
                 _ => rgb.copy_from_slice(&pixel[..3]),
@@ -357,19 +281,10 @@ pub fn decode_png_into(bytes: &[u8], out: &mut RgbImage) -> Result<(), ImageErro
 fn png_error(error: png::DecodingError) -> ImageError {
     match error {
         png::DecodingError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
-            ImageError::Truncated {
-                format: ImageFormat::Png,
-            }
+            ImageError::Truncated { format: ImageFormat::Png }
         }
-        png::DecodingError::LimitsExceeded => ImageError::TooLarge {
-            format: ImageFormat::Png,
-            width: 0,
-            height: 0,
-        },
-        other => ImageError::Corrupt {
-            format: ImageFormat::Png,
-            detail: other.to_string(),
-        },
+        png::DecodingError::LimitsExceeded => ImageError::TooLarge { format: ImageFormat::Png, width: 0, height: 0 },
+        other => ImageError::Corrupt { format: ImageFormat::Png, detail: other.to_string() },
     }
 }
 
@@ -395,34 +310,20 @@ mod tests {
         bytes
     }
 
-    pub(crate) fn encode_jpeg(
-        width: u16,
-        height: u16,
-        color: jpeg_encoder::ColorType,
-        data: &[u8],
-    ) -> Vec<u8> {
+    pub(crate) fn encode_jpeg(width: u16, height: u16, color: jpeg_encoder::ColorType, data: &[u8]) -> Vec<u8> {
         let mut bytes = Vec::new();
         let encoder = jpeg_encoder::Encoder::new(&mut bytes, 100);
-        encoder
-            .encode(data, width, height, color)
-            .expect("jpeg encode");
+        encoder.encode(data, width, height, color).expect("jpeg encode");
         bytes
     }
 
     fn solid(width: u32, height: u32, rgb: [u8; 3]) -> Vec<u8> {
-        rgb.iter()
-            .copied()
-            .cycle()
-            .take(rgb_len(width, height))
-            .collect()
+        rgb.iter().copied().cycle().take(rgb_len(width, height)).collect()
     }
 
     fn assert_close(actual: [u8; 3], expected: [u8; 3], tolerance: i32) {
         for c in 0..3 {
-            assert!(
-                (i32::from(actual[c]) - i32::from(expected[c])).abs() <= tolerance,
-                "{actual:?} vs {expected:?}"
-            );
+            assert!((i32::from(actual[c]) - i32::from(expected[c])).abs() <= tolerance, "{actual:?} vs {expected:?}");
         }
     }
 
@@ -437,59 +338,19 @@ mod tests {
 
     #[test]
     fn png_grey_grey_alpha_rgba_and_16_bit_become_rgb() {
-        let grey = encode_png(
-            2,
-            1,
-            png::ColorType::Grayscale,
-            png::BitDepth::Eight,
-            &[10, 200],
-        );
-        assert_eq!(
-            decode_image(&grey).expect("grey").data,
-            vec![10, 10, 10, 200, 200, 200]
-        );
-        let grey_alpha = encode_png(
-            1,
-            1,
-            png::ColorType::GrayscaleAlpha,
-            png::BitDepth::Eight,
-            &[77, 0],
-        );
-        assert_eq!(
-            decode_image(&grey_alpha).expect("grey alpha").data,
-            vec![77, 77, 77]
-        );
-        let rgba = encode_png(
-            1,
-            1,
-            png::ColorType::Rgba,
-            png::BitDepth::Eight,
-            &[1, 2, 3, 4],
-        );
+        let grey = encode_png(2, 1, png::ColorType::Grayscale, png::BitDepth::Eight, &[10, 200]);
+        assert_eq!(decode_image(&grey).expect("grey").data, vec![10, 10, 10, 200, 200, 200]);
+        let grey_alpha = encode_png(1, 1, png::ColorType::GrayscaleAlpha, png::BitDepth::Eight, &[77, 0]);
+        assert_eq!(decode_image(&grey_alpha).expect("grey alpha").data, vec![77, 77, 77]);
+        let rgba = encode_png(1, 1, png::ColorType::Rgba, png::BitDepth::Eight, &[1, 2, 3, 4]);
         assert_eq!(decode_image(&rgba).expect("rgba").data, vec![1, 2, 3]);
-        let rgb16 = encode_png(
-            1,
-            1,
-            png::ColorType::Rgb,
-            png::BitDepth::Sixteen,
-            &[0xAB, 0, 0x12, 0xFF, 0, 0],
-        );
-        assert_eq!(
-            decode_image(&rgb16).expect("16-bit").data,
-            vec![0xAB, 0x12, 0]
-        );
+        let rgb16 = encode_png(1, 1, png::ColorType::Rgb, png::BitDepth::Sixteen, &[0xAB, 0, 0x12, 0xFF, 0, 0]);
+        assert_eq!(decode_image(&rgb16).expect("16-bit").data, vec![0xAB, 0x12, 0]);
     }
 
     #[test]
     fn jpeg_solid_colours_decode_close_to_source() {
-        for rgb in [
-            [255, 0, 0],
-            [0, 255, 0],
-            [0, 0, 255],
-            [255, 255, 255],
-            [0, 0, 0],
-            [128, 128, 128],
-        ] {
+        for rgb in [[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255], [0, 0, 0], [128, 128, 128]] {
             let bytes = encode_jpeg(16, 8, jpeg_encoder::ColorType::Rgb, &solid(16, 8, rgb));
             assert_eq!(detect_format(&bytes), Some(ImageFormat::Jpeg));
             let image = decode_image(&bytes).expect("decode");
@@ -512,20 +373,12 @@ mod tests {
 
     #[test]
     fn decode_into_reuses_the_buffer() {
-        let bytes = encode_jpeg(
-            16,
-            16,
-            jpeg_encoder::ColorType::Rgb,
-            &solid(16, 16, [10, 20, 30]),
-        );
+        let bytes = encode_jpeg(16, 16, jpeg_encoder::ColorType::Rgb, &solid(16, 16, [10, 20, 30]));
         let mut image = RgbImage::new(32, 32);
         let before = image.data.as_ptr();
         decode_image_into(&bytes, &mut image).expect("decode");
         assert_eq!(image.data.as_ptr(), before);
-        assert_eq!(
-            (image.width, image.height, image.data.len()),
-            (16, 16, 16 * 16 * 3)
-        );
+        assert_eq!((image.width, image.height, image.data.len()), (16, 16, 16 * 16 * 3));
     }
 
     #[test]
@@ -538,14 +391,8 @@ mod tests {
 
     #[test]
     fn garbage_is_not_an_image() {
-        assert!(matches!(
-            decode_image(b"hello world"),
-            Err(ImageError::NotAnImage { .. })
-        ));
-        assert!(matches!(
-            decode_image(&[]),
-            Err(ImageError::NotAnImage { .. })
-        ));
+        assert!(matches!(decode_image(b"hello world"), Err(ImageError::NotAnImage { .. })));
+        assert!(matches!(decode_image(&[]), Err(ImageError::NotAnImage { .. })));
     }
 
     #[test]
@@ -553,12 +400,7 @@ mod tests {
         let png_bytes = encode_png(8, 8, png::ColorType::Rgb, png::BitDepth::Eight, &[50; 192]);
         let cut = &png_bytes[..png_bytes.len() - 20];
         assert!(decode_image(cut).is_err());
-        let jpeg_bytes = encode_jpeg(
-            64,
-            64,
-            jpeg_encoder::ColorType::Rgb,
-            &solid(64, 64, [9, 99, 199]),
-        );
+        let jpeg_bytes = encode_jpeg(64, 64, jpeg_encoder::ColorType::Rgb, &solid(64, 64, [9, 99, 199]));
         assert!(decode_image(&jpeg_bytes[..40]).is_err());
     }
 
@@ -577,11 +419,7 @@ mod tests {
         for &byte in data {
             crc ^= u32::from(byte);
             for _ in 0..8 {
-                crc = if crc & 1 != 0 {
-                    (crc >> 1) ^ 0xEDB8_8320
-                } else {
-                    crc >> 1
-                };
+                crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
             }
         }
         !crc
@@ -590,16 +428,7 @@ mod tests {
     #[test]
     fn huge_png_header_is_refused_before_decoding() {
         let error = decode_image(&png_with_header(1_000_000, 1_000_000)).expect_err("huge");
-        assert!(
-            matches!(
-                error,
-                ImageError::TooLarge {
-                    width: 1_000_000,
-                    ..
-                }
-            ),
-            "{error}"
-        );
+        assert!(matches!(error, ImageError::TooLarge { width: 1_000_000, .. }), "{error}");
         let error = decode_image(&png_with_header(16_000, 16_000)).expect_err("too many pixels");
         assert!(matches!(error, ImageError::TooLarge { .. }), "{error}");
     }
@@ -607,47 +436,23 @@ mod tests {
     #[test]
     fn huge_jpeg_header_is_refused_before_decoding() {
         let mut bytes = encode_jpeg(8, 8, jpeg_encoder::ColorType::Rgb, &solid(8, 8, [1, 2, 3]));
-        let sof = bytes
-            .windows(2)
-            .position(|w| w == [0xFF, 0xC0])
-            .expect("baseline SOF0");
+        let sof = bytes.windows(2).position(|w| w == [0xFF, 0xC0]).expect("baseline SOF0");
         // SOF0: marker, length(2), precision(1), height(2), width(2).
         bytes[sof + 5..sof + 7].copy_from_slice(&60_000u16.to_be_bytes());
         bytes[sof + 7..sof + 9].copy_from_slice(&60_000u16.to_be_bytes());
         let error = decode_image(&bytes).expect_err("huge");
-        assert!(
-            matches!(
-                error,
-                ImageError::TooLarge {
-                    width: 60_000,
-                    height: 60_000,
-                    ..
-                }
-            ),
-            "{error}"
-        );
+        assert!(matches!(error, ImageError::TooLarge { width: 60_000, height: 60_000, .. }), "{error}");
     }
 
     #[test]
     fn zero_size_png_is_refused() {
         let error = decode_image(&png_with_header(0, 5)).expect_err("zero");
-        assert!(
-            matches!(
-                error,
-                ImageError::ZeroSize { .. } | ImageError::Corrupt { .. }
-            ),
-            "{error}"
-        );
+        assert!(matches!(error, ImageError::ZeroSize { .. } | ImageError::Corrupt { .. }), "{error}");
     }
 
     #[test]
     fn truncated_and_mutated_inputs_never_panic() {
-        let jpeg_bytes = encode_jpeg(
-            24,
-            16,
-            jpeg_encoder::ColorType::Rgb,
-            &solid(24, 16, [200, 30, 60]),
-        );
+        let jpeg_bytes = encode_jpeg(24, 16, jpeg_encoder::ColorType::Rgb, &solid(24, 16, [200, 30, 60]));
         let png_bytes = encode_png(6, 5, png::ColorType::Rgba, png::BitDepth::Eight, &[77; 120]);
         let mut image = RgbImage::default();
         let mut state = 0x2545_F491u32;

@@ -30,33 +30,16 @@ pub struct Normalization {
 
 impl Normalization {
     /// Pixels to 0..=1, RGB (YOLO-style detectors).
-    pub const UNIT_RGB: Normalization = Normalization {
-        scale: 1.0 / 255.0,
-        mean: [0.0; 3],
-        std: [1.0; 3],
-        bgr: false,
-    };
+    pub const UNIT_RGB: Normalization = Normalization { scale: 1.0 / 255.0, mean: [0.0; 3], std: [1.0; 3], bgr: false };
     /// Pixels to −1..=1, the PaddleOCR recognizer's normalization.
-    pub const PADDLE_REC: Normalization = Normalization {
-        scale: 1.0 / 255.0,
-        mean: [0.5; 3],
-        std: [0.5; 3],
-        bgr: false,
-    };
+    pub const PADDLE_REC: Normalization =
+        Normalization { scale: 1.0 / 255.0, mean: [0.5; 3], std: [0.5; 3], bgr: false };
     /// ImageNet mean and standard deviation on 0..=1 pixels, the PaddleOCR DB detector's normalization.
-    pub const IMAGENET: Normalization = Normalization {
-        scale: 1.0 / 255.0,
-        mean: [0.485, 0.456, 0.406],
-        std: [0.229, 0.224, 0.225],
-        bgr: false,
-    };
+    pub const IMAGENET: Normalization =
+        Normalization { scale: 1.0 / 255.0, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225], bgr: false };
 
     fn apply(&self, rgb: [f32; 3]) -> [f32; 3] {
-        let ordered = if self.bgr {
-            [rgb[2], rgb[1], rgb[0]]
-        } else {
-            rgb
-        };
+        let ordered = if self.bgr { [rgb[2], rgb[1], rgb[0]] } else { rgb };
         [0, 1, 2].map(|c| (ordered[c] * self.scale - self.mean[c]) / self.std[c])
     }
 }
@@ -91,12 +74,7 @@ pub struct PixelRect {
 
 impl PixelRect {
     pub fn whole(image: &RgbImage) -> Self {
-        PixelRect {
-            x: 0,
-            y: 0,
-            width: image.width,
-            height: image.height,
-        }
+        PixelRect { x: 0, y: 0, width: image.width, height: image.height }
     }
 
     /// The pixels covered by a float box `[x1, y1, x2, y2]`, rounded outwards and clipped to the image;
@@ -113,12 +91,7 @@ impl PixelRect {
         let y1 = clip(bbox[1].floor(), image.height) as u32;
         let x2 = clip(bbox[2].ceil(), image.width) as u32;
         let y2 = clip(bbox[3].ceil(), image.height) as u32;
-        (x2 > x1 && y2 > y1).then_some(PixelRect {
-            x: x1,
-            y: y1,
-            width: x2 - x1,
-            height: y2 - y1,
-        })
+        (x2 > x1 && y2 > y1).then_some(PixelRect { x: x1, y: y1, width: x2 - x1, height: y2 - y1 })
     }
 }
 
@@ -129,11 +102,7 @@ pub enum ResizeError {
     #[error("source image or region is empty")]
     EmptySource,
     #[error("region {rect:?} is outside the {width}x{height} image")]
-    RegionOutside {
-        rect: PixelRect,
-        width: u32,
-        height: u32,
-    },
+    RegionOutside { rect: PixelRect, width: u32, height: u32 },
     #[error("target size {width}x{height} is empty")]
     EmptyTarget { width: usize, height: usize },
 }
@@ -187,36 +156,14 @@ pub fn letterbox_into(
         return Err(ResizeError::EmptySource);
     }
     if size == 0 {
-        return Err(ResizeError::EmptyTarget {
-            width: size,
-            height: size,
-        });
+        return Err(ResizeError::EmptyTarget { width: size, height: size });
     }
     let scale = (size as f32 / image.width as f32).min(size as f32 / image.height as f32);
     let content_w = ((image.width as f32 * scale).round() as usize).clamp(1, size);
     let content_h = ((image.height as f32 * scale).round() as usize).clamp(1, size);
-    let target = Target {
-        width: size,
-        height: size,
-        content_w,
-        content_h,
-    };
-    write_resized(
-        image,
-        PixelRect::whole(image),
-        target,
-        padding,
-        normalization,
-        layout,
-        out,
-    )?;
-    Ok(Letterbox {
-        scale,
-        pad_x: 0.0,
-        pad_y: 0.0,
-        src_w: image.width,
-        src_h: image.height,
-    })
+    let target = Target { width: size, height: size, content_w, content_h };
+    write_resized(image, PixelRect::whole(image), target, padding, normalization, layout, out)?;
+    Ok(Letterbox { scale, pad_x: 0.0, pad_y: 0.0, src_w: image.width, src_h: image.height })
 }
 
 /// Stretches `region` of the image to exactly `width`×`height`, ignoring aspect ratio.
@@ -229,21 +176,8 @@ pub fn resize_into(
     layout: Layout,
     out: &mut [f32],
 ) -> Result<(), ResizeError> {
-    let target = Target {
-        width,
-        height,
-        content_w: width,
-        content_h: height,
-    };
-    write_resized(
-        image,
-        region,
-        target,
-        Padding::Normalized(0.0),
-        normalization,
-        layout,
-        out,
-    )
+    let target = Target { width, height, content_w: width, content_h: height };
+    write_resized(image, region, target, Padding::Normalized(0.0), normalization, layout, out)
 }
 
 /// Height and maximum width of PaddleOCR's recognizer input.
@@ -267,21 +201,8 @@ pub fn text_line_into(
     }
     let aspect = region.width as f32 / region.height as f32;
     let content_w = ((height as f32 * aspect).ceil() as usize).clamp(1, max_width.max(1));
-    let target = Target {
-        width: max_width,
-        height,
-        content_w,
-        content_h: height,
-    };
-    write_resized(
-        image,
-        region,
-        target,
-        Padding::Normalized(0.0),
-        normalization,
-        layout,
-        out,
-    )?;
+    let target = Target { width: max_width, height, content_w, content_h: height };
+    write_resized(image, region, target, Padding::Normalized(0.0), normalization, layout, out)?;
     Ok(content_w)
 }
 
@@ -303,17 +224,11 @@ fn write_resized(
     out: &mut [f32],
 ) -> Result<(), ResizeError> {
     if target.width == 0 || target.height == 0 {
-        return Err(ResizeError::EmptyTarget {
-            width: target.width,
-            height: target.height,
-        });
+        return Err(ResizeError::EmptyTarget { width: target.width, height: target.height });
     }
     let expected = 3 * target.width * target.height;
     if out.len() != expected {
-        return Err(ResizeError::TensorSize {
-            expected,
-            actual: out.len(),
-        });
+        return Err(ResizeError::TensorSize { expected, actual: out.len() });
     }
     if region.width == 0 || region.height == 0 || image.is_empty() {
         return Err(ResizeError::EmptySource);
@@ -322,11 +237,7 @@ fn write_resized(
         && u64::from(region.y) + u64::from(region.height) <= u64::from(image.height)
         && image.data.len() == super::image::rgb_len(image.width, image.height);
     if !inside {
-        return Err(ResizeError::RegionOutside {
-            rect: region,
-            width: image.width,
-            height: image.height,
-        });
+        return Err(ResizeError::RegionOutside { rect: region, width: image.width, height: image.height });
     }
     let pad = padding.value(normalization);
     let plane = target.width * target.height;
@@ -334,21 +245,16 @@ fn write_resized(
     let y_ratio = region.height as f32 / target.content_h as f32;
     let stride = image.width as usize * 3;
     for ty in 0..target.height {
-        let source_row =
-            (ty < target.content_h).then(|| source_coordinate(ty, y_ratio, region.height));
+        let source_row = (ty < target.content_h).then(|| source_coordinate(ty, y_ratio, region.height));
         for tx in 0..target.width {
             let value = match source_row {
                 Some((y0, y1, fy)) if tx < target.content_w => {
                     let (x0, x1, fx) = source_coordinate(tx, x_ratio, region.width);
-                    let at = |x: usize, y: usize| {
-                        (region.y as usize + y) * stride + (region.x as usize + x) * 3
-                    };
+                    let at = |x: usize, y: usize| (region.y as usize + y) * stride + (region.x as usize + x) * 3;
                     let (a, b, c, d) = (at(x0, y0), at(x1, y0), at(x0, y1), at(x1, y1));
                     let rgb = [0, 1, 2].map(|ch| {
-                        let top = f32::from(image.data[a + ch]) * (1.0 - fx)
-                            + f32::from(image.data[b + ch]) * fx;
-                        let bottom = f32::from(image.data[c + ch]) * (1.0 - fx)
-                            + f32::from(image.data[d + ch]) * fx;
+                        let top = f32::from(image.data[a + ch]) * (1.0 - fx) + f32::from(image.data[b + ch]) * fx;
+                        let bottom = f32::from(image.data[c + ch]) * (1.0 - fx) + f32::from(image.data[d + ch]) * fx;
                         top * (1.0 - fy) + bottom * fy
                     });
                     normalization.apply(rgb)
@@ -375,11 +281,7 @@ fn source_coordinate(dest: usize, ratio: f32, source_len: u32) -> (usize, usize,
     let position = ((dest as f32 + 0.5) * ratio - 0.5).max(0.0);
     let first = (position.floor() as usize).min(last);
     let second = (first + 1).min(last);
-    let weight = if first == last {
-        0.0
-    } else {
-        position - first as f32
-    };
+    let weight = if first == last { 0.0 } else { position - first as f32 };
     (first, second, weight)
 }
 
@@ -400,27 +302,13 @@ mod tests {
         image
     }
 
-    const RAW: Normalization = Normalization {
-        scale: 1.0,
-        mean: [0.0; 3],
-        std: [1.0; 3],
-        bgr: false,
-    };
+    const RAW: Normalization = Normalization { scale: 1.0, mean: [0.0; 3], std: [1.0; 3], bgr: false };
 
     #[test]
     fn identity_resize_copies_pixels() {
         let image = gradient(4, 3);
         let mut out = vec![0.0; 4 * 3 * 3];
-        resize_into(
-            &image,
-            PixelRect::whole(&image),
-            4,
-            3,
-            &RAW,
-            Layout::Nhwc,
-            &mut out,
-        )
-        .expect("resize");
+        resize_into(&image, PixelRect::whole(&image), 4, 3, &RAW, Layout::Nhwc, &mut out).expect("resize");
         let expected: Vec<f32> = image.data.iter().map(|&v| f32::from(v)).collect();
         assert_eq!(out, expected);
     }
@@ -430,16 +318,7 @@ mod tests {
         // Half-pixel centres: destination pixel 0 samples source 0.5, the mean of pixels 0 and 1.
         let image = gradient(4, 4);
         let mut out = vec![0.0; 2 * 2 * 3];
-        resize_into(
-            &image,
-            PixelRect::whole(&image),
-            2,
-            2,
-            &RAW,
-            Layout::Nhwc,
-            &mut out,
-        )
-        .expect("resize");
+        resize_into(&image, PixelRect::whole(&image), 2, 2, &RAW, Layout::Nhwc, &mut out).expect("resize");
         assert_eq!(&out[..3], &[5.0, 5.0, 200.0]);
         assert_eq!(&out[9..12], &[25.0, 25.0, 200.0]);
     }
@@ -449,16 +328,7 @@ mod tests {
         // cv2.resize([[0, 100]], (4, 1), INTER_LINEAR) = [0, 25, 75, 100].
         let image = RgbImage::from_raw(2, 1, vec![0, 0, 0, 100, 100, 100]).expect("image");
         let mut out = vec![0.0; 4 * 3];
-        resize_into(
-            &image,
-            PixelRect::whole(&image),
-            4,
-            1,
-            &RAW,
-            Layout::Nchw,
-            &mut out,
-        )
-        .expect("resize");
+        resize_into(&image, PixelRect::whole(&image), 4, 1, &RAW, Layout::Nchw, &mut out).expect("resize");
         assert_eq!(&out[..4], &[0.0, 25.0, 75.0, 100.0]);
     }
 
@@ -466,69 +336,25 @@ mod tests {
     fn letterbox_pads_bottom_right_and_maps_boxes_back() {
         let image = RgbImage::from_raw(8, 4, vec![255; 8 * 4 * 3]).expect("image");
         let mut out = vec![-1.0; 3 * 4 * 4];
-        let letterbox = letterbox_into(
-            &image,
-            4,
-            Padding::Pixel(0),
-            &Normalization::UNIT_RGB,
-            Layout::Nchw,
-            &mut out,
-        )
-        .expect("letterbox");
-        assert_eq!(
-            letterbox,
-            Letterbox {
-                scale: 0.5,
-                pad_x: 0.0,
-                pad_y: 0.0,
-                src_w: 8,
-                src_h: 4
-            }
-        );
+        let letterbox = letterbox_into(&image, 4, Padding::Pixel(0), &Normalization::UNIT_RGB, Layout::Nchw, &mut out)
+            .expect("letterbox");
+        assert_eq!(letterbox, Letterbox { scale: 0.5, pad_x: 0.0, pad_y: 0.0, src_w: 8, src_h: 4 });
         for channel in 0..3 {
             let plane = &out[channel * 16..(channel + 1) * 16];
-            assert!(
-                plane[..8].iter().all(|&v| v == 1.0),
-                "top half is the image"
-            );
-            assert!(
-                plane[8..].iter().all(|&v| v == 0.0),
-                "bottom half is padding"
-            );
+            assert!(plane[..8].iter().all(|&v| v == 1.0), "top half is the image");
+            assert!(plane[8..].iter().all(|&v| v == 0.0), "bottom half is padding");
         }
-        assert_eq!(
-            letterbox.to_source([1.0, 0.5, 3.0, 2.0]),
-            [2.0, 1.0, 6.0, 4.0]
-        );
-        assert_eq!(
-            letterbox.to_source([-5.0, -1.0, 100.0, 100.0]),
-            [0.0, 0.0, 8.0, 4.0]
-        );
-        assert_eq!(
-            letterbox.to_model([2.0, 1.0, 6.0, 4.0]),
-            [1.0, 0.5, 3.0, 2.0]
-        );
+        assert_eq!(letterbox.to_source([1.0, 0.5, 3.0, 2.0]), [2.0, 1.0, 6.0, 4.0]);
+        assert_eq!(letterbox.to_source([-5.0, -1.0, 100.0, 100.0]), [0.0, 0.0, 8.0, 4.0]);
+        assert_eq!(letterbox.to_model([2.0, 1.0, 6.0, 4.0]), [1.0, 0.5, 3.0, 2.0]);
     }
 
     #[test]
     fn letterbox_normalizes_padding_and_swaps_to_bgr() {
         let image = RgbImage::from_raw(2, 1, vec![10, 20, 30, 10, 20, 30]).expect("image");
-        let normalization = Normalization {
-            scale: 1.0,
-            mean: [1.0, 2.0, 3.0],
-            std: [1.0, 2.0, 4.0],
-            bgr: true,
-        };
+        let normalization = Normalization { scale: 1.0, mean: [1.0, 2.0, 3.0], std: [1.0, 2.0, 4.0], bgr: true };
         let mut out = vec![0.0; 3 * 2 * 2];
-        letterbox_into(
-            &image,
-            2,
-            Padding::Pixel(114),
-            &normalization,
-            Layout::Nhwc,
-            &mut out,
-        )
-        .expect("letterbox");
+        letterbox_into(&image, 2, Padding::Pixel(114), &normalization, Layout::Nhwc, &mut out).expect("letterbox");
         assert_eq!(&out[..3], &[29.0, 9.0, 1.75]);
         assert_eq!(&out[6..9], &[113.0, 56.0, 27.75]);
     }
@@ -558,16 +384,8 @@ mod tests {
     fn long_text_line_is_capped_at_max_width() {
         let image = RgbImage::new(1000, 10);
         let mut out = vec![0.0; 3 * 48 * 320];
-        let width = text_line_into(
-            &image,
-            PixelRect::whole(&image),
-            48,
-            320,
-            &RAW,
-            Layout::Nhwc,
-            &mut out,
-        )
-        .expect("text line");
+        let width =
+            text_line_into(&image, PixelRect::whole(&image), 48, 320, &RAW, Layout::Nhwc, &mut out).expect("text line");
         assert_eq!(width, 320);
     }
 
@@ -575,15 +393,7 @@ mod tests {
     fn crop_region_reads_only_that_region() {
         let image = gradient(10, 10);
         let region = PixelRect::from_box([2.2, 3.0, 4.0, 5.9], &image).expect("region");
-        assert_eq!(
-            region,
-            PixelRect {
-                x: 2,
-                y: 3,
-                width: 2,
-                height: 3
-            }
-        );
+        assert_eq!(region, PixelRect { x: 2, y: 3, width: 2, height: 3 });
         let mut out = vec![0.0; 2 * 3 * 3];
         resize_into(&image, region, 2, 3, &RAW, Layout::Nhwc, &mut out).expect("crop");
         assert_eq!(&out[..3], &[20.0, 30.0, 200.0]);
@@ -596,31 +406,16 @@ mod tests {
         let mut out = vec![0.0; 10];
         assert_eq!(
             letterbox_into(&image, 4, Padding::Pixel(0), &RAW, Layout::Nhwc, &mut out),
-            Err(ResizeError::TensorSize {
-                expected: 48,
-                actual: 10
-            })
+            Err(ResizeError::TensorSize { expected: 48, actual: 10 })
         );
         let mut out = vec![0.0; 12];
-        let outside = PixelRect {
-            x: 3,
-            y: 0,
-            width: 2,
-            height: 1,
-        };
+        let outside = PixelRect { x: 3, y: 0, width: 2, height: 1 };
         assert!(matches!(
             resize_into(&image, outside, 2, 2, &RAW, Layout::Nhwc, &mut out),
             Err(ResizeError::RegionOutside { .. })
         ));
         assert_eq!(
-            letterbox_into(
-                &RgbImage::default(),
-                2,
-                Padding::Pixel(0),
-                &RAW,
-                Layout::Nhwc,
-                &mut out
-            ),
+            letterbox_into(&RgbImage::default(), 2, Padding::Pixel(0), &RAW, Layout::Nhwc, &mut out),
             Err(ResizeError::EmptySource)
         );
     }

@@ -3,12 +3,14 @@
 
 pub mod deskew;
 pub mod detections;
+pub mod encoders;
 pub mod image;
 pub mod letterbox;
 pub mod ocr_post;
 pub mod pixels;
 pub mod scene;
-pub mod encoders;
 
-pub use encoders::{InputTensor, ObjectDetector, SceneClassifier, StageTimings, TextReader, VisionModels, VisionSession};
+pub use encoders::{
+    InputTensor, ObjectDetector, SceneClassifier, StageTimings, TextReader, VisionModels, VisionSession,
+};
 pub use scene::{Scene, SceneLabel};

@@ -15,19 +15,9 @@ use super::letterbox::Letterbox;
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum OcrError {
     #[error("probability map has {actual} values, expected {width}x{height} = {expected}")]
-    MapSize {
-        width: usize,
-        height: usize,
-        expected: usize,
-        actual: usize,
-    },
+    MapSize { width: usize, height: usize, expected: usize, actual: usize },
     #[error("recognizer output has {actual} values, expected {steps}x{classes} = {expected}")]
-    OutputSize {
-        steps: usize,
-        classes: usize,
-        expected: usize,
-        actual: usize,
-    },
+    OutputSize { steps: usize, classes: usize, expected: usize, actual: usize },
     #[error("recognizer has {classes} classes but the dictionary has {symbols} symbols (blank included)")]
     DictionarySize { classes: usize, symbols: usize },
 }
@@ -49,13 +39,7 @@ pub struct DbParams {
 
 impl Default for DbParams {
     fn default() -> Self {
-        DbParams {
-            threshold: 0.3,
-            box_threshold: 0.6,
-            unclip_ratio: 1.5,
-            min_size: 3.0,
-            max_candidates: 1000,
-        }
+        DbParams { threshold: 0.3, box_threshold: 0.6, unclip_ratio: 1.5, min_size: 3.0, max_candidates: 1000 }
     }
 }
 
@@ -118,11 +102,7 @@ pub struct DbPostprocessor {
 
 impl DbPostprocessor {
     pub fn new(params: DbParams) -> Self {
-        DbPostprocessor {
-            params,
-            visited: Vec::new(),
-            stack: Vec::new(),
-        }
+        DbPostprocessor { params, visited: Vec::new(), stack: Vec::new() }
     }
 
     /// Finds text boxes in a `map_w`×`map_h` probability map (row-major, e.g. the [1, 1, H, W] output of the
@@ -138,12 +118,7 @@ impl DbPostprocessor {
         boxes.clear();
         let expected = map_w * map_h;
         if probabilities.len() != expected {
-            return Err(OcrError::MapSize {
-                width: map_w,
-                height: map_h,
-                expected,
-                actual: probabilities.len(),
-            });
+            return Err(OcrError::MapSize { width: map_w, height: map_h, expected, actual: probabilities.len() });
         }
         let params = self.params;
         self.visited.clear();
@@ -151,8 +126,7 @@ impl DbPostprocessor {
         let mut candidates = 0;
         for start in 0..expected {
             if self.visited[start]
-                || probabilities[start].partial_cmp(&params.threshold)
-                    != Some(std::cmp::Ordering::Greater)
+                || probabilities[start].partial_cmp(&params.threshold) != Some(std::cmp::Ordering::Greater)
             {
                 continue;
             }
@@ -171,24 +145,13 @@ impl DbPostprocessor {
                 continue;
             }
             let perimeter = 2.0 * (width + height);
-            let distance = if perimeter > 0.0 {
-                width * height * params.unclip_ratio / perimeter
-            } else {
-                0.0
-            };
+            let distance = if perimeter > 0.0 { width * height * params.unclip_ratio / perimeter } else { 0.0 };
             if width.min(height) + 2.0 * distance < params.min_size + 2.0 {
                 continue;
             }
-            let grown = [
-                x_min as f32 - distance,
-                y_min as f32 - distance,
-                x_max as f32 + distance,
-                y_max as f32 + distance,
-            ];
-            boxes.push(TextBox {
-                bbox: to_source.apply(grown),
-                score,
-            });
+            let grown =
+                [x_min as f32 - distance, y_min as f32 - distance, x_max as f32 + distance, y_max as f32 + distance];
+            boxes.push(TextBox { bbox: to_source.apply(grown), score });
         }
         Ok(())
     }
@@ -212,12 +175,7 @@ impl DbPostprocessor {
             sum += f64::from(probabilities[index as usize]);
             count += 1;
             let (x, y) = (index as usize % map_w, index as usize / map_w);
-            bounds = [
-                bounds[0].min(x),
-                bounds[1].min(y),
-                bounds[2].max(x),
-                bounds[3].max(y),
-            ];
+            bounds = [bounds[0].min(x), bounds[1].min(y), bounds[2].max(x), bounds[3].max(y)];
             for ny in y.saturating_sub(1)..=(y + 1).min(map_h - 1) {
                 for nx in x.saturating_sub(1)..=(x + 1).min(map_w - 1) {
                     let neighbour = ny * map_w + nx;
@@ -235,10 +193,7 @@ impl DbPostprocessor {
 fn mean_over(probabilities: &[f32], map_w: usize, bounds: [usize; 4]) -> f32 {
     let mut sum = 0.0f64;
     for y in bounds[1]..=bounds[3] {
-        sum += probabilities[y * map_w + bounds[0]..=y * map_w + bounds[2]]
-            .iter()
-            .map(|&p| f64::from(p))
-            .sum::<f64>();
+        sum += probabilities[y * map_w + bounds[0]..=y * map_w + bounds[2]].iter().map(|&p| f64::from(p)).sum::<f64>();
     }
     let count = (bounds[2] - bounds[0] + 1) * (bounds[3] - bounds[1] + 1);
     (sum / count as f64) as f32
@@ -255,10 +210,7 @@ impl CtcDictionary {
     /// `append_space` (the `use_space_char` option).
     pub fn from_lines(text: &str, append_space: bool) -> Self {
         let mut symbols = vec![String::new()];
-        symbols.extend(
-            text.lines()
-                .map(|line| line.trim_end_matches('\r').to_string()),
-        );
+        symbols.extend(text.lines().map(|line| line.trim_end_matches('\r').to_string()));
         if append_space {
             symbols.push(" ".to_string());
         }
@@ -302,33 +254,26 @@ pub fn ctc_greedy_decode_with_steps(
     char_steps.clear();
     let expected = steps * classes;
     if output.len() != expected {
-        return Err(OcrError::OutputSize {
-            steps,
-            classes,
-            expected,
-            actual: output.len(),
-        });
+        return Err(OcrError::OutputSize { steps, classes, expected, actual: output.len() });
     }
     if classes != dictionary.len() {
-        return Err(OcrError::DictionarySize {
-            classes,
-            symbols: dictionary.len(),
-        });
+        return Err(OcrError::DictionarySize { classes, symbols: dictionary.len() });
     }
     let mut previous = usize::MAX;
     let mut confidence_sum = 0.0f64;
     let mut kept = 0usize;
     for (step_index, step) in output.chunks_exact(classes).enumerate() {
         let (best, probability) =
-            step.iter()
-                .enumerate()
-                .fold((0, f32::NEG_INFINITY), |(bi, bp), (i, &p)| {
+            step.iter().enumerate().fold(
+                (0, f32::NEG_INFINITY),
+                |(bi, bp), (i, &p)| {
                     if p > bp {
                         (i, p)
                     } else {
                         (bi, bp)
                     }
-                });
+                },
+            );
         if best != 0 && best != previous {
             text.push_str(&dictionary.symbols[best]);
             char_steps.push(step_index);
@@ -337,11 +282,7 @@ pub fn ctc_greedy_decode_with_steps(
         }
         previous = best;
     }
-    Ok(if kept == 0 {
-        0.0
-    } else {
-        (confidence_sum / kept as f64) as f32
-    })
+    Ok(if kept == 0 { 0.0 } else { (confidence_sum / kept as f64) as f32 })
 }
 
 /// A word space is a run of blank columns at least this many ink heights wide...
@@ -353,14 +294,22 @@ pub const WORD_GAP_LETTER_GAPS: f32 = 2.2;
 /// channel, content in the first `content_width` columns) that are wide enough to separate words, as
 /// (first column, width); runs touching either end are margins, not gaps. `squeeze` is the line's horizontal
 /// scale over its vertical one (below 1 when a long line was narrowed to fit the width).
-pub fn word_gaps(line: &[f32], height: usize, width: usize, content_width: usize, squeeze: f32, gaps: &mut Vec<(usize, usize)>) {
+pub fn word_gaps(
+    line: &[f32],
+    height: usize,
+    width: usize,
+    content_width: usize,
+    squeeze: f32,
+    gaps: &mut Vec<(usize, usize)>,
+) {
     gaps.clear();
     let content_width = content_width.min(width);
     if height == 0 || content_width < 3 || line.len() < 3 * height * width {
         return;
     }
     let grey = |y: usize, x: usize| (0..3).map(|c| line[(c * height + y) * width + x]).sum::<f32>() / 3.0;
-    let mut column_values: Vec<f32> = (0..height).flat_map(|y| (0..content_width).map(move |x| (y, x))).map(|(y, x)| grey(y, x)).collect();
+    let mut column_values: Vec<f32> =
+        (0..height).flat_map(|y| (0..content_width).map(move |x| (y, x))).map(|(y, x)| grey(y, x)).collect();
     column_values.sort_by(f32::total_cmp);
     let background = column_values[column_values.len() / 2];
     let deviation: Vec<f32> =
@@ -374,9 +323,8 @@ pub fn word_gaps(line: &[f32], height: usize, width: usize, content_width: usize
         return;
     }
     let ink_level = quietest + 0.25 * (strongest - quietest);
-    let ink_rows: Vec<usize> = (0..height)
-        .filter(|&y| (0..content_width).any(|x| (grey(y, x) - background).abs() >= ink_level))
-        .collect();
+    let ink_rows: Vec<usize> =
+        (0..height).filter(|&y| (0..content_width).any(|x| (grey(y, x) - background).abs() >= ink_level)).collect();
     let ink_height = match (ink_rows.first(), ink_rows.last()) {
         (Some(top), Some(bottom)) => bottom - top + 1,
         _ => return,
@@ -438,17 +386,14 @@ pub fn sort_reading_order<T>(items: &mut [T], bbox: impl Fn(&T) -> [f32; 4]) {
     let centre_y = |b: [f32; 4]| (b[1] + b[3]) / 2.0;
     items.sort_by(|a, b| {
         let (ba, bb) = (bbox(a), bbox(b));
-        centre_y(ba)
-            .total_cmp(&centre_y(bb))
-            .then(ba[0].total_cmp(&bb[0]))
+        centre_y(ba).total_cmp(&centre_y(bb)).then(ba[0].total_cmp(&bb[0]))
     });
     let mut line_start = 0;
     while line_start < items.len() {
         let first = bbox(&items[line_start]);
         let (reference, half_height) = (centre_y(first), (first[3] - first[1]).abs() / 2.0);
         let mut line_end = line_start + 1;
-        while line_end < items.len() && centre_y(bbox(&items[line_end])) - reference <= half_height
-        {
+        while line_end < items.len() && centre_y(bbox(&items[line_end])) - reference <= half_height {
             line_end += 1;
         }
         items[line_start..line_end].sort_by(|a, b| bbox(a)[0].total_cmp(&bbox(b)[0]));
@@ -477,29 +422,13 @@ mod tests {
         let map = map_with(40, 20, &[([4, 4, 14, 8], 0.9), ([20, 10, 35, 16], 0.8)]);
         let mut db = DbPostprocessor::new(DbParams::default());
         let mut boxes = Vec::new();
-        db.boxes(
-            &map,
-            40,
-            20,
-            &MapToSource::stretched(40, 20, 80, 40),
-            &mut boxes,
-        )
-        .expect("boxes");
+        db.boxes(&map, 40, 20, &MapToSource::stretched(40, 20, 80, 40), &mut boxes).expect("boxes");
         assert_eq!(boxes.len(), 2);
         // 10x4 box: distance = 40 * 1.5 / 28.
         let d = 40.0 * 1.5 / 28.0;
-        let expected = [
-            (4.0 - d) * 2.0,
-            (4.0 - d) * 2.0,
-            (14.0 + d) * 2.0,
-            (8.0 + d) * 2.0,
-        ];
+        let expected = [(4.0 - d) * 2.0, (4.0 - d) * 2.0, (14.0 + d) * 2.0, (8.0 + d) * 2.0];
         for (actual, wanted) in boxes[0].bbox.iter().zip(expected) {
-            assert!(
-                (actual - wanted).abs() < 1e-4,
-                "{:?} vs {expected:?}",
-                boxes[0].bbox
-            );
+            assert!((actual - wanted).abs() < 1e-4, "{:?} vs {expected:?}", boxes[0].bbox);
         }
         assert!((boxes[0].score - 0.9).abs() < 1e-6);
         assert!((boxes[1].score - 0.8).abs() < 1e-6);
@@ -507,28 +436,10 @@ mod tests {
 
     #[test]
     fn db_drops_weak_tiny_and_subthreshold_regions() {
-        let map = map_with(
-            30,
-            30,
-            &[
-                ([1, 1, 10, 5], 0.5),
-                ([15, 15, 16, 16], 0.95),
-                ([1, 20, 20, 25], 0.29),
-            ],
-        );
+        let map = map_with(30, 30, &[([1, 1, 10, 5], 0.5), ([15, 15, 16, 16], 0.95), ([1, 20, 20, 25], 0.29)]);
         let mut db = DbPostprocessor::default();
-        let mut boxes = vec![TextBox {
-            bbox: [0.0; 4],
-            score: 1.0,
-        }];
-        db.boxes(
-            &map,
-            30,
-            30,
-            &MapToSource::stretched(30, 30, 30, 30),
-            &mut boxes,
-        )
-        .expect("boxes");
+        let mut boxes = vec![TextBox { bbox: [0.0; 4], score: 1.0 }];
+        db.boxes(&map, 30, 30, &MapToSource::stretched(30, 30, 30, 30), &mut boxes).expect("boxes");
         assert!(boxes.is_empty(), "{boxes:?}");
     }
 
@@ -536,40 +447,17 @@ mod tests {
     fn db_joins_diagonal_neighbours() {
         let mut map = map_with(20, 20, &[([2, 2, 6, 6], 0.9), ([7, 7, 11, 11], 0.9)]);
         map[7 * 20 + 6] = 0.0;
-        let mut db = DbPostprocessor::new(DbParams {
-            box_threshold: 0.1,
-            ..DbParams::default()
-        });
+        let mut db = DbPostprocessor::new(DbParams { box_threshold: 0.1, ..DbParams::default() });
         let mut boxes = Vec::new();
-        db.boxes(
-            &map,
-            20,
-            20,
-            &MapToSource::stretched(20, 20, 20, 20),
-            &mut boxes,
-        )
-        .expect("boxes");
+        db.boxes(&map, 20, 20, &MapToSource::stretched(20, 20, 20, 20), &mut boxes).expect("boxes");
         assert_eq!(boxes.len(), 1);
     }
 
     #[test]
     fn db_rejects_a_wrong_map_size() {
         let mut db = DbPostprocessor::default();
-        let error = db.boxes(
-            &[0.0; 5],
-            2,
-            2,
-            &MapToSource::stretched(2, 2, 2, 2),
-            &mut Vec::new(),
-        );
-        assert!(matches!(
-            error,
-            Err(OcrError::MapSize {
-                expected: 4,
-                actual: 5,
-                ..
-            })
-        ));
+        let error = db.boxes(&[0.0; 5], 2, 2, &MapToSource::stretched(2, 2, 2, 2), &mut Vec::new());
+        assert!(matches!(error, Err(OcrError::MapSize { expected: 4, actual: 5, .. })));
     }
 
     fn one_hot_steps(indices: &[(usize, f32)], classes: usize) -> Vec<f32> {
@@ -584,19 +472,8 @@ mod tests {
     fn ctc_merges_repeats_and_drops_blanks() {
         let dictionary = CtcDictionary::from_lines("a\nb\nc", true);
         assert_eq!(dictionary.len(), 5);
-        let output = one_hot_steps(
-            &[
-                (1, 0.9),
-                (1, 0.8),
-                (0, 0.99),
-                (1, 0.7),
-                (2, 0.6),
-                (4, 0.5),
-                (3, 1.0),
-                (0, 0.9),
-            ],
-            5,
-        );
+        let output =
+            one_hot_steps(&[(1, 0.9), (1, 0.8), (0, 0.99), (1, 0.7), (2, 0.6), (4, 0.5), (3, 1.0), (0, 0.9)], 5);
         let mut text = String::new();
         let confidence = ctc_greedy_decode(&output, 8, 5, &dictionary, &mut text).expect("decode");
         assert_eq!(text, "aab c");
@@ -607,14 +484,8 @@ mod tests {
     fn ctc_all_blank_is_empty_with_zero_confidence() {
         let dictionary = CtcDictionary::from_lines("a", false);
         let mut text = String::from("stale");
-        let confidence = ctc_greedy_decode(
-            &one_hot_steps(&[(0, 1.0); 4], 2),
-            4,
-            2,
-            &dictionary,
-            &mut text,
-        )
-        .expect("decode");
+        let confidence =
+            ctc_greedy_decode(&one_hot_steps(&[(0, 1.0); 4], 2), 4, 2, &dictionary, &mut text).expect("decode");
         assert_eq!((text.as_str(), confidence), ("", 0.0));
     }
 
@@ -622,16 +493,10 @@ mod tests {
     fn ctc_rejects_mismatched_shapes() {
         let dictionary = CtcDictionary::from_lines("a\nb", false);
         let mut text = String::new();
-        assert!(matches!(
-            ctc_greedy_decode(&[0.0; 7], 2, 3, &dictionary, &mut text),
-            Err(OcrError::OutputSize { .. })
-        ));
+        assert!(matches!(ctc_greedy_decode(&[0.0; 7], 2, 3, &dictionary, &mut text), Err(OcrError::OutputSize { .. })));
         assert_eq!(
             ctc_greedy_decode(&[0.0; 8], 2, 4, &dictionary, &mut text),
-            Err(OcrError::DictionarySize {
-                classes: 4,
-                symbols: 3
-            })
+            Err(OcrError::DictionarySize { classes: 4, symbols: 3 })
         );
     }
 

@@ -26,28 +26,13 @@ pub enum PixelFormat {
 #[derive(Debug, thiserror::Error)]
 pub enum PixelError {
     #[error("{format:?} frame of {width}x{height} needs {expected} bytes, got {actual}")]
-    BufferLength {
-        format: PixelFormat,
-        width: u32,
-        height: u32,
-        expected: usize,
-        actual: usize,
-    },
+    BufferLength { format: PixelFormat, width: u32, height: u32, expected: usize, actual: usize },
     #[error("{format:?} needs even dimensions, got {width}x{height}")]
-    OddDimensions {
-        format: PixelFormat,
-        width: u32,
-        height: u32,
-    },
+    OddDimensions { format: PixelFormat, width: u32, height: u32 },
     #[error("frame has zero size ({width}x{height})")]
     ZeroSize { width: u32, height: u32 },
     #[error("MJPEG frame is {actual_width}x{actual_height}, the stream is {width}x{height}")]
-    FrameSizeMismatch {
-        width: u32,
-        height: u32,
-        actual_width: u32,
-        actual_height: u32,
-    },
+    FrameSizeMismatch { width: u32, height: u32, actual_width: u32, actual_height: u32 },
     #[error("MJPEG frame: {0}")]
     Jpeg(#[from] ImageError),
 }
@@ -80,21 +65,11 @@ pub fn convert_frame(
         PixelFormat::Rgb24 | PixelFormat::Mjpeg => false,
     };
     if needs_even {
-        return Err(PixelError::OddDimensions {
-            format,
-            width,
-            height,
-        });
+        return Err(PixelError::OddDimensions { format, width, height });
     }
     if let Some(expected) = frame_len(format, width, height) {
         if frame.len() != expected {
-            return Err(PixelError::BufferLength {
-                format,
-                width,
-                height,
-                expected,
-                actual: frame.len(),
-            });
+            return Err(PixelError::BufferLength { format, width, height, expected, actual: frame.len() });
         }
     }
     if format == PixelFormat::Mjpeg {
@@ -164,7 +139,9 @@ fn nv12_to_rgb(frame: &[u8], width: usize, height: usize, rgb: &mut [u8]) {
         let luma_row = &luma[row * width..(row + 1) * width];
         let chroma_row = &chroma[(row / 2) * width..(row / 2 + 1) * width];
         let out_row = &mut rgb[row * width * 3..(row + 1) * width * 3];
-        for ((luma_pair, uv), out) in luma_row.chunks_exact(2).zip(chroma_row.chunks_exact(2)).zip(out_row.chunks_exact_mut(6)) {
+        for ((luma_pair, uv), out) in
+            luma_row.chunks_exact(2).zip(chroma_row.chunks_exact(2)).zip(out_row.chunks_exact_mut(6))
+        {
             let chroma = chroma_terms(uv[0], uv[1]);
             put_rgb(luma_pair[0], chroma, &mut out[..3]);
             put_rgb(luma_pair[1], chroma, &mut out[3..]);
@@ -233,23 +210,12 @@ mod tests {
     }
 
     fn yuyv_frame(width: usize, height: usize, yuv: [u8; 3]) -> Vec<u8> {
-        [yuv[0], yuv[1], yuv[0], yuv[2]]
-            .iter()
-            .copied()
-            .cycle()
-            .take(width * height * 2)
-            .collect()
+        [yuv[0], yuv[1], yuv[0], yuv[2]].iter().copied().cycle().take(width * height * 2).collect()
     }
 
     fn nv12_frame(width: usize, height: usize, yuv: [u8; 3]) -> Vec<u8> {
         let mut frame = vec![yuv[0]; width * height];
-        frame.extend(
-            [yuv[1], yuv[2]]
-                .iter()
-                .copied()
-                .cycle()
-                .take(width * height / 2),
-        );
+        frame.extend([yuv[1], yuv[2]].iter().copied().cycle().take(width * height / 2));
         frame
     }
 
@@ -264,14 +230,9 @@ mod tests {
     fn yuyv_solid_colours() {
         let mut out = RgbImage::default();
         for (yuv, rgb) in SOLID_COLOURS {
-            convert_frame(PixelFormat::Yuyv, &yuyv_frame(4, 2, yuv), 4, 2, &mut out)
-                .expect("convert");
+            convert_frame(PixelFormat::Yuyv, &yuyv_frame(4, 2, yuv), 4, 2, &mut out).expect("convert");
             assert_eq!((out.width, out.height), (4, 2));
-            assert!(
-                out.data.chunks_exact(3).all(|p| p == rgb),
-                "yuv {yuv:?} gave {:?}",
-                &out.data[..3]
-            );
+            assert!(out.data.chunks_exact(3).all(|p| p == rgb), "yuv {yuv:?} gave {:?}", &out.data[..3]);
         }
     }
 
@@ -279,8 +240,7 @@ mod tests {
     fn nv12_solid_colours() {
         let mut out = RgbImage::default();
         for (yuv, rgb) in SOLID_COLOURS {
-            convert_frame(PixelFormat::Nv12, &nv12_frame(4, 4, yuv), 4, 4, &mut out)
-                .expect("convert");
+            convert_frame(PixelFormat::Nv12, &nv12_frame(4, 4, yuv), 4, 4, &mut out).expect("convert");
             assert!(out.data.chunks_exact(3).all(|p| p == rgb), "yuv {yuv:?}");
         }
     }
@@ -290,9 +250,7 @@ mod tests {
         // 4x2 frame: left 2x2 block red chroma, right block blue chroma, all luma from the same colours.
         let red = [81u8, 90, 240];
         let blue = [41u8, 240, 110];
-        let luma = [
-            red[0], red[0], blue[0], blue[0], red[0], red[0], blue[0], blue[0],
-        ];
+        let luma = [red[0], red[0], blue[0], blue[0], red[0], red[0], blue[0], blue[0]];
         let mut frame = luma.to_vec();
         frame.extend_from_slice(&[red[1], red[2], blue[1], blue[2]]);
         let mut out = RgbImage::default();
@@ -319,14 +277,10 @@ mod tests {
                 for b in (0..=255).step_by(51) {
                     let rgb = [r as u8, g as u8, b as u8];
                     let yuv = rgb_to_yuv(rgb);
-                    convert_frame(PixelFormat::Yuyv, &yuyv_frame(2, 1, yuv), 2, 1, &mut out)
-                        .expect("yuyv");
+                    convert_frame(PixelFormat::Yuyv, &yuyv_frame(2, 1, yuv), 2, 1, &mut out).expect("yuyv");
                     let back = out.pixel(0, 0).expect("pixel");
                     for c in 0..3 {
-                        assert!(
-                            (i32::from(back[c]) - i32::from(rgb[c])).abs() <= 2,
-                            "{rgb:?} -> {back:?}"
-                        );
+                        assert!((i32::from(back[c]) - i32::from(rgb[c])).abs() <= 2, "{rgb:?} -> {back:?}");
                     }
                 }
             }
@@ -337,14 +291,7 @@ mod tests {
     fn wrong_lengths_and_odd_sizes_are_errors() {
         let mut out = RgbImage::default();
         let error = convert_frame(PixelFormat::Yuyv, &[0; 15], 4, 2, &mut out).expect_err("short");
-        assert!(matches!(
-            error,
-            PixelError::BufferLength {
-                expected: 16,
-                actual: 15,
-                ..
-            }
-        ));
+        assert!(matches!(error, PixelError::BufferLength { expected: 16, actual: 15, .. }));
         assert!(matches!(
             convert_frame(PixelFormat::Nv12, &[0; 25], 4, 4, &mut out),
             Err(PixelError::BufferLength { expected: 24, .. })
@@ -357,14 +304,8 @@ mod tests {
             convert_frame(PixelFormat::Yuyv, &[0; 6], 3, 1, &mut out),
             Err(PixelError::OddDimensions { .. })
         ));
-        assert!(matches!(
-            convert_frame(PixelFormat::Nv12, &[], 0, 2, &mut out),
-            Err(PixelError::ZeroSize { .. })
-        ));
-        assert!(matches!(
-            convert_frame(PixelFormat::Mjpeg, b"nope", 2, 2, &mut out),
-            Err(PixelError::Jpeg(_))
-        ));
+        assert!(matches!(convert_frame(PixelFormat::Nv12, &[], 0, 2, &mut out), Err(PixelError::ZeroSize { .. })));
+        assert!(matches!(convert_frame(PixelFormat::Mjpeg, b"nope", 2, 2, &mut out), Err(PixelError::Jpeg(_))));
     }
 
     #[test]
@@ -375,30 +316,16 @@ mod tests {
         let buffer = out.data.as_ptr();
         for _ in 0..3 {
             convert_frame(PixelFormat::Yuyv, &frame, 64, 48, &mut out).expect("again");
-            convert_frame(
-                PixelFormat::Nv12,
-                &nv12_frame(64, 48, [81, 90, 240]),
-                64,
-                48,
-                &mut out,
-            )
-            .expect("nv12");
+            convert_frame(PixelFormat::Nv12, &nv12_frame(64, 48, [81, 90, 240]), 64, 48, &mut out).expect("nv12");
         }
         assert_eq!(out.data.as_ptr(), buffer);
     }
 
     #[test]
     fn mjpeg_frame_decodes_into_the_existing_buffer() {
-        let rgb: Vec<u8> = [0u8, 0, 255]
-            .iter()
-            .copied()
-            .cycle()
-            .take(16 * 16 * 3)
-            .collect();
+        let rgb: Vec<u8> = [0u8, 0, 255].iter().copied().cycle().take(16 * 16 * 3).collect();
         let mut jpeg = Vec::new();
-        jpeg_encoder::Encoder::new(&mut jpeg, 95)
-            .encode(&rgb, 16, 16, jpeg_encoder::ColorType::Rgb)
-            .expect("encode");
+        jpeg_encoder::Encoder::new(&mut jpeg, 95).encode(&rgb, 16, 16, jpeg_encoder::ColorType::Rgb).expect("encode");
         let mut out = RgbImage::new(16, 16);
         let buffer = out.data.as_ptr();
         convert_frame(PixelFormat::Mjpeg, &jpeg, 16, 16, &mut out).expect("mjpeg");

@@ -114,12 +114,7 @@ mod tests {
     use super::*;
 
     fn detection(label: &str, bbox: [f32; 4]) -> Detection {
-        Detection {
-            label_id: 0,
-            label: label.to_string(),
-            score: 0.9,
-            bbox,
-        }
+        Detection { label_id: 0, label: label.to_string(), score: 0.9, bbox }
     }
 
     #[test]
@@ -132,11 +127,7 @@ mod tests {
                 detection("cup", [280.0, 0.0, 290.0, 10.0]),
                 detection("cup", [0.0; 4]),
             ],
-            vec![TextLine {
-                text: "EXIT".into(),
-                score: 0.95,
-                bbox: [0.0, 0.0, 10.0, 5.0],
-            }],
+            vec![TextLine { text: "EXIT".into(), score: 0.95, bbox: [0.0, 0.0, 10.0, 5.0] }],
         );
         assert_eq!(scene.counts.get("cup"), Some(&2));
         let json = serde_json::to_value(&scene).expect("json");
@@ -157,20 +148,11 @@ mod tests {
                 detection("cup", [0.0; 4]),
                 detection("dog", [140.0, 0.0, 160.0, 100.0]),
             ],
-            vec![TextLine {
-                text: " EXIT ".into(),
-                score: 0.95,
-                bbox: [0.0; 4],
-            }],
+            vec![TextLine { text: " EXIT ".into(), score: 0.95, bbox: [0.0; 4] }],
         );
         assert_eq!(
             scene.summary(),
-            vec![
-                "2 cups",
-                "1 dog in the center",
-                "1 person on the left, near",
-                "text \"EXIT\""
-            ]
+            vec!["2 cups", "1 dog in the center", "1 person on the left, near", "text \"EXIT\""]
         );
     }
 }

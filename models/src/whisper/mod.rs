@@ -159,8 +159,10 @@ impl Whisper {
     /// How the decoder graph is declared: the step's tokens, the self-attention keys and values so far (all layers
     /// stacked), and the encoder's cross-attention keys, then values, one input per layer.
     pub fn decoder_spec(decoder: &Component) -> Result<GraphSpec> {
-        let (layers, heads, head_dim) = (decoder.param_usize("n_layers")?, decoder.param_usize("n_heads")?, decoder.param_usize("head_dim")?);
-        let past = vec![Dim::Fixed(layers), Dim::Fixed(1), Dim::Fixed(heads), Dim::Symbol("past"), Dim::Fixed(head_dim)];
+        let (layers, heads, head_dim) =
+            (decoder.param_usize("n_layers")?, decoder.param_usize("n_heads")?, decoder.param_usize("head_dim")?);
+        let past =
+            vec![Dim::Fixed(layers), Dim::Fixed(1), Dim::Fixed(heads), Dim::Symbol("past"), Dim::Fixed(head_dim)];
         let audio = vec![Dim::Fixed(1), Dim::Fixed(heads), Dim::Symbol("audio"), Dim::Fixed(head_dim)];
         let mut inputs = vec![
             // Not the input's own name: a compiled graph's text would read the symbol as the tensor.
@@ -228,7 +230,11 @@ impl WhisperSession<'_> {
         let started = Instant::now();
         let cross = self.encoder.run(tvec_of([engine::tensor(&[1, cfg.n_mels, frames], mel)?]))?;
         if cross.len() != 2 * cfg.n_layers {
-            let message = format!("encoder returned {} outputs, expected {} (keys and values per layer)", cross.len(), 2 * cfg.n_layers);
+            let message = format!(
+                "encoder returned {} outputs, expected {} (keys and values per layer)",
+                cross.len(),
+                2 * cfg.n_layers
+            );
             return Err(ModelError::run(model.encoder.component(), message));
         }
         let encode_ms = ms_since(started);

@@ -83,7 +83,6 @@ pub struct AskArgs {
     language: LanguageArgs,
 }
 
-
 #[derive(Serialize)]
 struct Output<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -112,7 +111,11 @@ pub fn ask(ctx: &Context, args: AskArgs) -> anyhow::Result<()> {
             return Err(BadInput("--text is empty".into()).into());
         }
         if text.len() > MAX_QUESTION_BYTES {
-            return Err(BadInput(format!("--text has {} bytes; questions are limited to {MAX_QUESTION_BYTES}", text.len())).into());
+            return Err(BadInput(format!(
+                "--text has {} bytes; questions are limited to {MAX_QUESTION_BYTES}",
+                text.len()
+            ))
+            .into());
         }
     }
     let question = args.audio.as_ref().map(|audio| (audio, args.asr_variant.as_deref()));
@@ -208,7 +211,8 @@ fn run(
         let decoder = match decoder_load {
             Some(loading) => {
                 let started = Instant::now();
-                let (lm, load_ms) = loading.join().map_err(|_| anyhow::anyhow!("the decoder's loading thread failed"))??;
+                let (lm, load_ms) =
+                    loading.join().map_err(|_| anyhow::anyhow!("the decoder's loading thread failed"))??;
                 timings.insert("load_decoder".to_string(), load_ms);
                 timings.insert("wait_decoder".to_string(), ms_since(started));
                 Some(lm)
@@ -240,7 +244,16 @@ fn run(
             let _ = stderr.flush();
         }
     };
-    let result = reply(&scene, vision.detector.labels(), &task, &[], decoder.as_ref().map(|d| d as &dyn Decoder), &options, &mut on_text, &|| false)?;
+    let result = reply(
+        &scene,
+        vision.detector.labels(),
+        &task,
+        &[],
+        decoder.as_ref().map(|d| d as &dyn Decoder),
+        &options,
+        &mut on_text,
+        &|| false,
+    )?;
     if args.stream && result.decoder_text.is_some() {
         eprintln!();
     }

@@ -81,7 +81,9 @@ pub fn check_config(ctx: &Context, args: CheckConfigArgs) -> anyhow::Result<()> 
         }
     }
     match plan {
-        Some(plan) if !plan.fits() => Err(OverBudget(format!("{}: {}", args.file.display(), plan.over_budget_message())).into()),
+        Some(plan) if !plan.fits() => {
+            Err(OverBudget(format!("{}: {}", args.file.display(), plan.over_budget_message())).into())
+        }
         _ => Ok(()),
     }
 }
@@ -115,7 +117,10 @@ pub fn boards(args: BoardsArgs) -> anyhow::Result<()> {
     }
     for row in &rows {
         let mark = if row.this_machine { "*" } else { " " };
-        println!("{mark} {:<17} {:>5} MiB RAM, budget {:>5} MiB  {}", row.name, row.ram_mib, row.budget_mib, row.description);
+        println!(
+            "{mark} {:<17} {:>5} MiB RAM, budget {:>5} MiB  {}",
+            row.name, row.ram_mib, row.budget_mib, row.description
+        );
     }
     if let Err(reason) = detected {
         println!("this machine: {reason}");

@@ -84,7 +84,8 @@ pub fn run(ctx: &Context, args: DescribeArgs) -> anyhow::Result<()> {
         .iter()
         .map(|d| ObjectOut { label: &d.label, score: d.score, bbox: d.bbox, position: position_words(&scene, d) })
         .collect();
-    let text: Vec<TextOut> = scene.text.iter().map(|t| TextOut { text: &t.text, score: t.score, bbox: t.bbox }).collect();
+    let text: Vec<TextOut> =
+        scene.text.iter().map(|t| TextOut { text: &t.text, score: t.score, bbox: t.bbox }).collect();
     if args.json {
         return print_json(&Output {
             objects,

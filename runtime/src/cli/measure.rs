@@ -15,8 +15,13 @@ use super::Context;
 use crate::memory;
 
 /// Every stage the plan can ask for, with the role whose variants it comes in.
-const STAGES: [(&str, &str); 5] =
-    [("vad", "vad"), ("speech", "asr-encoder"), ("vision", "object-detector"), ("vision-ocr", "ocr-recognizer"), ("decoder", "llm-decoder")];
+const STAGES: [(&str, &str); 5] = [
+    ("vad", "vad"),
+    ("speech", "asr-encoder"),
+    ("vision", "object-detector"),
+    ("vision-ocr", "ocr-recognizer"),
+    ("decoder", "llm-decoder"),
+];
 /// Tokens the decoder's measurement leaves free at the end of its context for generation.
 const DECODER_GENERATED: usize = 32;
 /// Audio the VAD measurement hears: one full Whisper window.
@@ -77,11 +82,22 @@ pub fn run(ctx: &Context, args: MeasureArgs) -> anyhow::Result<()> {
 fn print_footprint(footprint: &Footprint) {
     println!(
         "{:<11} {:<5} resident {:>6.1} MiB  loading peak {:>6.1} MiB  working {:>6.1} MiB  ({})",
-        footprint.stage, footprint.variant, footprint.resident_mib, footprint.load_peak_mib, footprint.working_mib, footprint.input
+        footprint.stage,
+        footprint.variant,
+        footprint.resident_mib,
+        footprint.load_peak_mib,
+        footprint.working_mib,
+        footprint.input
     );
 }
 
-fn measure_in_child(ctx: &Context, bundle: &Bundle, stage: &str, variant: &str, window_s: u32) -> anyhow::Result<Footprint> {
+fn measure_in_child(
+    ctx: &Context,
+    bundle: &Bundle,
+    stage: &str,
+    variant: &str,
+    window_s: u32,
+) -> anyhow::Result<Footprint> {
     let exe = std::env::current_exe().context("cannot find the lookout executable")?;
     let output = Command::new(exe)
         .arg("--models")
@@ -137,7 +153,12 @@ fn measure_here(bundle: &Bundle, stage: &str, variant: &str, window_s: u32) -> a
             let prompt = filler_prompt(&lm, lm.context - DECODER_GENERATED);
             let options = GenerateOptions { max_tokens: DECODER_GENERATED, sampling: Default::default() };
             lm.session(None)?.generate(&prompt, &options, &mut |_| {})?;
-            (loaded, load_peak, format!("a {}-token prompt and {DECODER_GENERATED} generated", prompt.len()), lm.context)
+            (
+                loaded,
+                load_peak,
+                format!("a {}-token prompt and {DECODER_GENERATED} generated", prompt.len()),
+                lm.context,
+            )
         }
         other => return Err(anyhow!("unknown stage `{other}`")),
     };
@@ -203,6 +224,7 @@ fn test_image(width: u32, height: u32) -> RgbImage {
 
 /// A prompt of exactly `tokens` ids made of ordinary text.
 fn filler_prompt(lm: &LanguageModel, tokens: usize) -> Vec<u32> {
-    let sentence = lm.text.tokenizer.encode("The camera watches the garden gate while the kettle boils in the kitchen. ");
+    let sentence =
+        lm.text.tokenizer.encode("The camera watches the garden gate while the kettle boils in the kitchen. ");
     sentence.iter().copied().cycle().take(tokens).collect()
 }

@@ -13,15 +13,19 @@ mod transcribe;
 
 use std::path::{Path, PathBuf};
 
-use clap::{Parser, Subcommand};
 pub use bench::mark_process_start;
 pub use check_config::OverBudget;
+use clap::{Parser, Subcommand};
 use lookout_models::bundle::{self, Bundle, DEFAULT_BUNDLE};
 
 use crate::config::Config;
 
 #[derive(Debug, Parser)]
-#[command(name = "lookout", version, about = "See and listen on a small board: cameras, microphones, small quantized models")]
+#[command(
+    name = "lookout",
+    version,
+    about = "See and listen on a small board: cameras, microphones, small quantized models"
+)]
 pub struct Args {
     /// Models directory (or one bundle); else $LOOKOUT_MODELS, else ~/.local/share/lookout/models, else /var/lib/lookout/models.
     #[arg(long, global = true, value_name = "DIR")]

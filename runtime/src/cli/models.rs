@@ -80,14 +80,24 @@ fn inspect(file: &std::path::Path, json: bool) -> anyhow::Result<()> {
         return print_json(&report);
     }
     let d = &report.decoder;
-    println!("{}: GGUF v{}, {} ({})", report.file, report.version, report.architecture, report.name.as_deref().unwrap_or("unnamed"));
+    println!(
+        "{}: GGUF v{}, {} ({})",
+        report.file,
+        report.version,
+        report.architecture,
+        report.name.as_deref().unwrap_or("unnamed")
+    );
     println!(
         "  {} layers, width {}, {} heads ({} key/value), feed-forward {}, vocabulary {}, trained context {}",
         d.n_layers, d.d_model, d.n_heads, d.n_kv_heads, d.d_ff, d.n_vocab, d.n_ctx_train
     );
     let types: Vec<String> = report.tensor_types.iter().map(|(t, n)| format!("{n} {t}")).collect();
     println!("  {} tensors ({}), {:.1} MB of weights", report.tensors, types.join(", "), report.bytes as f64 / 1e6);
-    println!("  tokenizer: byte-level BPE, eos {}, chat template {}", report.eos, if report.chat_template { "present" } else { "missing" });
+    println!(
+        "  tokenizer: byte-level BPE, eos {}, chat template {}",
+        report.eos,
+        if report.chat_template { "present" } else { "missing" }
+    );
     Ok(())
 }
 
@@ -125,7 +135,14 @@ pub fn run(ctx: &Context, command: ModelsCommand) -> anyhow::Result<()> {
                 return print_json(&reports);
             }
             for r in &reports {
-                println!("{:<40} {:<45} {:>7.1} MiB  {} ({:.1} s)", r.component, r.file, r.bytes as f64 / 1048576.0, r.status, r.ms / 1e3);
+                println!(
+                    "{:<40} {:<45} {:>7.1} MiB  {} ({:.1} s)",
+                    r.component,
+                    r.file,
+                    r.bytes as f64 / 1048576.0,
+                    r.status,
+                    r.ms / 1e3
+                );
             }
             if reports.iter().any(|r| r.status == "compiled") {
                 eprintln!("the memory plan needs the footprints measured again: run `lookout models measure`");
@@ -166,14 +183,22 @@ pub fn run(ctx: &Context, command: ModelsCommand) -> anyhow::Result<()> {
                 print_table(&rows);
             }
             if let Some(first) = bad.first() {
-                let component = bundle.manifest.components.iter().find(|c| c.name == first.name).expect("row of this bundle");
+                let component =
+                    bundle.manifest.components.iter().find(|c| c.name == first.name).expect("row of this bundle");
                 let cause = if first.compiled {
                     bundle.checked_compiled_path(component, lookout_models::engine::ENGINE).err()
                 } else {
                     bundle.checked_path(component).err()
                 };
-                let cause = cause.map(anyhow::Error::new).unwrap_or_else(|| anyhow::anyhow!("{} changed during verification", first.file));
-                return Err(cause.context(format!("bundle {}: {} of {} files failed verification", bundle.manifest.name, bad.len(), rows.len())));
+                let cause = cause
+                    .map(anyhow::Error::new)
+                    .unwrap_or_else(|| anyhow::anyhow!("{} changed during verification", first.file));
+                return Err(cause.context(format!(
+                    "bundle {}: {} of {} files failed verification",
+                    bundle.manifest.name,
+                    bad.len(),
+                    rows.len()
+                )));
             }
             Ok(())
         }
@@ -201,7 +226,8 @@ fn report(bundle: &Bundle, check: bool) -> Vec<ComponentReport<'_>> {
                 file: &k.file,
                 bytes: k.bytes,
                 compiled: true,
-                status: check.then(|| lookout_models::bundle::check_file_at(&bundle.dir.join(&k.file), &k.sha256, k.bytes)),
+                status: check
+                    .then(|| lookout_models::bundle::check_file_at(&bundle.dir.join(&k.file), &k.sha256, k.bytes)),
                 ..own
             });
             std::iter::once(own).chain(compiled)

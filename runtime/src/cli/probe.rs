@@ -60,19 +60,36 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<()> {
         println!("  none: no /dev/video* capture device");
     }
     for c in &cameras {
-        println!("  {}  {}  (driver {}, {})", c["path"].as_str().unwrap_or_default(), c["card"].as_str().unwrap_or_default(), c["driver"].as_str().unwrap_or_default(), c["bus"].as_str().unwrap_or_default());
+        println!(
+            "  {}  {}  (driver {}, {})",
+            c["path"].as_str().unwrap_or_default(),
+            c["card"].as_str().unwrap_or_default(),
+            c["driver"].as_str().unwrap_or_default(),
+            c["bus"].as_str().unwrap_or_default()
+        );
         for f in c["formats"].as_array().into_iter().flatten() {
             let sizes: Vec<String> = f["sizes"]
                 .as_array()
                 .into_iter()
                 .flatten()
                 .map(|s| {
-                    let rates: Vec<String> = s["fps"].as_array().into_iter().flatten().filter_map(Value::as_f64).map(|r| format!("{r:.0}")).collect();
+                    let rates: Vec<String> = s["fps"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_f64)
+                        .map(|r| format!("{r:.0}"))
+                        .collect();
                     format!("{}x{}@{}", s["width"], s["height"], rates.join("/"))
                 })
                 .collect();
             let mark = if f["supported"] == true { "" } else { " (not read by Lookout)" };
-            println!("    {:<4} {}{mark}: {}", f["fourcc"].as_str().unwrap_or_default(), f["description"].as_str().unwrap_or_default(), sizes.join(", "));
+            println!(
+                "    {:<4} {}{mark}: {}",
+                f["fourcc"].as_str().unwrap_or_default(),
+                f["description"].as_str().unwrap_or_default(),
+                sizes.join(", ")
+            );
         }
     }
     println!("microphones (ALSA capture):");
@@ -80,7 +97,8 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<()> {
         println!("  none: no sound card with a capture device");
     }
     for m in &microphones {
-        let range = |v: &Value, unit: &str| v.as_array().map_or("?".to_string(), |r| format!("{}-{}{unit}", r[0], r[1]));
+        let range =
+            |v: &Value, unit: &str| v.as_array().map_or("?".to_string(), |r| format!("{}-{}{unit}", r[0], r[1]));
         let formats: Vec<&str> = m["formats"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
         let note = m["note"].as_str().map(|n| format!(" ({n})")).unwrap_or_default();
         println!(
@@ -101,11 +119,26 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<()> {
         match g["error"].as_str() {
             Some(e) => println!("  {e}"),
             None => {
-                println!("  {}  {} ({}), {} lines", g["path"].as_str().unwrap_or_default(), g["name"].as_str().unwrap_or_default(), g["label"].as_str().unwrap_or_default(), g["lines"]);
+                println!(
+                    "  {}  {} ({}), {} lines",
+                    g["path"].as_str().unwrap_or_default(),
+                    g["name"].as_str().unwrap_or_default(),
+                    g["label"].as_str().unwrap_or_default(),
+                    g["lines"]
+                );
                 for l in g["line_info"].as_array().into_iter().flatten() {
-                    let user = l["consumer"].as_str().filter(|c| !c.is_empty()).map(|c| format!("  used by {c}")).unwrap_or_default();
+                    let user = l["consumer"]
+                        .as_str()
+                        .filter(|c| !c.is_empty())
+                        .map(|c| format!("  used by {c}"))
+                        .unwrap_or_default();
                     let low = if l["active_low"] == true { " active-low" } else { "" };
-                    println!("    {:>3} {:<20} {}{low}{user}", l["offset"], l["name"].as_str().filter(|n| !n.is_empty()).unwrap_or("-"), l["direction"].as_str().unwrap_or_default());
+                    println!(
+                        "    {:>3} {:<20} {}{low}{user}",
+                        l["offset"],
+                        l["name"].as_str().filter(|n| !n.is_empty()).unwrap_or("-"),
+                        l["direction"].as_str().unwrap_or_default()
+                    );
                 }
             }
         }

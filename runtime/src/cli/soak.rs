@@ -18,7 +18,8 @@ use crate::daemon::{apply_compute, Checked, Pipeline, SourceOptions};
 use crate::memory::{self, Rss};
 
 /// Typed questions, asked in turn between the spoken ones.
-const TEXT_QUESTIONS: [&str; 4] = ["What do you see?", "How many people are there?", "Is there a dog?", "Is there any text?"];
+const TEXT_QUESTIONS: [&str; 4] =
+    ["What do you see?", "How many people are there?", "Is there a dog?", "Is there any text?"];
 
 #[derive(Debug, clap::Args)]
 pub struct SoakArgs {
@@ -85,7 +86,11 @@ pub fn run(ctx: &Context, args: SoakArgs) -> anyhow::Result<()> {
     let checked = Checked::load(ctx, &args.config, args.board.as_deref())?;
     apply_compute(&checked.config);
     let shared = std::sync::Arc::new(Shared::new(
-        crate::scheduler::buffers::FrameQueue::new(checked.config.camera.pool_frames as usize, checked.config.camera.width, checked.config.camera.height),
+        crate::scheduler::buffers::FrameQueue::new(
+            checked.config.camera.pool_frames as usize,
+            checked.config.camera.width,
+            checked.config.camera.height,
+        ),
         &checked.config.board.name,
     ));
     shared.events.silence();

@@ -47,7 +47,9 @@ pub enum WindowArg {
 impl WindowArg {
     /// The window named `full` or `fit`, as the benchmarks spell it in their variant names.
     pub fn named(name: &str) -> anyhow::Result<Window> {
-        Ok(WindowArg::from_str(name, false).map_err(|_| anyhow::anyhow!("unknown window `{name}` (fit or full)"))?.window())
+        Ok(WindowArg::from_str(name, false)
+            .map_err(|_| anyhow::anyhow!("unknown window `{name}` (fit or full)"))?
+            .window())
     }
 
     pub fn window(self) -> Window {
@@ -117,7 +119,14 @@ pub fn run(ctx: &Context, args: TranscribeArgs) -> anyhow::Result<()> {
             variant: &transcript.variant,
             duration_s: samples.len() as f64 / 16_000.0,
             frames: &transcript.frames,
-            timings_ms: Timings { load: load_ms, audio: audio_ms, vad: t.vad, mel: t.mel, encode: t.encode, decode: t.decode },
+            timings_ms: Timings {
+                load: load_ms,
+                audio: audio_ms,
+                vad: t.vad,
+                mel: t.mel,
+                encode: t.encode,
+                decode: t.decode,
+            },
             memory,
         })
     } else {

@@ -55,14 +55,17 @@ pub struct HttpServer {
 
 impl HttpServer {
     pub fn start(http: &config::Http, current: Arc<Current>) -> anyhow::Result<HttpServer> {
-        let listener = TcpListener::bind(&http.listen).with_context(|| format!("http.listen: cannot listen on {}", http.listen))?;
+        let listener = TcpListener::bind(&http.listen)
+            .with_context(|| format!("http.listen: cannot listen on {}", http.listen))?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let settings = Arc::new(RwLock::new(Settings::of(http)));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let (settings, stop) = (settings.clone(), stop.clone());
-            std::thread::Builder::new().name("http".into()).spawn(move || accept_loop(listener, settings, current, stop))?
+            std::thread::Builder::new()
+                .name("http".into())
+                .spawn(move || accept_loop(listener, settings, current, stop))?
         };
         Ok(HttpServer { addr, listen: http.listen.clone(), settings, stop, thread: Some(thread) })
     }
@@ -242,20 +245,27 @@ fn read_request(stream: &mut TcpStream, settings: &Settings) -> Result<Request, 
     match parsed.parse(&buf[..head_len]) {
         Ok(httparse::Status::Complete(_)) => {}
         Ok(httparse::Status::Partial) => return Err(Response::error(400, "incomplete request head")),
-        Err(httparse::Error::TooManyHeaders) => return Err(Response::error(431, &format!("more than {MAX_HEADERS} headers"))),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(Response::error(431, &format!("more than {MAX_HEADERS} headers")))
+        }
         Err(e) => return Err(Response::error(400, &format!("malformed request: {e}"))),
     }
     let method = parsed.method.unwrap_or_default().to_string();
     let path = parsed.path.unwrap_or_default().to_string();
-    let headers: Vec<(String, String)> =
-        parsed.headers.iter().map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).trim().to_string())).collect();
+    let headers: Vec<(String, String)> = parsed
+        .headers
+        .iter()
+        .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).trim().to_string()))
+        .collect();
     let mut request = Request { method, path, headers, body: Vec::new() };
     if request.header("transfer-encoding").is_some() {
         return Err(Response::error(411, "chunked bodies are not accepted; send Content-Length"));
     }
     let length = match request.header("content-length") {
         None => 0,
-        Some(v) => v.parse::<usize>().map_err(|_| Response::error(400, &format!("Content-Length `{v}` is not a number")))?,
+        Some(v) => {
+            v.parse::<usize>().map_err(|_| Response::error(400, &format!("Content-Length `{v}` is not a number")))?
+        }
     };
     if length > settings.max_body {
         return Err(Response::error(413, &format!("the body has {length} bytes; the limit is {}", settings.max_body)));
@@ -372,7 +382,10 @@ fn ask(request: &Request, settings: &Settings, shared: &Shared) -> Response {
         "application/json" => match serde_json::from_slice::<AskBody>(&request.body) {
             Ok(body) if body.question.trim().is_empty() => return Response::error(400, "`question` is empty"),
             Ok(body) if body.question.len() > MAX_QUESTION_BYTES => {
-                return Response::error(400, &format!("`question` has {} bytes; the limit is {MAX_QUESTION_BYTES}", body.question.len()))
+                return Response::error(
+                    400,
+                    &format!("`question` has {} bytes; the limit is {MAX_QUESTION_BYTES}", body.question.len()),
+                )
             }
             Ok(body) => Question::Text(body.question.trim().to_string()),
             Err(e) => return Response::error(400, &format!("malformed JSON: {e}; expected {{\"question\": \"...\"}}")),
@@ -384,7 +397,12 @@ fn ask(request: &Request, settings: &Settings, shared: &Shared) -> Response {
             }
         }
         "" => return Response::error(415, "Content-Type is required: application/json or audio/wav"),
-        other => return Response::error(415, &format!("Content-Type `{other}` is not accepted: use application/json or audio/wav")),
+        other => {
+            return Response::error(
+                415,
+                &format!("Content-Type `{other}` is not accepted: use application/json or audio/wav"),
+            )
+        }
     };
     let answer = match shared.ask(question, Origin::Http) {
         Ok(answer) => answer,

@@ -117,7 +117,11 @@ impl Metrics {
             ("frames_processed_total", "Frames the vision stage ran on", &self.frames_processed),
             ("frames_dropped_total", "Frames replaced by a newer one before vision took them", &self.frames_dropped),
             ("frames_bad_total", "Frames that could not be decoded", &self.frames_bad),
-            ("frame_deadline_misses_total", "Frames that waited longer than the pool covers", &self.frame_deadline_misses),
+            (
+                "frame_deadline_misses_total",
+                "Frames that waited longer than the pool covers",
+                &self.frame_deadline_misses,
+            ),
             ("camera_errors_total", "Camera read errors", &self.camera_errors),
             ("microphone_errors_total", "Microphone read errors", &self.microphone_errors),
             ("audio_overwritten_samples_total", "Audio samples lost from the ring", &self.audio_overwritten),
@@ -131,12 +135,20 @@ impl Metrics {
             ("http_requests_total", "HTTP requests served", &self.http_requests),
             ("http_client_errors_total", "HTTP responses with a 4xx status", &self.http_client_errors),
             ("http_server_errors_total", "HTTP responses with a 5xx status", &self.http_server_errors),
-            ("http_connections_refused_total", "Connections refused because every slot was busy", &self.http_connections_refused),
+            (
+                "http_connections_refused_total",
+                "Connections refused because every slot was busy",
+                &self.http_connections_refused,
+            ),
             ("question_queue_depth", "Questions waiting for the pipeline", &self.question_queue_depth),
         ];
         for (name, help, value) in counters {
             let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
-            let _ = writeln!(out, "# HELP lookout_{name} {help}\n# TYPE lookout_{name} {kind}\nlookout_{name} {}", value.load(Relaxed));
+            let _ = writeln!(
+                out,
+                "# HELP lookout_{name} {help}\n# TYPE lookout_{name} {kind}\nlookout_{name} {}",
+                value.load(Relaxed)
+            );
         }
         let gauges = [
             ("frame_queue_depth", "Frames waiting for the vision stage", self.frame_queue_depth.load(Relaxed) as f64),

@@ -60,7 +60,8 @@ impl Checked {
 
     fn shared(&self) -> Arc<Shared> {
         let cam = &self.config.camera;
-        let shared = Shared::new(FrameQueue::new(cam.pool_frames as usize, cam.width, cam.height), &self.config.board.name);
+        let shared =
+            Shared::new(FrameQueue::new(cam.pool_frames as usize, cam.width, cam.height), &self.config.board.name);
         shared.metrics.budget_bytes.store((self.plan.budget_mib * 1048576.0) as u64, Relaxed);
         shared.metrics.plan_bytes.store((self.plan.total_mib * 1048576.0) as u64, Relaxed);
         Arc::new(shared)
@@ -122,7 +123,8 @@ impl Pipeline {
         if let (Some(microphone), Some(vad)) = (microphone, models.vad.clone()) {
             let (shared, ring_s) = (shared.clone(), config.microphone.ring_s);
             shared.beat(Beat::Microphone);
-            threads.push(spawn("microphone", Box::new(move || sources::run_microphone(microphone, vad, ring_s, shared)))?);
+            threads
+                .push(spawn("microphone", Box::new(move || sources::run_microphone(microphone, vad, ring_s, shared)))?);
         }
         if let Some(camera) = camera {
             let (shared, w, h) = (shared.clone(), config.camera.width, config.camera.height);
@@ -208,7 +210,8 @@ pub fn serve(ctx: &Context, config_path: &Path, board: Option<&str>) -> anyhow::
     let threads = apply_compute(&checked.config);
     let notifier = Notifier::from_env();
     let stall_limit = notifier.watchdog_interval().unwrap_or(DEFAULT_STALL_LIMIT);
-    let ping_every = notifier.watchdog_interval().map_or(Duration::from_secs(1), |w| (w / 4).max(Duration::from_millis(50)));
+    let ping_every =
+        notifier.watchdog_interval().map_or(Duration::from_secs(1), |w| (w / 4).max(Duration::from_millis(50)));
 
     let mut shared = checked.shared();
     shared.set_stall_limit(stall_limit);
@@ -238,12 +241,17 @@ pub fn serve(ctx: &Context, config_path: &Path, board: Option<&str>) -> anyhow::
                 match Checked::load(ctx, config_path, board) {
                     Err(e) => {
                         let error = crate::exit::one_line(&e);
-                        shared.events.emit("reload_failed", json!({ "error": error, "running": "the previous configuration" }));
+                        shared
+                            .events
+                            .emit("reload_failed", json!({ "error": error, "running": "the previous configuration" }));
                         notifier.ready(&format!("reload failed, previous configuration kept: {error}"));
                     }
                     Ok(next) => {
                         serving.store(false, Relaxed);
-                        shared.events.emit("reloading", json!({ "board": next.config.board.name, "plan_mib": next.plan.total_mib }));
+                        shared.events.emit(
+                            "reloading",
+                            json!({ "board": next.config.board.name, "plan_mib": next.plan.total_mib }),
+                        );
                         pipeline.stop(&shared, RELOAD_STOP_WITHIN);
                         memory::release_free_memory();
                         apply_compute(&next.config);
@@ -259,7 +267,10 @@ pub fn serve(ctx: &Context, config_path: &Path, board: Option<&str>) -> anyhow::
                             http.update(&checked.config.http);
                         }
                         shared.events.emit("reloaded", json!({ "address": http.addr.to_string() }));
-                        notifier.ready(&format!("serving on {} (board {}, reloaded)", http.addr, checked.config.board.name));
+                        notifier.ready(&format!(
+                            "serving on {} (board {}, reloaded)",
+                            http.addr, checked.config.board.name
+                        ));
                         serving.store(true, Relaxed);
                     }
                 }
@@ -273,7 +284,9 @@ pub fn serve(ctx: &Context, config_path: &Path, board: Option<&str>) -> anyhow::
             }
             Some(who) if !stalled_reported => {
                 let what = format!("{who:?}").to_lowercase();
-                shared.events.emit("stalled", json!({ "thread": what, "silent_for_more_than_s": stall_limit.as_secs_f64() }));
+                shared
+                    .events
+                    .emit("stalled", json!({ "thread": what, "silent_for_more_than_s": stall_limit.as_secs_f64() }));
                 notifier.status(&format!("the {what} thread is stalled; watchdog pings stopped"));
                 stalled_reported = true;
             }

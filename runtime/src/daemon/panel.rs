@@ -30,7 +30,9 @@ pub fn open(config: &Config) -> anyhow::Result<Option<Panel>> {
     }
     let chip = Path::new(&gpio.chip);
     let button = match gpio.button {
-        Some(line) => Some(open_button(chip, line, gpio.button_active_low, STABLE_POLLS).with_context(|| "gpio.button")?),
+        Some(line) => {
+            Some(open_button(chip, line, gpio.button_active_low, STABLE_POLLS).with_context(|| "gpio.button")?)
+        }
         None => None,
     };
     let led = match gpio.led {

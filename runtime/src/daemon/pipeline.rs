@@ -101,7 +101,10 @@ impl Models {
         let decoder = match config.stage_enabled("decoder") {
             true => {
                 let (b, variant) = (bundle.clone(), m.decoder.clone());
-                Some(Stage::new(config.on_demand("decoder"), Box::new(move || Ok(LanguageModel::load(&b, Some(&variant))?)))?)
+                Some(Stage::new(
+                    config.on_demand("decoder"),
+                    Box::new(move || Ok(LanguageModel::load(&b, Some(&variant))?)),
+                )?)
             }
             false => None,
         };
@@ -143,7 +146,8 @@ impl CaptionPolicy {
     }
 
     pub fn due(&self, now: Duration) -> bool {
-        let periodic = self.interval.is_some_and(|every| self.last_at.is_none_or(|last| now.saturating_sub(last) >= every));
+        let periodic =
+            self.interval.is_some_and(|every| self.last_at.is_none_or(|last| now.saturating_sub(last) >= every));
         self.changed || periodic
     }
 
@@ -189,14 +193,17 @@ impl<'m> Worker<'m> {
             _ => None,
         };
         let cam = &config.camera;
-        let interval = (config.caption.interval_s > 0).then(|| Duration::from_secs(u64::from(config.caption.interval_s)));
+        let interval =
+            (config.caption.interval_s > 0).then(|| Duration::from_secs(u64::from(config.caption.interval_s)));
         Ok(Worker {
             models,
             vision,
             policy: CaptionPolicy::new(interval, config.caption.on_change),
             image: RgbImage::new(cam.width, cam.height),
             options: GenerateOptions { max_tokens: 48, ..GenerateOptions::default() },
-            frame_deadline: Deadline::new(Duration::from_secs_f64(f64::from(cam.pool_frames) / f64::from(cam.fps.max(1)))),
+            frame_deadline: Deadline::new(Duration::from_secs_f64(
+                f64::from(cam.pool_frames) / f64::from(cam.fps.max(1)),
+            )),
             answer_deadline: Deadline::new(Duration::from_secs(u64::from(config.http.answer_timeout_s))),
             clock: MonotonicClock::since(shared.started),
             fresh_scene: true,
@@ -317,7 +324,13 @@ impl<'m> Worker<'m> {
         self.policy.captioned(signature(&scene), now);
         let event = json!({ "frame": frame, "text": reply.text, "source": reply.source, "fallback_reason": reply.fallback_reason,
                             "ms": started.elapsed().as_secs_f64() * 1e3 });
-        let published = PublishedCaption { text: reply.text, source: reply.source, fallback_reason: reply.fallback_reason, frame, at: Instant::now() };
+        let published = PublishedCaption {
+            text: reply.text,
+            source: reply.source,
+            fallback_reason: reply.fallback_reason,
+            frame,
+            at: Instant::now(),
+        };
         // Published before it is announced, so that whoever hears the event finds the caption in /v1/scene.
         if let Some(latest) = shared.scene.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
             latest.caption = Some(published);
@@ -349,7 +362,9 @@ impl<'m> Worker<'m> {
                 Metrics::add(&shared.metrics.pipeline_errors, 1);
                 shared.events.emit("error", json!({ "stage": "answer", "origin": job.origin, "error": reason }));
             }
-            Err(e) if job.origin == Origin::Voice => shared.events.emit("unanswered", json!({ "origin": job.origin, "reason": e.to_string() })),
+            Err(e) if job.origin == Origin::Voice => {
+                shared.events.emit("unanswered", json!({ "origin": job.origin, "reason": e.to_string() }))
+            }
             Err(_) => {}
         }
         let _ = job.reply.send(result);
@@ -381,7 +396,9 @@ impl<'m> Worker<'m> {
         let scene = latest.as_ref().map(|p| p.scene.clone()).unwrap_or_default();
         let started = Instant::now();
         let stop = || self.shared.stopping();
-        let reply = self.reply(&scene, &Task::Answer(question.clone()), &stop).map_err(|e| AskError::Failed(format!("{e:#}")))?;
+        let reply = self
+            .reply(&scene, &Task::Answer(question.clone()), &stop)
+            .map_err(|e| AskError::Failed(format!("{e:#}")))?;
         timings.insert("answer", started.elapsed().as_secs_f64() * 1e3);
         Ok(Answer {
             question,
@@ -407,7 +424,9 @@ impl<'m> Worker<'m> {
     fn reply(&self, scene: &Scene, task: &Task, cancel: &dyn Fn() -> bool) -> anyhow::Result<Reply> {
         let labels = &self.models.labels;
         match &self.models.decoder {
-            Some(stage) => stage.with(|lm| reply(scene, labels, task, &[], Some(lm), &self.options, &mut |_| {}, cancel)),
+            Some(stage) => {
+                stage.with(|lm| reply(scene, labels, task, &[], Some(lm), &self.options, &mut |_| {}, cancel))
+            }
             None => reply(scene, labels, task, &[], None, &self.options, &mut |_| {}, cancel),
         }
     }
@@ -454,7 +473,10 @@ mod tests {
             for l in labels {
                 *s.counts.entry(l.to_string()).or_default() += 1;
             }
-            s.text = text.iter().map(|t| lookout_models::vision::scene::TextLine { text: t.to_string(), score: 1.0, bbox: [0.0; 4] }).collect();
+            s.text = text
+                .iter()
+                .map(|t| lookout_models::vision::scene::TextLine { text: t.to_string(), score: 1.0, bbox: [0.0; 4] })
+                .collect();
             s
         };
         assert_eq!(signature(&scene(&["dog", "cat"], &[])), signature(&scene(&["cat", "dog"], &[])));

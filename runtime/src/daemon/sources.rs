@@ -53,7 +53,8 @@ pub fn open_camera(config: &Config, config_path: &Path, pace: bool) -> anyhow::R
     let cam = &config.camera;
     let device = &cam.device;
     let Some(dir) = device.strip_prefix("dir:") else {
-        let camera = V4l2Camera::open(device, cam.width, cam.height, cam.fps, CAMERA_BUFFERS).with_context(|| format!("camera.device `{device}`"))?;
+        let camera = V4l2Camera::open(device, cam.width, cam.height, cam.fps, CAMERA_BUFFERS)
+            .with_context(|| format!("camera.device `{device}`"))?;
         return Ok(Box::new(camera));
     };
     let fps = config.camera.fps;
@@ -69,11 +70,13 @@ pub fn open_microphone(config: &Config, config_path: &Path) -> anyhow::Result<Bo
     let Some(file) = device.strip_prefix("wav:") else {
         // A period of about one VAD chunk (32 ms).
         let period = (mic.rate as usize * 32).div_ceil(1000);
-        let microphone = AlsaMicrophone::open(device, mic.rate, period).with_context(|| format!("microphone.device `{device}`"))?;
+        let microphone =
+            AlsaMicrophone::open(device, mic.rate, period).with_context(|| format!("microphone.device `{device}`"))?;
         return Ok(Box::new(microphone));
     };
     let path = source_path(file, config_path);
-    let samples = audio::load_mono_16k(&path).map_err(|e| unavailable(config_path, "microphone.device", format!("{}: {e}", path.display())))?;
+    let samples = audio::load_mono_16k(&path)
+        .map_err(|e| unavailable(config_path, "microphone.device", format!("{}: {e}", path.display())))?;
     Ok(Box::new(SampleReplay::new(device.clone(), samples, audio::TARGET_SAMPLE_RATE, true)))
 }
 
@@ -104,7 +107,9 @@ pub fn run_camera(mut camera: Box<dyn Camera>, width: u32, height: u32, shared: 
         let started = Instant::now();
         let (sequence, captured_at) = (frame.sequence, frame.captured_at);
         let converted = match frame.format {
-            FrameFormat::Mjpeg | FrameFormat::Png => decode_image_into(frame.bytes, &mut decoded).map_err(|e| e.to_string()),
+            FrameFormat::Mjpeg | FrameFormat::Png => {
+                decode_image_into(frame.bytes, &mut decoded).map_err(|e| e.to_string())
+            }
             raw => {
                 let format = match raw {
                     FrameFormat::Yuyv => PixelFormat::Yuyv,
@@ -117,7 +122,10 @@ pub fn run_camera(mut camera: Box<dyn Camera>, width: u32, height: u32, shared: 
         if let Err(reason) = converted {
             let n = metrics.frames_bad.fetch_add(1, Relaxed);
             if n % ERROR_REPORT_EVERY == 0 {
-                shared.events.emit("error", json!({ "stage": "camera", "source": frame.source, "error": reason, "count": n + 1 }));
+                shared.events.emit(
+                    "error",
+                    json!({ "stage": "camera", "source": frame.source, "error": reason, "count": n + 1 }),
+                );
             }
             continue;
         }
@@ -136,7 +144,12 @@ pub fn run_camera(mut camera: Box<dyn Camera>, width: u32, height: u32, shared: 
 
 /// Tries to reopen a device that went away, waiting twice as long after each failure (up to `MAX_BACKOFF`),
 /// until it is back or the daemon stops.
-fn reconnect(reopen: &mut dyn FnMut() -> Result<(), lookout_device::DeviceError>, shared: &Shared, beat: Beat, what: &str) {
+fn reconnect(
+    reopen: &mut dyn FnMut() -> Result<(), lookout_device::DeviceError>,
+    shared: &Shared,
+    beat: Beat,
+    what: &str,
+) {
     let mut backoff = Duration::from_millis(250);
     let mut attempts = 0u32;
     while !shared.stopping() {
@@ -249,7 +262,9 @@ fn listen(microphone: &mut dyn Microphone, vad: &SileroVad, ring_s: u32, shared:
             }
             match e.kind {
                 ErrorKind::Overrun => {}
-                ErrorKind::Disconnected => reconnect(&mut || microphone.reconnect(), shared, Beat::Microphone, "microphone"),
+                ErrorKind::Disconnected => {
+                    reconnect(&mut || microphone.reconnect(), shared, Beat::Microphone, "microphone")
+                }
                 _ => std::thread::sleep(Duration::from_millis(100)),
             }
             continue;

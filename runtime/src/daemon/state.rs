@@ -280,7 +280,8 @@ mod tests {
     #[test]
     fn a_full_question_queue_refuses_and_a_closed_inbox_answers_stopping() {
         let shared = Shared::new(FrameQueue::new(2, 2, 2), "x86-dev");
-        let waiting: Vec<_> = (0..QUESTION_QUEUE).map(|i| shared.ask(Question::Text(format!("q{i}")), Origin::Http).unwrap()).collect();
+        let waiting: Vec<_> =
+            (0..QUESTION_QUEUE).map(|i| shared.ask(Question::Text(format!("q{i}")), Origin::Http).unwrap()).collect();
         assert!(matches!(shared.ask(Question::Text("one more".into()), Origin::Http), Err(AskError::Busy)));
         assert_eq!(Metrics::get(&shared.metrics.questions_rejected), 1);
         assert!(shared.questions_waiting());

@@ -34,7 +34,8 @@ pub struct FramePool {
 impl FramePool {
     pub fn new(count: usize, width: u32, height: u32) -> FramePool {
         let count = count.clamp(1, MAX_FRAMES);
-        let frames = (0..count).map(|_| Frame { sequence: 0, captured_at: None, image: RgbImage::new(width, height) }).collect();
+        let frames =
+            (0..count).map(|_| Frame { sequence: 0, captured_at: None, image: RgbImage::new(width, height) }).collect();
         let mut free = heapless::Vec::new();
         for i in (0..count).rev() {
             // `count` is at most MAX_FRAMES, the free list's capacity.

@@ -74,8 +74,8 @@ impl Deadline {
 #[cfg(test)]
 mod tests {
     use super::buffers::{AudioRing, FrameQueue};
-    use crate::allocations::allocations;
     use super::*;
+    use crate::allocations::allocations;
 
     #[test]
     fn deadlines_count_misses_on_an_injected_clock() {
@@ -116,7 +116,11 @@ mod tests {
 
         // Raw camera frames of 128x96 in each layout a V4L2 camera delivers, converted into one reused image.
         use lookout_models::vision::pixels::{convert_frame, PixelFormat};
-        let raw = [(PixelFormat::Yuyv, vec![128u8; 128 * 96 * 2]), (PixelFormat::Nv12, vec![128u8; 128 * 96 * 3 / 2]), (PixelFormat::Rgb24, vec![128u8; 128 * 96 * 3])];
+        let raw = [
+            (PixelFormat::Yuyv, vec![128u8; 128 * 96 * 2]),
+            (PixelFormat::Nv12, vec![128u8; 128 * 96 * 3 / 2]),
+            (PixelFormat::Rgb24, vec![128u8; 128 * 96 * 3]),
+        ];
         let mut converted = RgbImage::new(128, 96);
 
         let before = allocations();
@@ -138,7 +142,12 @@ mod tests {
             deadline.finish(&clock, started);
         }
         assert_eq!(allocations(), before, "the per-frame path allocated");
-        assert!(frames.dropped() > 0 && deadline.misses == 100, "dropped {} missed {}", frames.dropped(), deadline.misses);
+        assert!(
+            frames.dropped() > 0 && deadline.misses == 100,
+            "dropped {} missed {}",
+            frames.dropped(),
+            deadline.misses
+        );
         let pool = frames.pool();
         assert_eq!(pool.available() + frames.waiting(), pool.capacity(), "every frame is either free or queued");
     }

@@ -67,7 +67,9 @@ impl Clip {
     /// `tokens.len()` is the choice to end). Empty for clips longer than one window, which have no reference decode.
     pub fn reference_ties(&self, variant: &str) -> Vec<(usize, u64)> {
         let decode = &self.entry["decode"][variant];
-        let (Some(gaps), Some(runners_up)) = (decode["gap"].as_array(), decode["runner_up"].as_array()) else { return Vec::new() };
+        let (Some(gaps), Some(runners_up)) = (decode["gap"].as_array(), decode["runner_up"].as_array()) else {
+            return Vec::new();
+        };
         let ties = gaps.iter().zip(runners_up).enumerate().filter(|(_, (gap, _))| gap.as_f64().unwrap() < TIE_LOGITS);
         ties.map(|(step, (_, runner_up))| (step, runner_up.as_u64().unwrap())).collect()
     }

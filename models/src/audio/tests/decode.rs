@@ -5,10 +5,7 @@ use std::io::Cursor;
 use super::fixture_path;
 use crate::audio::{decode_bytes, decode_file, AudioError, DecodedAudio, MAX_DURATION_SECONDS};
 
-fn hound_wav(
-    spec: hound::WavSpec,
-    write: impl FnOnce(&mut hound::WavWriter<Cursor<&mut Vec<u8>>>),
-) -> Vec<u8> {
+fn hound_wav(spec: hound::WavSpec, write: impl FnOnce(&mut hound::WavWriter<Cursor<&mut Vec<u8>>>)) -> Vec<u8> {
     let mut bytes = Vec::new();
     let mut writer = hound::WavWriter::new(Cursor::new(&mut bytes), spec).unwrap();
     write(&mut writer);
@@ -17,12 +14,7 @@ fn hound_wav(
 }
 
 fn int_spec(channels: u16, sample_rate: u32, bits_per_sample: u16) -> hound::WavSpec {
-    hound::WavSpec {
-        channels,
-        sample_rate,
-        bits_per_sample,
-        sample_format: hound::SampleFormat::Int,
-    }
+    hound::WavSpec { channels, sample_rate, bits_per_sample, sample_format: hound::SampleFormat::Int }
 }
 
 /// A WAV file with a hand-written 'fmt ' chunk body and a 'data' chunk declaring `data_len` bytes.
@@ -65,20 +57,14 @@ fn extensible_fmt_body(channels: u16, sample_rate: u32, bits: u16, guid: [u8; 16
 }
 
 fn ksdataformat_guid(tag: u16) -> [u8; 16] {
-    let mut guid = [
-        0, 0, 0x00, 0x00, 0x00, 0x00, 0x10, 0x00, 0x80, 0x00, 0x00, 0xAA, 0x00, 0x38, 0x9B, 0x71,
-    ];
+    let mut guid = [0, 0, 0x00, 0x00, 0x00, 0x00, 0x10, 0x00, 0x80, 0x00, 0x00, 0xAA, 0x00, 0x38, 0x9B, 0x71];
     guid[..2].copy_from_slice(&tag.to_le_bytes());
     guid
 }
 
 fn expect_error(result: Result<DecodedAudio, AudioError>) -> AudioError {
     match result {
-        Ok(audio) => panic!(
-            "expected an error, decoded {} samples at {} Hz",
-            audio.samples.len(),
-            audio.sample_rate
-        ),
+        Ok(audio) => panic!("expected an error, decoded {} samples at {} Hz", audio.samples.len(), audio.sample_rate),
         Err(error) => error,
     }
 }
@@ -86,38 +72,24 @@ fn expect_error(result: Result<DecodedAudio, AudioError>) -> AudioError {
 /// Content of `tests/fixtures/ramp_16bit_stereo_22050.flac` (4000 frames, encoded with `flac -8`).
 fn ramp_stereo(frames: usize) -> (Vec<i32>, Vec<i32>) {
     (
-        (0..frames)
-            .map(|i| ((i * 37) % 2000) as i32 - 1000)
-            .collect(),
-        (0..frames)
-            .map(|i| ((i * 53) % 3001) as i32 - 1500)
-            .collect(),
+        (0..frames).map(|i| ((i * 37) % 2000) as i32 - 1000).collect(),
+        (0..frames).map(|i| ((i * 53) % 3001) as i32 - 1500).collect(),
     )
 }
 
 /// Content of `tests/fixtures/ramp_24bit_mono_44100.flac` (2000 frames, encoded with `flac -8`).
 fn ramp_mono_24bit(frames: usize) -> Vec<i32> {
-    (0..frames)
-        .map(|i| (((i * 7919) % 65536) as i32 - 32768) * 97)
-        .collect()
+    (0..frames).map(|i| (((i * 7919) % 65536) as i32 - 32768) * 97).collect()
 }
 
 #[test]
 fn wav_integer_encodings_scale_to_unit_range() {
     for bits in [8u16, 16, 24, 32] {
         let full_scale = 1i64 << (bits - 1);
-        let values: Vec<i32> = [
-            -full_scale,
-            -full_scale / 2,
-            -1,
-            0,
-            1,
-            full_scale / 3,
-            full_scale - 1,
-        ]
-        .iter()
-        .map(|&v| v as i32)
-        .collect();
+        let values: Vec<i32> = [-full_scale, -full_scale / 2, -1, 0, 1, full_scale / 3, full_scale - 1]
+            .iter()
+            .map(|&v| v as i32)
+            .collect();
         for channels in [1u16, 2, 3] {
             let bytes = hound_wav(int_spec(channels, 22_050, bits), |w| {
                 for &v in &values {
@@ -130,11 +102,7 @@ fn wav_integer_encodings_scale_to_unit_range() {
             assert_eq!(audio.sample_rate, 22_050);
             assert_eq!(audio.channels, channels);
             assert_eq!(audio.frames(), values.len());
-            for (frame, &v) in audio
-                .samples
-                .chunks_exact(usize::from(channels))
-                .zip(&values)
-            {
+            for (frame, &v) in audio.samples.chunks_exact(usize::from(channels)).zip(&values) {
                 let expected = (v as f64 / full_scale as f64) as f32;
                 for &s in frame {
                     assert_eq!(s, expected, "{bits}-bit, {channels} channels");
@@ -154,15 +122,10 @@ fn wav_float32_decodes_and_clamps() {
         sample_format: hound::SampleFormat::Float,
     };
     let values = [0.0f32, 0.25, -0.5, 1.0, -1.0, 1.5, -2.0, 1e-6];
-    let bytes = hound_wav(spec, |w| {
-        values.iter().for_each(|&v| w.write_sample(v).unwrap())
-    });
+    let bytes = hound_wav(spec, |w| values.iter().for_each(|&v| w.write_sample(v).unwrap()));
     let audio = decode_bytes(&bytes).unwrap();
     assert_eq!((audio.sample_rate, audio.channels), (48_000, 2));
-    assert_eq!(
-        audio.samples,
-        vec![0.0, 0.25, -0.5, 1.0, -1.0, 1.0, -1.0, 1e-6]
-    );
+    assert_eq!(audio.samples, vec![0.0, 0.25, -0.5, 1.0, -1.0, 1.0, -1.0, 1e-6]);
 }
 
 #[test]
@@ -173,17 +136,10 @@ fn wav_float_nan_is_corrupt() {
         bits_per_sample: 32,
         sample_format: hound::SampleFormat::Float,
     };
-    let bytes = hound_wav(spec, |w| {
-        [0.5f32, f32::NAN]
-            .iter()
-            .for_each(|&v| w.write_sample(v).unwrap())
-    });
+    let bytes = hound_wav(spec, |w| [0.5f32, f32::NAN].iter().for_each(|&v| w.write_sample(v).unwrap()));
     let error = expect_error(decode_bytes(&bytes));
     assert!(matches!(error, AudioError::Corrupt { .. }), "{error:?}");
-    assert_eq!(
-        error.to_string(),
-        "corrupt audio: WAV float sample 1 is NaN"
-    );
+    assert_eq!(error.to_string(), "corrupt audio: WAV float sample 1 is NaN");
 }
 
 #[test]
@@ -197,18 +153,14 @@ fn wav_with_many_channels_and_odd_rate() {
         }
     });
     let audio = decode_bytes(&bytes).unwrap();
-    assert_eq!(
-        (audio.sample_rate, audio.channels, audio.frames()),
-        (11_025, 6, 500)
-    );
+    assert_eq!((audio.sample_rate, audio.channels, audio.frames()), (11_025, 6, 500));
     assert_eq!(audio.samples[6 * 10 + 5], (left[10] + 5) as f32 / 32768.0);
 }
 
 #[test]
 fn wav_skips_unknown_chunks_including_padded_odd_ones() {
-    let mut bytes = hound_wav(int_spec(1, 16_000, 16), |w| {
-        (0..10).for_each(|v| w.write_sample(v as i16 * 100).unwrap())
-    });
+    let mut bytes =
+        hound_wav(int_spec(1, 16_000, 16), |w| (0..10).for_each(|v| w.write_sample(v as i16 * 100).unwrap()));
     // Insert a 3-byte 'junk' chunk plus its pad byte just after "WAVE".
     let junk = [b'j', b'u', b'n', b'k', 3, 0, 0, 0, 1, 2, 3, 0];
     bytes.splice(12..12, junk);
@@ -221,10 +173,7 @@ fn wav_skips_unknown_chunks_including_padded_odd_ones() {
 #[test]
 fn flac_16bit_stereo_fixture_decodes_exactly() {
     let audio = decode_file(fixture_path("ramp_16bit_stereo_22050.flac")).unwrap();
-    assert_eq!(
-        (audio.sample_rate, audio.channels, audio.frames()),
-        (22_050, 2, 4000)
-    );
+    assert_eq!((audio.sample_rate, audio.channels, audio.frames()), (22_050, 2, 4000));
     let (left, right) = ramp_stereo(4000);
     for (i, frame) in audio.samples.chunks_exact(2).enumerate() {
         assert_eq!(frame[0], left[i] as f32 / 32768.0);
@@ -235,14 +184,8 @@ fn flac_16bit_stereo_fixture_decodes_exactly() {
 #[test]
 fn flac_24bit_mono_fixture_decodes_exactly() {
     let audio = decode_file(fixture_path("ramp_24bit_mono_44100.flac")).unwrap();
-    assert_eq!(
-        (audio.sample_rate, audio.channels, audio.frames()),
-        (44_100, 1, 2000)
-    );
-    let expected: Vec<f32> = ramp_mono_24bit(2000)
-        .iter()
-        .map(|&v| v as f32 / 8_388_608.0)
-        .collect();
+    assert_eq!((audio.sample_rate, audio.channels, audio.frames()), (44_100, 1, 2000));
+    let expected: Vec<f32> = ramp_mono_24bit(2000).iter().map(|&v| v as f32 / 8_388_608.0).collect();
     assert_eq!(audio.samples, expected);
 }
 
@@ -251,9 +194,7 @@ fn container_is_detected_from_magic_bytes_not_extension() {
     let dir = std::env::temp_dir().join(format!("lookout-audio-magic-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let wav_named_flac = dir.join("speech.flac");
-    let wav = hound_wav(int_spec(1, 16_000, 16), |w| {
-        (0..100).for_each(|v| w.write_sample(v as i16).unwrap())
-    });
+    let wav = hound_wav(int_spec(1, 16_000, 16), |w| (0..100).for_each(|v| w.write_sample(v as i16).unwrap()));
     std::fs::write(&wav_named_flac, &wav).unwrap();
     let flac_named_wav = dir.join("speech.wav");
     std::fs::copy(fixture_path("ramp_24bit_mono_44100.flac"), &flac_named_wav).unwrap();
@@ -271,21 +212,12 @@ fn container_is_detected_from_magic_bytes_not_extension() {
 fn missing_file_names_the_path() {
     let path = std::env::temp_dir().join("lookout-no-such-dir/absent.wav");
     let error = expect_error(decode_file(&path));
-    assert!(
-        matches!(&error, AudioError::NotFound { path: p } if *p == path),
-        "{error:?}"
-    );
-    assert_eq!(
-        error.to_string(),
-        format!("audio file not found: {}", path.display())
-    );
+    assert!(matches!(&error, AudioError::NotFound { path: p } if *p == path), "{error:?}");
+    assert_eq!(error.to_string(), format!("audio file not found: {}", path.display()));
 
     let directory = std::env::temp_dir();
     let error = expect_error(decode_file(&directory));
-    assert!(
-        matches!(&error, AudioError::Io { path: p, .. } if *p == directory),
-        "{error:?}"
-    );
+    assert!(matches!(&error, AudioError::Io { path: p, .. } if *p == directory), "{error:?}");
     let prefix = format!("cannot read audio file {}: ", directory.display());
     assert!(error.to_string().starts_with(&prefix), "{error}");
 }
@@ -294,10 +226,7 @@ fn missing_file_names_the_path() {
 fn unknown_magic_is_not_audio() {
     let error = expect_error(decode_bytes(b"hello, this is a text file"));
     assert!(matches!(error, AudioError::NotAudio { .. }), "{error:?}");
-    assert_eq!(
-        error.to_string(),
-        "not a WAV or FLAC file: unrecognised leading bytes 68 65 6c 6c 6f 2c 20 74"
-    );
+    assert_eq!(error.to_string(), "not a WAV or FLAC file: unrecognised leading bytes 68 65 6c 6c 6f 2c 20 74");
 
     let error = expect_error(decode_bytes(&[]));
     assert!(matches!(error, AudioError::NotAudio { .. }), "{error:?}");
@@ -306,25 +235,16 @@ fn unknown_magic_is_not_audio() {
     let mut avi = b"RIFF\x04\x00\x00\x00AVI ".to_vec();
     avi.extend_from_slice(&[0; 16]);
     let error = expect_error(decode_bytes(&avi));
-    assert_eq!(
-        error.to_string(),
-        "not a WAV or FLAC file: RIFF file of form 'AVI ', not 'WAVE'"
-    );
+    assert_eq!(error.to_string(), "not a WAV or FLAC file: RIFF file of form 'AVI ', not 'WAVE'");
 }
 
 #[test]
 fn other_containers_are_named_as_unsupported() {
     let error = expect_error(decode_bytes(b"OggS\x00\x02\x00\x00\x00\x00\x00\x00"));
     assert!(matches!(error, AudioError::Unsupported { .. }), "{error:?}");
-    assert_eq!(
-        error.to_string(),
-        "unsupported audio encoding: Ogg container (Vorbis, Opus or Ogg FLAC)"
-    );
+    assert_eq!(error.to_string(), "unsupported audio encoding: Ogg container (Vorbis, Opus or Ogg FLAC)");
     let error = expect_error(decode_bytes(b"RF64\xff\xff\xff\xffWAVEds64"));
-    assert_eq!(
-        error.to_string(),
-        "unsupported audio encoding: RF64/BW64 (64-bit WAV) container"
-    );
+    assert_eq!(error.to_string(), "unsupported audio encoding: RF64/BW64 (64-bit WAV) container");
 }
 
 #[test]
@@ -333,10 +253,7 @@ fn wav_alaw_and_mulaw_are_unsupported() {
         let bytes = raw_wav(&fmt_body(tag, 1, 8000, 1, 8), &[0x55; 100], 100);
         let error = expect_error(decode_bytes(&bytes));
         assert!(matches!(error, AudioError::Unsupported { .. }), "{error:?}");
-        assert_eq!(
-            error.to_string(),
-            format!("unsupported audio encoding: WAV {name} (format tag 0x{tag:04X})")
-        );
+        assert_eq!(error.to_string(), format!("unsupported audio encoding: WAV {name} (format tag 0x{tag:04X})"));
     }
 }
 
@@ -344,10 +261,7 @@ fn wav_alaw_and_mulaw_are_unsupported() {
 fn wav_adpcm_is_unsupported() {
     let bytes = raw_wav(&fmt_body(0x0011, 1, 8000, 256, 4), &[0; 256], 256);
     let error = expect_error(decode_bytes(&bytes));
-    assert_eq!(
-        error.to_string(),
-        "unsupported audio encoding: WAV IMA ADPCM (format tag 0x0011)"
-    );
+    assert_eq!(error.to_string(), "unsupported audio encoding: WAV IMA ADPCM (format tag 0x0011)");
 }
 
 #[test]
@@ -355,32 +269,20 @@ fn wav_float64_is_unsupported() {
     let bytes = raw_wav(&fmt_body(3, 1, 16_000, 8, 64), &[0; 64], 64);
     let error = expect_error(decode_bytes(&bytes));
     assert!(matches!(error, AudioError::Unsupported { .. }), "{error:?}");
-    assert_eq!(
-        error.to_string(),
-        "unsupported audio encoding: WAV 64-bit float"
-    );
+    assert_eq!(error.to_string(), "unsupported audio encoding: WAV 64-bit float");
 
     let extensible = extensible_fmt_body(2, 16_000, 64, ksdataformat_guid(3));
     let error = expect_error(decode_bytes(&raw_wav(&extensible, &[0; 64], 64)));
-    assert_eq!(
-        error.to_string(),
-        "unsupported audio encoding: WAV 64-bit float"
-    );
+    assert_eq!(error.to_string(), "unsupported audio encoding: WAV 64-bit float");
 }
 
 #[test]
 fn wav_extensible_with_odd_subformat_is_unsupported() {
     let alaw = extensible_fmt_body(1, 8000, 8, ksdataformat_guid(6));
     let error = expect_error(decode_bytes(&raw_wav(&alaw, &[0; 8], 8)));
-    assert_eq!(
-        error.to_string(),
-        "unsupported audio encoding: WAV A-law (format tag 0x0006)"
-    );
+    assert_eq!(error.to_string(), "unsupported audio encoding: WAV A-law (format tag 0x0006)");
 
-    let foreign_guid = [
-        0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x0E, 0x0F,
-        0x10,
-    ];
+    let foreign_guid = [0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x0E, 0x0F, 0x10];
     let foreign = extensible_fmt_body(1, 8000, 16, foreign_guid);
     let error = expect_error(decode_bytes(&raw_wav(&foreign, &[0; 8], 8)));
     assert!(matches!(error, AudioError::Unsupported { .. }), "{error:?}");
@@ -396,10 +298,7 @@ fn wav_24bit_in_32bit_container_is_left_justified() {
     let mut fmt = extensible_fmt_body(1, 48_000, 32, ksdataformat_guid(1));
     fmt[18..20].copy_from_slice(&24u16.to_le_bytes());
     let values = [-8_388_608i32, -1, 0, 1, 4_194_304, 8_388_607];
-    let data: Vec<u8> = values
-        .iter()
-        .flat_map(|&v| (v << 8).to_le_bytes())
-        .collect();
+    let data: Vec<u8> = values.iter().flat_map(|&v| (v << 8).to_le_bytes()).collect();
     let audio = decode_bytes(&raw_wav(&fmt, &data, data.len() as u32)).unwrap();
     let expected: Vec<f32> = values.iter().map(|&v| v as f32 / 8_388_608.0).collect();
     assert_eq!(audio.samples, expected);
@@ -411,19 +310,9 @@ fn wav_integer_wider_than_its_container_is_unsupported() {
     fmt[18..20].copy_from_slice(&20u16.to_le_bytes());
     let error = expect_error(decode_bytes(&raw_wav(&fmt, &[0; 16], 16)));
     assert!(matches!(error, AudioError::Unsupported { .. }), "{error:?}");
-    assert_eq!(
-        error.to_string(),
-        "unsupported audio encoding: WAV 20-bit integer PCM stored in 2-byte samples"
-    );
-    let error = expect_error(decode_bytes(&raw_wav(
-        &fmt_body(1, 1, 8000, 8, 64),
-        &[0; 16],
-        16,
-    )));
-    assert_eq!(
-        error.to_string(),
-        "unsupported audio encoding: WAV 64-bit integer PCM stored in 8-byte samples"
-    );
+    assert_eq!(error.to_string(), "unsupported audio encoding: WAV 20-bit integer PCM stored in 2-byte samples");
+    let error = expect_error(decode_bytes(&raw_wav(&fmt_body(1, 1, 8000, 8, 64), &[0; 16], 16)));
+    assert_eq!(error.to_string(), "unsupported audio encoding: WAV 64-bit integer PCM stored in 8-byte samples");
 }
 
 #[test]
@@ -436,24 +325,13 @@ fn wav_truncated_data_is_reported() {
         "truncated audio: WAV 'data' chunk declares 16000 bytes but only 100 follow its header"
     );
 
-    let whole = hound_wav(int_spec(1, 16_000, 16), |w| {
-        (0..100).for_each(|_| w.write_sample(1i16).unwrap())
-    });
+    let whole = hound_wav(int_spec(1, 16_000, 16), |w| (0..100).for_each(|_| w.write_sample(1i16).unwrap()));
     for cut in [4, 11, 20, 30, 43, 60] {
         let error = expect_error(decode_bytes(&whole[..cut]));
-        assert!(
-            matches!(
-                error,
-                AudioError::Truncated { .. } | AudioError::Corrupt { .. }
-            ),
-            "cut at {cut}: {error:?}"
-        );
+        assert!(matches!(error, AudioError::Truncated { .. } | AudioError::Corrupt { .. }), "cut at {cut}: {error:?}");
     }
     let error = expect_error(decode_bytes(&whole[..20]));
-    assert_eq!(
-        error.to_string(),
-        "truncated audio: stream ends inside its WAV 'fmt ' chunk"
-    );
+    assert_eq!(error.to_string(), "truncated audio: stream ends inside its WAV 'fmt ' chunk");
 }
 
 #[test]
@@ -462,10 +340,7 @@ fn wav_without_data_chunk_is_corrupt() {
     bytes.truncate(bytes.len() - 8);
     let error = expect_error(decode_bytes(&bytes));
     assert!(matches!(error, AudioError::Corrupt { .. }), "{error:?}");
-    assert_eq!(
-        error.to_string(),
-        "corrupt audio: WAV file has no 'data' chunk"
-    );
+    assert_eq!(error.to_string(), "corrupt audio: WAV file has no 'data' chunk");
 }
 
 #[test]
@@ -478,30 +353,13 @@ fn wav_without_samples_is_empty() {
 
 #[test]
 fn wav_zero_rate_or_channels_is_invalid() {
-    let error = expect_error(decode_bytes(&raw_wav(
-        &fmt_body(1, 1, 0, 2, 16),
-        &[0; 4],
-        4,
-    )));
-    assert!(
-        matches!(error, AudioError::InvalidHeader { .. }),
-        "{error:?}"
-    );
+    let error = expect_error(decode_bytes(&raw_wav(&fmt_body(1, 1, 0, 2, 16), &[0; 4], 4)));
+    assert!(matches!(error, AudioError::InvalidHeader { .. }), "{error:?}");
     assert_eq!(error.to_string(), "invalid audio header: sample rate is 0");
 
-    let error = expect_error(decode_bytes(&raw_wav(
-        &fmt_body(1, 0, 16_000, 2, 16),
-        &[0; 4],
-        4,
-    )));
-    assert!(
-        matches!(error, AudioError::InvalidHeader { .. }),
-        "{error:?}"
-    );
-    assert_eq!(
-        error.to_string(),
-        "invalid audio header: channel count is 0"
-    );
+    let error = expect_error(decode_bytes(&raw_wav(&fmt_body(1, 0, 16_000, 2, 16), &[0; 4], 4)));
+    assert!(matches!(error, AudioError::InvalidHeader { .. }), "{error:?}");
+    assert_eq!(error.to_string(), "invalid audio header: channel count is 0");
 }
 
 #[test]
@@ -512,10 +370,7 @@ fn wav_declaring_absurd_length_is_refused_before_allocating() {
         matches!(error, AudioError::TooLong { limit_seconds, .. } if limit_seconds == MAX_DURATION_SECONDS),
         "{error:?}"
     );
-    assert_eq!(
-        error.to_string(),
-        "audio declares 536871 s of audio, more than the limit of 14400 s"
-    );
+    assert_eq!(error.to_string(), "audio declares 536871 s of audio, more than the limit of 14400 s");
 }
 
 fn flac_fixture() -> Vec<u8> {
@@ -527,8 +382,7 @@ fn flac_frames_offset(bytes: &[u8]) -> usize {
     let mut offset = 4;
     loop {
         let is_last = bytes[offset] & 0x80 != 0;
-        let len = u32::from_be_bytes([0, bytes[offset + 1], bytes[offset + 2], bytes[offset + 3]])
-            as usize;
+        let len = u32::from_be_bytes([0, bytes[offset + 1], bytes[offset + 2], bytes[offset + 3]]) as usize;
         offset += 4 + len;
         if is_last {
             return offset;
@@ -546,27 +400,14 @@ fn set_flac_total_samples(bytes: &mut [u8], total: u64) {
 fn flac_truncated_is_reported() {
     let bytes = flac_fixture();
     let frames_start = flac_frames_offset(&bytes);
-    for cut in [
-        frames_start + 10,
-        (frames_start + bytes.len()) / 2,
-        bytes.len() - 1,
-    ] {
+    for cut in [frames_start + 10, (frames_start + bytes.len()) / 2, bytes.len() - 1] {
         let error = expect_error(decode_bytes(&bytes[..cut]));
-        assert!(
-            matches!(error, AudioError::Truncated { .. }),
-            "cut at {cut}: {error:?}"
-        );
+        assert!(matches!(error, AudioError::Truncated { .. }), "cut at {cut}: {error:?}");
     }
     let error = expect_error(decode_bytes(&bytes[..frames_start]));
-    assert_eq!(
-        error.to_string(),
-        "truncated audio: FLAC stream ends after 0 of 4000 declared samples per channel"
-    );
+    assert_eq!(error.to_string(), "truncated audio: FLAC stream ends after 0 of 4000 declared samples per channel");
     let error = expect_error(decode_bytes(&bytes[..30]));
-    assert_eq!(
-        error.to_string(),
-        "truncated audio: FLAC stream ends inside its STREAMINFO block"
-    );
+    assert_eq!(error.to_string(), "truncated audio: FLAC stream ends inside its STREAMINFO block");
 }
 
 #[test]
@@ -579,12 +420,7 @@ fn flac_corrupt_frames_are_reported_without_panic() {
     }
     let error = expect_error(decode_bytes(&garbage));
     assert!(matches!(error, AudioError::Corrupt { .. }), "{error:?}");
-    assert!(
-        error
-            .to_string()
-            .starts_with("corrupt audio: malformed FLAC: "),
-        "{error}"
-    );
+    assert!(error.to_string().starts_with("corrupt audio: malformed FLAC: "), "{error}");
 
     // Flipping single bytes anywhere must give an error or audio, never a panic.
     for position in (0..clean.len()).step_by(97) {
@@ -611,10 +447,7 @@ fn flac_zero_rate_is_invalid() {
     bytes[8 + 11] = 0;
     bytes[8 + 12] &= 0x0F;
     let error = expect_error(decode_bytes(&bytes));
-    assert!(
-        matches!(error, AudioError::InvalidHeader { .. }),
-        "{error:?}"
-    );
+    assert!(matches!(error, AudioError::InvalidHeader { .. }), "{error:?}");
     assert_eq!(error.to_string(), "invalid audio header: sample rate is 0");
 }
 
@@ -624,17 +457,12 @@ fn flac_declaring_absurd_length_is_refused() {
     set_flac_total_samples(&mut bytes, 1 << 35);
     let error = expect_error(decode_bytes(&bytes));
     assert!(matches!(error, AudioError::TooLong { .. }), "{error:?}");
-    assert_eq!(
-        error.to_string(),
-        "audio declares 1558265 s of audio, more than the limit of 14400 s"
-    );
+    assert_eq!(error.to_string(), "audio declares 1558265 s of audio, more than the limit of 14400 s");
 }
 
 #[test]
 fn garbage_after_riff_header_never_panics() {
-    let whole = hound_wav(int_spec(2, 16_000, 24), |w| {
-        (0..64).for_each(|v| w.write_sample(v * 1000).unwrap())
-    });
+    let whole = hound_wav(int_spec(2, 16_000, 24), |w| (0..64).for_each(|v| w.write_sample(v * 1000).unwrap()));
     for position in 0..whole.len().min(80) {
         for flip in [0x01u8, 0x80, 0xFF] {
             let mut damaged = whole.clone();

@@ -19,15 +19,9 @@ fn whisper_log_mel(samples: &[f32], n_frames: usize, filters: &[f32]) -> Vec<f32
     padded.extend_from_slice(&audio);
     padded.extend((0..pad).map(|j| audio[len - 2 - j]));
 
-    let window: Vec<f64> = (0..N_FFT)
-        .map(|n| 0.5 - 0.5 * (2.0 * PI * n as f64 / N_FFT as f64).cos())
-        .collect();
-    let cos: Vec<f64> = (0..N_FFT)
-        .map(|i| (2.0 * PI * i as f64 / N_FFT as f64).cos())
-        .collect();
-    let sin: Vec<f64> = (0..N_FFT)
-        .map(|i| (2.0 * PI * i as f64 / N_FFT as f64).sin())
-        .collect();
+    let window: Vec<f64> = (0..N_FFT).map(|n| 0.5 - 0.5 * (2.0 * PI * n as f64 / N_FFT as f64).cos()).collect();
+    let cos: Vec<f64> = (0..N_FFT).map(|i| (2.0 * PI * i as f64 / N_FFT as f64).cos()).collect();
+    let sin: Vec<f64> = (0..N_FFT).map(|i| (2.0 * PI * i as f64 / N_FFT as f64).sin()).collect();
 
     let stft_frames = 1 + len / HOP_LENGTH;
     let kept_frames = stft_frames - 1;
@@ -46,19 +40,12 @@ fn whisper_log_mel(samples: &[f32], n_frames: usize, filters: &[f32]) -> Vec<f32
         }
         for m in 0..N_MELS {
             let row = &filters[m * N_FREQ_BINS..(m + 1) * N_FREQ_BINS];
-            let energy: f64 = row
-                .iter()
-                .zip(&power)
-                .map(|(&w, &p)| f64::from(w) * p)
-                .sum();
+            let energy: f64 = row.iter().zip(&power).map(|(&w, &p)| f64::from(w) * p).sum();
             log_spec[m * kept_frames + t] = energy.max(1e-10).log10();
         }
     }
     let max = log_spec.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    log_spec
-        .iter()
-        .map(|&x| ((x.max(max - 8.0) + 4.0) / 4.0) as f32)
-        .collect()
+    log_spec.iter().map(|&x| ((x.max(max - 8.0) + 4.0) / 4.0) as f32).collect()
 }
 
 /// Deterministic speech-like test signal: two tones, a chirp and pseudo-random noise.
@@ -83,22 +70,13 @@ fn log_mel_matches_whisper_algorithm_on_short_windows() {
     let filters = mel_filterbank(N_MELS, N_FFT, 16_000);
     let mut log_mel = LogMel::new();
     // (signal length, frames): zero-padded, trimmed, exactly filled, and minimal windows.
-    for (len, n_frames) in [
-        (12_345usize, 100usize),
-        (20_000, 64),
-        (16_000, 100),
-        (1_000, 2),
-        (50, 10),
-    ] {
+    for (len, n_frames) in [(12_345usize, 100usize), (20_000, 64), (16_000, 100), (1_000, 2), (50, 10)] {
         let samples = test_signal(len);
         let expected = whisper_log_mel(&samples, n_frames, &filters);
         let mut out = vec![f32::NAN; N_MELS * n_frames];
         log_mel.compute_into(&samples, n_frames, &mut out);
         let diff = max_abs_diff(&out, &expected);
-        assert!(
-            diff < 1e-4,
-            "{len} samples, {n_frames} frames: max abs diff {diff}"
-        );
+        assert!(diff < 1e-4, "{len} samples, {n_frames} frames: max abs diff {diff}");
     }
 }
 
@@ -124,19 +102,10 @@ fn log_mel_buffer_is_reused_across_calls() {
 fn filterbank_matches_whisper_mel_80() {
     let path = require_testdata("speech/mel_80.npy");
     let reference = read_npy_f32(&path).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(
-        reference.shape,
-        vec![N_MELS, N_FREQ_BINS],
-        "{}",
-        path.display()
-    );
+    assert_eq!(reference.shape, vec![N_MELS, N_FREQ_BINS], "{}", path.display());
     let filters = mel_filterbank(N_MELS, N_FFT, 16_000);
     let diff = max_abs_diff(&filters, &reference.values);
-    assert!(
-        diff < 1e-6,
-        "mel filterbank max abs diff {diff} against {}",
-        path.display()
-    );
+    assert!(diff < 1e-6, "mel filterbank max abs diff {diff} against {}", path.display());
 }
 
 #[test]
@@ -144,20 +113,11 @@ fn log_mel_matches_whisper_reference_for_beckett() {
     let wav_path = require_testdata("speech/beckett.wav");
     let mel_path = require_testdata("speech/beckett.mel.npy");
     let reference = read_npy_f32(&mel_path).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(
-        reference.shape,
-        vec![N_MELS, CHUNK_FRAMES],
-        "{}",
-        mel_path.display()
-    );
+    assert_eq!(reference.shape, vec![N_MELS, CHUNK_FRAMES], "{}", mel_path.display());
 
     let samples = to_mono_16k(decode_file(&wav_path).unwrap()).unwrap();
     let mut out = vec![0.0f32; N_MELS * CHUNK_FRAMES];
     LogMel::new().compute_into(&samples, CHUNK_FRAMES, &mut out);
     let diff = max_abs_diff(&out, &reference.values);
-    assert!(
-        diff < 1e-3,
-        "log-mel max abs diff {diff} against {}",
-        mel_path.display()
-    );
+    assert!(diff < 1e-3, "log-mel max abs diff {diff} against {}", mel_path.display());
 }

@@ -2,22 +2,14 @@
 
 use std::f64::consts::PI;
 
-use crate::audio::{
-    downmix_to_mono, resample, to_mono_16k, AudioError, DecodedAudio, StreamResampler,
-};
+use crate::audio::{downmix_to_mono, resample, to_mono_16k, AudioError, DecodedAudio, StreamResampler};
 
 fn sine(frequency: f64, amplitude: f64, rate: u32, len: usize) -> Vec<f32> {
-    (0..len)
-        .map(|i| (amplitude * (2.0 * PI * frequency * i as f64 / f64::from(rate)).sin()) as f32)
-        .collect()
+    (0..len).map(|i| (amplitude * (2.0 * PI * frequency * i as f64 / f64::from(rate)).sin()) as f32).collect()
 }
 
 fn energy(samples: &[f32]) -> f64 {
-    samples
-        .iter()
-        .map(|&s| f64::from(s) * f64::from(s))
-        .sum::<f64>()
-        / samples.len() as f64
+    samples.iter().map(|&s| f64::from(s) * f64::from(s)).sum::<f64>() / samples.len() as f64
 }
 
 /// Samples this far from either end (10 ms) are excluded from accuracy checks: the input
@@ -49,27 +41,14 @@ fn output_length_is_rounded_input_length_ratio() {
 
 #[test]
 fn impulse_lands_at_the_same_time() {
-    for (rate, at) in [
-        (48_000u32, 24_000usize),
-        (8_000, 4_000),
-        (44_100, 22_050),
-        (22_050, 11_025),
-    ] {
+    for (rate, at) in [(48_000u32, 24_000usize), (8_000, 4_000), (44_100, 22_050), (22_050, 11_025)] {
         let mut input = vec![0.0f32; rate as usize];
         input[at] = 1.0;
         let output = resample(&input, rate, 16_000).unwrap();
-        let peak = output
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .map(|(i, _)| i)
-            .unwrap();
+        let peak = output.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap();
         assert_eq!(peak, 8_000, "impulse at {at} of {rate} Hz");
         // Symmetric filter: equal response either side of the peak.
-        assert!(
-            (output[peak - 1] - output[peak + 1]).abs() < 1e-5,
-            "{rate} Hz asymmetric"
-        );
+        assert!((output[peak - 1] - output[peak + 1]).abs() < 1e-5, "{rate} Hz asymmetric");
     }
 }
 
@@ -86,15 +65,9 @@ fn gain_db(frequency: f64, rate: u32) -> f64 {
 fn tone_above_new_nyquist_is_removed() {
     for rate in [48_000u32, 44_100] {
         let leak = gain_db(12_000.0, rate);
-        assert!(
-            leak < -40.0,
-            "12 kHz at {rate} Hz leaks {leak:.1} dB after resampling"
-        );
+        assert!(leak < -40.0, "12 kHz at {rate} Hz leaks {leak:.1} dB after resampling");
         let leak = gain_db(8_500.0, rate);
-        assert!(
-            leak < -40.0,
-            "8.5 kHz at {rate} Hz leaks {leak:.1} dB after resampling"
-        );
+        assert!(leak < -40.0, "8.5 kHz at {rate} Hz leaks {leak:.1} dB after resampling");
     }
 }
 
@@ -118,11 +91,7 @@ fn downmix_averages_channels() {
 fn mono_16k_passes_through_without_copy() {
     let samples = vec![0.1f32, -0.2, 0.3];
     let address = samples.as_ptr();
-    let audio = DecodedAudio {
-        sample_rate: 16_000,
-        channels: 1,
-        samples,
-    };
+    let audio = DecodedAudio { sample_rate: 16_000, channels: 1, samples };
     let output = to_mono_16k(audio).unwrap();
     assert_eq!(output.as_ptr(), address);
     assert_eq!(output, vec![0.1, -0.2, 0.3]);
@@ -132,11 +101,7 @@ fn mono_16k_passes_through_without_copy() {
 fn stereo_48k_becomes_16k_mono() {
     let left = sine(1000.0, 0.5, 48_000, 48_000);
     let interleaved: Vec<f32> = left.iter().flat_map(|&s| [s, s]).collect();
-    let audio = DecodedAudio {
-        sample_rate: 48_000,
-        channels: 2,
-        samples: interleaved,
-    };
+    let audio = DecodedAudio { sample_rate: 48_000, channels: 2, samples: interleaved };
     let output = to_mono_16k(audio).unwrap();
     let ideal = sine(1000.0, 0.5, 16_000, 16_000);
     assert!(super::max_abs_diff(&output[EDGE..16_000 - EDGE], &ideal[EDGE..16_000 - EDGE]) < 1e-3);
@@ -145,26 +110,13 @@ fn stereo_48k_becomes_16k_mono() {
 #[test]
 fn absurd_rates_are_errors() {
     let error = resample(&[0.0; 10], 0, 16_000).unwrap_err();
-    assert!(
-        matches!(error, AudioError::Resample { from: 0, .. }),
-        "{error:?}"
-    );
+    assert!(matches!(error, AudioError::Resample { from: 0, .. }), "{error:?}");
     let error = resample(&[0.0; 10], 10, 16_000).unwrap_err();
-    assert_eq!(
-        error.to_string(),
-        "cannot resample from 10 Hz to 16000 Hz: rates must lie within 1000..=768000 Hz"
-    );
+    assert_eq!(error.to_string(), "cannot resample from 10 Hz to 16000 Hz: rates must lie within 1000..=768000 Hz");
     assert!(resample(&[0.0; 10], 3_000_000, 16_000).is_err());
     assert_eq!(resample(&[0.25; 10], 7, 7).unwrap(), vec![0.25; 10]);
-    let audio = DecodedAudio {
-        sample_rate: 16_000,
-        channels: 0,
-        samples: vec![0.0],
-    };
-    assert!(matches!(
-        to_mono_16k(audio),
-        Err(AudioError::InvalidHeader { .. })
-    ));
+    let audio = DecodedAudio { sample_rate: 16_000, channels: 0, samples: vec![0.0] };
+    assert!(matches!(to_mono_16k(audio), Err(AudioError::InvalidHeader { .. })));
 }
 
 #[test]

@@ -19,11 +19,12 @@ use lookout_models::vision::{Scene, VisionModels};
 use lookout_models::whisper::{DecodeOptions, Whisper, Window};
 use serde::{Deserialize, Serialize};
 
-use super::suite::{
-    check_split, in_own_processes, not_scored_markdown, percent, prepare_items, print_worker_output, process_cells, split_chart, suite_heading, worker_variant, ItemError, ProcessFigures, ScoredVariant, SuiteReport,
-    WorkerOutput, PROCESS_NOTE, SPLITS,
-};
 use super::llama_cpp::LlamaCppDecoder;
+use super::suite::{
+    check_split, in_own_processes, not_scored_markdown, percent, prepare_items, print_worker_output, process_cells,
+    split_chart, suite_heading, worker_variant, ItemError, ProcessFigures, ScoredVariant, SuiteReport, WorkerOutput,
+    PROCESS_NOTE, SPLITS,
+};
 use super::{median, peer_python, since_process_start, write_report, BenchArgs};
 use crate::answer::{reply, Decoder};
 use crate::cli::Context;
@@ -114,16 +115,26 @@ struct SplitScore {
 
 type VariantResult = ScoredVariant<SplitScore, Scored>;
 
-pub(super) fn run(ctx: &Context, args: &BenchArgs, path: &Path, description: &str, items: &[toml::Value]) -> anyhow::Result<()> {
+pub(super) fn run(
+    ctx: &Context,
+    args: &BenchArgs,
+    path: &Path,
+    description: &str,
+    items: &[toml::Value],
+) -> anyhow::Result<()> {
     if args.worker.is_some() {
         return run_variant(ctx, worker_variant(args)?, path, items);
     }
     let bundle = ctx.open_bundle()?;
     let variants: Vec<String> = if args.variants.is_empty() {
-        let mut all: Vec<String> = std::iter::once(SCENE_ONLY.to_string()).chain(bundle.variants("llm-decoder").into_iter().map(str::to_string)).collect();
+        let mut all: Vec<String> = std::iter::once(SCENE_ONLY.to_string())
+            .chain(bundle.variants("llm-decoder").into_iter().map(str::to_string))
+            .collect();
         match (args.no_peers, peer_python(&PEER_PYTHON)) {
             (true, _) => eprintln!("bench: peers skipped (--no-peers)"),
-            (false, None) => eprintln!("bench: llama.cpp not installed (runtime/bench/setup-peers.sh); scoring lookout alone"),
+            (false, None) => {
+                eprintln!("bench: llama.cpp not installed (runtime/bench/setup-peers.sh); scoring lookout alone")
+            }
             (false, Some(_)) => all.push(LLAMA_CPP.to_string()),
         }
         all
@@ -135,7 +146,11 @@ pub(super) fn run(ctx: &Context, args: &BenchArgs, path: &Path, description: &st
     let results: Vec<VariantResult> = outputs.into_iter().map(|o| o.result).collect();
     let suite = path.display().to_string();
     let markdown = report_markdown(&suite, description, &skipped, &results);
-    write_report(&args.out, &markdown, &SuiteReport { suite: suite.clone(), kind: "e2e", description, skipped: &skipped, variants: &results })?;
+    write_report(
+        &args.out,
+        &markdown,
+        &SuiteReport { suite: suite.clone(), kind: "e2e", description, skipped: &skipped, variants: &results },
+    )?;
     let bars: Vec<_> = results
         .iter()
         .map(|r| {
@@ -144,7 +159,8 @@ pub(super) fn run(ctx: &Context, args: &BenchArgs, path: &Path, description: &st
         })
         .collect();
     let svg = args.out.join("answers.svg");
-    std::fs::write(&svg, split_chart("Right answers per decoder variant", &bars)).with_context(|| svg.display().to_string())?;
+    std::fs::write(&svg, split_chart("Right answers per decoder variant", &bars))
+        .with_context(|| svg.display().to_string())?;
     Ok(())
 }
 
@@ -161,7 +177,8 @@ fn run_variant(ctx: &Context, variant: &str, path: &Path, items: &[toml::Value])
     match variant {
         SCENE_ONLY => {}
         LLAMA_CPP => {
-            let python = peer_python(&PEER_PYTHON).context("llama.cpp needs the peers' Python (runtime/bench/setup-peers.sh)")?;
+            let python = peer_python(&PEER_PYTHON)
+                .context("llama.cpp needs the peers' Python (runtime/bench/setup-peers.sh)")?;
             peer = Some(LlamaCppDecoder::start(&python, &bundle)?);
         }
         v => ours = Some(LanguageModel::load(&bundle, Some(v)).with_context(|| format!("decoder variant {v}"))?),
@@ -192,7 +209,8 @@ fn run_variant(ctx: &Context, variant: &str, path: &Path, items: &[toml::Value])
             (None, Some(recording)) => {
                 let file = base.join(recording);
                 let samples = audio::load_mono_16k(&file).with_context(|| file.display().to_string())?;
-                let heard = transcriber.transcribe(&samples, &DecodeOptions { window: Window::FIT, ..DecodeOptions::default() })?;
+                let heard = transcriber
+                    .transcribe(&samples, &DecodeOptions { window: Window::FIT, ..DecodeOptions::default() })?;
                 let text = heard.text.trim().to_string();
                 if text.is_empty() {
                     bail!("no speech heard in {}", file.display());
@@ -228,7 +246,10 @@ fn evaluate(variant: &str, decoder: Option<&dyn Decoder>, known: &[String], item
         let caption = match captions.get(&ready.item.image) {
             Some(known) => Ok(known.clone()),
             None => run(&Task::Caption).map(|r| {
-                let timing = (r.generation.as_ref().map(|g| g.first_token_ms), r.generation.as_ref().map(|g| g.decode_tokens_per_s));
+                let timing = (
+                    r.generation.as_ref().map(|g| g.first_token_ms),
+                    r.generation.as_ref().map(|g| g.decode_tokens_per_s),
+                );
                 let entry = (r.text, timing.0, timing.1);
                 captions.insert(ready.item.image.clone(), entry.clone());
                 entry
@@ -255,7 +276,8 @@ fn evaluate(variant: &str, decoder: Option<&dyn Decoder>, known: &[String], item
         let reference = reference_scene(&ready.item);
         let facts = SceneFacts { scene: &reference, known_labels: known };
         let grounding = facts.grounding(&caption, &Task::Caption);
-        let named: Vec<String> = grounding.named.iter().filter(|l| ready.item.objects.contains_key(*l)).cloned().collect();
+        let named: Vec<String> =
+            grounding.named.iter().filter(|l| ready.item.objects.contains_key(*l)).cloned().collect();
         let missed = ready.item.objects.keys().filter(|l| !named.contains(l)).cloned().collect();
         let answer_right = answer.as_ref().map(|a| contains_any(a, &ready.item.expect));
         let caption_invented = invented(&ready.item, &facts, &caption, &Task::Caption);
@@ -291,7 +313,8 @@ fn evaluate(variant: &str, decoder: Option<&dyn Decoder>, known: &[String], item
 /// also show, and its text; what captions and answers are checked against instead of the detector's scene.
 fn reference_scene(item: &E2eItem) -> Scene {
     let mut reference = Scene::default();
-    reference.counts = item.objects.iter().map(|(l, n)| (l.clone(), *n)).chain(item.also.iter().map(|l| (l.clone(), 0))).collect();
+    reference.counts =
+        item.objects.iter().map(|(l, n)| (l.clone(), *n)).chain(item.also.iter().map(|l| (l.clone(), 0))).collect();
     reference.text = item
         .text
         .iter()
@@ -325,7 +348,8 @@ fn split_score(split: &str, scored: &[Scored]) -> Option<SplitScore> {
     let invented: usize = of_split.iter().map(|s| s.not_in_photo.len()).sum();
     let answered: Vec<bool> = of_split.iter().filter_map(|s| s.answer_right).collect();
     // A caption shared by the items of one image counts once.
-    let caption_facts: BTreeMap<&str, usize> = of_split.iter().map(|s| (s.image.as_str(), s.caption_invented.len())).collect();
+    let caption_facts: BTreeMap<&str, usize> =
+        of_split.iter().map(|s| (s.image.as_str(), s.caption_invented.len())).collect();
     let answer_facts: usize = of_split.iter().map(|s| s.answer_invented.len()).sum();
     Some(SplitScore {
         split: split.to_string(),
@@ -333,14 +357,21 @@ fn split_score(split: &str, scored: &[Scored]) -> Option<SplitScore> {
         caption_recall: named as f64 / wanted.max(1) as f64,
         not_in_photo_rate: invented as f64 / (named + invented).max(1) as f64,
         answers: answered.len(),
-        answer_accuracy: (!answered.is_empty()).then(|| answered.iter().filter(|&&r| r).count() as f64 / answered.len() as f64),
+        answer_accuracy: (!answered.is_empty())
+            .then(|| answered.iter().filter(|&&r| r).count() as f64 / answered.len() as f64),
         invented_facts: caption_facts.values().sum::<usize>() + answer_facts,
     })
 }
 
 /// Whether `text` contains one of `phrases` as whole words, ignoring case and punctuation.
 fn contains_any(text: &str, phrases: &[String]) -> bool {
-    let words = |s: &str| s.to_lowercase().split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_string).collect::<Vec<_>>();
+    let words = |s: &str| {
+        s.to_lowercase()
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
     let said = words(text);
     phrases.iter().any(|p| {
         let wanted = words(p);
@@ -349,17 +380,27 @@ fn contains_any(text: &str, phrases: &[String]) -> bool {
 }
 
 fn report_markdown(suite: &str, description: &str, skipped: &[ItemError], results: &[VariantResult]) -> String {
-    let mut md = suite_heading(suite, "one thread, greedy decoding, detector and OCR, Whisper for spoken questions", description);
+    let mut md = suite_heading(
+        suite,
+        "one thread, greedy decoding, detector and OCR, Whisper for spoken questions",
+        description,
+    );
     md.push_str("| decoder | split | items | caption object recall | objects named not in photo | answers right | invented facts | ms per item p50 | p95 | first token ms | tokens/s | cold start ms | peak RSS MiB |\n");
     md.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in results {
         let decoded = |f: fn(&Scored) -> Option<f64>| {
             let values: Vec<f64> = r.items.iter().filter_map(f).collect();
-            if values.is_empty() { "-".to_string() } else { format!("{:.0}", median(values.into_iter())) }
+            if values.is_empty() {
+                "-".to_string()
+            } else {
+                format!("{:.0}", median(values.into_iter()))
+            }
         };
         let (first_token, tokens_per_s) = (decoded(|s| s.first_token_ms), decoded(|s| s.tokens_per_s));
         for s in &r.splits {
-            let answers = s.answer_accuracy.map_or("-".to_string(), |a| format!("{} of {}", (a * s.answers as f64).round(), s.answers));
+            let answers = s
+                .answer_accuracy
+                .map_or("-".to_string(), |a| format!("{} of {}", (a * s.answers as f64).round(), s.answers));
             md.push_str(&format!(
                 "| {} | {} | {} | {} | {} | {answers} | {} | {:.0} | {:.0} | {first_token} | {tokens_per_s} | {} |\n",
                 r.variant,
@@ -379,7 +420,11 @@ fn report_markdown(suite: &str, description: &str, skipped: &[ItemError], result
     if let Some(peer) = results.iter().find(|r| r.variant.starts_with(LLAMA_CPP)) {
         md.push_str(&format!("`{}` is Lookout's pipeline with llama.cpp decoding the bundle's GGUF from the same prompt ids (greedy, one thread); its peak RSS adds the llama.cpp process's to Lookout's.", peer.variant));
         for r in results.iter().filter(|r| r.variant != peer.variant && r.variant != SCENE_ONLY) {
-            md.push_str(&format!(" Per item, {} takes {:.2}x llama.cpp's time (median).", r.variant, r.median_ms / peer.median_ms.max(1e-9)));
+            md.push_str(&format!(
+                " Per item, {} takes {:.2}x llama.cpp's time (median).",
+                r.variant,
+                r.median_ms / peer.median_ms.max(1e-9)
+            ));
         }
         md.push('\n');
     }
@@ -399,7 +444,8 @@ fn report_markdown(suite: &str, description: &str, skipped: &[ItemError], result
             ));
         }
     }
-    let failed: Vec<(&str, &ItemError)> = results.iter().flat_map(|r| r.failed.iter().map(move |f| (r.variant.as_str(), f))).collect();
+    let failed: Vec<(&str, &ItemError)> =
+        results.iter().flat_map(|r| r.failed.iter().map(move |f| (r.variant.as_str(), f))).collect();
     md.push_str(&not_scored_markdown(skipped, &failed));
     md
 }

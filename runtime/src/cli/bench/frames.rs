@@ -17,8 +17,12 @@ use crate::cli::Context;
 
 const DEFAULT_REPEATS: usize = 50;
 const SIZES: [(u32, u32); 3] = [(640, 480), (1280, 720), (1920, 1080)];
-const FORMATS: [(&str, PixelFormat); 4] =
-    [("YUYV", PixelFormat::Yuyv), ("NV12", PixelFormat::Nv12), ("RGB24", PixelFormat::Rgb24), ("MJPEG", PixelFormat::Mjpeg)];
+const FORMATS: [(&str, PixelFormat); 4] = [
+    ("YUYV", PixelFormat::Yuyv),
+    ("NV12", PixelFormat::Nv12),
+    ("RGB24", PixelFormat::Rgb24),
+    ("MJPEG", PixelFormat::Mjpeg),
+];
 const WARM_UP: usize = 3;
 const JPEG_QUALITY: u8 = 90;
 const PEER_SCRIPT: &str = "runtime/bench/opencv_frames_peer.py";
@@ -122,12 +126,22 @@ pub(super) fn run(_ctx: &Context, args: &BenchArgs) -> anyhow::Result<()> {
     }
 
     let markdown = report_markdown(&rows, peer_run.as_ref(), repeats, &photo.display().to_string());
-    write_report(&args.out, &markdown, &Report { repeats, source: photo.display().to_string(), rows: &rows, peer: peer_run.as_ref() })
+    write_report(
+        &args.out,
+        &markdown,
+        &Report { repeats, source: photo.display().to_string(), rows: &rows, peer: peer_run.as_ref() },
+    )
 }
 
 /// Converts `frame` `repeats` times into one reused image, after a warm-up that lets the image reach its size;
 /// allocations are counted over the timed conversions only.
-fn measure(name: &'static str, format: PixelFormat, frame: &[u8], source: &RgbImage, repeats: usize) -> anyhow::Result<Row> {
+fn measure(
+    name: &'static str,
+    format: PixelFormat,
+    frame: &[u8],
+    source: &RgbImage,
+    repeats: usize,
+) -> anyhow::Result<Row> {
     let (width, height) = (source.width, source.height);
     let mut image = RgbImage::default();
     for _ in 0..WARM_UP {
@@ -183,7 +197,11 @@ fn stretch(image: &RgbImage, width: u32, height: u32) -> RgbImage {
 /// BT.601 limited range, the inverse of what the converters read.
 fn rgb_to_yuv(rgb: &[u8]) -> [i32; 3] {
     let (r, g, b) = (i32::from(rgb[0]), i32::from(rgb[1]), i32::from(rgb[2]));
-    [((66 * r + 129 * g + 25 * b + 128) >> 8) + 16, ((-38 * r - 74 * g + 112 * b + 128) >> 8) + 128, ((112 * r - 94 * g - 18 * b + 128) >> 8) + 128]
+    [
+        ((66 * r + 129 * g + 25 * b + 128) >> 8) + 16,
+        ((-38 * r - 74 * g + 112 * b + 128) >> 8) + 128,
+        ((112 * r - 94 * g - 18 * b + 128) >> 8) + 128,
+    ]
 }
 
 /// The frame a camera delivering `format` would hand over for `rgb`.
@@ -203,7 +221,8 @@ fn encode(format: PixelFormat, rgb: &RgbImage) -> anyhow::Result<Vec<u8>> {
             out
         }
         PixelFormat::Nv12 => {
-            let mut out: Vec<u8> = (0..h).flat_map(|y| (0..w).map(move |x| (y, x))).map(|(y, x)| px(x, y)[0] as u8).collect();
+            let mut out: Vec<u8> =
+                (0..h).flat_map(|y| (0..w).map(move |x| (y, x))).map(|(y, x)| px(x, y)[0] as u8).collect();
             for y in (0..h).step_by(2) {
                 for x in (0..w).step_by(2) {
                     let quad = [px(x, y), px(x + 1, y), px(x, y + 1), px(x + 1, y + 1)];
@@ -215,7 +234,12 @@ fn encode(format: PixelFormat, rgb: &RgbImage) -> anyhow::Result<Vec<u8>> {
         }
         PixelFormat::Mjpeg => {
             let mut out = Vec::new();
-            jpeg_encoder::Encoder::new(&mut out, JPEG_QUALITY).encode(&rgb.data, w as u16, h as u16, jpeg_encoder::ColorType::Rgb)?;
+            jpeg_encoder::Encoder::new(&mut out, JPEG_QUALITY).encode(
+                &rgb.data,
+                w as u16,
+                h as u16,
+                jpeg_encoder::ColorType::Rgb,
+            )?;
             out
         }
     })

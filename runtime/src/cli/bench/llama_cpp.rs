@@ -54,8 +54,14 @@ impl LlamaCppDecoder {
         let chat = ChatText::from_gguf(&Gguf::open(&gguf_path)?)?;
         let capacity = bundle.component("llm-decoder", None)?.param_usize("context")?;
         let tokenizer = &chat.tokenizer;
-        let stop = (0..tokenizer.vocab_size() as u32).filter(|&id| id == tokenizer.eos || tokenizer.is_control(id)).collect();
-        let quantization = gguf_path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.rsplit('.').next()).unwrap_or("gguf").to_string();
+        let stop =
+            (0..tokenizer.vocab_size() as u32).filter(|&id| id == tokenizer.eos || tokenizer.is_control(id)).collect();
+        let quantization = gguf_path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .and_then(|s| s.rsplit('.').next())
+            .unwrap_or("gguf")
+            .to_string();
         let mut child = Command::new(python)
             .arg(SCRIPT)
             .arg("--serve")
@@ -67,10 +73,18 @@ impl LlamaCppDecoder {
             .stderr(Stdio::inherit())
             .spawn()
             .with_context(|| format!("{} could not be started", python.display()))?;
-        let (Some(input), Some(output)) = (child.stdin.take(), child.stdout.take()) else { bail!("llama.cpp's pipes were not opened") };
+        let (Some(input), Some(output)) = (child.stdin.take(), child.stdout.take()) else {
+            bail!("llama.cpp's pipes were not opened")
+        };
         let mut process = PeerProcess { child, input, output: BufReader::new(output) };
         process.read::<serde_json::Value>().context("llama.cpp did not load")?;
-        Ok(LlamaCppDecoder { chat, capacity, variant: format!("llama.cpp {quantization}"), stop, process: RefCell::new(process) })
+        Ok(LlamaCppDecoder {
+            chat,
+            capacity,
+            variant: format!("llama.cpp {quantization}"),
+            stop,
+            process: RefCell::new(process),
+        })
     }
 
     /// The llama.cpp process's peak resident size so far.
@@ -120,7 +134,13 @@ impl Decoder for LlamaCppDecoder {
     }
 
     /// Greedy only (as the suites decode); the whole answer arrives at once, and `cancel` is not asked.
-    fn generate(&self, prompt: &[u32], options: &GenerateOptions, on_text: &mut dyn FnMut(&str), _cancel: &dyn Fn() -> bool) -> anyhow::Result<Generation> {
+    fn generate(
+        &self,
+        prompt: &[u32],
+        options: &GenerateOptions,
+        on_text: &mut dyn FnMut(&str),
+        _cancel: &dyn Fn() -> bool,
+    ) -> anyhow::Result<Generation> {
         if prompt.len() + 1 > self.capacity {
             bail!("a prompt of {} tokens leaves no room in {}", prompt.len(), self.capacity);
         }

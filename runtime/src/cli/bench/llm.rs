@@ -42,8 +42,11 @@ pub(super) fn run(ctx: &Context, args: &BenchArgs) -> anyhow::Result<()> {
         return print_json(&measure(ctx, variant, threads.parse().context("thread count")?, repeats)?);
     }
     let bundle = ctx.open_bundle()?;
-    let variants =
-        if args.variants.is_empty() { bundle.variants("llm-decoder").into_iter().map(str::to_string).collect() } else { args.variants.clone() };
+    let variants = if args.variants.is_empty() {
+        bundle.variants("llm-decoder").into_iter().map(str::to_string).collect()
+    } else {
+        args.variants.clone()
+    };
     let mut runs: Vec<EngineRun> = Vec::new();
     for threads in &args.threads {
         for variant in &variants {
@@ -55,7 +58,9 @@ pub(super) fn run(ctx: &Context, args: &BenchArgs) -> anyhow::Result<()> {
     let python = peer_python(&[".cache/venv-peers/bin/python"]);
     match (&python, args.no_peers) {
         (_, true) => eprintln!("bench: peers skipped (--no-peers)"),
-        (None, _) => eprintln!("bench: llama.cpp not installed (runtime/bench/setup-peers.sh); reporting lookout alone"),
+        (None, _) => {
+            eprintln!("bench: llama.cpp not installed (runtime/bench/setup-peers.sh); reporting lookout alone")
+        }
         (Some(python), false) => {
             let gguf = bundle.checked_path(bundle.component("llm-gguf", None)?)?;
             let prompt = runs.first().map(|r| r.prompt_tokens).unwrap_or(0);

