@@ -114,6 +114,7 @@ impl Decoder for LanguageModel {
 
 /// Answers `task` about `scene`; with `decoder` = None the deterministic sentence is the answer. `cancel` is asked
 /// between decoding steps; a cancelled reply has `Finish::Cancelled` in its generation.
+#[allow(clippy::too_many_arguments)] // each is a different role; every front end passes all of them
 pub fn reply(
     scene: &Scene,
     known_labels: &[String],

@@ -34,10 +34,12 @@ fn mentions(text: &str, names: &[&str]) -> bool {
     })
 }
 
+/// A photo, the objects its caption must name (each in one of these words) and the labels it must not use.
+type CaptionCase = (&'static str, &'static [&'static [&'static str]], &'static [&'static str]);
+
 #[test]
 fn captions_name_the_detected_objects_and_invent_none() {
-    // (photo, each entry: one object the caption must name in one of these words, labels it must not use)
-    let cases: &[(&str, &[&[&str]], &[&str])] = &[
+    let cases: &[CaptionCase] = &[
         (
             "dog.jpg",
             &[&["dog", "dogs"], &["bicycle", "bicycles", "bike", "bikes"]],

@@ -80,7 +80,10 @@ impl EvalOp for CausalAttention {
 impl TypedOp for CausalAttention {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         ensure!(
-            self.kv_heads > 0 && self.heads % self.kv_heads == 0 && self.head_dim > 0 && self.head_dim % 2 == 0,
+            self.kv_heads > 0
+                && self.heads.is_multiple_of(self.kv_heads)
+                && self.head_dim > 0
+                && self.head_dim.is_multiple_of(2),
             "CausalAttention: {} heads over {} key/value heads of {}",
             self.heads,
             self.kv_heads,

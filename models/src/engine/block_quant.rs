@@ -172,7 +172,11 @@ const PARALLEL_MIN_MACS: usize = 200_000;
 /// weight rows held in `blocks`; `out` holds `rows × n` values.
 pub fn matmul(format: BlockFormat, blocks: &[u8], k: usize, n: usize, x: &[f32], out: &mut [f32]) -> TractResult<()> {
     let weights = Weights { format, blocks, k };
-    ensure!(k > 0 && k % BLOCK == 0 && x.len() % k == 0, "BlockMatMul: {} activations are not rows of k={k}", x.len());
+    ensure!(
+        k > 0 && k.is_multiple_of(BLOCK) && x.len().is_multiple_of(k),
+        "BlockMatMul: {} activations are not rows of k={k}",
+        x.len()
+    );
     ensure!(
         blocks.len() == n * weights.row_bytes(),
         "BlockMatMul: {} bytes of {} blocks for {n}×{k} weights",
@@ -267,6 +271,8 @@ unsafe fn portable_integer_columns(
 }
 
 #[cfg(target_arch = "x86_64")]
+// Index loops over const-sized arrays of registers, which the compiler unrolls into registers.
+#[allow(clippy::needless_range_loop)]
 mod avx2 {
     use super::{Activations, BlockFormat, Output, Weights, BLOCK};
     use std::arch::x86_64::*;
@@ -592,7 +598,11 @@ impl EvalOp for BlockMatMul {
 
 impl TypedOp for BlockMatMul {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        ensure!(self.k > 0 && self.k % BLOCK == 0, "BlockMatMul: k={} is not a positive multiple of {BLOCK}", self.k);
+        ensure!(
+            self.k > 0 && self.k.is_multiple_of(BLOCK),
+            "BlockMatMul: k={} is not a positive multiple of {BLOCK}",
+            self.k
+        );
         ensure!(inputs[0].datum_type == f32::datum_type(), "BlockMatMul takes f32 activations");
         ensure!(inputs[1].datum_type == u8::datum_type(), "BlockMatMul takes u8 blocks");
         let mut shape = inputs[0].shape.to_tvec();
@@ -635,7 +645,11 @@ impl EvalOp for BlockGather {
     fn eval(&self, _: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let blocks = inputs[0].try_as_plain_ram()?;
         let blocks = blocks.as_slice::<u8>()?;
-        ensure!(self.k > 0 && self.k % BLOCK == 0, "BlockGather: k={} is not a positive multiple of {BLOCK}", self.k);
+        ensure!(
+            self.k > 0 && self.k.is_multiple_of(BLOCK),
+            "BlockGather: k={} is not a positive multiple of {BLOCK}",
+            self.k
+        );
         let weights = Weights { format: self.format, blocks, k: self.k };
         let table_rows = blocks.len() / weights.row_bytes();
         let ids = inputs[1].cast_to::<i64>()?;
@@ -661,7 +675,11 @@ impl EvalOp for BlockGather {
 
 impl TypedOp for BlockGather {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        ensure!(self.k > 0 && self.k % BLOCK == 0, "BlockGather: k={} is not a positive multiple of {BLOCK}", self.k);
+        ensure!(
+            self.k > 0 && self.k.is_multiple_of(BLOCK),
+            "BlockGather: k={} is not a positive multiple of {BLOCK}",
+            self.k
+        );
         ensure!(inputs[0].datum_type == u8::datum_type(), "BlockGather takes u8 blocks");
         let mut shape = inputs[1].shape.to_tvec();
         shape.push(self.k.to_dim());
@@ -876,7 +894,7 @@ mod tests {
         BlockFormat::Q8_0.dequantize_row(&q8, &mut out);
         assert_eq!((out[0], out[16], out[31]), (-4.0, 0.0, 3.75));
         let mut q4 = f16::from_f32(2.0).to_bits().to_le_bytes().to_vec();
-        q4.extend(std::iter::repeat(0x80).take(16));
+        q4.extend(std::iter::repeat_n(0x80, 16));
         BlockFormat::Q4_0.dequantize_row(&q4, &mut out);
         assert_eq!((out[0], out[16]), (-16.0, 0.0));
     }

@@ -125,7 +125,7 @@ fn helper(shared: &Shared) {
         let mut spins = 0u32;
         while shared.generation.load(Ordering::Acquire) == seen {
             spins = spins.wrapping_add(1);
-            if spins % 64 != 0 || idle_since.elapsed() < SPIN {
+            if !spins.is_multiple_of(64) || idle_since.elapsed() < SPIN {
                 std::hint::spin_loop();
                 continue;
             }

@@ -67,7 +67,7 @@ impl BpeTokenizer {
         let control: Vec<bool> = types.iter().map(|t| *t == CONTROL).collect();
         let mut specials: Vec<(String, u32)> =
             tokens.iter().enumerate().filter(|(i, _)| control[*i]).map(|(i, t)| (t.clone(), i as u32)).collect();
-        specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        specials.sort_by_key(|(text, _)| std::cmp::Reverse(text.len()));
         let byte_char = byte_to_unicode();
         let byte_ids = byte_char.map(|c| ids.get(&c.to_string()).copied());
         let id_of = |key: &str| gguf.uint(key).ok().map(|n| n as u32).filter(|n| (*n as usize) < tokens.len());

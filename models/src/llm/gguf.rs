@@ -333,7 +333,7 @@ impl LlamaConfig {
             d_ff: usize_of("feed_forward_length")?,
             n_heads,
             n_kv_heads: usize_of("attention.head_count_kv").unwrap_or(n_heads),
-            head_dim: if n_heads > 0 { d_model / n_heads } else { 0 },
+            head_dim: d_model.checked_div(n_heads).unwrap_or(0),
             n_vocab: gguf.strings("tokenizer.ggml.tokens")?.len(),
             n_ctx_train: usize_of("context_length")?,
             rope_theta: gguf.float(&key("rope.freq_base")).unwrap_or(10_000.0),
@@ -343,8 +343,8 @@ impl LlamaConfig {
         if config.n_layers == 0
             || config.n_heads == 0
             || config.n_kv_heads == 0
-            || config.d_model % config.n_heads != 0
-            || config.n_heads % config.n_kv_heads != 0
+            || !config.d_model.is_multiple_of(config.n_heads)
+            || !config.n_heads.is_multiple_of(config.n_kv_heads)
         {
             return Err(bad(format!("inconsistent hyperparameters {config:?}")));
         }

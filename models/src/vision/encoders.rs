@@ -533,7 +533,9 @@ impl VisionSession<'_> {
         self.detections.clear();
         for row in rows.chunks_exact(6) {
             let (score, class) = (row[4], row[5]);
-            if !(score >= d.filter.score_threshold) || !(class >= 0.0) {
+            // Written so that a NaN score or class is skipped too.
+            let kept = score >= d.filter.score_threshold && class >= 0.0;
+            if !kept {
                 continue;
             }
             let Some(label) = d.labels.get(class as usize) else {

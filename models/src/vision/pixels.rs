@@ -180,8 +180,8 @@ pub fn fit_into(image: &RgbImage, max_width: u32, max_height: u32, out: &mut Rgb
             }
             let n = ((y1 - y0) * (x1 - x0)) as u32;
             let at = (y * w + x) * 3;
-            for c in 0..3 {
-                out.data[at + c] = ((sum[c] + n / 2) / n) as u8;
+            for (value, total) in out.data[at..at + 3].iter_mut().zip(sum) {
+                *value = ((total + n / 2) / n) as u8;
             }
         }
     }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context as _;
@@ -132,7 +132,7 @@ fn ms_since(start: Instant) -> f64 {
 
 fn run(
     ctx: &Context,
-    image_path: &PathBuf,
+    image_path: &Path,
     text: Option<&str>,
     speech: Option<(&PathBuf, Option<&str>)>,
     args: &LanguageArgs,

@@ -97,7 +97,7 @@ pub fn run_camera(mut camera: Box<dyn Camera>, width: u32, height: u32, shared: 
             }
             Err(e) => {
                 let n = metrics.camera_errors.fetch_add(1, Relaxed);
-                if n % ERROR_REPORT_EVERY == 0 {
+                if n.is_multiple_of(ERROR_REPORT_EVERY) {
                     shared.events.emit("error", json!({ "stage": "camera", "kind": format!("{:?}", e.kind), "error": e.message, "count": n + 1 }));
                 }
                 std::thread::sleep(Duration::from_millis(100));
@@ -121,7 +121,7 @@ pub fn run_camera(mut camera: Box<dyn Camera>, width: u32, height: u32, shared: 
         };
         if let Err(reason) = converted {
             let n = metrics.frames_bad.fetch_add(1, Relaxed);
-            if n % ERROR_REPORT_EVERY == 0 {
+            if n.is_multiple_of(ERROR_REPORT_EVERY) {
                 shared.events.emit(
                     "error",
                     json!({ "stage": "camera", "source": frame.source, "error": reason, "count": n + 1 }),
@@ -257,7 +257,7 @@ fn listen(microphone: &mut dyn Microphone, vad: &SileroVad, ring_s: u32, shared:
         shared.beat(Beat::Microphone);
         if let Err(e) = microphone.read(&mut captured) {
             let n = metrics.microphone_errors.fetch_add(1, Relaxed);
-            if n % ERROR_REPORT_EVERY == 0 || e.kind != ErrorKind::Overrun {
+            if n.is_multiple_of(ERROR_REPORT_EVERY) || e.kind != ErrorKind::Overrun {
                 shared.events.emit("error", json!({ "stage": "microphone", "kind": format!("{:?}", e.kind), "error": e.message, "count": n + 1 }));
             }
             match e.kind {

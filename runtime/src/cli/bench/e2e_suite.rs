@@ -312,16 +312,21 @@ fn evaluate(variant: &str, decoder: Option<&dyn Decoder>, known: &[String], item
 /// The image as annotated: its reference objects (counted, or present when the count is 0), with the labels it may
 /// also show, and its text; what captions and answers are checked against instead of the detector's scene.
 fn reference_scene(item: &E2eItem) -> Scene {
-    let mut reference = Scene::default();
-    reference.counts =
-        item.objects.iter().map(|(l, n)| (l.clone(), *n)).chain(item.also.iter().map(|l| (l.clone(), 0))).collect();
-    reference.text = item
-        .text
-        .iter()
-        .flat_map(|t| t.lines())
-        .map(|line| lookout_models::vision::scene::TextLine { text: line.to_string(), score: 1.0, bbox: [0.0; 4] })
-        .collect();
-    reference
+    Scene {
+        counts: item
+            .objects
+            .iter()
+            .map(|(l, n)| (l.clone(), *n))
+            .chain(item.also.iter().map(|l| (l.clone(), 0)))
+            .collect(),
+        text: item
+            .text
+            .iter()
+            .flat_map(|t| t.lines())
+            .map(|line| lookout_models::vision::scene::TextLine { text: line.to_string(), score: 1.0, bbox: [0.0; 4] })
+            .collect(),
+        ..Scene::default()
+    }
 }
 
 /// What `sentence` claims that the annotated image does not support: labels it lacks, counts that differ from a
