@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config::BoardSource;
+use serde::Serialize;
 
 /// Every board profile of the repository, by name.
 pub const BUILT_IN: [(&str, &str); 7] = [
@@ -88,6 +88,20 @@ pub fn detect(probe: &Probe) -> Result<&'static str, String> {
         return Err(format!("no board profile matches this machine (CPU vendor \"{vendor}\"); name one with --board"));
     }
     Err("cannot tell which board this is (no /proc/device-tree/model, no CPU vendor in /proc/cpuinfo); name one with --board".into())
+}
+
+/// Where the board named by a configuration comes from.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BoardSource {
+    /// The file itself has a `[board]` table.
+    File,
+    /// A board built into the binary, by name.
+    Named(String),
+    /// Detected from this machine's `/proc` files.
+    Detected(String),
+    /// A board file given by path.
+    Path(PathBuf),
 }
 
 /// The text of the board a configuration refers to: `auto`, a built-in name, or a path (relative to the config).

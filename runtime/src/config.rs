@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::board;
+use crate::board::{self, BoardSource};
 
 /// The whole configuration the daemon runs with.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -203,20 +203,6 @@ pub enum ConfigError {
     Field { path: PathBuf, field: String, reason: String },
     #[error("{path}: {reason}")]
     Board { path: PathBuf, reason: String },
-}
-
-/// Where the board named by a configuration comes from.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum BoardSource {
-    /// The file itself has a `[board]` table.
-    File,
-    /// A board built into the binary, by name.
-    Named(String),
-    /// Detected from this machine's `/proc` files.
-    Detected(String),
-    /// A board file given by path.
-    Path(PathBuf),
 }
 
 /// A checked configuration and where its board came from.

@@ -4,8 +4,8 @@ use lookout_models::audio::AudioError;
 use lookout_models::vision::image::ImageError;
 use lookout_models::ModelError;
 
-use crate::cli::OverBudget;
 use crate::config::ConfigError;
+use crate::plan::OverBudget;
 
 /// The command ran and failed for a reason not listed below.
 pub const FAILURE: u8 = 1;

@@ -6,6 +6,7 @@ mod answer;
 mod board;
 mod cli;
 mod config;
+mod context;
 mod daemon;
 mod exit;
 mod fusion;

@@ -8,6 +8,11 @@ use serde::Serialize;
 
 use crate::config::Config;
 
+/// A configuration whose memory plan exceeds its budget.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct OverBudget(pub String);
+
 const MIB: f64 = 1024.0 * 1024.0;
 /// HTTP requests served at once; each may hold a body of `http.max_body_kib`.
 pub const HTTP_CONNECTIONS: u32 = 4;

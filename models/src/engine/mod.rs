@@ -166,11 +166,20 @@ fn prepare(path: &Path, spec: &GraphSpec) -> TractResult<TypedModel> {
     Ok(typed)
 }
 
+/// The registry of Lookout's NNEF forms, which compiled archives declare (`extension tract_registry lookout`).
+fn lookout_registry() -> tract_nnef::internal::Registry {
+    let mut registry = tract_nnef::internal::Registry::new("lookout");
+    nnef_ops::register(&mut registry);
+    block_quant::register_nnef(&mut registry);
+    attention::register_nnef(&mut registry);
+    registry
+}
+
 /// The NNEF reader and writer with every registry a compiled graph may use; built once (it takes about 15 ms).
 fn nnef_framework() -> &'static tract_nnef::framework::Nnef {
     use tract_transformers::WithTractTransformers;
     static NNEF: std::sync::OnceLock<tract_nnef::framework::Nnef> = std::sync::OnceLock::new();
-    NNEF.get_or_init(|| tract_nnef::nnef().with_tract_transformers().with_onnx().with_registry(nnef_ops::registry()))
+    NNEF.get_or_init(|| tract_nnef::nnef().with_tract_transformers().with_onnx().with_registry(lookout_registry()))
 }
 
 /// Compiles an ONNX graph (declared and transformed as [`Graph::load`] does) into `out`, tract's NNEF archive,

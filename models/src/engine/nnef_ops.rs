@@ -1,17 +1,13 @@
-//! NNEF forms for the operators that decluttering leaves in Lookout's graphs and that tract's own registries cannot
-//! write, so that every graph of a bundle can be compiled: the exact GELU, the block products and lookups of
-//! [`super::block_quant`] and the cached attention of [`super::attention`].
+//! What compiling Lookout's graphs to NNEF needs beyond tract's own registries: the NNEF form of the exact GELU that
+//! decluttering leaves in them, the clean-up that makes a prepared model writable, and reading sizes from NNEF
+//! attributes (for the operators of [`super::block_quant`] and [`super::attention`], which register their own forms).
 
 use tract_nnef::internal::*;
 use tract_onnx::tract_core::ops::nn::GeluExact;
 
-/// The registry the compiled archives declare (`extension tract_registry lookout`).
-pub fn registry() -> Registry {
-    let mut registry = Registry::new("lookout");
+/// Registers the NNEF forms of tract's own operators that its registries lack: the exact GELU.
+pub fn register(registry: &mut Registry) {
     registry.register_unit_element_wise("lookout_gelu_exact", &GeluExact {});
-    super::block_quant::register_nnef(&mut registry);
-    super::attention::register_nnef(&mut registry);
-    registry
 }
 
 /// An integer attribute of an NNEF invocation as a size: a negative one (a damaged archive) is an error, not a wrap.

@@ -10,6 +10,7 @@ mod llama_cpp;
 mod llm;
 mod npy;
 mod speech;
+mod speech_suite;
 mod suite;
 mod vision;
 mod vision_suite;
@@ -96,9 +97,21 @@ pub fn run(ctx: &Context, args: BenchArgs) -> anyhow::Result<()> {
         "llm" => llm::run(ctx, &args),
         "frames" => frames::run(ctx, &args),
         other => match suite_file(other) {
-            Some(file) => suite::run(ctx, &args, &file),
+            Some(file) => run_suite_file(ctx, &args, &file),
             None => bail!("unknown suite `{other}` (available: speech, vision, llm, frames, or a suite file: e2e, speech.toml, vision.toml, e2e.toml or a path)"),
         },
+    }
+}
+
+/// Runs a suite file (`kind` speech, vision or e2e) for every requested variant.
+fn run_suite_file(ctx: &Context, args: &BenchArgs, path: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("suite {}", path.display()))?;
+    let suite: suite::SuiteFile = toml::from_str(&text).with_context(|| format!("suite {}", path.display()))?;
+    match suite.kind.as_str() {
+        "speech" => speech_suite::run(ctx, args, path, &suite),
+        "vision" => vision_suite::run(ctx, args, path, &suite.description, &suite.items),
+        "e2e" => e2e_suite::run(ctx, args, path, &suite.description, &suite.items),
+        other => bail!("suite {}: kind `{other}` is not supported (speech, vision or e2e)", path.display()),
     }
 }
 

@@ -6,8 +6,10 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use super::{open_config_bundle, print_json, Context};
+use crate::board::BoardSource;
 use crate::board::{self, Probe};
-use crate::config::{BoardSource, Config, Loaded};
+use crate::config::{Config, Loaded};
+use crate::plan::OverBudget;
 use crate::plan::{self, Plan};
 
 #[derive(Debug, clap::Args)]
@@ -26,11 +28,6 @@ pub struct BoardsArgs {
     #[arg(long)]
     json: bool,
 }
-
-/// A configuration whose memory plan exceeds its budget.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct OverBudget(pub String);
 
 #[derive(Serialize)]
 struct Report<'a> {

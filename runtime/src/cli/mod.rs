@@ -11,14 +11,13 @@ mod serve;
 mod soak;
 mod transcribe;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 pub use bench::mark_process_start;
-pub use check_config::OverBudget;
 use clap::{Parser, Subcommand};
-use lookout_models::bundle::{self, Bundle, DEFAULT_BUNDLE};
+use lookout_models::bundle::{self, DEFAULT_BUNDLE};
 
-use crate::config::Config;
+pub use crate::context::{open_config_bundle, Context};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -80,32 +79,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Command::Probe(a) => probe::run(a),
         Command::Soak(a) => soak::run(&ctx, a),
     }
-}
-
-/// Where the command finds its models.
-pub struct Context {
-    pub models_dir: PathBuf,
-    pub bundle: String,
-}
-
-impl Context {
-    pub fn open_bundle(&self) -> anyhow::Result<Bundle> {
-        Ok(Bundle::locate(&self.models_dir, &self.bundle)?)
-    }
-
-    pub fn models_dir(&self) -> &Path {
-        &self.models_dir
-    }
-}
-
-/// The bundle the configuration names (its `models.dir`, else the command line's or the default directory).
-pub fn open_config_bundle(ctx: &Context, config: &Config) -> anyhow::Result<Bundle> {
-    let dir = match &config.models.dir {
-        Some(dir) => dir.clone(),
-        None => ctx.models_dir.clone(),
-    };
-    let name = if config.models.bundle != bundle::DEFAULT_BUNDLE { &config.models.bundle } else { &ctx.bundle };
-    Ok(Bundle::locate(&dir, name)?)
 }
 
 /// Prints a value as pretty JSON on stdout.

@@ -2,10 +2,11 @@
 
 use std::path::PathBuf;
 
-use super::{open_config_bundle, Context, OverBudget};
+use super::{open_config_bundle, Context};
 use crate::config::Config;
 use crate::daemon;
 use crate::plan;
+use crate::plan::OverBudget;
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {

@@ -25,9 +25,10 @@ use self::http::HttpServer;
 use self::notify::Notifier;
 use self::pipeline::{Models, Worker};
 use self::state::{Beat, Current, Shared};
-use crate::cli::{open_config_bundle, Context, OverBudget};
 use crate::config::{Config, Loaded};
+use crate::context::{open_config_bundle, Context};
 use crate::memory;
+use crate::plan::OverBudget;
 use crate::plan::{self, Plan};
 use crate::scheduler::buffers::FrameQueue;
 

@@ -1,0 +1,34 @@
+//! Where a command or the daemon finds its model bundle: the command line's models directory and bundle name, or
+//! what a configuration names instead.
+
+use std::path::{Path, PathBuf};
+
+use lookout_models::bundle::{self, Bundle};
+
+use crate::config::Config;
+
+/// Where the command finds its models.
+pub struct Context {
+    pub models_dir: PathBuf,
+    pub bundle: String,
+}
+
+impl Context {
+    pub fn open_bundle(&self) -> anyhow::Result<Bundle> {
+        Ok(Bundle::locate(&self.models_dir, &self.bundle)?)
+    }
+
+    pub fn models_dir(&self) -> &Path {
+        &self.models_dir
+    }
+}
+
+/// The bundle the configuration names (its `models.dir`, else the command line's or the default directory).
+pub fn open_config_bundle(ctx: &Context, config: &Config) -> anyhow::Result<Bundle> {
+    let dir = match &config.models.dir {
+        Some(dir) => dir.clone(),
+        None => ctx.models_dir.clone(),
+    };
+    let name = if config.models.bundle != bundle::DEFAULT_BUNDLE { &config.models.bundle } else { &ctx.bundle };
+    Ok(Bundle::locate(&dir, name)?)
+}
