@@ -14,13 +14,14 @@ mod memory;
 mod plan;
 mod question;
 mod scheduler;
+mod started;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
 fn main() -> ExitCode {
-    cli::mark_process_start();
+    started::mark_process_start();
     let args = cli::Args::parse();
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,

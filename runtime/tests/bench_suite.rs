@@ -1,5 +1,6 @@
 //! `lookout bench` with a suite file on the real default speech models: items scored per variant, a held-out item
 //! spoken by espeak-ng, broken items reported one by one without stopping the run, and the same figures twice.
+#![cfg(feature = "bench")]
 
 mod common;
 

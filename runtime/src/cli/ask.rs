@@ -227,7 +227,7 @@ fn run(
         Ok((transcript, scene, vision, decoder))
     })?;
     if let Some(last) = loaded_at.into_inner().unwrap_or_else(|e| e.into_inner()).into_iter().max() {
-        timings.insert("cold_start".to_string(), super::bench::ms_from_process_start(last));
+        timings.insert("cold_start".to_string(), crate::started::ms_from_process_start(last));
     }
 
     let question = text.map(str::to_string).or_else(|| transcript.clone());

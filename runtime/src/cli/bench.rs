@@ -18,8 +18,6 @@ mod vision_suite;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
-use std::time::Instant;
 
 use anyhow::{bail, Context as _};
 use clap::Args;
@@ -70,21 +68,9 @@ pub struct BenchArgs {
     tensors: Option<PathBuf>,
 }
 
-static PROCESS_START: OnceLock<Instant> = OnceLock::new();
-
-/// Notes when this process started (first thing in `main`), for cold-start figures.
-pub fn mark_process_start() {
-    PROCESS_START.get_or_init(Instant::now);
-}
-
-/// Milliseconds since `mark_process_start`.
+/// Milliseconds since the process started.
 fn since_process_start() -> f64 {
-    ms_from_process_start(Instant::now())
-}
-
-/// Milliseconds from `mark_process_start` to `instant`.
-pub fn ms_from_process_start(instant: Instant) -> f64 {
-    instant.saturating_duration_since(*PROCESS_START.get_or_init(Instant::now)).as_secs_f64() * 1e3
+    crate::started::ms_since_process_start()
 }
 
 pub fn run(ctx: &Context, args: BenchArgs) -> anyhow::Result<()> {

@@ -1,6 +1,7 @@
 //! Command-line arguments and dispatch to one module per subcommand.
 
 mod ask;
+#[cfg(feature = "bench")]
 mod bench;
 mod check_config;
 mod describe;
@@ -13,7 +14,6 @@ mod transcribe;
 
 use std::path::PathBuf;
 
-pub use bench::mark_process_start;
 use clap::{Parser, Subcommand};
 use lookout_models::bundle::{self, DEFAULT_BUNDLE};
 
@@ -41,6 +41,7 @@ enum Command {
     /// Speech to text from a WAV or FLAC file.
     Transcribe(transcribe::TranscribeArgs),
     /// Benchmark against peers on the same weights and inputs.
+    #[cfg(feature = "bench")]
     Bench(bench::BenchArgs),
     /// Objects, counts and text in a JPEG or PNG image.
     Describe(describe::DescribeArgs),
@@ -69,6 +70,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
         Command::Transcribe(a) => transcribe::run(&ctx, a),
         Command::Models(c) => models::run(&ctx, c),
+        #[cfg(feature = "bench")]
         Command::Bench(a) => bench::run(&ctx, a),
         Command::Describe(a) => describe::run(&ctx, a),
         Command::Caption(a) => ask::caption(&ctx, a),

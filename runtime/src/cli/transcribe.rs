@@ -46,6 +46,7 @@ pub enum WindowArg {
 
 impl WindowArg {
     /// The window named `full` or `fit`, as the benchmarks spell it in their variant names.
+    #[cfg(feature = "bench")]
     pub fn named(name: &str) -> anyhow::Result<Window> {
         Ok(WindowArg::from_str(name, false)
             .map_err(|_| anyhow::anyhow!("unknown window `{name}` (fit or full)"))?
