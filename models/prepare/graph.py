@@ -1,4 +1,4 @@
-"""Small ONNX graph builder (numpy + onnx.helper) whose matmuls take one of four weight forms (`WEIGHTS`)."""
+"""Small ONNX graph builder (numpy + onnx.helper) whose matmuls take one of three weight forms (`WEIGHTS`)."""
 
 from __future__ import annotations
 
