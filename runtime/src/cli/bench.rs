@@ -68,11 +68,6 @@ pub struct BenchArgs {
     tensors: Option<PathBuf>,
 }
 
-/// Milliseconds since the process started.
-fn since_process_start() -> f64 {
-    crate::started::ms_since_process_start()
-}
-
 pub fn run(ctx: &Context, args: BenchArgs) -> anyhow::Result<()> {
     if args.repeats == Some(0) {
         bail!("--repeats must be at least 1");

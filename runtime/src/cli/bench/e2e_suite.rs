@@ -25,11 +25,12 @@ use super::suite::{
     split_chart, suite_heading, worker_variant, ItemError, ProcessFigures, ScoredVariant, SuiteReport, WorkerOutput,
     PROCESS_NOTE, SPLITS,
 };
-use super::{median, peer_python, since_process_start, write_report, BenchArgs};
+use super::{median, peer_python, write_report, BenchArgs};
 use crate::answer::{reply, Decoder};
 use crate::cli::Context;
 use crate::fusion::{SceneFacts, Task};
 use crate::question::number_value;
+use crate::started::ms_since_process_start;
 
 /// The variant that answers from the scene alone, without a decoder.
 const SCENE_ONLY: &str = "scene";
@@ -188,7 +189,7 @@ fn run_variant(ctx: &Context, variant: &str, path: &Path, items: &[toml::Value])
         (_, Some(llama)) => Some(llama),
         _ => None,
     };
-    let cold_start_ms = since_process_start();
+    let cold_start_ms = ms_since_process_start();
     let labels: BTreeSet<String> = vision.detector.labels().iter().cloned().collect();
     let mut session = vision.session()?;
     let base = path.parent().unwrap_or(Path::new("."));

@@ -126,7 +126,7 @@ fn measure(
     let started = Instant::now();
     let whisper = Whisper::load(&bundle, Some(variant))?;
     let load_ms = started.elapsed().as_secs_f64() * 1e3;
-    let cold_start_ms = super::since_process_start();
+    let cold_start_ms = crate::started::ms_since_process_start();
     let weight_bytes = whisper_weight_bytes(&bundle, variant);
     let mut transcriber = Transcriber::new(&whisper, None)?;
     let options = DecodeOptions { window: window_kind, ..DecodeOptions::default() };

@@ -18,9 +18,10 @@ use super::suite::{
     process_cells, split_chart, suite_heading, worker_variant, ItemError, ProcessFigures, SuiteFile, SuiteReport, MIB,
     PROCESS_NOTE, SPLITS,
 };
-use super::{median, peer_python, percentile, since_process_start, write_report, BenchArgs};
+use super::{median, peer_python, percentile, write_report, BenchArgs};
 use crate::cli::transcribe::WindowArg;
 use crate::cli::Context;
+use crate::started::ms_since_process_start;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -252,7 +253,7 @@ fn evaluate(
     let load_ms = started.elapsed().as_secs_f64() * 1e3;
     let vad = SileroVad::load(&bundle)?;
     let mut transcriber = Transcriber::new(&whisper, Some(&vad))?;
-    let cold_start_ms = since_process_start();
+    let cold_start_ms = ms_since_process_start();
     let (items, skipped) = prepare()?;
     let options = DecodeOptions { window: window_kind, ..DecodeOptions::default() };
     let (mut scored, mut failed) = (Vec::new(), Vec::new());

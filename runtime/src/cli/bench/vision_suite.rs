@@ -17,8 +17,9 @@ use super::suite::{
     check_split, edit_distance, not_scored_markdown, percent, prepare_items, process_cells, split_chart, suite_heading,
     ItemError, ProcessFigures, ScoredVariant, SuiteReport, SPLITS,
 };
-use super::{peer, peer_python, since_process_start, write_report, BenchArgs};
+use super::{peer, peer_python, write_report, BenchArgs};
 use crate::cli::Context;
+use crate::started::ms_since_process_start;
 
 const PEER_SCRIPT: &str = "runtime/bench/onnxruntime_vision_suite_peer.py";
 
@@ -90,7 +91,7 @@ pub(super) fn run(
     lookout_models::engine::set_threads(1);
     let bundle = ctx.open_bundle()?;
     let mut models = VisionModels::load(&bundle, true)?;
-    let cold_start_ms = since_process_start();
+    let cold_start_ms = ms_since_process_start();
     let bundle_threshold = models.detector.filter.score_threshold;
     let thresholds: Vec<f32> = if args.variants.is_empty() {
         let mut all = OTHER_THRESHOLDS.to_vec();
