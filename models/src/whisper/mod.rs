@@ -145,8 +145,10 @@ impl Whisper {
                 reason: format!("{} tokens, but the decoder has {} outputs", vocab.len(), config.n_vocab),
             });
         }
-        let encoder = engine::load_component(bundle, encoder_c, &Self::encoder_spec(encoder_c)?)?;
+        // The larger graph first: its transient copies (the f32 output head packed beside its source, 100 MiB) then
+        // come before the other graph is resident, not on top of it.
         let decoder = engine::load_component(bundle, decoder_c, &Self::decoder_spec(decoder_c)?)?;
+        let encoder = engine::load_component(bundle, encoder_c, &Self::encoder_spec(encoder_c)?)?;
         Ok(Whisper { variant, config, encoder, decoder, vocab })
     }
 
