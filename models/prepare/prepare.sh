@@ -57,6 +57,7 @@ fi
 "$venv/bin/python" "$here/reference.py" "$@"
 "$venv/bin/python" "$here/reference_vision.py" "$@"
 "$venv/bin/python" "$here/reference_llm.py" "$@"
+"$venv/bin/python" "$here/reference_camera.py" "$@"
 
 # The decoders are compiled into graphs that load fast (kept while their source and the engine are unchanged), then
 # the memory plan needs each stage's footprint, measured by the runtime itself into the manifest: once per bundle

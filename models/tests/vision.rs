@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use lookout_models::bundle::{resolve_models_dir, Bundle, DEFAULT_BUNDLE};
 use lookout_models::engine::{self, DatumType, Dim, GraphSpec};
+use lookout_models::vision::detections::LabelFilter;
 use lookout_models::vision::image::load_image;
 use lookout_models::vision::VisionModels;
 use serde_json::Value;
@@ -108,9 +109,20 @@ fn detections_match_onnxruntime_pipeline() {
     let photos = index()["detections"].as_object().unwrap().clone();
     assert!(photos.len() >= 9, "the reference detections cover every photo");
     for (photo, reference) in &photos {
-        let expected = reference["objects"].as_array().unwrap();
         // The reference leaves boxes as the detector drew them; Lookout clips them to the image.
         let size: Vec<f64> = reference["size"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        // The reference pipeline stops at the detector's threshold; Lookout's per-label filters come after it.
+        let expected: Vec<&Value> = reference["objects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| {
+                let b: Vec<f64> = e["box"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+                let area = (b[2].min(size[0]) - b[0].max(0.0)) * (b[3].min(size[1]) - b[1].max(0.0));
+                let filter = LabelFilter::default_for(e["label"].as_str().unwrap());
+                filter.admits(e["score"].as_f64().unwrap() as f32, (area / (size[0] * size[1])) as f32)
+            })
+            .collect();
         let ours = session.detect(&load_image(&testdata().join("photos").join(photo)).unwrap()).unwrap();
         assert_eq!(ours.len(), expected.len(), "{photo}: {ours:?}");
         for (o, e) in ours.iter().zip(expected) {
@@ -257,4 +269,25 @@ fn scene_labels_match_onnxruntime_pipeline() {
     // ImageNet classes 151 to 268 are dog breeds.
     let dog = &expected["dog.jpg"][0];
     assert!((151..=268).contains(&dog["class"].as_u64().unwrap()), "dog.jpg: {dog}");
+}
+
+#[test]
+fn a_camera_frame_reports_its_three_people_and_none_of_the_clutter_the_filters_hold_back() {
+    // vtest.avi frame 0 (prepared by reference_camera.py): three people walking; a rock, a signpost, cones and
+    // litter that the detector scores as people and sports balls below the per-label filters.
+    let frame = testdata().parent().unwrap().join("camera/vtest/f0000.jpg");
+    let image = load_image(&frame).unwrap_or_else(|e| panic!("{}: {e} (models/prepare/prepare.sh)", frame.display()));
+    let mut models = VisionModels::load(&bundle(), false).unwrap();
+    let count = |models: &VisionModels, label: &str| {
+        let found = models.session().unwrap().detect(&image).unwrap();
+        found.iter().filter(|d| d.label == label).count()
+    };
+    assert_eq!(count(&models, "person"), 3);
+    assert_eq!(count(&models, "sports ball"), 0);
+    for label in ["person", "sports ball"] {
+        let relaxed = LabelFilter { min_score: 0.0, ..LabelFilter::default_for(label) };
+        models.detector.set_label_filter(label, relaxed).unwrap();
+    }
+    assert!(count(&models, "person") >= 5, "without its filter the clutter counts as people");
+    assert!(count(&models, "sports ball") >= 3, "and cones and litter as sports balls");
 }

@@ -617,6 +617,7 @@ mod tests {
                     label: label.to_string(),
                     score: 0.9,
                     bbox: [x, 0.0, x + 5.0, 5.0],
+                    track: None,
                 });
             }
         }

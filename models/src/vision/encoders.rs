@@ -7,7 +7,7 @@ use crate::bundle::{Bundle, Component};
 use crate::engine::{self, DatumType, Dim, Graph, GraphSpec, GraphState};
 use crate::error::{ModelError, Result};
 use crate::vision::deskew::{level_crop, slant};
-use crate::vision::detections::{filter_detections, Detection, DetectionFilter};
+use crate::vision::detections::{box_area, filter_detections, Detection, DetectionFilter, LabelFilter};
 use crate::vision::image::RgbImage;
 use crate::vision::letterbox::{letterbox_into, text_line_into, Layout, Normalization, Padding, PixelRect};
 use crate::vision::ocr_post::{
@@ -188,6 +188,8 @@ pub struct ObjectDetector {
     layout: Layout,
     labels: Vec<String>,
     pub filter: DetectionFilter,
+    /// Per label id: what a detection of that label needs beyond `filter`'s score threshold.
+    label_filters: Vec<LabelFilter>,
 }
 
 impl ObjectDetector {
@@ -213,12 +215,25 @@ impl ObjectDetector {
             max_detections: c.param_usize("max_detections")?,
         };
         let graph = load_image_graph(bundle, c)?;
-        Ok(ObjectDetector { graph, size, normalization, layout, labels, filter })
+        let label_filters = labels.iter().map(|l| LabelFilter::default_for(l)).collect();
+        Ok(ObjectDetector { graph, size, normalization, layout, labels, filter, label_filters })
     }
 
     /// Every label the detector can report, by class id.
     pub fn labels(&self) -> &[String] {
         &self.labels
+    }
+
+    /// What a detection of each label needs, by class id.
+    pub fn label_filters(&self) -> &[LabelFilter] {
+        &self.label_filters
+    }
+
+    /// Replaces one label's filter; `None` when the detector has no such label.
+    pub fn set_label_filter(&mut self, label: &str, filter: LabelFilter) -> Option<()> {
+        let id = self.labels.iter().position(|l| l == label)?;
+        self.label_filters[id] = filter;
+        Some(())
     }
 }
 
@@ -531,6 +546,7 @@ impl VisionSession<'_> {
             return Err(ModelError::run(name, format!("output of {} values is not rows of 6", rows.len())));
         }
         self.detections.clear();
+        let frame_area = (image.width as f32 * image.height as f32).max(1.0);
         for row in rows.chunks_exact(6) {
             let (score, class) = (row[4], row[5]);
             // Written so that a NaN score or class is skipped too.
@@ -541,11 +557,16 @@ impl VisionSession<'_> {
             let Some(label) = d.labels.get(class as usize) else {
                 return Err(ModelError::run(name, format!("class {class} outside the {} labels", d.labels.len())));
             };
+            let bbox = letterbox.to_source([row[0], row[1], row[2], row[3]]);
+            if !d.label_filters[class as usize].admits(score, box_area(bbox) / frame_area) {
+                continue;
+            }
             self.detections.push(Detection {
                 label_id: class as usize,
                 label: label.clone(),
                 score,
-                bbox: letterbox.to_source([row[0], row[1], row[2], row[3]]),
+                bbox,
+                track: None,
             });
         }
         filter_detections(&mut self.detections, &d.filter);

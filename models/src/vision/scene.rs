@@ -114,7 +114,7 @@ mod tests {
     use super::*;
 
     fn detection(label: &str, bbox: [f32; 4]) -> Detection {
-        Detection { label_id: 0, label: label.to_string(), score: 0.9, bbox }
+        Detection { label_id: 0, label: label.to_string(), score: 0.9, bbox, track: None }
     }
 
     #[test]
