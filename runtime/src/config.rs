@@ -6,7 +6,12 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use std::collections::BTreeMap;
+
+use lookout_models::vision::detections::LabelFilter;
+
 use crate::board::{self, BoardSource};
+use crate::tracker::TrackerSettings;
 
 /// The whole configuration the daemon runs with.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -23,6 +28,8 @@ pub struct Config {
     pub http: Http,
     #[serde(default)]
     pub caption: Caption,
+    #[serde(default)]
+    pub objects: Objects,
 }
 
 /// What the hardware is and how to recognize it.
@@ -180,6 +187,79 @@ impl Default for Caption {
     }
 }
 
+/// How the daemon confirms detected objects over frames, and what each label's detections need (`[objects]`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Objects {
+    /// Follow objects over the analysed frames and report only confirmed ones (the CLI on a photo never does).
+    pub track: bool,
+    /// An object is reported once seen in `confirm_frames` of the last `window_frames` analysed frames.
+    pub confirm_frames: u32,
+    pub window_frames: u32,
+    /// Missed frames after which a reported object that moved is forgotten...
+    pub forget_after_frames: u32,
+    /// ...and one that stayed where it was confirmed (a parked car).
+    pub remember_stationary_frames: u32,
+    /// Most objects followed at once.
+    pub max_tracks: u32,
+    /// Per COCO label (`[objects.filters.person]`, `[objects.filters."sports ball"]`): Lookout's defaults replaced
+    /// field by field.
+    pub filters: BTreeMap<String, LabelFilterConfig>,
+}
+
+impl Default for Objects {
+    fn default() -> Objects {
+        let t = TrackerSettings::default();
+        Objects {
+            track: true,
+            confirm_frames: t.confirm_frames,
+            window_frames: t.window_frames,
+            forget_after_frames: t.forget_after_frames,
+            remember_stationary_frames: t.remember_stationary_frames,
+            max_tracks: t.max_tracks as u32,
+            filters: BTreeMap::new(),
+        }
+    }
+}
+
+impl Objects {
+    pub fn tracker_settings(&self) -> TrackerSettings {
+        TrackerSettings {
+            confirm_frames: self.confirm_frames,
+            window_frames: self.window_frames,
+            forget_after_frames: self.forget_after_frames,
+            remember_stationary_frames: self.remember_stationary_frames,
+            max_tracks: self.max_tracks as usize,
+            ..TrackerSettings::default()
+        }
+    }
+}
+
+/// One label's filter as configured; a field left out keeps Lookout's default for the label.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelFilterConfig {
+    /// Least score of one frame's detection.
+    pub min_score: Option<f32>,
+    /// Least median score over a followed object's frames before it is reported.
+    pub threshold: Option<f32>,
+    /// Box area bounds, as fractions of the frame's area.
+    pub min_area: Option<f32>,
+    pub max_area: Option<f32>,
+}
+
+impl LabelFilterConfig {
+    /// `default` with this configuration's fields laid over it.
+    pub fn over(&self, default: LabelFilter) -> LabelFilter {
+        LabelFilter {
+            min_score: self.min_score.unwrap_or(default.min_score),
+            threshold: self.threshold.unwrap_or(default.threshold),
+            min_area: self.min_area.unwrap_or(default.min_area),
+            max_area: self.max_area.unwrap_or(default.max_area),
+        }
+    }
+}
+
 fn yes() -> bool {
     true
 }
@@ -321,6 +401,34 @@ impl Config {
         self.check_http()?;
         if self.caption.interval_s > 86_400 {
             return Err(("caption.interval_s", format!("{} s is more than a day", self.caption.interval_s)));
+        }
+        self.check_objects()
+    }
+
+    fn check_objects(&self) -> Result<(), (&'static str, String)> {
+        let o = &self.objects;
+        within("objects.window_frames", o.window_frames, 1..=32)?;
+        within("objects.confirm_frames", o.confirm_frames, 1..=o.window_frames)?;
+        within("objects.forget_after_frames", o.forget_after_frames, 0..=3600)?;
+        within("objects.remember_stationary_frames", o.remember_stationary_frames, 0..=86_400)?;
+        within("objects.max_tracks", o.max_tracks, 1..=1024)?;
+        for (label, filter) in &o.filters {
+            let fields = [
+                ("min_score", filter.min_score),
+                ("threshold", filter.threshold),
+                ("min_area", filter.min_area),
+                ("max_area", filter.max_area),
+            ];
+            for (name, value) in fields {
+                if let Some(v) = value.filter(|v| !(0.0..=1.0).contains(v)) {
+                    return Err(("objects.filters", format!("{label}.{name}: {v} is outside 0..=1")));
+                }
+            }
+            if let (Some(min), Some(max)) = (filter.min_area, filter.max_area) {
+                if min > max {
+                    return Err(("objects.filters", format!("{label}: min_area {min} is above max_area {max}")));
+                }
+            }
         }
         Ok(())
     }

@@ -15,6 +15,7 @@ mod plan;
 mod question;
 mod scheduler;
 mod started;
+mod tracker;
 
 use std::process::ExitCode;
 

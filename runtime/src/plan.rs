@@ -4,6 +4,7 @@
 
 use anyhow::anyhow;
 use lookout_models::bundle::{Bundle, Footprint};
+use lookout_models::vision::detections::DetectionFilter;
 use serde::Serialize;
 
 use crate::config::Config;
@@ -142,6 +143,19 @@ pub fn plan(config: &Config, bundle: &Bundle) -> anyhow::Result<Plan> {
             basis: format!("{} RGB frames of {}x{}", cam.pool_frames, cam.width, cam.height),
         });
     }
+    if config.stage_enabled("vision") && config.objects.track {
+        // The detector keeps at most its `max_detections` a frame (the engine's default when the bundle says none).
+        let max_detections = bundle
+            .component("object-detector", None)
+            .and_then(|c| c.param_usize("max_detections"))
+            .unwrap_or(DetectionFilter::default().max_detections);
+        let tracks = config.objects.tracker_settings();
+        resident.push(Item {
+            name: "object tracks".into(),
+            mib: tracks.table_bytes(max_detections) as f64 / MIB,
+            basis: format!("{} tracks, matched against up to {max_detections} detections a frame", tracks.max_tracks),
+        });
+    }
     if config.stage_enabled("speech") {
         let mic = &config.microphone;
         resident.push(Item {
@@ -224,6 +238,7 @@ mod tests {
 
     use super::*;
     use crate::board::Probe;
+    use crate::tracker::TrackerSettings;
 
     fn footprint(stage: &str, variant: &str, resident: f64, load_peak: f64, working: f64, window_s: u32) -> Footprint {
         Footprint {
@@ -268,9 +283,10 @@ mod tests {
     fn resident_stages_add_up_and_the_largest_transient_is_added_once() {
         let plan = plan(&config(""), &bundle()).unwrap();
         let resident: f64 = plan.resident.iter().map(|i| i.mib).sum();
-        // process, vad, speech, detector + ocr, decoder, then frame pool, audio ring and request bodies.
+        // process, vad, speech, detector + ocr, decoder, then frame pool, object tracks, audio ring and request bodies.
         let models = 10.0 + 10.0 + 160.0 + 40.0 + 170.0;
-        let buffers = 4.0 * 1280.0 * 720.0 * 3.0 / MIB + 30.0 * 16_000.0 * 4.0 / MIB + 8.0;
+        let tracks = TrackerSettings::default().table_bytes(100) as f64 / MIB;
+        let buffers = 4.0 * 1280.0 * 720.0 * 3.0 / MIB + tracks + 30.0 * 16_000.0 * 4.0 / MIB + 8.0;
         assert!((resident - (models + buffers)).abs() < 1e-9, "{resident}");
         // Loading the decoder at start-up (380 - 170) outweighs every run.
         assert_eq!(plan.peak_extra.name, "decoder q4 (1024 tokens) loading");

@@ -77,6 +77,13 @@ fn an_invalid_config_exits_78_naming_the_field() {
         ("board = \"rpi4\"\n[http]\nlisten = \"0.0.0.0:8470\"\n", "http.token: required"),
         ("board = \"banana-pi\"\n", "unknown board `banana-pi`"),
         ("board = \"rpi4\"\n[camera\n", "not valid TOML"),
+        ("board = \"rpi4\"\n[objects]\nconfirm_frames = 9\n", "objects.confirm_frames: 9 is outside 1..=5"),
+        ("board = \"rpi4\"\n[objects.filters.person]\nmin_score = 2.0\n", "person.min_score: 2 is outside 0..=1"),
+        ("board = \"rpi4\"\n[objects.filters.person]\nmin_scor = 0.5\n", "unknown field `min_scor`"),
+        (
+            "board = \"rpi4\"\n[objects.filters.unicorn]\nmin_score = 0.5\n",
+            "`unicorn` is not one of the detector's labels",
+        ),
     ] {
         let path = temp_config("bad.toml", text);
         let out = check(&path, &[]);

@@ -220,6 +220,9 @@ fn the_daemon_captions_answers_refuses_bad_requests_and_talks_to_systemd() {
         scene["counts"]["kite"].as_u64().unwrap() >= 2 && scene["counts"]["person"].as_u64().unwrap() >= 2,
         "{scene}"
     );
+    // Every object published was confirmed by the tracker over at least three frames of the camera.
+    let objects = scene["objects"].as_array().unwrap();
+    assert!(objects.iter().all(|o| o["track"]["seen_frames"].as_u64().unwrap() >= 3), "{scene}");
     let text = scene["caption"]["text"].as_str().unwrap().to_lowercase();
     assert_eq!(scene["caption"]["text"], caption["text"]);
     assert!(text.contains("kite") && (text.contains("people") || text.contains("person")), "{text}");

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::{open_config_bundle, print_json, Context};
+use super::{check_label_filters, open_config_bundle, print_json, Context};
 use crate::board::BoardSource;
 use crate::board::{self, Probe};
 use crate::config::{Config, Loaded};
@@ -48,7 +48,10 @@ pub fn check_config(ctx: &Context, args: CheckConfigArgs) -> anyhow::Result<()> 
         }
     }
     let (plan, plan_skipped) = match open_config_bundle(ctx, &config) {
-        Ok(bundle) => (Some(plan::plan(&config, &bundle)?), None),
+        Ok(bundle) => {
+            check_label_filters(&config, &bundle, &args.file)?;
+            (Some(plan::plan(&config, &bundle)?), None)
+        }
         Err(e) => (None, Some(format!("{e:#}"))),
     };
     if args.json {

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use lookout_models::bundle::{self, DEFAULT_BUNDLE};
 
-pub use crate::context::{open_config_bundle, Context};
+pub use crate::context::{check_label_filters, open_config_bundle, Context};
 
 #[derive(Debug, Parser)]
 #[command(

@@ -26,7 +26,7 @@ use self::notify::Notifier;
 use self::pipeline::{Models, Worker};
 use self::state::{Beat, Current, Shared};
 use crate::config::{Config, Loaded};
-use crate::context::{open_config_bundle, Context};
+use crate::context::{check_label_filters, open_config_bundle, Context};
 use crate::memory;
 use crate::plan::OverBudget;
 use crate::plan::{self, Plan};
@@ -52,6 +52,7 @@ impl Checked {
     pub fn load(ctx: &Context, path: &Path, board: Option<&str>) -> anyhow::Result<Checked> {
         let Loaded { config, .. } = Config::load(path, board)?;
         let bundle = open_config_bundle(ctx, &config)?;
+        check_label_filters(&config, &bundle, path)?;
         let plan = plan::plan(&config, &bundle)?;
         if !plan.fits() {
             return Err(OverBudget(format!("{}: {}", path.display(), plan.over_budget_message())).into());

@@ -12,6 +12,7 @@ use lookout_models::bundle::Bundle;
 use lookout_models::llm::{Finish, GenerateOptions, LanguageModel};
 use lookout_models::speech::Transcriber;
 use lookout_models::vad::SileroVad;
+use lookout_models::vision::detections::count_by_label;
 use lookout_models::vision::image::RgbImage;
 use lookout_models::vision::{Scene, VisionModels, VisionSession};
 use lookout_models::whisper::{DecodeOptions, Whisper, Window};
@@ -20,10 +21,11 @@ use serde_json::json;
 use super::metrics::Metrics;
 use super::state::{Answer, AskError, Beat, Job, Origin, Published, PublishedCaption, Question, Shared};
 use crate::answer::{reply, Reply};
-use crate::config::Config;
+use crate::config::{Config, LabelFilterConfig};
 use crate::fusion::Task;
 use crate::memory;
 use crate::scheduler::{Clock as _, Deadline, MonotonicClock};
+use crate::tracker::Tracker;
 
 /// Consecutive frames a changed scene must hold before it is captioned, so a passer-by does not trigger one.
 const SETTLE_FRAMES: u32 = 2;
@@ -68,6 +70,10 @@ pub struct Models {
     pub decoder: Option<Stage<LanguageModel>>,
     /// The detector's label set, for grounding sentences when vision is on demand.
     pub labels: Vec<String>,
+    /// Per label id, the median score a followed object needs before it is reported (`[objects.filters]`).
+    track_thresholds: Vec<f32>,
+    /// Most detections the detector keeps in a frame.
+    max_detections: usize,
     window: Window,
 }
 
@@ -82,14 +88,26 @@ impl Models {
         };
         let vision = match config.stage_enabled("vision") {
             true => {
-                let (b, with_text) = (bundle.clone(), m.ocr != "off");
-                Some(Stage::new(config.on_demand("vision"), Box::new(move || Ok(VisionModels::load(&b, with_text)?)))?)
+                let (b, with_text, filters) = (bundle.clone(), m.ocr != "off", config.objects.filters.clone());
+                let load = move || {
+                    let mut vision = VisionModels::load(&b, with_text)?;
+                    apply_label_filters(&mut vision, &filters)?;
+                    Ok(vision)
+                };
+                Some(Stage::new(config.on_demand("vision"), Box::new(load))?)
             }
             false => None,
         };
-        let labels = match &vision {
-            Some(stage) => stage.with(|v| Ok(v.detector.labels().to_vec()))?,
-            None => Vec::new(),
+        let (labels, track_thresholds, max_detections) = match &vision {
+            Some(stage) => stage.with(|v| {
+                let d = &v.detector;
+                Ok((
+                    d.labels().to_vec(),
+                    d.label_filters().iter().map(|f| f.threshold).collect(),
+                    d.filter.max_detections,
+                ))
+            })?,
+            None => (Vec::new(), Vec::new(), 0),
         };
         let speech = match config.stage_enabled("speech") {
             true => {
@@ -109,8 +127,21 @@ impl Models {
             false => None,
         };
         let window = if m.speech_window == "full" { Window::Full } else { Window::FIT };
-        Ok(Models { speech, vad, vision, decoder, labels, window })
+        Ok(Models { speech, vad, vision, decoder, labels, track_thresholds, max_detections, window })
     }
+}
+
+/// Lays the configured per-label filters over the detector's defaults.
+fn apply_label_filters(vision: &mut VisionModels, filters: &BTreeMap<String, LabelFilterConfig>) -> anyhow::Result<()> {
+    for (label, configured) in filters {
+        let detector = &mut vision.detector;
+        let current = detector.labels().iter().position(|l| l == label).map(|id| detector.label_filters()[id]);
+        let Some(current) = current else {
+            anyhow::bail!("objects.filters: `{label}` is not one of the detector's labels");
+        };
+        detector.set_label_filter(label, configured.over(current));
+    }
+    Ok(())
 }
 
 /// When to caption: after the scene changed and held for `SETTLE_FRAMES` frames, and every `interval`.
@@ -184,6 +215,8 @@ pub struct Worker<'m> {
     frame_deadline: Deadline,
     /// A question answered later than this has outlived the HTTP client's wait.
     answer_deadline: Deadline,
+    /// Confirms objects over the analysed frames (`objects.track`).
+    tracker: Option<Tracker>,
 }
 
 impl<'m> Worker<'m> {
@@ -207,6 +240,8 @@ impl<'m> Worker<'m> {
             answer_deadline: Deadline::new(Duration::from_secs(u64::from(config.http.answer_timeout_s))),
             clock: MonotonicClock::since(shared.started),
             fresh_scene: true,
+            tracker: (config.objects.track && models.vision.is_some())
+                .then(|| Tracker::new(config.objects.tracker_settings(), models.max_detections)),
             shared,
         })
     }
@@ -275,10 +310,18 @@ impl<'m> Worker<'m> {
             (None, None) => return,
         };
         shared.metrics.latency.vision.observe(started.elapsed());
-        let scene = match scene {
+        let mut scene = match scene {
             Ok(scene) => scene,
             Err(e) => return self.failed("vision", &e),
         };
+        if let Some(tracker) = &mut self.tracker {
+            let thresholds = &self.models.track_thresholds;
+            scene.objects = tracker.update(&scene.objects, |id| thresholds.get(id).copied().unwrap_or(1.0));
+            scene.counts = count_by_label(&scene.objects);
+            if !tracker.is_warm() {
+                return; // Nothing is published before an object in view could have been confirmed.
+            }
+        }
         Metrics::add(&shared.metrics.frames_processed, 1);
         self.fresh_scene = true;
         let signature = signature(&scene);
