@@ -194,3 +194,41 @@ fn an_end_to_end_suite_scores_captions_and_answers() {
     assert!(std::fs::read_to_string(out.join("report.md")).unwrap().contains("cold start ms"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_camera_suite_scores_counted_objects_and_a_sequence_with_and_without_the_tracker() {
+    let dir = std::env::temp_dir().join(format!("lookout-camera-suite-{}", std::process::id()));
+    let camera = testdata_dir().join("camera/vtest");
+    let frames = dir.join("frames");
+    std::fs::create_dir_all(&frames).unwrap();
+    // Ten consecutive analysed frames (5 s at 2 a second) with three to five people walking.
+    for index in (0..50).step_by(5) {
+        let name = format!("f{index:04}.jpg");
+        std::fs::copy(camera.join(&name), frames.join(&name)).unwrap();
+    }
+    let suite = dir.join("camera.toml");
+    std::fs::write(
+        &suite,
+        format!(
+            "kind = \"vision\"\n[[item]]\nid = \"f0\"\nsplit = \"held-out\"\nsource = \"vtest\"\nimage = \"{}\"\nobjects = {{ person = 3, car = 0 }}\nalso = [\"truck\"]\n\
+             [[sequence]]\nid = \"walk\"\nsource = \"vtest\"\nframes = \"frames\"\nfps = 2.0\n",
+            camera.join("f0000.jpg").display()
+        ),
+    )
+    .unwrap();
+    let out = dir.join("out");
+    let result =
+        lookout(&["bench", "--suite", suite.to_str().unwrap(), "--variants", "0.3", "--out", out.to_str().unwrap()]);
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let split = &report["variants"][0]["splits"][0];
+    assert_eq!(split["counted"]["person"]["precision"], 1.0, "{split}");
+    assert_eq!(split["counted"]["person"]["recall"], 1.0, "{split}");
+    assert_eq!(split["false_objects_per_image"], 0.0, "{split}");
+    let walk = &report["sequences"][0];
+    assert_eq!(walk["frames"], 10);
+    let (raw, tracked) = (&walk["flaps_per_minute"]["person"][0], &walk["flaps_per_minute"]["person"][1]);
+    assert!(tracked.as_f64().unwrap() <= raw.as_f64().unwrap(), "{walk}");
+    assert!(walk["median_count"]["person"][1].as_f64().unwrap() >= 3.0, "{walk}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -88,9 +88,12 @@ pub fn run(ctx: &Context, args: BenchArgs) -> anyhow::Result<()> {
 fn run_suite_file(ctx: &Context, args: &BenchArgs, path: &Path) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(path).with_context(|| format!("suite {}", path.display()))?;
     let suite: suite::SuiteFile = toml::from_str(&text).with_context(|| format!("suite {}", path.display()))?;
+    if !suite.sequences.is_empty() && suite.kind != "vision" {
+        bail!("suite {}: only vision suites take `[[sequence]]` entries", path.display());
+    }
     match suite.kind.as_str() {
         "speech" => speech_suite::run(ctx, args, path, &suite),
-        "vision" => vision_suite::run(ctx, args, path, &suite.description, &suite.items),
+        "vision" => vision_suite::run(ctx, args, path, &suite),
         "e2e" => e2e_suite::run(ctx, args, path, &suite.description, &suite.items),
         other => bail!("suite {}: kind `{other}` is not supported (speech, vision or e2e)", path.display()),
     }

@@ -23,6 +23,9 @@ pub(super) struct SuiteFile {
     pub description: String,
     #[serde(default, rename = "item")]
     pub items: Vec<toml::Value>,
+    /// Vision suites: folders of consecutive frames from one camera, scored for how steady their counts are.
+    #[serde(default, rename = "sequence")]
+    pub sequences: Vec<toml::Value>,
 }
 
 pub(super) const MIB: f64 = 1024.0 * 1024.0;

@@ -1,6 +1,8 @@
 //! Vision suite files (`kind = "vision"`): photos with the objects in them (label and, where it is clear, how
 //! many) and rendered text with its reference, scored per detector score threshold: label precision and recall,
-//! the rate of reported labels that are not in the photo, count accuracy, and OCR character error rate.
+//! the rate of reported labels that are not in the photo, count accuracy, per-label precision and recall of the
+//! counted objects, false objects per image, and OCR character error rate. Sequences (folders of consecutive
+//! frames of one camera) are scored for how often their counts change, with the daemon's tracker and without.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
@@ -15,11 +17,12 @@ use serde::{Deserialize, Serialize};
 
 use super::suite::{
     check_split, edit_distance, not_scored_markdown, percent, prepare_items, process_cells, split_chart, suite_heading,
-    ItemError, ProcessFigures, ScoredVariant, SuiteReport, SPLITS,
+    ItemError, ProcessFigures, ScoredVariant, SuiteFile, SuiteReport, SPLITS,
 };
 use super::{peer, peer_python, write_report, BenchArgs};
 use crate::cli::Context;
 use crate::started::ms_since_process_start;
+use crate::tracker::{Tracker, TrackerSettings};
 
 const PEER_SCRIPT: &str = "runtime/bench/onnxruntime_vision_suite_peer.py";
 
@@ -59,6 +62,8 @@ struct Scored {
     found: BTreeMap<String, usize>,
     missed: Vec<String>,
     not_in_photo: Vec<String>,
+    /// Objects reported of labels that are neither in the photo nor allowed.
+    false_objects: usize,
     counts_right: usize,
     counts_checked: usize,
     text: Option<String>,
@@ -76,18 +81,50 @@ struct SplitScore {
     /// Reported labels not in the photo, over all reported labels.
     not_in_photo_rate: f64,
     count_accuracy: Option<f64>,
+    /// Per counted label, objects pooled over the split's images: found ones matched by the reference's count over
+    /// all found (precision) and over all in the reference (recall).
+    counted: BTreeMap<String, CountScore>,
+    /// Objects of labels not in the image, per image with objects annotated.
+    false_objects_per_image: f64,
     ocr_cer: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+struct CountScore {
+    precision: f64,
+    recall: f64,
+}
+
+/// A sequence's counts frame by frame, raw and through the tracker.
+#[derive(Debug, Serialize)]
+struct SequenceScore {
+    id: String,
+    source: String,
+    frames: usize,
+    fps: f64,
+    /// Per label: changes of its count per minute of footage, raw and tracked.
+    flaps_per_minute: BTreeMap<String, (f64, f64)>,
+    /// Per label: the median count, raw and tracked.
+    median_count: BTreeMap<String, (f64, f64)>,
+    /// Tracked objects per frame of a label the detector's clutter is mistaken for (CLUTTER_LABELS), raw and tracked.
+    clutter_per_frame: (f64, f64),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SequenceEntry {
+    id: String,
+    source: String,
+    /// A folder of JPEG or PNG frames, taken in file-name order; relative to the suite file.
+    frames: PathBuf,
+    /// Analysed frames a second.
+    fps: f64,
 }
 
 type VariantResult = ScoredVariant<SplitScore, Scored>;
 
-pub(super) fn run(
-    ctx: &Context,
-    args: &BenchArgs,
-    path: &Path,
-    description: &str,
-    items: &[toml::Value],
-) -> anyhow::Result<()> {
+pub(super) fn run(ctx: &Context, args: &BenchArgs, path: &Path, suite: &SuiteFile) -> anyhow::Result<()> {
+    let (description, items) = (suite.description.as_str(), suite.items.as_slice());
     lookout_models::engine::set_threads(1);
     let bundle = ctx.open_bundle()?;
     let mut models = VisionModels::load(&bundle, true)?;
@@ -130,12 +167,31 @@ pub(super) fn run(
     } else {
         eprintln!("bench: onnxruntime not installed (runtime/bench/setup-peers.sh); scoring lookout alone");
     }
+    models.set_score_threshold(bundle_threshold);
+    let sequences = suite
+        .sequences
+        .iter()
+        .map(|value| {
+            let entry: SequenceEntry = value.clone().try_into().context("malformed sequence")?;
+            score_sequence(&models, entry, base)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let suite = path.display().to_string();
-    let markdown = report_markdown(&suite, description, &skipped, &results);
+    let mut markdown = report_markdown(&suite, description, &skipped, &results);
+    markdown.push_str(&sequences_markdown(&sequences, bundle_threshold));
     write_report(
         &args.out,
         &markdown,
-        &SuiteReport { suite: suite.clone(), kind: "vision", description, skipped: &skipped, variants: &results },
+        &VisionReport {
+            report: SuiteReport {
+                suite: suite.clone(),
+                kind: "vision",
+                description,
+                skipped: &skipped,
+                variants: &results,
+            },
+            sequences: &sequences,
+        },
     )?;
     for (file, title, metric) in [
         ("recall.svg", "Label recall per threshold", (|s: &SplitScore| s.recall) as fn(&SplitScore) -> f64),
@@ -153,6 +209,106 @@ pub(super) fn run(
     }
     eprintln!("bench: wrote recall.svg and not-in-photo.svg in {}", args.out.display());
     Ok(())
+}
+
+/// Objects per label in one frame.
+type Counts = BTreeMap<String, usize>;
+
+/// The suite report, with the sequences' scores beside the variants'.
+#[derive(Serialize)]
+struct VisionReport<'a> {
+    #[serde(flatten)]
+    report: SuiteReport<'a, VariantResult>,
+    sequences: &'a [SequenceScore],
+}
+
+/// Runs a sequence's frames through the detector at the bundle's threshold, counting each label's objects per
+/// frame as detected and as the daemon's tracker (default settings) reports them.
+fn score_sequence(models: &VisionModels, entry: SequenceEntry, base: &Path) -> anyhow::Result<SequenceScore> {
+    let dir = base.join(&entry.frames);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("sequence {}: {}", entry.id, dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "jpg" || x == "png"))
+        .collect();
+    files.sort();
+    if files.len() < 2 || entry.fps.is_nan() || entry.fps <= 0.0 {
+        bail!("sequence {}: needs at least two frames in {} and a positive fps", entry.id, dir.display());
+    }
+    let detector = &models.detector;
+    let mut session = models.session()?;
+    let mut tracker = Tracker::new(TrackerSettings::default(), detector.filter.max_detections);
+    let labels = detector.labels();
+    let thresholds: Vec<f32> = detector.label_filters().iter().map(|f| f.threshold).collect();
+    let (mut raw, mut tracked): (Vec<Counts>, Vec<Counts>) = (vec![], vec![]);
+    for (i, file) in files.iter().enumerate() {
+        eprint!("\rbench: sequence {} {}/{}", entry.id, i + 1, files.len());
+        let image = load_image(file).with_context(|| file.display().to_string())?;
+        let detections = session.detect(&image)?;
+        let reported = tracker.update(&detections, |label| thresholds.get(label).copied().unwrap_or(1.0));
+        raw.push(lookout_models::vision::detections::count_by_label(&detections));
+        tracked.push(lookout_models::vision::detections::count_by_label(&reported));
+    }
+    eprintln!();
+    let minutes = files.len() as f64 / entry.fps / 60.0;
+    let mut seen: BTreeSet<&String> = raw.iter().chain(&tracked).flat_map(|c| c.keys()).collect();
+    seen.retain(|l| labels.contains(l));
+    let count = |frames: &[Counts], label: &str| -> Vec<usize> {
+        frames.iter().map(|c| c.get(label).copied().unwrap_or(0)).collect()
+    };
+    let flaps = |counts: &[usize]| counts.windows(2).filter(|w| w[0] != w[1]).count() as f64 / minutes;
+    let median = |counts: &[usize]| {
+        let mut sorted = counts.to_vec();
+        sorted.sort();
+        sorted[sorted.len() / 2] as f64
+    };
+    let clutter = |frames: &[Counts]| {
+        let total: usize = frames
+            .iter()
+            .flat_map(|c| c.iter())
+            .filter(|(l, _)| lookout_models::vision::detections::CLUTTER_LABELS.contains(&l.as_str()))
+            .map(|(_, n)| n)
+            .sum();
+        total as f64 / frames.len() as f64
+    };
+    Ok(SequenceScore {
+        id: entry.id,
+        source: entry.source,
+        frames: files.len(),
+        fps: entry.fps,
+        flaps_per_minute: seen
+            .iter()
+            .map(|l| ((*l).clone(), (flaps(&count(&raw, l)), flaps(&count(&tracked, l)))))
+            .collect(),
+        median_count: seen
+            .iter()
+            .map(|l| ((*l).clone(), (median(&count(&raw, l)), median(&count(&tracked, l)))))
+            .collect(),
+        clutter_per_frame: (clutter(&raw), clutter(&tracked)),
+    })
+}
+
+fn sequences_markdown(sequences: &[SequenceScore], threshold: f32) -> String {
+    if sequences.is_empty() {
+        return String::new();
+    }
+    let mut md = format!(
+        "\n## Sequences\n\nEvery frame through the detector at the bundle's threshold ({threshold}), counted as detected and as the daemon's tracker reports it (default `[objects]` settings: seen in 3 of 5 frames, median score at the label's threshold).\n\n| sequence | frames | fps | label | median count raw / tracked | count changes per minute raw / tracked |\n|---|---:|---:|---|---:|---:|\n"
+    );
+    for s in sequences {
+        for (label, (raw, tracked)) in &s.flaps_per_minute {
+            let (median_raw, median_tracked) = s.median_count[label];
+            md.push_str(&format!(
+                "| {} | {} | {} | {label} | {median_raw} / {median_tracked} | {raw:.1} / {tracked:.1} |\n",
+                s.id, s.frames, s.fps
+            ));
+        }
+        md.push_str(&format!(
+            "| {} | | | small clutter-prone labels per frame | {:.2} / {:.2} | |\n",
+            s.id, s.clutter_per_frame.0, s.clutter_per_frame.1
+        ));
+    }
+    md
 }
 
 fn prepare_item(value: &toml::Value, base: &Path, labels: &BTreeSet<String>) -> anyhow::Result<Ready> {
@@ -220,6 +376,7 @@ fn score(item: &VisionItem, seen: Seen) -> Scored {
         not_in_photo =
             seen.counts.keys().filter(|l| !item.objects.contains_key(*l) && !item.also.contains(l)).cloned().collect();
     }
+    let false_objects = not_in_photo.iter().map(|l| seen.counts.get(l).copied().unwrap_or(0)).sum();
     let (char_errors, chars) = match &item.text {
         Some(reference) => {
             let reference: Vec<char> = single_spaced(reference).chars().collect();
@@ -235,6 +392,7 @@ fn score(item: &VisionItem, seen: Seen) -> Scored {
         found: if item.objects.is_empty() { BTreeMap::new() } else { seen.counts },
         missed,
         not_in_photo,
+        false_objects,
         counts_right,
         counts_checked,
         text: item.text.as_ref().map(|_| seen.text.join("\n")),
@@ -306,6 +464,26 @@ fn split_score(split: &str, items: &[Ready], scored: &[Scored]) -> Option<SplitS
     let wanted: usize = with_objects.iter().map(|s| required(s)).sum();
     let checked: usize = of_split.iter().map(|s| s.counts_checked).sum();
     let chars: usize = of_split.iter().map(|s| s.chars).sum();
+    // Per counted label: (found and in the reference, found, in the reference).
+    let mut pooled: BTreeMap<String, (usize, usize, usize)> = BTreeMap::new();
+    for s in &with_objects {
+        let Some(ready) = items.iter().find(|r| r.item.id == s.id) else { continue };
+        for (label, &truth) in ready.item.objects.iter().filter(|(_, &n)| n > 0) {
+            let found = s.found.get(label).copied().unwrap_or(0);
+            let entry = pooled.entry(label.clone()).or_default();
+            *entry = (entry.0 + found.min(truth), entry.1 + found, entry.2 + truth);
+        }
+    }
+    let counted = pooled
+        .into_iter()
+        .map(|(label, (matched, found, truth))| {
+            let score = CountScore {
+                precision: matched as f64 / found.max(1) as f64,
+                recall: matched as f64 / truth.max(1) as f64,
+            };
+            (label, score)
+        })
+        .collect();
     Some(SplitScore {
         split: split.to_string(),
         items: of_split.len(),
@@ -314,6 +492,9 @@ fn split_score(split: &str, items: &[Ready], scored: &[Scored]) -> Option<SplitS
         not_in_photo_rate: wrong as f64 / reported.max(1) as f64,
         count_accuracy: (checked > 0)
             .then(|| of_split.iter().map(|s| s.counts_right).sum::<usize>() as f64 / checked as f64),
+        counted,
+        false_objects_per_image: with_objects.iter().map(|s| s.false_objects).sum::<usize>() as f64
+            / with_objects.len().max(1) as f64,
         ocr_cer: (chars > 0).then(|| of_split.iter().map(|s| s.char_errors).sum::<usize>() as f64 / chars as f64),
     })
 }
@@ -343,13 +524,18 @@ fn peer_markdown(results: &[VariantResult]) -> String {
 
 fn report_markdown(suite: &str, description: &str, skipped: &[ItemError], results: &[VariantResult]) -> String {
     let mut md = suite_heading(suite, "one thread, detector and OCR", description);
-    md.push_str("| threshold | split | items | label precision | label recall | labels not in photo | count accuracy | OCR CER | ms p50 | ms p95 | cold start ms | peak RSS MiB |\n");
-    md.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    md.push_str("| threshold | split | items | label precision | label recall | labels not in photo | count accuracy | counted objects: precision / recall | false objects per image | OCR CER | ms p50 | ms p95 | cold start ms | peak RSS MiB |\n");
+    md.push_str("|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|\n");
     let optional = |v: Option<f64>| v.map_or("-".to_string(), percent);
     for r in results {
         for s in &r.splits {
+            let counted: Vec<String> = s
+                .counted
+                .iter()
+                .map(|(l, c)| format!("{l} {} / {}", percent(c.precision), percent(c.recall)))
+                .collect();
             md.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.0} | {} |\n",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {:.0} | {:.0} | {} |\n",
                 r.variant,
                 s.split,
                 s.items,
@@ -357,6 +543,8 @@ fn report_markdown(suite: &str, description: &str, skipped: &[ItemError], result
                 percent(s.recall),
                 percent(s.not_in_photo_rate),
                 optional(s.count_accuracy),
+                if counted.is_empty() { "-".to_string() } else { counted.join(", ") },
+                s.false_objects_per_image,
                 optional(s.ocr_cer),
                 r.median_ms,
                 r.p95_ms,
