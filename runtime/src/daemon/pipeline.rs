@@ -314,6 +314,7 @@ impl<'m> Worker<'m> {
             Ok(scene) => scene,
             Err(e) => return self.failed("vision", &e),
         };
+        Metrics::add(&shared.metrics.frames_processed, 1);
         if let Some(tracker) = &mut self.tracker {
             let thresholds = &self.models.track_thresholds;
             scene.objects = tracker.update(&scene.objects, |id| thresholds.get(id).copied().unwrap_or(1.0));
@@ -322,7 +323,6 @@ impl<'m> Worker<'m> {
                 return; // Nothing is published before an object in view could have been confirmed.
             }
         }
-        Metrics::add(&shared.metrics.frames_processed, 1);
         self.fresh_scene = true;
         let signature = signature(&scene);
         let mut latest = shared.scene.lock().unwrap_or_else(|p| p.into_inner());
