@@ -1,8 +1,10 @@
 //! `lookout probe [--json]`: the cameras with their formats, sizes and frame rates, the ALSA capture devices with
 //! their rates, channels and sample formats, and the GPIO chips with their lines.
 
+#[cfg(feature = "alsa")]
 use lookout_device::alsa_capture::list_capture_devices;
 use lookout_device::gpio::{chip_lines, list_chips};
+#[cfg(feature = "v4l2")]
 use lookout_device::v4l2::list_cameras;
 use serde_json::{json, Value};
 
@@ -15,28 +17,7 @@ pub struct ProbeArgs {
 }
 
 pub fn run(args: ProbeArgs) -> anyhow::Result<()> {
-    let cameras: Vec<Value> = list_cameras()
-        .into_iter()
-        .map(|c| {
-            let formats: Vec<Value> = c
-                .formats
-                .iter()
-                .map(|f| {
-                    let sizes: Vec<Value> = f.sizes.iter().map(|(w, h, fps)| json!({ "width": w, "height": h, "fps": fps })).collect();
-                    json!({ "fourcc": f.fourcc, "description": f.description, "supported": f.supported, "sizes": sizes })
-                })
-                .collect();
-            json!({ "path": c.path, "card": c.card, "driver": c.driver, "bus": c.bus, "formats": formats })
-        })
-        .collect();
-    let microphones: Vec<Value> = list_capture_devices()
-        .into_iter()
-        .map(|m| {
-            json!({ "name": m.name, "card": m.card, "description": m.description,
-                    "rates": m.rates.map(|(lo, hi)| [lo, hi]), "channels": m.channels.map(|(lo, hi)| [lo, hi]),
-                    "formats": m.formats, "note": m.note })
-        })
-        .collect();
+    let (cameras, microphones) = (cameras(), microphones());
     let gpio: Vec<Value> = list_chips()
         .into_iter()
         .map(|chip| match chip {
@@ -53,10 +34,14 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<()> {
         })
         .collect();
     if args.json {
-        return print_json(&json!({ "cameras": cameras, "microphones": microphones, "gpio": gpio }));
+        return print_json(
+            &json!({ "cameras": cameras, "microphones": microphones, "gpio": gpio, "built_without": BUILT_WITHOUT }),
+        );
     }
     println!("cameras (V4L2):");
-    if cameras.is_empty() {
+    if !cfg!(feature = "v4l2") {
+        println!("  not listed: this lookout was built without V4L2 (cargo feature `v4l2`)");
+    } else if cameras.is_empty() {
         println!("  none: no /dev/video* capture device");
     }
     for c in &cameras {
@@ -93,7 +78,9 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<()> {
         }
     }
     println!("microphones (ALSA capture):");
-    if microphones.is_empty() {
+    if !cfg!(feature = "alsa") {
+        println!("  not listed: this lookout was built without ALSA (cargo feature `alsa`)");
+    } else if microphones.is_empty() {
         println!("  none: no sound card with a capture device");
     }
     for m in &microphones {
@@ -144,4 +131,52 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The drivers this binary was built without (`probe --json` lists them; their devices are not listed).
+const BUILT_WITHOUT: &[&str] = &[
+    #[cfg(not(feature = "v4l2"))]
+    "v4l2",
+    #[cfg(not(feature = "alsa"))]
+    "alsa",
+];
+
+#[cfg(feature = "v4l2")]
+fn cameras() -> Vec<Value> {
+    list_cameras()
+        .into_iter()
+        .map(|c| {
+            let formats: Vec<Value> = c
+                .formats
+                .iter()
+                .map(|f| {
+                    let sizes: Vec<Value> = f.sizes.iter().map(|(w, h, fps)| json!({ "width": w, "height": h, "fps": fps })).collect();
+                    json!({ "fourcc": f.fourcc, "description": f.description, "supported": f.supported, "sizes": sizes })
+                })
+                .collect();
+            json!({ "path": c.path, "card": c.card, "driver": c.driver, "bus": c.bus, "formats": formats })
+        })
+        .collect()
+}
+
+#[cfg(not(feature = "v4l2"))]
+fn cameras() -> Vec<Value> {
+    Vec::new()
+}
+
+#[cfg(feature = "alsa")]
+fn microphones() -> Vec<Value> {
+    list_capture_devices()
+        .into_iter()
+        .map(|m| {
+            json!({ "name": m.name, "card": m.card, "description": m.description,
+                    "rates": m.rates.map(|(lo, hi)| [lo, hi]), "channels": m.channels.map(|(lo, hi)| [lo, hi]),
+                    "formats": m.formats, "note": m.note })
+        })
+        .collect()
+}
+
+#[cfg(not(feature = "alsa"))]
+fn microphones() -> Vec<Value> {
+    Vec::new()
 }

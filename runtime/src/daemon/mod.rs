@@ -6,6 +6,7 @@ pub mod events;
 pub mod http;
 pub mod metrics;
 pub mod notify;
+#[cfg(feature = "gpio")]
 pub mod panel;
 pub mod pipeline;
 pub mod sources;
@@ -117,7 +118,10 @@ impl Pipeline {
             true => Some(sources::open_microphone(config, &checked.path)?),
             false => None,
         };
+        #[cfg(feature = "gpio")]
         let panel = panel::open(config)?;
+        #[cfg(not(feature = "gpio"))]
+        sources::refuse_gpio(config, &checked.path)?;
         let models = Models::load(config, &checked.bundle)?;
         memory::release_free_memory();
         let mut threads = Vec::new();
@@ -133,6 +137,7 @@ impl Pipeline {
             shared.beat(Beat::Camera);
             threads.push(spawn("camera", Box::new(move || sources::run_camera(camera, w, h, shared)))?);
         }
+        #[cfg(feature = "gpio")]
         if let Some(panel) = panel {
             let shared = shared.clone();
             threads.push(spawn("gpio", Box::new(move || panel::run(panel, shared)))?);

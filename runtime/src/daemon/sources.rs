@@ -9,10 +9,13 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[cfg(any(feature = "v4l2", feature = "alsa"))]
 use anyhow::Context as _;
+#[cfg(feature = "alsa")]
 use lookout_device::alsa_capture::AlsaMicrophone;
 use lookout_device::camera::{Camera, FrameFormat, ImageDirCamera};
 use lookout_device::microphone::{Microphone, SampleReplay};
+#[cfg(feature = "v4l2")]
 use lookout_device::v4l2::V4l2Camera;
 use lookout_device::ErrorKind;
 use lookout_models::audio::{self, StreamResampler};
@@ -31,6 +34,7 @@ pub const PHOTO_SECONDS: u32 = 5;
 /// Reports of a repeated source error: the first, then every this many.
 const ERROR_REPORT_EVERY: u64 = 100;
 /// Buffers mapped between a V4L2 camera and Lookout.
+#[cfg(feature = "v4l2")]
 const CAMERA_BUFFERS: u32 = 4;
 /// Longest wait between two attempts to reopen a device that went away.
 const MAX_BACKOFF: Duration = Duration::from_secs(8);
@@ -48,14 +52,47 @@ fn unavailable(config_path: &Path, field: &str, reason: String) -> anyhow::Error
     ConfigError::Field { path: config_path.to_path_buf(), field: field.into(), reason }.into()
 }
 
+/// A button or LED configured in a binary built without GPIO: a configuration error naming the cargo feature.
+#[cfg(not(feature = "gpio"))]
+pub fn refuse_gpio(config: &Config, config_path: &Path) -> anyhow::Result<()> {
+    let gpio = &config.gpio;
+    if gpio.chip == "none" || (gpio.button.is_none() && gpio.led.is_none()) {
+        return Ok(());
+    }
+    let reason = "a button or LED needs GPIO, and this lookout was built without it (cargo feature `gpio`); set \
+                  `chip = \"none\"` or use a build with the feature";
+    Err(unavailable(config_path, "gpio.chip", reason.into()))
+}
+
+/// A device this binary was built without the driver for: a configuration error naming the cargo feature.
+#[cfg(not(all(feature = "v4l2", feature = "alsa")))]
+fn built_without(
+    config_path: &Path,
+    field: &str,
+    device: &str,
+    driver: &str,
+    feature: &str,
+    file: &str,
+) -> anyhow::Error {
+    let reason = format!(
+        "`{device}` needs {driver}, and this lookout was built without it (cargo feature `{feature}`); use a `{file}` source or a build with the feature"
+    );
+    unavailable(config_path, field, reason)
+}
+
 /// Opens the configured camera; `pace` off delivers frames as fast as they are taken (the soak command).
 pub fn open_camera(config: &Config, config_path: &Path, pace: bool) -> anyhow::Result<Box<dyn Camera>> {
     let cam = &config.camera;
     let device = &cam.device;
     let Some(dir) = device.strip_prefix("dir:") else {
-        let camera = V4l2Camera::open(device, cam.width, cam.height, cam.fps, CAMERA_BUFFERS)
-            .with_context(|| format!("camera.device `{device}`"))?;
-        return Ok(Box::new(camera));
+        #[cfg(feature = "v4l2")]
+        {
+            let camera = V4l2Camera::open(device, cam.width, cam.height, cam.fps, CAMERA_BUFFERS)
+                .with_context(|| format!("camera.device `{device}`"))?;
+            return Ok(Box::new(camera));
+        }
+        #[cfg(not(feature = "v4l2"))]
+        return Err(built_without(config_path, "camera.device", device, "V4L2", "v4l2", "dir:"));
     };
     let fps = config.camera.fps;
     let camera = ImageDirCamera::open(&source_path(dir, config_path), fps, fps * PHOTO_SECONDS, pace)
@@ -68,11 +105,16 @@ pub fn open_microphone(config: &Config, config_path: &Path) -> anyhow::Result<Bo
     let mic = &config.microphone;
     let device = &mic.device;
     let Some(file) = device.strip_prefix("wav:") else {
-        // A period of about one VAD chunk (32 ms).
-        let period = (mic.rate as usize * 32).div_ceil(1000);
-        let microphone =
-            AlsaMicrophone::open(device, mic.rate, period).with_context(|| format!("microphone.device `{device}`"))?;
-        return Ok(Box::new(microphone));
+        #[cfg(feature = "alsa")]
+        {
+            // A period of about one VAD chunk (32 ms).
+            let period = (mic.rate as usize * 32).div_ceil(1000);
+            let microphone = AlsaMicrophone::open(device, mic.rate, period)
+                .with_context(|| format!("microphone.device `{device}`"))?;
+            return Ok(Box::new(microphone));
+        }
+        #[cfg(not(feature = "alsa"))]
+        return Err(built_without(config_path, "microphone.device", device, "ALSA", "alsa", "wav:"));
     };
     let path = source_path(file, config_path);
     let samples = audio::load_mono_16k(&path)
