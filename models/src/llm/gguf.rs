@@ -94,7 +94,21 @@ pub fn type_name(ggml_type: u32) -> String {
 struct Cursor<R: Read> {
     inner: R,
     pos: u64,
+    /// The file's length: every count read is checked against the bytes left before anything is sized from it.
+    len: u64,
     path: PathBuf,
+}
+
+/// Fewest bytes one metadata value of each type takes in the file.
+fn min_value_bytes(kind: u32) -> u64 {
+    match kind {
+        0 | 1 | 7 => 1,
+        2 | 3 => 2,
+        4..=6 => 4,
+        8 | 10..=12 => 8,
+        9 => 12,
+        _ => 1,
+    }
 }
 
 impl<R: Read> Cursor<R> {
@@ -119,16 +133,22 @@ impl<R: Read> Cursor<R> {
         Ok(u64::from_le_bytes(self.bytes()?))
     }
 
-    fn count(&mut self, what: &str, max: u64) -> Result<u64> {
+    /// A count of `what`, each taking at least `min_bytes` of the file: refused when above `max` or when the bytes
+    /// left cannot hold that many.
+    fn count(&mut self, what: &str, max: u64, min_bytes: u64) -> Result<u64> {
         let n = self.u64()?;
         if n > max {
-            return Err(self.bad(format!("{what} count {n} exceeds {max}")));
+            return Err(self.bad(format!("{what} {n} exceeds {max}")));
+        }
+        let left = self.len.saturating_sub(self.pos);
+        if n.saturating_mul(min_bytes) > left {
+            return Err(self.bad(format!("{what} {n} needs more than the {left} bytes left in the file")));
         }
         Ok(n)
     }
 
     fn string(&mut self) -> Result<String> {
-        let len = self.count("string length", MAX_STRING)?;
+        let len = self.count("string length", MAX_STRING, 1)?;
         let mut buf = vec![0u8; len as usize];
         self.inner.read_exact(&mut buf).map_err(|_| self.bad("file ends inside a string"))?;
         self.pos += len;
@@ -151,7 +171,7 @@ impl<R: Read> Cursor<R> {
                     return Err(self.bad("arrays nested too deeply"));
                 }
                 let item_kind = self.u32()?;
-                let n = self.count("array length", MAX_ARRAY)?;
+                let n = self.count("array length", MAX_ARRAY, min_value_bytes(item_kind))?;
                 let mut items = Vec::with_capacity(n.min(1 << 16) as usize);
                 for _ in 0..n {
                     items.push(self.value(item_kind, depth + 1)?);
@@ -172,7 +192,7 @@ impl Gguf {
         let io = |source| GgufError::Io { path: path.to_path_buf(), source };
         let file = File::open(path).map_err(io)?;
         let file_len = file.metadata().map_err(io)?.len();
-        let mut cur = Cursor { inner: BufReader::new(file), pos: 0, path: path.to_path_buf() };
+        let mut cur = Cursor { inner: BufReader::new(file), pos: 0, len: file_len, path: path.to_path_buf() };
         if &cur.bytes::<4>()? != b"GGUF" {
             return Err(cur.bad("missing the GGUF magic"));
         }
@@ -180,8 +200,10 @@ impl Gguf {
         if !(2..=3).contains(&version) {
             return Err(cur.bad(format!("GGUF version {version} (2 and 3 are supported)")));
         }
-        let n_tensors = cur.count("tensor", MAX_ENTRIES)?;
-        let n_kv = cur.count("metadata", MAX_ENTRIES)?;
+        // A tensor's directory entry takes at least 32 bytes (name length, one dimension, type, offset), a metadata
+        // entry 13 (key length, type, a one-byte value).
+        let n_tensors = cur.count("tensor count", MAX_ENTRIES, 32)?;
+        let n_kv = cur.count("metadata count", MAX_ENTRIES, 13)?;
         let mut metadata = BTreeMap::new();
         for _ in 0..n_kv {
             let key = cur.string()?;
@@ -311,6 +333,8 @@ pub struct LlamaConfig {
 }
 
 pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama"];
+/// Tensors each decoder layer has: two norms, four attention projections, three feed-forward projections.
+const TENSORS_PER_LAYER: usize = 9;
 
 impl LlamaConfig {
     /// Checks the architecture, the hyperparameters and the presence and shape of every tensor a decoder needs.
@@ -324,7 +348,11 @@ impl LlamaConfig {
             });
         }
         let key = |k: &str| format!("{arch}.{k}");
-        let usize_of = |k: &str| gguf.uint(&key(k)).map(|n| n as usize);
+        let bad = |reason: String| GgufError::Malformed { path: gguf.path.clone(), reason };
+        let usize_of = |k: &str| {
+            let n = gguf.uint(&key(k))?;
+            usize::try_from(n).map_err(|_| bad(format!("`{}` is {n}, more than this machine can address", key(k))))
+        };
         let n_heads = usize_of("attention.head_count")?;
         let d_model = usize_of("embedding_length")?;
         let config = LlamaConfig {
@@ -339,7 +367,15 @@ impl LlamaConfig {
             rope_theta: gguf.float(&key("rope.freq_base")).unwrap_or(10_000.0),
             rms_eps: gguf.float(&key("attention.layer_norm_rms_epsilon"))?,
         };
-        let bad = |reason: String| GgufError::Malformed { path: gguf.path.clone(), reason };
+        // Each layer needs nine tensors: checked before the list of expected tensors is built from the count.
+        if config.n_layers > gguf.tensors.len() / TENSORS_PER_LAYER {
+            return Err(bad(format!(
+                "`{}` is {}, but the file holds {} tensors ({TENSORS_PER_LAYER} a layer)",
+                key("block_count"),
+                config.n_layers,
+                gguf.tensors.len()
+            )));
+        }
         if config.n_layers == 0
             || config.n_heads == 0
             || config.n_kv_heads == 0
@@ -377,5 +413,84 @@ impl LlamaConfig {
             }
         }
         Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A GGUF v3 file of metadata only, declaring `n_tensors` tensors it does not hold.
+    fn gguf_bytes(n_tensors: u64, metadata: &[(&str, u32, Vec<u8>)]) -> Vec<u8> {
+        let mut bytes = b"GGUF".to_vec();
+        bytes.extend_from_slice(&3u32.to_le_bytes());
+        bytes.extend_from_slice(&n_tensors.to_le_bytes());
+        bytes.extend_from_slice(&(metadata.len() as u64).to_le_bytes());
+        for (key, kind, value) in metadata {
+            bytes.extend_from_slice(&(key.len() as u64).to_le_bytes());
+            bytes.extend_from_slice(key.as_bytes());
+            bytes.extend_from_slice(&kind.to_le_bytes());
+            bytes.extend_from_slice(value);
+        }
+        bytes
+    }
+
+    fn string_value(s: &str) -> Vec<u8> {
+        let mut v = (s.len() as u64).to_le_bytes().to_vec();
+        v.extend_from_slice(s.as_bytes());
+        v
+    }
+
+    fn open(name: &str, bytes: &[u8]) -> Result<Gguf> {
+        let path = std::env::temp_dir().join(format!("lookout-gguf-{}-{name}.gguf", std::process::id()));
+        std::fs::write(&path, bytes).unwrap();
+        let result = Gguf::open(&path);
+        std::fs::remove_file(&path).unwrap();
+        result
+    }
+
+    fn reason(error: GgufError) -> String {
+        match error {
+            GgufError::Malformed { reason, .. } => reason,
+            other => panic!("expected a malformed-file error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_block_count_the_file_cannot_hold_is_refused_before_anything_is_sized_from_it() {
+        let u32_value = |n: u32| n.to_le_bytes().to_vec();
+        let mut tokens = 8u32.to_le_bytes().to_vec();
+        tokens.extend_from_slice(&1u64.to_le_bytes());
+        tokens.extend_from_slice(&string_value("a"));
+        let bytes = gguf_bytes(
+            0,
+            &[
+                ("general.architecture", 8, string_value("llama")),
+                ("llama.block_count", 10, (1u64 << 40).to_le_bytes().to_vec()),
+                ("llama.attention.head_count", 4, u32_value(1)),
+                ("llama.embedding_length", 4, u32_value(1)),
+                ("llama.feed_forward_length", 4, u32_value(1)),
+                ("llama.context_length", 4, u32_value(1)),
+                ("llama.attention.layer_norm_rms_epsilon", 6, 1e-5f32.to_le_bytes().to_vec()),
+                ("tokenizer.ggml.tokens", 9, tokens),
+            ],
+        );
+        assert!(bytes.len() < 400, "{} bytes", bytes.len());
+        let gguf = open("layers", &bytes).unwrap();
+        let error = reason(LlamaConfig::from_gguf(&gguf).unwrap_err());
+        assert_eq!(error, "`llama.block_count` is 1099511627776, but the file holds 0 tensors (9 a layer)");
+    }
+
+    #[test]
+    fn counts_are_checked_against_the_bytes_left() {
+        let error = reason(open("tensors", &gguf_bytes(60_000, &[])).unwrap_err());
+        assert_eq!(error, "tensor count 60000 needs more than the 8 bytes left in the file");
+        let mut array = 10u32.to_le_bytes().to_vec(); // of u64 values
+        array.extend_from_slice(&(1u64 << 20).to_le_bytes());
+        let error = reason(open("array", &gguf_bytes(0, &[("big", 9, array)])).unwrap_err());
+        assert_eq!(error, "array length 1048576 needs more than the 0 bytes left in the file");
+        let error =
+            reason(open("string", &gguf_bytes(0, &[("s", 8, (1u64 << 24).to_le_bytes().to_vec())])).unwrap_err());
+        assert_eq!(error, "string length 16777216 needs more than the 0 bytes left in the file");
     }
 }
