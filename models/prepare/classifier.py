@@ -31,19 +31,26 @@ STORAGE_TYPES = {"FloatStorage": np.float32, "LongStorage": np.int64, "IntStorag
                  "DoubleStorage": np.float64, "HalfStorage": np.float16}
 
 
+class PlainUnpickler(pickle.Unpickler):
+    """Plain data only (numbers, strings, lists, dicts): any global a pickle names is refused, so nothing runs."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"unexpected global {module}.{name}")
+
+
 def load_legacy_state_dict(data: bytes) -> dict[str, np.ndarray]:
     """Tensors by name from a legacy `torch.save` file, without torch."""
     f = io.BytesIO(data)
-    if pickle.load(f) != LEGACY_MAGIC:
+    if PlainUnpickler(f).load() != LEGACY_MAGIC:
         raise ValueError("not a legacy torch.save file")
-    pickle.load(f)  # protocol version
-    pickle.load(f)  # system info
+    PlainUnpickler(f).load()  # protocol version
+    PlainUnpickler(f).load()  # system info
     storages: dict[str, dict] = {}
 
     def rebuild_tensor(storage, offset, size, stride, *_):
         return {"key": storage, "offset": offset, "size": tuple(size), "stride": tuple(stride)}
 
-    class Unpickler(pickle.Unpickler):
+    class Unpickler(PlainUnpickler):
         def find_class(self, module, name):
             if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
                 return rebuild_tensor
@@ -61,7 +68,7 @@ def load_legacy_state_dict(data: bytes) -> dict[str, np.ndarray]:
             return key
 
     state = Unpickler(f).load()
-    for key in pickle.load(f):
+    for key in PlainUnpickler(f).load():
         count = int(np.frombuffer(f.read(8), "<i8")[0])
         dtype = np.dtype(STORAGE_TYPES[storages[key]["type"]])
         storages[key]["data"] = np.frombuffer(f.read(count * dtype.itemsize), dtype)
