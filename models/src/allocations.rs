@@ -1,6 +1,7 @@
-//! An allocator that counts the allocations each thread makes: the system allocator plus one thread-local add.
-//! The `lookout` binary installs it so `lookout bench --suite frames` can report allocations per frame, and tests
-//! install it to prove a per-frame or per-token path allocation-free.
+//! An allocator that counts the allocations each thread makes and the bytes it holds: the system allocator plus a
+//! few thread-local adds. The `lookout` binary installs it so `lookout bench --suite frames` can report allocations
+//! per frame, and tests install it to prove a per-frame or per-token path allocation-free, or a parser's memory
+//! bounded whatever its input declares.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -10,26 +11,42 @@ pub struct Counting;
 
 thread_local! {
     static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+    /// Bytes this thread allocated less the bytes it freed (memory freed here that another thread allocated
+    /// counts too, so it may go below zero).
+    static HELD_BYTES: Cell<i64> = const { Cell::new(0) };
+    static PEAK_HELD_BYTES: Cell<i64> = const { Cell::new(0) };
+}
+
+fn hold(bytes: i64) {
+    let _ = HELD_BYTES.try_with(|held| {
+        let now = held.get() + bytes;
+        held.set(now);
+        let _ = PEAK_HELD_BYTES.try_with(|peak| peak.set(peak.get().max(now)));
+    });
 }
 
 // SAFETY: every call is forwarded unchanged to the system allocator; only a thread-local counter is added.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+        hold(layout.size() as i64);
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        hold(-(layout.size() as i64));
         unsafe { System.dealloc(ptr, layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+        hold(layout.size() as i64);
         unsafe { System.alloc_zeroed(layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+        hold(new_size as i64 - layout.size() as i64);
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 }
@@ -43,9 +60,26 @@ pub fn allocations() -> u64 {
     ALLOCATIONS.with(Cell::get)
 }
 
+/// The most bytes this thread has held at once since the measure started, beyond what it held then.
+pub struct PeakBytes {
+    start: i64,
+}
+
+impl PeakBytes {
+    pub fn start() -> PeakBytes {
+        let start = HELD_BYTES.with(Cell::get);
+        PEAK_HELD_BYTES.with(|peak| peak.set(start));
+        PeakBytes { start }
+    }
+
+    pub fn peak(&self) -> u64 {
+        (PEAK_HELD_BYTES.with(Cell::get) - self.start).max(0) as u64
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::allocations;
+    use super::{allocations, PeakBytes};
 
     #[test]
     fn the_count_sees_this_threads_allocations_only() {
@@ -65,5 +99,16 @@ mod tests {
         assert_eq!(allocations(), before + 2);
         drop((v, z));
         other.join().unwrap();
+    }
+
+    #[test]
+    fn the_peak_sees_what_was_held_at_once() {
+        let measure = PeakBytes::start();
+        let small = std::hint::black_box(vec![1u8; 1000]);
+        drop(small);
+        let large = std::hint::black_box(vec![1u8; 1 << 20]);
+        drop(large);
+        let peak = measure.peak();
+        assert!((1 << 20..(1 << 20) + 1000).contains(&peak), "peak {peak}");
     }
 }

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use lookout_models::audio::load_mono_16k;
+use lookout_models::audio::{load_mono_16k, AudioLimit};
 use lookout_models::bundle::{resolve_models_dir, Bundle, DEFAULT_BUNDLE};
 use lookout_models::llm::LanguageModel;
 use lookout_models::vision::image::load_image;
@@ -92,7 +92,7 @@ fn compiled_and_onnx_whisper_give_the_same_tokens() {
         let compiled = Whisper::load(&bundle, Some(variant)).unwrap();
         let onnx = Whisper::load(&from_onnx, Some(variant)).unwrap();
         for clip in ["speech/how_many_people.wav", "speech/is_the_door_open.wav"] {
-            let samples = load_mono_16k(testdata(clip)).unwrap();
+            let samples = load_mono_16k(testdata(clip), AudioLimit::RECORDING).unwrap();
             let options = DecodeOptions::default();
             let ours = compiled.session().unwrap().transcribe_window(&samples, &options).unwrap();
             let reference = onnx.session().unwrap().transcribe_window(&samples, &options).unwrap();

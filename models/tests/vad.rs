@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use lookout_models::audio::load_mono_16k;
+use lookout_models::audio::{load_mono_16k, AudioLimit};
 use lookout_models::bundle::{resolve_models_dir, Bundle, DEFAULT_BUNDLE};
 use lookout_models::vad::SileroVad;
 
@@ -36,7 +36,7 @@ fn probabilities_match_onnxruntime() {
     assert!(!clips.is_empty());
     for (file, expected) in clips {
         let expected: Vec<f32> = expected.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
-        let samples = load_mono_16k(dir.join(file)).unwrap();
+        let samples = load_mono_16k(dir.join(file), AudioLimit::RECORDING).unwrap();
         let ours = session.probabilities(&samples).unwrap();
         assert_eq!(ours.len(), expected.len(), "{file}: chunk count");
         let worst = ours.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
@@ -51,7 +51,7 @@ fn speech_regions_cover_the_speech_and_skip_silence() {
     let vad = vad();
     let mut session = vad.session().unwrap();
     // Nine sentences with 1 s of silence between them: the VAD splits them apart.
-    let long = load_mono_16k(dir.join("long_sentences.wav")).unwrap();
+    let long = load_mono_16k(dir.join("long_sentences.wav"), AudioLimit::RECORDING).unwrap();
     let regions = session.speech_regions(&long).unwrap();
     assert!((7..=9).contains(&regions.len()), "expected about one region per sentence, got {regions:?}");
     let covered: usize = regions.iter().map(|r| r.end - r.start).sum();

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use std::collections::BTreeMap;
 
+use lookout_models::audio::AudioLimit;
 use lookout_models::vision::detections::LabelFilter;
 
 use crate::board::{self, BoardSource};
@@ -486,6 +487,11 @@ impl Config {
 
     pub fn on_demand(&self, stage: &str) -> bool {
         self.models.on_demand.iter().any(|s| s == stage)
+    }
+
+    /// How long a spoken question may be: as long as the microphone's ring holds, whether heard or posted.
+    pub fn question_audio(&self) -> AudioLimit {
+        AudioLimit::seconds(self.microphone.ring_s)
     }
 }
 

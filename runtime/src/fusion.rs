@@ -14,6 +14,8 @@ use crate::question::{
 
 /// Longest typed question accepted; longer ones are refused rather than cut.
 pub const MAX_QUESTION_BYTES: usize = 2000;
+/// Longest spoken question `lookout ask --audio` accepts (the daemon's limit is its `microphone.ring_s`).
+pub const MAX_QUESTION_AUDIO: lookout_models::audio::AudioLimit = lookout_models::audio::AudioLimit::seconds(60);
 
 /// What the decoder is asked to do.
 #[derive(Debug, Clone, PartialEq)]

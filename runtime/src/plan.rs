@@ -15,8 +15,10 @@ use crate::config::Config;
 pub struct OverBudget(pub String);
 
 const MIB: f64 = 1024.0 * 1024.0;
-/// HTTP requests served at once; each may hold a body of `http.max_body_kib`.
+/// HTTP requests served at once; each may hold a body of `http.max_body_kib`, and one at a time decodes audio.
 pub const HTTP_CONNECTIONS: u32 = 4;
+/// Questions that may wait for the pipeline at once; a spoken one holds its 16 kHz samples while it waits.
+pub const QUESTION_QUEUE: usize = 4;
 
 /// One line of the plan.
 #[derive(Debug, Clone, Serialize)]
@@ -165,10 +167,24 @@ pub fn plan(config: &Config, bundle: &Bundle) -> anyhow::Result<Plan> {
             basis: format!("{} s at 16 kHz, f32", mic.ring_s),
         });
     }
+    let question_audio = config.question_audio();
+    if config.stage_enabled("speech") {
+        resident.push(Item {
+            name: "questions waiting".into(),
+            mib: QUESTION_QUEUE as f64 * f64::from(question_audio.max_seconds()) * 16_000.0 * 4.0 / MIB,
+            basis: format!("{QUESTION_QUEUE} spoken questions of {} s at 16 kHz, f32", question_audio.max_seconds()),
+        });
+    }
     resident.push(Item {
-        name: "request bodies".into(),
-        mib: f64::from(HTTP_CONNECTIONS * config.http.max_body_kib) / 1024.0,
-        basis: format!("{HTTP_CONNECTIONS} requests of at most {} KiB", config.http.max_body_kib),
+        name: "requests".into(),
+        mib: (f64::from(HTTP_CONNECTIONS) * f64::from(config.http.max_body_kib) * 1024.0
+            + question_audio.max_decoding_bytes() as f64)
+            / MIB,
+        basis: format!(
+            "{HTTP_CONNECTIONS} requests of at most {} KiB, one at a time decoding at most {} s of audio",
+            config.http.max_body_kib,
+            question_audio.max_seconds()
+        ),
     });
 
     // One stage runs or loads at a time: the peak adds the largest of one run, the transient of loading a
@@ -283,10 +299,14 @@ mod tests {
     fn resident_stages_add_up_and_the_largest_transient_is_added_once() {
         let plan = plan(&config(""), &bundle()).unwrap();
         let resident: f64 = plan.resident.iter().map(|i| i.mib).sum();
-        // process, vad, speech, detector + ocr, decoder, then frame pool, object tracks, audio ring and request bodies.
+        // process, vad, speech, detector + ocr, decoder, then frame pool, object tracks, audio ring, spoken
+        // questions waiting, and requests: their bodies and the audio one of them decodes (30 s of 48 kHz stereo as
+        // f32, and as much again while it becomes 16 kHz mono).
         let models = 10.0 + 10.0 + 160.0 + 40.0 + 170.0;
         let tracks = TrackerSettings::default().table_bytes(100) as f64 / MIB;
-        let buffers = 4.0 * 1280.0 * 720.0 * 3.0 / MIB + tracks + 30.0 * 16_000.0 * 4.0 / MIB + 8.0;
+        let ring = 30.0 * 16_000.0 * 4.0 / MIB;
+        let requests = 4.0 * 2.0 + 2.0 * 30.0 * 96_000.0 * 4.0 / MIB;
+        let buffers = 4.0 * 1280.0 * 720.0 * 3.0 / MIB + tracks + ring + 4.0 * ring + requests;
         assert!((resident - (models + buffers)).abs() < 1e-9, "{resident}");
         // Loading the decoder at start-up (380 - 170) outweighs every run.
         assert_eq!(plan.peak_extra.name, "decoder q4 (1024 tokens) loading");

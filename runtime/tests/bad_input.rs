@@ -6,7 +6,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use common::{lookout, speech_index};
+use common::{lookout, speech_index, testdata_dir};
+
+#[path = "../../models/tests/support/silent_flac.rs"]
+mod silent_flac;
 
 const BAD_INPUT: i32 = 3;
 const BAD_MODELS: i32 = 4;
@@ -97,6 +100,24 @@ fn truncated_wav() {
     bytes.extend(std::iter::repeat_n(0u8, 1_001));
     fs::write(&path, bytes).unwrap();
     assert_fails(&transcribe(&path), BAD_INPUT, &["cut.wav"]);
+}
+
+#[test]
+fn a_flac_bomb_is_refused_at_the_documented_limits() {
+    use silent_flac::{silent_flac, FRAMES_PER_BLOCK};
+    let dir = scratch("bomb");
+    // 3,000 blocks of silence: under 64 KB that expand to 68 minutes of 48 kHz stereo.
+    let streamed = dir.join("streamed.flac");
+    fs::write(&streamed, silent_flac(48_000, 2, 3_000, 0)).unwrap();
+    let declared = dir.join("declared.flac");
+    fs::write(&declared, silent_flac(48_000, 2, 3_000, 3_000 * FRAMES_PER_BLOCK)).unwrap();
+    assert_fails(&transcribe(&declared), BAD_INPUT, &["declared.flac", "more than the limit of 1800 s"]);
+    let photo = testdata_dir().join("vision/photos/kite.jpg");
+    for (path, name) in [(&streamed, "streamed.flac"), (&declared, "declared.flac")] {
+        let out =
+            lookout(&["ask", "--image", photo.to_str().unwrap(), "--audio", path.to_str().unwrap(), "--no-decoder"]);
+        assert_fails(&out, BAD_INPUT, &[name, "the limit of 60 s"]);
+    }
 }
 
 /// A copy of the default bundle made of links, with `damage` applied to the int8 speech decoder's file.

@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 use common::{lookout, normalize, patience, testdata_dir};
 use serde_json::Value;
 
+#[path = "../../models/tests/support/silent_flac.rs"]
+mod silent_flac;
+
 const TOKEN: &str = "test-token-0123456789";
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -188,6 +191,13 @@ impl Drop for Daemon {
     }
 }
 
+/// The daemon's peak resident set so far (VmHWM).
+fn peak_rss_kib(daemon: &Daemon) -> i64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.child.id())).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
 fn event_is(kind: &'static str) -> impl Fn(&Value) -> bool {
     move |e| e["event"] == kind
 }
@@ -266,6 +276,16 @@ fn the_daemon_captions_answers_refuses_bad_requests_and_talks_to_systemd() {
         request(port, "POST", "/v1/ask", Some("application/json"), br#"{"question": "How many people are there?"}"#);
     assert_eq!(answer.status, 200, "{}", answer.body);
     assert!(answer.json()["answer"].as_str().unwrap().contains(&people), "{}", answer.body);
+
+    // A FLAC bomb (under 64 KB that expand to 68 minutes of 48 kHz stereo) stops at the microphone ring's 30 s,
+    // without raising the daemon's peak memory.
+    let peak_before = peak_rss_kib(&daemon);
+    let bomb = silent_flac::silent_flac(48_000, 2, 3_000, 0);
+    let refused = request(port, "POST", "/v1/ask", Some("audio/flac"), &bomb);
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert!(refused.body.contains("audio runs longer than the limit of 30 s"), "{}", refused.body);
+    let grew_mib = (peak_rss_kib(&daemon) - peak_before) / 1024;
+    assert!(grew_mib < 32, "decoding the bomb raised the peak by {grew_mib} MiB");
 
     // Bad requests: each refused with its 4xx, and the daemon keeps serving.
     let not_wav = std::fs::read(photos.join("dog.jpg")).unwrap();

@@ -6,12 +6,75 @@ use std::path::Path;
 
 use super::AudioError;
 
-/// Longest audio accepted; a header that declares more is refused before anything is allocated.
-pub const MAX_DURATION_SECONDS: u64 = 4 * 60 * 60;
+use super::resample::RESAMPLE_RATE_RANGE;
 
 /// Upper bound on the sample buffer reserved up front from a FLAC header, whose
 /// declared length cannot be checked against the compressed size.
 const MAX_FLAC_PREALLOCATED_SAMPLES: u64 = 1 << 24;
+
+/// Decoded samples a second of audio may take from a limit's budget: 48 kHz stereo. Audio with more channels or a
+/// higher rate is accepted for proportionally less time, so a limit bounds memory whatever the header says.
+const BUDGET_SAMPLES_PER_SECOND: u64 = 48_000 * 2;
+
+/// How much audio a caller accepts. It is checked against the header before anything is allocated, and against
+/// the frames as they are decoded (a FLAC stream need not declare its length), so a small compressed file cannot
+/// expand into gigabytes of samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AudioLimit {
+    seconds: u32,
+}
+
+impl AudioLimit {
+    /// A recording to transcribe: half an hour (at most 660 MiB of decoded samples, 110 MiB at 16 kHz mono).
+    pub const RECORDING: AudioLimit = AudioLimit::seconds(30 * 60);
+
+    /// At most `seconds` of audio (of 48 kHz stereo or less; see [`AudioLimit::max_frames`]).
+    pub const fn seconds(seconds: u32) -> AudioLimit {
+        AudioLimit { seconds }
+    }
+
+    pub fn max_seconds(self) -> u32 {
+        self.seconds
+    }
+
+    /// Decoded samples, all channels together, that the limit allows.
+    pub fn max_samples(self) -> u64 {
+        u64::from(self.seconds) * BUDGET_SAMPLES_PER_SECOND
+    }
+
+    /// Sample frames allowed at this rate and channel count: the limit's length, or less when the layout would
+    /// take more samples a second than 48 kHz stereo.
+    pub fn max_frames(self, sample_rate: u32, channels: u16) -> u64 {
+        (u64::from(self.seconds) * u64::from(sample_rate)).min(self.max_samples() / u64::from(channels.max(1)))
+    }
+
+    /// Most bytes decoding and converting such audio to 16 kHz mono holds at once: the decoded f32 samples, and at
+    /// most as much again for the mono and resampled copies.
+    pub fn max_decoding_bytes(self) -> u64 {
+        2 * self.max_samples() * std::mem::size_of::<f32>() as u64
+    }
+
+    /// Refuses a header that declares more than the limit allows.
+    fn check_declared(self, frames: u64, sample_rate: u32, channels: u16) -> Result<(), AudioError> {
+        let allowed = self.max_frames(sample_rate, channels);
+        if frames > allowed {
+            return Err(AudioError::TooLong {
+                declared_seconds: frames as f64 / f64::from(sample_rate),
+                limit_seconds: allowed as f64 / f64::from(sample_rate),
+            });
+        }
+        Ok(())
+    }
+
+    /// Stops a stream whose decoded frames have gone past what the limit allows.
+    fn check_decoded(self, frames: u64, sample_rate: u32, channels: u16) -> Result<(), AudioError> {
+        let allowed = self.max_frames(sample_rate, channels);
+        if frames > allowed {
+            return Err(AudioError::RunsPastLimit { limit_seconds: allowed as f64 / f64::from(sample_rate) });
+        }
+        Ok(())
+    }
+}
 
 /// Decoded audio, channels interleaved, every sample in [-1, 1].
 #[derive(Debug, Clone, PartialEq)]
@@ -36,8 +99,8 @@ impl DecodedAudio {
     }
 }
 
-/// Decodes the WAV or FLAC file at `path`; the extension is ignored.
-pub fn decode_file(path: impl AsRef<Path>) -> Result<DecodedAudio, AudioError> {
+/// Decodes the WAV or FLAC file at `path` within `limit`; the extension is ignored.
+pub fn decode_file(path: impl AsRef<Path>, limit: AudioLimit) -> Result<DecodedAudio, AudioError> {
     let path = path.as_ref();
     let file = File::open(path).map_err(|source| {
         if source.kind() == io::ErrorKind::NotFound {
@@ -47,12 +110,12 @@ pub fn decode_file(path: impl AsRef<Path>) -> Result<DecodedAudio, AudioError> {
         }
     })?;
     let total_len = file.metadata().map_err(|source| AudioError::Io { path: path.to_path_buf(), source })?.len();
-    decode_stream(BufReader::new(file), total_len, Some(path))
+    decode_stream(BufReader::new(file), total_len, Some(path), limit)
 }
 
-/// Decodes a WAV or FLAC stream held in memory.
-pub fn decode_bytes(bytes: &[u8]) -> Result<DecodedAudio, AudioError> {
-    decode_stream(Cursor::new(bytes), bytes.len() as u64, None)
+/// Decodes a WAV or FLAC stream held in memory within `limit`.
+pub fn decode_bytes(bytes: &[u8], limit: AudioLimit) -> Result<DecodedAudio, AudioError> {
+    decode_stream(Cursor::new(bytes), bytes.len() as u64, None, limit)
 }
 
 enum Container {
@@ -64,14 +127,15 @@ fn decode_stream<R: Read + Seek>(
     mut reader: R,
     total_len: u64,
     path: Option<&Path>,
+    limit: AudioLimit,
 ) -> Result<DecodedAudio, AudioError> {
     let mut magic = [0u8; 12];
     let magic_len = read_up_to(&mut reader, &mut magic).map_err(|e| io_error(e, path, "header"))?;
     let container = detect_container(&magic[..magic_len])?;
     reader.seek(SeekFrom::Start(0)).map_err(|e| io_error(e, path, "header"))?;
     let audio = match container {
-        Container::Wav => decode_wav(reader, total_len, path)?,
-        Container::Flac => decode_flac(reader, path)?,
+        Container::Wav => decode_wav(reader, total_len, path, limit)?,
+        Container::Flac => decode_flac(reader, path, limit)?,
     };
     if audio.samples.is_empty() {
         return Err(AudioError::Empty);
@@ -134,11 +198,21 @@ fn io_error(error: io::Error, path: Option<&Path>, part: &str) -> AudioError {
     }
 }
 
-fn too_long(frames: u64, sample_rate: u32) -> AudioError {
-    AudioError::TooLong {
-        declared_seconds: frames as f64 / f64::from(sample_rate),
-        limit_seconds: MAX_DURATION_SECONDS,
+/// Refuses a sample rate of 0 or one the resampler cannot convert, before anything is decoded.
+fn check_sample_rate(sample_rate: u32) -> Result<(), AudioError> {
+    if sample_rate == 0 {
+        return Err(AudioError::InvalidHeader { detail: "sample rate is 0".to_string() });
     }
+    if !RESAMPLE_RATE_RANGE.contains(&sample_rate) {
+        return Err(AudioError::InvalidHeader {
+            detail: format!(
+                "sample rate {sample_rate} Hz is outside {}..={} Hz",
+                RESAMPLE_RATE_RANGE.start(),
+                RESAMPLE_RATE_RANGE.end()
+            ),
+        });
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------- WAV
@@ -179,7 +253,12 @@ struct WavLayout {
 /// Bytes converted per read from the 'data' chunk.
 const WAV_READ_BLOCK: usize = 64 * 1024;
 
-fn decode_wav<R: Read + Seek>(mut reader: R, total_len: u64, path: Option<&Path>) -> Result<DecodedAudio, AudioError> {
+fn decode_wav<R: Read + Seek>(
+    mut reader: R,
+    total_len: u64,
+    path: Option<&Path>,
+    limit: AudioLimit,
+) -> Result<DecodedAudio, AudioError> {
     let layout = read_wav_layout(&mut reader, total_len, path)?;
     let format = &layout.format;
     let block_align = usize::from(format.block_align);
@@ -188,9 +267,7 @@ fn decode_wav<R: Read + Seek>(mut reader: R, total_len: u64, path: Option<&Path>
     if frames == 0 {
         return Err(AudioError::Empty);
     }
-    if frames as u64 > MAX_DURATION_SECONDS * u64::from(format.sample_rate) {
-        return Err(too_long(frames as u64, format.sample_rate));
-    }
+    limit.check_declared(frames as u64, format.sample_rate, format.channels)?;
     let available = total_len.saturating_sub(layout.data_offset);
     if u64::from(layout.data_len) > available {
         return Err(AudioError::Truncated {
@@ -309,9 +386,7 @@ fn parse_fmt_chunk(body: &[u8]) -> Result<WavFormat, AudioError> {
     if channels == 0 {
         return Err(AudioError::InvalidHeader { detail: "channel count is 0".to_string() });
     }
-    if sample_rate == 0 {
-        return Err(AudioError::InvalidHeader { detail: "sample rate is 0".to_string() });
-    }
+    check_sample_rate(sample_rate)?;
 
     let (encoding, bits) = if format_tag == WAVE_FORMAT_EXTENSIBLE {
         if body.len() < 40 {
@@ -338,10 +413,10 @@ fn parse_fmt_chunk(body: &[u8]) -> Result<WavFormat, AudioError> {
         });
     }
     let container_bytes = block_align / channels;
-    let container_bits = container_bytes * 8;
+    let container_bits = u32::from(container_bytes) * 8;
     let sample_format = match (encoding, container_bytes) {
         (WAVE_FORMAT_PCM, 1) if (1..=8).contains(&bits) => WavSampleFormat::U8,
-        (WAVE_FORMAT_PCM, 2..=4) if (1..=container_bits).contains(&bits) => {
+        (WAVE_FORMAT_PCM, 2..=4) if (1..=container_bits).contains(&u32::from(bits)) => {
             WavSampleFormat::Int { bytes: usize::from(container_bytes) }
         }
         (WAVE_FORMAT_PCM, _) => {
@@ -396,7 +471,11 @@ fn format_guid(guid: &[u8]) -> String {
 /// "fLaC", a metadata block header and the 34-byte STREAMINFO body.
 const FLAC_STREAMINFO_END: usize = 4 + 4 + 34;
 
-fn decode_flac<R: Read + Seek>(mut reader: R, path: Option<&Path>) -> Result<DecodedAudio, AudioError> {
+fn decode_flac<R: Read + Seek>(
+    mut reader: R,
+    path: Option<&Path>,
+    limit: AudioLimit,
+) -> Result<DecodedAudio, AudioError> {
     let mut head = [0u8; FLAC_STREAMINFO_END];
     let got = read_up_to(&mut reader, &mut head).map_err(|e| io_error(e, path, "FLAC header"))?;
     if got < head.len() {
@@ -407,15 +486,11 @@ fn decode_flac<R: Read + Seek>(mut reader: R, path: Option<&Path>) -> Result<Dec
     }
     let info = &head[8..];
     let sample_rate = u32::from(info[10]) << 12 | u32::from(info[11]) << 4 | u32::from(info[12]) >> 4;
-    if sample_rate == 0 {
-        return Err(AudioError::InvalidHeader { detail: "sample rate is 0".to_string() });
-    }
+    check_sample_rate(sample_rate)?;
+    let header_channels = u16::from((info[12] >> 1) & 0x07) + 1;
     let declared_frames =
         u64::from(info[13] & 0x0F) << 32 | u64::from(u32::from_be_bytes([info[14], info[15], info[16], info[17]]));
-    let max_frames = MAX_DURATION_SECONDS * u64::from(sample_rate);
-    if declared_frames > max_frames {
-        return Err(too_long(declared_frames, sample_rate));
-    }
+    limit.check_declared(declared_frames, sample_rate, header_channels)?;
 
     reader.seek(SeekFrom::Start(0)).map_err(|e| io_error(e, path, "FLAC header"))?;
     let mut flac = claxon::FlacReader::new(reader).map_err(|e| claxon_error(e, path))?;
@@ -431,6 +506,7 @@ fn decode_flac<R: Read + Seek>(mut reader: R, path: Option<&Path>) -> Result<Dec
 
     let declared_samples = declared_frames * u64::from(channels);
     let mut samples = Vec::with_capacity(declared_samples.min(MAX_FLAC_PREALLOCATED_SAMPLES) as usize);
+    let channel_count = u16::try_from(channels).unwrap_or(u16::MAX);
     let mut decoded_frames: u64 = 0;
     let mut blocks = flac.blocks();
     let mut buffer = Vec::new();
@@ -446,8 +522,15 @@ fn decode_flac<R: Read + Seek>(mut reader: R, path: Option<&Path>) -> Result<Dec
             });
         }
         decoded_frames += u64::from(block.duration());
-        if decoded_frames > max_frames {
-            return Err(too_long(decoded_frames, sample_rate));
+        // Checked before the block's samples are stored: a stream that does not declare its length (or lies about
+        // it) stops at the limit.
+        limit.check_decoded(decoded_frames, sample_rate, channel_count)?;
+        // Growth doubles, but never past what the limit allows, so the buffer stays within it.
+        let needed = block.duration() as usize * channels as usize;
+        if samples.capacity() - samples.len() < needed {
+            let allowed = (limit.max_frames(sample_rate, channel_count) * u64::from(channels)) as usize;
+            let target = (samples.len() + needed).max(2 * samples.capacity()).min(allowed);
+            samples.reserve_exact(target - samples.len());
         }
         for frame in 0..block.duration() {
             for channel in 0..channels {

@@ -9,7 +9,7 @@ mod tests;
 
 use std::path::{Path, PathBuf};
 
-pub use decode::{decode_bytes, decode_file, DecodedAudio, MAX_DURATION_SECONDS};
+pub use decode::{decode_bytes, decode_file, AudioLimit, DecodedAudio};
 pub use mel::{mel_filterbank, LogMel};
 pub use resample::{downmix_to_mono, resample, to_mono_16k, StreamResampler, RESAMPLE_RATE_RANGE, TARGET_SAMPLE_RATE};
 
@@ -52,16 +52,30 @@ pub enum AudioError {
     #[error("audio contains no samples")]
     Empty,
 
-    /// The header declares more audio than [`MAX_DURATION_SECONDS`]; refused before allocating.
-    #[error("audio declares {declared_seconds:.0} s of audio, more than the limit of {limit_seconds} s")]
-    TooLong { declared_seconds: f64, limit_seconds: u64 },
+    /// The header declares more audio than the caller's [`AudioLimit`] allows for its rate and channels; refused
+    /// before anything is allocated.
+    #[error("audio declares {} s, more than the limit of {} s", seconds(*.declared_seconds), seconds(*.limit_seconds))]
+    TooLong { declared_seconds: f64, limit_seconds: f64 },
+
+    /// A stream that does not declare its length decoded past the caller's [`AudioLimit`]; stopped there.
+    #[error("audio runs longer than the limit of {} s", seconds(*.limit_seconds))]
+    RunsPastLimit { limit_seconds: f64 },
 
     /// The resampler could not be built for this pair of rates.
     #[error("cannot resample from {from} Hz to {to} Hz: {detail}")]
     Resample { from: u32, to: u32, detail: String },
 }
 
-/// Decodes a WAV or FLAC file and converts it to 16 kHz mono samples in [-1, 1].
-pub fn load_mono_16k(path: impl AsRef<Path>) -> Result<Vec<f32>, AudioError> {
-    to_mono_16k(decode_file(path)?)
+/// Seconds as people read them: whole seconds, or tenths below ten.
+fn seconds(s: f64) -> String {
+    if s < 10.0 {
+        format!("{s:.1}")
+    } else {
+        format!("{s:.0}")
+    }
+}
+
+/// Decodes a WAV or FLAC file within `limit` and converts it to 16 kHz mono samples in [-1, 1].
+pub fn load_mono_16k(path: impl AsRef<Path>, limit: AudioLimit) -> Result<Vec<f32>, AudioError> {
+    to_mono_16k(decode_file(path, limit)?)
 }

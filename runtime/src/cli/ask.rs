@@ -21,7 +21,7 @@ use serde::Serialize;
 use super::{print_json, Context};
 use crate::answer::{reply, Decoder, Reply};
 use crate::exit::BadInput;
-use crate::fusion::{Task, MAX_QUESTION_BYTES};
+use crate::fusion::{Task, MAX_QUESTION_AUDIO, MAX_QUESTION_BYTES};
 use crate::memory;
 
 /// Options shared by `caption` and `ask`.
@@ -147,7 +147,7 @@ fn run(
     let samples = match speech {
         Some((path, _)) => {
             let started = Instant::now();
-            let samples = audio::load_mono_16k(path).with_context(|| path.display().to_string())?;
+            let samples = audio::load_mono_16k(path, MAX_QUESTION_AUDIO).with_context(|| path.display().to_string())?;
             timings.insert("audio".to_string(), ms_since(started));
             Some(samples)
         }

@@ -82,7 +82,8 @@ struct Report {
 }
 
 pub fn run(ctx: &Context, args: SoakArgs) -> anyhow::Result<()> {
-    let spoken = audio::load_mono_16k(&args.audio).with_context(|| args.audio.display().to_string())?;
+    let spoken = audio::load_mono_16k(&args.audio, audio::AudioLimit::RECORDING)
+        .with_context(|| args.audio.display().to_string())?;
     let checked = Checked::load(ctx, &args.config, args.board.as_deref())?;
     apply_compute(&checked.config);
     let shared = std::sync::Arc::new(Shared::new(

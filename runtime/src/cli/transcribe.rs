@@ -92,7 +92,8 @@ struct Memory {
 
 pub fn run(ctx: &Context, args: TranscribeArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    let samples = audio::load_mono_16k(&args.file).with_context(|| args.file.display().to_string())?;
+    let samples = audio::load_mono_16k(&args.file, audio::AudioLimit::RECORDING)
+        .with_context(|| args.file.display().to_string())?;
     let audio_ms = ms_since(started);
 
     let started = Instant::now();

@@ -6,18 +6,18 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use lookout_models::audio;
+use lookout_models::audio::{self, AudioLimit};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::metrics::Metrics;
 use super::state::{AskError, Current, Origin, Question, Shared};
-use crate::config;
+use crate::config::Config;
 use crate::fusion::MAX_QUESTION_BYTES;
 use crate::memory;
 use crate::plan::HTTP_CONNECTIONS;
@@ -32,15 +32,19 @@ struct Settings {
     max_body: usize,
     timeout: Duration,
     answer_timeout: Duration,
+    /// A spoken question may be as long as the microphone's ring holds.
+    question_audio: AudioLimit,
 }
 
 impl Settings {
-    fn of(http: &config::Http) -> Settings {
+    fn of(config: &Config) -> Settings {
+        let http = &config.http;
         Settings {
             token: http.token.clone(),
             max_body: http.max_body_kib as usize * 1024,
             timeout: Duration::from_millis(u64::from(http.timeout_ms)),
             answer_timeout: Duration::from_secs(u64::from(http.answer_timeout_s)),
+            question_audio: config.question_audio(),
         }
     }
 }
@@ -54,12 +58,13 @@ pub struct HttpServer {
 }
 
 impl HttpServer {
-    pub fn start(http: &config::Http, current: Arc<Current>) -> anyhow::Result<HttpServer> {
+    pub fn start(config: &Config, current: Arc<Current>) -> anyhow::Result<HttpServer> {
+        let http = &config.http;
         let listener = TcpListener::bind(&http.listen)
             .with_context(|| format!("http.listen: cannot listen on {}", http.listen))?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
-        let settings = Arc::new(RwLock::new(Settings::of(http)));
+        let settings = Arc::new(RwLock::new(Settings::of(config)));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let (settings, stop) = (settings.clone(), stop.clone());
@@ -76,8 +81,8 @@ impl HttpServer {
     }
 
     /// Takes the token, limits and timeouts of a reloaded configuration.
-    pub fn update(&self, http: &config::Http) {
-        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = Settings::of(http);
+    pub fn update(&self, config: &Config) {
+        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = Settings::of(config);
     }
 }
 
@@ -391,7 +396,12 @@ fn ask(request: &Request, settings: &Settings, shared: &Shared) -> Response {
             Err(e) => return Response::error(400, &format!("malformed JSON: {e}; expected {{\"question\": \"...\"}}")),
         },
         "audio/wav" | "audio/wave" | "audio/x-wav" | "audio/vnd.wave" | "audio/flac" => {
-            match audio::decode_bytes(&request.body).and_then(audio::to_mono_16k) {
+            // One body at a time is decoded, so the memory plan counts one decoding, not one per connection.
+            static DECODING: Mutex<()> = Mutex::new(());
+            let decoding = DECODING.lock().unwrap_or_else(|p| p.into_inner());
+            let decoded = audio::decode_bytes(&request.body, settings.question_audio).and_then(audio::to_mono_16k);
+            drop(decoding);
+            match decoded {
                 Ok(samples) => Question::Speech(samples),
                 Err(e) => return Response::error(400, &format!("the audio cannot be used: {e}")),
             }

@@ -117,7 +117,7 @@ pub fn open_microphone(config: &Config, config_path: &Path) -> anyhow::Result<Bo
         return Err(built_without(config_path, "microphone.device", device, "ALSA", "alsa", "wav:"));
     };
     let path = source_path(file, config_path);
-    let samples = audio::load_mono_16k(&path)
+    let samples = audio::load_mono_16k(&path, audio::AudioLimit::RECORDING)
         .map_err(|e| unavailable(config_path, "microphone.device", format!("{}: {e}", path.display())))?;
     Ok(Box::new(SampleReplay::new(device.clone(), samples, audio::TARGET_SAMPLE_RATE, true)))
 }

@@ -17,8 +17,7 @@ use super::metrics::Metrics;
 use crate::answer::Source;
 use crate::scheduler::buffers::FrameQueue;
 
-/// Questions that may wait for the pipeline at once.
-pub const QUESTION_QUEUE: usize = 4;
+pub use crate::plan::QUESTION_QUEUE;
 
 pub enum Question {
     Text(String),

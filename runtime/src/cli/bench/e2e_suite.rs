@@ -28,7 +28,7 @@ use super::suite::{
 use super::{median, peer_python, write_report, BenchArgs};
 use crate::answer::{reply, Decoder};
 use crate::cli::Context;
-use crate::fusion::{SceneFacts, Task};
+use crate::fusion::{SceneFacts, Task, MAX_QUESTION_AUDIO};
 use crate::question::number_value;
 use crate::started::ms_since_process_start;
 
@@ -209,7 +209,8 @@ fn run_variant(ctx: &Context, variant: &str, path: &Path, items: &[toml::Value])
             (Some(q), None) => Some(q.clone()),
             (None, Some(recording)) => {
                 let file = base.join(recording);
-                let samples = audio::load_mono_16k(&file).with_context(|| file.display().to_string())?;
+                let samples =
+                    audio::load_mono_16k(&file, MAX_QUESTION_AUDIO).with_context(|| file.display().to_string())?;
                 let heard = transcriber
                     .transcribe(&samples, &DecodeOptions { window: Window::FIT, ..DecodeOptions::default() })?;
                 let text = heard.text.trim().to_string();

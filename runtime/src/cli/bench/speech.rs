@@ -132,7 +132,8 @@ fn measure(
     let options = DecodeOptions { window: window_kind, ..DecodeOptions::default() };
     let mut results = Vec::new();
     for input in inputs {
-        let samples = audio::load_mono_16k(input).with_context(|| input.display().to_string())?;
+        let samples =
+            audio::load_mono_16k(input, audio::AudioLimit::RECORDING).with_context(|| input.display().to_string())?;
         let mut runs: Vec<(f64, f64, f64, f64)> = Vec::new();
         let mut last = None;
         for _ in 0..repeats {

@@ -197,7 +197,8 @@ fn prepare_item(value: &toml::Value, base: &Path, synth_dir: &Path, reuse_spoken
     if !audio_path.is_file() {
         bail!("{}: no such file", audio_path.display());
     }
-    let samples = audio::load_mono_16k(&audio_path).with_context(|| audio_path.display().to_string())?;
+    let samples = audio::load_mono_16k(&audio_path, audio::AudioLimit::RECORDING)
+        .with_context(|| audio_path.display().to_string())?;
     Ok(Ready { id: item.id, split: item.split, source: item.source, reference: item.text, audio_path, samples })
 }
 
