@@ -57,7 +57,13 @@ check_install() {
     in_root dpkg --purge lookout >/dev/null 2>&1 || true
     in_root apt-get install -y -qq /tmp/lookout.deb || fail "the package does not install"
     in_root getent passwd lookout || fail "the service user was not created"
-    in_root stat -c '%U:%G %a %n' /var/lib/lookout /var/lib/lookout/models
+    in_root stat -c '%U:%G %a %n' /var/lib/lookout /var/lib/lookout/models /etc/lookout/lookout.toml
+    [[ "$(in_root stat -c '%U:%G %a' /etc/lookout/lookout.toml)" == "root:lookout 640" ]] ||
+        fail "/etc/lookout/lookout.toml (it may hold the HTTP token) is not root:lookout 0640"
+    in_root setpriv --reuid=lookout --regid=lookout --clear-groups lookout check-config /etc/lookout/lookout.toml \
+        >/dev/null || fail "the service user cannot read its configuration"
+    ! in_root setpriv --reuid=nobody --regid=nogroup --clear-groups cat /etc/lookout/lookout.toml >/dev/null 2>&1 ||
+        fail "any user can read /etc/lookout/lookout.toml"
     in_root lookout --version
     for board in /usr/share/lookout/boards/*.toml; do
         name="$(basename "$board" .toml)"

@@ -151,8 +151,9 @@ pub struct Models {
 pub struct Http {
     /// Address the API listens on; anything but loopback needs `token`.
     pub listen: String,
-    /// Bearer token required on every request (except `/healthz`) when set.
-    #[serde(default)]
+    /// Bearer token required on every request (except `/healthz`) when set; never written out (`check-config
+    /// --json` shows only that it is set).
+    #[serde(default, serialize_with = "redacted")]
     pub token: Option<String>,
     pub max_body_kib: u32,
     /// Time a client has to send its whole request.
@@ -495,6 +496,13 @@ impl Config {
     }
 }
 
+fn redacted<S: serde::Serializer>(secret: &Option<String>, serializer: S) -> Result<S::Ok, S::Error> {
+    match secret {
+        Some(_) => serializer.serialize_str("(set)"),
+        None => serializer.serialize_none(),
+    }
+}
+
 fn within(field: &'static str, value: u32, range: std::ops::RangeInclusive<u32>) -> Result<(), (&'static str, String)> {
     if range.contains(&value) {
         Ok(())
@@ -598,6 +606,16 @@ mod tests {
         assert!(error_of("[camera]\nfps = 2\n").contains("board: missing"));
         assert!(error_of("board = \"rpi9\"\n").contains("rpi9"));
         assert!(error_of("board = \"rpi5\"\n[camera\n").contains("not valid TOML"));
+    }
+
+    #[test]
+    fn the_token_is_never_written_out() {
+        let text = "board = \"rpi5\"\n[http]\nlisten = \"0.0.0.0:8470\"\ntoken = \"s3cret-token-0123456789\"\n";
+        let config = parse(text).unwrap().config;
+        assert_eq!(config.http.token.as_deref(), Some("s3cret-token-0123456789"));
+        let json = serde_json::to_string(&config).unwrap();
+        assert!(!json.contains("s3cret"), "{json}");
+        assert!(json.contains(r#""token":"(set)""#), "{json}");
     }
 
     #[test]

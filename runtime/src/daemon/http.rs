@@ -185,6 +185,7 @@ fn reason(status: u16) -> &'static str {
         200 => "OK",
         400 => "Bad Request",
         401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
@@ -319,6 +320,13 @@ fn route(request: &Request, settings: &Settings, shared: &Shared) -> Response {
         if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
             return Response::error(401, "a bearer token is required").with("WWW-Authenticate", "Bearer");
         }
+    } else if let Some(host) = request.header("host").filter(|host| !is_loopback_host(host)) {
+        // Without a token the API listens on loopback only, but a web page could still reach it through a DNS name
+        // rebound to 127.0.0.1; its requests name that host.
+        return Response::error(
+            403,
+            &format!("Host `{host}` is refused: without http.token only localhost, 127.0.0.1 and [::1] are answered"),
+        );
     }
     match path {
         "/metrics" => Response {
@@ -330,6 +338,27 @@ fn route(request: &Request, settings: &Settings, shared: &Shared) -> Response {
         "/v1/scene" => scene(shared),
         _ => ask(request, settings, shared),
     }
+}
+
+/// Whether a `Host` header names this machine's loopback interface: `localhost`, 127.0.0.0/8 or `[::1]`, with or
+/// without a port.
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim();
+    if let Some(rest) = host.strip_prefix('[') {
+        let Some((address, port)) = rest.split_once(']') else { return false };
+        return (port.is_empty() || port.strip_prefix(':').is_some_and(is_port))
+            && address.parse::<std::net::Ipv6Addr>().is_ok_and(|a| a.is_loopback());
+    }
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if is_port(port) => name,
+        Some(_) => return false,
+        None => host,
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::Ipv4Addr>().is_ok_and(|a| a.is_loopback())
+}
+
+fn is_port(text: &str) -> bool {
+    text.parse::<u16>().is_ok()
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -426,5 +455,32 @@ fn ask(request: &Request, settings: &Settings, shared: &Shared) -> Response {
         Ok(Err(e @ AskError::NoSpeech)) => Response::error(422, &e.to_string()),
         Ok(Err(e @ AskError::Failed(_))) => Response::error(500, &e.to_string()),
         Err(_) => Response::error(504, &format!("no answer within {} s", settings.answer_timeout.as_secs())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback_host;
+
+    #[test]
+    fn only_loopback_names_pass_the_host_check() {
+        for host in
+            ["localhost", "LOCALHOST:8470", "127.0.0.1", "127.0.0.1:8470", "127.1.2.3:80", "[::1]", "[::1]:8470"]
+        {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in [
+            "evil.example",
+            "evil.example:8470",
+            "localhost.evil.example",
+            "192.168.1.20:8470",
+            "0.0.0.0",
+            "[::2]:8470",
+            "[::1]x",
+            "127.0.0.1:99999",
+            "",
+        ] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
     }
 }
