@@ -45,6 +45,9 @@ pub enum ModelError {
     BadRequest(String),
     #[error(transparent)]
     Audio(#[from] AudioError),
+    /// The caller asked the work to stop before it finished.
+    #[error("stopped before it finished")]
+    Cancelled,
 }
 
 impl ModelError {

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::error::Result;
+use crate::error::{ModelError, Result};
 use crate::vad::{SileroVad, SpeechRegion, VadSession};
 use crate::whisper::{DecodeOptions, Whisper, WhisperSession, WINDOW_SAMPLES};
 
@@ -78,6 +78,17 @@ impl<'m> Transcriber<'m> {
 
     /// Transcribes a whole clip of 16 kHz mono samples.
     pub fn transcribe(&mut self, samples: &[f32], options: &DecodeOptions) -> Result<Transcript> {
+        self.transcribe_until(samples, options, &|| false)
+    }
+
+    /// As `transcribe`, asking `cancel` before each window (a daemon beats its watchdog there); a `true` ends the
+    /// transcription with [`ModelError::Cancelled`].
+    pub fn transcribe_until(
+        &mut self,
+        samples: &[f32],
+        options: &DecodeOptions,
+        cancel: &dyn Fn() -> bool,
+    ) -> Result<Transcript> {
         let mut timings = SpeechTimings::default();
         let regions = match self.vad.as_mut() {
             Some(vad) => {
@@ -91,6 +102,9 @@ impl<'m> Transcriber<'m> {
         let mut segments = Vec::new();
         let mut frames = Vec::new();
         for window in plan_windows(&regions, WINDOW_SAMPLES) {
+            if cancel() {
+                return Err(ModelError::Cancelled);
+            }
             let result = self.whisper.transcribe_window(&samples[window.start..window.end], options)?;
             timings.mel += result.mel_ms;
             timings.encode += result.encode_ms;

@@ -54,7 +54,9 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
         | Some(ModelError::UnknownLanguage(_))
         | Some(ModelError::PromptTooLong { .. })
         | Some(ModelError::BadRequest(_)) => BAD_INPUT,
-        Some(ModelError::Run { .. }) | Some(ModelError::InvalidToken { .. }) | None => FAILURE,
+        Some(ModelError::Run { .. }) | Some(ModelError::InvalidToken { .. }) | Some(ModelError::Cancelled) | None => {
+            FAILURE
+        }
         Some(_) => BAD_MODELS,
     }
 }

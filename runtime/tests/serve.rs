@@ -337,6 +337,21 @@ fn the_daemon_captions_answers_refuses_bad_requests_and_talks_to_systemd() {
     let failed = daemon.event("reload_failed", patience(Duration::from_secs(10)), event_is("reload_failed"));
     assert!(failed["error"].as_str().unwrap().contains("camera.fps"), "{failed}");
     assert_eq!(send(port, b"GET /healthz HTTP/1.1\r\n\r\n").status, 200);
+    // A valid configuration whose camera cannot be opened: the previous configuration starts again and serves.
+    let missing = dir.join("no-such-frames");
+    std::fs::write(&config, config_text(&missing, &speech.join("how_many_people.wav"), "")).unwrap();
+    while daemon.notifications.try_recv().is_ok() {}
+    daemon.signal("HUP");
+    let failed = daemon.event("reload_failed at the camera", patience(Duration::from_secs(60)), |e| {
+        e["event"] == "reload_failed" && e["error"].as_str().is_some_and(|e| e.contains("no-such-frames"))
+    });
+    assert_eq!(failed["running"], "the previous configuration", "{failed}");
+    let notice = daemon.notification("READY=1", patience(Duration::from_secs(60)));
+    assert!(
+        notice.contains("reload failed, previous configuration kept") && notice.contains("no-such-frames"),
+        "{notice}"
+    );
+    assert_eq!(send(port, b"GET /healthz HTTP/1.1\r\n\r\n").status, 200);
     std::fs::write(&config, config_text(&frames, &speech.join("how_many_people.wav"), "[caption]\ninterval_s = 5"))
         .unwrap();
     daemon.signal("HUP");

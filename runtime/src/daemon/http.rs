@@ -453,6 +453,7 @@ fn ask(request: &Request, settings: &Settings, shared: &Shared) -> Response {
             Response::error(503, &e.to_string()).with("Retry-After", "1")
         }
         Ok(Err(e @ AskError::NoSpeech)) => Response::error(422, &e.to_string()),
+        Ok(Err(e @ AskError::TimedOut)) => Response::error(504, &e.to_string()),
         Ok(Err(e @ AskError::Failed(_))) => Response::error(500, &e.to_string()),
         Err(_) => Response::error(504, &format!("no answer within {} s", settings.answer_timeout.as_secs())),
     }

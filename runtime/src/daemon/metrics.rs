@@ -84,7 +84,7 @@ pub struct Metrics {
     /// Captions stopped between decode steps because a question was waiting.
     pub captions_preempted: AtomicU64,
     pub answers: AtomicU64,
-    /// Answers that took longer than the HTTP answer timeout.
+    /// Questions whose answer timeout passed: dropped if still waiting, stopped at the next window or token if not.
     pub answer_deadline_misses: AtomicU64,
     /// Questions refused because the question queue was full.
     pub questions_rejected: AtomicU64,
@@ -129,7 +129,11 @@ impl Metrics {
             ("captions_total", "Captions published", &self.captions),
             ("captions_preempted_total", "Captions stopped for a waiting question", &self.captions_preempted),
             ("answers_total", "Questions answered", &self.answers),
-            ("answer_deadline_misses_total", "Answers slower than the answer timeout", &self.answer_deadline_misses),
+            (
+                "answer_deadline_misses_total",
+                "Questions dropped or stopped when their answer timeout passed",
+                &self.answer_deadline_misses,
+            ),
             ("questions_rejected_total", "Questions refused because the queue was full", &self.questions_rejected),
             ("pipeline_errors_total", "Stage runs that failed", &self.pipeline_errors),
             ("http_requests_total", "HTTP requests served", &self.http_requests),

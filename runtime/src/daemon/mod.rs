@@ -259,25 +259,59 @@ pub fn serve(ctx: &Context, config_path: &Path, board: Option<&str>) -> anyhow::
                             "reloading",
                             json!({ "board": next.config.board.name, "plan_mib": next.plan.total_mib }),
                         );
-                        pipeline.stop(&shared, RELOAD_STOP_WITHIN);
+                        // The pipeline thread that proves the daemon alive is stopped or loading meanwhile.
+                        let stopped =
+                            with_watchdog_pings(&notifier, ping_every, || pipeline.stop(&shared, RELOAD_STOP_WITHIN));
+                        if !stopped {
+                            // Its models may still be held: loading the new ones beside them could break the plan.
+                            let error = format!(
+                                "the running pipeline did not stop within {} s; exiting so that the service restarts",
+                                RELOAD_STOP_WITHIN.as_secs()
+                            );
+                            shared.events.emit("reload_failed", json!({ "error": error, "running": null }));
+                            anyhow::bail!(error);
+                        }
                         memory::release_free_memory();
                         apply_compute(&next.config);
-                        checked = next;
-                        shared = checked.shared();
-                        shared.set_stall_limit(stall_limit);
-                        current.set(shared.clone());
-                        pipeline = Pipeline::start(&checked, &shared, SourceOptions::default())?;
-                        if http.listen() != checked.config.http.listen {
-                            drop(http);
-                            http = HttpServer::start(&checked.config, current.clone())?;
-                        } else {
-                            http.update(&checked.config);
+                        let next_shared = next.shared();
+                        next_shared.set_stall_limit(stall_limit);
+                        let started = with_watchdog_pings(&notifier, ping_every, || {
+                            Pipeline::start(&next, &next_shared, SourceOptions::default())
+                        });
+                        match started {
+                            Ok(started) => {
+                                (checked, shared, pipeline) = (next, next_shared, started);
+                                current.set(shared.clone());
+                                if http.listen() != checked.config.http.listen {
+                                    drop(http);
+                                    http = HttpServer::start(&checked.config, current.clone())?;
+                                } else {
+                                    http.update(&checked.config);
+                                }
+                                shared.events.emit("reloaded", json!({ "address": http.addr.to_string() }));
+                                notifier.ready(&format!(
+                                    "serving on {} (board {}, reloaded)",
+                                    http.addr, checked.config.board.name
+                                ));
+                            }
+                            Err(e) => {
+                                // A source or model of the new configuration failed: the previous one starts again.
+                                let error = crate::exit::one_line(&e);
+                                memory::release_free_memory();
+                                apply_compute(&checked.config);
+                                shared = checked.shared();
+                                shared.set_stall_limit(stall_limit);
+                                current.set(shared.clone());
+                                shared.events.emit(
+                                    "reload_failed",
+                                    json!({ "error": error, "running": "the previous configuration" }),
+                                );
+                                pipeline = with_watchdog_pings(&notifier, ping_every, || {
+                                    Pipeline::start(&checked, &shared, SourceOptions::default())
+                                })?;
+                                notifier.ready(&format!("reload failed, previous configuration kept: {error}"));
+                            }
                         }
-                        shared.events.emit("reloaded", json!({ "address": http.addr.to_string() }));
-                        notifier.ready(&format!(
-                            "serving on {} (board {}, reloaded)",
-                            http.addr, checked.config.board.name
-                        ));
                         serving.store(true, Relaxed);
                     }
                 }
@@ -310,6 +344,21 @@ pub fn serve(ctx: &Context, config_path: &Path, board: Option<&str>) -> anyhow::
     drop(http);
     shared.events.emit("stopped", json!({ "clean": clean }));
     Ok(())
+}
+
+/// Runs `work` while a helper thread pings the systemd watchdog every `every`.
+fn with_watchdog_pings<T>(notifier: &Notifier, every: Duration, work: impl FnOnce() -> T) -> T {
+    let (done, finished) = channel::<()>();
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            while let Err(RecvTimeoutError::Timeout) = finished.recv_timeout(every) {
+                notifier.watchdog();
+            }
+        });
+        let result = work();
+        drop(done);
+        result
+    })
 }
 
 fn status_line(shared: &Shared) -> String {

@@ -16,6 +16,7 @@ use lookout_models::vision::detections::count_by_label;
 use lookout_models::vision::image::RgbImage;
 use lookout_models::vision::{Scene, VisionModels, VisionSession};
 use lookout_models::whisper::{DecodeOptions, Whisper, Window};
+use lookout_models::ModelError;
 use serde_json::json;
 
 use super::metrics::Metrics;
@@ -385,9 +386,16 @@ impl<'m> Worker<'m> {
     fn answer(&mut self, job: Job) {
         let shared = self.shared.clone();
         let started = Instant::now();
-        shared.thinking.store(true, std::sync::atomic::Ordering::Relaxed);
-        let result = self.answer_question(job.question);
-        shared.thinking.store(false, std::sync::atomic::Ordering::Relaxed);
+        // Past this, whoever asked has stopped waiting: the question is dropped, or stopped at its next step.
+        let give_up_at = job.queued_at + self.answer_deadline.budget;
+        let result = if Instant::now() >= give_up_at {
+            Err(AskError::TimedOut)
+        } else {
+            shared.thinking.store(true, std::sync::atomic::Ordering::Relaxed);
+            let result = self.answer_question(job.question, give_up_at);
+            shared.thinking.store(false, std::sync::atomic::Ordering::Relaxed);
+            result
+        };
         if !self.answer_deadline.finish(&self.clock, self.clock.at(job.queued_at)) {
             Metrics::add(&shared.metrics.answer_deadline_misses, 1);
         }
@@ -415,13 +423,25 @@ impl<'m> Worker<'m> {
         memory::release_free_memory();
     }
 
-    fn answer_question(&mut self, question: Question) -> Result<Answer, AskError> {
+    fn answer_question(&mut self, question: Question, give_up_at: Instant) -> Result<Answer, AskError> {
         let mut timings = BTreeMap::new();
+        let shared = self.shared.clone();
+        // Asked before each Whisper window and each decoder token: the watchdog sees the pipeline alive through long
+        // work, and work nobody waits for stops.
+        let cancel = || {
+            shared.beat(Beat::Pipeline);
+            shared.stopping() || Instant::now() >= give_up_at
+        };
+        let failed = |e: anyhow::Error| match e.chain().find_map(|c| c.downcast_ref::<ModelError>()) {
+            Some(ModelError::Cancelled) if !shared.stopping() => AskError::TimedOut,
+            Some(ModelError::Cancelled) => AskError::Stopping,
+            _ => AskError::Failed(format!("{e:#}")),
+        };
         let (question, transcript) = match question {
             Question::Text(text) => (text, None),
             Question::Speech(samples) => {
                 let started = Instant::now();
-                let text = self.transcribe(&samples).map_err(|e| AskError::Failed(format!("{e:#}")))?;
+                let text = self.transcribe(&samples, &cancel).map_err(failed)?;
                 self.shared.metrics.latency.transcribe.observe(started.elapsed());
                 timings.insert("transcribe", started.elapsed().as_secs_f64() * 1e3);
                 if text.is_empty() {
@@ -438,10 +458,10 @@ impl<'m> Worker<'m> {
         }
         let scene = latest.as_ref().map(|p| p.scene.clone()).unwrap_or_default();
         let started = Instant::now();
-        let stop = || self.shared.stopping();
-        let reply = self
-            .reply(&scene, &Task::Answer(question.clone()), &stop)
-            .map_err(|e| AskError::Failed(format!("{e:#}")))?;
+        let reply = self.reply(&scene, &Task::Answer(question.clone()), &cancel).map_err(failed)?;
+        if reply.generation.as_ref().is_some_and(|g| matches!(g.finish, Finish::Cancelled)) {
+            return Err(if shared.stopping() { AskError::Stopping } else { AskError::TimedOut });
+        }
         timings.insert("answer", started.elapsed().as_secs_f64() * 1e3);
         Ok(Answer {
             question,
@@ -455,12 +475,12 @@ impl<'m> Worker<'m> {
         })
     }
 
-    fn transcribe(&self, samples: &[f32]) -> anyhow::Result<String> {
+    fn transcribe(&self, samples: &[f32], cancel: &dyn Fn() -> bool) -> anyhow::Result<String> {
         let Some(stage) = &self.models.speech else { anyhow::bail!("speech recognition is off in this configuration") };
         let options = DecodeOptions { window: self.models.window, ..DecodeOptions::default() };
         stage.with(|whisper| {
             let mut transcriber = Transcriber::new(whisper, self.models.vad.as_deref())?;
-            Ok(transcriber.transcribe(samples, &options)?.text.trim().to_string())
+            Ok(transcriber.transcribe_until(samples, &options, cancel)?.text.trim().to_string())
         })
     }
 

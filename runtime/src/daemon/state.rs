@@ -65,6 +65,9 @@ pub enum AskError {
     NoSpeech,
     #[error("the daemon is stopping or reloading")]
     Stopping,
+    /// The answer timeout passed while the question waited or was being answered: the work was stopped.
+    #[error("no answer within the answer timeout; the question was dropped")]
+    TimedOut,
     #[error("{0}")]
     Failed(String),
 }
