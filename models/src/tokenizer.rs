@@ -72,8 +72,10 @@ impl ByteLevelVocab {
             .chain(file.added_tokens.iter().map(|t| &t.id))
             .max()
             .map_or(0, |m| *m as usize + 1);
-        if size == 0 || size > 1 << 20 {
-            return Err(bad(format!("implausible vocabulary size {size}")));
+        let entries = file.model.vocab.len() + file.added_tokens.len();
+        // Ids are dense in a real vocabulary: a few entries naming a huge id would size a table for nothing.
+        if size == 0 || size > 1 << 20 || size > 2 * entries {
+            return Err(bad(format!("implausible vocabulary size {size} for {entries} entries")));
         }
         let mut token_bytes = vec![None; size];
         for (token, id) in &file.model.vocab {
@@ -133,5 +135,26 @@ mod tests {
         assert_eq!(map[&'Ġ'], b' ');
         assert_eq!(map[&'Ċ'], b'\n');
         assert_eq!(map[&'a'], b'a');
+    }
+
+    #[test]
+    fn a_vocabulary_is_sized_by_its_entries_not_by_an_id_it_names() {
+        let dir = std::env::temp_dir().join(format!("lookout-tokenizer-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, json: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, json).unwrap();
+            path
+        };
+        let small = write(
+            "small.json",
+            r#"{"model": {"vocab": {"a": 0, "Ġb": 1}}, "added_tokens": [{"id": 2, "content": "<|en|>"}]}"#,
+        );
+        let vocab = ByteLevelVocab::from_tokenizer_json(&small).unwrap();
+        assert_eq!((vocab.len(), vocab.decode(&[0, 1, 2]), vocab.special("<|en|>")), (3, "a b".to_string(), Some(2)));
+        let sparse = write("sparse.json", r#"{"model": {"vocab": {"a": 1000000}}, "added_tokens": []}"#);
+        let error = ByteLevelVocab::from_tokenizer_json(&sparse).err().unwrap().to_string();
+        assert!(error.contains("implausible vocabulary size 1000001 for 1 entries"), "{error}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
