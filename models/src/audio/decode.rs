@@ -4,9 +4,7 @@ use std::fs::File;
 use std::io::{self, BufReader, Cursor, Read, Seek, SeekFrom};
 use std::path::Path;
 
-use super::AudioError;
-
-use super::resample::RESAMPLE_RATE_RANGE;
+use super::{AudioError, RESAMPLE_RATE_RANGE};
 
 /// Upper bound on the sample buffer reserved up front from a FLAC header, whose
 /// declared length cannot be checked against the compressed size.

@@ -11,7 +11,11 @@ use std::path::{Path, PathBuf};
 
 pub use decode::{decode_bytes, decode_file, AudioLimit, DecodedAudio};
 pub use mel::{mel_filterbank, LogMel};
-pub use resample::{downmix_to_mono, resample, to_mono_16k, StreamResampler, RESAMPLE_RATE_RANGE, TARGET_SAMPLE_RATE};
+pub use resample::{downmix_to_mono, resample, to_mono_16k, StreamResampler, TARGET_SAMPLE_RATE};
+
+/// Sample rates the resampler converts between (outside it the FFT blocks grow without bound), and so the rates
+/// a decoder accepts.
+pub const RESAMPLE_RATE_RANGE: std::ops::RangeInclusive<u32> = 1_000..=768_000;
 
 /// Everything that can go wrong while reading or converting audio.
 #[derive(Debug, thiserror::Error)]

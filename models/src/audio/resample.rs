@@ -3,13 +3,10 @@
 use rubato::{FftFixedInOut, Resampler};
 
 use super::decode::DecodedAudio;
-use super::AudioError;
+use super::{AudioError, RESAMPLE_RATE_RANGE};
 
 /// Sample rate of every speech model input.
 pub const TARGET_SAMPLE_RATE: u32 = 16_000;
-
-/// Sample rates [`resample`] converts between. Outside it the FFT blocks grow without bound.
-pub const RESAMPLE_RATE_RANGE: std::ops::RangeInclusive<u32> = 1_000..=768_000;
 
 /// Smallest FFT block, in samples on each side of the conversion. Longer blocks give a
 /// longer anti-aliasing filter and so a narrower transition band below the new Nyquist
