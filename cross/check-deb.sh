@@ -61,7 +61,7 @@ check_install() {
     [[ "$(in_root stat -c '%U:%G %a' /etc/lookout/lookout.toml)" == "root:lookout 640" ]] ||
         fail "/etc/lookout/lookout.toml (it may hold the HTTP token) is not root:lookout 0640"
     in_root setpriv --reuid=lookout --regid=lookout --clear-groups lookout check-config /etc/lookout/lookout.toml \
-        >/dev/null || fail "the service user cannot read its configuration"
+        --board rpi4 >/dev/null || fail "the service user cannot read its configuration"
     ! in_root setpriv --reuid=nobody --regid=nogroup --clear-groups cat /etc/lookout/lookout.toml >/dev/null 2>&1 ||
         fail "any user can read /etc/lookout/lookout.toml"
     in_root lookout --version
