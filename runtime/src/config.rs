@@ -490,9 +490,10 @@ impl Config {
         self.models.on_demand.iter().any(|s| s == stage)
     }
 
-    /// How long a spoken question may be: as long as the microphone's ring holds, whether heard or posted.
-    pub fn question_audio(&self) -> AudioLimit {
-        AudioLimit::seconds(self.microphone.ring_s)
+    /// How long a spoken question may be: as long as the microphone's ring holds, whether heard or posted; none
+    /// are taken when speech recognition is off.
+    pub fn question_audio(&self) -> Option<AudioLimit> {
+        self.stage_enabled("speech").then(|| AudioLimit::seconds(self.microphone.ring_s))
     }
 }
 

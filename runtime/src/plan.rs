@@ -167,25 +167,24 @@ pub fn plan(config: &Config, bundle: &Bundle) -> anyhow::Result<Plan> {
             basis: format!("{} s at 16 kHz, f32", mic.ring_s),
         });
     }
-    let question_audio = config.question_audio();
-    if config.stage_enabled("speech") {
-        resident.push(Item {
-            name: "questions waiting".into(),
-            mib: QUESTION_QUEUE as f64 * f64::from(question_audio.max_seconds()) * 16_000.0 * 4.0 / MIB,
-            basis: format!("{QUESTION_QUEUE} spoken questions of {} s at 16 kHz, f32", question_audio.max_seconds()),
-        });
+    let bodies = format!("{HTTP_CONNECTIONS} requests of at most {} KiB", config.http.max_body_kib);
+    let bodies_bytes = f64::from(HTTP_CONNECTIONS) * f64::from(config.http.max_body_kib) * 1024.0;
+    match config.question_audio() {
+        Some(limit) => {
+            let seconds = limit.max_seconds();
+            resident.push(Item {
+                name: "questions waiting".into(),
+                mib: QUESTION_QUEUE as f64 * f64::from(seconds) * 16_000.0 * 4.0 / MIB,
+                basis: format!("{QUESTION_QUEUE} spoken questions of {seconds} s at 16 kHz, f32"),
+            });
+            resident.push(Item {
+                name: "requests".into(),
+                mib: (bodies_bytes + limit.max_decoding_bytes() as f64) / MIB,
+                basis: format!("{bodies}, one at a time decoding at most {seconds} s of audio"),
+            });
+        }
+        None => resident.push(Item { name: "requests".into(), mib: bodies_bytes / MIB, basis: bodies }),
     }
-    resident.push(Item {
-        name: "requests".into(),
-        mib: (f64::from(HTTP_CONNECTIONS) * f64::from(config.http.max_body_kib) * 1024.0
-            + question_audio.max_decoding_bytes() as f64)
-            / MIB,
-        basis: format!(
-            "{HTTP_CONNECTIONS} requests of at most {} KiB, one at a time decoding at most {} s of audio",
-            config.http.max_body_kib,
-            question_audio.max_seconds()
-        ),
-    });
 
     // One stage runs or loads at a time: the peak adds the largest of one run, the transient of loading a
     // resident stage at start-up, or an on-demand stage loading and then running.
@@ -313,6 +312,14 @@ mod tests {
         assert!((plan.peak_extra.mib - 210.0).abs() < 1e-9);
         assert!((plan.total_mib - (resident + 210.0)).abs() < 1e-9);
         assert!(plan.fits());
+    }
+
+    #[test]
+    fn without_speech_no_audio_is_planned_for() {
+        let plan = plan(&config("[models]\nspeech = \"off\"\n"), &bundle()).unwrap();
+        assert!(!plan.resident.iter().any(|i| i.name == "questions waiting" || i.name == "audio ring"));
+        let requests = plan.resident.iter().find(|i| i.name == "requests").unwrap();
+        assert!((requests.mib - 8.0).abs() < 1e-9, "bodies only: {requests:?}");
     }
 
     #[test]

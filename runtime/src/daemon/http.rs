@@ -32,8 +32,8 @@ struct Settings {
     max_body: usize,
     timeout: Duration,
     answer_timeout: Duration,
-    /// A spoken question may be as long as the microphone's ring holds.
-    question_audio: AudioLimit,
+    /// A spoken question may be as long as the microphone's ring holds; none without speech recognition.
+    question_audio: Option<AudioLimit>,
 }
 
 impl Settings {
@@ -425,10 +425,13 @@ fn ask(request: &Request, settings: &Settings, shared: &Shared) -> Response {
             Err(e) => return Response::error(400, &format!("malformed JSON: {e}; expected {{\"question\": \"...\"}}")),
         },
         "audio/wav" | "audio/wave" | "audio/x-wav" | "audio/vnd.wave" | "audio/flac" => {
+            let Some(limit) = settings.question_audio else {
+                return Response::error(422, "speech recognition is off in this configuration; ask in JSON text");
+            };
             // One body at a time is decoded, so the memory plan counts one decoding, not one per connection.
             static DECODING: Mutex<()> = Mutex::new(());
             let decoding = DECODING.lock().unwrap_or_else(|p| p.into_inner());
-            let decoded = audio::decode_bytes(&request.body, settings.question_audio).and_then(audio::to_mono_16k);
+            let decoded = audio::decode_bytes(&request.body, limit).and_then(audio::to_mono_16k);
             drop(decoding);
             match decoded {
                 Ok(samples) => Question::Speech(samples),
