@@ -1,7 +1,7 @@
-//! An allocator that counts the allocations each thread makes and the bytes it holds: the system allocator plus a
-//! few thread-local adds. The `lookout` binary installs it so `lookout bench --suite frames` can report allocations
-//! per frame, and tests install it to prove a per-frame or per-token path allocation-free, or a parser's memory
-//! bounded whatever its input declares.
+//! An allocator that counts the allocations each thread makes: the system allocator plus one thread-local add.
+//! The `lookout` binary installs it so `lookout bench --suite frames` can report allocations per frame, and tests
+//! install it to prove a per-frame or per-token path allocation-free. In this crate's own tests it also tracks the
+//! bytes a thread holds, to prove a parser's memory bounded whatever its input declares.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -11,12 +11,17 @@ pub struct Counting;
 
 thread_local! {
     static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+#[cfg(test)]
+thread_local! {
     /// Bytes this thread allocated less the bytes it freed (memory freed here that another thread allocated
     /// counts too, so it may go below zero).
     static HELD_BYTES: Cell<i64> = const { Cell::new(0) };
     static PEAK_HELD_BYTES: Cell<i64> = const { Cell::new(0) };
 }
 
+#[cfg(test)]
 fn hold(bytes: i64) {
     let _ = HELD_BYTES.try_with(|held| {
         let now = held.get() + bytes;
@@ -29,23 +34,27 @@ fn hold(bytes: i64) {
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+        #[cfg(test)]
         hold(layout.size() as i64);
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        #[cfg(test)]
         hold(-(layout.size() as i64));
         unsafe { System.dealloc(ptr, layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+        #[cfg(test)]
         hold(layout.size() as i64);
         unsafe { System.alloc_zeroed(layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+        #[cfg(test)]
         hold(new_size as i64 - layout.size() as i64);
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -61,10 +70,12 @@ pub fn allocations() -> u64 {
 }
 
 /// The most bytes this thread has held at once since the measure started, beyond what it held then.
+#[cfg(test)]
 pub struct PeakBytes {
     start: i64,
 }
 
+#[cfg(test)]
 impl PeakBytes {
     pub fn start() -> PeakBytes {
         let start = HELD_BYTES.with(Cell::get);
