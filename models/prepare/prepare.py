@@ -13,10 +13,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-import centernet
 import manifest
 import silero
 import smollm
+import tfjs_detectors
 import vision
 import whisper_onnx
 from common import SOURCES_DIR, parse_args, scripts_digest, sha256_bytes, write_atomic
@@ -48,8 +48,9 @@ def inputs_digest(sources: dict[str, Source]) -> str:
     digest = hashlib.sha256(scripts_digest().encode())
     for source in sorted(sources.values(), key=lambda s: s.key):
         digest.update(f"{source.filename}:{source.sha256}\n".encode())
-    if centernet.STAMP.is_file():
-        digest.update(centernet.STAMP.read_bytes())
+    for detector in tfjs_detectors.DETECTORS.values():
+        if detector.stamp.is_file():
+            digest.update(detector.stamp.read_bytes())
     return digest.hexdigest()
 
 
@@ -220,7 +221,8 @@ def main() -> int:
     text = manifest.dumps(
         "default",
         "Speech: Silero VAD v6 (16 kHz) and Whisper base (multilingual) encoder + KV-cache decoder, int8 and f32. "
-        "Vision: CenterNet-MobileNetV3 COCO-80 object detector (512x512 NHWC) and PP-OCRv4 text detector "
+        "Vision: CenterNet-MobileNetV3 COCO-80 object detector (512x512 NHWC; NanoDet-m at 416x416 NCHW as a faster "
+        "variant) and PP-OCRv4 text detector "
         "(640x640) + CTC recognizer (48x320, Chinese/English dictionary), EfficientNet-Lite0 ImageNet-1k scene "
         "classifier (224x224), f32. "
         "Language: SmolLM2-135M-Instruct decoder from its Q4_1 GGUF, 4-bit (the GGUF's own blocks) and f32",

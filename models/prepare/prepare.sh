@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the model bundle (speech, vision, language) and its test references: sets up .cache/venv (and .cache/venv-tf when the
-# TF.js detector must be converted), then runs centernet.py, prepare.py, the reference scripts (speech, vision, language),
+# TF.js detector must be converted), then runs tfjs_detectors.py, prepare.py, the reference scripts (speech, vision, language),
 # `lookout models compile` (decoders that load fast) and `lookout models measure` (each stage's memory footprint).
 set -euo pipefail
 
@@ -45,12 +45,12 @@ ensure_venv() {
 }
 ensure_venv "$venv" "$here/requirements.txt"
 
-# The TF.js detector is converted once into .cache/build (TensorFlow lives in its own venv, set up only for that).
+# The TF.js detectors are converted once into .cache/build (TensorFlow lives in its own venv, set up only for that).
 force=0
 for arg in "$@"; do [[ "$arg" == --force ]] && force=1; done
-if [[ $force -eq 1 ]] || ! "$venv/bin/python" "$here/centernet.py" --check; then
+if [[ $force -eq 1 ]] || ! "$venv/bin/python" "$here/tfjs_detectors.py" --check; then
     ensure_venv "$venv_tf" "$here/requirements-tf.txt"
-    "$venv_tf/bin/python" "$here/centernet.py" --force
+    "$venv_tf/bin/python" "$here/tfjs_detectors.py" --force
 fi
 
 "$venv/bin/python" "$here/prepare.py" "$@"

@@ -170,13 +170,20 @@ def main() -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
 
-    components = {c["role"]: c for c in manifest.load(manifest_path)["component"]}
+    listed = manifest.load(manifest_path)["component"]
+    # The first component of a role is the one the runtime loads by default; every detector variant is checked.
+    components = {}
+    for c in listed:
+        components.setdefault(c["role"], c)
+    detectors = {c["variant"]: c for c in listed if c["role"] == "object-detector"}
     roles = ("object-detector", "object-labels", "ocr-detector", "ocr-recognizer", "ocr-dictionary", "scene-classifier",
              "scene-labels")
-    if any(role not in components for role in roles):
-        print(f"error: {manifest_path} lacks the vision components", file=sys.stderr)
+    if any(role not in components for role in roles) or not set(detectors) <= set(vision.DETECTOR_PARAMS):
+        print(f"error: {manifest_path} lacks the vision components or has a detector not in vision.py",
+              file=sys.stderr)
         return 1
     digest = digest_of((scripts_digest(), *(components[r]["sha256"] for r in roles),
+                        *(d["sha256"] for d in detectors.values()),
                         *sorted(s.sha256 for s in sources.values()), *(sha256_file(Path(f)) for f in ALL_FONTS.values())))
     if references_current(OUT, digest, args.force):
         print(f"vision test references up to date: {OUT} ({time.perf_counter() - start:.1f} s)")
@@ -221,19 +228,24 @@ def main() -> int:
     dictionary = path["ocr-dictionary"].read_text(encoding="utf-8").split("\n")[:-1]
     scene_names = path["scene-labels"].read_text().splitlines()
     sessions = {threads: {role: vision.session(path[role], threads)
-                          for role in ("object-detector", "ocr-detector", "ocr-recognizer", "scene-classifier")}
+                          for role in ("ocr-detector", "ocr-recognizer", "scene-classifier")}
                 for threads in (1, 2)}
+    for threads in (1, 2):
+        sessions[threads].update({f"object-detector:{variant}": vision.session(args.bundle / c["file"], threads)
+                                  for variant, c in detectors.items()})
     one = sessions[1]
     problems: list[str] = []
     tensors = []
 
-    def reference(role: str, source: str, stem: str, tensor: np.ndarray, crop=None) -> list[np.ndarray]:
-        sess = one[role]
+    def reference(role: str, source: str, stem: str, tensor: np.ndarray, crop=None, variant=None) -> list[np.ndarray]:
+        key = f"{role}:{variant}" if variant else role
+        sess = one[key]
         input_name = sess.get_inputs()[0].name
         outputs = sess.run(None, {input_name: tensor})
         save_npy(OUT / "tensors" / f"{stem}.input.npy", tensor)
-        entry = {"role": role, "model": components[role]["file"], "source": source,
-                 "input": f"tensors/{stem}.input.npy", "input_name": input_name, "outputs": []}
+        component = detectors[variant] if variant else components[role]
+        entry = {"role": role, "variant": component["variant"], "session": key, "model": component["file"],
+                 "source": source, "input": f"tensors/{stem}.input.npy", "input_name": input_name, "outputs": []}
         if crop is not None:
             entry["crop"] = crop
         for meta, value in zip(sess.get_outputs(), outputs):
@@ -242,32 +254,40 @@ def main() -> int:
         tensors.append(entry)
         return outputs
 
-    # Detector and scene classifier: full pipeline on every photo, raw tensors for a few.
-    detections, scene_labels = {}, {}
-    print("\nobject detection (letterbox 512, NMS IoU 0.5, score > 0.3) | scene labels (letterbox 224):")
+    # Detectors and scene classifier: full pipeline on every photo, raw tensors for a few.
+    detections, scene_labels = {variant: {} for variant in detectors}, {}
+    photos = {}
     for name in DARKNET_PHOTOS + SKIMAGE_PHOTOS:
         with Image.open(OUT / "photos" / name) as image:
             image.load()
-        tensor, scale = vision.detector_input(image)
+        photos[name] = image
         if name in DETECTOR_TENSORS:
-            reference("object-detector", f"photos/{name}", f"detector.{Path(name).stem}", tensor)
             reference("scene-classifier", f"photos/{name}", f"classifier.{Path(name).stem}", vision.classifier_input(image))
-        objects = vision.detect_objects(one["object-detector"], image, labels)
-        detections[name] = {"size": list(image.size), "scale": scale, "objects": objects}
         scene_labels[name] = vision.classify(one["scene-classifier"], image, scene_names)
-        counts: dict[str, int] = {}
-        for o in objects:
-            counts[o["label"]] = counts.get(o["label"], 0) + 1
-        print(f"  {name:<14} " + ", ".join(f"{n} x{c}" if c > 1 else n for n, c in counts.items())
-              + " | " + ", ".join(f"{t['label']} {t['score']:.2f}" for t in scene_labels[name]))
+    for variant in detectors:
+        params = vision.DETECTOR_PARAMS[variant]
+        print(f"\nobject detection, {variant} (letterbox {params['input_size']}, NMS IoU {params['iou_threshold']}, "
+              f"score > {params['score_threshold']}) | scene labels (letterbox 224):")
+        for name, image in photos.items():
+            tensor, scale = vision.detector_input(image, params)
+            if name in DETECTOR_TENSORS:
+                reference("object-detector", f"photos/{name}", f"detector.{variant}.{Path(name).stem}", tensor,
+                          variant=variant)
+            objects = vision.detect_objects(one[f"object-detector:{variant}"], image, labels, params)
+            detections[variant][name] = {"size": list(image.size), "scale": scale, "objects": objects}
+            counts: dict[str, int] = {}
+            for o in objects:
+                counts[o["label"]] = counts.get(o["label"], 0) + 1
+            print(f"  {name:<14} " + ", ".join(f"{n} x{c}" if c > 1 else n for n, c in counts.items())
+                  + " | " + ", ".join(f"{t['label']} {t['score']:.2f}" for t in scene_labels[name]))
+        dog = {o["label"] for o in detections[variant]["dog.jpg"]["objects"]}
+        if not ({"dog", "bicycle"} <= dog and dog & {"car", "truck"}):
+            problems.append(f"{variant} on dog.jpg: expected dog, bicycle and car or truck, got {sorted(dog)}")
+        kite = [o["label"] for o in detections[variant]["kite.jpg"]["objects"]]
+        if kite.count("kite") < 2 or kite.count("person") < 2:
+            problems.append(f"{variant} on kite.jpg: expected several kites and persons, got {kite}")
     if [t["label"] for t in scene_labels["coffee.png"][:1]] != ["espresso"]:
         problems.append(f"coffee.png: expected the scene label espresso, got {scene_labels['coffee.png']}")
-    dog = {o["label"] for o in detections["dog.jpg"]["objects"]}
-    if not ({"dog", "bicycle"} <= dog and dog & {"car", "truck"}):
-        problems.append(f"dog.jpg: expected dog, bicycle and car or truck, got {sorted(dog)}")
-    kite = [o["label"] for o in detections["kite.jpg"]["objects"]]
-    if kite.count("kite") < 2 or kite.count("person") < 2:
-        problems.append(f"kite.jpg: expected several kites and persons, got {kite}")
 
     # OCR: full pipeline on every rendered image, raw tensors for a few.
     ocr = []
@@ -316,12 +336,12 @@ def main() -> int:
     # onnxruntime timings.
     timings = {}
     print(f"\nonnxruntime inference, median of {TIMING_RUNS} (ms):")
-    for entry in {t["role"]: t for t in tensors}.values():
+    for entry in {t["session"]: t for t in tensors}.values():
         feed = {entry["input_name"]: np.load(OUT / entry["input"])}
-        timings[entry["role"]] = {str(n): median_ms(lambda f, s=sessions[n][entry["role"]]: s.run(None, f), feed)
-                                  for n in (1, 2)}
-        t = timings[entry["role"]]
-        print(f"  {entry['role']:<16} 1 thread {t['1']:7.1f}   2 threads {t['2']:7.1f}")
+        timings[entry["session"]] = {str(n): median_ms(lambda f, s=sessions[n][entry["session"]]: s.run(None, f), feed)
+                                     for n in (1, 2)}
+        t = timings[entry["session"]]
+        print(f"  {entry['session']:<26} 1 thread {t['1']:7.1f}   2 threads {t['2']:7.1f}")
 
     index = {"tensors": tensors, "detections": detections, "scene_labels": scene_labels, "ocr": ocr, "timings_ms": timings,
              "dictionary_size": len(dictionary)}

@@ -1,5 +1,5 @@
-"""Vision components of the bundle (CenterNet detector, PP-OCRv4 det + rec, EfficientNet-Lite0 scene classifier)
-and their exact pre/post-processing.
+"""Vision components of the bundle (NanoDet and CenterNet detectors, PP-OCRv4 det + rec, EfficientNet-Lite0 scene
+classifier) and their exact pre/post-processing.
 
 Preprocessing, as the runtime must reproduce it:
   resize      bilinear with half-pixel centres and no antialiasing (cv2 INTER_LINEAR, TF half_pixel_centers):
@@ -7,8 +7,9 @@ Preprocessing, as the runtime must reproduce it:
               computed in f32 from the 8-bit pixels, never rounded back to integers
   letterbox   scale = size / max(width, height); new size = (round(width * scale), round(height * scale))
               (Python round: half to even); image at the top-left, bottom/right padded with pixel value 0
-  detector    letterbox to 512, RGB, values 0..255, NHWC [1, 512, 512, 3]; boxes are in the 512 space,
-              divide by scale for image pixels
+  nanodet     letterbox to 416, RGB, values 0..1, NCHW [1, 3, 416, 416]; boxes are in the 416 space, divide by
+              scale for image pixels
+  centernet   letterbox to 512, RGB, values 0..255, NHWC [1, 512, 512, 3]; boxes are in the 512 space
   ocr det     letterbox to 640, BGR, (x / 255 - 0.5) / 0.5 (the padding becomes -1.0), NCHW [1, 3, 640, 640];
               the output is a text probability per input pixel [1, 1, 640, 640]
   ocr rec     crop, resize to height 48 and width min(320, ceil(48 * w / h)), BGR, (x / 255 - 0.5) / 0.5,
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import math
 import re
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +30,9 @@ import onnx
 import onnxruntime as ort
 from PIL import Image
 
-import centernet
 import classifier
 import manifest
+import tfjs_detectors
 from sources import Source, SourceError
 
 VISION_DIR = "vision"
@@ -39,17 +41,22 @@ PPOCR_DET = "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx"
 PPOCR_REC = "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx"
 DARKNET_DATA = "usr/share/darknet/data"
 
-DETECTOR_SIZE = 512
 OCR_DET_SIZE = 640
 OCR_REC_SHAPE = (48, 320)
 BLANK = "<blank>"
 
 # Every image input is built as (pixel / pixel_scale - mean) / std per channel, pixels being 0..255.
+_DETECTOR_COMMON = {
+    "channel_order": "rgb", "resize": "letterbox", "pad_pixel": 0.0, "score_threshold": 0.3, "iou_threshold": 0.5,
+    "nms": "class-agnostic", "max_detections": 100, "output": "x1,y1,x2,y2,score,class", "box_space": "input",
+    "class_base": 0, "labels": f"{VISION_DIR}/coco_labels.txt",
+}
+# The detectors of the bundle by variant, the default first. CenterNet is the more accurate on photos; NanoDet runs
+# in half its time with a third of its working memory, for the slow boards. NanoDet's far people and parked cars
+# score 0.25-0.32 on camera frames, so it keeps candidates from 0.25 and leaves the rest to the per-label filters.
 DETECTOR_PARAMS = {
-    "input_size": DETECTOR_SIZE, "layout": "nhwc", "channel_order": "rgb", "pixel_scale": 1.0,
-    "resize": "letterbox", "pad_pixel": 0.0, "score_threshold": 0.3, "iou_threshold": 0.5, "nms": "class-agnostic",
-    "max_detections": 100, "output": "x1,y1,x2,y2,score,class", "box_space": "input", "class_base": 0,
-    "labels": f"{VISION_DIR}/coco_labels.txt",
+    "centernet": {"input_size": 512, "layout": "nhwc", "pixel_scale": 1.0, **_DETECTOR_COMMON},
+    "nanodet": {"input_size": 416, "layout": "nchw", "pixel_scale": 255.0, **_DETECTOR_COMMON, "score_threshold": 0.25},
 }
 OCR_NORM = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "pixel_scale": 255.0, "channel_order": "bgr",
             "layout": "nchw"}
@@ -122,6 +129,78 @@ def fix_shapes(model: onnx.ModelProto, input_shape: tuple[int, ...]) -> onnx.Mod
     return model
 
 
+# The NanoDet graph.
+
+def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The graph with its constant subgraphs computed (onnxruntime's basic level: plain ONNX operators only).
+
+    tf2onnx leaves the TF.js padding arithmetic (Where, SparseToDense) as ScatterND and Expand over constants.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        options.optimized_model_filepath = str(Path(tmp) / "folded.onnx")
+        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        folded = onnx.load(options.optimized_model_filepath)
+    left = {n.op_type for n in folded.graph.node} & {"ScatterND", "Expand", "Where", "Cast"}
+    if left or any(n.domain not in ("", "ai.onnx") for n in folded.graph.node):
+        raise ValueError(f"constant folding left {sorted(left)} or non-ONNX operators")
+    return folded
+
+
+def nanodet_graph(raw: bytes) -> bytes:
+    """NanoDet-m with its boxes decoded in the graph: `detections` f32[1, N, 6] over all N cells of the three strides
+    (x1, y1, x2, y2 in input pixels, the best class's score, that class), the rows the runtime reads.
+
+    Each cell's box edges are the expected values of its four 11-bin distributions (softmax, times 0..10) in strides
+    from the cell's centre ((column + 0.5, row + 0.5) × stride), as NanoDet's generalized focal loss head defines them.
+    """
+    from onnx import helper, numpy_helper
+
+    model = fold_constants(onnx.load_from_string(raw))
+    graph = model.graph
+    size, bins = tfjs_detectors.NANODET_SIZE, tfjs_detectors.NANODET_BINS
+    centres, strides = [], []
+    for stride in tfjs_detectors.NANODET_STRIDES:
+        side = size // stride
+        row, column = np.divmod(np.arange(side * side, dtype=np.float32), side)
+        x, y = (column + 0.5) * stride, (row + 0.5) * stride
+        centres.append(np.stack([x, y, x, y], 1))
+        strides.append(np.full((side * side, 1), stride, np.float32))
+    cells = sum(len(c) for c in centres)
+    constants = {
+        "head_centres": np.concatenate(centres)[None],  # [1, N, 4]
+        "head_strides": np.concatenate(strides)[None],  # [1, N, 1]
+        "head_sides": np.array([[[-1, -1, 1, 1]]], np.float32),
+        "head_bins": np.arange(bins, dtype=np.float32).reshape(bins, 1),
+        "head_shape_bins": np.array([1, cells, 4, bins], np.int64),
+        "head_shape_edges": np.array([1, cells, 4], np.int64),
+    }
+    graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in constants.items())
+    levels = tfjs_detectors.NANODET_STRIDES
+    node = helper.make_node
+    graph.node.extend([
+        node("Concat", [f"scores_{s}" for s in levels], ["head_scores"], axis=1),
+        node("Concat", [f"distances_{s}" for s in levels], ["head_logits"], axis=1),
+        node("Reshape", ["head_logits", "head_shape_bins"], ["head_logits_4"]),
+        node("Softmax", ["head_logits_4"], ["head_probabilities"], axis=-1),
+        node("MatMul", ["head_probabilities", "head_bins"], ["head_expected"]),
+        node("Reshape", ["head_expected", "head_shape_edges"], ["head_edges"]),
+        node("Mul", ["head_edges", "head_strides"], ["head_distances"]),
+        node("Mul", ["head_distances", "head_sides"], ["head_offsets"]),
+        node("Add", ["head_centres", "head_offsets"], ["head_boxes"]),
+        node("ReduceMax", ["head_scores"], ["head_best"], axes=[2], keepdims=1),
+        node("ArgMax", ["head_scores"], ["head_class_id"], axis=2, keepdims=1),
+        node("Cast", ["head_class_id"], ["head_class"], to=onnx.TensorProto.FLOAT),
+        node("Concat", ["head_boxes", "head_best", "head_class"], ["detections"], axis=2),
+    ])
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info("detections", onnx.TensorProto.FLOAT, [1, cells, 6]))
+    del graph.value_info[:]
+    onnx.checker.check_model(model, full_check=True)
+    return model.SerializeToString()
+
+
 # Preprocessing.
 
 def resize_bilinear(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -155,9 +234,12 @@ def letterbox(image: Image.Image, size: int, pad: float = 0.0) -> tuple[np.ndarr
     return out, scale
 
 
-def detector_input(image: Image.Image) -> tuple[np.ndarray, float]:
-    pixels, scale = letterbox(image, DETECTOR_SIZE)
-    return pixels[None], scale
+def detector_input(image: Image.Image, params: dict) -> tuple[np.ndarray, float]:
+    pixels, scale = letterbox(image, params["input_size"], pad=params["pad_pixel"])
+    pixels = pixels / np.float32(params["pixel_scale"])
+    if params["layout"] == "nchw":
+        pixels = pixels.transpose(2, 0, 1)
+    return np.ascontiguousarray(pixels[None], np.float32), scale
 
 
 def classifier_input(image: Image.Image) -> np.ndarray:
@@ -216,11 +298,10 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(inter / union) if union > 0 else 0.0
 
 
-def detect_objects(sess: ort.InferenceSession, image: Image.Image, labels: list[str]) -> list[dict]:
-    """Full pipeline: letterbox, detector, NMS; boxes in original image pixels."""
-    tensor, scale = detector_input(image)
+def detect_objects(sess: ort.InferenceSession, image: Image.Image, labels: list[str], p: dict) -> list[dict]:
+    """Full pipeline with the detector of params `p`: letterbox, detector, NMS; boxes in original image pixels."""
+    tensor, scale = detector_input(image, p)
     raw = sess.run(None, {"images": tensor})[0][0]
-    p = DETECTOR_PARAMS
     results = []
     for i in nms(raw, p["score_threshold"], p["iou_threshold"])[:p["max_detections"]]:
         x1, y1, x2, y2 = (float(v) / scale for v in raw[i, :4])
@@ -344,10 +425,10 @@ def read_text(det: ort.InferenceSession, rec: ort.InferenceSession, image: Image
 
 # Bundle components.
 
-def check_detector(sess: ort.InferenceSession, labels: list[str], darknet: Source) -> list[dict]:
+def check_detector(sess: ort.InferenceSession, labels: list[str], params: dict, darknet: Source) -> list[dict]:
     """dog.jpg must give a dog, a bicycle and a car or truck above the score threshold."""
     with Image.open(darknet.unpacked / DARKNET_DATA / "dog.jpg") as image:
-        found = detect_objects(sess, image, labels)
+        found = detect_objects(sess, image, labels, params)
     names = {d["label"] for d in found}
     if not ({"dog", "bicycle"} <= names and names & {"car", "truck"}):
         raise AssertionError(f"detector sanity check failed on dog.jpg: {found}")
@@ -356,21 +437,30 @@ def check_detector(sess: ort.InferenceSession, labels: list[str], darknet: Sourc
 
 def build(sources: dict[str, Source], emit) -> None:
     """Writes the vision files through `emit` (prepare.py's writer) after checking them in onnxruntime."""
-    if not centernet.up_to_date():
-        raise SourceError(f"{centernet.OUTPUT} is missing or stale; run prepare.sh (it converts the detector)")
+    stale = [d.output.name for d in tfjs_detectors.DETECTORS.values() if not d.up_to_date()]
+    if stale:
+        raise SourceError(f"{', '.join(stale)} missing or stale in .cache/build; run prepare.sh (it converts them)")
     human, rapidocr = sources["human"], sources["rapidocr"]
     labels = coco_labels(human)
-    detector = centernet.OUTPUT.read_bytes()
-    found = check_detector(session(detector), labels, sources["darknet"])
-    print("  detector on dog.jpg: " + ", ".join(f"{d['label']} {d['score']:.2f}" for d in found), flush=True)
-
     license_detector = "MIT (package); weights: no license file upstream"
-    emit(detector, name="centernet-mobilenetv3-coco", role="object-detector", variant="f32",
-         file=f"{VISION_DIR}/centernet.onnx", sources=[human.spec], license=license_detector,
-         inputs=[manifest.tensor("images", "f32", [1, DETECTOR_SIZE, DETECTOR_SIZE, 3])],
-         outputs=[manifest.tensor("detections", "f32", [1, 100, 6])], params=DETECTOR_PARAMS)
+    detectors = {
+        "centernet": ("centernet-mobilenetv3-coco", tfjs_detectors.DETECTORS["centernet"].output.read_bytes(),
+                      human, license_detector),
+        "nanodet": ("nanodet-m-coco", nanodet_graph(tfjs_detectors.DETECTORS["nanodet"].output.read_bytes()),
+                    sources["human-models"], "MIT (package); NanoDet: Apache-2.0 upstream"),
+    }
+    for variant, (name, graph, source, license) in detectors.items():
+        params = DETECTOR_PARAMS[variant]
+        found = check_detector(session(graph), labels, params, sources["darknet"])
+        print(f"  {variant} on dog.jpg: " + ", ".join(f"{d['label']} {d['score']:.2f}" for d in found), flush=True)
+        size = params["input_size"]
+        shape = [1, 3, size, size] if params["layout"] == "nchw" else [1, size, size, 3]
+        rows = onnx.load_from_string(graph).graph.output[0].type.tensor_type.shape.dim[1].dim_value
+        emit(graph, name=name, role="object-detector", variant=variant, file=f"{VISION_DIR}/{variant}.onnx",
+             sources=[source.spec], license=license, inputs=[manifest.tensor("images", "f32", shape)],
+             outputs=[manifest.tensor("detections", "f32", [1, rows, 6])], params=params)
     emit(("\n".join(labels) + "\n").encode(), name="coco-labels", role="object-labels", variant="any",
-         file=DETECTOR_PARAMS["labels"], sources=[human.spec], license=license_detector, inputs=[], outputs=[],
+         file=_DETECTOR_COMMON["labels"], sources=[human.spec], license=license_detector, inputs=[], outputs=[],
          params={"count": len(labels), "format": "one name per line, line i = class i (0-based)"})
 
     det = fix_shapes(onnx.load_from_string(rapidocr.read(PPOCR_DET)), (1, 3, OCR_DET_SIZE, OCR_DET_SIZE))

@@ -107,8 +107,8 @@ fn compiled_and_onnx_whisper_give_the_same_tokens() {
 fn compiled_and_onnx_vision_give_the_same_scene() {
     let bundle = bundle();
     let from_onnx = onnx_only(&bundle, "vision");
-    let compiled = VisionModels::load(&bundle, true).unwrap();
-    let onnx = VisionModels::load(&from_onnx, true).unwrap();
+    let compiled = VisionModels::load(&bundle, None, true).unwrap();
+    let onnx = VisionModels::load(&from_onnx, None, true).unwrap();
     for photo in ["photos/kite.jpg", "photos/coffee.png", "text/exit_42.DejaVuSerif.32.png"] {
         let image = load_image(&testdata(&format!("vision/{photo}"))).unwrap();
         let (ours, reference) =

@@ -185,6 +185,28 @@ fn bad_prompts_are_refused_with_clear_errors() {
 }
 
 #[test]
+fn a_board_context_limits_every_session_and_never_grows_the_bundles() {
+    let bundle = bundle();
+    let mut model = LanguageModel::load(&bundle, Some("q4")).unwrap();
+    let bundle_context = model.context;
+    model.limit_context(bundle_context * 2);
+    assert_eq!(model.context, bundle_context, "a longer board context is not granted");
+    model.limit_context(48);
+    assert_eq!(model.session(None).unwrap().capacity(), 48);
+    assert_eq!(model.session(Some(1000)).unwrap().capacity(), 48);
+    let prompt = model.text.tokenizer.encode(&"the door is open ".repeat(20));
+    assert!(prompt.len() >= 48, "{} tokens", prompt.len());
+    match model.session(None).unwrap().generate(&prompt, &GenerateOptions::default(), &mut |_| {}) {
+        Err(ModelError::PromptTooLong { capacity: 48, .. }) => {}
+        other => panic!("expected PromptTooLong, got {other:?}"),
+    }
+    let short = model.text.tokenizer.encode("the door is open");
+    let options = GenerateOptions { max_tokens: 200, ..GenerateOptions::default() };
+    let generation = model.session(None).unwrap().generate(&short, &options, &mut |_| {}).unwrap();
+    assert!(short.len() + generation.tokens.len() <= 48, "{} + {}", short.len(), generation.tokens.len());
+}
+
+#[test]
 fn gguf_reader_checks_architecture_and_truncation() {
     let bundle = bundle();
     let path = gguf_path(&bundle);

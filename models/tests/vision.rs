@@ -53,7 +53,7 @@ fn raw_outputs_match_onnxruntime_on_the_same_tensors() {
     assert!(cases.len() >= 3);
     for case in cases {
         let role = case["role"].as_str().unwrap();
-        let component = bundle.component(role, None).unwrap();
+        let component = bundle.component(role, case["variant"].as_str()).unwrap();
         let (shape, input) = read_npy(&dir.join(case["input"].as_str().unwrap()));
         let dims: Vec<Dim> = shape.iter().map(|d| Dim::Fixed(*d)).collect();
         // The graph the product runs: the compiled form, whose input shape must be the reference tensor's.
@@ -64,7 +64,7 @@ fn raw_outputs_match_onnxruntime_on_the_same_tensors() {
         let ours = engine::f32_slice(role, &outputs[0]).unwrap();
         assert_eq!(ours.len(), expected.len(), "{role} on {}: output size", case["source"]);
         let worst = ours.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-        // Detector rows mix 512-space pixel coordinates with scores; the others are probabilities.
+        // Detector rows mix input-space pixel coordinates with scores; the others are probabilities.
         let tolerance = if role == "object-detector" { 0.05 } else { 2e-3 };
         assert!(worst <= tolerance, "{role} on {}: tract and onnxruntime differ by {worst}", case["source"]);
         if role == "ocr-recognizer" {
@@ -80,7 +80,7 @@ fn raw_outputs_match_onnxruntime_on_the_same_tensors() {
 }
 
 fn labels_in(photo: &str) -> Vec<String> {
-    let models = VisionModels::load(&bundle(), false).unwrap();
+    let models = VisionModels::load(&bundle(), None, false).unwrap();
     let mut session = models.session().unwrap();
     let image = load_image(&testdata().join("photos").join(photo)).unwrap();
     session.detect(&image).unwrap().into_iter().map(|d| d.label).collect()
@@ -104,11 +104,20 @@ fn kite_photo_has_several_kites_and_several_people() {
 
 #[test]
 fn detections_match_onnxruntime_pipeline() {
-    let models = VisionModels::load(&bundle(), false).unwrap();
+    let bundle = bundle();
+    let variants = bundle.variants("object-detector");
+    let references = index()["detections"].as_object().unwrap().clone();
+    assert_eq!(references.len(), variants.len(), "a reference for every detector");
+    for variant in variants {
+        detections_match_onnxruntime(&bundle, variant, references[variant].as_object().unwrap());
+    }
+}
+
+fn detections_match_onnxruntime(bundle: &Bundle, variant: &str, photos: &serde_json::Map<String, Value>) {
+    let models = VisionModels::load(bundle, Some(variant), false).unwrap();
     let mut session = models.session().unwrap();
-    let photos = index()["detections"].as_object().unwrap().clone();
     assert!(photos.len() >= 9, "the reference detections cover every photo");
-    for (photo, reference) in &photos {
+    for (photo, reference) in photos {
         // The reference leaves boxes as the detector drew them; Lookout clips them to the image.
         let size: Vec<f64> = reference["size"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
         // The reference pipeline stops at the detector's threshold; Lookout's per-label filters come after it.
@@ -124,13 +133,13 @@ fn detections_match_onnxruntime_pipeline() {
             })
             .collect();
         let ours = session.detect(&load_image(&testdata().join("photos").join(photo)).unwrap()).unwrap();
-        assert_eq!(ours.len(), expected.len(), "{photo}: {ours:?}");
+        assert_eq!(ours.len(), expected.len(), "{variant} {photo}: {ours:?}");
         for (o, e) in ours.iter().zip(expected) {
-            assert_eq!(o.label, e["label"].as_str().unwrap(), "{photo}");
-            assert!((o.score - e["score"].as_f64().unwrap() as f32).abs() < 0.01, "{photo}: {o:?} vs {e}");
+            assert_eq!(o.label, e["label"].as_str().unwrap(), "{variant} {photo}");
+            assert!((o.score - e["score"].as_f64().unwrap() as f32).abs() < 0.01, "{variant} {photo}: {o:?} vs {e}");
             for (i, (a, b)) in o.bbox.iter().zip(e["box"].as_array().unwrap()).enumerate() {
                 let b = b.as_f64().unwrap().clamp(0.0, size[i % 2]) as f32;
-                assert!((a - b).abs() < 2.0, "{photo}: {o:?} vs {e}");
+                assert!((a - b).abs() < 2.0, "{variant} {photo}: {o:?} vs {e}");
             }
         }
     }
@@ -140,7 +149,7 @@ fn detections_match_onnxruntime_pipeline() {
 fn rendered_text_is_read_exactly() {
     let dir = testdata().join("text");
     let renders: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(dir.join("index.json")).unwrap()).unwrap();
-    let models = VisionModels::load(&bundle(), true).unwrap();
+    let models = VisionModels::load(&bundle(), None, true).unwrap();
     let mut session = models.session().unwrap();
     let mut misread = Vec::new();
     for render in &renders {
@@ -177,7 +186,7 @@ fn long_lines_and_paragraphs_are_read_at_their_own_width() {
     let dir = testdata().join("lines");
     let renders: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(dir.join("index.json")).unwrap()).unwrap();
     assert!(renders.len() >= 100, "{} renders", renders.len());
-    let models = VisionModels::load(&bundle(), true).unwrap();
+    let models = VisionModels::load(&bundle(), None, true).unwrap();
     let mut session = models.session().unwrap();
     // Character errors and characters, clean renders and degraded ones; the same for onnxruntime running rapidocr's
     // dynamic-width recognizer at each box's own width.
@@ -238,7 +247,7 @@ fn long_lines_and_paragraphs_are_read_at_their_own_width() {
 fn a_page_is_read_in_order_until_the_time_budget_ends() {
     let dir = testdata().join("lines");
     let page = load_image(&dir.join("paragraph.DejaVuSerif.16.clean.png")).unwrap();
-    let models = VisionModels::load(&bundle(), true).unwrap();
+    let models = VisionModels::load(&bundle(), None, true).unwrap();
     let mut session = models.session().unwrap();
     let whole = session.read_text(&page).unwrap();
     assert!(whole.len() == 6 && !session.text_was_cut(), "{whole:?}");
@@ -252,7 +261,7 @@ fn a_page_is_read_in_order_until_the_time_budget_ends() {
 #[test]
 fn scene_labels_match_onnxruntime_pipeline() {
     let bundle = bundle();
-    let models = VisionModels::load(&bundle, false).unwrap().with_scene_classifier(&bundle).unwrap();
+    let models = VisionModels::load(&bundle, None, false).unwrap().with_scene_classifier(&bundle).unwrap();
     assert!(models.classifier.is_some(), "the default bundle has a scene classifier");
     let mut session = models.session().unwrap();
     let expected = index()["scene_labels"].as_object().unwrap().clone();
@@ -277,7 +286,7 @@ fn a_camera_frame_reports_its_three_people_and_none_of_the_clutter_the_filters_h
     // litter that the detector scores as people and sports balls below the per-label filters.
     let frame = testdata().parent().unwrap().join("camera/vtest/f0000.jpg");
     let image = load_image(&frame).unwrap_or_else(|e| panic!("{}: {e} (models/prepare/prepare.sh)", frame.display()));
-    let mut models = VisionModels::load(&bundle(), false).unwrap();
+    let mut models = VisionModels::load(&bundle(), None, false).unwrap();
     let count = |models: &VisionModels, label: &str| {
         let found = models.session().unwrap().detect(&image).unwrap();
         found.iter().filter(|d| d.label == label).count()

@@ -33,6 +33,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("images", nargs="+", help="JPEG or PNG files")
     parser.add_argument("--detector", required=True, help="the bundle's detector ONNX file")
+    parser.add_argument("--detector-variant", required=True, choices=sorted(vision.DETECTOR_PARAMS),
+                        help="which of the bundle's detectors it is (its input size, layout and scale)")
     parser.add_argument("--labels", required=True, help="its class names, one per line")
     parser.add_argument("--ocr-det", required=True, help="the bundle's text detector ONNX file")
     parser.add_argument("--ocr-rec", required=True, help="the bundle's text recognizer ONNX file")
@@ -41,7 +43,7 @@ def main() -> None:
     args = parser.parse_args()
     if not 0.0 <= args.score_threshold <= 1.0:
         parser.error("--score-threshold must lie between 0 and 1")
-    vision.DETECTOR_PARAMS["score_threshold"] = args.score_threshold
+    params = {**vision.DETECTOR_PARAMS[args.detector_variant], "score_threshold": args.score_threshold}
 
     start = time.perf_counter()
     detector, det, rec = (vision.session(path) for path in (args.detector, args.ocr_det, args.ocr_rec))
@@ -56,7 +58,7 @@ def main() -> None:
         image = Image.open(path).convert("RGB")
         start = time.perf_counter()
         counts: dict[str, int] = {}
-        for found in vision.detect_objects(detector, image, labels):
+        for found in vision.detect_objects(detector, image, labels, params):
             counts[found["label"]] = counts.get(found["label"], 0) + 1
         boxes = vision.read_text(det, rec, image, dictionary)
         elapsed = ms(start)

@@ -130,7 +130,8 @@ pub struct Models {
     pub speech: String,
     /// `fit` (the audio plus 1 s, at least 5 s) or `full` (30 s).
     pub speech_window: String,
-    /// Object detector: `f32` or `off`.
+    /// Object detector: `nanodet`, `centernet` or `off` (`f32`, the name from when the bundle had one detector,
+    /// means the bundle's default).
     pub detector: String,
     /// Reading text: `f32` or `off`.
     pub ocr: String,
@@ -439,7 +440,7 @@ impl Config {
         let m = &self.models;
         one_of("models.speech", &m.speech, &["int8", "f32", "off"])?;
         one_of("models.speech_window", &m.speech_window, &["fit", "full"])?;
-        one_of("models.detector", &m.detector, &["f32", "off"])?;
+        one_of("models.detector", &m.detector, &["nanodet", "centernet", "f32", "off"])?;
         one_of("models.ocr", &m.ocr, &["f32", "off"])?;
         one_of("models.decoder", &m.decoder, &["q4", "f32", "off"])?;
         if m.ocr != "off" && m.detector == "off" {
@@ -484,6 +485,11 @@ impl Config {
             "decoder" => m.decoder != "off",
             _ => false,
         }
+    }
+
+    /// The bundle variant of the object detector this configuration names; `None` for the bundle's default.
+    pub fn detector_variant(&self) -> Option<&str> {
+        Some(self.models.detector.as_str()).filter(|v| !matches!(*v, "f32" | "off"))
     }
 
     pub fn on_demand(&self, stage: &str) -> bool {
@@ -576,6 +582,19 @@ mod tests {
         assert_eq!(loaded.config.camera.device, "/dev/video0");
         assert_eq!(loaded.config.models.decoder, "off");
         assert!(matches!(loaded.board_source, BoardSource::Named(ref n) if n == "rpi5"));
+    }
+
+    #[test]
+    fn the_detector_is_named_by_its_bundle_variant_and_the_old_f32_means_the_default() {
+        let variant = |name: &str| {
+            let text = format!("board = \"rpi4\"\n[models]\ndetector = \"{name}\"\n");
+            parse(&text).map(|l| l.config.detector_variant().map(str::to_string))
+        };
+        assert_eq!(variant("nanodet").unwrap().as_deref(), Some("nanodet"));
+        assert_eq!(variant("centernet").unwrap().as_deref(), Some("centernet"));
+        assert_eq!(variant("f32").unwrap(), None);
+        let refused = variant("yolo").unwrap_err().to_string();
+        assert!(refused.contains("models.detector") && refused.contains("nanodet"), "{refused}");
     }
 
     #[test]

@@ -74,14 +74,24 @@ struct StagePlan<'b> {
 /// Builds the plan of `config` from the footprints measured into `bundle`.
 pub fn plan(config: &Config, bundle: &Bundle) -> anyhow::Result<Plan> {
     let m = &config.models;
-    // Speech is measured at a few encoder windows: the smallest one that holds the longest query is used.
+    // Speech is measured at a few encoder windows: the smallest one that holds the longest query is used. The
+    // decoder is measured at a few contexts: the shortest that holds the configured one, else the longest.
     let window_s = if m.speech_window == "full" { 30 } else { (config.microphone.ring_s + 1).clamp(5, 30) };
+    let context = m.context as usize;
     let find = |stage: &str, variant: &str| {
-        bundle
-            .footprints(stage, variant)
-            .into_iter()
-            .filter(|f| stage != "speech" || f.window_s >= window_s)
-            .min_by_key(|f| f.window_s)
+        let measured = bundle.footprints(stage, variant);
+        let holding = |f: &&&Footprint| match stage {
+            "speech" => f.window_s >= window_s,
+            "decoder" => f.tokens >= context,
+            _ => true,
+        };
+        let size = |f: &&&Footprint| (f.window_s, f.tokens);
+        measured
+            .iter()
+            .filter(holding)
+            .min_by_key(size)
+            .or_else(|| measured.iter().filter(|_| stage == "decoder").max_by_key(size))
+            .copied()
             .ok_or_else(|| {
                 anyhow!(
                     "bundle {} has no measured footprint for {stage} ({variant}); run `lookout models measure`",
@@ -105,10 +115,14 @@ pub fn plan(config: &Config, bundle: &Bundle) -> anyhow::Result<Plan> {
     }
     if config.stage_enabled("vision") {
         let (stage, label) = if m.ocr == "off" { ("vision", "detector") } else { ("vision-ocr", "detector + ocr") };
-        let vision = find(stage, &m.detector)?;
+        let variant = match config.detector_variant() {
+            Some(named) => named,
+            None => bundle.component("object-detector", None)?.variant.as_str(),
+        };
+        let vision = find(stage, variant)?;
         let on_demand = config.on_demand("vision");
         stages.push(StagePlan {
-            label: format!("{label} {}", m.detector),
+            label: format!("{label} {variant}"),
             footprint: vision,
             on_demand,
             working_mib: vision.working_mib,
@@ -116,7 +130,7 @@ pub fn plan(config: &Config, bundle: &Bundle) -> anyhow::Result<Plan> {
     }
     if config.stage_enabled("decoder") {
         let decoder = find("decoder", &m.decoder)?;
-        // The measured run filled the bundle's context; a longer configured context grows the KV cache with it.
+        // Past the longest context measured, the KV cache grows with the configured one.
         let scale = if decoder.tokens > 0 { (m.context as f64 / decoder.tokens as f64).max(1.0) } else { 1.0 };
         let on_demand = config.on_demand("decoder");
         stages.push(StagePlan {
@@ -148,7 +162,7 @@ pub fn plan(config: &Config, bundle: &Bundle) -> anyhow::Result<Plan> {
     if config.stage_enabled("vision") && config.objects.track {
         // The detector keeps at most its `max_detections` a frame (the engine's default when the bundle says none).
         let max_detections = bundle
-            .component("object-detector", None)
+            .component("object-detector", config.detector_variant())
             .and_then(|c| c.param_usize("max_detections"))
             .unwrap_or(DetectionFilter::default().max_detections);
         let tracks = config.objects.tracker_settings();
@@ -280,8 +294,8 @@ mod tests {
                 footprint("vad", "f32", 10.0, 12.0, 2.0, 0),
                 footprint("speech", "int8", 160.0, 260.0, 40.0, 12),
                 footprint("speech", "int8", 160.0, 260.0, 110.0, 30),
-                footprint("vision", "f32", 20.0, 30.0, 70.0, 0),
-                footprint("vision-ocr", "f32", 40.0, 50.0, 80.0, 0),
+                footprint("vision", "centernet", 20.0, 30.0, 70.0, 0),
+                footprint("vision-ocr", "centernet", 40.0, 50.0, 80.0, 0),
                 footprint("decoder", "q4", 170.0, 380.0, 150.0, 0),
             ],
         };

@@ -57,13 +57,15 @@ fn every_board_profile_and_the_packaged_config_fit_their_budget() {
 }
 
 #[test]
-fn the_zero_2w_profile_stays_under_350_mib_with_voice_and_vision() {
+fn the_zero_2w_profile_stays_under_350_mib_with_voice_vision_and_the_decoder() {
     let out = check(&repo().join("board-configs/rpi0-2w.toml"), &["--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     let models = &report["config"]["models"];
     assert_eq!(models["speech"], "int8");
-    assert_eq!(models["detector"], "f32");
+    assert_eq!(models["detector"], "nanodet");
+    assert_eq!(models["decoder"], "q4", "the Zero answers with the language decoder");
+    assert_eq!(models["context"], 256);
     assert!(!models["leaves_out"].as_str().unwrap().is_empty(), "the profile says what it leaves out");
     let total = report["plan"]["total_mib"].as_f64().unwrap();
     assert!(total < 350.0, "Zero 2 W plan {total} MiB");

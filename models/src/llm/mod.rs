@@ -152,6 +152,12 @@ impl LanguageModel {
         Ok((config, text, context))
     }
 
+    /// Holds at most `tokens` (at least 2) in any session from now on: a board's configured context, which may be
+    /// shorter than the bundle's but never longer.
+    pub fn limit_context(&mut self, tokens: usize) {
+        self.context = self.context.min(tokens.max(2));
+    }
+
     /// A session with an empty KV cache of `capacity` tokens at most (the model's context when `None`).
     pub fn session(&self, capacity: Option<usize>) -> Result<LmSession<'_>> {
         let capacity = capacity.unwrap_or(self.context).min(self.context);

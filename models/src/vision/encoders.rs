@@ -193,8 +193,9 @@ pub struct ObjectDetector {
 }
 
 impl ObjectDetector {
-    pub fn load(bundle: &Bundle) -> Result<ObjectDetector> {
-        let c = bundle.component("object-detector", None)?;
+    /// The bundle's detector of this variant (`nanodet`, `centernet`), or its first listed.
+    pub fn load(bundle: &Bundle, variant: Option<&str>) -> Result<ObjectDetector> {
+        let c = bundle.component("object-detector", variant)?;
         let size = c.param_usize("input_size")?;
         let (normalization, layout) = input_format(c)?;
         let labels: Vec<String> =
@@ -314,9 +315,9 @@ pub struct VisionModels {
 }
 
 impl VisionModels {
-    /// Loads the detector and, when `with_text`, the OCR models.
-    pub fn load(bundle: &Bundle, with_text: bool) -> Result<VisionModels> {
-        let detector = ObjectDetector::load(bundle)?;
+    /// Loads the detector of this variant (default: the bundle's first) and, when `with_text`, the OCR models.
+    pub fn load(bundle: &Bundle, detector: Option<&str>, with_text: bool) -> Result<VisionModels> {
+        let detector = ObjectDetector::load(bundle, detector)?;
         let reader = if with_text { Some(TextReader::load(bundle)?) } else { None };
         Ok(VisionModels { detector, reader, classifier: None })
     }

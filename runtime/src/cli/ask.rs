@@ -33,6 +33,9 @@ pub struct LanguageArgs {
     /// Decoder variant from the bundle (q4, f32); default: the bundle's first.
     #[arg(long)]
     variant: Option<String>,
+    /// Object detector variant from the bundle (nanodet, centernet); default: the bundle's first.
+    #[arg(long)]
+    detector: Option<String>,
     /// Answer from the scene alone, without the language decoder.
     #[arg(long)]
     no_decoder: bool,
@@ -166,7 +169,7 @@ fn run(
     };
     let see = || -> anyhow::Result<_> {
         let started = Instant::now();
-        let vision = VisionModels::load(&bundle, !args.no_ocr)?;
+        let vision = VisionModels::load(&bundle, args.detector.as_deref(), !args.no_ocr)?;
         let mut session = vision.session()?;
         note_loaded();
         let load_ms = ms_since(started);

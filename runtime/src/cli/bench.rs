@@ -51,6 +51,10 @@ pub struct BenchArgs {
     /// are made from (default: kite.jpg).
     #[arg(long, value_delimiter = ',')]
     images: Vec<PathBuf>,
+    /// Vision, vision and e2e suite files: the bundle's object detector variant (nanodet, centernet; default: the
+    /// bundle's first).
+    #[arg(long)]
+    detector: Option<String>,
     /// Vision and llm: thread counts to run, each in its own process.
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2])]
     threads: Vec<usize>,
@@ -121,6 +125,11 @@ fn worker<T: DeserializeOwned>(ctx: &Context, suite: &str, repeats: usize, args:
         bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
     }
     serde_json::from_slice(&out.stdout).context("worker output")
+}
+
+/// The variant to ask the bundle for a vision role: the chosen detector's for the detector, the first for the rest.
+fn variant_of<'a>(role: &str, detector: Option<&'a str>) -> Option<&'a str> {
+    detector.filter(|_| role == "object-detector")
 }
 
 /// `lookout bench --suite SUITE` on this process's models and bundle, to run in a child process.

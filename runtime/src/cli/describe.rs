@@ -25,6 +25,9 @@ pub struct DescribeArgs {
     /// Skip the scene classifier (the ImageNet labels of the whole frame).
     #[arg(long)]
     no_scene: bool,
+    /// Object detector variant from the bundle (nanodet, centernet); default: the bundle's first.
+    #[arg(long)]
+    detector: Option<String>,
     /// Minimum detection score (default: the bundle's).
     #[arg(long)]
     threshold: Option<f32>,
@@ -65,7 +68,7 @@ pub fn run(ctx: &Context, args: DescribeArgs) -> anyhow::Result<()> {
 
     let started = Instant::now();
     let bundle = ctx.open_bundle()?;
-    let mut models = VisionModels::load(&bundle, !args.no_ocr)?;
+    let mut models = VisionModels::load(&bundle, args.detector.as_deref(), !args.no_ocr)?;
     if !args.no_scene {
         models = models.with_scene_classifier(&bundle)?;
     }

@@ -19,7 +19,7 @@ const STAGES: [(&str, &str); 5] = [
     ("vad", "vad"),
     ("speech", "asr-encoder"),
     ("vision", "object-detector"),
-    ("vision-ocr", "ocr-recognizer"),
+    ("vision-ocr", "object-detector"),
     ("decoder", "llm-decoder"),
 ];
 /// Tokens the decoder's measurement leaves free at the end of its context for generation.
@@ -28,6 +28,9 @@ const DECODER_GENERATED: usize = 32;
 const MEASURE_AUDIO_S: u32 = 30;
 /// Encoder windows speech is measured at: a short query's fitted window, and the full one.
 const SPEECH_WINDOWS_S: [u32; 2] = [12, 30];
+/// Contexts the decoder is measured at, besides the bundle's own: the short one a small board configures (its KV
+/// cache and attention grow with the tokens held).
+const DECODER_SHORT_CONTEXTS: [usize; 1] = [256];
 
 #[derive(Debug, clap::Args)]
 pub struct MeasureArgs {
@@ -44,12 +47,16 @@ pub struct MeasureArgs {
     variant: Option<String>,
     #[arg(long, hide = true, default_value_t = 0)]
     window_s: u32,
+    /// The decoder's context for this measurement (0: the bundle's).
+    #[arg(long, hide = true, default_value_t = 0)]
+    tokens: usize,
 }
 
 pub fn run(ctx: &Context, args: MeasureArgs) -> anyhow::Result<()> {
     let mut bundle = ctx.open_bundle()?;
     if let (Some(stage), Some(variant)) = (&args.stage, &args.variant) {
-        let footprint = measure_here(&bundle, stage, variant, args.window_s)?;
+        let job = Job { stage, variant, window_s: args.window_s, tokens: args.tokens };
+        let footprint = measure_here(&bundle, job)?;
         println!("{}", serde_json::to_string(&footprint)?);
         return Ok(());
     }
@@ -57,16 +64,19 @@ pub fn run(ctx: &Context, args: MeasureArgs) -> anyhow::Result<()> {
         println!("{}: footprints already measured", bundle.dir.display());
         return Ok(());
     }
-    let mut jobs = vec![("runtime", "any".to_string(), 0)];
+    let mut jobs = vec![("runtime", "any".to_string(), 0, 0)];
     for (stage, role) in STAGES {
         for variant in bundle.variants(role) {
             let windows: &[u32] = if stage == "speech" { &SPEECH_WINDOWS_S } else { &[0] };
-            jobs.extend(windows.iter().map(|w| (stage, variant.to_string(), *w)));
+            jobs.extend(windows.iter().map(|w| (stage, variant.to_string(), *w, 0)));
+            if stage == "decoder" {
+                jobs.extend(DECODER_SHORT_CONTEXTS.iter().map(|t| (stage, variant.to_string(), 0, *t)));
+            }
         }
     }
     let mut footprints = Vec::new();
-    for (stage, variant, window_s) in jobs {
-        let footprint = measure_in_child(ctx, &bundle, stage, &variant, window_s)?;
+    for (stage, variant, window_s, tokens) in jobs {
+        let footprint = measure_in_child(ctx, &bundle, Job { stage, variant: &variant, window_s, tokens })?;
         if !args.json {
             print_footprint(&footprint);
         }
@@ -81,7 +91,7 @@ pub fn run(ctx: &Context, args: MeasureArgs) -> anyhow::Result<()> {
 
 fn print_footprint(footprint: &Footprint) {
     println!(
-        "{:<11} {:<5} resident {:>6.1} MiB  loading peak {:>6.1} MiB  working {:>6.1} MiB  ({})",
+        "{:<11} {:<9} resident {:>6.1} MiB  loading peak {:>6.1} MiB  working {:>6.1} MiB  ({})",
         footprint.stage,
         footprint.variant,
         footprint.resident_mib,
@@ -91,13 +101,17 @@ fn print_footprint(footprint: &Footprint) {
     );
 }
 
-fn measure_in_child(
-    ctx: &Context,
-    bundle: &Bundle,
-    stage: &str,
-    variant: &str,
+/// One measurement: a stage in a variant, at a Whisper window (speech) or a context (the decoder; 0: the bundle's).
+#[derive(Debug, Clone, Copy)]
+struct Job<'a> {
+    stage: &'a str,
+    variant: &'a str,
     window_s: u32,
-) -> anyhow::Result<Footprint> {
+    tokens: usize,
+}
+
+fn measure_in_child(ctx: &Context, bundle: &Bundle, job: Job) -> anyhow::Result<Footprint> {
+    let Job { stage, variant, window_s, tokens } = job;
     let exe = std::env::current_exe().context("cannot find the lookout executable")?;
     let output = Command::new(exe)
         .arg("--models")
@@ -105,6 +119,7 @@ fn measure_in_child(
         .arg("--bundle")
         .arg(&ctx.bundle)
         .args(["models", "measure", "--stage", stage, "--variant", variant, "--window-s", &window_s.to_string()])
+        .args(["--tokens", &tokens.to_string()])
         .output()
         .context("cannot start the measuring process")?;
     if !output.status.success() {
@@ -115,7 +130,8 @@ fn measure_in_child(
 }
 
 /// Loads one stage, runs it once on its worst-case input and reports the growth of this process's resident set.
-fn measure_here(bundle: &Bundle, stage: &str, variant: &str, window_s: u32) -> anyhow::Result<Footprint> {
+fn measure_here(bundle: &Bundle, job: Job) -> anyhow::Result<Footprint> {
+    let Job { stage, variant, window_s, tokens } = job;
     let rss = || memory::rss().ok_or_else(|| anyhow!("resident memory is not readable here (/proc/self/status)"));
     let before = rss()?.rss_mib;
     let (loaded, load_peak, input, tokens) = match stage {
@@ -142,13 +158,16 @@ fn measure_here(bundle: &Bundle, stage: &str, variant: &str, window_s: u32) -> a
             (loaded, load_peak, format!("one {window_s} s window"), 0)
         }
         "vision" | "vision-ocr" => {
-            let vision = VisionModels::load(bundle, stage == "vision-ocr")?;
+            let vision = VisionModels::load(bundle, Some(variant), stage == "vision-ocr")?;
             let (loaded, load_peak) = settle_after_load()?;
             vision.session()?.describe(&test_image(1280, 720))?;
             (loaded, load_peak, "a 1280x720 frame".to_string(), 0)
         }
         "decoder" => {
-            let lm = LanguageModel::load(bundle, Some(variant))?;
+            let mut lm = LanguageModel::load(bundle, Some(variant))?;
+            if tokens > 0 {
+                lm.limit_context(tokens);
+            }
             let (loaded, load_peak) = settle_after_load()?;
             let prompt = filler_prompt(&lm, lm.context - DECODER_GENERATED);
             let options = GenerateOptions { max_tokens: DECODER_GENERATED, sampling: Default::default() };

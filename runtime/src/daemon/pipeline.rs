@@ -90,8 +90,9 @@ impl Models {
         let vision = match config.stage_enabled("vision") {
             true => {
                 let (b, with_text, filters) = (bundle.clone(), m.ocr != "off", config.objects.filters.clone());
+                let detector = config.detector_variant().map(str::to_string);
                 let load = move || {
-                    let mut vision = VisionModels::load(&b, with_text)?;
+                    let mut vision = VisionModels::load(&b, detector.as_deref(), with_text)?;
                     apply_label_filters(&mut vision, &filters)?;
                     Ok(vision)
                 };
@@ -119,11 +120,13 @@ impl Models {
         };
         let decoder = match config.stage_enabled("decoder") {
             true => {
-                let (b, variant) = (bundle.clone(), m.decoder.clone());
-                Some(Stage::new(
-                    config.on_demand("decoder"),
-                    Box::new(move || Ok(LanguageModel::load(&b, Some(&variant))?)),
-                )?)
+                let (b, variant, context) = (bundle.clone(), m.decoder.clone(), m.context as usize);
+                let load = move || {
+                    let mut lm = LanguageModel::load(&b, Some(&variant))?;
+                    lm.limit_context(context);
+                    Ok(lm)
+                };
+                Some(Stage::new(config.on_demand("decoder"), Box::new(load))?)
             }
             false => None,
         };

@@ -124,7 +124,7 @@ pub(super) fn run(
     items: &[toml::Value],
 ) -> anyhow::Result<()> {
     if args.worker.is_some() {
-        return run_variant(ctx, worker_variant(args)?, path, items);
+        return run_variant(ctx, worker_variant(args)?, args.detector.as_deref(), path, items);
     }
     let bundle = ctx.open_bundle()?;
     let variants: Vec<String> = if args.variants.is_empty() {
@@ -167,10 +167,16 @@ pub(super) fn run(
 
 /// One variant in this process (`--worker suite`): every model the job needs is loaded first (the cold start),
 /// then each item's scene is described and its spoken question heard, then the variant captions and answers.
-fn run_variant(ctx: &Context, variant: &str, path: &Path, items: &[toml::Value]) -> anyhow::Result<()> {
+fn run_variant(
+    ctx: &Context,
+    variant: &str,
+    detector: Option<&str>,
+    path: &Path,
+    items: &[toml::Value],
+) -> anyhow::Result<()> {
     lookout_models::engine::set_threads(1);
     let bundle = ctx.open_bundle()?;
-    let vision = VisionModels::load(&bundle, true)?;
+    let vision = VisionModels::load(&bundle, detector, true)?;
     let whisper = Whisper::load(&bundle, None)?;
     let vad = SileroVad::load(&bundle)?;
     let mut transcriber = Transcriber::new(&whisper, Some(&vad))?;

@@ -91,7 +91,11 @@ pub(super) fn in_own_processes<V: DeserializeOwned>(
     variants
         .iter()
         .map(|variant| {
-            let out = bench_command(ctx, suite)?
+            let mut command = bench_command(ctx, suite)?;
+            if let Some(detector) = &args.detector {
+                command.args(["--detector", detector]);
+            }
+            let out = command
                 .args(["--variants", variant, "--worker", "suite", "--no-peers", "--out"])
                 .arg(&args.out)
                 .stderr(Stdio::inherit())

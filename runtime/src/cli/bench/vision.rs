@@ -14,7 +14,7 @@ use lookout_models::vision::{StageTimings, VisionModels};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{file_name, heading, median, npy, peer, peer_python, worker, write_report, BenchArgs};
+use super::{file_name, heading, median, npy, peer, peer_python, variant_of, worker, write_report, BenchArgs};
 use crate::cli::{print_json, Context};
 use crate::memory;
 
@@ -130,7 +130,14 @@ pub(super) fn run(ctx: &Context, args: &BenchArgs) -> anyhow::Result<()> {
     }
     if let Some(spec) = &args.worker {
         let threads: usize = spec.parse().context("--worker takes a thread count")?;
-        return print_json(&measure(ctx, threads, &images, repeats, args.tensors.as_deref())?);
+        return print_json(&measure(
+            ctx,
+            threads,
+            &images,
+            repeats,
+            args.detector.as_deref(),
+            args.tensors.as_deref(),
+        )?);
     }
     if args.threads.is_empty() || args.threads.contains(&0) {
         bail!("--threads takes thread counts of at least 1");
@@ -143,6 +150,9 @@ pub(super) fn run(ctx: &Context, args: &BenchArgs) -> anyhow::Result<()> {
         eprintln!("bench: lookout vision, {threads} thread(s) ...");
         let mut worker_args: Vec<OsString> =
             vec!["--images".into(), join_paths(&images), "--worker".into(), threads.to_string().into()];
+        if let Some(detector) = &args.detector {
+            worker_args.extend(["--detector".into(), detector.into()]);
+        }
         if i == 0 {
             worker_args.extend(["--tensors".into(), tensor_dir.clone().into_os_string()]);
         }
@@ -157,7 +167,7 @@ pub(super) fn run(ctx: &Context, args: &BenchArgs) -> anyhow::Result<()> {
         let bundle = ctx.open_bundle()?;
         let mut peer_args: Vec<OsString> = vec!["--repeats".into(), repeats.to_string().into()];
         for role in ROLES {
-            let path = bundle.checked_path(bundle.component(role, None)?)?;
+            let path = bundle.checked_path(bundle.component(role, variant_of(role, args.detector.as_deref()))?)?;
             peer_args.extend(["--model".into(), format!("{role}={}", path.display()).into()]);
         }
         for (role, path) in runs.first().into_iter().flat_map(|r| &r.images).flat_map(|i| &i.tensors) {
@@ -197,15 +207,17 @@ fn measure(
     threads: usize,
     images: &[PathBuf],
     repeats: usize,
+    detector: Option<&str>,
     tensors: Option<&Path>,
 ) -> anyhow::Result<LookoutRun> {
     let threads = engine::set_threads(threads);
     let bundle = ctx.open_bundle()?;
     let started = Instant::now();
-    let models = VisionModels::load(&bundle, true)?;
+    let models = VisionModels::load(&bundle, detector, true)?;
     let mut session = models.session()?;
     let load_ms = ms(started);
-    let weight_bytes: u64 = ROLES.iter().filter_map(|role| bundle.component(role, None).ok()).map(|c| c.bytes).sum();
+    let weight_bytes: u64 =
+        ROLES.iter().filter_map(|role| bundle.component(role, variant_of(role, detector)).ok()).map(|c| c.bytes).sum();
     let mut results = Vec::new();
     for path in images {
         let mut runs = Vec::with_capacity(repeats);

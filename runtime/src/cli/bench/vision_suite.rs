@@ -19,7 +19,7 @@ use super::suite::{
     check_split, edit_distance, not_scored_markdown, percent, prepare_items, process_cells, split_chart, suite_heading,
     ItemError, ProcessFigures, ScoredVariant, SuiteFile, SuiteReport, SPLITS,
 };
-use super::{peer, peer_python, write_report, BenchArgs};
+use super::{peer, peer_python, variant_of, write_report, BenchArgs};
 use crate::cli::Context;
 use crate::started::ms_since_process_start;
 use crate::tracker::{Tracker, TrackerSettings};
@@ -127,7 +127,7 @@ pub(super) fn run(ctx: &Context, args: &BenchArgs, path: &Path, suite: &SuiteFil
     let (description, items) = (suite.description.as_str(), suite.items.as_slice());
     lookout_models::engine::set_threads(1);
     let bundle = ctx.open_bundle()?;
-    let mut models = VisionModels::load(&bundle, true)?;
+    let mut models = VisionModels::load(&bundle, args.detector.as_deref(), true)?;
     let cold_start_ms = ms_since_process_start();
     let bundle_threshold = models.detector.filter.score_threshold;
     let thresholds: Vec<f32> = if args.variants.is_empty() {
@@ -160,7 +160,7 @@ pub(super) fn run(ctx: &Context, args: &BenchArgs, path: &Path, suite: &SuiteFil
         eprintln!("bench: peers skipped (--no-peers)");
     } else if let Some(python) = peer_python(&[".cache/venv-peers/bin/python", ".cache/venv/bin/python"]) {
         eprintln!("bench: onnxruntime at threshold {bundle_threshold} on {} images ...", ready.len());
-        match onnxruntime_peer(&bundle, &python, bundle_threshold, &ready) {
+        match onnxruntime_peer(&bundle, args.detector.as_deref(), &python, bundle_threshold, &ready) {
             Ok(run) => results.push(run),
             Err(e) => eprintln!("bench: the onnxruntime peer failed: {e:#}"),
         }
@@ -420,7 +420,13 @@ struct PeerImage {
 
 /// onnxruntime on the bundle's own vision ONNX files, through the reference pipeline the bundle's tests check
 /// against, at `threshold`; scored as Lookout's variants are.
-fn onnxruntime_peer(bundle: &Bundle, python: &Path, threshold: f32, items: &[Ready]) -> anyhow::Result<VariantResult> {
+fn onnxruntime_peer(
+    bundle: &Bundle,
+    detector: Option<&str>,
+    python: &Path,
+    threshold: f32,
+    items: &[Ready],
+) -> anyhow::Result<VariantResult> {
     let mut args: Vec<OsString> = Vec::new();
     for (flag, role) in [
         ("--detector", "object-detector"),
@@ -430,8 +436,10 @@ fn onnxruntime_peer(bundle: &Bundle, python: &Path, threshold: f32, items: &[Rea
         ("--dictionary", "ocr-dictionary"),
     ] {
         args.push(flag.into());
-        args.push(bundle.checked_path(bundle.component(role, None)?)?.into());
+        args.push(bundle.checked_path(bundle.component(role, variant_of(role, detector))?)?.into());
     }
+    let detector = bundle.component("object-detector", detector)?;
+    args.extend(["--detector-variant".into(), detector.variant.clone().into()]);
     args.extend(["--score-threshold".into(), threshold.to_string().into()]);
     args.extend(items.iter().map(|r| r.path.clone().into_os_string()));
     let run: PeerRun = serde_json::from_value(peer(python, PEER_SCRIPT, &args)?).context("onnxruntime peer output")?;
