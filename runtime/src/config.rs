@@ -117,6 +117,59 @@ pub struct Gpio {
     pub button_active_low: bool,
 }
 
+/// A value chosen from fixed names, parsed once: it reads and writes as its name (`int8`, `off`), and an unknown
+/// name is an error naming the field and the names it takes.
+macro_rules! named_choice {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+        pub enum $name {
+            $($(#[$vdoc])* #[serde(rename = $text)] $variant),+
+        }
+
+        impl $name {
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+named_choice!(
+    /// Whisper's variant in the bundle, or no speech recognition.
+    SpeechModel { Int8 = "int8", F32 = "f32", Off = "off" }
+);
+named_choice!(
+    /// Whisper's encoder window: the audio plus 1 s (at least 5 s), or always 30 s.
+    SpeechWindow { Fit = "fit", Full = "full" }
+);
+named_choice!(
+    /// The object detector's variant in the bundle, or no vision.
+    DetectorModel {
+        Centernet = "centernet",
+        Nanodet = "nanodet",
+        /// The name from when the bundle had one detector: the bundle's default.
+        BundleDefault = "f32",
+        Off = "off",
+    }
+);
+named_choice!(
+    /// Text reading (PP-OCRv4), on or off.
+    OcrModel { F32 = "f32", Off = "off" }
+);
+named_choice!(
+    /// The language decoder's variant in the bundle, or none (captions and answers then come from the scene facts).
+    DecoderModel { Q4 = "q4", F32 = "f32", Off = "off" }
+);
+
 /// Which models run, in which variant, and which are loaded only while needed.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -126,17 +179,11 @@ pub struct Models {
     pub dir: Option<PathBuf>,
     #[serde(default = "default_bundle")]
     pub bundle: String,
-    /// Whisper: `int8`, `f32` or `off`.
-    pub speech: String,
-    /// `fit` (the audio plus 1 s, at least 5 s) or `full` (30 s).
-    pub speech_window: String,
-    /// Object detector: `nanodet`, `centernet` or `off` (`f32`, the name from when the bundle had one detector,
-    /// means the bundle's default).
-    pub detector: String,
-    /// Reading text: `f32` or `off`.
-    pub ocr: String,
-    /// Language decoder: `q4`, `f32` or `off` (captions and answers then come from the scene facts alone).
-    pub decoder: String,
+    pub speech: SpeechModel,
+    pub speech_window: SpeechWindow,
+    pub detector: DetectorModel,
+    pub ocr: OcrModel,
+    pub decoder: DecoderModel,
     /// Tokens the decoder's KV cache holds.
     pub context: u32,
     /// Stages loaded when needed and released afterwards instead of staying resident.
@@ -438,12 +485,7 @@ impl Config {
 
     fn check_models(&self) -> Result<(), (&'static str, String)> {
         let m = &self.models;
-        one_of("models.speech", &m.speech, &["int8", "f32", "off"])?;
-        one_of("models.speech_window", &m.speech_window, &["fit", "full"])?;
-        one_of("models.detector", &m.detector, &["nanodet", "centernet", "f32", "off"])?;
-        one_of("models.ocr", &m.ocr, &["f32", "off"])?;
-        one_of("models.decoder", &m.decoder, &["q4", "f32", "off"])?;
-        if m.ocr != "off" && m.detector == "off" {
+        if m.ocr != OcrModel::Off && m.detector == DetectorModel::Off {
             return Err(("models.ocr", "reading text needs the detector's stage (`models.detector`)".into()));
         }
         within("models.context", m.context, 64..=8192)?;
@@ -480,16 +522,19 @@ impl Config {
     pub fn stage_enabled(&self, stage: &str) -> bool {
         let m = &self.models;
         match stage {
-            "speech" => m.speech != "off",
-            "vision" => m.detector != "off",
-            "decoder" => m.decoder != "off",
+            "speech" => m.speech != SpeechModel::Off,
+            "vision" => m.detector != DetectorModel::Off,
+            "decoder" => m.decoder != DecoderModel::Off,
             _ => false,
         }
     }
 
     /// The bundle variant of the object detector this configuration names; `None` for the bundle's default.
     pub fn detector_variant(&self) -> Option<&str> {
-        Some(self.models.detector.as_str()).filter(|v| !matches!(*v, "f32" | "off"))
+        match self.models.detector {
+            DetectorModel::Centernet | DetectorModel::Nanodet => Some(self.models.detector.as_str()),
+            DetectorModel::BundleDefault | DetectorModel::Off => None,
+        }
     }
 
     pub fn on_demand(&self, stage: &str) -> bool {
@@ -515,14 +560,6 @@ fn within(field: &'static str, value: u32, range: std::ops::RangeInclusive<u32>)
         Ok(())
     } else {
         Err((field, format!("{value} is outside {}..={}", range.start(), range.end())))
-    }
-}
-
-fn one_of(field: &'static str, value: &str, allowed: &[&str]) -> Result<(), (&'static str, String)> {
-    if allowed.contains(&value) {
-        Ok(())
-    } else {
-        Err((field, format!("`{value}` is not one of {}", allowed.join(", "))))
     }
 }
 
@@ -580,7 +617,7 @@ mod tests {
         assert_eq!(loaded.config.board.name, "rpi5");
         assert_eq!(loaded.config.camera.fps, 2);
         assert_eq!(loaded.config.camera.device, "/dev/video0");
-        assert_eq!(loaded.config.models.decoder, "off");
+        assert_eq!(loaded.config.models.decoder, DecoderModel::Off);
         assert!(matches!(loaded.board_source, BoardSource::Named(ref n) if n == "rpi5"));
     }
 
@@ -616,7 +653,11 @@ mod tests {
     fn bad_values_name_their_field() {
         assert!(error_of("board = \"rpi5\"\n[camera]\nfps = \"fast\"\n").contains("camera.fps: invalid type"));
         assert!(error_of("board = \"rpi5\"\n[camera]\nfps = 0\n").contains("camera.fps: 0 is outside"));
-        assert!(error_of("board = \"rpi5\"\n[models]\nspeech = \"int4\"\n").contains("models.speech: `int4`"));
+        let speech = error_of("board = \"rpi5\"\n[models]\nspeech = \"int4\"\n");
+        assert!(
+            speech.contains("models.speech: unknown variant `int4`, expected one of `int8`, `f32`, `off`"),
+            "{speech}"
+        );
         assert!(error_of("board = \"rpi5\"\n[models]\non_demand = [\"ears\"]\n").contains("models.on_demand"));
         assert!(error_of("board = \"rpi0-2w\"\n[budget]\nmemory_mib = 500\n").contains("budget.memory_mib"));
         assert!(error_of("board = \"rpi0-2w\"\n[budget]\nos_reserve_mib = 4294967295\n").contains("budget.memory_mib"));

@@ -7,7 +7,7 @@ use lookout_models::bundle::{Bundle, Footprint};
 use lookout_models::vision::detections::DetectionFilter;
 use serde::Serialize;
 
-use crate::config::Config;
+use crate::config::{Config, OcrModel, SpeechWindow};
 
 /// A configuration whose memory plan exceeds its budget.
 #[derive(Debug, thiserror::Error)]
@@ -76,7 +76,7 @@ pub fn plan(config: &Config, bundle: &Bundle) -> anyhow::Result<Plan> {
     let m = &config.models;
     // Speech is measured at a few encoder windows: the smallest one that holds the longest query is used. The
     // decoder is measured at a few contexts: the shortest that holds the configured one, else the longest.
-    let window_s = if m.speech_window == "full" { 30 } else { (config.microphone.ring_s + 1).clamp(5, 30) };
+    let window_s = if m.speech_window == SpeechWindow::Full { 30 } else { (config.microphone.ring_s + 1).clamp(5, 30) };
     let context = m.context as usize;
     let find = |stage: &str, variant: &str| {
         let measured = bundle.footprints(stage, variant);
@@ -104,7 +104,7 @@ pub fn plan(config: &Config, bundle: &Bundle) -> anyhow::Result<Plan> {
     if config.stage_enabled("speech") {
         let vad = find("vad", "f32")?;
         stages.push(StagePlan { label: "vad".into(), footprint: vad, on_demand: false, working_mib: vad.working_mib });
-        let speech = find("speech", &m.speech)?;
+        let speech = find("speech", m.speech.as_str())?;
         let on_demand = config.on_demand("speech");
         stages.push(StagePlan {
             label: format!("speech {}", m.speech),
@@ -114,7 +114,8 @@ pub fn plan(config: &Config, bundle: &Bundle) -> anyhow::Result<Plan> {
         });
     }
     if config.stage_enabled("vision") {
-        let (stage, label) = if m.ocr == "off" { ("vision", "detector") } else { ("vision-ocr", "detector + ocr") };
+        let (stage, label) =
+            if m.ocr == OcrModel::Off { ("vision", "detector") } else { ("vision-ocr", "detector + ocr") };
         let variant = match config.detector_variant() {
             Some(named) => named,
             None => bundle.component("object-detector", None)?.variant.as_str(),
@@ -129,7 +130,7 @@ pub fn plan(config: &Config, bundle: &Bundle) -> anyhow::Result<Plan> {
         });
     }
     if config.stage_enabled("decoder") {
-        let decoder = find("decoder", &m.decoder)?;
+        let decoder = find("decoder", m.decoder.as_str())?;
         // Past the longest context measured, the KV cache grows with the configured one.
         let scale = if decoder.tokens > 0 { (m.context as f64 / decoder.tokens as f64).max(1.0) } else { 1.0 };
         let on_demand = config.on_demand("decoder");

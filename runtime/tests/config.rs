@@ -75,7 +75,10 @@ fn the_zero_2w_profile_stays_under_350_mib_with_voice_vision_and_the_decoder() {
 fn an_invalid_config_exits_78_naming_the_field() {
     for (text, expected) in [
         ("board = \"rpi4\"\n[camera]\nfsp = 2\n", "camera.fsp: unknown field `fsp`"),
-        ("board = \"rpi4\"\n[models]\nspeech = \"int4\"\n", "models.speech: `int4` is not one of int8, f32, off"),
+        (
+            "board = \"rpi4\"\n[models]\nspeech = \"int4\"\n",
+            "models.speech: unknown variant `int4`, expected one of `int8`, `f32`, `off`",
+        ),
         ("board = \"rpi4\"\n[http]\nlisten = \"0.0.0.0:8470\"\n", "http.token: required"),
         ("board = \"banana-pi\"\n", "unknown board `banana-pi`"),
         ("board = \"rpi4\"\n[camera\n", "not valid TOML"),

@@ -22,7 +22,7 @@ use serde_json::json;
 use super::metrics::Metrics;
 use super::state::{Answer, AskError, Beat, Job, Origin, Published, PublishedCaption, Question, Shared};
 use crate::answer::{reply, Reply};
-use crate::config::{Config, LabelFilterConfig};
+use crate::config::{Config, LabelFilterConfig, OcrModel, SpeechWindow};
 use crate::fusion::Task;
 use crate::memory;
 use crate::scheduler::{Clock as _, Deadline, MonotonicClock};
@@ -89,7 +89,7 @@ impl Models {
         };
         let vision = match config.stage_enabled("vision") {
             true => {
-                let (b, with_text, filters) = (bundle.clone(), m.ocr != "off", config.objects.filters.clone());
+                let (b, with_text, filters) = (bundle.clone(), m.ocr != OcrModel::Off, config.objects.filters.clone());
                 let detector = config.detector_variant().map(str::to_string);
                 let load = move || {
                     let mut vision = VisionModels::load(&b, detector.as_deref(), with_text)?;
@@ -113,16 +113,16 @@ impl Models {
         };
         let speech = match config.stage_enabled("speech") {
             true => {
-                let (b, variant) = (bundle.clone(), m.speech.clone());
-                Some(Stage::new(config.on_demand("speech"), Box::new(move || Ok(Whisper::load(&b, Some(&variant))?)))?)
+                let (b, variant) = (bundle.clone(), m.speech.as_str());
+                Some(Stage::new(config.on_demand("speech"), Box::new(move || Ok(Whisper::load(&b, Some(variant))?)))?)
             }
             false => None,
         };
         let decoder = match config.stage_enabled("decoder") {
             true => {
-                let (b, variant, context) = (bundle.clone(), m.decoder.clone(), m.context as usize);
+                let (b, variant, context) = (bundle.clone(), m.decoder.as_str(), m.context as usize);
                 let load = move || {
-                    let mut lm = LanguageModel::load(&b, Some(&variant))?;
+                    let mut lm = LanguageModel::load(&b, Some(variant))?;
                     lm.limit_context(context);
                     Ok(lm)
                 };
@@ -130,7 +130,7 @@ impl Models {
             }
             false => None,
         };
-        let window = if m.speech_window == "full" { Window::Full } else { Window::FIT };
+        let window = if m.speech_window == SpeechWindow::Full { Window::Full } else { Window::FIT };
         Ok(Models { speech, vad, vision, decoder, labels, track_thresholds, max_detections, window })
     }
 }
