@@ -128,7 +128,8 @@ fn detections_match_onnxruntime(bundle: &Bundle, variant: &str, photos: &serde_j
             .filter(|e| {
                 let b: Vec<f64> = e["box"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
                 let area = (b[2].min(size[0]) - b[0].max(0.0)) * (b[3].min(size[1]) - b[1].max(0.0));
-                let filter = LabelFilter::default_for(e["label"].as_str().unwrap());
+                let label = models.detector.labels().iter().position(|l| l == e["label"].as_str().unwrap()).unwrap();
+                let filter = models.detector.label_filters()[label];
                 filter.admits(e["score"].as_f64().unwrap() as f32, (area / (size[0] * size[1])) as f32)
             })
             .collect();

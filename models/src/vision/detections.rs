@@ -64,6 +64,39 @@ pub const CLUTTER_LABELS: [&str; 8] =
 /// Labels whose objects stand still for hours (parked vehicles): a followed one is confirmed on a lower median.
 pub const VEHICLE_LABELS: [&str; 6] = ["car", "truck", "bus", "motorcycle", "bicycle", "train"];
 
+/// The groups of labels whose default filters differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LabelGroup {
+    Person,
+    Vehicle,
+    Clutter,
+    Other,
+}
+
+impl LabelGroup {
+    pub fn of(label: &str) -> LabelGroup {
+        if label == "person" {
+            LabelGroup::Person
+        } else if VEHICLE_LABELS.contains(&label) {
+            LabelGroup::Vehicle
+        } else if CLUTTER_LABELS.contains(&label) {
+            LabelGroup::Clutter
+        } else {
+            LabelGroup::Other
+        }
+    }
+
+    /// The detector component's manifest parameter that replaces the group's `[min_score, threshold]`.
+    pub fn param(self) -> &'static str {
+        match self {
+            LabelGroup::Person => "filter_person",
+            LabelGroup::Vehicle => "filter_vehicle",
+            LabelGroup::Clutter => "filter_clutter",
+            LabelGroup::Other => "filter_other",
+        }
+    }
+}
+
 impl LabelFilter {
     /// Lookout's defaults for `label`, on top of the detector's own threshold (0.3 for the bundle's), calibrated on
     /// the in-domain frames of the camera suite (`runtime/bench/suites/camera.toml`). There, at 0.3, the detector
@@ -71,16 +104,14 @@ impl LabelFilter {
     /// 0.42, medians about 0.37), and a sign for a bird (0.30-0.34), while people walking scored 0.45-0.80 and the
     /// parked van and car 0.30-0.46. A person needs 0.40 (person precision 80% → 98%, recall 100% → 90%), any
     /// label but people and vehicles 0.35, and the small labels clutter turns into 0.75.
+    /// A detector whose scores run differently recalibrates a group through its manifest (`LabelGroup::param`).
     pub fn default_for(label: &str) -> LabelFilter {
         let any = LabelFilter { min_score: 0.35, threshold: 0.45, min_area: 0.0, max_area: 1.0 };
-        if CLUTTER_LABELS.contains(&label) {
-            LabelFilter { min_score: 0.75, threshold: 0.8, ..any }
-        } else if VEHICLE_LABELS.contains(&label) {
-            LabelFilter { min_score: 0.0, threshold: 0.35, ..any }
-        } else if label == "person" {
-            LabelFilter { min_score: 0.4, ..any }
-        } else {
-            any
+        match LabelGroup::of(label) {
+            LabelGroup::Clutter => LabelFilter { min_score: 0.75, threshold: 0.8, ..any },
+            LabelGroup::Vehicle => LabelFilter { min_score: 0.0, threshold: 0.35, ..any },
+            LabelGroup::Person => LabelFilter { min_score: 0.4, ..any },
+            LabelGroup::Other => any,
         }
     }
 

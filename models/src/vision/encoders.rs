@@ -7,7 +7,7 @@ use crate::bundle::{Bundle, Component};
 use crate::engine::{self, DatumType, Dim, Graph, GraphSpec, GraphState};
 use crate::error::{ModelError, Result};
 use crate::vision::deskew::{level_crop, slant};
-use crate::vision::detections::{box_area, filter_detections, Detection, DetectionFilter, LabelFilter};
+use crate::vision::detections::{box_area, filter_detections, Detection, DetectionFilter, LabelFilter, LabelGroup};
 use crate::vision::image::RgbImage;
 use crate::vision::letterbox::{letterbox_into, text_line_into, Layout, Normalization, Padding, PixelRect};
 use crate::vision::ocr_post::{
@@ -180,6 +180,24 @@ fn shape_of(dims: &[Dim; 4]) -> [usize; 4] {
     })
 }
 
+/// Lookout's default filter for `label`, with its group's `[min_score, threshold]` as the detector's manifest sets
+/// them for its own scores, when it does.
+fn label_filter(c: &Component, label: &str) -> Result<LabelFilter> {
+    let default = LabelFilter::default_for(label);
+    let key = LabelGroup::of(label).param();
+    let Some(value) = c.params.get(key) else { return Ok(default) };
+    let bad = || ModelError::BadParam { component: c.name.clone(), param: format!("{key} ([min_score, threshold])") };
+    let pair: Vec<f32> = value
+        .as_array()
+        .ok_or_else(bad)?
+        .iter()
+        .map(|v| v.as_float().map(|f| f as f32).filter(|f| (0.0..=1.0).contains(f)))
+        .collect::<Option<_>>()
+        .ok_or_else(bad)?;
+    let [min_score, threshold] = pair[..] else { return Err(bad()) };
+    Ok(LabelFilter { min_score, threshold, ..default })
+}
+
 /// The COCO object detector: letterboxed RGB in, boxes with scores and classes out.
 pub struct ObjectDetector {
     graph: Graph,
@@ -216,7 +234,7 @@ impl ObjectDetector {
             max_detections: c.param_usize("max_detections")?,
         };
         let graph = load_image_graph(bundle, c)?;
-        let label_filters = labels.iter().map(|l| LabelFilter::default_for(l)).collect();
+        let label_filters = labels.iter().map(|l| label_filter(c, l)).collect::<Result<_>>()?;
         Ok(ObjectDetector { graph, size, normalization, layout, labels, filter, label_filters })
     }
 
@@ -717,6 +735,29 @@ impl VisionSession<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn detector_with(params: &str) -> Component {
+        let text = format!(
+            "name = \"d\"\nrole = \"object-detector\"\nvariant = \"v\"\nfile = \"d.onnx\"\nsha256 = \"\"\nbytes = 0\n\
+             [params]\n{params}"
+        );
+        toml::from_str(&text).unwrap()
+    }
+
+    #[test]
+    fn a_detector_recalibrates_a_label_group_and_a_bad_pair_is_refused() {
+        let plain = detector_with("");
+        assert_eq!(label_filter(&plain, "car").unwrap(), LabelFilter::default_for("car"));
+        let tuned = detector_with("filter_vehicle = [0.1, 0.25]");
+        let car = label_filter(&tuned, "car").unwrap();
+        assert_eq!((car.min_score, car.threshold), (0.1, 0.25));
+        assert_eq!(label_filter(&tuned, "truck").unwrap(), car, "the whole group");
+        assert_eq!(label_filter(&tuned, "person").unwrap(), LabelFilter::default_for("person"));
+        for bad in ["filter_vehicle = [0.1]", "filter_vehicle = [0.1, 2.0]", "filter_vehicle = \"low\""] {
+            let refused = label_filter(&detector_with(bad), "car").unwrap_err().to_string();
+            assert!(refused.contains("filter_vehicle"), "{bad}: {refused}");
+        }
+    }
 
     #[test]
     fn long_lines_are_covered_by_overlapping_windows_that_meet_midway() {
