@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -12,6 +13,7 @@ use lookout_models::audio::AudioLimit;
 use lookout_models::vision::detections::LabelFilter;
 
 use crate::board::{self, BoardSource};
+use crate::scene_change::GateSettings;
 use crate::tracker::TrackerSettings;
 
 /// The whole configuration the daemon runs with.
@@ -31,6 +33,8 @@ pub struct Config {
     pub caption: Caption,
     #[serde(default)]
     pub objects: Objects,
+    #[serde(default)]
+    pub scene_change: SceneChange,
 }
 
 /// What the hardware is and how to recognize it.
@@ -285,6 +289,49 @@ impl Objects {
     }
 }
 
+/// Which camera frames the encoders run on (`[scene_change]`): a frame too like the last analysed one keeps its
+/// scene, which `/v1/scene` reports as checked but not re-analysed.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SceneChange {
+    /// Skip frames that have not changed; off: every frame is analysed.
+    pub skip_unchanged: bool,
+    /// A block of the frame's 32x24 grid changed when its mean luma (0-255) moved by more than this, beyond the
+    /// whole frame's change.
+    pub block_luma: f32,
+    /// The frame changed when at least this many blocks did...
+    pub changed_blocks: u32,
+    /// ...or when its mean luma moved by more than this since the last analysed frame.
+    pub mean_luma: f32,
+    /// A frame is analysed when the last analysis is this old, changed or not.
+    pub max_interval_s: u32,
+}
+
+impl Default for SceneChange {
+    fn default() -> SceneChange {
+        let g = GateSettings::default();
+        SceneChange {
+            skip_unchanged: g.enabled,
+            block_luma: g.block_luma,
+            changed_blocks: g.changed_blocks as u32,
+            mean_luma: g.mean_luma,
+            max_interval_s: g.max_interval.as_secs() as u32,
+        }
+    }
+}
+
+impl SceneChange {
+    pub fn gate_settings(&self) -> GateSettings {
+        GateSettings {
+            enabled: self.skip_unchanged,
+            block_luma: self.block_luma,
+            changed_blocks: self.changed_blocks as usize,
+            mean_luma: self.mean_luma,
+            max_interval: Duration::from_secs(u64::from(self.max_interval_s)),
+        }
+    }
+}
+
 /// One label's filter as configured; a field left out keeps Lookout's default for the label.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -452,7 +499,15 @@ impl Config {
         if self.caption.interval_s > 86_400 {
             return Err(("caption.interval_s", format!("{} s is more than a day", self.caption.interval_s)));
         }
-        self.check_objects()
+        self.check_objects()?;
+        let g = &self.scene_change;
+        for (field, value) in [("scene_change.block_luma", g.block_luma), ("scene_change.mean_luma", g.mean_luma)] {
+            if !(0.0..=255.0).contains(&value) {
+                return Err((field, format!("{value} is outside 0..=255")));
+            }
+        }
+        within("scene_change.changed_blocks", g.changed_blocks, 1..=768)?;
+        within("scene_change.max_interval_s", g.max_interval_s, 1..=3600)
     }
 
     fn check_objects(&self) -> Result<(), (&'static str, String)> {

@@ -13,6 +13,7 @@ mod fusion;
 mod memory;
 mod plan;
 mod question;
+mod scene_change;
 mod scheduler;
 mod started;
 mod tracker;

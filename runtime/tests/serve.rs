@@ -326,6 +326,20 @@ fn the_daemon_captions_answers_refuses_bad_requests_and_talks_to_systemd() {
         line.rsplit(' ').next().unwrap().parse().unwrap()
     };
     assert!(value("lookout_frames_processed_total") >= 1.0);
+    // The camera shows one photo: frames after the first are too like it to analyse, and keep its scene, which
+    // says so (the frame it was analysed on, and the newest one it held for).
+    assert!(value("lookout_frames_skipped_unchanged_total") >= 1.0);
+    // (Right after the still scene's periodic analysis, no frame has been checked against it yet.)
+    let mut scene = Value::Null;
+    for _ in 0..50 {
+        scene = request(port, "GET", "/v1/scene", None, b"").json();
+        if scene["checked_frame"].is_u64() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (analysed, checked) = (scene["frame"].as_u64().unwrap(), scene["checked_frame"].as_u64().unwrap());
+    assert!(checked > analysed && scene["checked_age_s"].as_f64() <= scene["age_s"].as_f64(), "{scene}");
     assert!(value("lookout_answers_total") >= 3.0);
     assert!(value("lookout_http_client_errors_total") >= cases.len() as f64);
     assert!(value("lookout_resident_memory_bytes") > 100e6);

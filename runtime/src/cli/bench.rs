@@ -6,6 +6,7 @@
 
 mod e2e_suite;
 mod frames;
+mod gate;
 mod llama_cpp;
 mod llm;
 mod npy;
@@ -29,7 +30,8 @@ use super::Context;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Suite to run: `speech`, `vision`, `llm` or `frames` (timing beside peers), or an evaluation suite file:
+    /// Suite to run: `speech`, `vision`, `llm` or `frames` (timing beside peers), `gate` (the scene-change gate on
+    /// built and real camera sequences), or an evaluation suite file:
     /// a path, or the name of one in runtime/bench/suites (`speech.toml`, `vision.toml`, `e2e.toml`,
     /// `questions.toml`, or the name without `.toml`).
     #[arg(long, default_value = "speech")]
@@ -81,9 +83,10 @@ pub fn run(ctx: &Context, args: BenchArgs) -> anyhow::Result<()> {
         "vision" => vision::run(ctx, &args),
         "llm" => llm::run(ctx, &args),
         "frames" => frames::run(ctx, &args),
+        "gate" => gate::run(ctx, &args),
         other => match suite_file(other) {
             Some(file) => run_suite_file(ctx, &args, &file),
-            None => bail!("unknown suite `{other}` (available: speech, vision, llm, frames, or a suite file: e2e, speech.toml, vision.toml, e2e.toml or a path)"),
+            None => bail!("unknown suite `{other}` (available: speech, vision, llm, frames, gate, or a suite file: e2e, speech.toml, vision.toml, e2e.toml or a path)"),
         },
     }
 }

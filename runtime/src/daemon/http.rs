@@ -393,6 +393,8 @@ fn scene(shared: &Shared) -> Response {
         &json!({
             "frame": p.frame,
             "age_s": p.seen_at.elapsed().as_secs_f64(),
+            "checked_frame": p.checked.map(|(frame, _)| frame),
+            "checked_age_s": p.checked.map(|(_, at)| at.elapsed().as_secs_f64()),
             "caption": caption,
             "objects": p.scene.objects,
             "counts": p.scene.counts,

@@ -69,6 +69,8 @@ pub struct Metrics {
     pub latency: Latencies,
     pub frames_captured: AtomicU64,
     pub frames_processed: AtomicU64,
+    /// Frames too like the last analysed one to run the encoders on (`[scene_change]`).
+    pub frames_skipped_unchanged: AtomicU64,
     /// Frames replaced in the queue by a newer one before vision took them.
     pub frames_dropped: AtomicU64,
     /// Frames that could not be decoded.
@@ -112,9 +114,14 @@ impl Metrics {
     /// Prometheus text exposition (version 0.0.4).
     pub fn render(&self, rss: Option<crate::memory::Rss>) -> String {
         let mut out = String::with_capacity(8192);
-        let counters: [(&str, &str, &AtomicU64); 20] = [
+        let counters: [(&str, &str, &AtomicU64); 21] = [
             ("frames_captured_total", "Frames delivered by the camera", &self.frames_captured),
             ("frames_processed_total", "Frames the vision stage ran on", &self.frames_processed),
+            (
+                "frames_skipped_unchanged_total",
+                "Frames that kept the last analysed scene, too like its frame to analyse",
+                &self.frames_skipped_unchanged,
+            ),
             ("frames_dropped_total", "Frames replaced by a newer one before vision took them", &self.frames_dropped),
             ("frames_bad_total", "Frames that could not be decoded", &self.frames_bad),
             (

@@ -25,6 +25,7 @@ use crate::answer::{reply, Reply};
 use crate::config::{Config, LabelFilterConfig, OcrModel, SpeechWindow};
 use crate::fusion::Task;
 use crate::memory;
+use crate::scene_change::{ChangeGate, Verdict};
 use crate::scheduler::{Clock as _, Deadline, MonotonicClock};
 use crate::tracker::Tracker;
 
@@ -221,6 +222,10 @@ pub struct Worker<'m> {
     answer_deadline: Deadline,
     /// Confirms objects over the analysed frames (`objects.track`).
     tracker: Option<Tracker>,
+    /// Passes only frames that changed since the last analysed one (`[scene_change]`)...
+    gate: ChangeGate,
+    /// ...whose scene, before tracking, and frame number an unchanged frame reuses.
+    analysed: Option<(Scene, u64, Instant)>,
 }
 
 impl<'m> Worker<'m> {
@@ -246,6 +251,8 @@ impl<'m> Worker<'m> {
             fresh_scene: true,
             tracker: (config.objects.track && models.vision.is_some())
                 .then(|| Tracker::new(config.objects.tracker_settings(), models.max_detections)),
+            gate: ChangeGate::new(config.scene_change.gate_settings()),
+            analysed: None,
             shared,
         })
     }
@@ -306,19 +313,36 @@ impl<'m> Worker<'m> {
                 Metrics::add(&shared.metrics.frame_deadline_misses, 1);
             }
         }
-        let started = Instant::now();
-        let image = &self.image;
-        let scene = match (&mut self.vision, &self.models.vision) {
-            (Some(session), _) => session.describe(image).map_err(anyhow::Error::from),
-            (None, Some(stage)) => stage.with(|v| Ok(v.session()?.describe(image)?)),
-            (None, None) => return,
+        let (mut scene, analysed_frame, analysed_at) = match self.gate.judge(&self.image, self.clock.now()) {
+            // The objects of an unchanged frame are those of the last analysed one: the tracker sees them again.
+            Verdict::Unchanged if self.analysed.is_some() => {
+                Metrics::add(&shared.metrics.frames_skipped_unchanged, 1);
+                let (scene, frame, at) = self.analysed.as_ref().expect("checked");
+                (scene.clone(), *frame, *at)
+            }
+            _ => {
+                let started = Instant::now();
+                let image = &self.image;
+                let scene = match (&mut self.vision, &self.models.vision) {
+                    (Some(session), _) => session.describe(image).map_err(anyhow::Error::from),
+                    (None, Some(stage)) => stage.with(|v| Ok(v.session()?.describe(image)?)),
+                    (None, None) => return,
+                };
+                shared.metrics.latency.vision.observe(started.elapsed());
+                let scene = match scene {
+                    Ok(scene) => scene,
+                    Err(e) => {
+                        self.gate.reset();
+                        self.analysed = None;
+                        return self.failed("vision", &e);
+                    }
+                };
+                Metrics::add(&shared.metrics.frames_processed, 1);
+                let at = Instant::now();
+                self.analysed = Some((scene.clone(), sequence, at));
+                (scene, sequence, at)
+            }
         };
-        shared.metrics.latency.vision.observe(started.elapsed());
-        let mut scene = match scene {
-            Ok(scene) => scene,
-            Err(e) => return self.failed("vision", &e),
-        };
-        Metrics::add(&shared.metrics.frames_processed, 1);
         if let Some(tracker) = &mut self.tracker {
             let thresholds = &self.models.track_thresholds;
             scene.objects = tracker.update(&scene.objects, |id| thresholds.get(id).copied().unwrap_or(1.0));
@@ -332,7 +356,8 @@ impl<'m> Worker<'m> {
         let mut latest = shared.scene.lock().unwrap_or_else(|p| p.into_inner());
         let changed = latest.as_ref().is_none_or(|p| signature != self::signature(&p.scene));
         let caption = latest.take().and_then(|p| p.caption);
-        *latest = Some(Published { scene, frame: sequence, seen_at: Instant::now(), caption });
+        let checked = (sequence != analysed_frame).then(|| (sequence, Instant::now()));
+        *latest = Some(Published { scene, frame: analysed_frame, seen_at: analysed_at, checked, caption });
         if changed {
             let p = latest.as_ref().expect("just set");
             shared.events.emit("scene", json!({ "frame": sequence, "counts": p.scene.counts, "text": p.scene.text.iter().map(|t| &t.text).collect::<Vec<_>>() }));

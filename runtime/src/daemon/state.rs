@@ -76,8 +76,11 @@ pub enum AskError {
 #[derive(Debug, Clone)]
 pub struct Published {
     pub scene: Scene,
+    /// The frame the scene was analysed on, and when.
     pub frame: u64,
     pub seen_at: Instant,
+    /// The newest frame found unchanged since, and when: the scene held for it without being analysed again.
+    pub checked: Option<(u64, Instant)>,
     pub caption: Option<PublishedCaption>,
 }
 
