@@ -42,11 +42,28 @@ fn wav_header(format_tag: u16, channels: u16, rate: u32, bits: u16, data_len: u3
     h
 }
 
-fn scratch(name: &str) -> PathBuf {
+/// A test's own directory under the system's temporary one, removed when the test ends (it holds copies of the
+/// bundle's models and recordings).
+struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn scratch(name: &str) -> Scratch {
     let dir = std::env::temp_dir().join(format!("lookout-bad-input-{}-{name}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).unwrap();
-    dir
+    Scratch(dir)
 }
 
 fn transcribe(path: &Path) -> Output {
@@ -121,7 +138,7 @@ fn a_flac_bomb_is_refused_at_the_documented_limits() {
 }
 
 /// A copy of the default bundle made of links, with `damage` applied to the int8 speech decoder's file.
-fn damaged_bundle(name: &str, damage: impl Fn(&Path, &str)) -> PathBuf {
+fn damaged_bundle(name: &str, damage: impl Fn(&Path, &str)) -> Scratch {
     let source = bundle_dir();
     let dir = scratch(name);
     for entry in walk(&source) {
