@@ -87,7 +87,7 @@ pub struct Compute {
 #[serde(deny_unknown_fields)]
 pub struct Camera {
     /// A V4L2 device (`/dev/video0`), or `dir:PATH` to play a directory of images as a camera.
-    pub device: String,
+    pub device: Source<Photos>,
     pub width: u32,
     pub height: u32,
     pub fps: u32,
@@ -99,7 +99,7 @@ pub struct Camera {
 #[serde(deny_unknown_fields)]
 pub struct Microphone {
     /// An ALSA PCM name (`default`, `plughw:CARD=Device,DEV=0`), or `wav:PATH` to play a recording in real time.
-    pub device: String,
+    pub device: Source<Recording>,
     /// Capture rate in Hz; audio is resampled to 16 kHz.
     pub rate: u32,
     /// Seconds of audio the ring holds (the longest query heard).
@@ -481,12 +481,10 @@ impl Config {
         }
         within("camera.fps", cam.fps, 1..=60)?;
         within("camera.pool_frames", cam.pool_frames, 2..=64)?;
-        check_source(&cam.device, "dir:").map_err(|r| ("camera.device", r))?;
         let mic = &self.microphone;
         within("microphone.rate", mic.rate, 8_000..=192_000)?;
         // Whisper hears at most 30 s at once.
         within("microphone.ring_s", mic.ring_s, 1..=30)?;
-        check_source(&mic.device, "wav:").map_err(|r| ("microphone.device", r))?;
         let gpio = &self.gpio;
         if gpio.chip != "none" && !gpio.chip.starts_with("/dev/") {
             return Err(("gpio.chip", format!("`{}` must be a /dev path or `none`", gpio.chip)));
@@ -619,15 +617,77 @@ fn within(field: &'static str, value: u32, range: std::ops::RangeInclusive<u32>)
 }
 
 /// A device is a `/dev` path (camera), an ALSA name (microphone), or a file source with `prefix`.
-fn check_source(device: &str, prefix: &str) -> Result<(), String> {
-    if let Some(path) = device.strip_prefix(prefix) {
-        if path.is_empty() {
-            return Err(format!("`{device}` names no path"));
-        }
-    } else if device.is_empty() || device.chars().any(char::is_whitespace) {
-        return Err(format!("`{device}` is not a device name"));
+/// The kind of file a capture source can play instead of its device, named by the prefix of its value.
+pub trait FileSource {
+    const PREFIX: &'static str;
+}
+
+/// A directory of photos played as a camera (`dir:PATH`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Photos;
+
+impl FileSource for Photos {
+    const PREFIX: &'static str = "dir:";
+}
+
+/// A recording played as a microphone (`wav:PATH`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recording;
+
+impl FileSource for Recording {
+    const PREFIX: &'static str = "wav:";
+}
+
+/// Where a capture stage reads from, parsed once: the device itself (a `/dev` path, an ALSA name), or a file
+/// source of kind `K` with its path as written (relative to the configuration file). It reads and writes as the
+/// configured string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source<K> {
+    Device(String),
+    File(String, std::marker::PhantomData<K>),
+}
+
+impl<K: FileSource> Source<K> {
+    /// The prefix of this source's file form (`dir:`, `wav:`).
+    pub fn file_prefix(&self) -> &'static str {
+        K::PREFIX
     }
-    Ok(())
+}
+
+impl<K: FileSource> std::str::FromStr for Source<K> {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Source<K>, String> {
+        match text.strip_prefix(K::PREFIX) {
+            Some("") => Err(format!("`{text}` names no path")),
+            Some(path) => Ok(Source::File(path.to_string(), std::marker::PhantomData)),
+            None if text.is_empty() || text.chars().any(char::is_whitespace) => {
+                Err(format!("`{text}` is not a device name"))
+            }
+            None => Ok(Source::Device(text.to_string())),
+        }
+    }
+}
+
+impl<K: FileSource> std::fmt::Display for Source<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Device(device) => f.write_str(device),
+            Source::File(path, _) => write!(f, "{}{path}", self.file_prefix()),
+        }
+    }
+}
+
+impl<'de, K: FileSource> Deserialize<'de> for Source<K> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Source<K>, D::Error> {
+        String::deserialize(deserializer)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl<K: FileSource> Serialize for Source<K> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
 }
 
 /// Lays `over` onto `base`: tables merge key by key, anything else replaces.
@@ -671,7 +731,7 @@ mod tests {
         let loaded = parse("board = \"rpi5\"\n[camera]\nfps = 2\n[models]\ndecoder = \"off\"\n").unwrap();
         assert_eq!(loaded.config.board.name, "rpi5");
         assert_eq!(loaded.config.camera.fps, 2);
-        assert_eq!(loaded.config.camera.device, "/dev/video0");
+        assert_eq!(loaded.config.camera.device, Source::Device("/dev/video0".into()));
         assert_eq!(loaded.config.models.decoder, DecoderModel::Off);
         assert!(matches!(loaded.board_source, BoardSource::Named(ref n) if n == "rpi5"));
     }
@@ -687,6 +747,26 @@ mod tests {
         assert_eq!(variant("f32").unwrap(), None);
         let refused = variant("yolo").unwrap_err().to_string();
         assert!(refused.contains("models.detector") && refused.contains("nanodet"), "{refused}");
+    }
+
+    #[test]
+    fn capture_sources_are_parsed_once_and_written_back_as_configured() {
+        let loaded =
+            parse("board = \"rpi4\"\n[camera]\ndevice = \"dir:photos\"\n[microphone]\ndevice = \"wav:q.wav\"\n")
+                .unwrap()
+                .config;
+        assert_eq!(loaded.camera.device, Source::File("photos".into(), std::marker::PhantomData));
+        assert_eq!(loaded.microphone.device, Source::File("q.wav".into(), std::marker::PhantomData));
+        let written = toml::to_string(&loaded).unwrap();
+        assert!(written.contains("device = \"dir:photos\"") && written.contains("device = \"wav:q.wav\""), "{written}");
+        // Each source knows only its own file prefix: a camera named `wav:...` is a device name.
+        let odd = parse("board = \"rpi4\"\n[camera]\ndevice = \"wav:x\"\n").unwrap().config;
+        assert_eq!(odd.camera.device, Source::Device("wav:x".into()));
+        assert!(
+            error_of("board = \"rpi4\"\n[camera]\ndevice = \"dir:\"\n").contains("camera.device: `dir:` names no path")
+        );
+        let spaced = error_of("board = \"rpi4\"\n[microphone]\ndevice = \"hw 0\"\n");
+        assert!(spaced.contains("microphone.device: `hw 0` is not a device name"), "{spaced}");
     }
 
     #[test]

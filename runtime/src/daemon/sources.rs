@@ -26,7 +26,7 @@ use serde_json::json;
 
 use super::metrics::Metrics;
 use super::state::{Beat, Origin, Question, Shared};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, Source};
 use crate::scheduler::buffers::AudioRing;
 
 /// Seconds each photo of a `dir:` camera stays in view.
@@ -83,16 +83,18 @@ fn built_without(
 /// Opens the configured camera; `pace` off delivers frames as fast as they are taken (the soak command).
 pub fn open_camera(config: &Config, config_path: &Path, pace: bool) -> anyhow::Result<Box<dyn Camera>> {
     let cam = &config.camera;
-    let device = &cam.device;
-    let Some(dir) = device.strip_prefix("dir:") else {
+    let dir = match &cam.device {
+        Source::File(dir, _) => dir,
         #[cfg(feature = "v4l2")]
-        {
+        Source::Device(device) => {
             let camera = V4l2Camera::open(device, cam.width, cam.height, cam.fps, CAMERA_BUFFERS)
                 .with_context(|| format!("camera.device `{device}`"))?;
             return Ok(Box::new(camera));
         }
         #[cfg(not(feature = "v4l2"))]
-        return Err(built_without(config_path, "camera.device", device, "V4L2", "v4l2", "dir:"));
+        Source::Device(device) => {
+            return Err(built_without(config_path, "camera.device", device, "V4L2", "v4l2", cam.device.file_prefix()))
+        }
     };
     let fps = config.camera.fps;
     let camera = ImageDirCamera::open(&source_path(dir, config_path), fps, fps * PHOTO_SECONDS, pace)
@@ -103,10 +105,10 @@ pub fn open_camera(config: &Config, config_path: &Path, pace: bool) -> anyhow::R
 /// Opens the configured microphone.
 pub fn open_microphone(config: &Config, config_path: &Path) -> anyhow::Result<Box<dyn Microphone>> {
     let mic = &config.microphone;
-    let device = &mic.device;
-    let Some(file) = device.strip_prefix("wav:") else {
+    let file = match &mic.device {
+        Source::File(file, _) => file,
         #[cfg(feature = "alsa")]
-        {
+        Source::Device(device) => {
             // A period of about one VAD chunk (32 ms).
             let period = (mic.rate as usize * 32).div_ceil(1000);
             let microphone = AlsaMicrophone::open(device, mic.rate, period)
@@ -114,12 +116,21 @@ pub fn open_microphone(config: &Config, config_path: &Path) -> anyhow::Result<Bo
             return Ok(Box::new(microphone));
         }
         #[cfg(not(feature = "alsa"))]
-        return Err(built_without(config_path, "microphone.device", device, "ALSA", "alsa", "wav:"));
+        Source::Device(device) => {
+            return Err(built_without(
+                config_path,
+                "microphone.device",
+                device,
+                "ALSA",
+                "alsa",
+                mic.device.file_prefix(),
+            ))
+        }
     };
     let path = source_path(file, config_path);
     let samples = audio::load_mono_16k(&path, audio::AudioLimit::RECORDING)
         .map_err(|e| unavailable(config_path, "microphone.device", format!("{}: {e}", path.display())))?;
-    Ok(Box::new(SampleReplay::new(device.clone(), samples, audio::TARGET_SAMPLE_RATE, true)))
+    Ok(Box::new(SampleReplay::new(mic.device.to_string(), samples, audio::TARGET_SAMPLE_RATE, true)))
 }
 
 /// Reads frames until the stop flag is set: decode, scale into the configured size, queue (dropping the oldest).
