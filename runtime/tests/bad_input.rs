@@ -6,7 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use common::{lookout, speech_index, testdata_dir};
+use common::{lookout, speech_index, testdata_dir, Scratch};
 
 #[path = "../../models/tests/support/silent_flac.rs"]
 mod silent_flac;
@@ -42,28 +42,8 @@ fn wav_header(format_tag: u16, channels: u16, rate: u32, bits: u16, data_len: u3
     h
 }
 
-/// A test's own directory under the system's temporary one, removed when the test ends (it holds copies of the
-/// bundle's models and recordings).
-struct Scratch(PathBuf);
-
-impl std::ops::Deref for Scratch {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
 fn scratch(name: &str) -> Scratch {
-    let dir = std::env::temp_dir().join(format!("lookout-bad-input-{}-{name}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    Scratch(dir)
+    Scratch::new(&format!("bad-input-{name}"))
 }
 
 fn transcribe(path: &Path) -> Output {

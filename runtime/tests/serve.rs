@@ -8,12 +8,12 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
-use common::{lookout, normalize, patience, testdata_dir};
+use common::{lookout, normalize, patience, testdata_dir, Scratch};
 use serde_json::Value;
 
 #[path = "../../models/tests/support/silent_flac.rs"]
@@ -21,11 +21,8 @@ mod silent_flac;
 
 const TOKEN: &str = "test-token-0123456789";
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("lookout-serve-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn temp_dir(name: &str) -> Scratch {
+    Scratch::new(&format!("serve-{name}"))
 }
 
 fn config_text(frames: &Path, wav: &Path, extra: &str) -> String {

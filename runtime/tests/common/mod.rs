@@ -2,7 +2,7 @@
 
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -117,4 +117,31 @@ pub fn word_error_rate(reference: &str, hypothesis: &str) -> f64 {
         }
     }
     row[h.len()] as f64 / r.len().max(1) as f64
+}
+
+/// A test's own directory under the system's temporary one, emptied when made and removed when dropped (it may hold
+/// copies of models, photos and recordings).
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    /// `lookout-NAME-PID` in the temporary directory.
+    pub fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("lookout-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        Scratch(dir)
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
