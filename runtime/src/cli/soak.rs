@@ -84,7 +84,9 @@ struct Report {
 pub fn run(ctx: &Context, args: SoakArgs) -> anyhow::Result<()> {
     let spoken = audio::load_mono_16k(&args.audio, audio::AudioLimit::RECORDING)
         .with_context(|| args.audio.display().to_string())?;
-    let checked = Checked::load(ctx, &args.config, args.board.as_deref())?;
+    let mut checked = Checked::load(ctx, &args.config, args.board.as_deref())?;
+    // A soak loads the encoders with every frame: the photos it plays repeat, which the scene-change gate would skip.
+    checked.config.scene_change.skip_unchanged = false;
     apply_compute(&checked.config);
     let shared = std::sync::Arc::new(Shared::new(
         crate::scheduler::buffers::FrameQueue::new(
