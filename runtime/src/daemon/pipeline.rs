@@ -313,11 +313,11 @@ impl<'m> Worker<'m> {
                 Metrics::add(&shared.metrics.frame_deadline_misses, 1);
             }
         }
-        let (mut scene, analysed_frame, analysed_at) = match self.gate.judge(&self.image, self.clock.now()) {
+        let verdict = self.gate.judge(&self.image, self.clock.now());
+        let (mut scene, analysed_frame, analysed_at) = match (verdict, &self.analysed) {
             // The objects of an unchanged frame are those of the last analysed one: the tracker sees them again.
-            Verdict::Unchanged if self.analysed.is_some() => {
+            (Verdict::Unchanged, Some((scene, frame, at))) => {
                 Metrics::add(&shared.metrics.frames_skipped_unchanged, 1);
-                let (scene, frame, at) = self.analysed.as_ref().expect("checked");
                 (scene.clone(), *frame, *at)
             }
             _ => {
