@@ -301,3 +301,41 @@ fn a_camera_frame_reports_its_three_people_and_none_of_the_clutter_the_filters_h
     assert!(count(&models, "person") >= 5, "without its filter the clutter counts as people");
     assert!(count(&models, "sports ball") >= 3, "and cones and litter as sports balls");
 }
+
+/// Frames with nothing in them: uniform colours, a tiny frame, a strip of an extreme aspect ratio and sensor-like
+/// noise. Neither detector may invent an object in them.
+#[test]
+fn frames_with_nothing_in_them_give_no_objects_from_either_detector() {
+    use lookout_models::vision::image::RgbImage;
+    let uniform = |w: u32, h: u32, rgb: [u8; 3]| {
+        let mut image = RgbImage::new(w, h);
+        image.data.chunks_exact_mut(3).for_each(|p| p.copy_from_slice(&rgb));
+        image
+    };
+    let mut noise = RgbImage::new(640, 480);
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    for v in noise.data.iter_mut() {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        *v = 96 + (state % 64) as u8;
+    }
+    let frames = [
+        ("black", uniform(640, 480, [0, 0, 0])),
+        ("white", uniform(640, 480, [255, 255, 255])),
+        ("grey", uniform(1280, 720, [128, 128, 128])),
+        ("green", uniform(640, 480, [40, 160, 60])),
+        ("tiny", uniform(3, 2, [200, 30, 30])),
+        ("strip", uniform(4000, 8, [90, 90, 200])),
+        ("noise", noise),
+    ];
+    let bundle = bundle();
+    for variant in bundle.variants("object-detector") {
+        let models = VisionModels::load(&bundle, Some(variant), false).unwrap();
+        let mut session = models.session().unwrap();
+        for (name, frame) in &frames {
+            let found = session.detect(frame).unwrap();
+            assert!(found.is_empty(), "{variant} on the {name} frame: {found:?}");
+        }
+    }
+}
