@@ -209,6 +209,9 @@ fn absent_bundle() {
 fn unknown_variant_lists_the_available_ones() {
     let out = lookout(&["transcribe", &clip(), "--variant", "int3"]);
     assert_fails(&out, BAD_MODELS, &["int3", "int8", "f32"]);
+    let photo = testdata_dir().join("vision/photos/dog.jpg");
+    let out = lookout(&["describe", photo.to_str().unwrap(), "--detector", "yolo"]);
+    assert_fails(&out, BAD_MODELS, &["yolo", "centernet", "nanodet"]);
 }
 
 #[test]
