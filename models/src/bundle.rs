@@ -327,6 +327,11 @@ impl Component {
 
     /// Three numbers, one per colour channel.
     pub fn param_rgb(&self, key: &str) -> Result<[f32; 3]> {
+        self.param_numbers(key)
+    }
+
+    /// An array of exactly `N` numbers (integers or floats).
+    pub fn param_numbers<const N: usize>(&self, key: &str) -> Result<[f32; N]> {
         let values: Vec<f32> = match self.params.get(key) {
             Some(toml::Value::Array(items)) => items
                 .iter()

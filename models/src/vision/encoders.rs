@@ -185,16 +185,14 @@ fn shape_of(dims: &[Dim; 4]) -> [usize; 4] {
 fn label_filter(c: &Component, label: &str) -> Result<LabelFilter> {
     let default = LabelFilter::default_for(label);
     let key = LabelGroup::of(label).param();
-    let Some(value) = c.params.get(key) else { return Ok(default) };
+    if !c.params.contains_key(key) {
+        return Ok(default);
+    }
     let bad = || ModelError::BadParam { component: c.name.clone(), param: format!("{key} ([min_score, threshold])") };
-    let pair: Vec<f32> = value
-        .as_array()
-        .ok_or_else(bad)?
-        .iter()
-        .map(|v| v.as_float().map(|f| f as f32).filter(|f| (0.0..=1.0).contains(f)))
-        .collect::<Option<_>>()
-        .ok_or_else(bad)?;
-    let [min_score, threshold] = pair[..] else { return Err(bad()) };
+    let [min_score, threshold] = c.param_numbers::<2>(key).map_err(|_| bad())?;
+    if ![min_score, threshold].iter().all(|v| (0.0..=1.0).contains(v)) {
+        return Err(bad());
+    }
     Ok(LabelFilter { min_score, threshold, ..default })
 }
 

@@ -130,6 +130,17 @@ fn worker<T: DeserializeOwned>(ctx: &Context, suite: &str, repeats: usize, args:
     serde_json::from_slice(&out.stdout).context("worker output")
 }
 
+/// The JPEG and PNG files of a folder of camera frames, in file-name order.
+fn frame_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| dir.display().to_string())?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "jpg" || x == "png"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
 /// The variant to ask the bundle for a vision role: the chosen detector's for the detector, the first for the rest.
 fn variant_of<'a>(role: &str, detector: Option<&'a str>) -> Option<&'a str> {
     detector.filter(|_| role == "object-detector")

@@ -3,7 +3,7 @@
 //! the real clip, how late an entering person is analysed, and the CPU a still scene saves per hour at each board
 //! profile's frame rate.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -11,7 +11,7 @@ use lookout_models::vision::image::{load_image, RgbImage};
 use lookout_models::vision::VisionModels;
 use serde::Serialize;
 
-use super::{median, write_report, BenchArgs};
+use super::{frame_files, median, write_report, BenchArgs};
 use crate::board;
 use crate::cli::Context;
 use crate::scene_change::{with_noise, ChangeGate, GateSettings, Verdict};
@@ -144,12 +144,7 @@ pub(super) fn run(ctx: &Context, args: &BenchArgs) -> anyhow::Result<()> {
         });
     }
 
-    let mut clip: Vec<PathBuf> = std::fs::read_dir(CLIP_DIR)
-        .with_context(|| format!("{CLIP_DIR} (run models/prepare/prepare.sh)"))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "jpg"))
-        .collect();
-    clip.sort();
+    let clip = frame_files(Path::new(CLIP_DIR)).context("the camera clip (run models/prepare/prepare.sh)")?;
     let mut gate = ChangeGate::new(settings);
     let mut analysed = 0;
     for (i, path) in clip.iter().enumerate() {

@@ -19,7 +19,7 @@ use super::suite::{
     check_split, edit_distance, not_scored_markdown, percent, prepare_items, process_cells, split_chart, suite_heading,
     ItemError, ProcessFigures, ScoredVariant, SuiteFile, SuiteReport, SPLITS,
 };
-use super::{peer, peer_python, variant_of, write_report, BenchArgs};
+use super::{frame_files, peer, peer_python, variant_of, write_report, BenchArgs};
 use crate::cli::Context;
 use crate::started::ms_since_process_start;
 use crate::tracker::{Tracker, TrackerSettings};
@@ -226,12 +226,7 @@ struct VisionReport<'a> {
 /// frame as detected and as the daemon's tracker (default settings) reports them.
 fn score_sequence(models: &VisionModels, entry: SequenceEntry, base: &Path) -> anyhow::Result<SequenceScore> {
     let dir = base.join(&entry.frames);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .with_context(|| format!("sequence {}: {}", entry.id, dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "jpg" || x == "png"))
-        .collect();
-    files.sort();
+    let files = frame_files(&dir).with_context(|| format!("sequence {}", entry.id))?;
     if files.len() < 2 || entry.fps.is_nan() || entry.fps <= 0.0 {
         bail!("sequence {}: needs at least two frames in {} and a positive fps", entry.id, dir.display());
     }
