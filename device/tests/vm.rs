@@ -396,7 +396,7 @@ fn the_daemon_captions_vivid_frames_and_follows_the_button() {
     let released = button_event(&mut events);
     assert_eq!(released["held"].as_bool(), Some(false), "{released}");
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port.expect("listening"))).unwrap();
-    stream.write_all(b"GET /v1/scene HTTP/1.1\r\n\r\n").unwrap();
+    stream.write_all(b"GET /v1/scene HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
     let mut reply = String::new();
     stream.read_to_string(&mut reply).unwrap();
     // SIGTERM: the daemon stops cleanly and releases the camera.

@@ -44,6 +44,8 @@ ensure_venv() {
     fi
 }
 ensure_venv "$venv" "$here/requirements.txt"
+# The official OpenAI client, which the daemon's API tests drive.
+ensure_venv "$repo/.cache/venv-client" "$repo/runtime/tests/openai/requirements.txt"
 
 # The TF.js detectors are converted once into .cache/build (TensorFlow lives in its own venv, set up only for that).
 force=0

@@ -208,11 +208,22 @@ pub struct Http {
     #[serde(default, serialize_with = "redacted")]
     pub token: Option<String>,
     pub max_body_kib: u32,
-    /// Time a client has to send its whole request.
+    /// Time a client has to send a request's headers; an idle keep-alive connection is closed after it too.
+    pub header_timeout_ms: u32,
+    /// Time a client has to send a request's body once its headers arrived (408 after it).
     pub timeout_ms: u32,
     /// Longest wait for an answer before the request fails with 504.
     pub answer_timeout_s: u32,
+    /// Connections open at once, from all clients; more are answered 503 and closed.
+    pub max_connections: u32,
+    /// Connections open at once from one client address.
+    pub max_connections_per_client: u32,
+    /// Largest image a chat request may send (width x height); the memory plan counts one decoded.
+    pub max_image_pixels: u32,
 }
+
+/// 4096x3072: a 12-megapixel photo.
+const DEFAULT_IMAGE_PIXELS: u32 = 4096 * 3072;
 
 impl Default for Http {
     fn default() -> Http {
@@ -220,8 +231,12 @@ impl Default for Http {
             listen: "127.0.0.1:8470".into(),
             token: None,
             max_body_kib: 2048,
+            header_timeout_ms: 5_000,
             timeout_ms: 10_000,
             answer_timeout_s: 120,
+            max_connections: 64,
+            max_connections_per_client: 16,
+            max_image_pixels: DEFAULT_IMAGE_PIXELS,
         }
     }
 }
@@ -566,7 +581,11 @@ impl Config {
             _ => {}
         }
         within("http.max_body_kib", http.max_body_kib, 1..=65_536)?;
+        within("http.header_timeout_ms", http.header_timeout_ms, 100..=60_000)?;
         within("http.timeout_ms", http.timeout_ms, 100..=600_000)?;
+        within("http.max_connections", http.max_connections, 1..=1024)?;
+        within("http.max_connections_per_client", http.max_connections_per_client, 1..=http.max_connections)?;
+        within("http.max_image_pixels", http.max_image_pixels, 64 * 64..=8192 * 8192)?;
         within("http.answer_timeout_s", http.answer_timeout_s, 1..=3600)?;
         Ok(())
     }

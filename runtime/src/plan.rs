@@ -15,8 +15,11 @@ use crate::config::{Config, OcrModel, SpeechWindow};
 pub struct OverBudget(pub String);
 
 const MIB: f64 = 1024.0 * 1024.0;
-/// HTTP requests served at once; each may hold a body of `http.max_body_kib`, and one at a time decodes audio.
-pub const HTTP_CONNECTIONS: u32 = 4;
+/// HTTP request bodies held at once; each may be `http.max_body_kib`, and one at a time decodes audio.
+pub const REQUEST_BODIES: u32 = 4;
+/// Bytes of buffers one open HTTP connection holds at most (its read buffer, which bounds a request's headers,
+/// and as much again for writing).
+pub const CONNECTION_BUFFER_BYTES: u64 = 2 * 16 * 1024;
 /// Questions that may wait for the pipeline at once; a spoken one holds its 16 kHz samples while it waits.
 pub const QUESTION_QUEUE: usize = 4;
 
@@ -182,8 +185,18 @@ pub fn plan(config: &Config, bundle: &Bundle) -> anyhow::Result<Plan> {
             basis: format!("{} s at 16 kHz, f32", mic.ring_s),
         });
     }
-    let bodies = format!("{HTTP_CONNECTIONS} requests of at most {} KiB", config.http.max_body_kib);
-    let bodies_bytes = f64::from(HTTP_CONNECTIONS) * f64::from(config.http.max_body_kib) * 1024.0;
+    let mut bodies = format!(
+        "{REQUEST_BODIES} request bodies of at most {} KiB, {} connections' buffers",
+        config.http.max_body_kib, config.http.max_connections
+    );
+    let mut bodies_bytes = f64::from(REQUEST_BODIES) * f64::from(config.http.max_body_kib) * 1024.0
+        + f64::from(config.http.max_connections) * CONNECTION_BUFFER_BYTES as f64;
+    if config.stage_enabled("vision") {
+        // An image sent with a question is decoded on the pipeline thread, one at a time.
+        let pixels = f64::from(config.http.max_image_pixels);
+        bodies_bytes += pixels * 3.0;
+        bodies.push_str(&format!(", one image of {:.1} megapixels decoded", pixels / 1e6));
+    }
     match config.question_audio() {
         Some(limit) => {
             let seconds = limit.max_seconds();
@@ -314,12 +327,13 @@ mod tests {
         let plan = plan(&config(""), &bundle()).unwrap();
         let resident: f64 = plan.resident.iter().map(|i| i.mib).sum();
         // process, vad, speech, detector + ocr, decoder, then frame pool, object tracks, audio ring, spoken
-        // questions waiting, and requests: their bodies and the audio one of them decodes (30 s of 48 kHz stereo as
-        // f32, and as much again while it becomes 16 kHz mono).
+        // questions waiting, and requests: their bodies, 64 connections' 32 KiB of buffers, the audio one of them
+        // decodes (30 s of 48 kHz stereo as f32, and as much again while it becomes 16 kHz mono) and the image one
+        // of them sends (12.6 megapixels of RGB).
         let models = 10.0 + 10.0 + 160.0 + 40.0 + 170.0;
         let tracks = TrackerSettings::default().table_bytes(100) as f64 / MIB;
         let ring = 30.0 * 16_000.0 * 4.0 / MIB;
-        let requests = 4.0 * 2.0 + 2.0 * 30.0 * 96_000.0 * 4.0 / MIB;
+        let requests = 4.0 * 2.0 + 2.0 + 2.0 * 30.0 * 96_000.0 * 4.0 / MIB + 36.0;
         let buffers = 4.0 * 1280.0 * 720.0 * 3.0 / MIB + tracks + ring + 4.0 * ring + requests;
         assert!((resident - (models + buffers)).abs() < 1e-9, "{resident}");
         // Loading the decoder at start-up (380 - 170) outweighs every run.
@@ -334,7 +348,7 @@ mod tests {
         let plan = plan(&config("[models]\nspeech = \"off\"\n"), &bundle()).unwrap();
         assert!(!plan.resident.iter().any(|i| i.name == "questions waiting" || i.name == "audio ring"));
         let requests = plan.resident.iter().find(|i| i.name == "requests").unwrap();
-        assert!((requests.mib - 8.0).abs() < 1e-9, "bodies only: {requests:?}");
+        assert!((requests.mib - (8.0 + 2.0 + 36.0)).abs() < 1e-9, "bodies, buffers and an image: {requests:?}");
     }
 
     #[test]

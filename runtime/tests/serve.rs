@@ -30,15 +30,16 @@ fn config_text(frames: &Path, wav: &Path, extra: &str) -> String {
     let answer_timeout_s = patience(Duration::from_secs(120)).as_secs().min(3600);
     format!(
         "board = \"x86-dev\"\n{extra}\n[camera]\ndevice = \"dir:{}\"\n[microphone]\ndevice = \"wav:{}\"\n\
-         [http]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\ntimeout_ms = 1500\nmax_body_kib = 1024\nanswer_timeout_s = {answer_timeout_s}\n",
+         [http]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\nheader_timeout_ms = 1000\ntimeout_ms = 1500\nmax_body_kib = 1024\nanswer_timeout_s = {answer_timeout_s}\n",
         frames.display(),
         wav.display()
     )
 }
 
-/// A response: status and body.
+/// A response: status, head and body.
 struct Reply {
     status: u16,
+    head: String,
     body: String,
 }
 
@@ -46,19 +47,75 @@ impl Reply {
     fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
     }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head
+            .lines()
+            .find_map(|l| l.split_once(':').filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim()))
+    }
 }
 
-/// Sends raw request bytes and reads the whole response.
-fn send(port: u16, request: &[u8]) -> Reply {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+fn connect(port: u16) -> TcpStream {
+    let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream.set_read_timeout(Some(patience(Duration::from_secs(120)))).unwrap();
-    stream.write_all(request).unwrap();
+    stream
+}
+
+/// Reads one response: its head, then the body by Content-Length, chunked, or to the end of the connection. None
+/// when the connection closes before a whole head arrived.
+fn read_response(stream: &mut TcpStream) -> Option<Reply> {
     let mut raw = Vec::new();
-    let _ = stream.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no status in {text:?}"));
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    Reply { status, body }
+    let mut chunk = [0u8; 8192];
+    let mut more = |raw: &mut Vec<u8>| match stream.read(&mut chunk) {
+        Ok(n) if n > 0 => {
+            raw.extend_from_slice(&chunk[..n]);
+            true
+        }
+        _ => false,
+    };
+    let head_end = loop {
+        if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if !more(&mut raw) {
+            return None;
+        }
+    };
+    let head = String::from_utf8_lossy(&raw[..head_end]).into_owned();
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no status in {head:?}"));
+    let mut reply = Reply { status, head, body: String::new() };
+    let mut body = raw.split_off(head_end);
+    if let Some(length) = reply.header("content-length").map(|l| l.parse::<usize>().unwrap()) {
+        while body.len() < length && more(&mut body) {}
+        body.truncate(length);
+    } else if reply.header("transfer-encoding").is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
+        while !body.ends_with(b"0\r\n\r\n") && more(&mut body) {}
+        body = dechunk(&body);
+    } else {
+        while more(&mut body) {}
+    }
+    reply.body = String::from_utf8_lossy(&body).into_owned();
+    Some(reply)
+}
+
+fn dechunk(mut chunked: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(line_end) = chunked.windows(2).position(|w| w == b"\r\n") {
+        let size = usize::from_str_radix(std::str::from_utf8(&chunked[..line_end]).unwrap().trim(), 16).unwrap();
+        if size == 0 {
+            break;
+        }
+        out.extend_from_slice(&chunked[line_end + 2..line_end + 2 + size]);
+        chunked = &chunked[line_end + 4 + size..];
+    }
+    out
+}
+
+/// Sends raw request bytes on a new connection and reads one response.
+fn send(port: u16, request: &[u8]) -> Reply {
+    let mut stream = connect(port);
+    stream.write_all(request).unwrap();
+    read_response(&mut stream).unwrap_or_else(|| panic!("no response to {:?}", String::from_utf8_lossy(request)))
 }
 
 fn request(port: u16, method: &str, path: &str, content_type: Option<&str>, body: &[u8]) -> Reply {
@@ -299,8 +356,11 @@ fn the_daemon_captions_answers_refuses_bad_requests_and_talks_to_systemd() {
         ("no content type", request(port, "POST", "/v1/ask", None, b"What do you see?"), 415),
         ("non-WAV audio", request(port, "POST", "/v1/ask", Some("audio/wav"), &not_wav), 400),
         ("oversized body", send(port, huge.as_bytes()), 413),
-        ("slow client", send(port, b"POST /v1/ask HTTP/1.1\r\nContent-"), 408),
-        ("garbage", send(port, b"\x16\x03\x01 not http\r\n\r\n"), 400),
+        (
+            "slow body",
+            send(port, format!("POST /v1/ask HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"ques").as_bytes()),
+            408,
+        ),
         ("no token", send(port, b"GET /v1/scene HTTP/1.1\r\n\r\n"), 401),
         ("wrong method", request(port, "GET", "/v1/ask", None, b""), 405),
         ("unknown path", request(port, "GET", "/v2/everything", None, b""), 404),
@@ -309,6 +369,12 @@ fn the_daemon_captions_answers_refuses_bad_requests_and_talks_to_systemd() {
         assert_eq!(reply.status, *status, "{what}: {}", reply.body);
         assert!(reply.json()["error"].as_str().is_some_and(|e| !e.is_empty()), "{what}: {}", reply.body);
     }
+    // What is not HTTP gets a bare 400 from the HTTP layer; headers that never end are cut off after the header
+    // timeout, without an answer.
+    assert_eq!(send(port, b"\x16\x03\x01 not http\r\n\r\n").status, 400);
+    let mut slow = connect(port);
+    slow.write_all(b"POST /v1/ask HTTP/1.1\r\nContent-").unwrap();
+    assert!(read_response(&mut slow).is_none(), "a request whose headers never end is closed");
     let health = send(port, b"GET /healthz HTTP/1.1\r\n\r\n");
     assert_eq!((health.status, health.json()["status"].as_str()), (200, Some("ok")), "{}", health.body);
 
@@ -373,6 +439,233 @@ fn the_daemon_captions_answers_refuses_bad_requests_and_talks_to_systemd() {
     while daemon.notifications.try_recv().is_ok() {}
     daemon.terminate_within(patience(Duration::from_secs(2)));
     daemon.event("stopped", patience(Duration::from_secs(1)), event_is("stopped"));
+}
+
+/// The value of one metric in a `/metrics` text.
+fn metric(text: &str, name: &str) -> f64 {
+    let line = text.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("{name} missing"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+/// A multipart/form-data body of text fields and one file.
+fn form(fields: &[(&str, &str)], file: Option<(&str, &[u8])>) -> (String, Vec<u8>) {
+    let boundary = "lookout-test-boundary";
+    let mut body = Vec::new();
+    for (name, value) in fields {
+        body.extend_from_slice(
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n").as_bytes(),
+        );
+    }
+    if let Some((filename, data)) = file {
+        body.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\nContent-Type: application/octet-stream\r\n\r\n").as_bytes());
+        body.extend_from_slice(data);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+#[test]
+fn the_api_keeps_connections_alive_streams_and_answers_the_official_openai_client() {
+    let dir = temp_dir("openai");
+    let frames = dir.join("frames");
+    std::fs::create_dir_all(&frames).unwrap();
+    let photos = testdata_dir().join("vision/photos");
+    std::fs::copy(photos.join("kite.jpg"), frames.join("kite.jpg")).unwrap();
+    let speech = testdata_dir().join("speech");
+    let config = dir.join("lookout.toml");
+    let text = config_text(&frames, &speech.join("how_many_people.wav"), "")
+        + "max_connections = 16\nmax_connections_per_client = 8\n";
+    std::fs::write(&config, text).unwrap();
+    let mut daemon = Daemon::start(&config, &dir);
+    let listening = daemon.event("listening", patience(Duration::from_secs(120)), event_is("listening"));
+    let port: u16 = listening["address"].as_str().unwrap().rsplit(':').next().unwrap().parse().unwrap();
+    daemon.event("caption", patience(Duration::from_secs(120)), event_is("caption"));
+    let head = |method: &str, path: &str| {
+        format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {TOKEN}\r\n")
+    };
+
+    // Keep-alive: three requests on one connection.
+    let mut kept = connect(port);
+    for path in ["/healthz", "/v1/scene", "/v1/models"] {
+        kept.write_all(format!("{}\r\n", head("GET", path)).as_bytes()).unwrap();
+        let reply = read_response(&mut kept).unwrap_or_else(|| panic!("{path}: the connection was closed"));
+        assert_eq!(reply.status, 200, "{path}: {}", reply.body);
+    }
+    // A chunked request body.
+    let question = br#"{"question": "How many people are there?"}"#;
+    let (first, rest) = question.split_at(10);
+    let chunked = format!(
+        "{}Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{}\r\n{:x}\r\n{}\r\n0\r\n\r\n",
+        head("POST", "/v1/ask"),
+        first.len(),
+        String::from_utf8_lossy(first),
+        rest.len(),
+        String::from_utf8_lossy(rest)
+    );
+    kept.write_all(chunked.as_bytes()).unwrap();
+    let answer = read_response(&mut kept).unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert!(answer.json()["answer"].as_str().unwrap().contains("people"), "{}", answer.body);
+    // An idle keep-alive connection is closed after the header timeout (1 s here).
+    let idle_since = Instant::now();
+    assert!(read_response(&mut kept).is_none());
+    assert!(idle_since.elapsed() < patience(Duration::from_secs(10)));
+
+    // Idle connections do not starve anyone: with 7 open, /healthz and /v1/scene answer on the 8th; a 9th from the
+    // same client is refused at once, with the reason.
+    let idle: Vec<TcpStream> = (0..7).map(|_| connect(port)).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut eighth = connect(port);
+    eighth.write_all(format!("{}\r\n", head("GET", "/healthz")).as_bytes()).unwrap();
+    assert_eq!(read_response(&mut eighth).unwrap().status, 200);
+    let refused = send(port, format!("{}\r\n", head("GET", "/healthz")).as_bytes());
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert!(refused.json()["error"].as_str().unwrap().contains("max_connections_per_client"), "{}", refused.body);
+    drop((idle, eighth));
+    std::thread::sleep(Duration::from_millis(300));
+
+    // /healthz is served while the pipeline transcribes and answers 10 s of speech (a full 30 s window would keep
+    // the pipeline from beating for longer than this test's 3 s stall limit).
+    let long_wav = std::fs::read(speech.join("beckett.wav")).unwrap();
+    let busy = std::thread::spawn(move || request(port, "POST", "/v1/ask", Some("audio/wav"), &long_wav));
+    let mut health_during = 0;
+    while !busy.is_finished() {
+        let health = send(port, format!("{}\r\n", head("GET", "/healthz")).as_bytes());
+        assert_eq!(health.status, 200, "{}", health.body);
+        health_during += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let long_answer = busy.join().unwrap();
+    assert_eq!(long_answer.status, 200, "{}", long_answer.body);
+    assert!(health_during >= 3, "only {health_during} health checks answered while the question ran");
+
+    // The official client: the model list, a chat about a photo sent as a data URL, the same streamed, and every
+    // transcription format.
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/venv-client/bin/python");
+    assert!(python.exists(), "{} is missing: run models/prepare/prepare.sh", python.display());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openai/client.py");
+    let out = Command::new(&python)
+        .arg(&script)
+        .arg(format!("http://127.0.0.1:{port}/v1"))
+        .arg(TOKEN)
+        .arg(photos.join("dog.jpg"))
+        .arg(speech.join("what_do_you_see.wav"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let client: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let models: Vec<&str> = client["models"].as_array().unwrap().iter().map(|m| m.as_str().unwrap()).collect();
+    assert!(models.len() >= 2 && models.contains(&client["chat"]["model"].as_str().unwrap()), "{client}");
+    let chat = &client["chat"];
+    assert!(chat["text"].as_str().unwrap().to_lowercase().contains("dog"), "names the dog the detector found: {chat}");
+    assert_eq!(chat["finish_reason"], "stop", "{chat}");
+    assert!(chat["usage"]["completion_tokens"].as_u64().unwrap() > 0, "{chat}");
+    let stream = &client["stream"];
+    assert_eq!(stream["text"], chat["text"], "greedy: the streamed answer is the answer");
+    assert!(stream["pieces"].as_u64().unwrap() >= 2 && stream["chunks"].as_u64().unwrap() >= 4, "{stream}");
+    assert!(stream["first_s"].as_f64().unwrap() < stream["last_s"].as_f64().unwrap(), "{stream}");
+    assert_eq!(stream["finish_reason"], "stop");
+    assert_eq!(stream["usage"], chat["usage"]);
+    let t = &client["transcriptions"];
+    assert_eq!(normalize(t["json"]["text"].as_str().unwrap()), "what do you see", "{t}");
+    assert_eq!(normalize(t["text"].as_str().unwrap()), "what do you see", "{t}");
+    assert!(t["verbose_json"]["segments"].as_array().is_some_and(|s| !s.is_empty()), "{t}");
+    assert!((t["verbose_json"]["duration"].as_f64().unwrap() - 1.35).abs() < 0.1, "{t}");
+    assert!(t["srt"].as_str().unwrap().starts_with("1\n00:00:00,000 --> 00:00:0"), "{t}");
+    assert!(t["vtt"].as_str().unwrap().starts_with("WEBVTT\n\n00:00:00.000 --> 00:00:0"), "{t}");
+    assert_eq!(client["remote_image"]["status"], 400, "{client}");
+    assert_eq!(client["remote_image"]["code"], "invalid_image_url", "{client}");
+
+    // Bad requests on the OpenAI paths: each refused in OpenAI's shape, and the daemon keeps serving.
+    let chat_model = chat["model"].as_str().unwrap().to_string();
+    let chat_body =
+        |messages: &str, more: &str| format!(r#"{{"model": "{chat_model}", "messages": {messages}{more}}}"#);
+    let user_image = |url: &str| {
+        format!(r#"[{{"role": "user", "content": [{{"type": "image_url", "image_url": {{"url": "{url}"}}}}]}}]"#)
+    };
+    let mut big = Vec::new();
+    let mut encoder = png::Encoder::new(&mut big, 5000, 3000);
+    encoder.set_color(png::ColorType::Grayscale);
+    encoder.write_header().unwrap().write_image_data(&vec![0u8; 5000 * 3000]).unwrap();
+    use base64::Engine as _;
+    let big_url = format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(&big));
+    let post_chat =
+        |body: String| request(port, "POST", "/v1/chat/completions", Some("application/json"), body.as_bytes());
+    let wav = std::fs::read(speech.join("what_do_you_see.wav")).unwrap();
+    let jpeg = std::fs::read(photos.join("dog.jpg")).unwrap();
+    let transcribe = |fields: &[(&str, &str)], file: Option<(&str, &[u8])>| {
+        let (content_type, body) = form(fields, file);
+        request(port, "POST", "/v1/audio/transcriptions", Some(&content_type), &body)
+    };
+    let oversized = format!(
+        "{}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        head("POST", "/v1/chat/completions"),
+        2 << 20
+    );
+    let cases: Vec<(&str, Reply, u16)> = vec![
+        ("malformed JSON", post_chat("{\"model\": ".into()), 400),
+        ("unknown role", post_chat(chat_body(r#"[{"role": "wizard", "content": "hi"}]"#, "")), 400),
+        (
+            "unknown model",
+            post_chat(r#"{"model": "gpt-9", "messages": [{"role": "user", "content": "hi"}]}"#.into()),
+            404,
+        ),
+        ("remote image URL", post_chat(chat_body(&user_image("http://192.168.1.2/cam.jpg"), "")), 400),
+        ("base64 that does not decode", post_chat(chat_body(&user_image("data:image/jpeg;base64,@@@@"), "")), 400),
+        ("image over the size limit", post_chat(chat_body(&user_image(&big_url), "")), 413),
+        ("n > 1", post_chat(chat_body(r#"[{"role": "user", "content": "hi"}]"#, r#", "n": 2"#)), 400),
+        ("not JSON", request(port, "POST", "/v1/chat/completions", Some("text/plain"), b"hi"), 415),
+        ("body over the limit", send(port, oversized.as_bytes()), 413),
+        ("no token", send(port, b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\n\r\n"), 401),
+        ("audio that is not WAV or FLAC", transcribe(&[("model", "whisper-1")], Some(("dog.jpg", &jpeg))), 400),
+        ("a form without a file", transcribe(&[("model", "whisper-1")], None), 400),
+        (
+            "unknown response_format",
+            transcribe(&[("model", "whisper-1"), ("response_format", "xml")], Some(("q.wav", &wav))),
+            400,
+        ),
+        ("not a form", request(port, "POST", "/v1/audio/transcriptions", Some("audio/wav"), &wav), 415),
+    ];
+    for (what, reply, status) in &cases {
+        assert_eq!(reply.status, *status, "{what}: {}", reply.body);
+        let error = &reply.json()["error"];
+        assert!(
+            error["message"].as_str().is_some_and(|m| !m.is_empty()) && error["type"].is_string(),
+            "{what}: {}",
+            reply.body
+        );
+    }
+    // A client that leaves in the middle of a streamed answer.
+    let body = chat_body(r#"[{"role": "user", "content": "What do you see?"}]"#, r#", "stream": true"#);
+    let mut leaving = connect(port);
+    let streamed = format!(
+        "{}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        head("POST", "/v1/chat/completions"),
+        body.len()
+    );
+    leaving.write_all(streamed.as_bytes()).unwrap();
+    let mut first = [0u8; 64];
+    assert!(leaving.read(&mut first).unwrap() > 0);
+    drop(leaving);
+
+    // Nothing leaked: every connection but the one reading the metrics closed, no body held, no question waiting.
+    let mut settled = String::new();
+    for _ in 0..100 {
+        settled = request(port, "GET", "/metrics", None, b"").body;
+        if metric(&settled, "lookout_http_connections_open") == 1.0
+            && metric(&settled, "lookout_http_bodies_in_use") == 0.0
+            && metric(&settled, "lookout_question_queue_depth") == 0.0
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(metric(&settled, "lookout_http_connections_open"), 1.0, "{settled}");
+    assert_eq!(metric(&settled, "lookout_http_bodies_in_use"), 0.0, "{settled}");
+    assert_eq!(metric(&settled, "lookout_question_queue_depth"), 0.0, "{settled}");
+    assert_eq!(send(port, format!("{}\r\n", head("GET", "/healthz")).as_bytes()).status, 200);
+    daemon.terminate_within(patience(Duration::from_secs(2)));
 }
 
 #[test]

@@ -172,18 +172,7 @@ pub fn decode_jpeg_into(bytes: &[u8], out: &mut RgbImage) -> Result<(), ImageErr
     if !bytes[..end].ends_with(&[0xFF, 0xD9]) {
         return Err(ImageError::Truncated { format: FORMAT });
     }
-    // The decoder's own side limit would report a bare string; the header is checked here instead.
-    let options = DecoderOptions::default()
-        .set_strict_mode(false)
-        .set_max_width(usize::from(u16::MAX))
-        .set_max_height(usize::from(u16::MAX))
-        .jpeg_set_out_colorspace(ColorSpace::RGB);
-    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), options);
-    decoder.decode_headers().map_err(jpeg_error)?;
-    let (width, height) = match decoder.info() {
-        Some(info) => (u32::from(info.width), u32::from(info.height)),
-        None => return Err(ImageError::Corrupt { format: FORMAT, detail: "no frame header".into() }),
-    };
+    let (mut decoder, width, height) = jpeg_header(bytes)?;
     check_dimensions(FORMAT, width, height)?;
     let input = decoder.input_colorspace().unwrap_or(ColorSpace::Unknown);
     match input {
@@ -198,6 +187,38 @@ pub fn decode_jpeg_into(bytes: &[u8], out: &mut RgbImage) -> Result<(), ImageErr
     }
     out.reshape(width, height);
     decoder.decode_into(&mut out.data).map_err(jpeg_error)
+}
+
+type JpegDecoder<'a> = zune_jpeg::JpegDecoder<ZCursor<&'a [u8]>>;
+
+/// A JPEG decoder past the headers, with the frame's width and height.
+fn jpeg_header(bytes: &[u8]) -> Result<(JpegDecoder<'_>, u32, u32), ImageError> {
+    // The decoder's own side limit would report a bare string; the header is checked by the caller instead.
+    let options = DecoderOptions::default()
+        .set_strict_mode(false)
+        .set_max_width(usize::from(u16::MAX))
+        .set_max_height(usize::from(u16::MAX))
+        .jpeg_set_out_colorspace(ColorSpace::RGB);
+    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), options);
+    decoder.decode_headers().map_err(jpeg_error)?;
+    match decoder.info() {
+        Some(info) => Ok((decoder, u32::from(info.width), u32::from(info.height))),
+        None => Err(ImageError::Corrupt { format: ImageFormat::Jpeg, detail: "no frame header".into() }),
+    }
+}
+
+/// The width and height a JPEG or PNG declares, from its headers alone: what decoding it would take is known
+/// before anything is allocated for its pixels.
+pub fn image_size(bytes: &[u8]) -> Result<(u32, u32), ImageError> {
+    match detect_format(bytes) {
+        Some(ImageFormat::Jpeg) => jpeg_header(bytes).map(|(_, width, height)| (width, height)),
+        Some(ImageFormat::Png) => {
+            let mut decoder = png::Decoder::new(Cursor::new(bytes));
+            let header = decoder.read_header_info().map_err(png_error)?;
+            Ok((header.width, header.height))
+        }
+        None => Err(ImageError::NotAnImage { head: hex_head(bytes) }),
+    }
 }
 
 fn jpeg_error(error: zune_jpeg::errors::DecodeErrors) -> ImageError {

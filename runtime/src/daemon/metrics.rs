@@ -94,8 +94,11 @@ pub struct Metrics {
     pub http_requests: AtomicU64,
     pub http_client_errors: AtomicU64,
     pub http_server_errors: AtomicU64,
-    /// Connections refused because every request slot was busy.
+    /// Connections refused: over `http.max_connections`, or over one client's share.
     pub http_connections_refused: AtomicU64,
+    /// Open HTTP connections and request bodies held, set by the server when the metrics are read.
+    pub http_connections_open: AtomicU64,
+    pub http_bodies_in_use: AtomicU64,
     pub frame_queue_depth: AtomicU64,
     pub question_queue_depth: AtomicU64,
     pub budget_bytes: AtomicU64,
@@ -114,7 +117,7 @@ impl Metrics {
     /// Prometheus text exposition (version 0.0.4).
     pub fn render(&self, rss: Option<crate::memory::Rss>) -> String {
         let mut out = String::with_capacity(8192);
-        let counters: [(&str, &str, &AtomicU64); 21] = [
+        let counters: [(&str, &str, &AtomicU64); 23] = [
             ("frames_captured_total", "Frames delivered by the camera", &self.frames_captured),
             ("frames_processed_total", "Frames the vision stage ran on", &self.frames_processed),
             (
@@ -148,9 +151,11 @@ impl Metrics {
             ("http_server_errors_total", "HTTP responses with a 5xx status", &self.http_server_errors),
             (
                 "http_connections_refused_total",
-                "Connections refused because every slot was busy",
+                "Connections refused over the total or per-client limit",
                 &self.http_connections_refused,
             ),
+            ("http_connections_open", "HTTP connections open", &self.http_connections_open),
+            ("http_bodies_in_use", "HTTP request bodies held in memory", &self.http_bodies_in_use),
             ("question_queue_depth", "Questions waiting for the pipeline", &self.question_queue_depth),
         ];
         for (name, help, value) in counters {

@@ -226,7 +226,7 @@ pub fn serve(ctx: &Context, config_path: &Path, board: Option<&str>) -> anyhow::
     shared.events.emit("starting", json!({ "board": checked.config.board.name, "plan_mib": checked.plan.total_mib, "budget_mib": checked.plan.budget_mib, "threads": threads }));
     notifier.status("loading models");
     let mut pipeline = Pipeline::start(&checked, &shared, SourceOptions::default())?;
-    let mut http = HttpServer::start(&checked.config, current.clone())?;
+    let mut http = HttpServer::start(&checked, current.clone())?;
     shared.events.emit("listening", json!({ "address": http.addr.to_string() }));
     let rss = memory::rss();
     shared.events.emit("ready", json!({ "rss_mib": rss.map(|r| r.rss_mib), "plan_mib": checked.plan.total_mib }));
@@ -284,9 +284,9 @@ pub fn serve(ctx: &Context, config_path: &Path, board: Option<&str>) -> anyhow::
                                 current.set(shared.clone());
                                 if http.listen() != checked.config.http.listen {
                                     drop(http);
-                                    http = HttpServer::start(&checked.config, current.clone())?;
+                                    http = HttpServer::start(&checked, current.clone())?;
                                 } else {
-                                    http.update(&checked.config);
+                                    http.update(&checked);
                                 }
                                 shared.events.emit("reloaded", json!({ "address": http.addr.to_string() }));
                                 notifier.ready(&format!(

@@ -10,20 +10,22 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use lookout_models::bundle::Bundle;
 use lookout_models::llm::{Finish, GenerateOptions, LanguageModel};
-use lookout_models::speech::Transcriber;
+use lookout_models::speech::{Transcriber, Transcript};
 use lookout_models::vad::SileroVad;
 use lookout_models::vision::detections::count_by_label;
-use lookout_models::vision::image::RgbImage;
+use lookout_models::vision::image::{decode_image, RgbImage};
 use lookout_models::vision::{Scene, VisionModels, VisionSession};
 use lookout_models::whisper::{DecodeOptions, Whisper, Window};
 use lookout_models::ModelError;
 use serde_json::json;
 
 use super::metrics::Metrics;
-use super::state::{Answer, AskError, Beat, Job, Origin, Published, PublishedCaption, Question, Shared};
+use super::state::{
+    Answer, AskError, AskOptions, Beat, Job, Origin, Published, PublishedCaption, Question, Shared, TokenCounts, Work,
+};
 use crate::answer::{reply, Reply};
 use crate::config::{Config, LabelFilterConfig, OcrModel, SpeechWindow};
-use crate::fusion::Task;
+use crate::fusion::{Exchange, Task};
 use crate::memory;
 use crate::scene_change::{ChangeGate, Verdict};
 use crate::scheduler::{Clock as _, Deadline, MonotonicClock};
@@ -268,7 +270,7 @@ impl<'m> Worker<'m> {
             let mut inbox = shared.inbox();
             if let Some(job) = shared.next_question(&mut inbox) {
                 drop(inbox);
-                self.answer(job);
+                self.work(job);
                 continue;
             }
             let frame_waiting = inbox.frames.waiting() > 0 && self.models.vision.is_some();
@@ -379,7 +381,7 @@ impl<'m> Worker<'m> {
             shared.beat(Beat::Pipeline);
             shared.questions_waiting() || shared.stopping()
         };
-        let result = self.reply(&scene, &Task::Caption, &cancel);
+        let result = self.reply(&scene, &Task::Caption, &[], &self.options, &cancel);
         let reply = match result {
             Ok(r) if r.generation.as_ref().is_some_and(|g| matches!(g.finish, Finish::Cancelled)) => {
                 Metrics::add(&shared.metrics.captions_preempted, 1);
@@ -411,66 +413,127 @@ impl<'m> Worker<'m> {
         memory::release_free_memory();
     }
 
-    fn answer(&mut self, job: Job) {
+    fn work(&mut self, job: Job) {
+        let Job { work, origin, queued_at } = job;
+        // A spoken question's answer goes to the events, not to a waiting client.
+        let awaited = origin == Origin::Http;
+        if awaited && work.abandoned() {
+            return; // Nobody waits for it any more: its client left or gave up.
+        }
         let shared = self.shared.clone();
-        let started = Instant::now();
-        // Past this, whoever asked has stopped waiting: the question is dropped, or stopped at its next step.
-        let give_up_at = job.queued_at + self.answer_deadline.budget;
-        let result = if Instant::now() >= give_up_at {
-            Err(AskError::TimedOut)
-        } else {
-            shared.thinking.store(true, std::sync::atomic::Ordering::Relaxed);
-            let result = self.answer_question(job.question, give_up_at);
-            shared.thinking.store(false, std::sync::atomic::Ordering::Relaxed);
-            result
-        };
-        if !self.answer_deadline.finish(&self.clock, self.clock.at(job.queued_at)) {
+        // Past this, whoever asked has stopped waiting: the work is dropped, or stopped at its next step.
+        let give_up_at = queued_at + self.answer_deadline.budget;
+        shared.thinking.store(true, std::sync::atomic::Ordering::Relaxed);
+        match work {
+            Work::Ask { question, options, reply } => {
+                let started = Instant::now();
+                let result = match Instant::now() >= give_up_at {
+                    true => Err(AskError::TimedOut),
+                    false => self.answer_question(question, &options, give_up_at, &|| awaited && reply.is_closed()),
+                };
+                self.report_answer(&result, origin, queued_at, started);
+                let _ = reply.send(result);
+            }
+            Work::Transcribe { samples, language, reply } => {
+                let result = self.transcription(&samples, language, give_up_at, &|| awaited && reply.is_closed());
+                if let Err(AskError::Failed(reason)) = &result {
+                    Metrics::add(&shared.metrics.pipeline_errors, 1);
+                    shared.events.emit("error", json!({ "stage": "transcribe", "origin": origin, "error": reason }));
+                }
+                let _ = reply.send(result);
+            }
+        }
+        shared.thinking.store(false, std::sync::atomic::Ordering::Relaxed);
+        if !self.answer_deadline.finish(&self.clock, self.clock.at(queued_at)) {
             Metrics::add(&shared.metrics.answer_deadline_misses, 1);
         }
-        match &result {
+        // Runs free what they allocated; hand it back so the resident set stays at the plan's level.
+        memory::release_free_memory();
+    }
+
+    fn report_answer(&self, result: &Result<Answer, AskError>, origin: Origin, queued_at: Instant, started: Instant) {
+        let shared = &self.shared;
+        match result {
             Ok(answer) => {
                 shared.metrics.latency.answer.observe(started.elapsed());
                 Metrics::add(&shared.metrics.answers, 1);
                 shared.events.emit(
                     "answer",
-                    json!({ "origin": job.origin, "question": answer.question, "answer": answer.answer, "source": answer.source,
-                            "frame": answer.frame, "ms": job.queued_at.elapsed().as_secs_f64() * 1e3 }),
+                    json!({ "origin": origin, "question": answer.question, "answer": answer.answer, "source": answer.source,
+                            "frame": answer.frame, "ms": queued_at.elapsed().as_secs_f64() * 1e3 }),
                 );
             }
             Err(AskError::Failed(reason)) => {
                 Metrics::add(&shared.metrics.pipeline_errors, 1);
-                shared.events.emit("error", json!({ "stage": "answer", "origin": job.origin, "error": reason }));
+                shared.events.emit("error", json!({ "stage": "answer", "origin": origin, "error": reason }));
             }
-            Err(e) if job.origin == Origin::Voice => {
-                shared.events.emit("unanswered", json!({ "origin": job.origin, "reason": e.to_string() }))
+            Err(e) if origin == Origin::Voice => {
+                shared.events.emit("unanswered", json!({ "origin": origin, "reason": e.to_string() }))
             }
             Err(_) => {}
         }
-        let _ = job.reply.send(result);
-        // Runs free what they allocated; hand it back so the resident set stays at the plan's level.
-        memory::release_free_memory();
     }
 
-    fn answer_question(&mut self, question: Question, give_up_at: Instant) -> Result<Answer, AskError> {
-        let mut timings = BTreeMap::new();
-        let shared = self.shared.clone();
-        // Asked before each Whisper window and each decoder token: the watchdog sees the pipeline alive through long
-        // work, and work nobody waits for stops.
-        let cancel = || {
-            shared.beat(Beat::Pipeline);
-            shared.stopping() || Instant::now() >= give_up_at
-        };
-        let failed = |e: anyhow::Error| match e.chain().find_map(|c| c.downcast_ref::<ModelError>()) {
-            Some(ModelError::Cancelled) if !shared.stopping() => AskError::TimedOut,
+    /// Asked before each Whisper window and each decoder token: the watchdog sees the pipeline alive through long
+    /// work, and work nobody waits for (past its deadline, or its client gone) stops.
+    fn cancel_check<'a>(&'a self, give_up_at: Instant, abandoned: &'a dyn Fn() -> bool) -> impl Fn() -> bool + 'a {
+        move || {
+            self.shared.beat(Beat::Pipeline);
+            self.shared.stopping() || Instant::now() >= give_up_at || abandoned()
+        }
+    }
+
+    /// The error for a failed step: a cancelled one timed out (or the daemon is stopping).
+    fn failure(&self, e: anyhow::Error) -> AskError {
+        match e.chain().find_map(|c| c.downcast_ref::<ModelError>()) {
+            Some(ModelError::Cancelled) if !self.shared.stopping() => AskError::TimedOut,
             Some(ModelError::Cancelled) => AskError::Stopping,
+            Some(ModelError::UnknownLanguage(language)) => {
+                AskError::Invalid(format!("the speech model knows no language `{language}`"))
+            }
             _ => AskError::Failed(format!("{e:#}")),
+        }
+    }
+
+    fn transcription(
+        &self,
+        samples: &[f32],
+        language: Option<String>,
+        give_up_at: Instant,
+        abandoned: &dyn Fn() -> bool,
+    ) -> Result<Transcript, AskError> {
+        let Some(stage) = &self.models.speech else {
+            return Err(AskError::Unavailable("speech recognition is off in this configuration".into()));
         };
+        let cancel = self.cancel_check(give_up_at, abandoned);
+        let mut options = DecodeOptions { window: self.models.window, ..DecodeOptions::default() };
+        if let Some(language) = language {
+            options.language = language;
+        }
+        let started = Instant::now();
+        let transcript = stage
+            .with(|whisper| {
+                let mut transcriber = Transcriber::new(whisper, self.models.vad.as_deref())?;
+                Ok(transcriber.transcribe_until(samples, &options, &cancel)?)
+            })
+            .map_err(|e| self.failure(e))?;
+        self.shared.metrics.latency.transcribe.observe(started.elapsed());
+        Ok(transcript)
+    }
+
+    fn answer_question(
+        &mut self,
+        question: Question,
+        options: &AskOptions,
+        give_up_at: Instant,
+        abandoned: &dyn Fn() -> bool,
+    ) -> Result<Answer, AskError> {
+        let mut timings = BTreeMap::new();
         let (question, transcript) = match question {
             Question::Text(text) => (text, None),
             Question::Speech(samples) => {
                 let started = Instant::now();
-                let text = self.transcribe(&samples, &cancel).map_err(failed)?;
-                self.shared.metrics.latency.transcribe.observe(started.elapsed());
+                let text = self.transcription(&samples, None, give_up_at, abandoned)?.text.trim().to_string();
                 timings.insert("transcribe", started.elapsed().as_secs_f64() * 1e3);
                 if text.is_empty() {
                     return Err(AskError::NoSpeech);
@@ -478,47 +541,110 @@ impl<'m> Worker<'m> {
                 (text.clone(), Some(text))
             }
         };
-        // The answer is about the present: a frame newer than the published scene is analysed first.
-        self.analyse_waiting_frame();
-        let latest = self.shared.latest();
-        if latest.is_none() && self.models.vision.is_some() {
-            return Err(AskError::NoScene);
-        }
-        let scene = latest.as_ref().map(|p| p.scene.clone()).unwrap_or_default();
+        let (scene, frame, scene_age_s) = match &options.image {
+            Some(bytes) => {
+                let started = Instant::now();
+                let scene = self.describe_image(bytes)?;
+                timings.insert("vision", started.elapsed().as_secs_f64() * 1e3);
+                (scene, None, None)
+            }
+            None => {
+                // The answer is about the present: a frame newer than the published scene is analysed first.
+                self.analyse_waiting_frame();
+                let latest = self.shared.latest();
+                if latest.is_none() && self.models.vision.is_some() {
+                    return Err(AskError::NoScene);
+                }
+                let age = latest.as_ref().map(|p| p.seen_at.elapsed().as_secs_f64());
+                (latest.as_ref().map(|p| p.scene.clone()).unwrap_or_default(), latest.map(|p| p.frame), age)
+            }
+        };
+        // A question with nothing to ask (an image alone) is a request for a caption.
+        let task = match question.trim().is_empty() {
+            true => Task::Caption,
+            false => Task::Answer(question.clone()),
+        };
         let started = Instant::now();
-        let reply = self.reply(&scene, &Task::Answer(question.clone()), &cancel).map_err(failed)?;
+        let mut generate = self.options;
+        if let Some(limit) = options.max_tokens {
+            generate.max_tokens = generate.max_tokens.min(limit.max(1));
+        }
+        if let Some(sampling) = options.sampling {
+            generate.sampling = sampling;
+        }
+        let cancel = self.cancel_check(give_up_at, abandoned);
+        let reply = self.reply(&scene, &task, &options.history, &generate, &cancel).map_err(|e| self.failure(e))?;
         if reply.generation.as_ref().is_some_and(|g| matches!(g.finish, Finish::Cancelled)) {
-            return Err(if shared.stopping() { AskError::Stopping } else { AskError::TimedOut });
+            return Err(if self.shared.stopping() { AskError::Stopping } else { AskError::TimedOut });
         }
         timings.insert("answer", started.elapsed().as_secs_f64() * 1e3);
+        let prompt_tokens = reply.generation.as_ref().map_or(0, |g| g.prompt_tokens);
+        let (answer, tokens, truncated) = self.limit_answer(reply.text, &options.stop, options.max_tokens);
         Ok(Answer {
             question,
             transcript,
-            answer: reply.text,
+            answer,
             source: reply.source,
             fallback_reason: reply.fallback_reason,
-            frame: latest.as_ref().map(|p| p.frame),
-            scene_age_s: latest.as_ref().map(|p| p.seen_at.elapsed().as_secs_f64()),
+            frame,
+            scene_age_s,
             timings_ms: timings,
+            tokens: tokens.map(|answer| TokenCounts { prompt: prompt_tokens, answer }),
+            truncated,
         })
     }
 
-    fn transcribe(&self, samples: &[f32], cancel: &dyn Fn() -> bool) -> anyhow::Result<String> {
-        let Some(stage) = &self.models.speech else { anyhow::bail!("speech recognition is off in this configuration") };
-        let options = DecodeOptions { window: self.models.window, ..DecodeOptions::default() };
-        stage.with(|whisper| {
-            let mut transcriber = Transcriber::new(whisper, self.models.vad.as_deref())?;
-            Ok(transcriber.transcribe_until(samples, &options, cancel)?.text.trim().to_string())
-        })
+    /// The objects and text in an image sent with a question (not the camera's: nothing is tracked or published).
+    fn describe_image(&self, bytes: &[u8]) -> Result<Scene, AskError> {
+        let Some(stage) = &self.models.vision else {
+            return Err(AskError::Unavailable("vision is off in this configuration; an image cannot be read".into()));
+        };
+        let image = decode_image(bytes).map_err(|e| AskError::Invalid(format!("the image cannot be used: {e}")))?;
+        let started = Instant::now();
+        let scene = stage.with(|v| Ok(v.session()?.describe(&image)?)).map_err(|e| self.failure(e))?;
+        self.shared.metrics.latency.vision.observe(started.elapsed());
+        Ok(scene)
     }
 
-    fn reply(&self, scene: &Scene, task: &Task, cancel: &dyn Fn() -> bool) -> anyhow::Result<Reply> {
+    /// Cuts the answer before the first stop sequence and at `max_tokens`; returns it with its token count (when
+    /// the decoder's tokenizer is loaded) and whether the token limit cut it.
+    fn limit_answer(
+        &self,
+        mut text: String,
+        stop: &[String],
+        max_tokens: Option<usize>,
+    ) -> (String, Option<usize>, bool) {
+        if let Some(at) = stop.iter().filter(|s| !s.is_empty()).filter_map(|s| text.find(s.as_str())).min() {
+            text.truncate(at);
+        }
+        let tokenizer = self.models.decoder.as_ref().and_then(|d| d.resident.as_ref()).map(|lm| &lm.text.tokenizer);
+        let Some(tokenizer) = tokenizer else {
+            // Without a tokenizer the limit counts words, which are never fewer than tokens.
+            let words = text.split_whitespace().count();
+            return match max_tokens.filter(|&m| words > m) {
+                Some(limit) => (text.split_whitespace().take(limit).collect::<Vec<_>>().join(" "), None, true),
+                None => (text, None, false),
+            };
+        };
+        let ids = tokenizer.encode_plain(&text);
+        match max_tokens.filter(|&m| ids.len() > m) {
+            Some(limit) => (tokenizer.decode(&ids[..limit]), Some(limit), true),
+            None => (text, Some(ids.len()), false),
+        }
+    }
+
+    fn reply(
+        &self,
+        scene: &Scene,
+        task: &Task,
+        history: &[Exchange],
+        options: &GenerateOptions,
+        cancel: &dyn Fn() -> bool,
+    ) -> anyhow::Result<Reply> {
         let labels = &self.models.labels;
         match &self.models.decoder {
-            Some(stage) => {
-                stage.with(|lm| reply(scene, labels, task, &[], Some(lm), &self.options, &mut |_| {}, cancel))
-            }
-            None => reply(scene, labels, task, &[], None, &self.options, &mut |_| {}, cancel),
+            Some(stage) => stage.with(|lm| reply(scene, labels, task, history, Some(lm), options, &mut |_| {}, cancel)),
+            None => reply(scene, labels, task, history, None, options, &mut |_| {}, cancel),
         }
     }
 

@@ -1,20 +1,23 @@
-//! What the daemon's threads share: the inbox (frames and questions waiting for the pipeline), the latest
-//! scene and caption, heartbeats, metrics and events. Questions wait in a bounded queue; a full queue refuses
-//! the question rather than growing.
+//! What the daemon's threads share: the inbox (frames, questions and transcriptions waiting for the pipeline),
+//! the latest scene and caption, heartbeats, metrics and events. Work waits in a bounded queue; a full queue
+//! refuses it rather than growing.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use heapless::Deque;
+use lookout_models::llm::sampler::Sampling;
+use lookout_models::speech::Transcript;
 use lookout_models::vision::Scene;
 use serde::Serialize;
+use tokio::sync::oneshot;
 
 use super::events::Events;
 use super::metrics::Metrics;
 use crate::answer::Source;
+use crate::fusion::Exchange;
 use crate::scheduler::buffers::FrameQueue;
 
 pub use crate::plan::QUESTION_QUEUE;
@@ -33,11 +36,59 @@ pub enum Origin {
     Voice,
 }
 
+/// Where the pipeline's reply to a question goes; the asker awaits it, or blocks on it outside async code.
+pub type AnswerReceiver = oneshot::Receiver<Result<Answer, AskError>>;
+pub type TranscriptReceiver = oneshot::Receiver<Result<Transcript, AskError>>;
+
 pub struct Job {
-    pub question: Question,
+    pub work: Work,
     pub origin: Origin,
     pub queued_at: Instant,
-    pub reply: SyncSender<Result<Answer, AskError>>,
+}
+
+pub enum Work {
+    Ask {
+        question: Question,
+        options: AskOptions,
+        reply: oneshot::Sender<Result<Answer, AskError>>,
+    },
+    /// 16 kHz mono samples to transcribe, in `language` (the speech model's default when `None`).
+    Transcribe {
+        samples: Vec<f32>,
+        language: Option<String>,
+        reply: oneshot::Sender<Result<Transcript, AskError>>,
+    },
+}
+
+impl Work {
+    /// Whoever asked has stopped waiting (gone, or past its timeout): the work need not be done.
+    pub fn abandoned(&self) -> bool {
+        match self {
+            Work::Ask { reply, .. } => reply.is_closed(),
+            Work::Transcribe { reply, .. } => reply.is_closed(),
+        }
+    }
+
+    pub fn refuse(self, error: AskError) {
+        match self {
+            Work::Ask { reply, .. } => drop(reply.send(Err(error))),
+            Work::Transcribe { reply, .. } => drop(reply.send(Err(error))),
+        }
+    }
+}
+
+/// How a question is to be answered beyond the daemon's defaults (the OpenAI-compatible endpoint sets these).
+#[derive(Debug, Clone, Default)]
+pub struct AskOptions {
+    /// A JPEG or PNG to answer about instead of the camera's scene; its size was checked by whoever queued it.
+    pub image: Option<Vec<u8>>,
+    /// Earlier questions and answers of the conversation, oldest first.
+    pub history: Vec<Exchange>,
+    /// At most this many tokens in the answer (the daemon's own limit when `None` or larger).
+    pub max_tokens: Option<usize>,
+    pub sampling: Option<Sampling>,
+    /// The answer ends before the first of these.
+    pub stop: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -53,6 +104,19 @@ pub struct Answer {
     pub frame: Option<u64>,
     pub scene_age_s: Option<f64>,
     pub timings_ms: BTreeMap<&'static str, f64>,
+    /// Token counts, when the decoder's tokenizer is loaded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<TokenCounts>,
+    /// The answer was cut at the token limit the question set.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct TokenCounts {
+    /// The prompt the decoder read (0 when the answer came from the scene without it).
+    pub prompt: usize,
+    pub answer: usize,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -63,6 +127,12 @@ pub enum AskError {
     NoScene,
     #[error("no speech found in the audio")]
     NoSpeech,
+    /// What was sent cannot be used (an image that does not decode).
+    #[error("{0}")]
+    Invalid(String),
+    /// The configuration has no model for this (speech recognition or vision off).
+    #[error("{0}")]
+    Unavailable(String),
     #[error("the daemon is stopping or reloading")]
     Stopping,
     /// The answer timeout passed while the question waited or was being answered: the work was stopped.
@@ -209,9 +279,30 @@ impl Shared {
     }
 
     /// Queues a question; the answer arrives on the returned channel.
-    pub fn ask(&self, question: Question, origin: Origin) -> Result<Receiver<Result<Answer, AskError>>, AskError> {
-        let (reply, answer) = sync_channel(1);
-        let job = Job { question, origin, queued_at: Instant::now(), reply };
+    pub fn ask(&self, question: Question, origin: Origin) -> Result<AnswerReceiver, AskError> {
+        self.ask_with(question, AskOptions::default(), origin)
+    }
+
+    pub fn ask_with(
+        &self,
+        question: Question,
+        options: AskOptions,
+        origin: Origin,
+    ) -> Result<AnswerReceiver, AskError> {
+        let (reply, answer) = oneshot::channel();
+        self.enqueue(Work::Ask { question, options, reply }, origin)?;
+        Ok(answer)
+    }
+
+    /// Queues 16 kHz mono samples for transcription.
+    pub fn transcribe(&self, samples: Vec<f32>, language: Option<String>) -> Result<TranscriptReceiver, AskError> {
+        let (reply, transcript) = oneshot::channel();
+        self.enqueue(Work::Transcribe { samples, language, reply }, Origin::Http)?;
+        Ok(transcript)
+    }
+
+    fn enqueue(&self, work: Work, origin: Origin) -> Result<(), AskError> {
+        let job = Job { work, origin, queued_at: Instant::now() };
         let mut inbox = self.inbox();
         if !inbox.accepting {
             return Err(AskError::Stopping);
@@ -224,7 +315,7 @@ impl Shared {
         self.metrics.question_queue_depth.store(inbox.questions.len() as u64, Relaxed);
         drop(inbox);
         self.wake.notify_all();
-        Ok(answer)
+        Ok(())
     }
 
     /// The next question, taken from a locked inbox.
@@ -240,7 +331,7 @@ impl Shared {
         let mut inbox = self.inbox();
         inbox.accepting = false;
         while let Some(job) = self.next_question(&mut inbox) {
-            let _ = job.reply.send(Err(AskError::Stopping));
+            job.work.refuse(AskError::Stopping);
         }
         drop(inbox);
         self.wake.notify_all();
@@ -292,7 +383,7 @@ mod tests {
         assert!(shared.questions_waiting());
         shared.close_inbox();
         for answer in waiting {
-            assert!(matches!(answer.recv().unwrap(), Err(AskError::Stopping)));
+            assert!(matches!(answer.blocking_recv().unwrap(), Err(AskError::Stopping)));
         }
         assert!(!shared.questions_waiting());
         assert!(matches!(shared.ask(Question::Text("late".into()), Origin::Http), Err(AskError::Stopping)));
