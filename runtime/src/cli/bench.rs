@@ -7,6 +7,7 @@
 mod e2e_suite;
 mod frames;
 mod gate;
+mod http;
 mod llama_cpp;
 mod llm;
 mod npy;
@@ -31,7 +32,7 @@ use super::Context;
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Suite to run: `speech`, `vision`, `llm` or `frames` (timing beside peers), `gate` (the scene-change gate on
-    /// built and real camera sequences), or an evaluation suite file:
+    /// built and real camera sequences), `http` (the daemon's HTTP server under load), or an evaluation suite file:
     /// a path, or the name of one in runtime/bench/suites (`speech.toml`, `vision.toml`, `e2e.toml`,
     /// `questions.toml`, or the name without `.toml`).
     #[arg(long, default_value = "speech")]
@@ -69,6 +70,15 @@ pub struct BenchArgs {
     /// Runs one configuration in this process and prints its measurements as JSON.
     #[arg(long, hide = true, value_name = "SPEC")]
     worker: Option<String>,
+    /// Http: concurrent keep-alive clients per endpoint.
+    #[arg(long, default_value_t = 32)]
+    clients: usize,
+    /// Http: seconds of load per endpoint.
+    #[arg(long, default_value_t = 30)]
+    seconds: u64,
+    /// Http: another `lookout` binary whose server is measured the same way (an earlier build, say).
+    #[arg(long)]
+    peer_binary: Option<PathBuf>,
     /// Vision worker: write the preprocessed input tensors here as .npy.
     #[arg(long, hide = true)]
     tensors: Option<PathBuf>,
@@ -84,9 +94,10 @@ pub fn run(ctx: &Context, args: BenchArgs) -> anyhow::Result<()> {
         "llm" => llm::run(ctx, &args),
         "frames" => frames::run(ctx, &args),
         "gate" => gate::run(ctx, &args),
+        "http" => http::run(ctx, &args),
         other => match suite_file(other) {
             Some(file) => run_suite_file(ctx, &args, &file),
-            None => bail!("unknown suite `{other}` (available: speech, vision, llm, frames, gate, or a suite file: e2e, speech.toml, vision.toml, e2e.toml or a path)"),
+            None => bail!("unknown suite `{other}` (available: speech, vision, llm, frames, gate, http, or a suite file: e2e, speech.toml, vision.toml, e2e.toml or a path)"),
         },
     }
 }
