@@ -33,6 +33,8 @@ use crate::tracker::Tracker;
 
 /// Consecutive frames a changed scene must hold before it is captioned, so a passer-by does not trigger one.
 const SETTLE_FRAMES: u32 = 2;
+/// Longest a question asked before the first scene was published waits for it.
+const FIRST_SCENE_WAIT: Duration = Duration::from_secs(5);
 /// Longest idle wait before the pipeline beats again.
 const IDLE_WAIT: Duration = Duration::from_millis(250);
 
@@ -551,7 +553,25 @@ impl<'m> Worker<'m> {
             None => {
                 // The answer is about the present: a frame newer than the published scene is analysed first.
                 self.analyse_waiting_frame();
-                let latest = self.shared.latest();
+                let mut latest = self.shared.latest();
+                // Right after start the tracker has not yet confirmed what is in view: the first frames are
+                // analysed while the question waits, for a few seconds at most.
+                let shared = self.shared.clone();
+                let wait_until = give_up_at.min(Instant::now() + FIRST_SCENE_WAIT);
+                while latest.is_none() && self.models.vision.is_some() && Instant::now() < wait_until {
+                    shared.beat(Beat::Pipeline);
+                    if shared.stopping() || abandoned() {
+                        break;
+                    }
+                    let inbox = shared.inbox();
+                    if inbox.frames.waiting() == 0 {
+                        drop(shared.wake.wait_timeout(inbox, Duration::from_millis(50)));
+                    } else {
+                        drop(inbox);
+                    }
+                    self.analyse_waiting_frame();
+                    latest = shared.latest();
+                }
                 if latest.is_none() && self.models.vision.is_some() {
                     return Err(AskError::NoScene);
                 }
