@@ -252,6 +252,14 @@ fn peak_rss_kib(daemon: &Daemon) -> i64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
+/// A camera folder in `dir` that shows kite.jpg (a beach with kites and people).
+fn kite_camera(dir: &Path) -> std::path::PathBuf {
+    let frames = dir.join("frames");
+    std::fs::create_dir_all(&frames).unwrap();
+    std::fs::copy(testdata_dir().join("vision/photos/kite.jpg"), frames.join("kite.jpg")).unwrap();
+    frames
+}
+
 fn event_is(kind: &'static str) -> impl Fn(&Value) -> bool {
     move |e| e["event"] == kind
 }
@@ -259,10 +267,8 @@ fn event_is(kind: &'static str) -> impl Fn(&Value) -> bool {
 #[test]
 fn the_daemon_captions_answers_refuses_bad_requests_and_talks_to_systemd() {
     let dir = temp_dir("daemon");
-    let frames = dir.join("frames");
-    std::fs::create_dir_all(&frames).unwrap();
+    let frames = kite_camera(&dir);
     let photos = testdata_dir().join("vision/photos");
-    std::fs::copy(photos.join("kite.jpg"), frames.join("kite.jpg")).unwrap();
     let speech = testdata_dir().join("speech");
     let config = dir.join("lookout.toml");
     std::fs::write(&config, config_text(&frames, &speech.join("how_many_people.wav"), "")).unwrap();
@@ -468,10 +474,8 @@ fn form(fields: &[(&str, &str)], file: Option<(&str, &[u8])>) -> (String, Vec<u8
 #[test]
 fn the_api_keeps_connections_alive_streams_and_answers_the_official_openai_client() {
     let dir = temp_dir("openai");
-    let frames = dir.join("frames");
-    std::fs::create_dir_all(&frames).unwrap();
+    let frames = kite_camera(&dir);
     let photos = testdata_dir().join("vision/photos");
-    std::fs::copy(photos.join("kite.jpg"), frames.join("kite.jpg")).unwrap();
     let speech = testdata_dir().join("speech");
     let config = dir.join("lookout.toml");
     let text = config_text(&frames, &speech.join("how_many_people.wav"), "")
