@@ -1,9 +1,9 @@
-//! The process's global allocator: the counting system allocator from `lookout_models::allocations`, read by
-//! `lookout bench --suite frames` and by the tests that prove a per-frame path allocation-free.
+//! The allocation count of the counting system allocator (`lookout_models::allocations`), which the `lookout`
+//! binary and this crate's unit tests install: read by `lookout bench --suite frames` and by the tests that prove a
+//! per-frame path allocation-free.
 
-#[cfg(any(test, feature = "bench"))]
 pub use lookout_models::allocations::allocations;
-use lookout_models::allocations::Counting;
 
+#[cfg(test)]
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: lookout_models::allocations::Counting = lookout_models::allocations::Counting;

@@ -1,26 +1,14 @@
 //! The `lookout` command: parses arguments, runs one subcommand, prints errors as one line with an exit code
 //! that says what kind of failure it was.
 
-mod allocations;
-mod answer;
-mod board;
-mod cli;
-mod config;
-mod context;
-mod daemon;
-mod exit;
-mod fusion;
-mod memory;
-mod plan;
-mod question;
-mod scene_change;
-mod scheduler;
-mod started;
-mod tracker;
-
 use std::process::ExitCode;
 
 use clap::Parser;
+use lookout::{cli, exit, started};
+
+/// Every allocation is counted, so `lookout bench --suite frames` can show a per-frame path allocation-free.
+#[global_allocator]
+static GLOBAL: lookout_models::allocations::Counting = lookout_models::allocations::Counting;
 
 fn main() -> ExitCode {
     started::mark_process_start();

@@ -50,7 +50,15 @@ impl Plan {
         self.total_mib <= self.budget_mib
     }
 
-    /// The error for a plan over budget, naming the largest items.
+    /// Ok when the plan fits its budget; else the error for the configuration at `path`, naming the largest items.
+    pub fn check_fits(&self, path: &std::path::Path) -> Result<(), OverBudget> {
+        match self.fits() {
+            true => Ok(()),
+            false => Err(OverBudget(format!("{}: {}", path.display(), self.over_budget_message()))),
+        }
+    }
+
+    /// Why a plan is over budget, naming the largest items.
     pub fn over_budget_message(&self) -> String {
         let mut items: Vec<&Item> = self.resident.iter().chain(std::iter::once(&self.peak_extra)).collect();
         items.sort_by(|a, b| b.mib.total_cmp(&a.mib));

@@ -9,20 +9,20 @@ use std::time::Instant;
 use anyhow::Context as _;
 use clap::Args;
 use lookout_models::audio;
-use lookout_models::llm::{GenerateOptions, LanguageModel, Sampling};
+use lookout_models::llm::{GenerateOptions, Sampling};
 use lookout_models::speech::Transcriber;
-use lookout_models::vad::SileroVad;
 use lookout_models::vision::image::load_image;
-use lookout_models::vision::{Scene, VisionModels};
-use lookout_models::whisper::{DecodeOptions, Whisper, Window};
+use lookout_models::vision::Scene;
+use lookout_models::whisper::{DecodeOptions, Window};
 use lookout_models::ModelError;
 use serde::Serialize;
 
 use super::{print_json, Context};
-use crate::answer::{reply, Decoder, Reply};
 use crate::exit::BadInput;
-use crate::fusion::{Task, MAX_QUESTION_AUDIO, MAX_QUESTION_BYTES};
+use crate::fusion::{MAX_QUESTION_AUDIO, MAX_QUESTION_BYTES};
 use crate::memory;
+use crate::started::ms_since;
+use crate::turn::{self, Decoder, Reply, VisionChoice};
 
 /// Options shared by `caption` and `ask`.
 #[derive(Debug, Args)]
@@ -129,10 +129,6 @@ pub fn ask(ctx: &Context, args: AskArgs) -> anyhow::Result<()> {
 /// them.
 const OVERLAP_MIN_AVAILABLE_MIB: f64 = 1024.0;
 
-fn ms_since(start: Instant) -> f64 {
-    start.elapsed().as_secs_f64() * 1e3
-}
-
 fn run(
     ctx: &Context,
     image_path: &Path,
@@ -163,13 +159,13 @@ fn run(
     let note_loaded = || loaded_at.lock().unwrap_or_else(|e| e.into_inner()).push(Instant::now());
     let load_decoder = || {
         let started = Instant::now();
-        let lm = LanguageModel::load(&bundle, args.variant.as_deref())?;
+        let lm = turn::load_decoder(&bundle, args.variant.as_deref(), None)?;
         note_loaded();
         Ok::<_, ModelError>((lm, ms_since(started)))
     };
     let see = || -> anyhow::Result<_> {
         let started = Instant::now();
-        let vision = VisionModels::load(&bundle, args.detector.as_deref(), !args.no_ocr)?;
+        let vision = turn::load_vision(&bundle, &VisionChoice::new(args.detector.as_deref(), !args.no_ocr))?;
         let mut session = vision.session()?;
         note_loaded();
         let load_ms = ms_since(started);
@@ -187,19 +183,16 @@ fn run(
         let transcript = match (&samples, speech) {
             (Some(samples), Some((_, variant))) => {
                 let started = Instant::now();
-                let whisper = Whisper::load(&bundle, variant)?;
-                let vad = SileroVad::load(&bundle)?;
+                let whisper = turn::load_speech(&bundle, variant)?;
+                let vad = turn::load_vad(&bundle)?;
                 let mut transcriber = Transcriber::new(&whisper, Some(&vad))?;
                 note_loaded();
                 timings.insert("load_speech".to_string(), ms_since(started));
                 let started = Instant::now();
                 let options = DecodeOptions { window: Window::FIT, ..DecodeOptions::default() };
-                let transcript = transcriber.transcribe(samples, &options)?;
+                let (_, question) = turn::hear(&mut transcriber, samples, &options, &|| false)?;
                 timings.insert("transcribe".to_string(), ms_since(started));
-                if transcript.text.trim().is_empty() {
-                    return Err(BadInput("no speech found in the audio question".into()).into());
-                }
-                Some(transcript.text.trim().to_string())
+                Some(question.ok_or_else(|| BadInput("no speech found in the audio question".into()))?)
             }
             _ => None,
         };
@@ -233,11 +226,7 @@ fn run(
         timings.insert("cold_start".to_string(), crate::started::ms_from_process_start(last));
     }
 
-    let question = text.map(str::to_string).or_else(|| transcript.clone());
-    let task = match &question {
-        Some(q) => Task::Answer(q.clone()),
-        None => Task::Caption,
-    };
+    let task = turn::task_for(text.or(transcript.as_deref()));
     let options = GenerateOptions { max_tokens: args.max_tokens as usize, sampling };
     let started = Instant::now();
     let mut stderr = std::io::stderr();
@@ -247,7 +236,7 @@ fn run(
             let _ = stderr.flush();
         }
     };
-    let result = reply(
+    let result = turn::answer(
         &scene,
         vision.detector.labels(),
         &task,

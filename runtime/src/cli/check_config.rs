@@ -81,10 +81,8 @@ pub fn check_config(ctx: &Context, args: CheckConfigArgs) -> anyhow::Result<()> 
         }
     }
     match plan {
-        Some(plan) if !plan.fits() => {
-            Err(OverBudget(format!("{}: {}", args.file.display(), plan.over_budget_message())).into())
-        }
-        _ => Ok(()),
+        Some(plan) => Ok(plan.check_fits(&args.file)?),
+        None => Ok(()),
     }
 }
 

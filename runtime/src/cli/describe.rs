@@ -7,10 +7,11 @@ use anyhow::Context as _;
 use clap::Args;
 use lookout_models::vision::detections::{position, Detection};
 use lookout_models::vision::image::load_image;
-use lookout_models::vision::{Scene, SceneLabel, VisionModels};
+use lookout_models::vision::{Scene, SceneLabel};
 use serde::Serialize;
 
 use super::{print_json, Context};
+use crate::turn::{self, VisionChoice};
 
 #[derive(Debug, Args)]
 pub struct DescribeArgs {
@@ -68,7 +69,7 @@ pub fn run(ctx: &Context, args: DescribeArgs) -> anyhow::Result<()> {
 
     let started = Instant::now();
     let bundle = ctx.open_bundle()?;
-    let mut models = VisionModels::load(&bundle, args.detector.as_deref(), !args.no_ocr)?;
+    let mut models = turn::load_vision(&bundle, &VisionChoice::new(args.detector.as_deref(), !args.no_ocr))?;
     if !args.no_scene {
         models = models.with_scene_classifier(&bundle)?;
     }

@@ -6,13 +6,12 @@ use std::process::Command;
 use anyhow::{anyhow, Context as _};
 use lookout_models::bundle::{Bundle, Footprint};
 use lookout_models::llm::{GenerateOptions, LanguageModel};
-use lookout_models::vad::SileroVad;
 use lookout_models::vision::image::RgbImage;
-use lookout_models::vision::VisionModels;
-use lookout_models::whisper::{DecodeOptions, Whisper, Window};
+use lookout_models::whisper::{DecodeOptions, Window};
 
 use super::Context;
 use crate::memory;
+use crate::turn::{self, VisionChoice};
 
 /// Every stage the plan can ask for, with the role whose variants it comes in.
 const STAGES: [(&str, &str); 5] = [
@@ -141,13 +140,13 @@ fn measure_here(bundle: &Bundle, job: Job) -> anyhow::Result<Footprint> {
             (loaded, load_peak, "nothing loaded".to_string(), 0)
         }
         "vad" => {
-            let vad = SileroVad::load(bundle)?;
+            let vad = turn::load_vad(bundle)?;
             let (loaded, load_peak) = settle_after_load()?;
             vad.session()?.speech_regions(&test_audio(MEASURE_AUDIO_S))?;
             (loaded, load_peak, format!("{MEASURE_AUDIO_S} s of audio"), 0)
         }
         "speech" => {
-            let whisper = Whisper::load(bundle, Some(variant))?;
+            let whisper = turn::load_speech(bundle, Some(variant))?;
             let (loaded, load_peak) = settle_after_load()?;
             if !(5..=30).contains(&window_s) {
                 return Err(anyhow!("speech is measured at a window of 5 to 30 s, not {window_s}"));
@@ -158,16 +157,13 @@ fn measure_here(bundle: &Bundle, job: Job) -> anyhow::Result<Footprint> {
             (loaded, load_peak, format!("one {window_s} s window"), 0)
         }
         "vision" | "vision-ocr" => {
-            let vision = VisionModels::load(bundle, Some(variant), stage == "vision-ocr")?;
+            let vision = turn::load_vision(bundle, &VisionChoice::new(Some(variant), stage == "vision-ocr"))?;
             let (loaded, load_peak) = settle_after_load()?;
             vision.session()?.describe(&test_image(1280, 720))?;
             (loaded, load_peak, "a 1280x720 frame".to_string(), 0)
         }
         "decoder" => {
-            let mut lm = LanguageModel::load(bundle, Some(variant))?;
-            if tokens > 0 {
-                lm.limit_context(tokens);
-            }
+            let lm = turn::load_decoder(bundle, Some(variant), (tokens > 0).then_some(tokens))?;
             let (loaded, load_peak) = settle_after_load()?;
             let prompt = filler_prompt(&lm, lm.context - DECODER_GENERATED);
             let options = GenerateOptions { max_tokens: DECODER_GENERATED, sampling: Default::default() };

@@ -6,7 +6,6 @@ use super::{open_config_bundle, Context};
 use crate::config::Config;
 use crate::daemon;
 use crate::plan;
-use crate::plan::OverBudget;
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -28,8 +27,5 @@ pub fn run(ctx: &Context, args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::load(&args.config, args.board.as_deref())?.config;
     let plan = plan::plan(&config, &open_config_bundle(ctx, &config)?)?;
     println!("{plan}");
-    match plan.fits() {
-        true => Ok(()),
-        false => Err(OverBudget(format!("{}: {}", args.config.display(), plan.over_budget_message())).into()),
-    }
+    Ok(plan.check_fits(&args.config)?)
 }

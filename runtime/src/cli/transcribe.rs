@@ -7,12 +7,13 @@ use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use lookout_models::audio;
 use lookout_models::speech::Transcriber;
-use lookout_models::vad::SileroVad;
-use lookout_models::whisper::{DecodeOptions, Task, Whisper, Window};
+use lookout_models::whisper::{DecodeOptions, Task, Window};
 use serde::Serialize;
 
 use super::{print_json, Context};
 use crate::memory;
+use crate::started::ms_since;
+use crate::turn;
 
 #[derive(Debug, Args)]
 pub struct TranscribeArgs {
@@ -98,8 +99,8 @@ pub fn run(ctx: &Context, args: TranscribeArgs) -> anyhow::Result<()> {
 
     let started = Instant::now();
     let bundle = ctx.open_bundle()?;
-    let whisper = Whisper::load(&bundle, args.variant.as_deref())?;
-    let vad = if args.no_vad { None } else { Some(SileroVad::load(&bundle)?) };
+    let whisper = turn::load_speech(&bundle, args.variant.as_deref())?;
+    let vad = if args.no_vad { None } else { Some(turn::load_vad(&bundle)?) };
     let mut transcriber = Transcriber::new(&whisper, vad.as_ref())?;
     let load_ms = ms_since(started);
     let loaded = memory::rss();
@@ -135,8 +136,4 @@ pub fn run(ctx: &Context, args: TranscribeArgs) -> anyhow::Result<()> {
         println!("{}", transcript.text);
         Ok(())
     }
-}
-
-fn ms_since(start: Instant) -> f64 {
-    start.elapsed().as_secs_f64() * 1e3
 }

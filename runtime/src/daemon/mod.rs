@@ -29,7 +29,6 @@ use self::state::{Beat, Current, Shared};
 use crate::config::{Config, Loaded};
 use crate::context::{check_label_filters, open_config_bundle, Context};
 use crate::memory;
-use crate::plan::OverBudget;
 use crate::plan::{self, Plan};
 use crate::scheduler::buffers::FrameQueue;
 
@@ -55,9 +54,7 @@ impl Checked {
         let bundle = open_config_bundle(ctx, &config)?;
         check_label_filters(&config, &bundle, path)?;
         let plan = plan::plan(&config, &bundle)?;
-        if !plan.fits() {
-            return Err(OverBudget(format!("{}: {}", path.display(), plan.over_budget_message())).into());
-        }
+        plan.check_fits(path)?;
         Ok(Checked { config, path: path.to_path_buf(), bundle, plan })
     }
 

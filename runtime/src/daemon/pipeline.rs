@@ -23,13 +23,14 @@ use super::metrics::Metrics;
 use super::state::{
     Answer, AskError, AskOptions, Beat, Job, Origin, Published, PublishedCaption, Question, Shared, TokenCounts, Work,
 };
-use crate::answer::{reply, Reply};
-use crate::config::{Config, LabelFilterConfig, OcrModel, SpeechWindow};
+use crate::answer::Reply;
+use crate::config::{Config, OcrModel, SpeechWindow};
 use crate::fusion::{Exchange, Task};
 use crate::memory;
 use crate::scene_change::{ChangeGate, Verdict};
 use crate::scheduler::{Clock as _, Deadline, MonotonicClock};
 use crate::tracker::Tracker;
+use crate::turn::{self, VisionChoice};
 
 /// Consecutive frames a changed scene must hold before it is captioned, so a passer-by does not trigger one.
 const SETTLE_FRAMES: u32 = 2;
@@ -89,19 +90,18 @@ impl Models {
     pub fn load(config: &Config, bundle: &Bundle) -> anyhow::Result<Models> {
         let m = &config.models;
         let vad = match config.stage_enabled("speech") {
-            true => Some(Arc::new(SileroVad::load(bundle).context("loading the VAD")?)),
+            true => Some(Arc::new(turn::load_vad(bundle).context("loading the VAD")?)),
             false => None,
         };
         let vision = match config.stage_enabled("vision") {
             true => {
-                let (b, with_text, filters) = (bundle.clone(), m.ocr != OcrModel::Off, config.objects.filters.clone());
-                let detector = config.detector_variant().map(str::to_string);
-                let load = move || {
-                    let mut vision = VisionModels::load(&b, detector.as_deref(), with_text)?;
-                    apply_label_filters(&mut vision, &filters)?;
-                    Ok(vision)
+                let b = bundle.clone();
+                let choice = VisionChoice {
+                    detector: config.detector_variant().map(str::to_string),
+                    with_text: m.ocr != OcrModel::Off,
+                    filters: config.objects.filters.clone(),
                 };
-                Some(Stage::new(config.on_demand("vision"), Box::new(load))?)
+                Some(Stage::new(config.on_demand("vision"), Box::new(move || turn::load_vision(&b, &choice)))?)
             }
             false => None,
         };
@@ -119,18 +119,15 @@ impl Models {
         let speech = match config.stage_enabled("speech") {
             true => {
                 let (b, variant) = (bundle.clone(), m.speech.as_str());
-                Some(Stage::new(config.on_demand("speech"), Box::new(move || Ok(Whisper::load(&b, Some(variant))?)))?)
+                let load = move || Ok(turn::load_speech(&b, Some(variant))?);
+                Some(Stage::new(config.on_demand("speech"), Box::new(load))?)
             }
             false => None,
         };
         let decoder = match config.stage_enabled("decoder") {
             true => {
                 let (b, variant, context) = (bundle.clone(), m.decoder.as_str(), m.context as usize);
-                let load = move || {
-                    let mut lm = LanguageModel::load(&b, Some(variant))?;
-                    lm.limit_context(context);
-                    Ok(lm)
-                };
+                let load = move || Ok(turn::load_decoder(&b, Some(variant), Some(context))?);
                 Some(Stage::new(config.on_demand("decoder"), Box::new(load))?)
             }
             false => None,
@@ -138,19 +135,6 @@ impl Models {
         let window = if m.speech_window == SpeechWindow::Full { Window::Full } else { Window::FIT };
         Ok(Models { speech, vad, vision, decoder, labels, track_thresholds, max_detections, window })
     }
-}
-
-/// Lays the configured per-label filters over the detector's defaults.
-fn apply_label_filters(vision: &mut VisionModels, filters: &BTreeMap<String, LabelFilterConfig>) -> anyhow::Result<()> {
-    for (label, configured) in filters {
-        let detector = &mut vision.detector;
-        let current = detector.labels().iter().position(|l| l == label).map(|id| detector.label_filters()[id]);
-        let Some(current) = current else {
-            anyhow::bail!("objects.filters: `{label}` is not one of the detector's labels");
-        };
-        detector.set_label_filter(label, configured.over(current));
-    }
-    Ok(())
 }
 
 /// When to caption: after the scene changed and held for `SETTLE_FRAMES` frames, and every `interval`.
@@ -513,10 +497,10 @@ impl<'m> Worker<'m> {
             options.language = language;
         }
         let started = Instant::now();
-        let transcript = stage
+        let (transcript, _) = stage
             .with(|whisper| {
                 let mut transcriber = Transcriber::new(whisper, self.models.vad.as_deref())?;
-                Ok(transcriber.transcribe_until(samples, &options, &cancel)?)
+                Ok(turn::hear(&mut transcriber, samples, &options, &cancel)?)
             })
             .map_err(|e| self.failure(e))?;
         self.shared.metrics.latency.transcribe.observe(started.elapsed());
@@ -535,11 +519,9 @@ impl<'m> Worker<'m> {
             Question::Text(text) => (text, None),
             Question::Speech(samples) => {
                 let started = Instant::now();
-                let text = self.transcription(&samples, None, give_up_at, abandoned)?.text.trim().to_string();
+                let transcript = self.transcription(&samples, None, give_up_at, abandoned)?;
                 timings.insert("transcribe", started.elapsed().as_secs_f64() * 1e3);
-                if text.is_empty() {
-                    return Err(AskError::NoSpeech);
-                }
+                let text = turn::question_in(&transcript.text).ok_or(AskError::NoSpeech)?;
                 (text.clone(), Some(text))
             }
         };
@@ -580,10 +562,7 @@ impl<'m> Worker<'m> {
             }
         };
         // A question with nothing to ask (an image alone) is a request for a caption.
-        let task = match question.trim().is_empty() {
-            true => Task::Caption,
-            false => Task::Answer(question.clone()),
-        };
+        let task = turn::task_for(Some(&question));
         let started = Instant::now();
         let mut generate = self.options;
         if let Some(limit) = options.max_tokens {
@@ -663,8 +642,10 @@ impl<'m> Worker<'m> {
     ) -> anyhow::Result<Reply> {
         let labels = &self.models.labels;
         match &self.models.decoder {
-            Some(stage) => stage.with(|lm| reply(scene, labels, task, history, Some(lm), options, &mut |_| {}, cancel)),
-            None => reply(scene, labels, task, history, None, options, &mut |_| {}, cancel),
+            Some(stage) => {
+                stage.with(|lm| turn::answer(scene, labels, task, history, Some(lm), options, &mut |_| {}, cancel))
+            }
+            None => turn::answer(scene, labels, task, history, None, options, &mut |_| {}, cancel),
         }
     }
 

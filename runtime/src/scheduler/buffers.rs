@@ -117,7 +117,6 @@ impl<T, const N: usize> DropOldest<T, N> {
         self.items.len()
     }
 
-    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }

@@ -11,12 +11,11 @@ use std::time::Instant;
 
 use anyhow::{bail, Context as _};
 use lookout_models::audio;
-use lookout_models::llm::{GenerateOptions, LanguageModel};
+use lookout_models::llm::GenerateOptions;
 use lookout_models::speech::Transcriber;
-use lookout_models::vad::SileroVad;
 use lookout_models::vision::image::load_image;
-use lookout_models::vision::{Scene, VisionModels};
-use lookout_models::whisper::{DecodeOptions, Whisper, Window};
+use lookout_models::vision::Scene;
+use lookout_models::whisper::{DecodeOptions, Window};
 use serde::{Deserialize, Serialize};
 
 use super::llama_cpp::LlamaCppDecoder;
@@ -26,11 +25,12 @@ use super::suite::{
     PROCESS_NOTE, SPLITS,
 };
 use super::{median, peer_python, write_report, BenchArgs};
-use crate::answer::{reply, Decoder};
+use crate::answer::Decoder;
 use crate::cli::Context;
 use crate::fusion::{SceneFacts, Task, MAX_QUESTION_AUDIO};
 use crate::question::number_value;
 use crate::started::ms_since_process_start;
+use crate::turn::{self, VisionChoice};
 
 /// The variant that answers from the scene alone, without a decoder.
 const SCENE_ONLY: &str = "scene";
@@ -176,9 +176,9 @@ fn run_variant(
 ) -> anyhow::Result<()> {
     lookout_models::engine::set_threads(1);
     let bundle = ctx.open_bundle()?;
-    let vision = VisionModels::load(&bundle, detector, true)?;
-    let whisper = Whisper::load(&bundle, None)?;
-    let vad = SileroVad::load(&bundle)?;
+    let vision = turn::load_vision(&bundle, &VisionChoice::new(detector, true))?;
+    let whisper = turn::load_speech(&bundle, None)?;
+    let vad = turn::load_vad(&bundle)?;
     let mut transcriber = Transcriber::new(&whisper, Some(&vad))?;
     let (mut ours, mut peer) = (None, None);
     match variant {
@@ -188,7 +188,7 @@ fn run_variant(
                 .context("llama.cpp needs the peers' Python (runtime/bench/setup-peers.sh)")?;
             peer = Some(LlamaCppDecoder::start(&python, &bundle)?);
         }
-        v => ours = Some(LanguageModel::load(&bundle, Some(v)).with_context(|| format!("decoder variant {v}"))?),
+        v => ours = Some(turn::load_decoder(&bundle, Some(v), None).with_context(|| format!("decoder variant {v}"))?),
     }
     let decoder: Option<&dyn Decoder> = match (&ours, &peer) {
         (Some(lm), _) => Some(lm),
@@ -217,13 +217,9 @@ fn run_variant(
                 let file = base.join(recording);
                 let samples =
                     audio::load_mono_16k(&file, MAX_QUESTION_AUDIO).with_context(|| file.display().to_string())?;
-                let heard = transcriber
-                    .transcribe(&samples, &DecodeOptions { window: Window::FIT, ..DecodeOptions::default() })?;
-                let text = heard.text.trim().to_string();
-                if text.is_empty() {
-                    bail!("no speech heard in {}", file.display());
-                }
-                Some(text)
+                let options = DecodeOptions { window: Window::FIT, ..DecodeOptions::default() };
+                let (_, heard) = turn::hear(&mut transcriber, &samples, &options, &|| false)?;
+                Some(heard.ok_or_else(|| anyhow::anyhow!("no speech heard in {}", file.display()))?)
             }
             (None, None) => None,
             (Some(_), Some(_)) => bail!("give `question` or `audio`, not both"),
@@ -250,7 +246,7 @@ fn evaluate(variant: &str, decoder: Option<&dyn Decoder>, known: &[String], item
     for (i, ready) in items.iter().enumerate() {
         eprint!("\rbench: {variant} {}/{} {:<30}", i + 1, items.len(), ready.item.id);
         let started = Instant::now();
-        let run = |task: &Task| reply(&ready.scene, known, task, &[], decoder, &options, &mut |_| {}, &|| false);
+        let run = |task: &Task| turn::answer(&ready.scene, known, task, &[], decoder, &options, &mut |_| {}, &|| false);
         let caption = match captions.get(&ready.item.image) {
             Some(known) => Ok(known.clone()),
             None => run(&Task::Caption).map(|r| {

@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use lookout_models::vision::image::{load_image, RgbImage};
-use lookout_models::vision::VisionModels;
 use serde::Serialize;
 
 use super::{frame_files, median, write_report, BenchArgs};
 use crate::board;
 use crate::cli::Context;
 use crate::scene_change::{with_noise, ChangeGate, GateSettings, Verdict};
+use crate::turn::{self, VisionChoice};
 
 /// The still camera: the first frame of the camera suite's clip (a fixed camera over a road crossing).
 const BACKGROUND: &str = ".cache/testdata/camera/vtest/f0000.jpg";
@@ -88,7 +88,7 @@ pub(super) fn run(ctx: &Context, args: &BenchArgs) -> anyhow::Result<()> {
         "{BACKGROUND} and {ENTERING_FRAME} differ in size"
     );
     let bundle = ctx.open_bundle()?;
-    let models = VisionModels::load(&bundle, args.detector.as_deref(), false)?;
+    let models = turn::load_vision(&bundle, &VisionChoice::new(args.detector.as_deref(), false))?;
     let mut session = models.session()?;
     let settings = GateSettings::default();
     let mut gate_ms = Vec::new();

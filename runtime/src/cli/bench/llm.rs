@@ -6,12 +6,13 @@ use std::time::Instant;
 
 use anyhow::{bail, Context as _};
 use lookout_models::llm::chat::{ChatText, Message};
-use lookout_models::llm::{GenerateOptions, LanguageModel, Sampling};
+use lookout_models::llm::{GenerateOptions, Sampling};
 use serde::{Deserialize, Serialize};
 
 use super::{heading, median, peer, peer_python, worker, write_report, BenchArgs};
 use crate::cli::{print_json, Context};
 use crate::memory;
+use crate::turn;
 
 const DEFAULT_REPEATS: usize = 5;
 const MAX_TOKENS: usize = 64;
@@ -115,7 +116,7 @@ fn measure(ctx: &Context, variant: &str, threads: usize, repeats: usize) -> anyh
     let threads = lookout_models::engine::set_threads(threads);
     let bundle = ctx.open_bundle()?;
     let started = Instant::now();
-    let lm = LanguageModel::load(&bundle, Some(variant))?;
+    let lm = turn::load_decoder(&bundle, Some(variant), None)?;
     let load_ms = started.elapsed().as_secs_f64() * 1e3;
     let weight_bytes = bundle.component("llm-decoder", Some(variant))?.bytes;
     let prompt = lm.text.prompt_ids(&[Message::new("user", QUESTION)])?;

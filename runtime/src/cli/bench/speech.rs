@@ -8,13 +8,14 @@ use std::time::Instant;
 use anyhow::{bail, Context as _};
 use lookout_models::audio;
 use lookout_models::speech::Transcriber;
-use lookout_models::whisper::{DecodeOptions, Whisper};
+use lookout_models::whisper::DecodeOptions;
 use serde::{Deserialize, Serialize};
 
 use super::{file_name, heading, median, peer, peer_python, worker, write_report, BenchArgs};
 use crate::cli::transcribe::WindowArg;
 use crate::cli::{print_json, Context};
 use crate::memory;
+use crate::turn;
 
 const DEFAULT_REPEATS: usize = 5;
 
@@ -124,7 +125,7 @@ fn measure(
     lookout_models::engine::set_threads(1);
     let bundle = ctx.open_bundle()?;
     let started = Instant::now();
-    let whisper = Whisper::load(&bundle, Some(variant))?;
+    let whisper = turn::load_speech(&bundle, Some(variant))?;
     let load_ms = started.elapsed().as_secs_f64() * 1e3;
     let cold_start_ms = crate::started::ms_since_process_start();
     let weight_bytes = whisper_weight_bytes(&bundle, variant);

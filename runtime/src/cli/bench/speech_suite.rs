@@ -9,8 +9,7 @@ use std::time::Instant;
 use anyhow::{bail, Context as _};
 use lookout_models::audio;
 use lookout_models::speech::Transcriber;
-use lookout_models::vad::SileroVad;
-use lookout_models::whisper::{DecodeOptions, Whisper};
+use lookout_models::whisper::DecodeOptions;
 use serde::{Deserialize, Serialize};
 
 use super::suite::{
@@ -22,6 +21,7 @@ use super::{median, peer_python, percentile, write_report, BenchArgs};
 use crate::cli::transcribe::WindowArg;
 use crate::cli::Context;
 use crate::started::ms_since_process_start;
+use crate::turn;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -250,9 +250,9 @@ fn evaluate(
     lookout_models::engine::set_threads(1);
     let bundle = ctx.open_bundle()?;
     let started = Instant::now();
-    let whisper = Whisper::load(&bundle, Some(variant))?;
+    let whisper = turn::load_speech(&bundle, Some(variant))?;
     let load_ms = started.elapsed().as_secs_f64() * 1e3;
-    let vad = SileroVad::load(&bundle)?;
+    let vad = turn::load_vad(&bundle)?;
     let mut transcriber = Transcriber::new(&whisper, Some(&vad))?;
     let cold_start_ms = ms_since_process_start();
     let (items, skipped) = prepare()?;

@@ -10,13 +10,14 @@ use std::time::Instant;
 use anyhow::{bail, Context as _};
 use lookout_models::engine;
 use lookout_models::vision::image::load_image;
-use lookout_models::vision::{StageTimings, VisionModels};
+use lookout_models::vision::StageTimings;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{file_name, heading, median, npy, peer, peer_python, variant_of, worker, write_report, BenchArgs};
 use crate::cli::{print_json, Context};
 use crate::memory;
+use crate::turn::{self, VisionChoice};
 
 const DEFAULT_REPEATS: usize = 10;
 const ROLES: [&str; 3] = ["object-detector", "ocr-detector", "ocr-recognizer"];
@@ -213,7 +214,7 @@ fn measure(
     let threads = engine::set_threads(threads);
     let bundle = ctx.open_bundle()?;
     let started = Instant::now();
-    let models = VisionModels::load(&bundle, detector, true)?;
+    let models = turn::load_vision(&bundle, &VisionChoice::new(detector, true))?;
     let mut session = models.session()?;
     let load_ms = ms(started);
     let weight_bytes: u64 =

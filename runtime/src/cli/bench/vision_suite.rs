@@ -23,6 +23,7 @@ use super::{frame_files, peer, peer_python, variant_of, write_report, BenchArgs}
 use crate::cli::Context;
 use crate::started::ms_since_process_start;
 use crate::tracker::{Tracker, TrackerSettings};
+use crate::turn::{self, VisionChoice};
 
 const PEER_SCRIPT: &str = "runtime/bench/onnxruntime_vision_suite_peer.py";
 
@@ -127,7 +128,7 @@ pub(super) fn run(ctx: &Context, args: &BenchArgs, path: &Path, suite: &SuiteFil
     let (description, items) = (suite.description.as_str(), suite.items.as_slice());
     lookout_models::engine::set_threads(1);
     let bundle = ctx.open_bundle()?;
-    let mut models = VisionModels::load(&bundle, args.detector.as_deref(), true)?;
+    let mut models = turn::load_vision(&bundle, &VisionChoice::new(args.detector.as_deref(), true))?;
     let cold_start_ms = ms_since_process_start();
     let bundle_threshold = models.detector.filter.score_threshold;
     let thresholds: Vec<f32> = if args.variants.is_empty() {

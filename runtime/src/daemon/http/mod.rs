@@ -7,8 +7,8 @@
 //! Endpoints: api.rs (Lookout's own), openai.rs (OpenAI-compatible, under /v1).
 
 mod api;
-mod multipart;
-mod openai;
+pub mod multipart;
+pub mod openai;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -294,7 +294,7 @@ impl Dialect {
 
 /// A request refused or failed: the status, what went wrong, and a short machine-readable code.
 #[derive(Debug)]
-struct Failure {
+pub struct Failure {
     pub status: StatusCode,
     pub message: String,
     pub code: &'static str,
@@ -325,7 +325,7 @@ impl Failure {
         response
     }
 
-    pub fn body(&self, dialect: Dialect) -> Value {
+    fn body(&self, dialect: Dialect) -> Value {
         match dialect {
             Dialect::Lookout => json!({ "error": self.message }),
             Dialect::OpenAi => {

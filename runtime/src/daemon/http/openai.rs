@@ -88,7 +88,7 @@ fn unknown_model(requested: &str, known: &[String]) -> Failure {
     )
 }
 
-pub fn models(settings: &Settings) -> Response {
+pub(super) fn models(settings: &Settings) -> Response {
     let catalog = &settings.models;
     let data: Vec<Value> = catalog
         .chat
@@ -305,7 +305,7 @@ fn explanation(answer: &Answer) -> Value {
             "scene_age_s": answer.scene_age_s, "timings_ms": answer.timings_ms })
 }
 
-pub async fn chat(context: Handling, mut request: Request) -> Result<Response, Failure> {
+pub(super) async fn chat(context: Handling, mut request: Request) -> Result<Response, Failure> {
     let mime = request.mime();
     if mime != "application/json" {
         return Err(Failure::new(
@@ -315,26 +315,21 @@ pub async fn chat(context: Handling, mut request: Request) -> Result<Response, F
         ));
     }
     let body = context.body(&mut request).await?;
-    let mut reader = serde_json::Deserializer::from_slice(&body.bytes);
-    let chat: ChatRequest = serde_path_to_error::deserialize(&mut reader).map_err(|e| {
-        Failure::new(400, "invalid_json", format!("malformed request at `{}`: {}", e.path(), e.inner()))
-    })?;
-    let model = context.settings.models.chat_model(&chat.model)?;
-    let options = ask_options(&chat)?;
-    let Conversation { question, history, image } = conversation(&chat.messages, context.settings.max_image_pixels)?;
+    let ChatCall { model, stream, include_usage, question, options } =
+        read_chat(&body.bytes, context.settings.max_image_pixels)?;
+    let model = context.settings.models.chat_model(&model)?;
+    let image = options.image.as_ref();
     if image.is_some() && !context.settings.vision {
         return Err(Failure::new(422, "vision_off", "vision is off in this configuration; an image cannot be read"));
     }
     let holds_image = image.is_some();
-    let options = AskOptions { image, history, ..options };
     let reply =
         context.shared.ask_with(Question::Text(question), options, Origin::Http).map_err(|e| super::ask_failure(&e))?;
     // An image waits in the queue with the request's body slot, which counts it in the memory plan; a text
     // question is small.
     let slot = holds_image.then_some(body.slot);
     let completion = Completion::new(model);
-    if chat.stream.unwrap_or(false) {
-        let include_usage = chat.stream_options.and_then(|o| o.include_usage).unwrap_or(false);
+    if stream {
         let (response, pieces) = stream_response("text/event-stream");
         tokio::spawn(async move {
             stream_answer(&context, reply, &pieces, &completion, include_usage).await;
@@ -354,6 +349,33 @@ pub async fn chat(context: Handling, mut request: Request) -> Result<Response, F
             "lookout": explanation(&answer),
         }),
     ))
+}
+
+/// What a chat completion request asks, read and checked: the model named, how to reply, the question and its
+/// options (history, image, limits, sampling).
+pub struct ChatCall {
+    pub model: String,
+    pub stream: bool,
+    pub include_usage: bool,
+    pub question: String,
+    pub options: AskOptions,
+}
+
+/// Reads a chat completion request's JSON body; any malformed, unsupported or oversized part is a 400 naming it.
+pub fn read_chat(body: &[u8], max_image_pixels: u32) -> Result<ChatCall, Failure> {
+    let mut reader = serde_json::Deserializer::from_slice(body);
+    let chat: ChatRequest = serde_path_to_error::deserialize(&mut reader).map_err(|e| {
+        Failure::new(400, "invalid_json", format!("malformed request at `{}`: {}", e.path(), e.inner()))
+    })?;
+    let options = ask_options(&chat)?;
+    let Conversation { question, history, image } = conversation(&chat.messages, max_image_pixels)?;
+    Ok(ChatCall {
+        stream: chat.stream.unwrap_or(false),
+        include_usage: chat.stream_options.and_then(|o| o.include_usage).unwrap_or(false),
+        model: chat.model,
+        question,
+        options: AskOptions { image, history, ..options },
+    })
 }
 
 fn ask_options(chat: &ChatRequest) -> Result<AskOptions, Failure> {
@@ -498,7 +520,7 @@ impl TranscriptFormat {
     }
 }
 
-pub async fn transcriptions(context: &Handling, mut request: Request) -> Result<Response, Failure> {
+pub(super) async fn transcriptions(context: &Handling, mut request: Request) -> Result<Response, Failure> {
     let content_type = request.header("content-type").unwrap_or_default().to_string();
     let boundary = multipart::boundary(&content_type).map_err(|e| Failure::new(415, "unsupported_media_type", e))?;
     let body = context.body(&mut request).await?;
