@@ -678,6 +678,51 @@ fn the_api_keeps_connections_alive_streams_and_answers_the_official_openai_clien
     daemon.terminate_within(patience(Duration::from_secs(2)));
 }
 
+/// In process, through the runtime library: the HTTP server's event loop beats for the watchdog while it serves,
+/// and is no longer watched once stopped.
+#[test]
+fn the_http_server_beats_for_the_watchdog_while_it_serves() {
+    use std::sync::Arc;
+
+    use lookout::context::Context;
+    use lookout::daemon::http::HttpServer;
+    use lookout::daemon::state::{Beat, Current, Shared};
+    use lookout::daemon::Checked;
+    use lookout::scheduler::buffers::FrameQueue;
+
+    let dir = temp_dir("http-beat");
+    let frames = kite_camera(&dir);
+    let config = dir.join("lookout.toml");
+    let wav = testdata_dir().join("speech/how_many_people.wav");
+    std::fs::write(&config, config_text(&frames, &wav, "")).unwrap();
+    let ctx = Context {
+        models_dir: lookout_models::bundle::resolve_models_dir(None),
+        bundle: lookout_models::bundle::DEFAULT_BUNDLE.into(),
+    };
+    let checked = Checked::load(&ctx, &config, None).unwrap();
+    let shared = Arc::new(Shared::new(FrameQueue::new(2, 64, 48), "x86-dev"));
+    assert_eq!(shared.heartbeats.last(Beat::Http), None, "nothing beats before the server starts");
+    let server = HttpServer::start(&checked, Arc::new(Current::new(shared.clone()))).unwrap();
+    let healthz = request(server.addr.port(), "GET", "/healthz", None, b"");
+    assert_eq!(healthz.status, 200, "{}", healthz.body);
+    let first = wait_for_beat(&shared, 0);
+    let later = wait_for_beat(&shared, first);
+    assert!(later > first, "the beat repeats while the server runs ({first} then {later} ms)");
+    drop(server);
+    assert_eq!(shared.heartbeats.last(Beat::Http), None, "a server stopped on purpose is no longer watched");
+
+    fn wait_for_beat(shared: &Shared, after: u64) -> u64 {
+        let deadline = Instant::now() + patience(Duration::from_secs(5));
+        loop {
+            match shared.heartbeats.last(Beat::Http) {
+                Some(ms) if ms > after => return ms,
+                _ if Instant::now() > deadline => panic!("no HTTP beat after {after} ms"),
+                _ => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+}
+
 #[test]
 fn configurations_and_devices_the_daemon_cannot_run_exit_naming_the_problem() {
     let dir = temp_dir("refused");

@@ -176,17 +176,24 @@ pub enum Beat {
     Pipeline,
     Camera,
     Microphone,
+    /// The HTTP server's event loop (a handler that blocked it would silence every request).
+    Http,
 }
 
 /// When each thread last showed progress, in milliseconds since the daemon started; 0 for threads not running.
 #[derive(Default)]
 pub struct Heartbeats {
-    beats: [AtomicU64; 3],
+    beats: [AtomicU64; 4],
 }
 
 impl Heartbeats {
     pub fn beat(&self, who: Beat, now_ms: u64) {
         self.beats[who as usize].store(now_ms.max(1), Relaxed);
+    }
+
+    /// When `who` last beat, in milliseconds since the daemon started; `None` when it is not running.
+    pub fn last(&self, who: Beat) -> Option<u64> {
+        Some(self.beats[who as usize].load(Relaxed)).filter(|&ms| ms != 0)
     }
 
     /// Forgets a thread that has stopped on purpose.
@@ -196,7 +203,7 @@ impl Heartbeats {
 
     /// The first running thread silent for longer than `limit`.
     pub fn stalled(&self, now_ms: u64, limit: Duration) -> Option<Beat> {
-        [Beat::Pipeline, Beat::Camera, Beat::Microphone].into_iter().find(|&who| {
+        [Beat::Pipeline, Beat::Camera, Beat::Microphone, Beat::Http].into_iter().find(|&who| {
             let last = self.beats[who as usize].load(Relaxed);
             last != 0 && now_ms.saturating_sub(last) > limit.as_millis() as u64
         })
@@ -371,6 +378,9 @@ mod tests {
         assert_eq!(beats.stalled(15_500, limit), Some(Beat::Camera));
         beats.retire(Beat::Camera);
         assert_eq!(beats.stalled(15_500, limit), None);
+        beats.beat(Beat::Http, 15_000);
+        beats.beat(Beat::Pipeline, 26_000);
+        assert_eq!(beats.stalled(26_000, limit), Some(Beat::Http), "a silent HTTP event loop is stalled too");
     }
 
     #[test]

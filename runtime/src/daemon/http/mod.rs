@@ -31,13 +31,15 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::metrics::Metrics;
-use super::state::{Current, Shared};
+use super::state::{Beat, Current, Shared};
 use super::Checked;
 use crate::plan::REQUEST_BODIES;
 
 /// Largest request line plus headers (hyper's read buffer, which also bounds what one read takes of a body).
 const MAX_HEAD_BYTES: usize = 16 * 1024;
 const MAX_HEADERS: usize = 48;
+/// How often the server's event loop beats for the watchdog.
+const HTTP_BEAT_EVERY: Duration = Duration::from_secs(1);
 /// How long a request with a body waits for one of the `REQUEST_BODIES` slots before it is refused (503).
 const SLOT_WAIT: Duration = Duration::from_secs(2);
 
@@ -122,8 +124,15 @@ impl HttpServer {
             let server = server.clone();
             std::thread::Builder::new().name("http".into()).spawn(move || {
                 runtime.block_on(async move {
+                    let beating = tokio::spawn(beat(server.current.clone()));
                     match TcpListener::from_std(listener) {
-                        Ok(listener) => accept_loop(listener, server, stopped).await,
+                        Ok(listener) => {
+                            accept_loop(listener, server.clone(), stopped).await;
+                            // Stopped on purpose: no longer watched.
+                            beating.abort();
+                            server.current.get().heartbeats.retire(Beat::Http);
+                        }
+                        // Left beating until the thread ends, then silent: the watchdog reports it.
                         Err(e) => eprintln!("lookout: the HTTP listener cannot be used: {e}"),
                     }
                 });
@@ -194,6 +203,16 @@ impl Drop for ConnectionSlot {
                 clients.remove(&self.ip);
             }
         }
+    }
+}
+
+/// Beats for the watchdog while this thread's event loop turns: a handler that blocked the thread, or the thread's
+/// end, silences it, and the daemon then stops its systemd pings as for a hung pipeline.
+async fn beat(current: Arc<Current>) {
+    let mut every = tokio::time::interval(HTTP_BEAT_EVERY);
+    loop {
+        every.tick().await;
+        current.get().beat(Beat::Http);
     }
 }
 
