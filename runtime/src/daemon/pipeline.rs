@@ -21,14 +21,15 @@ use serde_json::json;
 
 use super::metrics::Metrics;
 use super::state::{
-    Answer, AskError, AskOptions, Beat, Job, Origin, Published, PublishedCaption, Question, Shared, TokenCounts, Work,
+    Answer, AskError, AskOptions, Beat, Inbox, Job, Origin, Published, PublishedCaption, Question, Shared, TokenCounts,
+    Work,
 };
 use crate::answer::Reply;
 use crate::config::{Config, OcrModel, SpeechWindow};
 use crate::fusion::{Exchange, Task};
 use crate::memory;
 use crate::scene_change::{ChangeGate, Verdict};
-use crate::scheduler::{Clock as _, Deadline, MonotonicClock};
+use crate::scheduler::{Clock, Deadline, MonotonicClock};
 use crate::tracker::Tracker;
 use crate::turn::{self, VisionChoice};
 
@@ -193,14 +194,15 @@ pub fn signature(scene: &Scene) -> u64 {
     hasher.finish()
 }
 
-pub struct Worker<'m> {
+/// The pipeline's loop over its models, on a clock: the monotonic one in the daemon, a manual one in tests.
+pub struct Worker<'m, C: Clock = MonotonicClock> {
     shared: Arc<Shared>,
     models: &'m Models,
     vision: Option<VisionSession<'m>>,
     policy: CaptionPolicy,
     image: RgbImage,
     options: GenerateOptions,
-    clock: MonotonicClock,
+    clock: C,
     /// Whether a frame was analysed since the last caption was tried: a caption stopped by a question waits for
     /// a fresh look at the scene before it is tried again, so retried captions cannot starve the camera.
     fresh_scene: bool,
@@ -218,6 +220,13 @@ pub struct Worker<'m> {
 
 impl<'m> Worker<'m> {
     pub fn new(config: &Config, models: &'m Models, shared: Arc<Shared>) -> anyhow::Result<Worker<'m>> {
+        let clock = MonotonicClock::since(shared.started);
+        Worker::with_clock(config, models, shared, clock)
+    }
+}
+
+impl<'m, C: Clock> Worker<'m, C> {
+    pub fn with_clock(config: &Config, models: &'m Models, shared: Arc<Shared>, clock: C) -> anyhow::Result<Self> {
         let vision = match &models.vision {
             Some(stage) if stage.is_resident() => Some(stage.resident.as_ref().expect("resident").session()?),
             _ => None,
@@ -235,7 +244,7 @@ impl<'m> Worker<'m> {
                 f64::from(cam.pool_frames) / f64::from(cam.fps.max(1)),
             )),
             answer_deadline: Deadline::new(Duration::from_secs(u64::from(config.http.answer_timeout_s))),
-            clock: MonotonicClock::since(shared.started),
+            clock,
             fresh_scene: true,
             tracker: (config.objects.track && models.vision.is_some())
                 .then(|| Tracker::new(config.objects.tracker_settings(), models.max_detections)),
@@ -253,26 +262,47 @@ impl<'m> Worker<'m> {
             if shared.stopping() {
                 break;
             }
-            let mut inbox = shared.inbox();
-            if let Some(job) = shared.next_question(&mut inbox) {
-                drop(inbox);
-                self.work(job);
-                continue;
+            if let Some(idle) = self.step_or_idle(&shared) {
+                let _ = shared.wake.wait_timeout(idle, IDLE_WAIT);
             }
-            let frame_waiting = inbox.frames.waiting() > 0 && self.models.vision.is_some();
-            if self.policy.due(self.clock.now()) && self.caption_ready() && (self.fresh_scene || !frame_waiting) {
-                drop(inbox);
-                self.caption();
-                continue;
-            }
-            if frame_waiting {
-                drop(inbox);
-                self.analyse_waiting_frame();
-                continue;
-            }
-            let _ = shared.wake.wait_timeout(inbox, IDLE_WAIT);
         }
         shared.heartbeats.retire(Beat::Pipeline);
+    }
+
+    /// One turn of the loop: answers the first waiting question, or publishes a caption that is due, or analyses
+    /// the newest frame. False when there was nothing to do.
+    pub fn step(&mut self) -> bool {
+        let shared = self.shared.clone();
+        let worked = self.step_or_idle(&shared).is_none();
+        worked
+    }
+
+    /// The clock the worker runs on.
+    pub fn clock(&self) -> &C {
+        &self.clock
+    }
+
+    /// [`Worker::step`], handing back the inbox, still locked, when there was nothing to do: a question or frame
+    /// that arrives is then signalled to the caller's wait, not lost between the check and the wait.
+    fn step_or_idle<'s>(&mut self, shared: &'s Shared) -> Option<std::sync::MutexGuard<'s, Inbox>> {
+        let mut inbox = shared.inbox();
+        if let Some(job) = shared.next_question(&mut inbox) {
+            drop(inbox);
+            self.work(job);
+            return None;
+        }
+        let frame_waiting = inbox.frames.waiting() > 0 && self.models.vision.is_some();
+        if self.policy.due(self.clock.now()) && self.caption_ready() && (self.fresh_scene || !frame_waiting) {
+            drop(inbox);
+            self.caption();
+            return None;
+        }
+        if frame_waiting {
+            drop(inbox);
+            self.analyse_waiting_frame();
+            return None;
+        }
+        Some(inbox)
     }
 
     fn caption_ready(&self) -> bool {
@@ -658,6 +688,77 @@ impl<'m> Worker<'m> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scheduler::buffers::FrameQueue;
+    use crate::scheduler::ManualClock;
+
+    /// A daemon with every model off: captions and answers come from the (empty) scene alone.
+    fn sceneless(caption: &str) -> (Config, Models, Arc<Shared>) {
+        let text = format!(
+            "board = \"x86-dev\"\n[models]\nspeech = \"off\"\ndetector = \"off\"\ndecoder = \"off\"\nocr = \"off\"\n\
+             [caption]\n{caption}\n[camera]\ndevice = \"dir:/nonexistent\"\n[microphone]\ndevice = \"wav:/none.wav\"\n"
+        );
+        let probe = crate::board::Probe { device_tree_model: None, cpuinfo: String::new() };
+        let config = Config::parse(&text, std::path::Path::new("test.toml"), None, &probe).unwrap().config;
+        let models = Models {
+            speech: None,
+            vad: None,
+            vision: None,
+            decoder: None,
+            labels: Vec::new(),
+            track_thresholds: Vec::new(),
+            max_detections: 0,
+            window: Window::FIT,
+        };
+        (config, models, Arc::new(Shared::new(FrameQueue::new(2, 64, 48), "x86-dev")))
+    }
+
+    /// In process, on the manual clock: the caption interval and a waiting question, an hour of the daemon's time
+    /// without waiting for it.
+    #[test]
+    fn the_worker_captions_at_the_interval_of_its_clock_and_answers_questions_first() {
+        let (config, models, shared) = sceneless("interval_s = 60\non_change = false");
+        let mut worker = Worker::with_clock(&config, &models, shared.clone(), ManualClock::default()).unwrap();
+        let captions = || shared.metrics.captions.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(worker.step(), "the first caption comes at once");
+        assert_eq!(captions(), 1);
+        assert!(!worker.step(), "then nothing is due");
+        worker.clock().advance(Duration::from_secs(59));
+        assert!(!worker.step(), "not before the interval");
+        worker.clock().advance(Duration::from_secs(1));
+        assert!(worker.step());
+        assert_eq!(captions(), 2);
+
+        // A question waiting when a caption is due is answered first; the caption follows.
+        worker.clock().advance(Duration::from_secs(60));
+        let mut reply = shared.ask(Question::Text("how many dogs are there?".into()), Origin::Http).unwrap();
+        assert!(worker.step());
+        let answer = reply.try_recv().expect("answered in that step").expect("answered from the scene");
+        // Without a detector nothing can be counted, and the answer says so.
+        assert_eq!(
+            (answer.answer.as_str(), answer.source),
+            ("I see nothing I recognize.", crate::answer::Source::Scene)
+        );
+        assert_eq!(captions(), 2, "the question went before the caption");
+        assert!(worker.step());
+        assert_eq!(captions(), 3);
+
+        for _ in 0..60 {
+            worker.clock().advance(Duration::from_secs(60));
+            assert!(worker.step());
+            assert!(!worker.step());
+        }
+        assert_eq!(captions(), 63, "an hour of the clock, a caption a minute");
+    }
+
+    #[test]
+    fn captions_on_change_alone_never_come_for_a_scene_that_does_not_change() {
+        let (config, models, shared) = sceneless("interval_s = 0\non_change = true");
+        let mut worker = Worker::with_clock(&config, &models, shared.clone(), ManualClock::default()).unwrap();
+        assert!(!worker.step());
+        worker.clock().advance(Duration::from_secs(24 * 3600));
+        assert!(!worker.step(), "a day later, still nothing to caption");
+        assert_eq!(shared.metrics.captions.load(std::sync::atomic::Ordering::Relaxed), 0);
+    }
 
     #[test]
     fn a_changed_scene_is_captioned_once_it_holds_and_the_interval_repeats_it() {

@@ -8,6 +8,12 @@ use std::time::{Duration, Instant};
 /// Time since the pipeline started; the daemon uses the monotonic clock, tests a manual one.
 pub trait Clock {
     fn now(&self) -> Duration;
+
+    /// Where `instant`, taken from the monotonic clock by another thread (a frame's capture, a question's arrival),
+    /// falls on this clock: now, less the instant's age.
+    fn at(&self, instant: Instant) -> Duration {
+        self.now().saturating_sub(instant.elapsed())
+    }
 }
 
 pub struct MonotonicClock(Instant);
@@ -17,32 +23,28 @@ impl MonotonicClock {
     pub fn since(origin: Instant) -> MonotonicClock {
         MonotonicClock(origin)
     }
-
-    /// Where `instant` falls on this clock.
-    pub fn at(&self, instant: Instant) -> Duration {
-        instant.saturating_duration_since(self.0)
-    }
 }
 
 impl Clock for MonotonicClock {
     fn now(&self) -> Duration {
         self.0.elapsed()
     }
+
+    fn at(&self, instant: Instant) -> Duration {
+        instant.saturating_duration_since(self.0)
+    }
 }
 
-/// A clock that moves only when told to.
-#[cfg(test)]
-#[derive(Default)]
+/// A clock that moves only when told to, so tests run the scheduler's time forward without waiting.
+#[derive(Debug, Default)]
 pub struct ManualClock(std::cell::Cell<Duration>);
 
-#[cfg(test)]
 impl ManualClock {
     pub fn advance(&self, by: Duration) {
         self.0.set(self.0.get() + by);
     }
 }
 
-#[cfg(test)]
 impl Clock for ManualClock {
     fn now(&self) -> Duration {
         self.0.get()
