@@ -4,6 +4,7 @@ The pipeline is the reference one the bundle's tests are checked against (models
 detector, class-agnostic NMS; DB text boxes and CTC greedy reading), with the detector's score threshold given
 here. Prints one JSON object: load time, per image its object counts, the text lines read and the milliseconds
 the image took, and this process's peak RSS and cold start (from this script's first line, imports included).
+`lookout bench` runs it with models/prepare on PYTHONPATH, where the reference pipeline lives.
 """
 
 from __future__ import annotations
@@ -15,10 +16,7 @@ STARTED = time.perf_counter()
 import argparse  # noqa: E402
 import json  # noqa: E402
 import resource  # noqa: E402
-import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "models" / "prepare"))
 
 from PIL import Image  # noqa: E402
 

@@ -172,9 +172,18 @@ fn peer_python(candidates: &[&str]) -> Option<PathBuf> {
     }
 }
 
-/// Runs a peer script under `python` and parses the one JSON object it prints.
+/// Where peer scripts import the reference pipelines from (`import vision`): the model preparation's modules.
+const PEER_IMPORTS: &str = "models/prepare";
+
+/// Runs a peer script under `python`, with the preparation's modules importable, and parses the one JSON object it
+/// prints.
 fn peer(python: &Path, script: &str, args: &[OsString]) -> anyhow::Result<Value> {
-    let out = Command::new(python).arg(script).args(args).output()?;
+    let mut imports = OsString::from(PEER_IMPORTS);
+    if let Some(more) = std::env::var_os("PYTHONPATH").filter(|p| !p.is_empty()) {
+        imports.push(":");
+        imports.push(more);
+    }
+    let out = Command::new(python).arg(script).args(args).env("PYTHONPATH", imports).output()?;
     if !out.status.success() {
         bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
     }
