@@ -39,8 +39,13 @@ pub struct SileroVad {
 }
 
 impl SileroVad {
+    /// The component `load` reads.
+    pub fn component(bundle: &Bundle) -> Result<&Component> {
+        bundle.component("vad", None)
+    }
+
     pub fn load(bundle: &Bundle) -> Result<SileroVad> {
-        let c = bundle.component("vad", None)?;
+        let c = Self::component(bundle)?;
         let chunk = c.param_usize("chunk")?;
         let context = c.param_usize("context")?;
         let state_len = c.param_usize("state_size")?;

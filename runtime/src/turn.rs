@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 
 use lookout_models::bundle::Bundle;
+use lookout_models::engine;
 use lookout_models::llm::LanguageModel;
 use lookout_models::speech::{Transcriber, Transcript};
 use lookout_models::vad::SileroVad;
@@ -15,7 +16,7 @@ use lookout_models::whisper::{DecodeOptions, Whisper};
 use lookout_models::ModelError;
 
 pub use crate::answer::{reply as answer, Decoder, Reply};
-use crate::config::LabelFilterConfig;
+use crate::config::{Config, LabelFilterConfig, OcrModel};
 use crate::fusion::Task;
 
 /// The vision models a front end runs.
@@ -72,6 +73,24 @@ pub fn load_decoder(
         decoder.limit_context(tokens);
     }
     Ok(decoder)
+}
+
+/// Checks every file the configuration's stages load (size, sha256, compiled forms against their source and this
+/// engine) without loading any: a reload refuses a damaged bundle while the running pipeline still serves.
+pub fn check_stage_files(bundle: &Bundle, config: &Config) -> Result<(), ModelError> {
+    let m = &config.models;
+    let mut components = Vec::new();
+    if config.stage_enabled("speech") {
+        components.push(SileroVad::component(bundle)?);
+        components.extend(Whisper::components(bundle, Some(m.speech.as_str()))?);
+    }
+    if config.stage_enabled("vision") {
+        components.extend(VisionModels::components(bundle, config.detector_variant(), m.ocr != OcrModel::Off)?);
+    }
+    if config.stage_enabled("decoder") {
+        components.extend(LanguageModel::components(bundle, Some(m.decoder.as_str()))?);
+    }
+    components.into_iter().try_for_each(|c| engine::check_component(bundle, c))
 }
 
 /// Hears a spoken question: Whisper's transcript (`stop` is asked before each window) and the question in it,

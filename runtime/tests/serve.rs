@@ -678,6 +678,67 @@ fn the_api_keeps_connections_alive_streams_and_answers_the_official_openai_clien
     daemon.terminate_within(patience(Duration::from_secs(2)));
 }
 
+/// A models directory in `dir` whose `default` bundle links every file of the prepared one (hard links, else
+/// symbolic ones), so a test can damage a file of its own without touching the shared bundle.
+fn linked_bundle(dir: &Path) -> std::path::PathBuf {
+    let source = lookout_models::bundle::resolve_models_dir(None).join(lookout_models::bundle::DEFAULT_BUNDLE);
+    let models = dir.join("models");
+    for entry in walk(&source) {
+        let target = models.join("default").join(entry.strip_prefix(&source).unwrap());
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        if std::fs::hard_link(&entry, &target).is_err() {
+            std::os::unix::fs::symlink(&entry, &target).unwrap();
+        }
+    }
+    return models;
+
+    fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .flat_map(|p| if p.is_dir() { walk(&p) } else { vec![p] })
+            .collect()
+    }
+}
+
+/// A model file damaged on disk before a reload: the reload is refused before the running pipeline is stopped,
+/// which goes on serving from the models it holds.
+#[test]
+fn a_reload_onto_a_damaged_model_file_keeps_the_running_pipeline() {
+    let dir = temp_dir("damaged-reload");
+    let frames = kite_camera(&dir);
+    let models = linked_bundle(&dir);
+    let config = dir.join("lookout.toml");
+    let vision_only = format!(
+        "[models]\ndir = \"{}\"\nspeech = \"off\"\ndecoder = \"off\"\nocr = \"off\"\ndetector = \"centernet\"",
+        models.display()
+    );
+    let wav = testdata_dir().join("speech/how_many_people.wav");
+    std::fs::write(&config, config_text(&frames, &wav, &vision_only)).unwrap();
+    let mut daemon = Daemon::start(&config, &dir);
+    let listening = daemon.event("listening", patience(Duration::from_secs(120)), event_is("listening"));
+    let port: u16 = listening["address"].as_str().unwrap().rsplit(':').next().unwrap().parse().unwrap();
+    daemon.event("scene", patience(Duration::from_secs(60)), event_is("scene"));
+
+    // The detector's compiled graph, one byte changed, its size kept.
+    let graph = models.join("default/vision/centernet.nnef.tar");
+    let mut bytes = std::fs::read(&graph).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x5a;
+    std::fs::remove_file(&graph).unwrap();
+    std::fs::write(&graph, bytes).unwrap();
+    daemon.signal("HUP");
+    let failed = daemon.event("reload_failed", patience(Duration::from_secs(60)), event_is("reload_failed"));
+    assert!(failed["error"].as_str().unwrap().contains("centernet.nnef.tar"), "{failed}");
+    assert_eq!(failed["running"], "the previous configuration", "{failed}");
+    assert!(!daemon.seen.iter().any(|e| e["event"] == "reloading"), "the running pipeline was stopped");
+    let scene = request(port, "GET", "/v1/scene", None, b"");
+    assert_eq!(scene.status, 200, "{}", scene.body);
+    assert!(scene.json()["counts"]["kite"].as_u64() > Some(0), "{}", scene.body);
+    assert!(daemon.child.try_wait().unwrap().is_none(), "the daemon exited");
+    daemon.terminate_within(Duration::from_secs(2));
+}
+
 /// In process, through the runtime library: the HTTP server's event loop beats for the watchdog while it serves,
 /// and is no longer watched once stopped.
 #[test]

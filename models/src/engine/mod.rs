@@ -61,6 +61,15 @@ pub fn load_component(bundle: &Bundle, component: &Component, spec: &GraphSpec) 
     Graph::load(&component.name, &bundle.checked_path(component)?, spec)
 }
 
+/// Checks the file a component loads from, as [`load_component`] checks it (size, sha256, and a compiled form
+/// against its source and this engine), without loading it.
+pub fn check_component(bundle: &Bundle, component: &Component) -> Result<()> {
+    if bundle.checked_compiled_path(component, ENGINE)?.is_none() {
+        bundle.checked_path(component)?;
+    }
+    Ok(())
+}
+
 /// The roles whose graphs preparation compiles (`lookout models compile`): every graph in a bundle.
 pub const COMPILED_ROLES: [&str; 8] = [
     "llm-decoder",

@@ -78,6 +78,8 @@ pub struct LanguageModel {
 }
 
 const COMPONENT: &str = "llm-decoder";
+/// The role of the GGUF file a decoder was converted from (its tokenizer, chat template and hyperparameters).
+const GGUF_ROLE: &str = "llm-gguf";
 const INPUTS: [&str; 3] = ["input_ids", "attention_mask", "position_ids"];
 /// Turns the graph's past/present key and value pairs into a KV cache kept in the run state.
 const KV_CACHE_TRANSFORM: &str = "transformers_detect_all";
@@ -103,7 +105,7 @@ impl LanguageModel {
     /// Loads the bundle's decoder (`variant` or the first listed), from its compiled form when the bundle has one,
     /// and reads tokenizer, chat template and hyperparameters from the GGUF it was converted from.
     pub fn load(bundle: &Bundle, variant: Option<&str>) -> Result<LanguageModel> {
-        let component = bundle.component(COMPONENT, variant)?;
+        let [component, _] = Self::components(bundle, variant)?;
         let (config, text, context) = Self::read_gguf(bundle, component)?;
         let graph = engine::load_component(bundle, component, &graph_spec_for(&config, component))?;
         let names = graph.input_names();
@@ -117,6 +119,11 @@ impl LanguageModel {
         Ok(LanguageModel { graph, config, text, context, variant: component.variant.clone(), input_slots })
     }
 
+    /// The components `load` reads for `variant`: the decoder graph and the GGUF it was converted from.
+    pub fn components<'b>(bundle: &'b Bundle, variant: Option<&str>) -> Result<[&'b Component; 2]> {
+        Ok([bundle.component(COMPONENT, variant)?, bundle.component(GGUF_ROLE, None)?])
+    }
+
     /// How a decoder component's graph is declared (see [`GraphSpec`]).
     pub fn graph_spec(bundle: &Bundle, component: &Component) -> Result<GraphSpec> {
         let (config, _, _) = Self::read_gguf(bundle, component)?;
@@ -127,7 +134,7 @@ impl LanguageModel {
     /// the KV cache capacity, each checked against the component's parameters.
     fn read_gguf(bundle: &Bundle, component: &Component) -> Result<(LlamaConfig, ChatText, usize)> {
         let gguf_file = component.param_str("gguf")?;
-        let gguf_component = bundle.component("llm-gguf", None)?;
+        let gguf_component = bundle.component(GGUF_ROLE, None)?;
         if gguf_component.file != gguf_file {
             return Err(ModelError::BadParam { component: component.name.clone(), param: "gguf".into() });
         }

@@ -209,13 +209,17 @@ pub struct ObjectDetector {
 }
 
 impl ObjectDetector {
+    /// The components `load` reads for `variant`: the detector and its labels.
+    pub fn components<'b>(bundle: &'b Bundle, variant: Option<&str>) -> Result<[&'b Component; 2]> {
+        Ok([bundle.component("object-detector", variant)?, bundle.component("object-labels", None)?])
+    }
+
     /// The bundle's detector of this variant (`nanodet`, `centernet`), or its first listed.
     pub fn load(bundle: &Bundle, variant: Option<&str>) -> Result<ObjectDetector> {
-        let c = bundle.component("object-detector", variant)?;
+        let [c, labels_c] = Self::components(bundle, variant)?;
         let size = c.param_usize("input_size")?;
         let (normalization, layout) = input_format(c)?;
-        let labels: Vec<String> =
-            read_text_file(bundle, bundle.component("object-labels", None)?)?.lines().map(str::to_string).collect();
+        let labels: Vec<String> = read_text_file(bundle, labels_c)?.lines().map(str::to_string).collect();
         let filter = DetectionFilter {
             score_threshold: c.param_f64("score_threshold")? as f32,
             iou_threshold: c.param_f64("iou_threshold")? as f32,
@@ -268,9 +272,17 @@ pub struct TextReader {
 }
 
 impl TextReader {
+    /// The components `load` reads: the text detector, the recognizer and its dictionary.
+    pub fn components(bundle: &Bundle) -> Result<[&Component; 3]> {
+        Ok([
+            bundle.component("ocr-detector", None)?,
+            bundle.component("ocr-recognizer", None)?,
+            bundle.component("ocr-dictionary", None)?,
+        ])
+    }
+
     pub fn load(bundle: &Bundle) -> Result<TextReader> {
-        let det = bundle.component("ocr-detector", None)?;
-        let rec = bundle.component("ocr-recognizer", None)?;
+        let [det, rec, dict] = Self::components(bundle)?;
         let det_size = det.param_usize("input_size")?;
         let det_format = input_format(det)?;
         let (rec_height, rec_width) = (rec.param_usize("height")?, rec.param_usize("width")?);
@@ -281,7 +293,6 @@ impl TextReader {
             unclip_ratio: det.param_f64("unclip_ratio")? as f32,
             ..DbParams::default()
         };
-        let dict = bundle.component("ocr-dictionary", None)?;
         let keys = read_text_file(bundle, dict)?;
         // The file lists every class in output order, the blank first under a placeholder name.
         let blank = dict.param_str("blank_token")?;
@@ -331,6 +342,15 @@ pub struct VisionModels {
 }
 
 impl VisionModels {
+    /// The components `load` reads: the detector's, and the OCR models' when `with_text`.
+    pub fn components<'b>(bundle: &'b Bundle, detector: Option<&str>, with_text: bool) -> Result<Vec<&'b Component>> {
+        let mut components = ObjectDetector::components(bundle, detector)?.to_vec();
+        if with_text {
+            components.extend(TextReader::components(bundle)?);
+        }
+        Ok(components)
+    }
+
     /// Loads the detector of this variant (default: the bundle's first) and, when `with_text`, the OCR models.
     pub fn load(bundle: &Bundle, detector: Option<&str>, with_text: bool) -> Result<VisionModels> {
         let detector = ObjectDetector::load(bundle, detector)?;

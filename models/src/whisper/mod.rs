@@ -131,12 +131,16 @@ pub struct Whisper {
 }
 
 impl Whisper {
+    /// The components `load` reads for `variant`: encoder, decoder and tokenizer.
+    pub fn components<'b>(bundle: &'b Bundle, variant: Option<&str>) -> Result<[&'b Component; 3]> {
+        let encoder = bundle.component("asr-encoder", variant)?;
+        let decoder = bundle.component("asr-decoder", Some(&encoder.variant))?;
+        Ok([encoder, decoder, bundle.component("asr-tokenizer", None)?])
+    }
+
     /// Loads the encoder, decoder and tokenizer of `variant` (or the bundle's first listed variant).
     pub fn load(bundle: &Bundle, variant: Option<&str>) -> Result<Whisper> {
-        let encoder_c = bundle.component("asr-encoder", variant)?;
-        let variant = encoder_c.variant.clone();
-        let decoder_c = bundle.component("asr-decoder", Some(&variant))?;
-        let tokenizer_c = bundle.component("asr-tokenizer", None)?;
+        let [encoder_c, decoder_c, tokenizer_c] = Self::components(bundle, variant)?;
         let config = WhisperConfig::from_components(encoder_c, decoder_c)?;
         let vocab = ByteLevelVocab::from_tokenizer_json(&bundle.checked_path(tokenizer_c)?)?;
         if vocab.len() > config.n_vocab {
@@ -149,7 +153,7 @@ impl Whisper {
         // come before the other graph is resident, not on top of it.
         let decoder = engine::load_component(bundle, decoder_c, &Self::decoder_spec(decoder_c)?)?;
         let encoder = engine::load_component(bundle, encoder_c, &Self::encoder_spec(encoder_c)?)?;
-        Ok(Whisper { variant, config, encoder, decoder, vocab })
+        Ok(Whisper { variant: encoder_c.variant.clone(), config, encoder, decoder, vocab })
     }
 
     /// How the encoder graph is declared: a log-mel spectrogram of any number of frames.

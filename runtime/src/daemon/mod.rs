@@ -31,6 +31,7 @@ use crate::context::{check_label_filters, open_config_bundle, Context};
 use crate::memory;
 use crate::plan::{self, Plan};
 use crate::scheduler::buffers::FrameQueue;
+use crate::turn;
 
 /// How long SIGTERM waits for the threads before exiting anyway (systemd allows 5 s; the promise is 2 s).
 const STOP_WITHIN: Duration = Duration::from_millis(1500);
@@ -53,6 +54,7 @@ impl Checked {
         let Loaded { config, .. } = Config::load(path, board)?;
         let bundle = open_config_bundle(ctx, &config)?;
         check_label_filters(&config, &bundle, path)?;
+        turn::check_stage_files(&bundle, &config)?;
         let plan = plan::plan(&config, &bundle)?;
         plan.check_fits(path)?;
         Ok(Checked { config, path: path.to_path_buf(), bundle, plan })
