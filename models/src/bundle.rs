@@ -206,15 +206,21 @@ impl Bundle {
         self.write_manifest()
     }
 
-    /// Rewrites the manifest from `self.manifest` (atomically: a new file renamed over it).
+    /// Rewrites the manifest from `self.manifest` atomically: a new file, written and synced, renamed over it. When
+    /// any step fails (a full disk, say) the manifest is left as it was and the new file is removed.
     pub fn write_manifest(&self) -> Result<()> {
+        use std::io::Write as _;
         let path = self.dir.join(MANIFEST);
         let text = toml::to_string_pretty(&self.manifest)
             .map_err(|e| ModelError::BadManifest { path: path.clone(), reason: e.to_string() })?;
         let temporary = self.dir.join(format!("{MANIFEST}.new"));
-        let io = |source| ModelError::Io { path: path.clone(), source };
-        fs::write(&temporary, text).map_err(io)?;
-        fs::rename(&temporary, &path).map_err(io)
+        let written = fs::File::create(&temporary)
+            .and_then(|mut file| file.write_all(text.as_bytes()).and_then(|()| file.sync_all()))
+            .and_then(|()| fs::rename(&temporary, &path));
+        written.map_err(|source| {
+            let _ = fs::remove_file(&temporary);
+            ModelError::Io { path, source }
+        })
     }
 
     /// The measured footprints of a stage in a variant.
@@ -432,4 +438,35 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
         hasher.update(&buf[..n]);
     }
     Ok(hex::encode(hasher.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The disk filling up while the manifest is rewritten: the error names the manifest, which is left whole, and
+    /// no partial file stays behind. `/dev/full` stands in for the full disk: every write to it fails with ENOSPC.
+    #[test]
+    fn a_manifest_written_to_a_full_disk_is_left_as_it_was() {
+        let dir = std::env::temp_dir().join(format!("lookout-manifest-full-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let original = "format = 1\nname = \"test\"\ndescription = \"before\"\n";
+        fs::write(dir.join(MANIFEST), original).unwrap();
+        let mut bundle = Bundle::open(&dir).unwrap();
+        bundle.manifest.description = "after".into();
+        let temporary = dir.join(format!("{MANIFEST}.new"));
+        std::os::unix::fs::symlink("/dev/full", &temporary).unwrap();
+        let err = bundle.write_manifest().unwrap_err();
+        const ENOSPC: i32 = 28;
+        assert!(
+            matches!(&err, ModelError::Io { path, source } if path.ends_with(MANIFEST) && source.raw_os_error() == Some(ENOSPC)),
+            "{err}"
+        );
+        assert_eq!(fs::read_to_string(dir.join(MANIFEST)).unwrap(), original);
+        assert!(fs::symlink_metadata(&temporary).is_err(), "the new file was left behind");
+        // With room on the disk the same write goes through.
+        bundle.write_manifest().unwrap();
+        assert!(fs::read_to_string(dir.join(MANIFEST)).unwrap().contains("after"));
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -10,6 +10,7 @@ mod gate;
 mod http;
 mod llama_cpp;
 mod llm;
+mod load;
 mod npy;
 mod speech;
 mod speech_suite;
@@ -70,12 +71,12 @@ pub struct BenchArgs {
     /// Runs one configuration in this process and prints its measurements as JSON.
     #[arg(long, hide = true, value_name = "SPEC")]
     worker: Option<String>,
-    /// Http: concurrent keep-alive clients per endpoint.
-    #[arg(long, default_value_t = 32)]
-    clients: usize,
-    /// Http: seconds of load per endpoint.
-    #[arg(long, default_value_t = 30)]
-    seconds: u64,
+    /// Http and load: concurrent clients (http: 32 per endpoint; load: 64 in all).
+    #[arg(long)]
+    clients: Option<usize>,
+    /// Http and load: seconds of load (http: 30 per endpoint; load: 120).
+    #[arg(long)]
+    seconds: Option<u64>,
     /// Http: another `lookout` binary whose server is measured the same way (an earlier build, say).
     #[arg(long)]
     peer_binary: Option<PathBuf>,
@@ -95,9 +96,10 @@ pub fn run(ctx: &Context, args: BenchArgs) -> anyhow::Result<()> {
         "frames" => frames::run(ctx, &args),
         "gate" => gate::run(ctx, &args),
         "http" => http::run(ctx, &args),
+        "load" => load::run(ctx, &args),
         other => match suite_file(other) {
             Some(file) => run_suite_file(ctx, &args, &file),
-            None => bail!("unknown suite `{other}` (available: speech, vision, llm, frames, gate, http, or a suite file: e2e, speech.toml, vision.toml, e2e.toml or a path)"),
+            None => bail!("unknown suite `{other}` (available: speech, vision, llm, frames, gate, http, load, or a suite file: e2e, speech.toml, vision.toml, e2e.toml or a path)"),
         },
     }
 }

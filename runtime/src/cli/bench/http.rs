@@ -17,8 +17,8 @@ use serde::Serialize;
 use super::{median, percentile, write_report, BenchArgs};
 use crate::cli::Context;
 
-const PHOTO: &str = ".cache/testdata/vision/photos/kite.jpg";
-const QUIET_WAV: &str = ".cache/testdata/speech/how_many_people.wav";
+pub(super) const PHOTO: &str = ".cache/testdata/vision/photos/kite.jpg";
+pub(super) const QUIET_WAV: &str = ".cache/testdata/speech/how_many_people.wav";
 /// The spoken question answered while `/healthz` is timed.
 const LONG_QUESTION: &str = ".cache/testdata/speech/beckett.wav";
 
@@ -61,8 +61,8 @@ pub fn run(ctx: &Context, args: &BenchArgs) -> anyhow::Result<()> {
             bail!("{input} is missing: run models/prepare/prepare.sh from the repository root");
         }
     }
-    let clients = args.clients.max(1);
-    let seconds = Duration::from_secs(args.seconds.max(1));
+    let clients = args.clients.unwrap_or(32).max(1);
+    let seconds = Duration::from_secs(args.seconds.unwrap_or(30).max(1));
     // Every client connects from 127.0.0.1: this build's per-client share is raised to let them all in (a peer
     // build may not know the setting, and is started with its defaults).
     let limits = format!("max_connections = {}\nmax_connections_per_client = {clients}\n", clients.max(64));
@@ -115,7 +115,19 @@ fn measure(
     clients: usize,
     seconds: Duration,
 ) -> anyhow::Result<ServerResult> {
-    let dir = args.out.join("http-daemon");
+    let config = photo_camera_config(&args.out.join("http-daemon"), http_settings)?;
+    let daemon = Daemon::start(ctx, binary, &config)?;
+    let port = daemon.port;
+    let load = [("/healthz"), ("/v1/scene")].map(|path| run_load(port, path, clients, seconds));
+    let busy = busy_health(port)?;
+    let rss_mib = daemon.rss_mib();
+    daemon.stop();
+    Ok(ServerResult { server: name.to_string(), load: load.into_iter().collect(), busy, rss_mib })
+}
+
+/// A daemon configuration in `dir` on the photo camera and the quiet recording, listening on a free loopback port,
+/// with `http_settings` added to its `[http]`.
+pub(super) fn photo_camera_config(dir: &Path, http_settings: &str) -> anyhow::Result<PathBuf> {
     let frames = dir.join("frames");
     std::fs::create_dir_all(&frames)?;
     std::fs::copy(PHOTO, frames.join("photo.jpg"))?;
@@ -129,22 +141,16 @@ fn measure(
             quiet.display()
         ),
     )?;
-    let daemon = Daemon::start(ctx, binary, &config)?;
-    let port = daemon.port;
-    let load = [("/healthz"), ("/v1/scene")].map(|path| run_load(port, path, clients, seconds));
-    let busy = busy_health(port)?;
-    let rss_mib = daemon.rss_mib();
-    daemon.stop();
-    Ok(ServerResult { server: name.to_string(), load: load.into_iter().collect(), busy, rss_mib })
+    Ok(config)
 }
 
-struct Daemon {
+pub(super) struct Daemon {
     child: Child,
-    port: u16,
+    pub port: u16,
 }
 
 impl Daemon {
-    fn start(ctx: &Context, binary: &Path, config: &Path) -> anyhow::Result<Daemon> {
+    pub(super) fn start(ctx: &Context, binary: &Path, config: &Path) -> anyhow::Result<Daemon> {
         let mut child = Command::new(binary)
             .arg("--models")
             .arg(ctx.models_dir())
@@ -176,32 +182,40 @@ impl Daemon {
         Ok(Daemon { child, port })
     }
 
-    fn rss_mib(&self) -> f64 {
+    /// The daemon's peak resident set (VmHWM).
+    pub(super) fn rss_mib(&self) -> f64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
         let kib = status.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1));
         kib.and_then(|k| k.parse::<f64>().ok()).map_or(f64::NAN, |k| k / 1024.0)
     }
 
-    fn stop(mut self) {
+    pub(super) fn stop(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
 /// One keep-alive HTTP/1.1 client: reconnects when the server closes the connection.
-struct Client {
+pub(super) struct Client {
     port: u16,
     stream: Option<TcpStream>,
-    reconnects: u64,
+    pub reconnects: u64,
+    /// The last response's body.
+    pub body: Vec<u8>,
 }
 
 impl Client {
-    fn new(port: u16) -> Client {
-        Client { port, stream: None, reconnects: 0 }
+    pub(super) fn new(port: u16) -> Client {
+        Client { port, stream: None, reconnects: 0, body: Vec::new() }
+    }
+
+    /// Closes the keep-alive connection; the next call opens another.
+    pub(super) fn disconnect(&mut self) {
+        self.stream = None;
     }
 
     /// Sends one request and reads its response; the status, or None when the connection failed.
-    fn call(&mut self, method: &str, path: &str, content_type: &str, body: &[u8]) -> Option<u16> {
+    pub(super) fn call(&mut self, method: &str, path: &str, content_type: &str, body: &[u8]) -> Option<u16> {
         if self.stream.is_none() {
             let stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
             stream.set_read_timeout(Some(Duration::from_secs(600))).ok()?;
@@ -215,7 +229,7 @@ impl Client {
             body.len()
         );
         let sent = stream.write_all(head.as_bytes()).and_then(|_| stream.write_all(body));
-        let response = sent.ok().and_then(|_| read_response(stream));
+        let response = sent.ok().and_then(|_| read_response(stream, &mut self.body));
         match response {
             Some((status, keep)) => {
                 if !keep {
@@ -231,8 +245,8 @@ impl Client {
     }
 }
 
-/// Reads one response with a Content-Length body: its status, and whether the connection stays open.
-fn read_response(stream: &mut TcpStream) -> Option<(u16, bool)> {
+/// Reads one response with a Content-Length body into `body`: its status, and whether the connection stays open.
+pub(super) fn read_response(stream: &mut TcpStream, body: &mut Vec<u8>) -> Option<(u16, bool)> {
     let mut raw = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
     let head_end = loop {
@@ -246,9 +260,11 @@ fn read_response(stream: &mut TcpStream) -> Option<(u16, bool)> {
     let status = head.split(' ').nth(1)?.parse().ok()?;
     let length: usize =
         head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
-    let mut have = raw.len() - head_end;
-    while have < length {
-        have += stream.read(&mut chunk).ok().filter(|&n| n > 0)?;
+    body.clear();
+    body.extend_from_slice(&raw[head_end..]);
+    while body.len() < length {
+        let n = stream.read(&mut chunk).ok().filter(|&n| n > 0)?;
+        body.extend_from_slice(&chunk[..n]);
     }
     Some((status, !head.contains("connection: close")))
 }
