@@ -227,10 +227,11 @@ pub fn serve(ctx: &Context, config_path: &Path, board: Option<&str>) -> anyhow::
     let mut pipeline = Pipeline::start(&checked, &shared, SourceOptions::default())?;
     let mut http = HttpServer::start(&checked, current.clone())?;
     shared.events.emit("listening", json!({ "address": http.addr.to_string() }));
+    // Serving from here: a SIGTERM that follows the announcement below is a clean stop, not "stopped while loading".
+    serving.store(true, Relaxed);
     let rss = memory::rss();
     shared.events.emit("ready", json!({ "rss_mib": rss.map(|r| r.rss_mib), "plan_mib": checked.plan.total_mib }));
     notifier.ready(&format!("serving on {} (board {})", http.addr, checked.config.board.name));
-    serving.store(true, Relaxed);
 
     let mut last_status = Instant::now();
     let mut stalled_reported = false;
@@ -287,6 +288,7 @@ pub fn serve(ctx: &Context, config_path: &Path, board: Option<&str>) -> anyhow::
                                 } else {
                                     http.update(&checked);
                                 }
+                                serving.store(true, Relaxed);
                                 shared.events.emit("reloaded", json!({ "address": http.addr.to_string() }));
                                 notifier.ready(&format!(
                                     "serving on {} (board {}, reloaded)",
@@ -308,10 +310,10 @@ pub fn serve(ctx: &Context, config_path: &Path, board: Option<&str>) -> anyhow::
                                 pipeline = with_watchdog_pings(&notifier, ping_every, || {
                                     Pipeline::start(&checked, &shared, SourceOptions::default())
                                 })?;
+                                serving.store(true, Relaxed);
                                 notifier.ready(&format!("reload failed, previous configuration kept: {error}"));
                             }
                         }
-                        serving.store(true, Relaxed);
                     }
                 }
             }
