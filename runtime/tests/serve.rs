@@ -142,14 +142,19 @@ struct Daemon {
 
 impl Daemon {
     fn start(config: &Path, dir: &Path) -> Daemon {
+        // The stall limit too: under emulation one decoder prefill keeps the pipeline from beating for a minute.
+        Daemon::start_with_watchdog(config, dir, patience(Duration::from_secs(3)))
+    }
+
+    /// Started as systemd would with `WatchdogSec` set to `watchdog`, which is also the daemon's stall limit.
+    fn start_with_watchdog(config: &Path, dir: &Path, watchdog: Duration) -> Daemon {
         let socket_path = dir.join("notify.sock");
         let _ = std::fs::remove_file(&socket_path);
         let socket = UnixDatagram::bind(&socket_path).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_lookout"))
             .args(["serve", "--config", config.to_str().unwrap()])
             .env("NOTIFY_SOCKET", &socket_path)
-            // The stall limit too: under emulation one decoder prefill keeps the pipeline from beating for a minute.
-            .env("WATCHDOG_USEC", patience(Duration::from_secs(3)).as_micros().to_string())
+            .env("WATCHDOG_USEC", watchdog.as_micros().to_string())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -676,6 +681,71 @@ fn the_api_keeps_connections_alive_streams_and_answers_the_official_openai_clien
     assert_eq!(metric(&settled, "lookout_question_queue_depth"), 0.0, "{settled}");
     assert_eq!(send(port, format!("{}\r\n", head("GET", "/healthz")).as_bytes()).status, 200);
     daemon.terminate_within(patience(Duration::from_secs(2)));
+}
+
+/// SIGHUP while a spoken question is being answered: the question ends in a defined status (its answer, or 503
+/// "stopping" when the pipeline was stopped under it), nothing hangs, and the reloaded daemon answers the next one.
+#[test]
+fn sighup_during_an_answer_ends_it_in_a_defined_status_and_the_reload_serves() {
+    let dir = temp_dir("hup-answer");
+    let frames = kite_camera(&dir);
+    let config = dir.join("lookout.toml");
+    let speech = testdata_dir().join("speech");
+    std::fs::write(&config, config_text(&frames, &speech.join("how_many_people.wav"), "")).unwrap();
+    let mut daemon = Daemon::start(&config, &dir);
+    let listening = daemon.event("listening", patience(Duration::from_secs(120)), event_is("listening"));
+    let port: u16 = listening["address"].as_str().unwrap().rsplit(':').next().unwrap().parse().unwrap();
+    daemon.event("scene", patience(Duration::from_secs(60)), event_is("scene"));
+
+    let question = std::fs::read(speech.join("beckett.wav")).unwrap();
+    let asking = std::thread::spawn(move || request(port, "POST", "/v1/ask", Some("audio/wav"), &question));
+    // The question is being heard (10 s of speech) when the reload comes.
+    std::thread::sleep(Duration::from_millis(300));
+    daemon.signal("HUP");
+    let answered = asking.join().unwrap();
+    eprintln!("the question in flight: {} {}", answered.status, answered.body);
+    match answered.status {
+        200 => assert!(!answered.json()["answer"].as_str().unwrap().is_empty(), "{}", answered.body),
+        503 => {
+            assert_eq!(answered.header("Retry-After"), Some("1"), "{}", answered.head);
+            assert!(answered.body.contains("stopping or reloading"), "{}", answered.body);
+        }
+        other => panic!("the question in flight ended in {other}: {}", answered.body),
+    }
+    daemon.event("reloaded", patience(Duration::from_secs(120)), event_is("reloaded"));
+    let next =
+        request(port, "POST", "/v1/ask", Some("application/json"), br#"{"question": "How many kites are there?"}"#);
+    assert_eq!(next.status, 200, "{}", next.body);
+    daemon.terminate_within(Duration::from_secs(2));
+}
+
+/// The watchdog fires on a pipeline gone silent: with a stall limit of half a second, the Whisper encoder's one call
+/// on a 30 s question (about 2 s here) keeps the pipeline from beating; the daemon reports it `stalled`, stops its
+/// systemd pings, answers the question all the same, and pings again once the pipeline beats.
+#[test]
+fn the_watchdog_fires_on_a_silent_pipeline_and_pings_again_once_it_beats() {
+    let dir = temp_dir("watchdog");
+    let frames = kite_camera(&dir);
+    let config = dir.join("lookout.toml");
+    let speech = testdata_dir().join("speech");
+    std::fs::write(&config, config_text(&frames, &speech.join("how_many_people.wav"), "")).unwrap();
+    let mut daemon = Daemon::start_with_watchdog(&config, &dir, patience(Duration::from_millis(500)));
+    let listening = daemon.event("listening", patience(Duration::from_secs(120)), event_is("listening"));
+    let port: u16 = listening["address"].as_str().unwrap().rsplit(':').next().unwrap().parse().unwrap();
+    daemon.event("scene", patience(Duration::from_secs(60)), event_is("scene"));
+
+    let question = std::fs::read(speech.join("clip_30s.wav")).unwrap();
+    let asking = std::thread::spawn(move || request(port, "POST", "/v1/ask", Some("audio/wav"), &question));
+    // Other threads may miss a beat on a busy machine too; the pipeline's silence is the one asked for.
+    daemon.event("the pipeline stalled", patience(Duration::from_secs(60)), |e| {
+        e["event"] == "stalled" && e["thread"] == "pipeline"
+    });
+    let status = daemon.notification("STATUS=the pipeline thread is stalled", patience(Duration::from_secs(10)));
+    assert!(status.contains("watchdog pings stopped"), "{status}");
+    let answered = asking.join().unwrap();
+    assert_eq!(answered.status, 200, "{}", answered.body);
+    daemon.notification("WATCHDOG=1", patience(Duration::from_secs(10)));
+    daemon.terminate_within(Duration::from_secs(2));
 }
 
 /// A models directory in `dir` whose `default` bundle links every file of the prepared one (hard links, else

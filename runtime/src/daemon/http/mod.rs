@@ -38,7 +38,8 @@ use crate::plan::REQUEST_BODIES;
 /// Largest request line plus headers (hyper's read buffer, which also bounds what one read takes of a body).
 const MAX_HEAD_BYTES: usize = 16 * 1024;
 const MAX_HEADERS: usize = 48;
-/// How often the server's event loop beats for the watchdog.
+/// How often the server's event loop beats for the watchdog, at most (a quarter of the stall limit when that is
+/// shorter).
 const HTTP_BEAT_EVERY: Duration = Duration::from_secs(1);
 /// How long a request with a body waits for one of the `REQUEST_BODIES` slots before it is refused (503).
 const SLOT_WAIT: Duration = Duration::from_secs(2);
@@ -209,10 +210,13 @@ impl Drop for ConnectionSlot {
 /// Beats for the watchdog while this thread's event loop turns: a handler that blocked the thread, or the thread's
 /// end, silences it, and the daemon then stops its systemd pings as for a hung pipeline.
 async fn beat(current: Arc<Current>) {
-    let mut every = tokio::time::interval(HTTP_BEAT_EVERY);
     loop {
-        every.tick().await;
-        current.get().beat(Beat::Http);
+        let shared = current.get();
+        shared.beat(Beat::Http);
+        // Well inside the stall limit, however short the watchdog interval is set.
+        let every = HTTP_BEAT_EVERY.min(shared.stall_limit() / 4);
+        drop(shared);
+        tokio::time::sleep(every).await;
     }
 }
 
