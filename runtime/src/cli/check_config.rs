@@ -9,6 +9,7 @@ use super::{check_label_filters, open_config_bundle, print_json, Context};
 use crate::board::BoardSource;
 use crate::board::{self, Probe};
 use crate::config::{Config, Loaded};
+use crate::daemon::unit;
 use crate::plan::OverBudget;
 use crate::plan::{self, Plan};
 
@@ -21,6 +22,11 @@ pub struct CheckConfigArgs {
     board: Option<String>,
     #[arg(long)]
     json: bool,
+    /// Print the systemd drop-in that fits the service to this configuration (memory limits from its plan, the
+    /// addresses its HTTP API may talk to) instead of the report; install it as
+    /// /etc/systemd/system/lookout.service.d/50-limits.conf.
+    #[arg(long, conflicts_with = "json")]
+    unit_limits: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -54,6 +60,14 @@ pub fn check_config(ctx: &Context, args: CheckConfigArgs) -> anyhow::Result<()> 
         }
         Err(e) => (None, Some(format!("{e:#}"))),
     };
+    if args.unit_limits {
+        let Some(plan) = &plan else {
+            anyhow::bail!("no memory plan, so no memory limits: {}", plan_skipped.unwrap_or_default());
+        };
+        plan.check_fits(&args.file)?;
+        print!("{}", unit::limits_drop_in(&config, &board_source, plan, &args.file));
+        return Ok(());
+    }
     if args.json {
         let report = Report {
             file: args.file.display().to_string(),

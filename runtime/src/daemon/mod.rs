@@ -11,6 +11,7 @@ pub mod panel;
 pub mod pipeline;
 pub mod sources;
 pub mod state;
+pub mod unit;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};

@@ -178,12 +178,9 @@ fn client_loop(kind: Kind, index: usize, port: u16, question: &[u8], stop: &Atom
                 outcomes.push((status.unwrap_or(CLOSED), started.elapsed().as_secs_f64() * 1e3));
                 continue;
             }
-            Kind::AskText => client.call(
-                "POST",
-                "/v1/ask",
-                "application/json",
-                br#"{"question": "How many people are outside?"}"#,
-            ),
+            Kind::AskText => {
+                client.call("POST", "/v1/ask", "application/json", br#"{"question": "How many people are outside?"}"#)
+            }
             Kind::AskAudio => client.call("POST", "/v1/ask", "audio/wav", question),
             Kind::Bad => {
                 round += 1;
@@ -273,9 +270,10 @@ fn leftover(port: u16) -> anyhow::Result<(Leftover, f64)> {
 }
 
 fn markdown(r: &LoadReport) -> String {
-    let mut md =
-        super::heading("load", 1, &format!("{} clients at once for {} s, on loopback", r.clients, r.seconds));
-    md.push_str("| clients | kind | responses by status (0: closed by the server) | undefined | p50 ms | p99 ms | max ms |\n");
+    let mut md = super::heading("load", 1, &format!("{} clients at once for {} s, on loopback", r.clients, r.seconds));
+    md.push_str(
+        "| clients | kind | responses by status (0: closed by the server) | undefined | p50 ms | p99 ms | max ms |\n",
+    );
     md.push_str("|---|---|---|---|---|---|---|\n");
     for (kind, k) in &r.kinds {
         let statuses: Vec<String> = k.statuses.iter().map(|(s, n)| format!("{s}: {n}")).collect();
