@@ -93,6 +93,10 @@ pub struct Camera {
     pub fps: u32,
     /// Frames preallocated in the pool between capture and the encoders.
     pub pool_frames: u32,
+    /// Seconds the daemon waits at start or reload for an absent or busy camera device (a USB camera still
+    /// appearing at boot), retrying with backoff, before it gives up with exit 1.
+    #[serde(default = "device_wait_s")]
+    pub wait_s: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -104,6 +108,9 @@ pub struct Microphone {
     pub rate: u32,
     /// Seconds of audio the ring holds (the longest query heard).
     pub ring_s: u32,
+    /// Seconds the daemon waits at start or reload for an absent or busy ALSA device, as `camera.wait_s`.
+    #[serde(default = "device_wait_s")]
+    pub wait_s: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -372,6 +379,10 @@ impl LabelFilterConfig {
     }
 }
 
+fn device_wait_s() -> u32 {
+    60
+}
+
 fn yes() -> bool {
     true
 }
@@ -496,10 +507,12 @@ impl Config {
         }
         within("camera.fps", cam.fps, 1..=60)?;
         within("camera.pool_frames", cam.pool_frames, 2..=64)?;
+        within("camera.wait_s", cam.wait_s, 0..=3600)?;
         let mic = &self.microphone;
         within("microphone.rate", mic.rate, 8_000..=192_000)?;
         // Whisper hears at most 30 s at once.
         within("microphone.ring_s", mic.ring_s, 1..=30)?;
+        within("microphone.wait_s", mic.wait_s, 0..=3600)?;
         let gpio = &self.gpio;
         if gpio.chip != "none" && !gpio.chip.starts_with("/dev/") {
             return Err(("gpio.chip", format!("`{}` must be a /dev path or `none`", gpio.chip)));

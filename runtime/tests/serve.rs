@@ -864,16 +864,20 @@ fn configurations_and_devices_the_daemon_cannot_run_exit_naming_the_problem() {
         ("over budget", config_text(&dir, &wav, "[budget]\nmemory_mib = 200\nos_reserve_mib = 100"), "MiB", 78),
         ("missing camera directory", config_text(&dir.join("nowhere"), &wav, ""), "camera.device", 78),
         ("unreadable recording", config_text(&dir, &dir.join("missing.wav"), ""), "microphone.device", 78),
-        // An absent device is a runtime failure (exit 1): systemd retries, as for a camera plugged in late.
+        // An absent device is waited for (`wait_s`, 1 s here), then a runtime failure (exit 1): systemd retries.
         (
             "absent camera",
-            config_text(&dir, &wav, "").replace(&format!("dir:{}", dir.display()), "/dev/video9"),
+            config_text(&dir, &wav, "")
+                .replace(&format!("dir:{}", dir.display()), "/dev/video9")
+                .replace("[camera]\n", "[camera]\nwait_s = 1\n"),
             "camera.device `/dev/video9`",
             1,
         ),
         (
             "absent microphone",
-            config_text(&dir, &wav, "").replace(&format!("wav:{}", wav.display()), "hw:CARD=NoSuchCard,DEV=0"),
+            config_text(&dir, &wav, "")
+                .replace(&format!("wav:{}", wav.display()), "hw:CARD=NoSuchCard,DEV=0")
+                .replace("[microphone]\n", "[microphone]\nwait_s = 1\n"),
             "microphone.device",
             1,
         ),
@@ -885,6 +889,10 @@ fn configurations_and_devices_the_daemon_cannot_run_exit_naming_the_problem() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(code), "{what}: {stderr}");
         assert!(stderr.contains(names) && stderr.lines().count() >= 1, "{what}: {stderr}");
+        if code == 1 {
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(stdout.contains("\"event\":\"waiting_for_device\""), "{what} was not waited for: {stdout}");
+        }
     }
     let plan = lookout(&["serve", "--print-plan", "--config", dir.join("lookout.toml").to_str().unwrap()]);
     assert!(plan.status.success(), "{}", String::from_utf8_lossy(&plan.stderr));

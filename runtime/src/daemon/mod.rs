@@ -110,12 +110,17 @@ impl Pipeline {
         if let Some(fps) = options.camera_fps {
             camera_config.camera.fps = fps;
         }
+        let wait = |seconds: u32| Duration::from_secs(u64::from(seconds));
         let camera = match config.stage_enabled("vision") {
-            true => Some(sources::open_camera(&camera_config, &checked.path, options.pace_camera)?),
+            true => Some(sources::open_waiting("camera.device", wait(config.camera.wait_s), shared, || {
+                sources::open_camera(&camera_config, &checked.path, options.pace_camera)
+            })?),
             false => None,
         };
         let microphone = match config.stage_enabled("speech") && options.microphone {
-            true => Some(sources::open_microphone(config, &checked.path)?),
+            true => Some(sources::open_waiting("microphone.device", wait(config.microphone.wait_s), shared, || {
+                sources::open_microphone(config, &checked.path)
+            })?),
             false => None,
         };
         #[cfg(feature = "gpio")]

@@ -195,6 +195,39 @@ pub fn run_camera(mut camera: Box<dyn Camera>, width: u32, height: u32, shared: 
     shared.heartbeats.retire(Beat::Camera);
 }
 
+/// Opens a capture device, waiting up to `wait` while it is absent or busy (a USB camera still appearing at boot):
+/// each retry comes after twice the previous pause (up to `MAX_BACKOFF`) and is announced by a `waiting_for_device`
+/// event. Any other error, or the device still absent at the end of the wait or when the daemon stops, is returned.
+pub fn open_waiting<T>(
+    field: &str,
+    wait: Duration,
+    shared: &Shared,
+    mut open: impl FnMut() -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(500);
+    loop {
+        let error = match open() {
+            Ok(device) => return Ok(device),
+            Err(error) => error,
+        };
+        let absent = error
+            .chain()
+            .filter_map(|c| c.downcast_ref::<lookout_device::DeviceError>())
+            .any(|d| matches!(d.kind, ErrorKind::NotFound | ErrorKind::Busy));
+        if !absent || started.elapsed() + pause > wait || shared.stopping() {
+            return Err(error);
+        }
+        shared.events.emit(
+            "waiting_for_device",
+            json!({ "field": field, "error": format!("{error:#}"), "retry_in_s": pause.as_secs_f64(),
+                    "waited_s": started.elapsed().as_secs_f64(), "wait_s": wait.as_secs() }),
+        );
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(MAX_BACKOFF);
+    }
+}
+
 /// Tries to reopen a device that went away, waiting twice as long after each failure (up to `MAX_BACKOFF`),
 /// until it is back or the daemon stops.
 fn reconnect(
@@ -375,6 +408,47 @@ impl<'v> Hearing<'v> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scheduler::buffers::FrameQueue;
+
+    #[test]
+    fn an_absent_device_is_waited_for_with_backoff_and_other_errors_are_not() {
+        use lookout_device::DeviceError;
+        let shared = Shared::new(FrameQueue::new(2, 2, 2), "x86-dev");
+        let failing = |kind| move || -> anyhow::Result<()> { Err(DeviceError::new(kind, "/dev/video0").into()) };
+
+        // Absent twice, then there: found after pauses of 0.5 and 1 s.
+        let (mut attempts, started) = (0, Instant::now());
+        let opened = open_waiting("camera.device", Duration::from_secs(5), &shared, || {
+            attempts += 1;
+            match attempts {
+                1 | 2 => Err(anyhow::Error::from(DeviceError::new(ErrorKind::NotFound, "/dev/video0"))
+                    .context("camera.device `/dev/video0`")),
+                n => Ok(n),
+            }
+        });
+        assert_eq!(opened.unwrap(), 3);
+        assert!(started.elapsed() >= Duration::from_millis(1500), "{:?}", started.elapsed());
+
+        // Still absent when the wait is over: the last error, after one pause that fitted in 0.7 s.
+        let mut attempts = 0;
+        let absent = failing(ErrorKind::NotFound);
+        let error = open_waiting("camera.device", Duration::from_millis(700), &shared, || {
+            attempts += 1;
+            absent()
+        });
+        assert!(error.unwrap_err().to_string().contains("/dev/video0"));
+        assert_eq!(attempts, 2);
+
+        // Not an absent device: no waiting at all.
+        let mut attempts = 0;
+        let broken = failing(ErrorKind::BadData);
+        assert!(open_waiting("camera.device", Duration::from_secs(60), &shared, || {
+            attempts += 1;
+            broken()
+        })
+        .is_err());
+        assert_eq!(attempts, 1);
+    }
 
     fn rules() -> VadRules {
         VadRules { threshold: 0.5, release: 0.35, min_speech: 1_000, min_silence: 1_000, pad: 200 }
