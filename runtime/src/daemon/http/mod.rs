@@ -214,7 +214,7 @@ async fn beat(current: Arc<Current>) {
         let shared = current.get();
         shared.beat(Beat::Http);
         // Well inside the stall limit, however short the watchdog interval is set.
-        let every = HTTP_BEAT_EVERY.min(shared.stall_limit() / 4);
+        let every = HTTP_BEAT_EVERY.min(shared.stall_limit() / 4).max(Duration::from_millis(10));
         drop(shared);
         tokio::time::sleep(every).await;
     }
