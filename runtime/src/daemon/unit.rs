@@ -9,9 +9,6 @@ use crate::board::BoardSource;
 use crate::config::{Config, Source};
 use crate::plan::Plan;
 
-/// Where the drop-in goes on an installed system.
-pub const DROP_IN: &str = "/etc/systemd/system/lookout.service.d/50-limits.conf";
-
 /// Private, carrier-grade NAT, unique-local and link-local networks: where a home or office network's clients are.
 const LOCAL_NETWORKS: &str =
     "localhost link-local multicast 10.0.0.0/8 172.16.0.0/12 192.168.0.0/16 100.64.0.0/10 fc00::/7";
