@@ -20,6 +20,9 @@ use serde_json::Value;
 mod silent_flac;
 
 const TOKEN: &str = "test-token-0123456789";
+/// The tests' `WatchdogSec`, and so the daemon's stall limit (stretched under emulation, where one decoder prefill
+/// keeps the pipeline from beating for a minute).
+const WATCHDOG: Duration = Duration::from_secs(3);
 
 fn temp_dir(name: &str) -> Scratch {
     Scratch::new(&format!("serve-{name}"))
@@ -142,8 +145,7 @@ struct Daemon {
 
 impl Daemon {
     fn start(config: &Path, dir: &Path) -> Daemon {
-        // The stall limit too: under emulation one decoder prefill keeps the pipeline from beating for a minute.
-        Daemon::start_with_watchdog(config, dir, patience(Duration::from_secs(3)))
+        Daemon::start_with_watchdog(config, dir, patience(WATCHDOG))
     }
 
     /// Started as systemd would with `WatchdogSec` set to `watchdog`, which is also the daemon's stall limit.
@@ -181,6 +183,12 @@ impl Daemon {
             }
         });
         Daemon { child, events, notifications, seen: Vec::new() }
+    }
+
+    /// The port the daemon listens on, once its `listening` event has come.
+    fn port(&mut self) -> u16 {
+        let listening = self.event("listening", patience(Duration::from_secs(120)), event_is("listening"));
+        listening["address"].as_str().unwrap().rsplit(':').next().unwrap().parse().unwrap()
     }
 
     /// Waits for the first event (new or already seen) that `matches`.
@@ -280,8 +288,7 @@ fn the_daemon_captions_answers_refuses_bad_requests_and_talks_to_systemd() {
 
     let started = Instant::now();
     let mut daemon = Daemon::start(&config, &dir);
-    let listening = daemon.event("listening", patience(Duration::from_secs(120)), event_is("listening"));
-    let port: u16 = listening["address"].as_str().unwrap().rsplit(':').next().unwrap().parse().unwrap();
+    let port = daemon.port();
     daemon.event("ready", patience(Duration::from_secs(10)), event_is("ready"));
     assert!(daemon.notification("READY=1", patience(Duration::from_secs(10))).contains("STATUS=serving on"));
     daemon.notification("WATCHDOG=1", patience(Duration::from_secs(5)));
@@ -493,8 +500,7 @@ fn the_api_keeps_connections_alive_streams_and_answers_the_official_openai_clien
         + "max_connections = 16\nmax_connections_per_client = 8\n";
     std::fs::write(&config, text).unwrap();
     let mut daemon = Daemon::start(&config, &dir);
-    let listening = daemon.event("listening", patience(Duration::from_secs(120)), event_is("listening"));
-    let port: u16 = listening["address"].as_str().unwrap().rsplit(':').next().unwrap().parse().unwrap();
+    let port = daemon.port();
     daemon.event("caption", patience(Duration::from_secs(120)), event_is("caption"));
     let head = |method: &str, path: &str| {
         format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {TOKEN}\r\n")
@@ -683,21 +689,26 @@ fn the_api_keeps_connections_alive_streams_and_answers_the_official_openai_clien
     daemon.terminate_within(patience(Duration::from_secs(2)));
 }
 
+/// A daemon on the kite camera in `dir` and the quiet recording, `extra` added to its configuration, started with
+/// `watchdog` as `WatchdogSec`, once it has published its first scene; with the port it listens on.
+fn kite_daemon(dir: &Path, extra: &str, watchdog: Duration) -> (Daemon, u16) {
+    let frames = kite_camera(dir);
+    let config = dir.join("lookout.toml");
+    let wav = testdata_dir().join("speech/how_many_people.wav");
+    std::fs::write(&config, config_text(&frames, &wav, extra)).unwrap();
+    let mut daemon = Daemon::start_with_watchdog(&config, dir, watchdog);
+    let port = daemon.port();
+    daemon.event("scene", patience(Duration::from_secs(60)), event_is("scene"));
+    (daemon, port)
+}
+
 /// SIGHUP while a spoken question is being answered: the question ends in a defined status (its answer, or 503
 /// "stopping" when the pipeline was stopped under it), nothing hangs, and the reloaded daemon answers the next one.
 #[test]
 fn sighup_during_an_answer_ends_it_in_a_defined_status_and_the_reload_serves() {
     let dir = temp_dir("hup-answer");
-    let frames = kite_camera(&dir);
-    let config = dir.join("lookout.toml");
-    let speech = testdata_dir().join("speech");
-    std::fs::write(&config, config_text(&frames, &speech.join("how_many_people.wav"), "")).unwrap();
-    let mut daemon = Daemon::start(&config, &dir);
-    let listening = daemon.event("listening", patience(Duration::from_secs(120)), event_is("listening"));
-    let port: u16 = listening["address"].as_str().unwrap().rsplit(':').next().unwrap().parse().unwrap();
-    daemon.event("scene", patience(Duration::from_secs(60)), event_is("scene"));
-
-    let question = std::fs::read(speech.join("beckett.wav")).unwrap();
+    let (mut daemon, port) = kite_daemon(&dir, "", patience(WATCHDOG));
+    let question = std::fs::read(testdata_dir().join("speech/beckett.wav")).unwrap();
     let asking = std::thread::spawn(move || request(port, "POST", "/v1/ask", Some("audio/wav"), &question));
     // The question is being heard (10 s of speech) when the reload comes.
     std::thread::sleep(Duration::from_millis(300));
@@ -725,16 +736,8 @@ fn sighup_during_an_answer_ends_it_in_a_defined_status_and_the_reload_serves() {
 #[test]
 fn the_watchdog_fires_on_a_silent_pipeline_and_pings_again_once_it_beats() {
     let dir = temp_dir("watchdog");
-    let frames = kite_camera(&dir);
-    let config = dir.join("lookout.toml");
-    let speech = testdata_dir().join("speech");
-    std::fs::write(&config, config_text(&frames, &speech.join("how_many_people.wav"), "")).unwrap();
-    let mut daemon = Daemon::start_with_watchdog(&config, &dir, patience(Duration::from_millis(500)));
-    let listening = daemon.event("listening", patience(Duration::from_secs(120)), event_is("listening"));
-    let port: u16 = listening["address"].as_str().unwrap().rsplit(':').next().unwrap().parse().unwrap();
-    daemon.event("scene", patience(Duration::from_secs(60)), event_is("scene"));
-
-    let question = std::fs::read(speech.join("clip_30s.wav")).unwrap();
+    let (mut daemon, port) = kite_daemon(&dir, "", patience(Duration::from_millis(500)));
+    let question = std::fs::read(testdata_dir().join("speech/clip_30s.wav")).unwrap();
     let asking = std::thread::spawn(move || request(port, "POST", "/v1/ask", Some("audio/wav"), &question));
     // Other threads may miss a beat on a busy machine too; the pipeline's silence is the one asked for.
     daemon.event("the pipeline stalled", patience(Duration::from_secs(60)), |e| {
@@ -776,19 +779,12 @@ fn linked_bundle(dir: &Path) -> std::path::PathBuf {
 #[test]
 fn a_reload_onto_a_damaged_model_file_keeps_the_running_pipeline() {
     let dir = temp_dir("damaged-reload");
-    let frames = kite_camera(&dir);
     let models = linked_bundle(&dir);
-    let config = dir.join("lookout.toml");
     let vision_only = format!(
         "[models]\ndir = \"{}\"\nspeech = \"off\"\ndecoder = \"off\"\nocr = \"off\"\ndetector = \"centernet\"",
         models.display()
     );
-    let wav = testdata_dir().join("speech/how_many_people.wav");
-    std::fs::write(&config, config_text(&frames, &wav, &vision_only)).unwrap();
-    let mut daemon = Daemon::start(&config, &dir);
-    let listening = daemon.event("listening", patience(Duration::from_secs(120)), event_is("listening"));
-    let port: u16 = listening["address"].as_str().unwrap().rsplit(':').next().unwrap().parse().unwrap();
-    daemon.event("scene", patience(Duration::from_secs(60)), event_is("scene"));
+    let (mut daemon, port) = kite_daemon(&dir, &vision_only, patience(WATCHDOG));
 
     // The detector's compiled graph, one byte changed, its size kept.
     let graph = models.join("default/vision/centernet.nnef.tar");
