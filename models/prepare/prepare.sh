@@ -30,7 +30,8 @@ done
 source "$repo/models/prepare/install-missing.sh"
 install_missing "${missing[@]}"
 
-# A venv is rebuilt whenever its requirements file or the interpreter changes.
+# A venv is rebuilt whenever its lock file or the interpreter changes.
+source "$repo/models/prepare/install-locked.sh"
 ensure_venv() {
     local dir="$1" requirements="$2" want stamp
     want="$( { sha256sum "$requirements"; "$python" -c 'import sys; print(sys.version)'; } | sha256sum | cut -d' ' -f1)"
@@ -39,7 +40,7 @@ ensure_venv() {
         echo "setting up $dir"
         rm -rf "$dir"
         "$python" -m venv "$dir"
-        "$dir/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements"
+        install_locked "$dir/bin/python" "$requirements"
         echo "$want" > "$stamp"
     fi
 }
