@@ -96,7 +96,11 @@ pub struct V4l2Camera {
     negotiated: Negotiated,
     /// None after the device went away, until `reconnect` opens it again.
     stream: Option<Stream<'static>>,
-    sequence: u64,
+    /// The driver counts frames from 0 on every stream it starts; frames after a reconnect are numbered on from
+    /// `sequence_base`, so the numbers never go back and a gap still shows lost frames.
+    sequence_base: u64,
+    /// One past the last frame's number.
+    next_sequence: u64,
 }
 
 impl V4l2Camera {
@@ -125,7 +129,8 @@ impl V4l2Camera {
             only,
             negotiated,
             stream: Some(stream),
-            sequence: 0,
+            sequence_base: 0,
+            next_sequence: 0,
         })
     }
 
@@ -288,13 +293,14 @@ impl Camera for V4l2Camera {
         };
         let used = (meta.bytesused as usize).min(buffer.len());
         let used = frame_len.filter(|&len| len <= used).unwrap_or(used);
-        self.sequence += 1;
+        let sequence = self.sequence_base + u64::from(meta.sequence);
+        self.next_sequence = sequence + 1;
         Ok(CapturedFrame {
             format: n.format,
             width: n.width,
             height: n.height,
             bytes: &buffer[..used],
-            sequence: u64::from(meta.sequence),
+            sequence,
             captured_at,
             source: &self.name,
         })
@@ -312,6 +318,7 @@ impl Camera for V4l2Camera {
         self.path = path;
         self.negotiated = negotiated;
         self.stream = Some(stream);
+        self.sequence_base = self.next_sequence;
         Ok(())
     }
 }

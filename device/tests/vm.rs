@@ -3,7 +3,7 @@
 //! devices they have nothing to open). vivid's colour bars in three pixel formats, a recording through the ALSA
 //! loopback sample for sample, an overrun from a stalled reader, a stream suspended while the system sleeps, a
 //! camera disconnected and reopened, a button and an LED on a kernel GPIO chip, `lookout probe`, and the daemon
-//! captioning vivid's frames and following the button.
+//! captioning vivid's frames, following the button and riding out a camera disconnect.
 
 #![cfg(all(feature = "alsa", feature = "v4l2", feature = "gpio"))]
 
@@ -203,7 +203,7 @@ fn press_vivid_disconnect() {
 #[ignore = "needs vivid: run by device/vm/run.sh"]
 fn a_disconnected_camera_reports_it_and_reopens_when_the_device_returns() {
     let mut camera = V4l2Camera::open(CAMERA, 640, 480, 30, 4).unwrap();
-    camera.next_frame().unwrap();
+    let first = camera.next_frame().unwrap().sequence;
     press_vivid_disconnect();
     let error = (0..10).find_map(|_| camera.next_frame().err()).expect("an error after the disconnect");
     assert_eq!(error.kind, ErrorKind::Disconnected, "{error}");
@@ -214,7 +214,8 @@ fn a_disconnected_camera_reports_it_and_reopens_when_the_device_returns() {
         assert!(started.elapsed() < Duration::from_secs(10), "not back after 10 s: {e}");
         std::thread::sleep(Duration::from_millis(250));
     }
-    camera.next_frame().expect("frames again after reconnecting");
+    let later = camera.next_frame().expect("frames again after reconnecting").sequence;
+    assert!(later > first, "the driver starts counting again; the camera's numbers go on: {first} then {later}");
     let missing = V4l2Camera::open("/dev/video9", 640, 480, 30, 4).err().expect("no /dev/video9");
     assert_eq!(missing.kind, ErrorKind::NotFound, "{missing}");
 }
@@ -340,52 +341,75 @@ impl Drop for Daemon {
     }
 }
 
-#[test]
-#[ignore = "needs vivid and the detector: run by device/vm/run.sh"]
-fn the_daemon_captions_vivid_frames_and_follows_the_button() {
-    let dir = std::env::temp_dir().join("lookout-vm-daemon");
+/// A daemon on vivid's camera with `extra` appended to its configuration: the process, its event lines and the
+/// HTTP port it announced. Speech, OCR and the decoder are off, so only the detector runs under emulation.
+fn start_daemon(name: &str, extra: &str) -> (Daemon, impl Iterator<Item = Value>, u16) {
+    let dir = std::env::temp_dir().join(name);
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("lookout.toml");
-    let (chip, lines) = mockup_chip();
-    set_level(&lines, 4, false);
     std::fs::write(
         &config,
         format!(
             "board = \"x86-dev\"\n[camera]\ndevice = \"/dev/video0\"\nwidth = 640\nheight = 480\nfps = 2\n\
-             [models]\nspeech = \"off\"\nocr = \"off\"\ndecoder = \"off\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
-             [gpio]\nchip = \"{}\"\nbutton = 4\nled = 5\nbutton_active_low = false\n",
-            chip.display()
+             [models]\nspeech = \"off\"\nocr = \"off\"\ndecoder = \"off\"\n[http]\nlisten = \"127.0.0.1:0\"\n{extra}"
         ),
     )
     .unwrap();
     let mut daemon =
         Daemon(lookout().args(["serve", "--config", config.to_str().unwrap()]).stdout(Stdio::piped()).spawn().unwrap());
-    let mut events = std::io::BufReader::new(daemon.0.stdout.take().unwrap()).lines();
-    let mut port = None;
-    let mut caption = None;
+    let mut events = std::io::BufReader::new(daemon.0.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .map(|line| serde_json::from_str::<Value>(&line).unwrap());
+    let mut early = Vec::new();
+    let listening = events.by_ref().find(|e| e["event"] == "listening" || (early.push(e.clone()), false).1);
+    let listening = listening.expect("a listening event");
+    let port = listening["address"].as_str().and_then(|a| a.rsplit(':').next()).and_then(|p| p.parse().ok());
+    (daemon, early.into_iter().chain(events), port.expect("a port in the listening event"))
+}
+
+/// One request on its own connection: the status line's code and the body.
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    let (head, body) = reply.split_once("\r\n\r\n").unwrap_or((&reply, ""));
+    let status = head.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
+    (status, body.to_string())
+}
+
+/// Stops the daemon with SIGTERM and checks that it exits cleanly, which releases the camera.
+fn stop_daemon(mut daemon: Daemon) {
+    Command::new("kill").args(["-TERM", &daemon.0.id().to_string()]).status().unwrap();
+    let status = daemon.0.wait().unwrap();
+    assert!(status.success(), "{status}");
+}
+
+/// The detector runs under emulation here: a caption can take minutes on a busy machine.
+const CAPTION_WAIT: Duration = Duration::from_secs(600);
+
+/// The next event named `name` within `CAPTION_WAIT`, passing over the others.
+fn next_event(events: &mut impl Iterator<Item = Value>, name: &str) -> Value {
     let started = Instant::now();
-    // The detector runs under emulation here: a caption can take minutes on a busy machine.
-    while caption.is_none() && started.elapsed() < Duration::from_secs(600) {
-        let Some(Ok(line)) = events.next() else { break };
-        let event: Value = serde_json::from_str(&line).unwrap();
-        if event["event"] == "listening" {
-            port = event["address"].as_str().and_then(|a| a.rsplit(':').next()).and_then(|p| p.parse::<u16>().ok());
-        }
-        if event["event"] == "caption" {
-            caption = Some(event);
-        }
-    }
-    let caption = caption.expect("a caption of vivid's frames");
+    events
+        .take_while(|_| started.elapsed() < CAPTION_WAIT)
+        .find(|e| e["event"] == name)
+        .unwrap_or_else(|| panic!("no {name} event"))
+}
+
+#[test]
+#[ignore = "needs vivid and the detector: run by device/vm/run.sh"]
+fn the_daemon_captions_vivid_frames_and_follows_the_button() {
+    let (chip, lines) = mockup_chip();
+    set_level(&lines, 4, false);
+    let gpio = format!("[gpio]\nchip = \"{}\"\nbutton = 4\nled = 5\nbutton_active_low = false\n", chip.display());
+    let (daemon, mut events, port) = start_daemon("lookout-vm-daemon", &gpio);
+    let caption = next_event(&mut events, "caption");
     assert!(!caption["text"].as_str().unwrap().is_empty());
     // The button holds push-to-talk, and the LED stays on while it is held.
-    let button_event = |events: &mut dyn Iterator<Item = std::io::Result<String>>| {
-        events
-            .map(|line| serde_json::from_str::<Value>(&line.unwrap()).unwrap())
-            .find(|e| e["event"] == "push_to_talk")
-            .expect("a push_to_talk event")
-    };
     set_level(&lines, 4, true);
-    let pressed = button_event(&mut events);
+    let pressed = next_event(&mut events, "push_to_talk");
     assert_eq!((pressed["held"].as_bool(), pressed["from"].as_str()), (Some(true), Some("button")), "{pressed}");
     let lit_for_a_second = (0..10).all(|_| {
         std::thread::sleep(Duration::from_millis(100));
@@ -393,18 +417,55 @@ fn the_daemon_captions_vivid_frames_and_follows_the_button() {
     });
     assert!(lit_for_a_second, "the LED is steady while the button is held");
     set_level(&lines, 4, false);
-    let released = button_event(&mut events);
+    let released = next_event(&mut events, "push_to_talk");
     assert_eq!(released["held"].as_bool(), Some(false), "{released}");
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port.expect("listening"))).unwrap();
-    stream.write_all(b"GET /v1/scene HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).unwrap();
-    // SIGTERM: the daemon stops cleanly and releases the camera.
-    Command::new("kill").args(["-TERM", &daemon.0.id().to_string()]).status().unwrap();
-    let status = daemon.0.wait().unwrap();
-    assert!(status.success(), "{status}");
-    let body: Value = serde_json::from_str(reply.split_once("\r\n\r\n").unwrap().1).unwrap();
-    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let (status, body) = http_get(port, "/v1/scene");
+    assert_eq!(status, 200, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
     assert_eq!((body["width"].as_u64(), body["height"].as_u64()), (Some(640), Some(480)), "{body}");
     assert_eq!(body["caption"]["text"], caption["text"]);
+    stop_daemon(daemon);
+}
+
+/// A metric's value from the `/metrics` text.
+fn metric(port: u16, name: &str) -> f64 {
+    let (status, text) = http_get(port, "/metrics");
+    assert_eq!(status, 200, "{text}");
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+#[test]
+#[ignore = "needs vivid and the detector: run by device/vm/run.sh"]
+fn the_daemon_rides_out_a_camera_disconnect_during_an_analysis() {
+    // Every frame is analysed, so the detector is busy on one (seconds under emulation) when the camera goes.
+    let (daemon, mut events, port) =
+        start_daemon("lookout-vm-disconnect", "[scene_change]\nskip_unchanged = false\n[caption]\ninterval_s = 1\n");
+    next_event(&mut events, "caption");
+    let before: Value = serde_json::from_str(&http_get(port, "/v1/scene").1).unwrap();
+    let (processed, captured) =
+        (metric(port, "lookout_frames_processed_total"), metric(port, "lookout_frames_captured_total"));
+    press_vivid_disconnect();
+    let gone = next_event(&mut events, "camera_disconnected");
+    assert_eq!(gone["camera"], CAMERA, "{gone}");
+    let back = next_event(&mut events, "camera_reconnected");
+    assert!(back["attempts"].as_u64().is_some_and(|n| n >= 1), "{back}");
+    // The analysis under way when the camera went is finished and published, and frames taken after the
+    // reconnection are analysed in turn: a later caption, of a later frame, with the daemon healthy throughout.
+    let caption = next_event(&mut events, "caption");
+    assert!(!caption["text"].as_str().unwrap().is_empty(), "{caption}");
+    let started = Instant::now();
+    while metric(port, "lookout_frames_processed_total") < processed + 2.0 {
+        assert!(started.elapsed() < CAPTION_WAIT, "no frame analysed after the reconnection");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(metric(port, "lookout_frames_captured_total") > captured);
+    assert!(metric(port, "lookout_camera_errors_total") >= 1.0);
+    let (status, health) = http_get(port, "/healthz");
+    assert_eq!(status, 200, "{health}");
+    let after: Value = serde_json::from_str(&http_get(port, "/v1/scene").1).unwrap();
+    let frame = |scene: &Value| scene["checked_frame"].as_u64().or(scene["frame"].as_u64()).unwrap();
+    assert!(frame(&after) > frame(&before), "frame numbers go on across the reconnection: {before} then {after}");
+    stop_daemon(daemon);
 }
