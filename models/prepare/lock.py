@@ -27,6 +27,8 @@ INPUTS = [
     REPO / "models/prepare/requirements.in",
     REPO / "models/prepare/requirements-tf.in",
     REPO / "runtime/tests/openai/requirements.in",
+    REPO / "runtime/tests/wyoming/requirements-ha.in",
+    REPO / "runtime/tests/wyoming/requirements-newest.in",
     REPO / "runtime/bench/requirements-peers.in",
 ]
 MACHINES = ["x86_64", "aarch64"]

@@ -47,6 +47,9 @@ ensure_venv() {
 ensure_venv "$venv" "$here/requirements.txt"
 # The official OpenAI client, which the daemon's API tests drive.
 ensure_venv "$repo/.cache/venv-client" "$repo/runtime/tests/openai/requirements.txt"
+# The Wyoming client at the version Home Assistant pins and at the newest, which the daemon's Wyoming tests drive.
+ensure_venv "$repo/.cache/venv-wyoming-ha" "$repo/runtime/tests/wyoming/requirements-ha.txt"
+ensure_venv "$repo/.cache/venv-wyoming-newest" "$repo/runtime/tests/wyoming/requirements-newest.txt"
 
 # The TF.js detectors are converted once into .cache/build (TensorFlow lives in its own venv, set up only for that).
 force=0

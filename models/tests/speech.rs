@@ -1,5 +1,5 @@
 //! The transcriber over a long recording: it asks its caller before each window (where a daemon beats its
-//! watchdog), and stops with `Cancelled` when told to.
+//! watchdog), and stops with `Cancelled` when told to. Whisper's language list against its vocabulary.
 
 use std::cell::Cell;
 use std::path::PathBuf;
@@ -8,7 +8,7 @@ use lookout_models::audio::{load_mono_16k, AudioLimit};
 use lookout_models::bundle::{resolve_models_dir, Bundle, DEFAULT_BUNDLE};
 use lookout_models::speech::Transcriber;
 use lookout_models::vad::SileroVad;
-use lookout_models::whisper::{DecodeOptions, Whisper};
+use lookout_models::whisper::{DecodeOptions, Whisper, LANGUAGES};
 use lookout_models::ModelError;
 
 fn long_recording() -> Vec<f32> {
@@ -47,4 +47,19 @@ fn a_transcription_asks_before_each_window_and_stops_when_told() {
     });
     assert!(matches!(stopped, Err(ModelError::Cancelled)), "{stopped:?}");
     assert_eq!(asked.get(), 2, "no window after the one it was told to stop at");
+}
+
+#[test]
+fn the_language_list_is_the_vocabularys_language_tokens_in_order() {
+    let bundle = Bundle::locate(&resolve_models_dir(None), DEFAULT_BUNDLE)
+        .expect("default bundle (run models/prepare/prepare.sh)");
+    let whisper = Whisper::load(&bundle, Some("int8")).unwrap();
+    let vocab = whisper.vocab();
+    let id = |token: &str| vocab.special(token).unwrap_or_else(|| panic!("{token} is not in the vocabulary"));
+    let first = id("<|en|>");
+    assert_eq!(first, whisper.config.sot + 1, "the languages follow <|startoftranscript|>");
+    for (i, language) in LANGUAGES.iter().enumerate() {
+        assert_eq!(id(&format!("<|{language}|>")), first + i as u32, "{language}");
+    }
+    assert_eq!(id("<|translate|>"), first + LANGUAGES.len() as u32, "no language after the list's last");
 }

@@ -35,6 +35,8 @@ pub struct Config {
     pub objects: Objects,
     #[serde(default)]
     pub scene_change: SceneChange,
+    #[serde(default)]
+    pub wyoming: Wyoming,
 }
 
 /// What the hardware is and how to recognize it.
@@ -227,6 +229,26 @@ pub struct Http {
     pub max_connections_per_client: u32,
     /// Largest image a chat request may send (width x height); the memory plan counts one decoded.
     pub max_image_pixels: u32,
+}
+
+/// The Wyoming speech-to-text server, for Home Assistant's voice pipeline (`[wyoming]`). The protocol has no
+/// authentication: anyone who reaches the address can have speech transcribed.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Wyoming {
+    pub enabled: bool,
+    /// Address it listens on (Home Assistant on another machine needs one it can reach, such as 0.0.0.0:10300).
+    pub listen: String,
+    /// Clients served at once; more get an error event and are closed.
+    pub max_sessions: u32,
+    /// Time a client has to send its next message (a client that stops sending is closed after it).
+    pub idle_timeout_ms: u32,
+}
+
+impl Default for Wyoming {
+    fn default() -> Wyoming {
+        Wyoming { enabled: false, listen: "127.0.0.1:10300".into(), max_sessions: 2, idle_timeout_ms: 10_000 }
+    }
 }
 
 /// 4096x3072: a 12-megapixel photo.
@@ -522,6 +544,7 @@ impl Config {
         }
         self.check_models()?;
         self.check_http()?;
+        self.check_wyoming()?;
         if self.caption.interval_s > 86_400 {
             return Err(("caption.interval_s", format!("{} s is more than a day", self.caption.interval_s)));
         }
@@ -600,6 +623,22 @@ impl Config {
         within("http.max_connections_per_client", http.max_connections_per_client, 1..=http.max_connections)?;
         within("http.max_image_pixels", http.max_image_pixels, 64 * 64..=8192 * 8192)?;
         within("http.answer_timeout_s", http.answer_timeout_s, 1..=3600)?;
+        Ok(())
+    }
+
+    fn check_wyoming(&self) -> Result<(), (&'static str, String)> {
+        let wyoming = &self.wyoming;
+        if !wyoming.enabled {
+            return Ok(());
+        }
+        wyoming.listen.parse::<SocketAddr>().map_err(|_| {
+            ("wyoming.listen", format!("`{}` is not an address with a port (127.0.0.1:10300)", wyoming.listen))
+        })?;
+        if !self.stage_enabled("speech") {
+            return Err(("wyoming.enabled", "the Wyoming server transcribes speech, and models.speech is off".into()));
+        }
+        within("wyoming.max_sessions", wyoming.max_sessions, 1..=16)?;
+        within("wyoming.idle_timeout_ms", wyoming.idle_timeout_ms, 100..=600_000)?;
         Ok(())
     }
 

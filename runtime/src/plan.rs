@@ -23,6 +23,19 @@ pub const CONNECTION_BUFFER_BYTES: u64 = 2 * 16 * 1024;
 /// Questions that may wait for the pipeline at once; a spoken one holds its 16 kHz samples while it waits.
 pub const QUESTION_QUEUE: usize = 4;
 
+/// Largest Wyoming message parts a client may send: the JSON header line, its data block and a payload.
+pub const WYOMING_MAX_HEADER_BYTES: usize = 8 * 1024;
+pub const WYOMING_MAX_DATA_BYTES: usize = 64 * 1024;
+pub const WYOMING_MAX_PAYLOAD_BYTES: usize = 256 * 1024;
+/// Highest sample rate a Wyoming client may stream; a session holds its audio as mono f32 at that rate.
+pub const WYOMING_MAX_RATE: u32 = 48_000;
+
+/// Bytes one Wyoming session holds at most: `seconds` of mono f32 audio at the highest rate, and one message.
+pub fn wyoming_session_bytes(seconds: u32) -> u64 {
+    u64::from(seconds) * u64::from(WYOMING_MAX_RATE) * 4
+        + (WYOMING_MAX_HEADER_BYTES + WYOMING_MAX_DATA_BYTES + 2 * WYOMING_MAX_PAYLOAD_BYTES) as u64
+}
+
 /// One line of the plan.
 #[derive(Debug, Clone, Serialize)]
 pub struct Item {
@@ -218,6 +231,17 @@ pub fn plan(config: &Config, bundle: &Bundle) -> anyhow::Result<Plan> {
                 mib: (bodies_bytes + limit.max_decoding_bytes() as f64) / MIB,
                 basis: format!("{bodies}, one at a time decoding at most {seconds} s of audio"),
             });
+            if config.wyoming.enabled {
+                let sessions = config.wyoming.max_sessions;
+                resident.push(Item {
+                    name: "wyoming sessions".into(),
+                    mib: f64::from(sessions) * wyoming_session_bytes(seconds) as f64 / MIB,
+                    basis: format!(
+                        "{sessions} sessions, each {seconds} s of audio at up to {} kHz (mono f32) and one message",
+                        WYOMING_MAX_RATE / 1000
+                    ),
+                });
+            }
         }
         None => resident.push(Item { name: "requests".into(), mib: bodies_bytes / MIB, basis: bodies }),
     }

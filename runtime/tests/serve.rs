@@ -906,3 +906,147 @@ fn sigterm_while_the_models_load_stops_within_2_s() {
     daemon.terminate_within(patience(Duration::from_secs(2)));
     assert!(!daemon.seen.iter().any(|e| e["event"] == "ready"), "stopped before it was ready");
 }
+
+/// runtime/tests/wyoming/client.py, run by the `wyoming` package at `version` (`ha`: the one Home Assistant pins,
+/// `newest`), with `args` after the script; its standard output as JSON objects, one a line.
+fn wyoming_client(version: &str, args: &[&str], input: &[u8]) -> Vec<Value> {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../.cache/venv-wyoming-{version}/bin/python"));
+    assert!(python.exists(), "{} is missing: run models/prepare/prepare.sh", python.display());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/wyoming/client.py");
+    let mut child = Command::new(&python)
+        .arg(&script)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "client.py {args:?} ({version}): {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().lines().map(|line| serde_json::from_str(line).unwrap()).collect()
+}
+
+/// What the server sent back to raw bytes before it closed the connection: the events' types and data.
+fn wyoming_raw(port: u16, input: &[u8]) -> Vec<Value> {
+    let out = wyoming_client("newest", &["raw", &port.to_string()], input);
+    out[0]["events"].as_array().unwrap().clone()
+}
+
+#[test]
+fn the_wyoming_server_transcribes_for_home_assistants_client_and_refuses_bad_messages() {
+    let dir = temp_dir("wyoming");
+    let wyoming = "[wyoming]\nenabled = true\nlisten = \"127.0.0.1:0\"\nmax_sessions = 3\nidle_timeout_ms = 2000\n";
+    let (mut daemon, http_port) = kite_daemon(&dir, wyoming, patience(WATCHDOG));
+    let listening = daemon.event("listening", Duration::ZERO, event_is("listening"));
+    let port: u16 = listening["wyoming"].as_str().unwrap().rsplit(':').next().unwrap().parse().unwrap();
+    let port_arg = port.to_string();
+    let speech = testdata_dir().join("speech");
+    let (people, door) = (speech.join("how_many_people.wav"), speech.join("is_the_door_open.wav"));
+    let (people, door) = (people.to_str().unwrap(), door.to_str().unwrap());
+    let said = |answer: &Value| normalize(answer["text"].as_str().unwrap_or_else(|| panic!("no text: {answer}")));
+
+    for version in ["ha", "newest"] {
+        // describe → info, parsed by the client's own Info.from_event, within Home Assistant's 1 s.
+        let info = &wyoming_client(version, &["describe", &port_arg], b"")[0];
+        assert_eq!((info["name"].as_str(), info["installed"].as_bool()), (Some("lookout"), Some(true)), "{info}");
+        let model = &info["models"][0];
+        assert!(model["name"].as_str().unwrap().starts_with("whisper-base"), "{info}");
+        let languages: Vec<&str> = model["languages"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+        assert!(languages.len() == 99 && languages.contains(&"en") && languages.contains(&"de"), "{info}");
+        assert!(info["seconds"].as_f64().unwrap() < 1.0, "{info}");
+        // A spoken command in 1024-sample chunks at 16 kHz, the same at 48 kHz, and two clients at once.
+        let at_16k = &wyoming_client(version, &["transcribe", &port_arg, people], b"")[0];
+        assert_eq!((said(at_16k).as_str(), at_16k["language"].as_str()), ("how many people are outside", Some("en")));
+        let at_48k = &wyoming_client(version, &["transcribe", &port_arg, door, "48000"], b"")[0];
+        assert_eq!(said(at_48k), "is the door open", "{at_48k}");
+        let both = wyoming_client(version, &["transcribe", &port_arg, people, door], b"");
+        assert_eq!(both.iter().map(said).collect::<Vec<_>>(), ["how many people are outside", "is the door open"]);
+    }
+
+    // The info comes from memory while two transcriptions keep the pipeline busy.
+    let busy = {
+        let (port_arg, people, door) = (port_arg.clone(), people.to_string(), door.to_string());
+        std::thread::spawn(move || wyoming_client("ha", &["transcribe", &port_arg, &people, &door], b""))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let info = &wyoming_client("ha", &["describe", &port_arg], b"")[0];
+    assert!(info["seconds"].as_f64().unwrap() < 1.0, "{info}");
+    assert_eq!(busy.join().unwrap().len(), 2);
+
+    // Bad messages: an error event, then the connection closes.
+    let refused = |input: &[u8]| -> String {
+        let events = wyoming_raw(port, input);
+        let last = events.last().unwrap_or_else(|| panic!("nothing came back to {}", String::from_utf8_lossy(input)));
+        assert_eq!(last["type"], "error", "{events:?}");
+        last["data"]["code"].as_str().unwrap().to_string()
+    };
+    assert_eq!(refused(b"not json\n"), "invalid_message");
+    assert_eq!(refused(&[vec![b' '; 9000], b"{}\n".to_vec()].concat()), "invalid_message", "a header over 8 KiB");
+    assert_eq!(refused(b"{\"type\": \"audio-chunk\", \"payload_length\": 1000000000}\n"), "invalid_message");
+    assert_eq!(refused(b"{\"type\": \"x\", \"data_length\": 100000000}\n"), "invalid_message");
+    let chunk = b"{\"type\": \"audio-chunk\", \"data\": {\"rate\": 16000, \"width\": 2, \"channels\": 1}, \"payload_length\": 4}\n\0\0\0\0";
+    assert_eq!(refused(chunk), "audio_not_started");
+    assert_eq!(
+        refused(b"{\"type\": \"audio-start\", \"data\": {\"rate\": 16000, \"width\": 4, \"channels\": 1}}\n"),
+        "unsupported_audio"
+    );
+    assert_eq!(
+        refused(b"{\"type\": \"audio-start\", \"data\": {\"rate\": 16000, \"width\": 2, \"channels\": 5}}\n"),
+        "unsupported_audio"
+    );
+    assert_eq!(refused(b"{\"type\": \"transcribe\", \"data\": {\"language\": \"xx\"}}\n"), "unsupported_language");
+    // 31 s of audio where microphone.ring_s allows 30.
+    let start = b"{\"type\": \"audio-start\", \"data\": {\"rate\": 16000, \"width\": 2, \"channels\": 1}}\n";
+    let mut long = start.to_vec();
+    for _ in 0..31 * 16_000 * 2 / 32_000 {
+        long.extend_from_slice(b"{\"type\": \"audio-chunk\", \"data\": {\"rate\": 16000, \"width\": 2, \"channels\": 1}, \"payload_length\": 32000}\n");
+        long.extend_from_slice(&[0; 32_000]);
+    }
+    assert_eq!(refused(&long), "audio_too_long");
+    // A client that stops sending is closed after wyoming.idle_timeout_ms.
+    assert_eq!(refused(b""), "timeout");
+    // audio-stop with no audio: an empty transcript; ping: pong; unknown types are passed over.
+    let format = br#"{"rate": 16000, "width": 2, "channels": 1}"#;
+    let start_with_data_block =
+        [format!("{{\"type\": \"audio-start\", \"data_length\": {}}}\n", format.len()).as_bytes(), format].concat();
+    let input = [
+        &b"{\"type\": \"ping\", \"data\": {\"text\": \"hi\"}}\n{\"type\": \"run-satellite\"}\n"[..],
+        b"{\"type\": \"transcribe\", \"data\": {\"language\": \"en-US\"}}\n",
+        &start_with_data_block,
+        b"{\"type\": \"audio-stop\"}\n",
+    ]
+    .concat();
+    let events = wyoming_raw(port, &input);
+    assert_eq!(events[0], serde_json::json!({ "type": "pong", "data": { "text": "hi" } }), "{events:?}");
+    assert_eq!(events[1], serde_json::json!({ "type": "transcript", "data": { "text": "", "language": "en" } }));
+    assert_eq!(events[2]["type"], "error", "the quiet client timed out after: {events:?}");
+
+    // Over wyoming.max_sessions: the next client is told so at once.
+    let idle: Vec<TcpStream> = (0..3).map(|_| connect(port)).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut extra = connect(port);
+    let mut line = String::new();
+    extra.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(&mut extra), &mut line).unwrap();
+    assert!(line.contains("\"error\""), "{line}");
+    drop(idle);
+
+    // Afterwards no session is open, nothing is queued, and the daemon still serves HTTP.
+    let metrics_now = || {
+        let reply = request(http_port, "GET", "/metrics", None, b"");
+        assert_eq!(reply.status, 200);
+        reply.body
+    };
+    let started = Instant::now();
+    while metric(&metrics_now(), "lookout_wyoming_sessions_open") > 0.0 {
+        assert!(started.elapsed() < patience(Duration::from_secs(10)), "{}", metrics_now());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let metrics = metrics_now();
+    assert_eq!(metric(&metrics, "lookout_question_queue_depth"), 0.0);
+    assert!(metric(&metrics, "lookout_wyoming_transcripts_total") >= 11.0, "{metrics}");
+    assert!(metric(&metrics, "lookout_wyoming_errors_total") >= 10.0, "{metrics}");
+    assert!(metric(&metrics, "lookout_wyoming_refused_total") >= 1.0, "{metrics}");
+    daemon.terminate_within(Duration::from_secs(2));
+}

@@ -99,6 +99,13 @@ pub struct Metrics {
     /// Open HTTP connections and request bodies held, set by the server when the metrics are read.
     pub http_connections_open: AtomicU64,
     pub http_bodies_in_use: AtomicU64,
+    /// Wyoming clients served, refused over `wyoming.max_sessions`, sessions ended by an error event (or a client
+    /// that left mid-transcription), transcripts sent, and sessions open (set when the metrics are read).
+    pub wyoming_sessions: AtomicU64,
+    pub wyoming_refused: AtomicU64,
+    pub wyoming_errors: AtomicU64,
+    pub wyoming_transcripts: AtomicU64,
+    pub wyoming_sessions_open: AtomicU64,
     pub frame_queue_depth: AtomicU64,
     pub question_queue_depth: AtomicU64,
     pub budget_bytes: AtomicU64,
@@ -117,7 +124,7 @@ impl Metrics {
     /// Prometheus text exposition (version 0.0.4).
     pub fn render(&self, rss: Option<crate::memory::Rss>) -> String {
         let mut out = String::with_capacity(8192);
-        let counters: [(&str, &str, &AtomicU64); 23] = [
+        let counters: [(&str, &str, &AtomicU64); 28] = [
             ("frames_captured_total", "Frames delivered by the camera", &self.frames_captured),
             ("frames_processed_total", "Frames the vision stage ran on", &self.frames_processed),
             (
@@ -156,6 +163,11 @@ impl Metrics {
             ),
             ("http_connections_open", "HTTP connections open", &self.http_connections_open),
             ("http_bodies_in_use", "HTTP request bodies held in memory", &self.http_bodies_in_use),
+            ("wyoming_sessions_total", "Wyoming clients served", &self.wyoming_sessions),
+            ("wyoming_refused_total", "Wyoming clients refused over wyoming.max_sessions", &self.wyoming_refused),
+            ("wyoming_errors_total", "Wyoming sessions ended by an error", &self.wyoming_errors),
+            ("wyoming_transcripts_total", "Wyoming transcripts sent", &self.wyoming_transcripts),
+            ("wyoming_sessions_open", "Wyoming sessions open", &self.wyoming_sessions_open),
             ("question_queue_depth", "Questions waiting for the pipeline", &self.question_queue_depth),
         ];
         for (name, help, value) in counters {

@@ -1,6 +1,7 @@
 //! `lookout serve`: the daemon. Checks the configuration and its memory plan, loads the models once, runs the
-//! capture threads, the pipeline and the HTTP API, talks to systemd (READY, STATUS, WATCHDOG from the threads'
-//! heartbeats, STOPPING), stops within 2 s on SIGTERM, reloads on SIGHUP and toggles push-to-talk on SIGUSR1.
+//! capture threads, the pipeline, the HTTP API and the Wyoming server, talks to systemd (READY, STATUS, WATCHDOG
+//! from the threads' heartbeats, STOPPING), stops within 2 s on SIGTERM, reloads on SIGHUP and toggles
+//! push-to-talk on SIGUSR1.
 
 pub mod events;
 pub mod http;
@@ -12,6 +13,7 @@ pub mod pipeline;
 pub mod sources;
 pub mod state;
 pub mod unit;
+pub mod wyoming;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -232,7 +234,10 @@ pub fn serve(ctx: &Context, config_path: &Path, board: Option<&str>) -> anyhow::
     notifier.status("loading models");
     let mut pipeline = Pipeline::start(&checked, &shared, SourceOptions::default())?;
     let mut http = HttpServer::start(&checked, current.clone())?;
-    shared.events.emit("listening", json!({ "address": http.addr.to_string() }));
+    shared.events.emit(
+        "listening",
+        json!({ "address": http.addr.to_string(), "wyoming": http.wyoming_addr.map(|a| a.to_string()) }),
+    );
     // Serving from here: a SIGTERM that follows the announcement below is a clean stop, not "stopped while loading".
     serving.store(true, Relaxed);
     let rss = memory::rss();
@@ -288,7 +293,7 @@ pub fn serve(ctx: &Context, config_path: &Path, board: Option<&str>) -> anyhow::
                             Ok(started) => {
                                 (checked, shared, pipeline) = (next, next_shared, started);
                                 current.set(shared.clone());
-                                if http.listen() != checked.config.http.listen {
+                                if !http.listens_as(&checked) {
                                     drop(http);
                                     http = HttpServer::start(&checked, current.clone())?;
                                 } else {

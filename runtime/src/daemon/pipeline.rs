@@ -432,7 +432,7 @@ impl<'m, C: Clock> Worker<'m, C> {
     fn work(&mut self, job: Job) {
         let Job { work, origin, queued_at } = job;
         // A spoken question's answer goes to the events, not to a waiting client.
-        let awaited = origin == Origin::Http;
+        let awaited = origin.awaited();
         if awaited && work.abandoned() {
             return; // Nobody waits for it any more: its client left or gave up.
         }

@@ -34,6 +34,15 @@ pub enum Origin {
     Http,
     /// Found in the microphone stream by the VAD or push-to-talk.
     Voice,
+    /// Sent by a Wyoming client (Home Assistant's voice pipeline).
+    Wyoming,
+}
+
+impl Origin {
+    /// Whether a client waits for the reply (and may leave before it comes).
+    pub fn awaited(self) -> bool {
+        self != Origin::Voice
+    }
 }
 
 /// Where the pipeline's reply to a question goes; the asker awaits it, or blocks on it outside async code.
@@ -302,9 +311,14 @@ impl Shared {
     }
 
     /// Queues 16 kHz mono samples for transcription.
-    pub fn transcribe(&self, samples: Vec<f32>, language: Option<String>) -> Result<TranscriptReceiver, AskError> {
+    pub fn transcribe(
+        &self,
+        samples: Vec<f32>,
+        language: Option<String>,
+        origin: Origin,
+    ) -> Result<TranscriptReceiver, AskError> {
         let (reply, transcript) = oneshot::channel();
-        self.enqueue(Work::Transcribe { samples, language, reply }, Origin::Http)?;
+        self.enqueue(Work::Transcribe { samples, language, reply }, origin)?;
         Ok(transcript)
     }
 

@@ -1,6 +1,6 @@
 //! The systemd drop-in that fits the service to one configuration (`lookout check-config FILE --unit-limits`):
-//! memory limits from its plan and board budget, the IP addresses its HTTP listener may talk to, and the narrower
-//! /proc view when nothing it runs reads /proc beyond the process itself.
+//! memory limits from its plan and board budget, the IP addresses its listeners (HTTP, Wyoming) may talk to, and
+//! the narrower /proc view when nothing it runs reads /proc beyond the process itself.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -30,19 +30,26 @@ pub fn limits_drop_in(config: &Config, board_source: &BoardSource, plan: &Plan, 
         config.board.name,
         plan.total_mib,
     );
-    match config.http.listen.parse::<SocketAddr>().map(|a| a.ip()) {
-        Ok(ip) if ip.is_loopback() => {
-            out.push_str("# The HTTP API listens on loopback only.\nIPAddressDeny=any\nIPAddressAllow=localhost\n")
-        }
-        Ok(ip) if ip.is_unspecified() || is_local(ip) => out.push_str(&format!(
-            "# The HTTP API listens on {}: clients on local networks only.\nIPAddressDeny=any\n\
-             IPAddressAllow={LOCAL_NETWORKS}\n",
-            config.http.listen
-        )),
-        _ => out.push_str(&format!(
-            "# The HTTP API listens on {}, which is not a local address: no IP restriction.\n",
-            config.http.listen
-        )),
+    let mut listeners = vec![("The HTTP API", config.http.listen.as_str())];
+    if config.wyoming.enabled {
+        listeners.push(("The Wyoming server", config.wyoming.listen.as_str()));
+    }
+    let reaches: Vec<(Reach, &str, &str)> =
+        listeners.iter().map(|&(what, listen)| (reach(listen), what, listen)).collect();
+    let widest = reaches.iter().map(|r| r.0).max().unwrap_or(Reach::Loopback);
+    for (reach, what, listen) in &reaches {
+        out.push_str(&match reach {
+            Reach::Loopback => format!("# {what} listens on loopback only ({listen}).\n"),
+            Reach::Local => format!("# {what} listens on {listen}: clients on local networks only.\n"),
+            Reach::Anywhere => {
+                format!("# {what} listens on {listen}, which is not a local address: no IP restriction.\n")
+            }
+        });
+    }
+    match widest {
+        Reach::Loopback => out.push_str("IPAddressDeny=any\nIPAddressAllow=localhost\n"),
+        Reach::Local => out.push_str(&format!("IPAddressDeny=any\nIPAddressAllow={LOCAL_NETWORKS}\n")),
+        Reach::Anywhere => {}
     }
     let reads_proc = match (board_source, &config.microphone.device) {
         (BoardSource::Detected(_), _) => Some("board = \"auto\" is detected from /proc/device-tree and /proc/cpuinfo"),
@@ -54,6 +61,22 @@ pub fn limits_drop_in(config: &Config, board_source: &BoardSource, plan: &Plan, 
         Some(why) => out.push_str(&format!("# No ProcSubset=pid: {why}.\n")),
     }
     out
+}
+
+/// Who can reach a listener, narrowest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Reach {
+    Loopback,
+    Local,
+    Anywhere,
+}
+
+fn reach(listen: &str) -> Reach {
+    match listen.parse::<SocketAddr>().map(|a| a.ip()) {
+        Ok(ip) if ip.is_loopback() => Reach::Loopback,
+        Ok(ip) if ip.is_unspecified() || is_local(ip) => Reach::Local,
+        _ => Reach::Anywhere,
+    }
 }
 
 fn is_local(ip: IpAddr) -> bool {
@@ -105,6 +128,12 @@ mod tests {
         }
         let public = drop_in("[http]\nlisten = \"203.0.113.7:8470\"\ntoken = \"secret-token-123456\"", "rpi4");
         assert!(!public.contains("IPAddressDeny"), "{public}");
+        // The widest of the listeners decides: a Wyoming server for Home Assistant on the local network.
+        let wyoming = drop_in("[wyoming]\nenabled = true\nlisten = \"0.0.0.0:10300\"", "rpi4");
+        assert!(wyoming.contains(&format!("IPAddressDeny=any\nIPAddressAllow={LOCAL_NETWORKS}\n")), "{wyoming}");
+        assert!(wyoming.contains("# The Wyoming server listens on 0.0.0.0:10300: clients on local networks only.\n"));
+        let off = drop_in("[wyoming]\nlisten = \"0.0.0.0:10300\"", "rpi4");
+        assert!(off.contains("IPAddressAllow=localhost\n") && !off.contains("Wyoming"), "{off}");
     }
 
     #[test]

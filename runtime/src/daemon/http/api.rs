@@ -30,8 +30,9 @@ pub fn health(shared: &Shared) -> Response {
 
 pub fn metrics(context: &Handling) -> Response {
     let metrics = &context.shared.metrics;
-    let (connections, bodies) = context.server_load();
+    let (connections, bodies, sessions) = context.server_load();
     metrics.http_connections_open.store(connections as u64, Relaxed);
+    metrics.wyoming_sessions_open.store(sessions as u64, Relaxed);
     metrics.http_bodies_in_use.store(bodies as u64, Relaxed);
     response(StatusCode::OK, "text/plain; version=0.0.4", metrics.render(memory::rss()))
 }

@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::metrics::Metrics;
 use super::state::{Beat, Current, Shared};
-use super::Checked;
+use super::{wyoming, Checked};
 use crate::plan::REQUEST_BODIES;
 
 /// Largest request line plus headers (hyper's read buffer, which also bounds what one read takes of a body).
@@ -89,11 +89,16 @@ struct Server {
     bodies: Arc<Semaphore>,
     /// Open connections per client address.
     clients: Mutex<HashMap<IpAddr, usize>>,
+    /// The Wyoming server on the same runtime, when it is on.
+    wyoming: Option<Arc<wyoming::Server>>,
 }
 
+/// The HTTP API, and the Wyoming server beside it when the configuration turns it on: one thread, one runtime.
 pub struct HttpServer {
     pub addr: SocketAddr,
+    pub wyoming_addr: Option<SocketAddr>,
     listen: String,
+    wyoming_listen: Option<(String, u32)>,
     server: Arc<Server>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
@@ -106,11 +111,14 @@ impl HttpServer {
             .with_context(|| format!("http.listen: cannot listen on {}", http.listen))?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
+        let wyoming = wyoming::Server::bind(checked, current.clone())?;
+        let wyoming_addr = wyoming.as_ref().map(|(_, listener)| listener.local_addr()).transpose()?;
         let server = Arc::new(Server {
             settings: RwLock::new(Arc::new(Settings::of(checked))),
             current,
             bodies: Arc::new(Semaphore::new(REQUEST_BODIES as usize)),
             clients: Mutex::new(HashMap::new()),
+            wyoming: wyoming.as_ref().map(|(server, _)| server.clone()),
         });
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
@@ -126,6 +134,9 @@ impl HttpServer {
             std::thread::Builder::new().name("http".into()).spawn(move || {
                 runtime.block_on(async move {
                     let beating = tokio::spawn(beat(server.current.clone()));
+                    if let Some((wyoming, listener)) = wyoming {
+                        tokio::spawn(wyoming.accept_loop(listener));
+                    }
                     match TcpListener::from_std(listener) {
                         Ok(listener) => {
                             accept_loop(listener, server.clone(), stopped).await;
@@ -141,18 +152,36 @@ impl HttpServer {
                 runtime.shutdown_timeout(Duration::from_millis(200));
             })?
         };
-        Ok(HttpServer { addr, listen: http.listen.clone(), server, stop: Some(stop), thread: Some(thread) })
+        Ok(HttpServer {
+            addr,
+            wyoming_addr,
+            listen: http.listen.clone(),
+            wyoming_listen: wyoming_listen(checked),
+            server,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
     }
 
-    /// The address as configured (`127.0.0.1:0` stays as written, `addr` is where it landed).
-    pub fn listen(&self) -> &str {
-        &self.listen
+    /// Whether this server listens where `checked` asks (as configured: `127.0.0.1:0` stays as written) with as
+    /// many Wyoming sessions, so that a reload can keep it.
+    pub fn listens_as(&self, checked: &Checked) -> bool {
+        self.listen == checked.config.http.listen && self.wyoming_listen == wyoming_listen(checked)
     }
 
     /// Takes the token, limits, timeouts and models of a reloaded configuration.
     pub fn update(&self, checked: &Checked) {
         *self.server.settings.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Settings::of(checked));
+        if let Some(wyoming) = &self.server.wyoming {
+            wyoming.update(checked);
+        }
     }
+}
+
+/// The Wyoming server's address and session count, when it is on.
+fn wyoming_listen(checked: &Checked) -> Option<(String, u32)> {
+    let wyoming = &checked.config.wyoming;
+    wyoming.enabled.then(|| (wyoming.listen.clone(), wyoming.max_sessions))
 }
 
 impl Drop for HttpServer {
@@ -540,10 +569,11 @@ struct ReadBody {
 }
 
 impl Handling {
-    /// Connections open and request bodies held now.
-    pub fn server_load(&self) -> (usize, usize) {
+    /// Connections open, request bodies held and Wyoming sessions open now.
+    pub fn server_load(&self) -> (usize, usize, usize) {
         let connections = self.server.clients.lock().unwrap_or_else(|p| p.into_inner()).values().sum();
-        (connections, REQUEST_BODIES as usize - self.server.bodies.available_permits())
+        let sessions = self.server.wyoming.as_ref().map_or(0, |w| w.open_sessions());
+        (connections, REQUEST_BODIES as usize - self.server.bodies.available_permits(), sessions)
     }
 
     /// Reads the body within `http.max_body_kib` and `http.timeout_ms`, once one of the body slots is free.

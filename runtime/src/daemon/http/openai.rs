@@ -565,7 +565,8 @@ pub(super) async fn transcriptions(context: &Handling, mut request: Request) -> 
         failure
     })?;
     let duration_s = samples.len() as f64 / 16_000.0;
-    let reply = context.shared.transcribe(samples, language.clone()).map_err(|e| super::ask_failure(&e))?;
+    let reply =
+        context.shared.transcribe(samples, language.clone(), Origin::Http).map_err(|e| super::ask_failure(&e))?;
     drop(body.slot);
     let transcript = context.wait(reply).await?;
     Ok(transcript_response(&transcript, format, language.as_deref().unwrap_or("en"), duration_s, &model))
