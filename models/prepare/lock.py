@@ -29,6 +29,7 @@ INPUTS = [
     REPO / "runtime/tests/openai/requirements.in",
     REPO / "runtime/tests/wyoming/requirements-ha.in",
     REPO / "runtime/tests/wyoming/requirements-newest.in",
+    REPO / "runtime/tests/mqtt/requirements.in",
     REPO / "runtime/bench/requirements-peers.in",
 ]
 MACHINES = ["x86_64", "aarch64"]

@@ -17,6 +17,8 @@ missing=()
 for tool in espeak-ng:espeak-ng sox:sox flac:flac npm:npm dpkg-deb:dpkg pkg-config:pkg-config; do
     command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
 done
+# The MQTT broker of the daemon's Home Assistant test (in /usr/sbin, which a user's PATH may not have).
+[[ -x /usr/sbin/mosquitto ]] || command -v mosquitto >/dev/null || missing+=(mosquitto)
 [[ -f /usr/include/alsa/asoundlib.h ]] || missing+=(libasound2-dev)
 # bindgen loads the unversioned libclang.so and needs clang's own headers (stddef.h): libclang-cpp.so.N or libclang.so.1
 # alone, which many machines have without libclang-dev, are not enough.
@@ -50,6 +52,8 @@ ensure_venv "$repo/.cache/venv-client" "$repo/runtime/tests/openai/requirements.
 # The Wyoming client at the version Home Assistant pins and at the newest, which the daemon's Wyoming tests drive.
 ensure_venv "$repo/.cache/venv-wyoming-ha" "$repo/runtime/tests/wyoming/requirements-ha.txt"
 ensure_venv "$repo/.cache/venv-wyoming-newest" "$repo/runtime/tests/wyoming/requirements-newest.txt"
+# The MQTT client the daemon's Home Assistant test watches it through (beside a mosquitto broker from Debian).
+ensure_venv "$repo/.cache/venv-mqtt" "$repo/runtime/tests/mqtt/requirements.txt"
 
 # The TF.js detectors are converted once into .cache/build (TensorFlow lives in its own venv, set up only for that).
 force=0

@@ -37,6 +37,8 @@ pub struct Config {
     pub scene_change: SceneChange,
     #[serde(default)]
     pub wyoming: Wyoming,
+    #[serde(default)]
+    pub mqtt: Mqtt,
 }
 
 /// What the hardware is and how to recognize it.
@@ -248,6 +250,88 @@ pub struct Wyoming {
 impl Default for Wyoming {
     fn default() -> Wyoming {
         Wyoming { enabled: false, listen: "127.0.0.1:10300".into(), max_sessions: 2, idle_timeout_ms: 10_000 }
+    }
+}
+
+/// Home Assistant over MQTT (`[mqtt]`): entities announced by discovery, the scene's states, a snapshot, and a
+/// question topic answered like `/v1/ask`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Mqtt {
+    pub enabled: bool,
+    /// The broker.
+    pub host: String,
+    pub port: u16,
+    pub username: Option<String>,
+    /// A file whose first line is the password (relative to the configuration file); it must not be readable by
+    /// others. The password itself never goes in the configuration.
+    pub password_file: Option<PathBuf>,
+    /// The client id at the broker; empty: `lookout-<node_id>`.
+    pub client_id: String,
+    /// Where Home Assistant looks for discovery configs.
+    pub discovery_prefix: String,
+    /// Under which the states, the snapshot, availability and the question topics go.
+    pub base_topic: String,
+    /// This device's id in Home Assistant (letters, digits, `_` and `-`).
+    pub node_id: String,
+    /// Object labels that get a count sensor each.
+    pub labels: Vec<String>,
+    /// Seconds without a person in view before occupancy turns off (so that it does not flap).
+    pub occupancy_off_delay_s: u32,
+    /// Publish a JPEG of the frame behind the newest caption, at most every `snapshot_interval_s`.
+    pub snapshot: bool,
+    pub snapshot_interval_s: u32,
+    /// Largest snapshot; a frame whose JPEG is larger is sent smaller.
+    pub snapshot_max_kib: u32,
+    pub keep_alive_s: u32,
+    /// Messages waiting for the broker at most; what does not fit is dropped and counted.
+    pub outbox: u32,
+}
+
+impl Default for Mqtt {
+    fn default() -> Mqtt {
+        Mqtt {
+            enabled: false,
+            host: "127.0.0.1".into(),
+            port: 1883,
+            username: None,
+            password_file: None,
+            client_id: String::new(),
+            discovery_prefix: "homeassistant".into(),
+            base_topic: "lookout".into(),
+            node_id: "lookout".into(),
+            labels: ["person", "car", "dog", "cat"].map(String::from).to_vec(),
+            occupancy_off_delay_s: 30,
+            snapshot: true,
+            snapshot_interval_s: 10,
+            snapshot_max_kib: 512,
+            keep_alive_s: 30,
+            outbox: 64,
+        }
+    }
+}
+
+impl Mqtt {
+    /// The password: the first line of `password_file` (relative to `config_path`'s folder), which must not be
+    /// readable by others; none without a password file or when MQTT is off.
+    pub fn password(&self, config_path: &Path) -> Result<Option<String>, ConfigError> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let Some(file) = self.password_file.as_ref().filter(|_| self.enabled) else { return Ok(None) };
+        let path = config_path.parent().unwrap_or(Path::new(".")).join(file);
+        let refused = |reason: String| ConfigError::Field {
+            path: config_path.to_path_buf(),
+            field: "mqtt.password_file".into(),
+            reason: format!("{}: {reason}", path.display()),
+        };
+        let meta = std::fs::metadata(&path).map_err(|e| refused(e.to_string()))?;
+        if meta.permissions().mode() & 0o004 != 0 {
+            return Err(refused("readable by everyone; `chmod o-r` it (0640 root:lookout, or 0600)".into()));
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| refused(e.to_string()))?;
+        match text.lines().next().map(str::trim_end) {
+            Some(line) if !line.is_empty() => Ok(Some(line.to_string())),
+            _ => Err(refused("empty".into())),
+        }
     }
 }
 
@@ -545,6 +629,7 @@ impl Config {
         self.check_models()?;
         self.check_http()?;
         self.check_wyoming()?;
+        self.check_mqtt()?;
         if self.caption.interval_s > 86_400 {
             return Err(("caption.interval_s", format!("{} s is more than a day", self.caption.interval_s)));
         }
@@ -639,6 +724,48 @@ impl Config {
         }
         within("wyoming.max_sessions", wyoming.max_sessions, 1..=16)?;
         within("wyoming.idle_timeout_ms", wyoming.idle_timeout_ms, 100..=600_000)?;
+        Ok(())
+    }
+
+    fn check_mqtt(&self) -> Result<(), (&'static str, String)> {
+        let mqtt = &self.mqtt;
+        if !mqtt.enabled {
+            return Ok(());
+        }
+        if mqtt.host.trim().is_empty() {
+            return Err(("mqtt.host", "is empty".into()));
+        }
+        if mqtt.port == 0 {
+            return Err(("mqtt.port", "must not be 0".into()));
+        }
+        let id_chars =
+            |text: &str| !text.is_empty() && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !id_chars(&mqtt.node_id) {
+            return Err(("mqtt.node_id", format!("`{}` must be letters, digits, `_` and `-`", mqtt.node_id)));
+        }
+        for (field, topic) in [("mqtt.discovery_prefix", &mqtt.discovery_prefix), ("mqtt.base_topic", &mqtt.base_topic)]
+        {
+            if topic.is_empty() || topic.starts_with('/') || topic.ends_with('/') || topic.contains(['+', '#', '\0']) {
+                return Err((
+                    field,
+                    format!("`{topic}` is not a topic prefix (no wildcards, no leading or trailing /)"),
+                ));
+            }
+        }
+        if mqtt.client_id.len() > 64 {
+            return Err(("mqtt.client_id", "is longer than 64 characters".into()));
+        }
+        if mqtt.password_file.is_some() && mqtt.username.is_none() {
+            return Err(("mqtt.password_file", "is set without mqtt.username".into()));
+        }
+        if mqtt.labels.len() > 80 || mqtt.labels.iter().any(|l| l.trim().is_empty() || l.len() > 64) {
+            return Err(("mqtt.labels", "at most 80 labels, each a COCO label name".into()));
+        }
+        within("mqtt.occupancy_off_delay_s", mqtt.occupancy_off_delay_s, 0..=3600)?;
+        within("mqtt.snapshot_interval_s", mqtt.snapshot_interval_s, 1..=86_400)?;
+        within("mqtt.snapshot_max_kib", mqtt.snapshot_max_kib, 16..=4096)?;
+        within("mqtt.keep_alive_s", mqtt.keep_alive_s, 5..=3600)?;
+        within("mqtt.outbox", mqtt.outbox, 4..=1024)?;
         Ok(())
     }
 
@@ -873,6 +1000,45 @@ mod tests {
         assert!(error_of("[camera]\nfps = 2\n").contains("board: missing"));
         assert!(error_of("board = \"rpi9\"\n").contains("rpi9"));
         assert!(error_of("board = \"rpi5\"\n[camera\n").contains("not valid TOML"));
+    }
+
+    #[test]
+    fn the_mqtt_password_comes_from_a_file_only_its_owner_and_group_read() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("lookout-mqtt-password-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config_path = dir.join("lookout.toml");
+        let mqtt = |file: &str| Mqtt {
+            enabled: true,
+            username: Some("lookout".into()),
+            password_file: Some(file.into()),
+            ..Mqtt::default()
+        };
+        std::fs::write(dir.join("secret"), "s3cret\nignored\n").unwrap();
+        std::fs::set_permissions(dir.join("secret"), std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert_eq!(mqtt("secret").password(&config_path).unwrap().as_deref(), Some("s3cret"), "relative to the file");
+        std::fs::set_permissions(dir.join("secret"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        let open = mqtt("secret").password(&config_path).unwrap_err().to_string();
+        assert!(open.contains("mqtt.password_file") && open.contains("readable by everyone"), "{open}");
+        assert!(mqtt("absent").password(&config_path).unwrap_err().to_string().contains("mqtt.password_file"));
+        std::fs::write(dir.join("empty"), "").unwrap();
+        std::fs::set_permissions(dir.join("empty"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(mqtt("empty").password(&config_path).unwrap_err().to_string().contains("empty"));
+        assert_eq!(Mqtt { enabled: false, ..mqtt("absent") }.password(&config_path).unwrap(), None, "MQTT off");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn mqtt_settings_are_checked_when_it_is_on() {
+        let on = |extra: &str| format!("board = \"rpi5\"\n[mqtt]\nenabled = true\n{extra}");
+        assert!(parse(&on("")).is_ok());
+        assert!(error_of(&on("node_id = \"a b\"")).contains("mqtt.node_id"));
+        assert!(error_of(&on("base_topic = \"lookout/#\"")).contains("mqtt.base_topic"));
+        assert!(error_of(&on("discovery_prefix = \"/ha\"")).contains("mqtt.discovery_prefix"));
+        assert!(error_of(&on("password_file = \"p\"")).contains("without mqtt.username"));
+        assert!(error_of(&on("snapshot_max_kib = 8")).contains("mqtt.snapshot_max_kib"));
+        assert!(error_of(&on("password = \"inline\"")).contains("password"), "no inline password field");
+        assert!(parse("board = \"rpi5\"\n[mqtt]\nnode_id = \"a b\"\n").is_ok(), "not checked while off");
     }
 
     #[test]

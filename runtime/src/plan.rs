@@ -36,6 +36,24 @@ pub fn wyoming_session_bytes(seconds: u32) -> u64 {
         + (WYOMING_MAX_HEADER_BYTES + WYOMING_MAX_DATA_BYTES + 2 * WYOMING_MAX_PAYLOAD_BYTES) as u64
 }
 
+/// Bytes an MQTT message holds besides its payload, and the largest message taken from the broker.
+const MQTT_MESSAGE_BYTES: u64 = 4 * 1024;
+pub const MQTT_MAX_INCOMING_BYTES: usize = 1024 * 1024;
+
+/// The MQTT client: the outbox of small messages, the largest incoming message, and with snapshots on the kept
+/// frame, its scaled copy while encoding, and two JPEGs (one encoded, one on its way).
+fn mqtt_item(config: &Config) -> Item {
+    let m = &config.mqtt;
+    let mut bytes = u64::from(m.outbox) * MQTT_MESSAGE_BYTES + MQTT_MAX_INCOMING_BYTES as u64;
+    let mut basis = format!("an outbox of {} messages, one incoming message of up to 1 MiB", m.outbox);
+    if m.snapshot {
+        let frame = u64::from(config.camera.width) * u64::from(config.camera.height) * 3;
+        bytes += 2 * frame + 2 * u64::from(m.snapshot_max_kib) * 1024;
+        basis.push_str(&format!(", a kept frame and its JPEGs of up to {} KiB", m.snapshot_max_kib));
+    }
+    Item { name: "mqtt".into(), mib: bytes as f64 / MIB, basis }
+}
+
 /// One line of the plan.
 #[derive(Debug, Clone, Serialize)]
 pub struct Item {
@@ -244,6 +262,9 @@ pub fn plan(config: &Config, bundle: &Bundle) -> anyhow::Result<Plan> {
             }
         }
         None => resident.push(Item { name: "requests".into(), mib: bodies_bytes / MIB, basis: bodies }),
+    }
+    if config.mqtt.enabled {
+        resident.push(mqtt_item(config));
     }
 
     // One stage runs or loads at a time: the peak adds the largest of one run, the transient of loading a

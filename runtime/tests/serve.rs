@@ -1,7 +1,9 @@
 //! `lookout serve` end to end on file sources with the real default models: the scene and its caption over HTTP,
 //! a spoken question heard by the VAD, questions posted as JSON and as WAV, bad requests refused with 4xx while
 //! the daemon keeps serving, systemd notifications (READY, WATCHDOG, STOPPING) on a test socket, SIGHUP reloads,
-//! SIGTERM within 2 s; configurations the daemon must refuse with exit code 78, and absent devices with exit 1.
+//! SIGTERM within 2 s; configurations the daemon must refuse with exit code 78, and absent devices with exit 1;
+//! Home Assistant's two ways in, with real clients: the Wyoming speech-to-text server, and MQTT discovery and
+//! states through a mosquitto broker.
 
 mod common;
 
@@ -193,7 +195,12 @@ impl Daemon {
 
     /// Waits for the first event (new or already seen) that `matches`.
     fn event(&mut self, what: &str, within: Duration, matches: impl Fn(&Value) -> bool) -> Value {
-        if let Some(e) = self.seen.iter().find(|e| matches(e)) {
+        self.event_after(0, what, within, matches)
+    }
+
+    /// Waits for the first event that `matches` among those after the first `seen` ones.
+    fn event_after(&mut self, seen: usize, what: &str, within: Duration, matches: impl Fn(&Value) -> bool) -> Value {
+        if let Some(e) = self.seen.iter().skip(seen).find(|e| matches(e)) {
             return e.clone();
         }
         let deadline = Instant::now() + within;
@@ -1049,4 +1056,192 @@ fn the_wyoming_server_transcribes_for_home_assistants_client_and_refuses_bad_mes
     assert!(metric(&metrics, "lookout_wyoming_errors_total") >= 10.0, "{metrics}");
     assert!(metric(&metrics, "lookout_wyoming_refused_total") >= 1.0, "{metrics}");
     daemon.terminate_within(Duration::from_secs(2));
+}
+
+/// A mosquitto broker on a loopback port for one test: anonymous clients (the watcher) may connect; a client that
+/// gives a user name must give `lookout`'s password, `right-password`.
+struct Broker {
+    child: Child,
+    port: u16,
+}
+
+impl Broker {
+    fn start(dir: &Path, port: u16) -> Broker {
+        let passwords = dir.join("mosquitto.passwords");
+        let made = Command::new("mosquitto_passwd")
+            .args(["-b", "-c", passwords.to_str().unwrap(), "lookout", "right-password"])
+            .output()
+            .expect("mosquitto_passwd (Debian's mosquitto; run models/prepare/prepare.sh)");
+        assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+        let config = dir.join("mosquitto.conf");
+        let text = format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npassword_file {}\npersistence false\n",
+            passwords.display()
+        );
+        std::fs::write(&config, text).unwrap();
+        let child = Command::new("/usr/sbin/mosquitto")
+            .args(["-c", config.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("/usr/sbin/mosquitto (Debian's mosquitto; run models/prepare/prepare.sh)");
+        let started = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(10), "mosquitto did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Broker { child, port }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// runtime/tests/mqtt/watch.py with `args` after the script: its JSON output.
+fn mqtt_watch(args: &[&str]) -> Value {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/venv-mqtt/bin/python");
+    assert!(python.exists(), "{} is missing: run models/prepare/prepare.sh", python.display());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mqtt/watch.py");
+    let out = Command::new(&python).arg(&script).args(args).output().unwrap();
+    assert!(out.status.success(), "watch.py {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn home_assistant_finds_lookout_over_mqtt_and_it_rides_out_the_broker() {
+    let dir = temp_dir("mqtt");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let password = dir.join("mqtt.password");
+    std::fs::write(&password, "wrong-password\n").unwrap();
+    std::fs::set_permissions(&password, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let extra = format!(
+        "[mqtt]\nenabled = true\nport = {port}\nusername = \"lookout\"\npassword_file = \"mqtt.password\"\n\
+         node_id = \"test_node\"\nbase_topic = \"lookout_test\"\nlabels = [\"person\", \"kite\", \"sports ball\"]\n\
+         snapshot_interval_s = 1\n"
+    );
+    // No broker yet: the daemon serves, and says so once.
+    let (mut daemon, http_port) = kite_daemon(&dir, &extra, patience(WATCHDOG));
+    daemon.event("mqtt_disconnected", patience(Duration::from_secs(30)), event_is("mqtt_disconnected"));
+    assert_eq!(request(http_port, "GET", "/healthz", None, b"").status, 200);
+    // A broker that refuses the password in the file: one more event, naming the refusal.
+    let broker = Broker::start(&dir, port);
+    let refused = daemon.event("a refusal", patience(Duration::from_secs(60)), |e| {
+        e["event"] == "mqtt_disconnected" && e["error"].as_str().is_some_and(|m| m.contains("NotAuthorized"))
+    });
+    assert_eq!(refused["broker"], format!("127.0.0.1:{port}"));
+    // The right password and a reload: connected.
+    std::fs::write(&password, "right-password\n").unwrap();
+    daemon.signal("HUP");
+    daemon.event("reloaded", patience(Duration::from_secs(60)), event_is("reloaded"));
+    daemon.event("mqtt_connected", patience(Duration::from_secs(60)), event_is("mqtt_connected"));
+
+    // What Home Assistant reads: the discovery configs, then the states and the snapshot.
+    let config_topic = |component: &str, object: &str| format!("homeassistant/{component}/test_node/{object}/config");
+    let configs = [
+        config_topic("sensor", "caption"),
+        config_topic("sensor", "person_count"),
+        config_topic("sensor", "kite_count"),
+        config_topic("sensor", "sports_ball_count"),
+        config_topic("binary_sensor", "occupancy"),
+        config_topic("image", "snapshot"),
+    ];
+    let states =
+        ["caption", "caption/attributes", "count/person", "count/kite", "count/sports_ball", "occupancy", "snapshot"]
+            .map(|s| format!("lookout_test/{s}"));
+    let availability = "lookout_test/availability".to_string();
+    let mut wanted: Vec<&str> = configs.iter().chain(&states).map(String::as_str).collect();
+    wanted.push(&availability);
+    let mut args =
+        vec!["collect".to_string(), port.to_string(), patience(Duration::from_secs(90)).as_secs().to_string()];
+    args.extend(wanted.iter().map(|t| t.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let seen = mqtt_watch(&args);
+    assert_eq!(seen["missing"], serde_json::json!([]), "{seen}");
+    let messages = &seen["messages"];
+    let config = |topic: &str| -> Value { serde_json::from_str(messages[topic].as_str().unwrap()).unwrap() };
+    for topic in &configs {
+        let c = config(topic);
+        assert!(c["unique_id"].as_str().unwrap().starts_with("test_node_"), "{c}");
+        assert_eq!(c["device"]["identifiers"][0], "lookout_test_node", "{c}");
+        assert_eq!(
+            (c["origin"]["name"].as_str(), c["availability_topic"].as_str()),
+            (Some("Lookout"), Some("lookout_test/availability"))
+        );
+    }
+    let caption_config = config(&configs[0]);
+    assert_eq!(caption_config["state_topic"], "lookout_test/caption");
+    assert_eq!(caption_config["json_attributes_topic"], "lookout_test/caption/attributes");
+    let ball = config(&configs[3]);
+    assert_eq!(
+        (ball["state_class"].as_str(), ball["state_topic"].as_str()),
+        (Some("measurement"), Some("lookout_test/count/sports_ball"))
+    );
+    assert_eq!(config(&configs[4])["device_class"], "occupancy");
+    let image = config(&configs[5]);
+    assert_eq!(
+        (image["content_type"].as_str(), image["image_topic"].as_str()),
+        (Some("image/jpeg"), Some("lookout_test/snapshot"))
+    );
+    assert_eq!(messages[&availability], "online");
+    // The states are the scene's.
+    let scene = request(http_port, "GET", "/v1/scene", None, b"").json();
+    let count = |label: &str| scene["counts"][label].as_u64().unwrap_or(0).to_string();
+    assert_eq!(messages["lookout_test/count/person"].as_str(), Some(count("person").as_str()), "{scene}");
+    assert_eq!(messages["lookout_test/count/kite"].as_str(), Some(count("kite").as_str()));
+    assert_eq!(messages["lookout_test/count/sports_ball"].as_str(), Some(count("sports ball").as_str()));
+    assert!(count("person") != "0" && messages["lookout_test/occupancy"] == "ON", "{scene}");
+    let caption = scene["caption"]["text"].as_str().unwrap();
+    assert_eq!(messages["lookout_test/caption"].as_str(), Some(caption));
+    let attributes: Value =
+        serde_json::from_str(messages["lookout_test/caption/attributes"].as_str().unwrap()).unwrap();
+    assert_eq!((attributes["caption"].as_str(), &attributes["frame"]), (Some(caption), &scene["caption"]["frame"]));
+    use base64::Engine as _;
+    let jpeg = base64::engine::general_purpose::STANDARD
+        .decode(messages["lookout_test/snapshot"]["base64"].as_str().expect("the snapshot is binary"))
+        .unwrap();
+    let snapshot = lookout_models::vision::image::decode_image(&jpeg).expect("the snapshot is a JPEG");
+    assert_eq!(
+        (u64::from(snapshot.width), u64::from(snapshot.height)),
+        (scene["width"].as_u64().unwrap(), scene["height"].as_u64().unwrap())
+    );
+
+    // A question on the ask topic is answered like /v1/ask; bad ones get an error answer.
+    let ask = |payload: &str| -> Value {
+        let answer = mqtt_watch(&["ask", &port.to_string(), "lookout_test", payload]);
+        serde_json::from_str(answer["answer"].as_str().expect("an answer")).unwrap()
+    };
+    let answer = ask(r#"{"question": "How many people are there?"}"#);
+    assert!(answer["answer"].as_str().unwrap().contains("people"), "{answer}");
+    assert!(ask("   ")["error"].as_str().unwrap().contains("empty"));
+    assert!(ask(&"x".repeat(5000))["error"].as_str().unwrap().contains("limit"));
+
+    // The broker goes away and comes back empty (no persistence): the daemon connects again and announces it all.
+    let before = daemon.seen.len();
+    drop(broker);
+    let broker = Broker::start(&dir, port);
+    daemon.event_after(before, "mqtt_connected again", patience(Duration::from_secs(90)), event_is("mqtt_connected"));
+    let mut args = vec!["collect".to_string(), port.to_string(), "60".into(), configs[0].clone(), states[0].clone()];
+    args.push(availability.clone());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let again = mqtt_watch(&args);
+    assert_eq!(again["missing"], serde_json::json!([]), "{again}");
+    let metrics = request(http_port, "GET", "/metrics", None, b"").body;
+    assert!(metric(&metrics, "lookout_mqtt_reconnects_total") >= 1.0, "{metrics}");
+    assert!(metric(&metrics, "lookout_mqtt_messages_total") >= 10.0, "{metrics}");
+
+    // kill -9: the broker publishes the last will, and a newcomer reads `offline`.
+    daemon.child.kill().unwrap();
+    daemon.child.wait().unwrap();
+    let started = Instant::now();
+    loop {
+        let seen = mqtt_watch(&["collect", &broker.port.to_string(), "5", &availability]);
+        if seen["messages"][&availability] == "offline" {
+            break;
+        }
+        assert!(started.elapsed() < patience(Duration::from_secs(30)), "still {seen}");
+    }
 }

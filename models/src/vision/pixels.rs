@@ -1,5 +1,5 @@
 //! Raw camera frames (YUYV, NV12, RGB24, MJPEG) converted into a caller-owned RGB image, without allocating
-//! once the image has reached the frame size.
+//! once the image has reached the frame size; frames shrunk to fit, and encoded as JPEG snapshots of bounded size.
 //!
 //! YUV is read as BT.601 limited range (Y 16..=235, Cb/Cr 16..=240), which is what V4L2 devices deliver by
 //! default, with the usual 8-bit fixed-point coefficients:
@@ -149,6 +149,35 @@ fn nv12_to_rgb(frame: &[u8], width: usize, height: usize, rgb: &mut [u8]) {
     }
 }
 
+/// A JPEG of `image` (quality 85) of at most `max_bytes`: when the full size is larger, the image is halved and
+/// encoded again, down to 80 pixels on its longer side. Returns the JPEG and its width and height, or none when
+/// even the smallest is over `max_bytes`.
+pub fn jpeg_within(image: &RgbImage, max_bytes: usize) -> Option<(Vec<u8>, u32, u32)> {
+    const QUALITY: u8 = 85;
+    const MIN_SIDE: u32 = 80;
+    let mut scaled = RgbImage::default();
+    let (mut width, mut height) = (image.width, image.height);
+    loop {
+        let source = match (width, height) == (image.width, image.height) {
+            true => image,
+            false => {
+                fit_into(image, width, height, &mut scaled);
+                &scaled
+            }
+        };
+        let (w, h) = (u16::try_from(source.width).ok()?, u16::try_from(source.height).ok()?);
+        let mut jpeg = Vec::with_capacity(max_bytes.min(source.data.len() / 4));
+        jpeg_encoder::Encoder::new(&mut jpeg, QUALITY).encode(&source.data, w, h, jpeg_encoder::ColorType::Rgb).ok()?;
+        if jpeg.len() <= max_bytes {
+            return Some((jpeg, source.width, source.height));
+        }
+        if width.max(height) / 2 < MIN_SIDE {
+            return None;
+        }
+        (width, height) = ((width / 2).max(1), (height / 2).max(1));
+    }
+}
+
 /// Copies `image` into `out`, shrunk by averaging boxes of source pixels when it is larger than
 /// `max_width`×`max_height` (aspect kept). Photos of any size then fit a frame pool sized for the configured
 /// camera; `out` is reused without allocating once it has reached that size.
@@ -190,6 +219,25 @@ pub fn fit_into(image: &RgbImage, max_width: u32, max_height: u32, out: &mut Rgb
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_snapshot_is_a_decodable_jpeg_halved_until_it_fits() {
+        let mut image = RgbImage::new(640, 480);
+        for (i, px) in image.data.chunks_exact_mut(3).enumerate() {
+            let (x, y) = ((i % 640) as u32, (i / 640) as u32);
+            px.copy_from_slice(&[((x * 7) ^ (y * 3)) as u8, (x * y / 7) as u8, ((x + y) * 5) as u8]);
+        }
+        let (full, width, height) = jpeg_within(&image, 1 << 20).expect("fits at full size");
+        assert_eq!((width, height), (640, 480));
+        let mut decoded = RgbImage::default();
+        decode_jpeg_into(&full, &mut decoded).unwrap();
+        assert_eq!((decoded.width, decoded.height), (640, 480));
+        let (small, width, height) = jpeg_within(&image, full.len() / 3).expect("fits when smaller");
+        assert!(small.len() <= full.len() / 3 && width < 640 && width * 3 == height * 4, "{width}x{height}");
+        decode_jpeg_into(&small, &mut decoded).unwrap();
+        assert_eq!((decoded.width, decoded.height), (width, height));
+        assert_eq!(jpeg_within(&image, 200), None, "not even the smallest fits");
+    }
 
     // (name, limited-range Y U V, RGB computed by hand from the formulas in the module header)
     const SOLID_COLOURS: [([u8; 3], [u8; 3]); 6] = [

@@ -47,6 +47,7 @@ struct Report<'a> {
 
 pub fn check_config(ctx: &Context, args: CheckConfigArgs) -> anyhow::Result<()> {
     let Loaded { config, board_source } = Config::load(&args.file, args.board.as_deref())?;
+    config.mqtt.password(&args.file)?;
     if matches!(board_source, BoardSource::Detected(_)) {
         if let Some(total) = std::fs::read_to_string("/proc/meminfo").ok().as_deref().and_then(board::mem_total_mib) {
             board::check_ram(config.budget.memory_mib, config.budget.os_reserve_mib, total)

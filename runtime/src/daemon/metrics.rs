@@ -106,6 +106,10 @@ pub struct Metrics {
     pub wyoming_errors: AtomicU64,
     pub wyoming_transcripts: AtomicU64,
     pub wyoming_sessions_open: AtomicU64,
+    /// MQTT messages queued for the broker, dropped because the outbox was full, and connections made again.
+    pub mqtt_messages: AtomicU64,
+    pub mqtt_dropped: AtomicU64,
+    pub mqtt_reconnects: AtomicU64,
     pub frame_queue_depth: AtomicU64,
     pub question_queue_depth: AtomicU64,
     pub budget_bytes: AtomicU64,
@@ -124,7 +128,7 @@ impl Metrics {
     /// Prometheus text exposition (version 0.0.4).
     pub fn render(&self, rss: Option<crate::memory::Rss>) -> String {
         let mut out = String::with_capacity(8192);
-        let counters: [(&str, &str, &AtomicU64); 28] = [
+        let counters: [(&str, &str, &AtomicU64); 31] = [
             ("frames_captured_total", "Frames delivered by the camera", &self.frames_captured),
             ("frames_processed_total", "Frames the vision stage ran on", &self.frames_processed),
             (
@@ -168,6 +172,13 @@ impl Metrics {
             ("wyoming_errors_total", "Wyoming sessions ended by an error", &self.wyoming_errors),
             ("wyoming_transcripts_total", "Wyoming transcripts sent", &self.wyoming_transcripts),
             ("wyoming_sessions_open", "Wyoming sessions open", &self.wyoming_sessions_open),
+            ("mqtt_messages_total", "MQTT messages queued for the broker", &self.mqtt_messages),
+            ("mqtt_dropped_total", "MQTT messages dropped because the outbox was full", &self.mqtt_dropped),
+            (
+                "mqtt_reconnects_total",
+                "Connections to the MQTT broker made again after losing it",
+                &self.mqtt_reconnects,
+            ),
             ("question_queue_depth", "Questions waiting for the pipeline", &self.question_queue_depth),
         ];
         for (name, help, value) in counters {

@@ -6,6 +6,7 @@
 pub mod events;
 pub mod http;
 pub mod metrics;
+pub mod mqtt;
 pub mod notify;
 #[cfg(feature = "gpio")]
 pub mod panel;
@@ -26,6 +27,7 @@ use lookout_models::bundle::Bundle;
 use serde_json::json;
 
 use self::http::HttpServer;
+use self::mqtt::MqttClient;
 use self::notify::Notifier;
 use self::pipeline::{Models, Worker};
 use self::state::{Beat, Current, Shared};
@@ -50,17 +52,20 @@ pub struct Checked {
     pub path: PathBuf,
     pub bundle: Bundle,
     pub plan: Plan,
+    /// Read from `mqtt.password_file` when MQTT is on.
+    pub mqtt_password: Option<String>,
 }
 
 impl Checked {
     pub fn load(ctx: &Context, path: &Path, board: Option<&str>) -> anyhow::Result<Checked> {
         let Loaded { config, .. } = Config::load(path, board)?;
+        let mqtt_password = config.mqtt.password(path)?;
         let bundle = open_config_bundle(ctx, &config)?;
         check_label_filters(&config, &bundle, path)?;
         turn::check_stage_files(&bundle, &config)?;
         let plan = plan::plan(&config, &bundle)?;
         plan.check_fits(path)?;
-        Ok(Checked { config, path: path.to_path_buf(), bundle, plan })
+        Ok(Checked { config, path: path.to_path_buf(), bundle, plan, mqtt_password })
     }
 
     fn shared(&self) -> Arc<Shared> {
@@ -234,6 +239,7 @@ pub fn serve(ctx: &Context, config_path: &Path, board: Option<&str>) -> anyhow::
     notifier.status("loading models");
     let mut pipeline = Pipeline::start(&checked, &shared, SourceOptions::default())?;
     let mut http = HttpServer::start(&checked, current.clone())?;
+    let mut mqtt = MqttClient::start(&checked, current.clone())?;
     shared.events.emit(
         "listening",
         json!({ "address": http.addr.to_string(), "wyoming": http.wyoming_addr.map(|a| a.to_string()) }),
@@ -299,6 +305,9 @@ pub fn serve(ctx: &Context, config_path: &Path, board: Option<&str>) -> anyhow::
                                 } else {
                                     http.update(&checked);
                                 }
+                                // The broker, topics or entities may have changed: a new session announces them.
+                                drop(mqtt.take());
+                                mqtt = MqttClient::start(&checked, current.clone())?;
                                 serving.store(true, Relaxed);
                                 shared.events.emit("reloaded", json!({ "address": http.addr.to_string() }));
                                 notifier.ready(&format!(
@@ -352,6 +361,8 @@ pub fn serve(ctx: &Context, config_path: &Path, board: Option<&str>) -> anyhow::
     }
     notifier.stopping();
     shared.events.emit("stopping", json!({}));
+    // `offline` goes out first (within a second when the broker does not answer).
+    drop(mqtt);
     let clean = pipeline.stop(&shared, STOP_WITHIN);
     drop(http);
     shared.events.emit("stopped", json!({ "clean": clean }));

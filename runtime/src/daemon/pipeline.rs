@@ -216,6 +216,8 @@ pub struct Worker<'m, C: Clock = MonotonicClock> {
     gate: ChangeGate,
     /// ...whose scene, before tracking, and frame number an unchanged frame reuses.
     analysed: Option<(Scene, u64, Instant)>,
+    /// Keep the frame behind each caption for the MQTT snapshot.
+    snapshots: bool,
 }
 
 impl<'m> Worker<'m> {
@@ -250,6 +252,7 @@ impl<'m, C: Clock> Worker<'m, C> {
                 .then(|| Tracker::new(config.objects.tracker_settings(), models.max_detections)),
             gate: ChangeGate::new(config.scene_change.gate_settings()),
             analysed: None,
+            snapshots: config.mqtt.enabled && config.mqtt.snapshot && models.vision.is_some(),
             shared,
         })
     }
@@ -421,6 +424,9 @@ impl<'m, C: Clock> Worker<'m, C> {
             frame,
             at: Instant::now(),
         };
+        if self.snapshots {
+            shared.keep_snapshot(frame, &self.image);
+        }
         // Published before it is announced, so that whoever hears the event finds the caption in /v1/scene.
         if let Some(latest) = shared.scene.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
             latest.caption = Some(published);

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use heapless::Deque;
 use lookout_models::llm::sampler::Sampling;
 use lookout_models::speech::Transcript;
+use lookout_models::vision::image::RgbImage;
 use lookout_models::vision::Scene;
 use serde::Serialize;
 use tokio::sync::oneshot;
@@ -36,6 +37,8 @@ pub enum Origin {
     Voice,
     /// Sent by a Wyoming client (Home Assistant's voice pipeline).
     Wyoming,
+    /// Published on the MQTT question topic.
+    Mqtt,
 }
 
 impl Origin {
@@ -226,6 +229,8 @@ pub struct Shared {
     /// Signalled when a frame or a question arrives, and when the pipeline must stop.
     pub wake: Condvar,
     pub scene: Mutex<Option<Published>>,
+    /// The frame behind the newest caption, with its number, kept for the MQTT snapshot when that is on.
+    pub snapshot: Mutex<Option<(u64, RgbImage)>>,
     pub heartbeats: Heartbeats,
     questions_waiting: AtomicUsize,
     /// Set to stop the pipeline's threads (shutdown or reload).
@@ -250,6 +255,7 @@ impl Shared {
             inbox: Mutex::new(Inbox { questions: Deque::new(), frames, accepting: true }),
             wake: Condvar::new(),
             scene: Mutex::new(None),
+            snapshot: Mutex::new(None),
             heartbeats: Heartbeats::default(),
             questions_waiting: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
@@ -284,6 +290,15 @@ impl Shared {
 
     pub fn inbox(&self) -> MutexGuard<'_, Inbox> {
         self.inbox.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keeps a copy of `image` as frame `frame`'s snapshot, in the buffer of the previous one once it has one.
+    pub fn keep_snapshot(&self, frame: u64, image: &RgbImage) {
+        let mut kept = self.snapshot.lock().unwrap_or_else(|p| p.into_inner());
+        let (number, copy) = kept.get_or_insert_with(|| (frame, RgbImage::default()));
+        *number = frame;
+        copy.reshape(image.width, image.height);
+        copy.data.copy_from_slice(&image.data);
     }
 
     pub fn latest(&self) -> Option<Published> {

@@ -30,23 +30,24 @@ pub fn limits_drop_in(config: &Config, board_source: &BoardSource, plan: &Plan, 
         config.board.name,
         plan.total_mib,
     );
-    let mut listeners = vec![("The HTTP API", config.http.listen.as_str())];
+    let mut reaches = vec![listener_reach("The HTTP API", &config.http.listen)];
     if config.wyoming.enabled {
-        listeners.push(("The Wyoming server", config.wyoming.listen.as_str()));
+        reaches.push(listener_reach("The Wyoming server", &config.wyoming.listen));
     }
-    let reaches: Vec<(Reach, &str, &str)> =
-        listeners.iter().map(|&(what, listen)| (reach(listen), what, listen)).collect();
-    let widest = reaches.iter().map(|r| r.0).max().unwrap_or(Reach::Loopback);
-    for (reach, what, listen) in &reaches {
-        out.push_str(&match reach {
-            Reach::Loopback => format!("# {what} listens on loopback only ({listen}).\n"),
-            Reach::Local => format!("# {what} listens on {listen}: clients on local networks only.\n"),
+    if config.mqtt.enabled {
+        let (host, port) = (&config.mqtt.host, config.mqtt.port);
+        reaches.push(match broker_reach(host) {
+            Reach::Loopback => (Reach::Loopback, format!("# The MQTT broker is on loopback ({host}:{port}).\n")),
+            Reach::Local => (Reach::Local, format!("# The MQTT broker {host}:{port} is on a local network.\n")),
             Reach::Anywhere => {
-                format!("# {what} listens on {listen}, which is not a local address: no IP restriction.\n")
+                (Reach::Anywhere, format!("# The MQTT broker {host}:{port} may be anywhere: no IP restriction.\n"))
             }
         });
     }
-    match widest {
+    for (_, comment) in &reaches {
+        out.push_str(comment);
+    }
+    match reaches.iter().map(|r| r.0).max().unwrap_or(Reach::Loopback) {
         Reach::Loopback => out.push_str("IPAddressDeny=any\nIPAddressAllow=localhost\n"),
         Reach::Local => out.push_str(&format!("IPAddressDeny=any\nIPAddressAllow={LOCAL_NETWORKS}\n")),
         Reach::Anywhere => {}
@@ -71,10 +72,36 @@ enum Reach {
     Anywhere,
 }
 
-fn reach(listen: &str) -> Reach {
+/// Who can reach a listener on `listen`, and the drop-in's comment saying so.
+fn listener_reach(what: &str, listen: &str) -> (Reach, String) {
     match listen.parse::<SocketAddr>().map(|a| a.ip()) {
-        Ok(ip) if ip.is_loopback() => Reach::Loopback,
-        Ok(ip) if ip.is_unspecified() || is_local(ip) => Reach::Local,
+        Ok(ip) if ip.is_loopback() => (Reach::Loopback, format!("# {what} listens on loopback only ({listen}).\n")),
+        Ok(ip) if ip.is_unspecified() || is_local(ip) => {
+            (Reach::Local, format!("# {what} listens on {listen}: clients on local networks only.\n"))
+        }
+        _ => (
+            Reach::Anywhere,
+            format!("# {what} listens on {listen}, which is not a local address: no IP restriction.\n"),
+        ),
+    }
+}
+
+/// Where a broker named by `host` is: by its address, or for a name, loopback for `localhost`, a local network for
+/// a name without dots or under a local-only domain (`.local`, `.lan`, `.home`, `.internal`, `.home.arpa`), and
+/// anywhere for any other name.
+fn broker_reach(host: &str) -> Reach {
+    if let Ok(ip) = host.trim_matches(['[', ']']).parse::<IpAddr>() {
+        return match ip {
+            ip if ip.is_loopback() => Reach::Loopback,
+            ip if is_local(ip) => Reach::Local,
+            _ => Reach::Anywhere,
+        };
+    }
+    let name = host.trim_end_matches('.').to_ascii_lowercase();
+    const LOCAL_DOMAINS: [&str; 5] = [".local", ".lan", ".home", ".internal", ".home.arpa"];
+    match name.as_str() {
+        "localhost" => Reach::Loopback,
+        _ if !name.contains('.') || LOCAL_DOMAINS.iter().any(|d| name.ends_with(d)) => Reach::Local,
         _ => Reach::Anywhere,
     }
 }
@@ -134,6 +161,14 @@ mod tests {
         assert!(wyoming.contains("# The Wyoming server listens on 0.0.0.0:10300: clients on local networks only.\n"));
         let off = drop_in("[wyoming]\nlisten = \"0.0.0.0:10300\"", "rpi4");
         assert!(off.contains("IPAddressAllow=localhost\n") && !off.contains("Wyoming"), "{off}");
+        // The MQTT broker the daemon connects to is let through.
+        let broker = |host: &str| drop_in(&format!("[mqtt]\nenabled = true\nhost = \"{host}\""), "rpi4");
+        assert!(broker("127.0.0.1").contains("IPAddressAllow=localhost\n"));
+        for local in ["192.168.1.5", "homeassistant.local", "mosquitto", "broker.home.arpa"] {
+            assert!(broker(local).contains(&format!("IPAddressAllow={LOCAL_NETWORKS}\n")), "{local}");
+        }
+        assert!(!broker("mqtt.example.com").contains("IPAddressDeny"), "a broker elsewhere");
+        assert!(!broker("203.0.113.9").contains("IPAddressDeny"));
     }
 
     #[test]
