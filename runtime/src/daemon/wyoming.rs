@@ -6,6 +6,7 @@
 //! by the configured utterance length; a protocol error gets an `error` event and closes the connection. Sessions
 //! run on the HTTP server's runtime; transcription goes through the pipeline's question queue.
 
+use std::future::Future as _;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -190,43 +191,17 @@ impl Server {
         settings: &Settings,
         reader: &mut (impl AsyncBufRead + Unpin),
     ) -> Result<Option<Vec<u8>>, Refusal> {
-        let Message { kind, data, payload } = message;
-        match kind.as_str() {
-            "describe" => Ok(Some(settings.info.clone())),
-            "ping" => Ok(Some(encode("pong", &json!({ "text": data.get("text") }), &[]))),
-            "transcribe" => {
-                session.language = match data.get("language") {
-                    None | Some(Value::Null) => None,
-                    Some(Value::String(language)) => Some(whisper_language(language)?),
-                    Some(other) => {
-                        return Err(Refusal::new("invalid_message", format!("language {other} is not text")))
-                    }
-                };
-                Ok(None)
-            }
-            "audio-start" => {
-                let format = AudioFormat::of(&data)?;
-                session.audio = Some(Audio::new(format, settings.audio_limit));
-                Ok(None)
-            }
-            "audio-chunk" => {
-                let audio = session
-                    .audio
-                    .as_mut()
-                    .ok_or_else(|| Refusal::new("audio_not_started", "audio-chunk before audio-start".to_string()))?;
-                audio.push(AudioFormat::of(&data)?, &payload)?;
-                Ok(None)
-            }
-            "audio-stop" => {
-                let language = session.language.clone().unwrap_or_else(|| "en".to_string());
-                let text = match session.audio.take() {
+        match session.take(message, &settings.info, settings.audio_limit)? {
+            Step::Nothing => Ok(None),
+            Step::Reply(reply) => Ok(Some(reply)),
+            Step::Transcribe(audio, language) => {
+                let text = match audio {
                     Some(audio) => self.transcribe(audio, &language, settings, reader).await?,
                     None => String::new(), // No audio-start: no audio, an empty transcript.
                 };
                 Metrics::add(&self.current.get().metrics.wyoming_transcripts, 1);
                 Ok(Some(encode("transcript", &json!({ "text": text, "language": language }), &[])))
             }
-            _ => Ok(None),
         }
     }
 
@@ -349,10 +324,82 @@ impl Refusal {
     }
 }
 
+/// What a session has been told so far.
 #[derive(Default)]
 struct Session {
     language: Option<String>,
     audio: Option<Audio>,
+}
+
+/// What a message leads to.
+enum Step {
+    Nothing,
+    Reply(Vec<u8>),
+    /// `audio-stop`: the audio so far (none without `audio-start`) to transcribe in this language.
+    Transcribe(Option<Audio>, String),
+}
+
+impl Session {
+    /// Takes one message: `info` answers `describe`, `limit` bounds the audio.
+    fn take(&mut self, message: Message, info: &[u8], limit: AudioLimit) -> Result<Step, Refusal> {
+        let Message { kind, data, payload } = message;
+        match kind.as_str() {
+            "describe" => Ok(Step::Reply(info.to_vec())),
+            "ping" => Ok(Step::Reply(encode("pong", &json!({ "text": data.get("text") }), &[]))),
+            "transcribe" => {
+                self.language = match data.get("language") {
+                    None | Some(Value::Null) => None,
+                    Some(Value::String(language)) => Some(whisper_language(language)?),
+                    Some(other) => {
+                        return Err(Refusal::new("invalid_message", format!("language {other} is not text")))
+                    }
+                };
+                Ok(Step::Nothing)
+            }
+            "audio-start" => {
+                self.audio = Some(Audio::new(AudioFormat::of(&data)?, limit));
+                Ok(Step::Nothing)
+            }
+            "audio-chunk" => {
+                let audio = self
+                    .audio
+                    .as_mut()
+                    .ok_or_else(|| Refusal::new("audio_not_started", "audio-chunk before audio-start".to_string()))?;
+                audio.push(AudioFormat::of(&data)?, &payload)?;
+                Ok(Step::Nothing)
+            }
+            "audio-stop" => {
+                let language = self.language.clone().unwrap_or_else(|| "en".to_string());
+                Ok(Step::Transcribe(self.audio.take(), language))
+            }
+            _ => Ok(Step::Nothing),
+        }
+    }
+}
+
+/// Reads `bytes` as the whole of what one client sent, message by message, as a session takes them (audio
+/// included, within `limit`, nothing transcribed): how many messages were taken before the end, or why the session
+/// would have been ended. The fuzz target's way in.
+pub fn take_client_bytes(bytes: &[u8], limit: AudioLimit) -> Result<usize, String> {
+    let mut reader = bytes;
+    let mut session = Session::default();
+    let mut taken = 0;
+    loop {
+        let read = std::pin::pin!(read_message(&mut reader));
+        // A byte slice never makes a read wait, so the future is ready on its first poll.
+        let std::task::Poll::Ready(message) = read.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+        else {
+            return Err("a read waited on a byte slice".into());
+        };
+        match message {
+            Ok(None) => return Ok(taken),
+            Ok(Some(message)) => {
+                session.take(message, b"", limit).map_err(|r| format!("{}: {}", r.code, r.text))?;
+                taken += 1;
+            }
+            Err(e) => return Err(format!("{e:?}")),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -581,6 +628,23 @@ mod tests {
         let second = vec![0; 48_000 * 4];
         assert_eq!(audio.push(stereo, &second).unwrap_err().code, "audio_too_long", "over a second");
         assert_eq!(audio.samples.len(), 2, "nothing of a refused chunk is kept");
+    }
+
+    #[test]
+    fn a_clients_bytes_are_taken_message_by_message_as_a_session_takes_them() {
+        let limit = AudioLimit::seconds(1);
+        let format = json!({ "rate": 16000, "width": 2, "channels": 1 });
+        let stream = [
+            encode("transcribe", &json!({ "language": "de" }), &[]),
+            encode("audio-start", &format, &[]),
+            encode("audio-chunk", &format, &[0; 3200]),
+            encode("audio-stop", &json!({}), &[]),
+        ]
+        .concat();
+        assert_eq!(take_client_bytes(&stream, limit), Ok(4));
+        let too_long = [encode("audio-start", &format, &[]), encode("audio-chunk", &format, &[0; 32_002])].concat();
+        assert!(take_client_bytes(&too_long, limit).unwrap_err().starts_with("audio_too_long"));
+        assert!(take_client_bytes(b"{\"type\": 1}\n", limit).unwrap_err().contains("no `type`"));
     }
 
     #[test]
