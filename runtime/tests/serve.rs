@@ -1121,7 +1121,8 @@ fn home_assistant_finds_lookout_over_mqtt_and_it_rides_out_the_broker() {
     let extra = format!(
         "[mqtt]\nenabled = true\nport = {port}\nusername = \"lookout\"\npassword_file = \"mqtt.password\"\n\
          node_id = \"test_node\"\nbase_topic = \"lookout_test\"\nlabels = [\"person\", \"kite\", \"sports ball\"]\n\
-         snapshot_interval_s = 1\n"
+         snapshot_interval_s = 1\noccupancy_off_delay_s = 1\n\
+         [objects]\nforget_after_frames = 2\nremember_stationary_frames = 3\n"
     );
     // No broker yet: the daemon serves, and says so once.
     let (mut daemon, http_port) = kite_daemon(&dir, &extra, patience(WATCHDOG));
@@ -1239,6 +1240,20 @@ fn home_assistant_finds_lookout_over_mqtt_and_it_rides_out_the_broker() {
         assert!(started.elapsed() < patience(Duration::from_secs(20)), "the configs were not published again");
         std::thread::sleep(Duration::from_millis(100));
     }
+
+    // A second photo without people (a cup) in the camera's folder, taken up by a reload: the states follow the
+    // scene as the camera turns from one photo to the other every 5 s.
+    std::fs::copy(testdata_dir().join("vision/photos/coffee.png"), dir.join("frames/coffee.png")).unwrap();
+    let before = daemon.seen.len();
+    daemon.signal("HUP");
+    daemon.event_after(before, "reloaded", patience(Duration::from_secs(60)), event_is("reloaded"));
+    let followed = ["lookout_test/count/person", "lookout_test/occupancy"];
+    let seconds = patience(Duration::from_secs(30)).as_secs().to_string();
+    let history = &mqtt_watch(&["follow", &port.to_string(), &seconds, followed[0], followed[1]])["history"];
+    let persons: Vec<&str> = history[followed[0]].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    let occupancy: Vec<&str> = history[followed[1]].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert!(persons.contains(&"0") && persons.iter().any(|n| *n != "0"), "person counts {persons:?}");
+    assert!(occupancy.contains(&"ON") && occupancy.contains(&"OFF"), "occupancy {occupancy:?}");
 
     // kill -9: the broker publishes the last will, and a newcomer reads `offline`.
     daemon.child.kill().unwrap();

@@ -3,6 +3,7 @@ runs it against a mosquitto broker the test starts.
 
     watch.py collect PORT SECONDS TOPIC...   subscribes to everything; prints the newest payload of each topic
                                              once every TOPIC has one (or SECONDS have passed)
+    watch.py follow PORT SECONDS TOPIC...    every payload each TOPIC carries for SECONDS, in order (repeats left out)
     watch.py ask PORT BASE PAYLOAD           publishes PAYLOAD on BASE/ask, prints what comes on BASE/answer
     watch.py publish PORT TOPIC PAYLOAD      publishes PAYLOAD on TOPIC
 
@@ -58,6 +59,27 @@ def collect(port, seconds, wanted):
         return {"messages": newest, "missing": [t for t in wanted if t not in newest]}
 
 
+def follow(port, seconds, topics):
+    seen = {topic: [] for topic in topics}
+    lock = threading.Lock()
+
+    def on_message(client, userdata, message):
+        with lock:
+            history = seen.get(message.topic)
+            payload = as_json(message.payload)
+            if history is not None and (not history or history[-1] != payload):
+                history.append(payload)
+
+    client = connect(port)
+    client.on_message = on_message
+    for topic in topics:
+        client.subscribe(topic, qos=1)
+    time.sleep(seconds)
+    client.disconnect()
+    with lock:
+        return {"history": seen}
+
+
 def ask(port, base, payload):
     answers = []
     subscribed = threading.Event()
@@ -85,6 +107,8 @@ def main():
     command, port = sys.argv[1], int(sys.argv[2])
     if command == "collect":
         result = collect(port, float(sys.argv[3]), sys.argv[4:])
+    elif command == "follow":
+        result = follow(port, float(sys.argv[3]), sys.argv[4:])
     elif command == "ask":
         result = ask(port, sys.argv[3], sys.argv[4])
     elif command == "publish":
