@@ -25,7 +25,7 @@ use crate::plan::MQTT_MAX_INCOMING_BYTES;
 
 /// How often the scene is looked at for changed states.
 const STATE_EVERY: Duration = Duration::from_millis(500);
-/// Pauses between attempts to reach the broker: doubled after each failure up to the last.
+/// Pauses between attempts to reach the broker: one step longer after each failure, the last one repeated.
 const BACKOFF: [Duration; 6] = [
     Duration::from_secs(1),
     Duration::from_secs(2),

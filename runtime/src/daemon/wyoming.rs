@@ -177,7 +177,8 @@ impl Server {
                 Ok(None) => continue,
                 Err(refusal) => return self.fail(&mut reader, &mut write, refusal).await,
             };
-            if write.write_all(&reply).await.is_err() {
+            // A client that does not read its replies is let go like one that does not write.
+            if !matches!(tokio::time::timeout(settings.idle_timeout, write.write_all(&reply)).await, Ok(Ok(()))) {
                 return;
             }
         }
