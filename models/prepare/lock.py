@@ -70,9 +70,9 @@ def last_line(text):
     return lines[-1].strip() if lines else "no message"
 
 
-def resolve_sdist_only(requirements, machine, python):
-    """As `resolve`, for files naming a package published only as source (llama-cpp-python): that package is
-    resolved without its dependencies, and the dependencies it declares are resolved as wheels."""
+def resolve_pins(requirements, machine, python):
+    """As `resolve`, and also for files that pin a package published only as source (llama-cpp-python): that
+    package is taken as pinned, and the dependencies it declares are resolved as wheels."""
     pins = read_pins(requirements)
     source_only = [name for name in pins if not has_wheels(name, pins[name])]
     if not source_only:
@@ -157,7 +157,7 @@ def lock(requirements):
     covered = []
     for machine in MACHINES:
         for python in PYTHONS:
-            resolved = resolve_sdist_only(requirements, machine, python)
+            resolved = resolve_pins(requirements, machine, python)
             if resolved is None:
                 continue
             covered.append((machine, python))

@@ -14,6 +14,18 @@ use crate::question::{
 
 /// Longest typed question accepted; longer ones are refused rather than cut.
 pub const MAX_QUESTION_BYTES: usize = 2000;
+/// `text` as a typed question: trimmed, not empty and within `MAX_QUESTION_BYTES`; the error names it as `what`.
+pub fn checked_question<'t>(text: &'t str, what: &str) -> Result<&'t str, String> {
+    let question = text.trim();
+    if question.is_empty() {
+        return Err(format!("{what} is empty"));
+    }
+    if question.len() > MAX_QUESTION_BYTES {
+        return Err(format!("{what} has {} bytes; the limit is {MAX_QUESTION_BYTES}", question.len()));
+    }
+    Ok(question)
+}
+
 /// Longest spoken question `lookout ask --audio` accepts (the daemon's limit is its `microphone.ring_s`).
 pub const MAX_QUESTION_AUDIO: lookout_models::audio::AudioLimit = lookout_models::audio::AudioLimit::seconds(60);
 

@@ -20,7 +20,7 @@ use super::metrics::Metrics;
 use super::state::{Current, Origin, Question};
 use super::Checked;
 use crate::config::Mqtt as Settings;
-use crate::fusion::MAX_QUESTION_BYTES;
+use crate::fusion::{checked_question, MAX_QUESTION_BYTES};
 use crate::plan::MQTT_MAX_INCOMING_BYTES;
 
 /// How often the scene is looked at for changed states.
@@ -207,7 +207,8 @@ fn discovery(checked: &Checked) -> Vec<(String, String)> {
 /// What was last published, so that only changes go out.
 #[derive(Default)]
 struct Shown {
-    caption: Option<(String, String)>,
+    /// The caption's frame and text.
+    caption: Option<(u64, String)>,
     counts: BTreeMap<String, usize>,
     occupied: Option<bool>,
     person_seen_at: Option<Instant>,
@@ -399,21 +400,21 @@ impl Session {
         let Some(latest) = self.current.get().latest() else { return };
         let now = Instant::now();
         if let Some(caption) = &latest.caption {
-            let state = cut_to_chars(&caption.text, MAX_STATE_CHARS);
-            let captured = SystemTime::now().checked_sub(caption.at.elapsed()).unwrap_or(UNIX_EPOCH);
-            let attributes = json!({
-                "caption": caption.text,
-                "source": caption.source,
-                "text": latest.scene.text.iter().map(|t| &t.text).collect::<Vec<_>>(),
-                "counts": latest.scene.counts,
-                "frame": caption.frame,
-                "time": captured.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
-            });
-            let key = (state.clone(), caption.frame.to_string());
-            if self.shown.caption.as_ref() != Some(&key) {
+            if self.shown.caption.as_ref().is_none_or(|(frame, text)| (*frame, text) != (caption.frame, &caption.text))
+            {
+                let captured = SystemTime::now().checked_sub(caption.at.elapsed()).unwrap_or(UNIX_EPOCH);
+                let attributes = json!({
+                    "caption": caption.text,
+                    "source": caption.source,
+                    "text": latest.scene.text.iter().map(|t| &t.text).collect::<Vec<_>>(),
+                    "counts": latest.scene.counts,
+                    "frame": caption.frame,
+                    "time": captured.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
+                });
+                let state = cut_to_chars(&caption.text, MAX_STATE_CHARS);
                 self.publish(&self.topics.caption, true, state.into_bytes()).await;
                 self.publish(&self.topics.attributes, true, attributes.to_string().into_bytes()).await;
-                self.shown.caption = Some(key);
+                self.shown.caption = Some((caption.frame, caption.text.clone()));
             }
             if self.settings.snapshot && self.snapshot_due(caption.frame, now) {
                 self.publish_snapshot(caption.frame, now).await;
@@ -476,14 +477,7 @@ fn question_text(payload: &[u8]) -> Result<String, String> {
         },
         _ => text.to_string(),
     };
-    let question = question.trim();
-    if question.is_empty() {
-        return Err("the question is empty".into());
-    }
-    if question.len() > MAX_QUESTION_BYTES {
-        return Err(format!("the question has {} bytes; the limit is {MAX_QUESTION_BYTES}", question.len()));
-    }
-    Ok(question.to_string())
+    Ok(checked_question(&question, "the question")?.to_string())
 }
 
 fn error_answer(reason: &str) -> Vec<u8> {

@@ -259,9 +259,7 @@ impl Server {
         if refusal.code == "client_gone" {
             return;
         }
-        let event = encode("error", &json!({ "text": refusal.text, "code": refusal.code }), &[]);
-        let _ = tokio::time::timeout(LINGER, write.write_all(&event)).await;
-        let _ = write.shutdown().await;
+        send_error(write, &refusal).await;
         let mut sink = [0u8; 8192];
         let mut dropped = 0;
         let _ = tokio::time::timeout(LINGER, async {
@@ -279,9 +277,14 @@ impl Server {
 /// A client over `wyoming.max_sessions`: told so, and closed.
 async fn refuse(mut stream: TcpStream) {
     let text = "the Wyoming server is serving as many clients as wyoming.max_sessions allows; try again shortly";
-    let event = encode("error", &json!({ "text": text, "code": "busy" }), &[]);
-    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&event)).await;
-    let _ = stream.shutdown().await;
+    send_error(&mut stream, &Refusal::new("busy", text.to_string())).await;
+}
+
+/// The `error` event for `refusal`, written within `LINGER`, then the end of this side of the connection.
+async fn send_error(write: &mut (impl AsyncWriteExt + Unpin), refusal: &Refusal) {
+    let event = encode("error", &json!({ "text": refusal.text, "code": refusal.code }), &[]);
+    let _ = tokio::time::timeout(LINGER, write.write_all(&event)).await;
+    let _ = write.shutdown().await;
 }
 
 /// Resolves when the client has closed its side (or the connection broke); never while it is only quiet.

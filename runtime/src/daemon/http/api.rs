@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use super::{json_response, response, Failure, Handling, Request, Response};
 use crate::daemon::metrics::Metrics;
 use crate::daemon::state::{Origin, Question, Shared};
-use crate::fusion::MAX_QUESTION_BYTES;
+use crate::fusion::checked_question;
 use crate::memory;
 
 pub fn health(shared: &Shared) -> Response {
@@ -112,12 +112,5 @@ fn text_question(body: &[u8]) -> Result<String, Failure> {
     let bad = |message: String| Failure::new(400, "bad_question", message);
     let body = serde_json::from_slice::<AskBody>(body)
         .map_err(|e| bad(format!("malformed JSON: {e}; expected {{\"question\": \"...\"}}")))?;
-    let question = body.question.trim();
-    if question.is_empty() {
-        return Err(bad("`question` is empty".into()));
-    }
-    if question.len() > MAX_QUESTION_BYTES {
-        return Err(bad(format!("`question` has {} bytes; the limit is {MAX_QUESTION_BYTES}", question.len())));
-    }
-    Ok(question.to_string())
+    Ok(checked_question(&body.question, "`question`").map_err(bad)?.to_string())
 }
