@@ -13,6 +13,12 @@ static GLOBAL: lookout_models::allocations::Counting = lookout_models::allocatio
 fn main() -> ExitCode {
     started::mark_process_start();
     let args = cli::Args::parse();
+    if !args.is_daemon() {
+        // Rust ignores SIGPIPE, so a closed pipe would make every print fail with a panic; the default ends the
+        // process without a word.
+        // SAFETY: restores a signal's default disposition before any other thread exists.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -292,3 +292,21 @@ fn truncated_photo() {
     fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
     assert_fails(&describe(&path), BAD_INPUT, &["cut.png", "truncated"]);
 }
+
+#[test]
+fn a_reader_that_goes_away_ends_the_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::{Command, Stdio};
+    // `lookout models list | head -0`: the pipe closes before the table is written.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lookout"))
+        .args(["models", "list"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.status.success() || out.status.signal() == Some(libc::SIGPIPE), "{:?}: {stderr}", out.status);
+}

@@ -36,6 +36,14 @@ pub struct Args {
     command: Command,
 }
 
+impl Args {
+    /// Whether this is the daemon, which keeps writing its events when a reader of its output goes away; every
+    /// other command ends quietly then, as a Unix tool does (`lookout models list | head`).
+    pub fn is_daemon(&self) -> bool {
+        matches!(self.command, Command::Serve(_))
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Speech to text from a WAV or FLAC file.
