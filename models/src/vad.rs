@@ -39,6 +39,11 @@ pub struct SileroVad {
 }
 
 impl SileroVad {
+    /// What the graph runs on this CPU.
+    pub fn kernels(&self) -> Vec<engine::KernelReport> {
+        vec![self.graph.kernels()]
+    }
+
     /// The component `load` reads.
     pub fn component(bundle: &Bundle) -> Result<&Component> {
         bundle.component("vad", None)

@@ -206,6 +206,15 @@ fn product(weights: Weights, n: usize, x: &[f32], out: &mut [f32]) {
     workers.run(n.div_ceil(chunk), &|piece| columns(piece * chunk..((piece + 1) * chunk).min(n)));
 }
 
+/// The product kernel block weights get on this CPU, for kernel reports.
+pub fn kernel_name() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    if avx2::available() {
+        return "lookout_block_avx2";
+    }
+    "lookout_block_portable"
+}
+
 /// Computes the columns `range` of every output row.
 ///
 /// # Safety

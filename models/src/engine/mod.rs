@@ -88,6 +88,29 @@ pub struct Graph {
     plan: Arc<TypedSimplePlan>,
 }
 
+/// What one optimized graph runs on this CPU (see [`Graph::kernels`]).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct KernelReport {
+    pub component: String,
+    pub nodes: usize,
+    /// Operators by name, with how many nodes run each.
+    pub ops: std::collections::BTreeMap<String, usize>,
+    /// Matrix-product kernels by name, with how many products use each (a product with several modes lists each).
+    pub product_kernels: std::collections::BTreeMap<String, usize>,
+}
+
+/// The single-winner routines (activations, reductions, depthwise and direct convolutions) tract picks for f32 on
+/// this CPU, by function: the implementation's name, or `None` where no kernel serves it and the op falls back to
+/// generic code.
+pub fn routines() -> Vec<(&'static str, Option<&'static str>)> {
+    use tract_linalg::{isa, routines};
+    let native = isa::native();
+    routines::Func::ALL
+        .iter()
+        .map(|func| (func.name(), routines::best_for(*func, DatumType::F32, &native).map(|r| r.name())))
+        .collect()
+}
+
 /// Per-stream execution state of a [`Graph`]: reuse one per stream.
 pub struct GraphState {
     component: String,
@@ -126,6 +149,28 @@ impl Graph {
     pub fn input_names(&self) -> Vec<String> {
         let model = self.plan.model();
         model.inputs.iter().map(|outlet| model.node(outlet.node).name.clone()).collect()
+    }
+
+    /// What the optimized graph runs: its operators by name, and the kernel each matrix product got.
+    pub fn kernels(&self) -> KernelReport {
+        let model = self.plan.model();
+        let mut report =
+            KernelReport { component: self.component.clone(), nodes: model.nodes.len(), ..Default::default() };
+        for node in &model.nodes {
+            *report.ops.entry(node.op.name().to_string()).or_default() += 1;
+            let kernels: Vec<String> =
+                if let Some(product) = node.op_as::<tract_onnx::tract_core::ops::matmul::optimized::OptMatMul>() {
+                    product.mmm.iter().map(|kernel| kernel.name().to_string()).collect()
+                } else if let Some(block) = node.op_as::<block_quant::BlockMatMul>() {
+                    vec![format!("{} ({})", block_quant::kernel_name(), block.format.name())]
+                } else {
+                    continue;
+                };
+            for kernel in kernels {
+                *report.product_kernels.entry(kernel).or_default() += 1;
+            }
+        }
+        report
     }
 
     /// A fresh execution state; keep it and reuse it for every run of one stream.

@@ -102,6 +102,11 @@ fn graph_spec_for(config: &LlamaConfig, component: &Component) -> GraphSpec {
 }
 
 impl LanguageModel {
+    /// What the decoder graph runs on this CPU.
+    pub fn kernels(&self) -> Vec<engine::KernelReport> {
+        vec![self.graph.kernels()]
+    }
+
     /// Loads the bundle's decoder (`variant` or the first listed), from its compiled form when the bundle has one,
     /// and reads tokenizer, chat template and hyperparameters from the GGUF it was converted from.
     pub fn load(bundle: &Bundle, variant: Option<&str>) -> Result<LanguageModel> {

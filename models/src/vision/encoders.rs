@@ -342,6 +342,16 @@ pub struct VisionModels {
 }
 
 impl VisionModels {
+    /// What the loaded graphs (detector, then the OCR models and the classifier when loaded) run on this CPU.
+    pub fn kernels(&self) -> Vec<engine::KernelReport> {
+        let mut reports = vec![self.detector.graph.kernels()];
+        if let Some(reader) = &self.reader {
+            reports.extend([reader.detector.kernels(), reader.recognizer.kernels()]);
+        }
+        reports.extend(self.classifier.iter().map(|c| c.graph.kernels()));
+        reports
+    }
+
     /// The components `load` reads: the detector's, and the OCR models' when `with_text`.
     pub fn components<'b>(bundle: &'b Bundle, detector: Option<&str>, with_text: bool) -> Result<Vec<&'b Component>> {
         let mut components = ObjectDetector::components(bundle, detector)?.to_vec();

@@ -141,6 +141,11 @@ pub struct Whisper {
 }
 
 impl Whisper {
+    /// What the encoder and decoder graphs run on this CPU.
+    pub fn kernels(&self) -> Vec<engine::KernelReport> {
+        vec![self.encoder.kernels(), self.decoder.kernels()]
+    }
+
     /// The components `load` reads for `variant`: encoder, decoder and tokenizer.
     pub fn components<'b>(bundle: &'b Bundle, variant: Option<&str>) -> Result<[&'b Component; 3]> {
         let encoder = bundle.component("asr-encoder", variant)?;

@@ -210,7 +210,7 @@ fn round1(mib: f64) -> f64 {
 }
 
 /// Deterministic broadband audio (a chirp under noise) at 16 kHz: it keeps every stage busy the way speech does.
-fn test_audio(seconds: u32) -> Vec<f32> {
+pub(super) fn test_audio(seconds: u32) -> Vec<f32> {
     let mut state = 0x2545_f491_u32;
     (0..seconds * 16_000)
         .map(|i| {
@@ -225,7 +225,7 @@ fn test_audio(seconds: u32) -> Vec<f32> {
 }
 
 /// A frame with edges and blocks everywhere, so detectors and text finders produce candidates.
-fn test_image(width: u32, height: u32) -> RgbImage {
+pub(super) fn test_image(width: u32, height: u32) -> RgbImage {
     let data = (0..height)
         .flat_map(|y| (0..width).map(move |x| (x, y)))
         .flat_map(|(x, y)| {
@@ -238,7 +238,7 @@ fn test_image(width: u32, height: u32) -> RgbImage {
 }
 
 /// A prompt of exactly `tokens` ids made of ordinary text.
-fn filler_prompt(lm: &LanguageModel, tokens: usize) -> Vec<u32> {
+pub(super) fn filler_prompt(lm: &LanguageModel, tokens: usize) -> Vec<u32> {
     let sentence =
         lm.text.tokenizer.encode("The camera watches the garden gate while the kettle boils in the kitchen. ");
     sentence.iter().copied().cycle().take(tokens).collect()

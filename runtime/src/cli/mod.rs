@@ -5,6 +5,7 @@ mod ask;
 mod bench;
 mod check_config;
 mod describe;
+mod kernels;
 mod measure;
 mod models;
 mod probe;

@@ -1,5 +1,5 @@
-//! `lookout models list | verify | inspect | measure | compile`: what the bundles hold, whether every file matches its
-//! manifest, what a GGUF file holds and whether Lookout can use it, and the compiled graphs that load fast.
+//! `lookout models list | verify | inspect | measure | kernels | compile`: what the bundles hold, whether every file
+//! matches its manifest, what a GGUF file holds and whether Lookout can use it, and the compiled graphs that load fast.
 
 use clap::Subcommand;
 use lookout_models::bundle::{Bundle, FileStatus};
@@ -21,6 +21,8 @@ pub enum ModelsCommand {
     },
     /// Measure each stage's resident and working memory on a worst-case input and record it in the manifest.
     Measure(super::measure::MeasureArgs),
+    /// Which kernels each stage's graphs run on this CPU; with --stage and --runs, run that stage on fixed inputs.
+    Kernels(super::kernels::KernelsArgs),
     /// Compile the decoders into graphs that load fast (tract's NNEF archive of the prepared model), next to their
     /// ONNX files, and record them in the manifest; current ones are kept unless --force.
     Compile {
@@ -128,6 +130,7 @@ pub fn run(ctx: &Context, command: ModelsCommand) -> anyhow::Result<()> {
     match command {
         ModelsCommand::Inspect { file, json } => inspect(&file, json),
         ModelsCommand::Measure(args) => super::measure::run(ctx, args),
+        ModelsCommand::Kernels(args) => super::kernels::run(ctx, args),
         ModelsCommand::Compile { force, json } => {
             let mut bundle = ctx.open_bundle()?;
             let reports = lookout_models::compile::compile_bundle(&mut bundle, force)?;
