@@ -122,16 +122,21 @@ struct Activations<'a> {
     values: &'a [f32],
     block_sums: Vec<f32>,
     rows: usize,
-    /// A single row (a decoding step) also as 16-bit integers `round(x / scale)` with a scale per block, for the
-    /// integer kernels; `None` for several rows, or when the row is not finite.
+    /// A single row (a decoding step; every row on 32-bit ARM) also as 16-bit integers `round(x / scale)` with a
+    /// scale per block, for the integer kernels; `None` for several rows, or when a value is not finite.
     rounded: Option<(Vec<i16>, Vec<f32>)>,
 }
+
+/// Whether several activation rows (a prompt, an audio window) are rounded to integers as a single row is. On
+/// 32-bit ARM the compiler does not vectorize f32 arithmetic for NEON (which is not IEEE-exact there), so the f32
+/// products ran scalar, some 8 instructions a weight; the integer ones become NEON multiply-adds.
+const ROUND_EVERY_ROW: bool = cfg!(target_arch = "arm");
 
 impl<'a> Activations<'a> {
     fn new(values: &'a [f32], k: usize) -> Activations<'a> {
         let block_sums = values.chunks_exact(BLOCK).map(|block| block.iter().sum()).collect();
         let rows = values.len() / k;
-        let rounded = if rows == 1 { round_to_i16(values) } else { None };
+        let rounded = if rows == 1 || ROUND_EVERY_ROW { round_to_i16(values) } else { None };
         Activations { values, block_sums, rows, rounded }
     }
 }
@@ -256,8 +261,8 @@ unsafe fn portable_product_columns(
     }
 }
 
-/// A single activation row rounded to 16-bit integers against weight rows `range`: each block's 32 products summed
-/// exactly in 32-bit integers (a widening multiply-add the compiler vectorizes, NEON's `smlal` on ARM), then scaled.
+/// Activation rows rounded to 16-bit integers against weight rows `range`: each block's 32 products summed exactly
+/// in 32-bit integers (a widening multiply-add the compiler vectorizes, NEON's `smlal` on ARM), then scaled.
 unsafe fn portable_integer_columns(
     weights: Weights,
     activations: &Activations,
@@ -266,16 +271,23 @@ unsafe fn portable_integer_columns(
     range: std::ops::Range<usize>,
     output: Output,
 ) {
+    let k = weights.k;
+    let blocks_per_row = k / BLOCK;
     let mut codes = [0i16; BLOCK];
     for j in range {
-        let mut total = 0f32;
-        for (b, block) in weights.row(j).chunks_exact(weights.format.block_bytes()).enumerate() {
-            let (scale, offset) = weights.format.scale_and_offset(block);
-            weights.format.codes(block, &mut codes);
-            let dot: i32 = codes.iter().zip(&x[b * BLOCK..(b + 1) * BLOCK]).map(|(&c, &v)| c as i32 * v as i32).sum();
-            total += scale * x_scales[b] * dot as f32 + offset * activations.block_sums[b];
+        for s in 0..activations.rows {
+            let (x, x_scales) = (&x[s * k..(s + 1) * k], &x_scales[s * blocks_per_row..(s + 1) * blocks_per_row]);
+            let sums = &activations.block_sums[s * blocks_per_row..(s + 1) * blocks_per_row];
+            let mut total = 0f32;
+            for (b, block) in weights.row(j).chunks_exact(weights.format.block_bytes()).enumerate() {
+                let (scale, offset) = weights.format.scale_and_offset(block);
+                weights.format.codes(block, &mut codes);
+                let dot: i32 =
+                    codes.iter().zip(&x[b * BLOCK..(b + 1) * BLOCK]).map(|(&c, &v)| c as i32 * v as i32).sum();
+                total += scale * x_scales[b] * dot as f32 + offset * sums[b];
+            }
+            *output.ptr.add(s * output.n + j) = total;
         }
-        *output.ptr.add(j) = total;
     }
 }
 
@@ -932,7 +944,7 @@ mod tests {
                     // A single row is rounded to 16 bits per block: each value moves by at most half a step, 1/65534
                     // of its block's largest magnitude.
                     let (s, j) = (index / n, index % n);
-                    let rounding: f32 = if rows == 1 {
+                    let rounding: f32 = if rows == 1 || ROUND_EVERY_ROW {
                         (0..k)
                             .map(|i| values[j * k + i].abs() * block_largest(&x[s * k..(s + 1) * k], i) / 65534.0)
                             .sum()

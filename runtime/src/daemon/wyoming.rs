@@ -531,8 +531,9 @@ async fn read_message(reader: &mut (impl AsyncBufRead + Unpin)) -> Result<Option
     let length = |name: &str, limit: usize| -> Result<usize, MessageError> {
         match header.get(name) {
             None | Some(Value::Null) => Ok(0),
-            Some(value) => match value.as_u64().and_then(|n| usize::try_from(n).ok()) {
-                Some(n) if n <= limit => Ok(n),
+            // Compared as u64 so that a length past a 32-bit usize is reported as over the limit too.
+            Some(value) => match value.as_u64() {
+                Some(n) if n <= limit as u64 => Ok(n as usize),
                 Some(n) => Err(invalid(format!("`{name}` {n} is over the limit of {limit} bytes"))),
                 None => Err(invalid(format!("`{name}` is not a length"))),
             },
