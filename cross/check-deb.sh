@@ -61,17 +61,35 @@ check_install() {
     [[ "$(in_root stat -c '%U:%G %a' /etc/lookout/lookout.toml)" == "root:lookout 640" ]] ||
         fail "/etc/lookout/lookout.toml (it may hold the HTTP token) is not root:lookout 0640"
     in_root setpriv --reuid=lookout --regid=lookout --clear-groups lookout check-config /etc/lookout/lookout.toml \
-        --board rpi4 >/dev/null || fail "the service user cannot read its configuration"
+        --any-target --board rpi4 >/dev/null || fail "the service user cannot read its configuration"
     ! in_root setpriv --reuid=nobody --regid=nogroup --clear-groups cat /etc/lookout/lookout.toml >/dev/null 2>&1 ||
         fail "any user can read /etc/lookout/lookout.toml"
     in_root lookout --version
-    for board in /usr/share/lookout/boards/*.toml; do
+    # A profile made for this package's build is accepted as it is; one for another build is refused (exit 78)
+    # unless checked with --any-target.
+    local triple native=()
+    case "$(dpkg-deb --field "$deb" Architecture)" in
+        amd64) triple=x86_64-unknown-linux-gnu ;; arm64) triple=aarch64-unknown-linux-gnu ;;
+        armhf) triple=armv7-unknown-linux-gnueabihf ;;
+    esac
+    for board in "$root"/usr/share/lookout/boards/*.toml; do
         name="$(basename "$board" .toml)"
-        in_root lookout check-config /etc/lookout/lookout.toml --board "$name" >/dev/null ||
-            fail "check-config rejects the default configuration on board $name"
-        in_root lookout check-config "$board" >/dev/null || fail "check-config rejects $board"
+        board="/usr/share/lookout/boards/$name.toml"
+        if grep -qx "target = \"$triple\"" "$root$board"; then
+            native+=("$name")
+            in_root lookout check-config /etc/lookout/lookout.toml --board "$name" >/dev/null ||
+                fail "check-config rejects the default configuration on board $name"
+            in_root lookout check-config "$board" >/dev/null || fail "check-config rejects $board"
+        else
+            local status=0
+            in_root lookout check-config "$board" >/dev/null 2>&1 || status=$?
+            [[ $status -eq 78 ]] || fail "check-config gave $status, not 78, for $name, a profile for another build"
+            in_root lookout check-config "$board" --any-target >/dev/null || fail "check-config --any-target rejects $board"
+        fi
     done
-    echo "check-config accepts /etc/lookout/lookout.toml and the profile of every board"
+    [[ ${#native[@]} -gt 0 ]] || fail "no board profile is for $triple"
+    echo "check-config accepts /etc/lookout/lookout.toml on ${native[*]} and every board's profile with" \
+        "--any-target, and refuses the other builds' profiles without it"
 
     unit=/usr/lib/systemd/system/lookout.service
     [[ -f "$root$unit" ]] || unit=/lib/systemd/system/lookout.service

@@ -6,15 +6,26 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 /// Every board profile of the repository, by name.
-pub const BUILT_IN: [(&str, &str); 7] = [
+pub const BUILT_IN: [(&str, &str); 9] = [
     ("rpi0-2w", include_str!("../../board-configs/rpi0-2w.toml")),
+    ("rpi0-2w-32", include_str!("../../board-configs/rpi0-2w-32.toml")),
     ("rpi3", include_str!("../../board-configs/rpi3.toml")),
+    ("rpi3-32", include_str!("../../board-configs/rpi3-32.toml")),
     ("rpi4", include_str!("../../board-configs/rpi4.toml")),
     ("rpi5", include_str!("../../board-configs/rpi5.toml")),
     ("jetson-nano", include_str!("../../board-configs/jetson-nano.toml")),
     ("jetson-orin-nano", include_str!("../../board-configs/jetson-orin-nano.toml")),
     ("x86-dev", include_str!("../../board-configs/x86-dev.toml")),
 ];
+
+/// The target this binary was built for (one of `config::TARGETS`).
+pub const BUILD_TARGET: &str = if cfg!(target_arch = "x86_64") {
+    "x86_64-unknown-linux-gnu"
+} else if cfg!(target_arch = "aarch64") {
+    "aarch64-unknown-linux-gnu"
+} else {
+    "armv7-unknown-linux-gnueabihf"
+};
 
 /// What the kernel says about the machine: the device-tree model (absent on PCs) and `/proc/cpuinfo`.
 #[derive(Debug, Clone, Default)]
@@ -53,9 +64,16 @@ impl Probe {
     }
 }
 
-/// The built-in board that matches the probe: the longest `detect.model` substring found in the model, else a
-/// `detect.vendor_id` equal to cpuinfo's. An unrecognized machine is an error that says what was read.
+/// The built-in board that matches the probe, for this build: see [`detect_for`].
 pub fn detect(probe: &Probe) -> Result<&'static str, String> {
+    detect_for(probe, BUILD_TARGET)
+}
+
+/// The built-in board that matches the probe: the longest `detect.model` substring found in the model, else a
+/// `detect.vendor_id` equal to cpuinfo's. One board can have profiles for a 64-bit and a 32-bit OS: among equal
+/// matches the one for `target` wins, else the one listed first. An unrecognized machine is an error that says
+/// what was read.
+pub fn detect_for(probe: &Probe, target: &str) -> Result<&'static str, String> {
     let boards: Vec<(&'static str, toml::Table)> =
         BUILT_IN.iter().filter_map(|(name, text)| Some((*name, text.parse::<toml::Table>().ok()?))).collect();
     let detect_list = |table: &toml::Table, key: &str| -> Vec<String> {
@@ -67,13 +85,19 @@ pub fn detect(probe: &Probe) -> Result<&'static str, String> {
             .map(|items| items.iter().filter_map(|i| i.as_str().map(str::to_string)).collect())
             .unwrap_or_default()
     };
+    let for_target =
+        |table: &toml::Table| table.get("board").and_then(|b| b.get("target")).and_then(|t| t.as_str()) == Some(target);
     if let Some(model) = probe.model() {
         let best = boards
             .iter()
-            .flat_map(|(name, table)| detect_list(table, "model").into_iter().map(move |needle| (*name, needle)))
-            .filter(|(_, needle)| model.contains(needle.as_str()))
-            .max_by_key(|(_, needle)| needle.len());
-        return best.map(|(name, _)| name).ok_or_else(|| {
+            .enumerate()
+            .flat_map(|(index, (name, table))| {
+                let rank = move |needle: &String| (needle.len(), for_target(table), std::cmp::Reverse(index));
+                detect_list(table, "model").into_iter().map(move |needle| (*name, rank(&needle), needle))
+            })
+            .filter(|(_, _, needle)| model.contains(needle.as_str()))
+            .max_by_key(|(_, rank, _)| *rank);
+        return best.map(|(name, _, _)| name).ok_or_else(|| {
             format!(
                 "no board profile matches this machine (model \"{model}\"); name one with --board or `board = \"...\"`"
             )
@@ -129,6 +153,18 @@ pub fn built_in(name: &str) -> Option<&'static str> {
     BUILT_IN.iter().find(|(n, _)| *n == name).map(|(_, text)| *text)
 }
 
+/// The development machine's profile (x86-dev) as a file in `dir`, retargeted to this build: benchmarks and tests
+/// that run the daemon use it on any build (under qemu-user too), where the profile as shipped would be refused.
+pub fn development_profile_for_this_build(dir: &Path) -> std::io::Result<PathBuf> {
+    let text = built_in("x86-dev").expect("x86-dev is built in");
+    let path = dir.join("x86-dev-this-build.toml");
+    std::fs::write(
+        &path,
+        text.replace("target = \"x86_64-unknown-linux-gnu\"", &format!("target = \"{BUILD_TARGET}\"")),
+    )?;
+    Ok(path)
+}
+
 /// `MemTotal` from `/proc/meminfo` text, in MiB.
 pub fn mem_total_mib(meminfo: &str) -> Option<u32> {
     let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
@@ -158,18 +194,25 @@ mod tests {
 
     #[test]
     fn each_board_is_recognized_from_its_own_proc_files() {
-        for (case, board) in [
-            ("rpi0-2w", "rpi0-2w"),
-            ("rpi3-armhf", "rpi3"),
-            ("rpi4", "rpi4"),
-            ("rpi400", "rpi4"),
-            ("rpi5", "rpi5"),
-            ("jetson-nano", "jetson-nano"),
-            ("jetson-orin-nano", "jetson-orin-nano"),
-            ("x86-dev", "x86-dev"),
+        const ARM64: &str = "aarch64-unknown-linux-gnu";
+        const ARMHF: &str = "armv7-unknown-linux-gnueabihf";
+        for (case, target, board) in [
+            ("rpi0-2w", ARM64, "rpi0-2w"),
+            ("rpi0-2w", ARMHF, "rpi0-2w-32"),
+            ("rpi3-armhf", ARMHF, "rpi3-32"),
+            ("rpi3-armhf", ARM64, "rpi3"),
+            ("rpi4", ARM64, "rpi4"),
+            ("rpi4", ARMHF, "rpi4"),
+            ("rpi400", ARM64, "rpi4"),
+            ("rpi5", ARM64, "rpi5"),
+            ("jetson-nano", ARM64, "jetson-nano"),
+            ("jetson-orin-nano", ARM64, "jetson-orin-nano"),
+            ("x86-dev", "x86_64-unknown-linux-gnu", "x86-dev"),
         ] {
-            assert_eq!(detect(&canned(case)), Ok(board), "{case}");
+            assert_eq!(detect_for(&canned(case), target), Ok(board), "{case} for {target}");
         }
+        // A build with no profile of its own for the board gets the first profile listed, the 64-bit one.
+        assert_eq!(detect_for(&canned("rpi3-armhf"), "x86_64-unknown-linux-gnu"), Ok("rpi3"));
     }
 
     #[test]

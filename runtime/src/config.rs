@@ -503,6 +503,15 @@ pub const STAGES: [&str; 3] = ["speech", "vision", "decoder"];
 pub const TARGETS: [&str; 3] =
     ["x86_64-unknown-linux-gnu", "aarch64-unknown-linux-gnu", "armv7-unknown-linux-gnueabihf"];
 
+/// The Debian architecture and the cross build of a target, for telling the user which build to install.
+fn build_of(target: &str) -> (&'static str, &'static str) {
+    match target {
+        "aarch64-unknown-linux-gnu" => ("arm64", "cross/build.sh aarch64"),
+        "armv7-unknown-linux-gnueabihf" => ("armhf", "cross/build.sh armv7"),
+        _ => ("amd64", "cargo build --release"),
+    }
+}
+
 /// A configuration that cannot be used; `field` is the dotted path of the offending key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -576,6 +585,27 @@ impl Config {
         })?;
         config.check().map_err(|(field, reason)| field_error(field, reason))?;
         Ok(Loaded { config, board_source })
+    }
+
+    /// Refuses a board whose profile is for another build than this binary: a profile describes one install (a
+    /// 64-bit or a 32-bit OS on the board, its threads, devices and model variants), and running it on the other
+    /// means the wrong package or the wrong profile was picked.
+    pub fn check_build(&self, path: &Path) -> Result<(), ConfigError> {
+        let target = self.board.target.as_str();
+        if target == board::BUILD_TARGET {
+            return Ok(());
+        }
+        let (arch, build) = build_of(target);
+        Err(ConfigError::Board {
+            path: path.to_path_buf(),
+            reason: format!(
+                "board {} is for {target} builds, and this lookout is built for {}: install the {arch} \
+                 package (lookout_*_{arch}.deb) or build it with {build}; a profile can be checked for another \
+                 build with `check-config --any-target`",
+                self.board.name,
+                board::BUILD_TARGET
+            ),
+        })
     }
 
     /// Checks the values serde cannot: ranges, names, addresses and how the pieces fit together.

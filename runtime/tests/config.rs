@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use common::lookout;
 use serde_json::Value;
 
-const BOARDS: [&str; 7] = ["rpi0-2w", "rpi3", "rpi4", "rpi5", "jetson-nano", "jetson-orin-nano", "x86-dev"];
+const BOARDS: [&str; 9] =
+    ["rpi0-2w", "rpi0-2w-32", "rpi3", "rpi3-32", "rpi4", "rpi5", "jetson-nano", "jetson-orin-nano", "x86-dev"];
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -34,8 +35,8 @@ fn every_board_profile_and_the_packaged_config_fit_their_budget() {
     let packaged = repo().join("cross/package/lookout.toml");
     for board in BOARDS {
         for (file, extra) in [
-            (repo().join(format!("board-configs/{board}.toml")), vec!["--json"]),
-            (packaged.clone(), vec!["--json", "--board", board]),
+            (repo().join(format!("board-configs/{board}.toml")), vec!["--json", "--any-target"]),
+            (packaged.clone(), vec!["--json", "--any-target", "--board", board]),
         ] {
             let out = check(&file, &extra);
             assert!(out.status.success(), "{board} {}: {}", file.display(), String::from_utf8_lossy(&out.stderr));
@@ -57,18 +58,47 @@ fn every_board_profile_and_the_packaged_config_fit_their_budget() {
 }
 
 #[test]
-fn the_zero_2w_profile_stays_under_350_mib_with_voice_vision_and_the_decoder() {
-    let out = check(&repo().join("board-configs/rpi0-2w.toml"), &["--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let models = &report["config"]["models"];
-    assert_eq!(models["speech"], "int8");
-    assert_eq!(models["detector"], "nanodet");
-    assert_eq!(models["decoder"], "q4", "the Zero answers with the language decoder");
-    assert_eq!(models["context"], 256);
-    assert!(!models["leaves_out"].as_str().unwrap().is_empty(), "the profile says what it leaves out");
-    let total = report["plan"]["total_mib"].as_f64().unwrap();
-    assert!(total < 350.0, "Zero 2 W plan {total} MiB");
+fn the_zero_2w_profiles_stay_under_350_mib_with_voice_vision_and_the_decoder() {
+    for board in ["rpi0-2w", "rpi0-2w-32"] {
+        let out = check(&repo().join(format!("board-configs/{board}.toml")), &["--json", "--any-target"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let models = &report["config"]["models"];
+        assert_eq!(models["speech"], "int8");
+        assert_eq!(models["detector"], "nanodet");
+        assert_eq!(models["decoder"], "q4", "the Zero answers with the language decoder");
+        assert_eq!(models["context"], 256);
+        assert!(!models["leaves_out"].as_str().unwrap().is_empty(), "the profile says what it leaves out");
+        let total = report["plan"]["total_mib"].as_f64().unwrap();
+        assert!(total < 350.0, "{board} plan {total} MiB");
+    }
+}
+
+#[test]
+fn a_profile_for_another_build_is_refused_with_78_naming_the_build_to_install() {
+    // The Pi 3's two profiles: one for the 64-bit OS (aarch64 build), one for the 32-bit OS (armv7 build).
+    let (board, target, arch) = if cfg!(target_arch = "arm") {
+        ("rpi3", "aarch64-unknown-linux-gnu", "arm64")
+    } else {
+        ("rpi3-32", "armv7-unknown-linux-gnueabihf", "armhf")
+    };
+    let profile = repo().join(format!("board-configs/{board}.toml"));
+    let config = temp_config("other-build.toml", &format!("board = \"{board}\"\n"));
+    for out in [
+        check(&profile, &[]),
+        check(&repo().join("cross/package/lookout.toml"), &["--board", board]),
+        lookout(&["serve", "--config", config.to_str().unwrap()]),
+        lookout(&["serve", "--config", config.to_str().unwrap(), "--print-plan"]),
+    ] {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{stderr}");
+        assert!(
+            stderr.contains(&format!("board {board} is for {target} builds"))
+                && stderr.contains(&format!("_{arch}.deb")),
+            "{stderr}"
+        );
+    }
+    assert!(check(&profile, &["--any-target"]).status.success());
 }
 
 #[test]
@@ -91,7 +121,7 @@ fn an_invalid_config_exits_78_naming_the_field() {
         ),
     ] {
         let path = temp_config("bad.toml", text);
-        let out = check(&path, &[]);
+        let out = check(&path, &["--any-target"]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(78), "{text:?}: {stderr}");
         assert!(stderr.contains(expected) && stderr.lines().count() == 1, "{text:?}: {stderr}");
@@ -103,7 +133,7 @@ fn an_invalid_config_exits_78_naming_the_field() {
 #[test]
 fn an_over_budget_config_exits_78_naming_the_largest_items() {
     let path = temp_config("over.toml", "board = \"rpi0-2w\"\n[models]\ndecoder = \"f32\"\n");
-    let out = check(&path, &[]);
+    let out = check(&path, &["--any-target"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(78), "{stderr}");
     assert!(stderr.contains("allows 350 MiB") && stderr.contains("decoder f32"), "{stderr}");

@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
-use common::{lookout, normalize, patience, testdata_dir, Scratch};
+use common::{lookout, normalize, patience, test_machine_board, testdata_dir, Scratch};
 use serde_json::Value;
 
 #[path = "../../models/tests/support/silent_flac.rs"]
@@ -34,8 +34,9 @@ fn config_text(frames: &Path, wav: &Path, extra: &str) -> String {
     // The daemon's own deadline for an answer (120 s by default) stretches with the tests' (at most 3600 s).
     let answer_timeout_s = patience(Duration::from_secs(120)).as_secs().min(3600);
     format!(
-        "board = \"x86-dev\"\n{extra}\n[camera]\ndevice = \"dir:{}\"\n[microphone]\ndevice = \"wav:{}\"\n\
+        "{}\n{extra}\n[camera]\ndevice = \"dir:{}\"\n[microphone]\ndevice = \"wav:{}\"\n\
          [http]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\nheader_timeout_ms = 1000\ntimeout_ms = 1500\nmax_body_kib = 1024\nanswer_timeout_s = {answer_timeout_s}\n",
+        test_machine_board(),
         frames.display(),
         wav.display()
     )
@@ -434,7 +435,7 @@ fn the_daemon_captions_answers_refuses_bad_requests_and_talks_to_systemd() {
     assert!(metrics.body.contains("lookout_stage_latency_seconds_count{stage=\"vision\"}"));
 
     // SIGHUP: a broken configuration is refused and the old one keeps running; a good one is taken.
-    std::fs::write(&config, "board = \"x86-dev\"\n[camera]\nfps = 500\n").unwrap();
+    std::fs::write(&config, format!("{}\n[camera]\nfps = 500\n", test_machine_board())).unwrap();
     daemon.signal("HUP");
     let failed = daemon.event("reload_failed", patience(Duration::from_secs(10)), event_is("reload_failed"));
     assert!(failed["error"].as_str().unwrap().contains("camera.fps"), "{failed}");

@@ -27,6 +27,10 @@ pub struct CheckConfigArgs {
     /// /etc/systemd/system/lookout.service.d/50-limits.conf.
     #[arg(long, conflicts_with = "json")]
     unit_limits: bool,
+    /// Check a board profile made for another build than this binary (planning from a workstation); without
+    /// it such a profile is refused, as `serve` refuses it.
+    #[arg(long)]
+    any_target: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -47,6 +51,9 @@ struct Report<'a> {
 
 pub fn check_config(ctx: &Context, args: CheckConfigArgs) -> anyhow::Result<()> {
     let Loaded { config, board_source } = Config::load(&args.file, args.board.as_deref())?;
+    if !args.any_target {
+        config.check_build(&args.file)?;
+    }
     config.mqtt.password(&args.file)?;
     if matches!(board_source, BoardSource::Detected(_)) {
         if let Some(total) = std::fs::read_to_string("/proc/meminfo").ok().as_deref().and_then(board::mem_total_mib) {

@@ -25,6 +25,7 @@ pub fn run(ctx: &Context, args: ServeArgs) -> anyhow::Result<()> {
         return daemon::serve(ctx, &args.config, args.board.as_deref());
     }
     let config = Config::load(&args.config, args.board.as_deref())?.config;
+    config.check_build(&args.config)?;
     let plan = plan::plan(&config, &open_config_bundle(ctx, &config)?)?;
     println!("{plan}");
     Ok(plan.check_fits(&args.config)?)

@@ -59,6 +59,7 @@ pub struct Checked {
 impl Checked {
     pub fn load(ctx: &Context, path: &Path, board: Option<&str>) -> anyhow::Result<Checked> {
         let Loaded { config, .. } = Config::load(path, board)?;
+        config.check_build(path)?;
         let mqtt_password = config.mqtt.password(path)?;
         let bundle = open_config_bundle(ctx, &config)?;
         check_label_filters(&config, &bundle, path)?;

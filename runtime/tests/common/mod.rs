@@ -145,3 +145,16 @@ impl Drop for Scratch {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// The `board = ...` line of a daemon test's configuration: the development machine's profile, made for this build
+/// (a cross build run under qemu-user would be refused the x86 profile as shipped). Written once per test process,
+/// so that no daemon reads it while another test rewrites it.
+pub fn test_machine_board() -> String {
+    static PROFILE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let profile = PROFILE.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("lookout-test-machine-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        lookout::board::development_profile_for_this_build(&dir).unwrap()
+    });
+    format!("board = \"{}\"", profile.display())
+}

@@ -136,7 +136,8 @@ pub(super) fn photo_camera_config(dir: &Path, http_settings: &str) -> anyhow::Re
     std::fs::write(
         &config,
         format!(
-            "board = \"x86-dev\"\n[camera]\ndevice = \"dir:{}\"\n[microphone]\ndevice = \"wav:{}\"\n[http]\nlisten = \"127.0.0.1:0\"\n{http_settings}",
+            "board = \"{}\"\n[camera]\ndevice = \"dir:{}\"\n[microphone]\ndevice = \"wav:{}\"\n[http]\nlisten = \"127.0.0.1:0\"\n{http_settings}",
+            crate::board::development_profile_for_this_build(dir)?.display(),
             std::fs::canonicalize(&frames)?.display(),
             quiet.display()
         ),
