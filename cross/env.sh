@@ -17,6 +17,9 @@ cross_env() {
     local cpu
     case "$1" in aarch64) cpu=cortex-a72 ;; armv7) cpu=cortex-a15 ;; esac
     export QEMU_CPU="${QEMU_CPU:-$cpu}"
+    # Under qemu-user /proc/cpuinfo is the host's, where tract's armv7 probe finds no NEON and falls back to its
+    # VFPv2 kernels; every board this build is for has NEON, so tell tract as the board's cpuinfo would.
+    [[ "$1" == armv7 ]] && export TRACT_CPU_ISA="${TRACT_CPU_ISA:-neon}"
     # Binaries run on the multiarch loader and libc (/lib/${gnu}, pulled in by libasound2-dev:ARCH), not on the
     # cross sysroot's (/usr/${gnu}): Debian's cross libc lags the multiarch one, and with `-L /usr/${gnu}` the
     # sysroot's ld.so loads the multiarch libc.so.6 of another build, whose mismatched private loader state makes
@@ -27,6 +30,10 @@ cross_env() {
     export RUSTC=/usr/bin/rustc CARGO=/usr/bin/cargo
     export "CARGO_TARGET_${upper}_LINKER=${gnu}-gcc"
     export "CARGO_TARGET_${upper}_RUNNER=${qemu}"
+    # Rust's armv7 target leaves NEON out of its baseline, so the compiler would not vectorize Lookout's own loops
+    # (the block weights' integer dot products) for it. Every board the armv7 build is for has NEON; the Cortex-A7
+    # (Pi 2 v1.1) has what the A53s (Pi 2 v1.2, Pi 3, Zero 2 W) run in 32-bit mode: ARMv7 with NEON and VFPv4.
+    [[ "$1" == armv7 ]] && export "CARGO_TARGET_${upper}_RUSTFLAGS=-C target-cpu=cortex-a7"
     export "CC_${triple//-/_}=${gnu}-gcc" "AR_${triple//-/_}=${gnu}-ar"
     export PKG_CONFIG_ALLOW_CROSS=1
     export "PKG_CONFIG_LIBDIR_${triple//-/_}=/usr/lib/${gnu}/pkgconfig:/usr/share/pkgconfig"

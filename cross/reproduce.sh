@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Reproduces the cross builds end to end on a Debian 12 x86_64 machine (root) and prints how long each step took:
-# toolchains, aarch64 (and armv7) release builds, the same results under qemu as natively on the default models,
-# the test suite under qemu, the .deb packages and their installation check. Needs the prepared models
-# (models/prepare/prepare.sh) and the native build. Usage: cross/reproduce.sh [--skip-tests]
+# toolchains, aarch64 and armv7 release builds, the same results under qemu as natively on the default models,
+# instruction counts per model run, the test suite under qemu, the .deb packages and their installation check.
+# Needs the prepared models (models/prepare/prepare.sh) and the native build. Usage: cross/reproduce.sh [--skip-tests]
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
@@ -53,6 +53,7 @@ for target in $ready; do
     clip=.cache/testdata/speech/how_many_people.wav
     step "$target describe = native" same_under_qemu "$target" describe "$photo"
     step "$target transcribe = native" same_under_qemu "$target" transcribe "$clip"
+    step "$target instructions per run" "$here/cost.sh" "$target"
     if [[ $run_tests -eq 1 ]]; then
         step "$target test suite under qemu" "$here/test.sh" "$target"
     fi

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what cross builds need on a Debian 12 x86_64 host: Debian's rustc-web with the standard library for
-# each foreign architecture, the cross gcc, multiarch ALSA headers and qemu-user. Usage: cross/setup.sh [TARGET...]
+# each foreign architecture, the cross gcc, multiarch ALSA headers and qemu-user (static, for binfmt_misc; and the
+# dynamic build, which loads the instruction-counting plugin of cross/cost.sh). Usage: cross/setup.sh [TARGET...]
 # (aarch64, armv7; default both). A target whose packages cannot be installed today (a broken mirror index, say)
 # is reported as skipped and its foreign architecture removed again; the script exits non-zero only when every
 # requested target was skipped. Prints the targets that are ready, one per line, after "ready:".
@@ -18,7 +19,8 @@ apt_get() { timeout 900 apt-get -o Acquire::Retries=2 -qq "$@"; }
 
 # Host packages shared by every target.
 if ! apt_get update || ! apt_get install -y --no-install-recommends \
-        rustc-web cargo-web libstd-rust-web-dev qemu-user-static pkg-config libclang-dev libasound2-dev >/dev/null; then
+        rustc-web cargo-web libstd-rust-web-dev qemu-user-static qemu-user gcc pkg-config libclang-dev libasound2-dev \
+        >/dev/null; then
     echo "cross/setup.sh: cannot install the host packages (rustc-web, qemu-user-static, ...)" >&2
     exit 1
 fi
