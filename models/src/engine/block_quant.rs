@@ -271,22 +271,40 @@ unsafe fn portable_integer_columns(
     range: std::ops::Range<usize>,
     output: Output,
 ) {
-    let k = weights.k;
-    let blocks_per_row = k / BLOCK;
+    let blocks_per_row = weights.k / BLOCK;
     let mut codes = [0i16; BLOCK];
-    for j in range {
-        for s in 0..activations.rows {
-            let (x, x_scales) = (&x[s * k..(s + 1) * k], &x_scales[s * blocks_per_row..(s + 1) * blocks_per_row]);
-            let sums = &activations.block_sums[s * blocks_per_row..(s + 1) * blocks_per_row];
+    // The products of block `at` (row-major over activation rows and their blocks) with the decoded weight block.
+    let term = |codes: &[i16; BLOCK], at: usize, scale: f32, offset: f32| {
+        let dot: i32 = codes.iter().zip(&x[at * BLOCK..(at + 1) * BLOCK]).map(|(&c, &v)| c as i32 * v as i32).sum();
+        scale * x_scales[at] * dot as f32 + offset * activations.block_sums[at]
+    };
+    if activations.rows == 1 {
+        // A decoding step: the total stays in a register, and the compiler fuses decoding a block with its products
+        // (the loop over rows below cost the q4 decoder 8-22% more instructions a token on armv7).
+        for j in range {
             let mut total = 0f32;
             for (b, block) in weights.row(j).chunks_exact(weights.format.block_bytes()).enumerate() {
                 let (scale, offset) = weights.format.scale_and_offset(block);
                 weights.format.codes(block, &mut codes);
-                let dot: i32 =
-                    codes.iter().zip(&x[b * BLOCK..(b + 1) * BLOCK]).map(|(&c, &v)| c as i32 * v as i32).sum();
-                total += scale * x_scales[b] * dot as f32 + offset * sums[b];
+                total += term(&codes, b, scale, offset);
             }
-            *output.ptr.add(s * output.n + j) = total;
+            *output.ptr.add(j) = total;
+        }
+        return;
+    }
+    // Several rows: each weight block is decoded once for all of them.
+    let mut totals = vec![0f32; activations.rows];
+    for j in range {
+        totals.fill(0.0);
+        for (b, block) in weights.row(j).chunks_exact(weights.format.block_bytes()).enumerate() {
+            let (scale, offset) = weights.format.scale_and_offset(block);
+            weights.format.codes(block, &mut codes);
+            for (s, total) in totals.iter_mut().enumerate() {
+                *total += term(&codes, s * blocks_per_row + b, scale, offset);
+            }
+        }
+        for (s, total) in totals.iter().enumerate() {
+            *output.ptr.add(s * output.n + j) = *total;
         }
     }
 }
