@@ -119,6 +119,6 @@ mod tests {
             .and_then(|p| p.lines().find_map(|l| l.strip_prefix("version = \"")))
             .map(|v| v.trim_end_matches('"'))
             .unwrap();
-        assert_eq!(engine::ENGINE, format!("tract {version}"));
+        assert!(engine::ENGINE.starts_with(&format!("tract {version},")), "{} is not tract {version}", engine::ENGINE);
     }
 }

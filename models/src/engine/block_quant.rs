@@ -1,8 +1,9 @@
-//! Matrix products and row lookups computed straight from a GGUF file's own quantized blocks (Q4_0, Q4_1, Q8_0):
-//! the weights stay in the file's bytes and nothing is repacked at load. Several activation rows (a prompt) are
-//! multiplied in f32, exact against the dequantized weights up to the order of additions; a single row (a decoding
-//! step) is first rounded to 16-bit integers per block of 32 and multiplied in integers (AVX2 on x86, a portable
-//! kernel the compiler vectorizes elsewhere).
+//! Matrix products and row lookups computed straight from a GGUF file's own quantized blocks (Q4_0, Q4_1, Q8_0), or
+//! from plain f32 weight rows (F32): the weights stay as stored and nothing is repacked at load. Several activation
+//! rows (a prompt) are multiplied in f32, exact against the dequantized weights up to the order of additions; a
+//! single row (a decoding step) against quantized blocks is first rounded to 16-bit integers per block of 32 and
+//! multiplied in integers (AVX2 on x86, a portable kernel the compiler vectorizes elsewhere). F32 rows are always
+//! multiplied in f32.
 
 use tract_nnef::internal::*;
 
@@ -15,12 +16,14 @@ pub const BLOCK: usize = 32;
 
 /// A GGUF block layout. Each block holds 32 weights as a little-endian f16 scale `d`, for Q4_1 an f16 minimum `m`,
 /// then the codes: Q4_0 and Q4_1 pack element j in the low nibble and element j+16 in the high nibble of byte j
-/// (values `d * (code - 8)` and `d * code + m`); Q8_0 holds 32 signed bytes (values `d * code`).
+/// (values `d * (code - 8)` and `d * code + m`); Q8_0 holds 32 signed bytes (values `d * code`). F32 is not a GGUF
+/// block: 32 little-endian f32 values, so that a row of blocks is the weight row as stored.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum BlockFormat {
     Q4_0,
     Q4_1,
     Q8_0,
+    F32,
 }
 
 impl BlockFormat {
@@ -29,7 +32,8 @@ impl BlockFormat {
             "Q4_0" => Ok(BlockFormat::Q4_0),
             "Q4_1" => Ok(BlockFormat::Q4_1),
             "Q8_0" => Ok(BlockFormat::Q8_0),
-            other => bail!("unknown GGUF block format {other:?} (known: Q4_0, Q4_1, Q8_0)"),
+            "F32" => Ok(BlockFormat::F32),
+            other => bail!("unknown block format {other:?} (known: Q4_0, Q4_1, Q8_0, F32)"),
         }
     }
 
@@ -38,6 +42,7 @@ impl BlockFormat {
             BlockFormat::Q4_0 => "Q4_0",
             BlockFormat::Q4_1 => "Q4_1",
             BlockFormat::Q8_0 => "Q8_0",
+            BlockFormat::F32 => "F32",
         }
     }
 
@@ -47,6 +52,7 @@ impl BlockFormat {
             BlockFormat::Q4_0 => 18,
             BlockFormat::Q4_1 => 20,
             BlockFormat::Q8_0 => 34,
+            BlockFormat::F32 => 4 * BLOCK,
         }
     }
 
@@ -54,24 +60,45 @@ impl BlockFormat {
         match self {
             BlockFormat::Q4_1 => 4,
             BlockFormat::Q4_0 | BlockFormat::Q8_0 => 2,
+            BlockFormat::F32 => 0,
         }
+    }
+
+    /// Whether the weights are quantized codes, which a single activation row meets in integers.
+    fn is_quantized(self) -> bool {
+        self != BlockFormat::F32
     }
 
     /// A block's scale and the coefficient of the activations' block sum: every value is `scale * code + offset`.
     fn scale_and_offset(self, block: &[u8]) -> (f32, f32) {
+        if self == BlockFormat::F32 {
+            return (1.0, 0.0);
+        }
         let scale = f16_at(block, 0);
         let offset = match self {
             BlockFormat::Q4_0 => -8.0 * scale,
             BlockFormat::Q4_1 => f16_at(block, 2),
-            BlockFormat::Q8_0 => 0.0,
+            BlockFormat::Q8_0 | BlockFormat::F32 => 0.0,
         };
         (scale, offset)
     }
 
-    /// A block's 32 codes as f32, in element order.
+    /// A block's 32 codes as f32, in element order; for F32 its values.
+    fn codes_f32(self, block: &[u8], out: &mut [f32; BLOCK]) {
+        if self == BlockFormat::F32 {
+            for (o, bytes) in out.iter_mut().zip(block.chunks_exact(4)) {
+                *o = f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+            }
+            return;
+        }
+        self.codes(block, out)
+    }
+
+    /// A quantized block's 32 codes, in element order.
     fn codes<T: From<i8> + From<u8>>(self, block: &[u8], out: &mut [T; BLOCK]) {
         let codes = &block[self.codes_at()..self.block_bytes()];
         match self {
+            BlockFormat::F32 => unreachable!("F32 blocks hold values, read by codes_f32"),
             BlockFormat::Q8_0 => out.iter_mut().zip(codes).for_each(|(o, &c)| *o = T::from(c as i8)),
             BlockFormat::Q4_0 | BlockFormat::Q4_1 => {
                 for (j, &byte) in codes.iter().enumerate() {
@@ -87,7 +114,7 @@ impl BlockFormat {
         let mut codes = [0f32; BLOCK];
         for (block, values) in row.chunks_exact(self.block_bytes()).zip(out.chunks_exact_mut(BLOCK)) {
             let (scale, offset) = self.scale_and_offset(block);
-            self.codes(block, &mut codes);
+            self.codes_f32(block, &mut codes);
             values.iter_mut().zip(&codes).for_each(|(v, &c)| *v = scale * c + offset);
         }
     }
@@ -123,7 +150,8 @@ struct Activations<'a> {
     block_sums: Vec<f32>,
     rows: usize,
     /// A single row (a decoding step; every row on 32-bit ARM) also as 16-bit integers `round(x / scale)` with a
-    /// scale per block, for the integer kernels; `None` for several rows, or when a value is not finite.
+    /// scale per block, for the integer kernels; `None` for several rows, for F32 weights, or when a value is not
+    /// finite.
     rounded: Option<(Vec<i16>, Vec<f32>)>,
 }
 
@@ -133,10 +161,10 @@ struct Activations<'a> {
 const ROUND_EVERY_ROW: bool = cfg!(target_arch = "arm");
 
 impl<'a> Activations<'a> {
-    fn new(values: &'a [f32], k: usize) -> Activations<'a> {
+    fn new(values: &'a [f32], k: usize, format: BlockFormat) -> Activations<'a> {
         let block_sums = values.chunks_exact(BLOCK).map(|block| block.iter().sum()).collect();
         let rows = values.len() / k;
-        let rounded = if rows == 1 || ROUND_EVERY_ROW { round_to_i16(values) } else { None };
+        let rounded = if format.is_quantized() && (rows == 1 || ROUND_EVERY_ROW) { round_to_i16(values) } else { None };
         Activations { values, block_sums, rows, rounded }
     }
 }
@@ -195,7 +223,7 @@ pub fn matmul(format: BlockFormat, blocks: &[u8], k: usize, n: usize, x: &[f32],
 
 fn product(weights: Weights, n: usize, x: &[f32], out: &mut [f32]) {
     let k = weights.k;
-    let activations = Activations::new(x, k);
+    let activations = Activations::new(x, k, weights.format);
     let output = Output { ptr: out.as_mut_ptr(), n };
     let columns = |range: std::ops::Range<usize>| {
         // SAFETY: `out` holds rows × n values and each range of weight rows is written by one worker only.
@@ -252,7 +280,7 @@ unsafe fn portable_product_columns(
             let mut total = 0f32;
             for (b, block) in row.chunks_exact(weights.format.block_bytes()).enumerate() {
                 let (scale, offset) = weights.format.scale_and_offset(block);
-                weights.format.codes(block, &mut codes);
+                weights.format.codes_f32(block, &mut codes);
                 let dot = super::attention::dot(&codes, &x[b * BLOCK..(b + 1) * BLOCK]);
                 total += scale * dot + offset * sums[b];
             }
@@ -331,18 +359,21 @@ mod avx2 {
             BlockFormat::Q4_0 => columns::<Q4_0>(weights, activations, range, output),
             BlockFormat::Q4_1 => columns::<Q4_1>(weights, activations, range, output),
             BlockFormat::Q8_0 => columns::<Q8_0>(weights, activations, range, output),
+            BlockFormat::F32 => prompt_columns::<F32>(weights, activations, range, output),
         }
     }
 
     const Q4_0: u8 = 0;
     const Q4_1: u8 = 1;
     const Q8_0: u8 = 2;
+    const F32: u8 = 3;
 
     const fn format_of(code: u8) -> BlockFormat {
         match code {
             Q4_0 => BlockFormat::Q4_0,
             Q4_1 => BlockFormat::Q4_1,
-            _ => BlockFormat::Q8_0,
+            Q8_0 => BlockFormat::Q8_0,
+            _ => BlockFormat::F32,
         }
     }
 
@@ -384,6 +415,7 @@ mod avx2 {
 
     /// Several activation rows: panels of four weight rows are dequantized to f32 once per chunk of activation rows,
     /// then multiplied as tiles of four weight rows × three activation rows whose twelve sums stay in registers.
+    /// F32 weight rows are their own panel, for any number of activation rows.
     #[inline(always)]
     unsafe fn prompt_columns<const F: u8>(
         weights: Weights,
@@ -393,19 +425,25 @@ mod avx2 {
     ) {
         let (k, rows) = (weights.k, activations.rows);
         let chunk = (CHUNK_BYTES / (k * 4)).max(3) / 3 * 3;
-        let mut panel = vec![0f32; 4 * k];
+        let mut dequantized = vec![0f32; if F == F32 { 0 } else { 4 * k }];
         for first in (0..rows).step_by(chunk) {
             let chunk_rows = first..(first + chunk).min(rows);
             let mut j = range.start;
             while j < range.end {
                 let count = (range.end - j).min(4);
-                dequantize_panel::<F>(weights, j, count, &mut panel);
+                // F32 rows are read in place, unaligned: a row of blocks holds the row's values.
+                let panel = if F == F32 {
+                    weights.blocks.as_ptr().add(j * weights.row_bytes()) as *const f32
+                } else {
+                    dequantize_panel::<F>(weights, j, count, &mut dequantized);
+                    dequantized.as_ptr()
+                };
                 let x = activations.values;
                 match count {
-                    4 => panel_rows::<4>(&panel, x, k, j, chunk_rows.clone(), output),
-                    3 => panel_rows::<3>(&panel, x, k, j, chunk_rows.clone(), output),
-                    2 => panel_rows::<2>(&panel, x, k, j, chunk_rows.clone(), output),
-                    _ => panel_rows::<1>(&panel, x, k, j, chunk_rows.clone(), output),
+                    4 => panel_rows::<4>(panel, x, k, j, chunk_rows.clone(), output),
+                    3 => panel_rows::<3>(panel, x, k, j, chunk_rows.clone(), output),
+                    2 => panel_rows::<2>(panel, x, k, j, chunk_rows.clone(), output),
+                    _ => panel_rows::<1>(panel, x, k, j, chunk_rows.clone(), output),
                 }
                 j += count;
             }
@@ -421,6 +459,10 @@ mod avx2 {
         for r in 0..count {
             let row = weights.blocks.as_ptr().add((first_row + r) * row_bytes);
             let out = panel.as_mut_ptr().add(r * weights.k);
+            if format == BlockFormat::F32 {
+                std::ptr::copy_nonoverlapping(row, out as *mut u8, row_bytes);
+                continue;
+            }
             for b in 0..weights.k / BLOCK {
                 let block = row.add(b * format.block_bytes());
                 // Both f16 header values at once (for Q4_0 and Q8_0 the second is the first codes, unused).
@@ -428,7 +470,7 @@ mod avx2 {
                 let offset = match format {
                     BlockFormat::Q4_0 => -8.0 * _mm_cvtss_f32(header),
                     BlockFormat::Q4_1 => _mm_cvtss_f32(_mm_movehdup_ps(header)),
-                    BlockFormat::Q8_0 => 0.0,
+                    BlockFormat::Q8_0 | BlockFormat::F32 => 0.0,
                 };
                 let (scale, offset) = (_mm256_broadcastss_ps(header), _mm256_set1_ps(offset));
                 for (q, codes) in widen(format, block).into_iter().enumerate() {
@@ -441,7 +483,7 @@ mod avx2 {
     /// The `R` panel rows (output columns `j..j + R`) against activation rows `rows`, three at a time.
     #[inline(always)]
     unsafe fn panel_rows<const R: usize>(
-        panel: &[f32],
+        panel: *const f32,
         x: &[f32],
         k: usize,
         j: usize,
@@ -463,14 +505,14 @@ mod avx2 {
     /// `R` panel rows × activation rows `first..first + T`: R × T sums of eight lanes each, added up at the end.
     #[inline(always)]
     unsafe fn panel_tile<const R: usize, const T: usize>(
-        panel: &[f32],
+        panel: *const f32,
         x: &[f32],
         k: usize,
         j: usize,
         first: usize,
         output: Output,
     ) {
-        let (w, x) = (panel.as_ptr(), x.as_ptr().add(first * k));
+        let (w, x) = (panel, x.as_ptr().add(first * k));
         let mut acc = [[_mm256_setzero_ps(); T]; R];
         let mut xs = [_mm256_setzero_ps(); T];
         for i in (0..k).step_by(8) {
@@ -527,7 +569,7 @@ mod avx2 {
                 match format {
                     BlockFormat::Q4_0 => offsets[r] += -8.0 * _mm_cvtss_f32(header) * sum,
                     BlockFormat::Q4_1 => offsets[r] += _mm_cvtss_f32(_mm_movehdup_ps(header)) * sum,
-                    BlockFormat::Q8_0 => {}
+                    BlockFormat::Q8_0 | BlockFormat::F32 => {}
                 }
             }
         }
@@ -540,6 +582,7 @@ mod avx2 {
     #[inline(always)]
     unsafe fn widen_i16(format: BlockFormat, block: *const u8) -> (__m256i, __m256i) {
         match format {
+            BlockFormat::F32 => unreachable!("activations meet F32 rows in f32"),
             BlockFormat::Q8_0 => (
                 _mm256_cvtepi8_epi16(_mm_loadu_si128(block.add(2) as *const __m128i)),
                 _mm256_cvtepi8_epi16(_mm_loadu_si128(block.add(18) as *const __m128i)),
@@ -583,6 +626,7 @@ mod avx2 {
                     to_f32(_mm_srli_si128(high, 8), false),
                 ]
             }
+            BlockFormat::F32 => std::array::from_fn(|q| _mm256_loadu_ps((block as *const f32).add(q * 8))),
         }
     }
 
@@ -789,7 +833,7 @@ fn load_gather(builder: &mut ModelBuilder, invocation: &ResolvedInvocation) -> T
 }
 
 /// The ONNX forms, `LookoutBlockMatMul(x, blocks)` and `LookoutBlockGather(blocks, indices)` in the `ai.lookout`
-/// domain, with attributes `format` (`Q4_0`, `Q4_1`, `Q8_0`), `K` and, for the product, `N`.
+/// domain, with attributes `format` (`Q4_0`, `Q4_1`, `Q8_0`, `F32`), `K` and, for the product, `N`.
 pub mod onnx {
     use super::{BlockFormat, BlockGather, BlockMatMul};
     use tract_onnx::model::{OnnxOpRegister, ParsingContext};
@@ -883,6 +927,10 @@ mod tests {
         };
         let mut blocks = Vec::new();
         for _ in 0..n * k / BLOCK {
+            if format == BlockFormat::F32 {
+                blocks.extend((0..BLOCK).flat_map(|_| ((next() % 2001) as f32 / 20000.0 - 0.05).to_le_bytes()));
+                continue;
+            }
             let scale = f16::from_f32((next() % 1000) as f32 / 20000.0 + 0.001);
             blocks.extend_from_slice(&scale.to_bits().to_le_bytes());
             if format == BlockFormat::Q4_1 {
@@ -936,13 +984,18 @@ mod tests {
         q4.extend(std::iter::repeat_n(0x80, 16));
         BlockFormat::Q4_0.dequantize_row(&q4, &mut out);
         assert_eq!((out[0], out[16]), (-16.0, 0.0));
+        // F32: the values themselves, little-endian.
+        let values: Vec<f32> = (0..32).map(|j| j as f32 * -0.375).collect();
+        let f32_block: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        BlockFormat::F32.dequantize_row(&f32_block, &mut out);
+        assert_eq!(out.as_slice(), values.as_slice());
     }
 
     #[test]
     fn products_equal_the_dequantized_weights_for_every_format_and_row_count() {
         // 37 weight rows: nine panels of four and one of one; 2048 values a row: chunks of 24 activation rows.
         let shapes: [(usize, usize, &[usize]); 2] = [(37, 96, &[1, 2, 3, 4, 9]), (5, 2048, &[26])];
-        for (format, (n, k, row_counts)) in [BlockFormat::Q4_0, BlockFormat::Q4_1, BlockFormat::Q8_0]
+        for (format, (n, k, row_counts)) in [BlockFormat::Q4_0, BlockFormat::Q4_1, BlockFormat::Q8_0, BlockFormat::F32]
             .into_iter()
             .flat_map(|format| shapes.map(|shape| (format, shape)))
         {
@@ -954,15 +1007,15 @@ mod tests {
                 let mut fast = vec![0f32; rows * n];
                 product(weights, n, &x, &mut fast);
                 let mut portable = vec![0f32; rows * n];
-                let activations = Activations::new(&x, k);
+                let activations = Activations::new(&x, k, format);
                 unsafe {
                     portable_product_columns(weights, &activations, 0..n, Output { ptr: portable.as_mut_ptr(), n })
                 };
                 for (index, ((f, p), e)) in fast.iter().zip(&portable).zip(&expected).enumerate() {
-                    // A single row is rounded to 16 bits per block: each value moves by at most half a step, 1/65534
-                    // of its block's largest magnitude.
+                    // A single row against quantized blocks is rounded to 16 bits per block: each value moves by at
+                    // most half a step, 1/65534 of its block's largest magnitude.
                     let (s, j) = (index / n, index % n);
-                    let rounding: f32 = if rows == 1 || ROUND_EVERY_ROW {
+                    let rounding: f32 = if format.is_quantized() && (rows == 1 || ROUND_EVERY_ROW) {
                         (0..k)
                             .map(|i| values[j * k + i].abs() * block_largest(&x[s * k..(s + 1) * k], i) / 65534.0)
                             .sum()

@@ -14,6 +14,7 @@ use crate::error::{ModelError, Result};
 mod attention;
 pub mod block_quant;
 mod nnef_ops;
+mod weight_rows;
 mod workers;
 
 pub use tract_onnx::prelude::{DatumType, TValue, Tensor};
@@ -29,20 +30,30 @@ pub enum Dim {
 
 /// How a component's graph is declared to the engine: each input's type and shape, in order, and the tract model
 /// transforms applied between decluttering and optimization (such as `transformers_detect_all`, which turns
-/// past/present KV pairs into a KV cache kept in the run state). Loading from ONNX and compiling use the same spec.
+/// past/present KV pairs into a KV cache kept in the run state), and whether products over constant f32 weights
+/// read them as rows in place (see [`GraphSpec::with_weight_rows`]). Loading from ONNX and compiling use the same
+/// spec.
 #[derive(Debug, Clone)]
 pub struct GraphSpec {
     pub inputs: Vec<(DatumType, Vec<Dim>)>,
     pub transforms: &'static [&'static str],
+    pub weight_rows: bool,
 }
 
 impl GraphSpec {
     pub fn new(inputs: Vec<(DatumType, Vec<Dim>)>) -> GraphSpec {
-        GraphSpec { inputs, transforms: &[] }
+        GraphSpec { inputs, transforms: &[], weight_rows: false }
     }
 
     pub fn with_transforms(self, transforms: &'static [&'static str]) -> GraphSpec {
         GraphSpec { transforms, ..self }
+    }
+
+    /// Products and row lookups over constant f32 weights become Lookout's row operators, which read the weights
+    /// as stored: nothing is packed at load (the f32 language decoder's 540 MB), and a tied output head shares its
+    /// embedding's table. For graphs whose time goes to large matrix-vector products.
+    pub fn with_weight_rows(self) -> GraphSpec {
+        GraphSpec { weight_rows: true, ..self }
     }
 }
 
@@ -187,8 +198,10 @@ impl GraphState {
     }
 }
 
-/// The engine a compiled graph must come from: the tract this crate is built with (pinned in Cargo.toml).
-pub const ENGINE: &str = "tract 0.23.9";
+/// The engine a compiled graph must come from: the tract this crate is built with (pinned in Cargo.toml), and the
+/// revision of Lookout's own rewrites of the prepared graph (2: f32 weight rows), so that an archive written before
+/// a rewrite changed is compiled again.
+pub const ENGINE: &str = "tract 0.23.9, lookout graphs 2";
 
 /// Parses an ONNX graph, declares its inputs, declutters it and applies the named model transforms: everything
 /// before optimization, which is what a compiled graph holds.
@@ -216,6 +229,9 @@ fn prepare(path: &Path, spec: &GraphSpec) -> TractResult<TypedModel> {
     }
     if !spec.transforms.is_empty() {
         typed.declutter()?; // what the transforms fused leaves patterns for the declutter passes
+    }
+    if spec.weight_rows {
+        weight_rows::rewrite(&mut typed)?;
     }
     Ok(typed)
 }

@@ -98,7 +98,7 @@ fn graph_spec_for(config: &LlamaConfig, component: &Component) -> GraphSpec {
         let kv = vec![Dim::Fixed(1), Dim::Fixed(config.n_kv_heads), Dim::Symbol("P"), Dim::Fixed(config.head_dim)];
         inputs.extend(std::iter::repeat_n((DatumType::F32, kv), 2 * config.n_layers));
     }
-    GraphSpec::new(inputs).with_transforms(&[KV_CACHE_TRANSFORM])
+    GraphSpec::new(inputs).with_transforms(&[KV_CACHE_TRANSFORM]).with_weight_rows()
 }
 
 impl LanguageModel {

@@ -118,7 +118,9 @@ fn measure(ctx: &Context, variant: &str, threads: usize, repeats: usize) -> anyh
     let started = Instant::now();
     let lm = turn::load_decoder(&bundle, Some(variant), None)?;
     let load_ms = started.elapsed().as_secs_f64() * 1e3;
-    let weight_bytes = bundle.component("llm-decoder", Some(variant))?.bytes;
+    // The file the decoder loads: its compiled form when the bundle has one.
+    let component = bundle.component("llm-decoder", Some(variant))?;
+    let weight_bytes = component.compiled.as_ref().map_or(component.bytes, |compiled| compiled.bytes);
     let prompt = lm.text.prompt_ids(&[Message::new("user", QUESTION)])?;
     let options = GenerateOptions { max_tokens: MAX_TOKENS, sampling: Sampling::default() };
     let mut session = lm.session(None)?;
