@@ -272,19 +272,21 @@ unsafe fn portable_product_columns(
     let k = weights.k;
     let blocks_per_row = k / BLOCK;
     let mut codes = [0f32; BLOCK];
+    // Each weight block is decoded once for all the activation rows (a prompt, an audio window).
+    let mut totals = vec![0f32; activations.rows];
     for j in range {
-        let row = weights.row(j);
-        for s in 0..activations.rows {
-            let x = &activations.values[s * k..(s + 1) * k];
-            let sums = &activations.block_sums[s * blocks_per_row..(s + 1) * blocks_per_row];
-            let mut total = 0f32;
-            for (b, block) in row.chunks_exact(weights.format.block_bytes()).enumerate() {
-                let (scale, offset) = weights.format.scale_and_offset(block);
-                weights.format.codes_f32(block, &mut codes);
-                let dot = super::attention::dot(&codes, &x[b * BLOCK..(b + 1) * BLOCK]);
-                total += scale * dot + offset * sums[b];
+        totals.fill(0.0);
+        for (b, block) in weights.row(j).chunks_exact(weights.format.block_bytes()).enumerate() {
+            let (scale, offset) = weights.format.scale_and_offset(block);
+            weights.format.codes_f32(block, &mut codes);
+            for (s, total) in totals.iter_mut().enumerate() {
+                let x = &activations.values[s * k + b * BLOCK..s * k + (b + 1) * BLOCK];
+                let dot = super::attention::dot(&codes, x);
+                *total += scale * dot + offset * activations.block_sums[s * blocks_per_row + b];
             }
-            *output.ptr.add(s * output.n + j) = total;
+        }
+        for (s, total) in totals.iter().enumerate() {
+            *output.ptr.add(s * output.n + j) = *total;
         }
     }
 }
