@@ -14,6 +14,7 @@ use crate::error::{ModelError, Result};
 mod attention;
 pub mod block_quant;
 mod nnef_ops;
+mod top_k;
 mod weight_rows;
 mod workers;
 
@@ -199,9 +200,9 @@ impl GraphState {
 }
 
 /// The engine a compiled graph must come from: the tract this crate is built with (pinned in Cargo.toml), and the
-/// revision of Lookout's own rewrites of the prepared graph (2: f32 weight rows), so that an archive written before
-/// a rewrite changed is compiled again.
-pub const ENGINE: &str = "tract 0.23.9, lookout graphs 2";
+/// revision of Lookout's own rewrites of the prepared graph (2: f32 weight rows; 3: top-k by heap), so that an
+/// archive written before a rewrite changed is compiled again.
+pub const ENGINE: &str = "tract 0.23.9, lookout graphs 3";
 
 /// Parses an ONNX graph, declares its inputs, declutters it and applies the named model transforms: everything
 /// before optimization, which is what a compiled graph holds.
@@ -233,6 +234,7 @@ fn prepare(path: &Path, spec: &GraphSpec) -> TractResult<TypedModel> {
     if spec.weight_rows {
         weight_rows::rewrite(&mut typed)?;
     }
+    top_k::rewrite(&mut typed)?;
     Ok(typed)
 }
 
@@ -242,6 +244,7 @@ fn lookout_registry() -> tract_nnef::internal::Registry {
     nnef_ops::register(&mut registry);
     block_quant::register_nnef(&mut registry);
     attention::register_nnef(&mut registry);
+    top_k::register_nnef(&mut registry);
     registry
 }
 
