@@ -204,8 +204,9 @@ impl GraphState {
 /// archive written before a rewrite changed is compiled again.
 pub const ENGINE: &str = "tract 0.23.9, lookout graphs 3";
 
-/// Parses an ONNX graph, declares its inputs, declutters it and applies the named model transforms: everything
-/// before optimization, which is what a compiled graph holds.
+/// Parses an ONNX graph, declares its inputs, declutters it, applies the named model transforms and Lookout's own
+/// rewrites (f32 weight rows where the spec asks, top-k in one pass): everything before optimization, which is what
+/// a compiled graph holds.
 fn prepare(path: &Path, spec: &GraphSpec) -> TractResult<TypedModel> {
     let mut onnx = tract_onnx::onnx().with_ignore_output_shapes(true).with_ignore_value_info(true);
     block_quant::onnx::register(&mut onnx.op_register);
