@@ -183,7 +183,8 @@ fn rewrite_product(model: &mut TypedModel, id: usize, plan: ProductPlan) -> Trac
     Ok(true)
 }
 
-/// A row lookup in a constant f32 table `[rows, k]` along its first axis, in place of node `id`.
+/// A row lookup in a constant f32 table `[rows, k]` along its first axis, in place of node `id`. Unlike `Gather`,
+/// the lookup refuses a negative index (token ids never are) instead of counting it from the end.
 fn rewrite_lookup(model: &mut TypedModel, id: usize, gather: Gather) -> TractResult<bool> {
     let node = model.node(id);
     if gather.axis != 0 || gather.output_type.is_some_and(|dt| dt != f32::datum_type()) {
