@@ -271,18 +271,39 @@ unsafe fn portable_product_columns(
     }
     let k = weights.k;
     let blocks_per_row = k / BLOCK;
-    let mut codes = [0f32; BLOCK];
-    // Each weight block is decoded once for all the activation rows (a prompt, an audio window).
-    let mut totals = vec![0f32; activations.rows];
+    let term = |codes: &[f32; BLOCK], s: usize, b: usize, scale: f32, offset: f32| {
+        let dot = super::attention::dot(codes, &activations.values[s * k + b * BLOCK..s * k + (b + 1) * BLOCK]);
+        scale * dot + offset * activations.block_sums[s * blocks_per_row + b]
+    };
+    each_block_once(
+        weights,
+        activations.rows,
+        range,
+        output,
+        |block, codes| weights.format.codes_f32(block, codes),
+        term,
+    )
+}
+
+/// Sums `term(codes, s, b, scale, offset)` over the blocks `b` of each weight row in `range`, for every activation
+/// row `s`, into the output: each weight block is decoded (by `decode`) once for all the activation rows.
+unsafe fn each_block_once<T: Copy + Default>(
+    weights: Weights,
+    rows: usize,
+    range: std::ops::Range<usize>,
+    output: Output,
+    decode: impl Fn(&[u8], &mut [T; BLOCK]),
+    term: impl Fn(&[T; BLOCK], usize, usize, f32, f32) -> f32,
+) {
+    let mut codes = [T::default(); BLOCK];
+    let mut totals = vec![0f32; rows];
     for j in range {
         totals.fill(0.0);
         for (b, block) in weights.row(j).chunks_exact(weights.format.block_bytes()).enumerate() {
             let (scale, offset) = weights.format.scale_and_offset(block);
-            weights.format.codes_f32(block, &mut codes);
+            decode(block, &mut codes);
             for (s, total) in totals.iter_mut().enumerate() {
-                let x = &activations.values[s * k + b * BLOCK..s * k + (b + 1) * BLOCK];
-                let dot = super::attention::dot(&codes, x);
-                *total += scale * dot + offset * activations.block_sums[s * blocks_per_row + b];
+                *total += term(&codes, s, b, scale, offset);
             }
         }
         for (s, total) in totals.iter().enumerate() {
@@ -322,21 +343,11 @@ unsafe fn portable_integer_columns(
         }
         return;
     }
-    // Several rows: each weight block is decoded once for all of them.
-    let mut totals = vec![0f32; activations.rows];
-    for j in range {
-        totals.fill(0.0);
-        for (b, block) in weights.row(j).chunks_exact(weights.format.block_bytes()).enumerate() {
-            let (scale, offset) = weights.format.scale_and_offset(block);
-            weights.format.codes(block, &mut codes);
-            for (s, total) in totals.iter_mut().enumerate() {
-                *total += term(&codes, s * blocks_per_row + b, scale, offset);
-            }
-        }
-        for (s, total) in totals.iter().enumerate() {
-            *output.ptr.add(s * output.n + j) = *total;
-        }
-    }
+    let decode = |block: &[u8], codes: &mut [i16; BLOCK]| weights.format.codes(block, codes);
+    let term = |codes: &[i16; BLOCK], s: usize, b: usize, scale: f32, offset: f32| {
+        term(codes, s * blocks_per_row + b, scale, offset)
+    };
+    each_block_once(weights, activations.rows, range, output, decode, term)
 }
 
 #[cfg(target_arch = "x86_64")]
