@@ -18,7 +18,7 @@ mod top_k;
 mod weight_rows;
 mod workers;
 
-pub use tract_onnx::prelude::{DatumType, TValue, Tensor};
+pub use tract_onnx::prelude::{DatumType, TValue, TVec, Tensor};
 
 /// One dimension of a declared input: a fixed size, a named symbol resolved at run time, or an expression over
 /// symbols (`P+S`).
@@ -123,6 +123,14 @@ pub fn routines() -> Vec<(&'static str, Option<&'static str>)> {
         .collect()
 }
 
+/// The mean time one node of a graph took to run (see [`Graph::profile`]).
+#[derive(Debug, Clone, Default)]
+pub struct NodeTime {
+    pub op: String,
+    pub node: String,
+    pub ms: f64,
+}
+
 /// Per-stream execution state of a [`Graph`]: reuse one per stream.
 pub struct GraphState {
     component: String,
@@ -183,6 +191,32 @@ impl Graph {
             }
         }
         report
+    }
+
+    /// Runs the graph once to warm up, then `rounds` more times on `inputs`, and returns each node's mean time over
+    /// those rounds, in plan order (a developer aid: see `examples/profile_graph.rs`).
+    pub fn profile(&self, inputs: TVec<TValue>, rounds: usize) -> Result<Vec<NodeTime>> {
+        use tract_onnx::tract_core::plan::eval;
+        let model = self.plan.model();
+        let mut times: Vec<NodeTime> = model
+            .nodes
+            .iter()
+            .map(|node| NodeTime { op: node.op.name().to_string(), node: node.name.clone(), ms: 0.0 })
+            .collect();
+        let mut state = TypedSimpleState::new(&self.plan).map_err(|e| ModelError::load(&self.component, e))?;
+        for round in 0..=rounds {
+            let run = state.run_plan_with_eval(inputs.clone(), |session, op_state, node, node_inputs| {
+                let started = std::time::Instant::now();
+                let outputs = eval(session, op_state, node, node_inputs);
+                if round > 0 {
+                    times[node.id].ms += started.elapsed().as_secs_f64() * 1e3 / rounds as f64;
+                }
+                outputs
+            });
+            guard(&self.component, || run).map_err(|e| ModelError::run(&self.component, e))?;
+        }
+        let order = self.plan.order_without_consts();
+        Ok(order.iter().map(|&id| std::mem::take(&mut times[id])).collect())
     }
 
     /// A fresh execution state; keep it and reuse it for every run of one stream.
