@@ -12,6 +12,7 @@ use crate::bundle::{Bundle, Component};
 use crate::error::{ModelError, Result};
 
 mod attention;
+mod depthwise_x86;
 pub mod block_quant;
 mod nnef_ops;
 mod top_k;
