@@ -12,8 +12,9 @@ use crate::bundle::{Bundle, Component};
 use crate::error::{ModelError, Result};
 
 mod attention;
-mod depthwise_x86;
 pub mod block_quant;
+mod depthwise_x86;
+mod layout_forms;
 mod nnef_ops;
 mod top_k;
 mod weight_rows;
@@ -235,9 +236,10 @@ impl GraphState {
 }
 
 /// The engine a compiled graph must come from: the tract this crate is built with (pinned in Cargo.toml), and the
-/// revision of Lookout's own rewrites of the prepared graph (2: f32 weight rows; 3: top-k by heap), so that an
-/// archive written before a rewrite changed is compiled again.
-pub const ENGINE: &str = "tract 0.23.9, lookout graphs 3";
+/// revision of Lookout's own rewrites of the prepared graph and of its NNEF forms (2: f32 weight rows; 3: top-k by
+/// heap; 4: convolutions and pools kept as prepared), so that an archive written before one changed is compiled
+/// again.
+pub const ENGINE: &str = "tract 0.23.9, lookout graphs 4";
 
 /// Parses an ONNX graph, declares its inputs, declutters it, applies the named model transforms and Lookout's own
 /// rewrites (f32 weight rows where the spec asks, top-k in one pass): everything before optimization, which is what
@@ -281,14 +283,20 @@ fn lookout_registry() -> tract_nnef::internal::Registry {
     block_quant::register_nnef(&mut registry);
     attention::register_nnef(&mut registry);
     top_k::register_nnef(&mut registry);
+    layout_forms::register(&mut registry);
     registry
 }
 
 /// The NNEF reader and writer with every registry a compiled graph may use; built once (it takes about 15 ms).
+/// Lookout's registry comes first, so that its forms of convolutions and pools are the ones written.
 fn nnef_framework() -> &'static tract_nnef::framework::Nnef {
     use tract_transformers::WithTractTransformers;
     static NNEF: std::sync::OnceLock<tract_nnef::framework::Nnef> = std::sync::OnceLock::new();
-    NNEF.get_or_init(|| tract_nnef::nnef().with_tract_transformers().with_onnx().with_registry(lookout_registry()))
+    NNEF.get_or_init(|| {
+        let mut nnef = tract_nnef::nnef().with_tract_transformers().with_onnx();
+        nnef.registries.insert(0, lookout_registry());
+        nnef
+    })
 }
 
 /// Compiles an ONNX graph (declared and transformed as [`Graph::load`] does) into `out`, tract's NNEF archive,
