@@ -16,6 +16,7 @@ pub mod block_quant;
 mod depthwise_x86;
 mod layout_forms;
 mod nnef_ops;
+mod resize;
 mod top_k;
 mod weight_rows;
 mod workers;
@@ -237,13 +238,13 @@ impl GraphState {
 
 /// The engine a compiled graph must come from: the tract this crate is built with (pinned in Cargo.toml), and the
 /// revision of Lookout's own rewrites of the prepared graph and of its NNEF forms (2: f32 weight rows; 3: top-k by
-/// heap; 4: convolutions and pools kept as prepared), so that an archive written before one changed is compiled
-/// again.
-pub const ENGINE: &str = "tract 0.23.9, lookout graphs 4";
+/// heap; 4: convolutions and pools kept as prepared; 5: resampling in one pass), so that an archive written before
+/// one changed is compiled again.
+pub const ENGINE: &str = "tract 0.23.9, lookout graphs 5";
 
 /// Parses an ONNX graph, declares its inputs, declutters it, applies the named model transforms and Lookout's own
-/// rewrites (f32 weight rows where the spec asks, top-k in one pass): everything before optimization, which is what
-/// a compiled graph holds.
+/// rewrites (f32 weight rows where the spec asks, top-k and resampling in one pass): everything before optimization,
+/// which is what a compiled graph holds.
 fn prepare(path: &Path, spec: &GraphSpec) -> TractResult<TypedModel> {
     let mut onnx = tract_onnx::onnx().with_ignore_output_shapes(true).with_ignore_value_info(true);
     block_quant::onnx::register(&mut onnx.op_register);
@@ -273,6 +274,7 @@ fn prepare(path: &Path, spec: &GraphSpec) -> TractResult<TypedModel> {
         weight_rows::rewrite(&mut typed)?;
     }
     top_k::rewrite(&mut typed)?;
+    resize::rewrite(&mut typed)?;
     Ok(typed)
 }
 
@@ -284,6 +286,7 @@ fn lookout_registry() -> tract_nnef::internal::Registry {
     attention::register_nnef(&mut registry);
     top_k::register_nnef(&mut registry);
     layout_forms::register(&mut registry);
+    resize::register_nnef(&mut registry);
     registry
 }
 
