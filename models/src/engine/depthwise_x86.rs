@@ -101,13 +101,17 @@ mod avx2 {
                     _mm256_storeu_ps(y.add(c), sum);
                     c += 8;
                 }
-                while c < channels {
-                    let mut sum = *bias.add(c);
+                if c < channels {
+                    // The last 1 to 7 channels in one masked vector: lanes past `channels` are neither read nor
+                    // written.
+                    let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+                    let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((channels - c) as i32), lanes);
+                    let mut sum = _mm256_maskload_ps(bias.add(c), mask);
                     for t in 0..taps {
-                        sum = (*kernel.add(tap_indices[t] * k_stride + c)).mul_add(*x.offset(offsets[t]).add(c), sum);
+                        let k = _mm256_maskload_ps(kernel.add(tap_indices[t] * k_stride + c), mask);
+                        sum = _mm256_fmadd_ps(_mm256_maskload_ps(x.offset(offsets[t]).add(c), mask), k, sum);
                     }
-                    *y.add(c) = sum;
-                    c += 1;
+                    _mm256_maskstore_ps(y.add(c), mask, sum);
                 }
             }
         }
