@@ -331,7 +331,8 @@ unsafe fn portable_integer_columns(
     };
     if activations.rows == 1 {
         // A decoding step: the total stays in a register, and the compiler fuses decoding a block with its products
-        // (the loop over rows below cost the q4 decoder 8-22% more instructions a token on armv7).
+        // (the loop over rows below cost the q4 decoder 8-22% more instructions a token on armv7, and reaching the
+        // activation blocks through its indexing 957 instead of 571 million on aarch64).
         let sums = &activations.block_sums[..blocks_per_row];
         let x_scales = &x_scales[..blocks_per_row];
         for j in range {
