@@ -15,6 +15,7 @@ mod avx2 {
     /// As tract states it: every input, kernel and bias element those indices reach is readable, `channels` values
     /// are writable from `output.offset(i * out_stride)` for every `i` below `len`, and the CPU has AVX2 and FMA
     /// (the routine's declared requirement, which tract checks before choosing it).
+    #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn depthwise_c_f32(
         input: *const f32,
@@ -29,41 +30,8 @@ mod avx2 {
         in_stride: isize,
         out_stride: isize,
     ) {
-        // SAFETY: the caller's contract, AVX2 and FMA included.
-        unsafe {
-            channel_last(
-                input,
-                output,
-                kernel,
-                tap_indices,
-                offsets,
-                bias,
-                channels,
-                k_stride,
-                len,
-                in_stride,
-                out_stride,
-            )
-        }
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn channel_last(
-        input: *const f32,
-        output: *mut f32,
-        kernel: *const f32,
-        tap_indices: &[usize],
-        offsets: &[isize],
-        bias: *const f32,
-        channels: usize,
-        k_stride: usize,
-        len: usize,
-        in_stride: isize,
-        out_stride: isize,
-    ) {
         let taps = tap_indices.len().min(offsets.len());
-        // SAFETY: every pointer below stays inside what the contract of `depthwise_c_f32` makes readable/writable.
+        // SAFETY: every pointer below stays inside what the contract above makes readable and writable.
         unsafe {
             for i in 0..len as isize {
                 let x = input.offset(i * in_stride);
