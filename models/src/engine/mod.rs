@@ -278,6 +278,24 @@ fn prepare(path: &Path, spec: &GraphSpec) -> TractResult<TypedModel> {
     Ok(typed)
 }
 
+/// Puts the operator `replacement` gives in place of every node whose operator is an `O`, fed with that node's first
+/// input only (`None` leaves the node as it is). Returns how many were replaced.
+fn replace_each<O: TypedOp, R: TypedOp>(
+    model: &mut TypedModel,
+    replacement: impl Fn(&TypedModel, &TypedNode, &O) -> TractResult<Option<R>>,
+) -> TractResult<usize> {
+    let mut replaced = 0;
+    for id in model.eval_order()? {
+        let node = model.node(id);
+        let Some(op) = node.op_as::<O>() else { continue };
+        let Some(new_op) = replacement(model, node, op)? else { continue };
+        let input = node.inputs[0];
+        TypedModelPatch::replace_single_op(model, node, &[input], new_op)?.apply(model)?;
+        replaced += 1;
+    }
+    Ok(replaced)
+}
+
 /// The registry of Lookout's NNEF forms, which compiled archives declare (`extension tract_registry lookout`).
 fn lookout_registry() -> tract_nnef::internal::Registry {
     let mut registry = tract_nnef::internal::Registry::new("lookout");

@@ -134,18 +134,15 @@ impl TypedOp for Resize2d {
 /// Puts [`Resize2d`] in place of every tract `Resize` of a concrete f32 tensor that changes exactly two adjacent
 /// axes. Returns how many were replaced.
 pub fn rewrite(model: &mut TypedModel) -> TractResult<usize> {
-    let mut rewritten = 0;
-    for id in model.eval_order()? {
-        let node = model.node(id);
-        let Some(resize) = node.op_as::<Resize>() else { continue };
+    super::replace_each(model, |model, node, resize: &Resize| {
         let input_fact = model.outlet_fact(node.inputs[0])?;
         let (Some(input), Some(output)) =
-            (input_fact.shape.as_concrete(), model.outlet_fact(OutletId::new(id, 0))?.shape.as_concrete())
+            (input_fact.shape.as_concrete(), model.outlet_fact(OutletId::new(node.id, 0))?.shape.as_concrete())
         else {
-            continue;
+            return Ok(None);
         };
         if input_fact.datum_type != f32::datum_type() || input.len() != output.len() {
-            continue;
+            return Ok(None);
         }
         // The scales tract's Resize uses: its scales input when it has one per axis, else the ratio of lengths.
         let given = resize.optional_scales_input.and_then(|ix| node.inputs.get(ix));
@@ -155,23 +152,19 @@ pub fn rewrite(model: &mut TypedModel) -> TractResult<usize> {
             None => output.iter().zip(input).map(|(o, i)| *o as f32 / *i as f32).collect(),
         };
         let changed: Vec<usize> = (0..input.len()).filter(|&a| !(input[a] == output[a] && scales[a] == 1.0)).collect();
-        let &[axis, next] = changed.as_slice() else { continue };
+        let &[axis, next] = changed.as_slice() else { return Ok(None) };
         if next != axis + 1 {
-            continue;
+            return Ok(None);
         }
-        let op = Resize2d {
+        Ok(Some(Resize2d {
             coord_transformer: resize.coord_transformer.clone(),
             interpolator: resize.interpolator.clone(),
             nearest: resize.nearest,
             axis,
             lengths: [output[axis], output[next]],
             scale_bits: [scales[axis].to_bits(), scales[next].to_bits()],
-        };
-        let input = node.inputs[0];
-        TypedModelPatch::replace_single_op(model, model.node(id), &[input], op)?.apply(model)?;
-        rewritten += 1;
-    }
-    Ok(rewritten)
+        }))
+    })
 }
 
 pub fn register_nnef(registry: &mut Registry) {

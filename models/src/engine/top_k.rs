@@ -133,21 +133,14 @@ impl TypedOp for TopK {
 
 /// Puts [`TopK`] in place of every tract `Topk` over f32 with a constant k. Returns how many were replaced.
 pub fn rewrite(model: &mut TypedModel) -> TractResult<usize> {
-    let mut rewritten = 0;
-    for id in model.eval_order()? {
-        let node = model.node(id);
-        let Some(topk) = node.op_as::<Topk>() else { continue };
+    super::replace_each(model, |model, node, topk: &Topk| {
         let k = model.outlet_fact(node.inputs[1])?.konst.as_ref().and_then(|k| k.cast_to_scalar::<i64>().ok());
-        let Some(k) = k.and_then(|k| usize::try_from(k).ok()) else { continue };
+        let Some(k) = k.and_then(|k| usize::try_from(k).ok()) else { return Ok(None) };
         if model.outlet_fact(node.inputs[0])?.datum_type != f32::datum_type() {
-            continue;
+            return Ok(None);
         }
-        let op = TopK { axis: topk.axis, largest: topk.largest, k };
-        let input = node.inputs[0];
-        TypedModelPatch::replace_single_op(model, model.node(id), &[input], op)?.apply(model)?;
-        rewritten += 1;
-    }
-    Ok(rewritten)
+        Ok(Some(TopK { axis: topk.axis, largest: topk.largest, k }))
+    })
 }
 
 /// Adds the NNEF form `lookout_top_k(input, axis, largest, k)`.
