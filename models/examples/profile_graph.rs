@@ -20,6 +20,9 @@ fn main() -> anyhow::Result<()> {
     let path = Path::new(args.get(1).ok_or_else(|| anyhow::anyhow!(usage))?);
     let dims = args[2..].iter().map(|a| a.parse::<usize>()).collect::<Result<Vec<_>, _>>()?;
     anyhow::ensure!(!dims.is_empty(), usage);
+    if let Some(threads) = std::env::var("PROFILE_THREADS").ok().and_then(|n| n.parse().ok()) {
+        engine::set_threads(threads);
+    }
     let graph = if path.to_string_lossy().ends_with(".nnef.tar") {
         Graph::load_compiled("profiled", path)?
     } else {
@@ -42,8 +45,11 @@ fn main() -> anyhow::Result<()> {
     }
     let mut nodes: Vec<_> = times.iter().collect();
     nodes.sort_by(|a, b| b.ms.total_cmp(&a.ms));
-    for time in nodes.iter().take(15) {
+    for time in nodes.iter().take(std::env::var("PROFILE_NODES").ok().and_then(|n| n.parse().ok()).unwrap_or(15)) {
         println!("{:8.2} ms  {} {}", time.ms, time.op, time.node);
+        if std::env::var_os("PROFILE_INFO").is_some() && !time.info.is_empty() {
+            println!("             {}", time.info);
+        }
     }
     Ok(())
 }

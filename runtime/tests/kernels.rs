@@ -23,7 +23,7 @@ fn vectorized(kernel: &str) -> bool {
     } else if cfg!(target_arch = "arm") {
         &["armv7neon", "lookout_block"]
     } else {
-        &["avx", "fma", "lookout_block_avx2"]
+        &["avx", "fma", "lookout_block_avx2", "lookout_avx512"]
     };
     prefixes.iter().any(|prefix| kernel.starts_with(prefix))
 }
@@ -36,7 +36,7 @@ fn every_product_of_every_stage_gets_a_vectorized_kernel() {
     for stage in report["stages"].as_array().unwrap() {
         for graph in stage["graphs"].as_array().unwrap() {
             let count = |op: &str| graph["ops"][op].as_u64().unwrap_or(0);
-            let products = count("OptMatMul") + count("BlockMatMul");
+            let products = count("OptMatMul") + count("BlockMatMul") + count("Pointwise") + count("DirectConv");
             let kernels = graph["product_kernels"].as_object().unwrap();
             let with_kernel: u64 = kernels.values().map(|n| n.as_u64().unwrap()).sum();
             assert!(

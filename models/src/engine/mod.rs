@@ -12,10 +12,15 @@ use crate::bundle::{Bundle, Component};
 use crate::error::{ModelError, Result};
 
 mod attention;
+#[cfg(target_arch = "x86_64")]
+mod avx512_products;
 pub mod block_quant;
 mod depthwise_x86;
+mod direct_conv;
+mod epilogue;
 mod layout_forms;
 mod nnef_ops;
+mod pointwise;
 mod resize;
 mod top_k;
 mod weight_rows;
@@ -131,6 +136,8 @@ pub fn routines() -> Vec<(&'static str, Option<&'static str>)> {
 pub struct NodeTime {
     pub op: String,
     pub node: String,
+    /// What the operator says of itself (shapes, kernels, fused operations).
+    pub info: String,
     pub ms: f64,
 }
 
@@ -145,6 +152,7 @@ impl Graph {
     pub fn load(component: &str, path: &Path, spec: &GraphSpec) -> Result<Graph> {
         let plan = guard(component, || {
             let mut model = prepare(path, spec)?;
+            rewrite_products(&mut model)?;
             model.optimize()?;
             model.into_runnable()
         })
@@ -156,6 +164,7 @@ impl Graph {
     pub fn load_compiled(component: &str, path: &Path) -> Result<Graph> {
         let load = || -> TractResult<Arc<TypedSimplePlan>> {
             let mut model = nnef_framework().model_for_path(path)?;
+            rewrite_products(&mut model)?;
             model.optimize()?;
             model.into_runnable()
         };
@@ -186,6 +195,10 @@ impl Graph {
                     product.mmm.iter().map(|kernel| kernel.name().to_string()).collect()
                 } else if let Some(block) = node.op_as::<block_quant::BlockMatMul>() {
                     vec![format!("{} ({})", block_quant::kernel_name(), block.format.name())]
+                } else if node.op_is::<pointwise::Pointwise>() {
+                    vec![pointwise::kernel_name().to_string()]
+                } else if node.op_is::<direct_conv::DirectConv>() {
+                    vec![direct_conv::kernel_name().to_string()]
                 } else {
                     continue;
                 };
@@ -204,7 +217,12 @@ impl Graph {
         let mut times: Vec<NodeTime> = model
             .nodes
             .iter()
-            .map(|node| NodeTime { op: node.op.name().to_string(), node: node.name.clone(), ms: 0.0 })
+            .map(|node| NodeTime {
+                op: node.op.name().to_string(),
+                node: node.name.clone(),
+                info: node.op.info().map(|lines| lines.join("; ")).unwrap_or_default(),
+                ms: 0.0,
+            })
             .collect();
         let mut state = TypedSimpleState::new(&self.plan).map_err(|e| ModelError::load(&self.component, e))?;
         for round in 0..=rounds {
@@ -294,6 +312,65 @@ fn replace_each<O: TypedOp, R: TypedOp>(
         replaced += 1;
     }
     Ok(replaced)
+}
+
+/// Puts an operator in place of each part of the graph `found` recognizes (from a node id: the part's input, the
+/// operator, and the last node it replaces), one at a time, compacting the graph after each so that the constants
+/// only the replaced nodes held (weights laid out anew for the operator) are freed before the next is laid out.
+/// Returns how many were replaced.
+fn replace_with_compaction<O: TypedOp>(
+    model: &mut TypedModel,
+    found: impl Fn(&TypedModel, usize) -> TractResult<Option<(OutletId, O, usize)>>,
+) -> TractResult<usize> {
+    let mut replaced = 0;
+    loop {
+        let mut next = None;
+        for id in model.eval_order()? {
+            if let Some(part) = found(model, id)? {
+                next = Some((id, part));
+                break;
+            }
+        }
+        let Some((id, (input, op, last))) = next else { return Ok(replaced) };
+        let mut patch = TypedModelPatch::new(format!("{} in place of {}", op.name(), model.node(id).name));
+        let input = patch.tap_model(model, input)?;
+        let wire = patch.wire_node(&model.node(id).name, op, &[input])?[0];
+        patch.shunt_outside(model, OutletId::new(last, 0), wire)?;
+        patch.apply(model)?;
+        model.compact()?;
+        replaced += 1;
+    }
+}
+
+/// Evaluates an operator of one f32 input into a new f32 tensor of `shape`, which `compute` fills entirely.
+fn eval_into_f32(
+    inputs: &[TValue],
+    shape: &[usize],
+    compute: impl FnOnce(&[f32], &mut [f32]) -> TractResult<()>,
+) -> TractResult<TVec<TValue>> {
+    let x = inputs[0].try_as_plain_ram()?;
+    // SAFETY: `compute` writes every output value (or fails, and the tensor is dropped unread).
+    let mut out = unsafe { Tensor::uninitialized::<f32>(shape)? };
+    {
+        let mut plain = out.try_as_plain_ram_mut()?;
+        compute(x.as_slice::<f32>()?, plain.as_slice_mut::<f32>()?)?;
+    }
+    Ok(tvec!(out.into_tvalue()))
+}
+
+/// Whether this CPU runs Lookout's AVX-512 products.
+fn avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return avx512_products::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Lookout's own products in place of tract's where this CPU runs them faster (see `pointwise` and `direct_conv`).
+fn rewrite_products(model: &mut TypedModel) -> TractResult<()> {
+    pointwise::rewrite(model)?;
+    direct_conv::rewrite(model)?;
+    Ok(())
 }
 
 /// The registry of Lookout's NNEF forms, which compiled archives declare (`extension tract_registry lookout`).

@@ -171,6 +171,20 @@ pub fn current() -> Arc<Workers> {
     }
 }
 
+/// Below this many multiply-adds, [`share`] runs a job on the calling thread alone: waking helpers costs more.
+const SHARED_MIN_MACS: usize = 1 << 20;
+
+/// Runs `job` over every index of `0..len`, a job of `macs` multiply-adds: on the calling thread alone when it is
+/// small or there are no helpers, else in a few ranges per thread, each a multiple of `align` long but the last.
+pub fn share(len: usize, macs: usize, align: usize, job: &(dyn Fn(std::ops::Range<usize>) + Sync)) {
+    let workers = current();
+    if macs < SHARED_MIN_MACS || workers.threads() == 1 {
+        return job(0..len);
+    }
+    let chunk = len.div_ceil(workers.threads() * 4).next_multiple_of(align.max(1));
+    workers.run(len.div_ceil(chunk), &|piece| job(piece * chunk..((piece + 1) * chunk).min(len)));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,169 @@
+//! The AVX-512 kernel of Lookout's own products (1×1 convolutions in [`super::pointwise`], stride-1 convolutions in
+//! [`super::direct_conv`]): `c[i, j] = epilogue(Σ a[i, kk] · b[kk, j])`, one value of `a` broadcast against sixteen
+//! contiguous values of a row of `b`, in tiles of up to twelve rows by 32 columns whose sums stay in registers
+//! until the bias, the leaky ReLU and the clamp are applied. Rows of `b` are found through [`BRows`], so that a
+//! convolution reads its input in place, one tap's shifted row per `kk`.
+
+use std::arch::x86_64::*;
+use std::ops::Range;
+
+pub fn available() -> bool {
+    is_x86_feature_detected!("avx512f")
+}
+
+/// Where row `kk` of `b` starts, in values from the pointer a block is given.
+pub trait BRows: Copy {
+    fn row(&self, kk: usize) -> usize;
+}
+
+/// Rows `stride` values apart.
+#[derive(Clone, Copy)]
+pub struct Strided(pub usize);
+
+impl BRows for Strided {
+    #[inline(always)]
+    fn row(&self, kk: usize) -> usize {
+        kk * self.0
+    }
+}
+
+/// Rows at the offsets of a table (one per `kk`).
+#[derive(Clone, Copy)]
+pub struct Table<'a>(pub &'a [usize]);
+
+impl BRows for Table<'_> {
+    #[inline(always)]
+    fn row(&self, kk: usize) -> usize {
+        self.0[kk]
+    }
+}
+
+/// One product's operands: `a[i, kk]` at `a + i * a_row + kk * a_k`, `c[i, j]` at `c + i * c_row + j`, and the
+/// epilogue: plus `bias[i]` (`bias_per_row`) or `bias[j]` where `bias` is not null, then `alpha · v` for negative
+/// `v` where `leaky`, then clamped to `lo..=hi`.
+#[derive(Clone, Copy)]
+pub struct Product<R: BRows> {
+    pub a: *const f32,
+    pub a_row: usize,
+    pub a_k: usize,
+    pub k: usize,
+    pub b_rows: R,
+    pub c: *mut f32,
+    pub c_row: usize,
+    pub bias: *const f32,
+    pub bias_per_row: bool,
+    pub leaky: bool,
+    pub alpha: f32,
+    pub lo: f32,
+    pub hi: f32,
+}
+
+fn mask(columns: usize) -> u16 {
+    if columns >= 16 {
+        u16::MAX
+    } else {
+        (1u16 << columns) - 1
+    }
+}
+
+/// Rows `i0..i0 + R` (those below `row_end`) and columns `j0..j0 + 16 C` (those `masks` keep) of the product; `b`
+/// points at column `j0` of `b`.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn tile<B: BRows, const R: usize, const C: usize>(
+    p: &Product<B>,
+    b: *const f32,
+    i0: usize,
+    row_end: usize,
+    j0: usize,
+    masks: [u16; C],
+) {
+    let rows = (row_end - i0).min(R);
+    // Rows past the end repeat the last one, so that every load stays inside `a`; they are not stored.
+    let mut a_rows = [p.a; R];
+    for (r, a_row) in a_rows.iter_mut().enumerate() {
+        *a_row = p.a.add((i0 + r.min(rows - 1)) * p.a_row);
+    }
+    let mut acc = [[_mm512_setzero_ps(); C]; R];
+    let mut bv = [_mm512_setzero_ps(); C];
+    for kk in 0..p.k {
+        let row = b.wrapping_add(p.b_rows.row(kk));
+        for c in 0..C {
+            bv[c] = _mm512_maskz_loadu_ps(masks[c], row.wrapping_add(16 * c));
+        }
+        for r in 0..R {
+            let a = _mm512_set1_ps(*a_rows[r].add(kk * p.a_k));
+            for c in 0..C {
+                acc[r][c] = _mm512_fmadd_ps(a, bv[c], acc[r][c]);
+            }
+        }
+    }
+    let (lo, hi, alpha, zero) =
+        (_mm512_set1_ps(p.lo), _mm512_set1_ps(p.hi), _mm512_set1_ps(p.alpha), _mm512_setzero_ps());
+    for (r, sums) in acc.iter().enumerate().take(rows) {
+        for c in 0..C {
+            let mut v = sums[c];
+            if !p.bias.is_null() {
+                let bias = if p.bias_per_row {
+                    _mm512_set1_ps(*p.bias.add(i0 + r))
+                } else {
+                    _mm512_maskz_loadu_ps(masks[c], p.bias.wrapping_add(j0 + 16 * c))
+                };
+                v = _mm512_add_ps(v, bias);
+            }
+            if p.leaky {
+                v = _mm512_mask_mul_ps(v, _mm512_cmp_ps_mask::<_CMP_LT_OQ>(v, zero), v, alpha);
+            }
+            v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
+            _mm512_mask_storeu_ps(p.c.wrapping_add((i0 + r) * p.c_row + j0 + 16 * c), masks[c], v);
+        }
+    }
+}
+
+/// Rows `i0..i0 + R` over the columns `columns`; `b` points at column `columns.start`.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn row_block<B: BRows, const R: usize>(
+    p: &Product<B>,
+    b: *const f32,
+    i0: usize,
+    row_end: usize,
+    columns: Range<usize>,
+) {
+    let mut j = columns.start;
+    while j + 32 <= columns.end {
+        tile::<B, R, 2>(p, b.wrapping_add(j - columns.start), i0, row_end, j, [u16::MAX; 2]);
+        j += 32;
+    }
+    let left = columns.end - j;
+    let b = b.wrapping_add(j - columns.start);
+    if left > 16 {
+        tile::<B, R, 2>(p, b, i0, row_end, j, [u16::MAX, mask(left - 16)]);
+    } else if left > 0 {
+        tile::<B, R, 1>(p, b, i0, row_end, j, [mask(left)]);
+    }
+}
+
+/// Every row of `rows` over the columns `columns` (twelve rows at a time, then eight or four); `b` points at
+/// column `columns.start`.
+///
+/// # Safety
+/// The CPU has AVX-512F; `a` holds every row of `rows` over `k`, every row `b_rows` gives holds the columns, `c`
+/// and `bias` hold every value written or read, and no other thread writes these values of `c`.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn block<B: BRows>(p: &Product<B>, b: *const f32, rows: Range<usize>, columns: Range<usize>) {
+    let mut i = rows.start;
+    while i < rows.end {
+        let left = rows.end - i;
+        if left > 8 {
+            row_block::<B, 12>(p, b, i, rows.end, columns.clone());
+            i += 12;
+        } else if left > 4 {
+            row_block::<B, 8>(p, b, i, rows.end, columns.clone());
+            i += 8;
+        } else {
+            row_block::<B, 4>(p, b, i, rows.end, columns.clone());
+            i += 4;
+        }
+    }
+}
