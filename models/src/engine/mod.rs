@@ -256,13 +256,13 @@ impl GraphState {
 
 /// The engine a compiled graph must come from: the tract this crate is built with (pinned in Cargo.toml), and the
 /// revision of Lookout's own rewrites of the prepared graph and of its NNEF forms (2: f32 weight rows; 3: top-k by
-/// heap; 4: convolutions and pools kept as prepared; 5: resampling in one pass), so that an archive written before
-/// one changed is compiled again.
-pub const ENGINE: &str = "tract 0.23.9, lookout graphs 5";
+/// heap; 4: convolutions and pools kept as prepared; 5: resampling in one pass; 6: channel-last pools in place of
+/// transposed ones), so that an archive written before one changed is compiled again.
+pub const ENGINE: &str = "tract 0.23.9, lookout graphs 6";
 
 /// Parses an ONNX graph, declares its inputs, declutters it, applies the named model transforms and Lookout's own
-/// rewrites (f32 weight rows where the spec asks, top-k and resampling in one pass): everything before optimization,
-/// which is what a compiled graph holds.
+/// rewrites (f32 weight rows where the spec asks, top-k and resampling in one pass, channel-last pools): everything
+/// before optimization, which is what a compiled graph holds.
 fn prepare(path: &Path, spec: &GraphSpec) -> TractResult<TypedModel> {
     let mut onnx = tract_onnx::onnx().with_ignore_output_shapes(true).with_ignore_value_info(true);
     block_quant::onnx::register(&mut onnx.op_register);
@@ -293,6 +293,7 @@ fn prepare(path: &Path, spec: &GraphSpec) -> TractResult<TypedModel> {
     }
     top_k::rewrite(&mut typed)?;
     resize::rewrite(&mut typed)?;
+    layout_forms::rewrite_transposed_pools(&mut typed)?;
     Ok(typed)
 }
 

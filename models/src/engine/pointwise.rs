@@ -7,6 +7,7 @@
 //! and an f32 constant, on CPUs with AVX-512; elsewhere tract's own kernels run.
 
 use tract_nnef::internal::*;
+use tract_onnx::tract_core::ops::einsum::einsum_matmul::EinSumMatMul;
 use tract_onnx::tract_core::ops::einsum::EinSum;
 
 use super::epilogue::{self, concrete_shape, Epilogue, Parts};
@@ -125,6 +126,9 @@ mod avx512 {
     use super::super::avx512_products::{block, Product, Strided};
     use super::Plan;
 
+    /// Columns of weights a row block passes before the next row block starts.
+    const WEIGHT_PANEL: usize = 256;
+
     /// [`super::run`] with AVX-512. With the output's channels together, the positions are the kernel's rows and
     /// the weights its columns; otherwise the weights are its rows and the positions its columns, read in place
     /// where each channel's positions lie together and copied into a panel of 32 positions where they do not.
@@ -153,7 +157,14 @@ mod avx512 {
                 lo: e.lo,
                 hi: e.hi,
             };
-            block(&p, plan.w, range, 0..n);
+            // Weights a panel of columns at a time across all the rows, so that a panel read from memory serves
+            // every row (the recognizer's 120×6625 output head is larger than the cache).
+            let mut j = 0;
+            while j < n {
+                let end = (j + WEIGHT_PANEL).min(n);
+                block(&p, plan.w.add(j), range.clone(), j..end);
+                j = end;
+            }
             return;
         }
         let mut p = Product {
@@ -200,7 +211,8 @@ impl Op for Pointwise {
     fn info(&self) -> TractResult<Vec<String>> {
         let layout = |last: bool, inner: &str| if last { format!("[m, {inner}]") } else { format!("[{inner}, m]") };
         Ok(vec![format!(
-            "k:{} n:{} input {} output {} {} with {}",
+            "m:{} k:{} n:{} input {} output {} {} with {}",
+            self.output_shape.iter().product::<usize>() / self.n.max(1),
             self.k,
             self.n,
             layout(self.x_k_last, "k"),
@@ -254,7 +266,13 @@ fn rewrite_products(model: &mut TypedModel) -> TractResult<usize> {
 /// the last node it replaces.
 fn product_at(model: &TypedModel, id: usize) -> TractResult<Option<(OutletId, Pointwise, usize)>> {
     let node = model.node(id);
-    let Some(einsum) = node.op_as::<EinSum>() else { return Ok(None) };
+    // A decluttered graph holds tract's products as EinSumMatMul (an EinSum with its axes picked); one read back
+    // from an archive holds the EinSum.
+    let einsum = match (node.op_as::<EinSum>(), node.op_as::<EinSumMatMul>()) {
+        (Some(einsum), _) => einsum,
+        (_, Some(product)) => &product.op,
+        _ => return Ok(None),
+    };
     if einsum.q_params.is_some() || einsum.operating_dt != f32::datum_type() || node.inputs.len() != 2 {
         return Ok(None);
     }
@@ -276,7 +294,10 @@ fn product_at(model: &TypedModel, id: usize) -> TractResult<Option<(OutletId, Po
     let w_shape = weights.shape();
     // The position of the reduced axis (k), the positions' axis (m) and the output channels' axis (n) in the
     // activation, the weights and the output; every other axis has length 1.
-    let (mut k, mut m, mut n) = (None, None, None);
+    // The reduced axis (k) and the output channels' axis (n), with their positions in the activation, the weights
+    // and the output, and the positions' axes (m: one, or several kept together in the same order, as the height
+    // and width of an image); every other axis has length 1.
+    let (mut k, mut n, mut m) = (None, None, Vec::new());
     for axis in einsum.axes.iter_all_axes() {
         let (xp, wp, op) = (&axis.inputs[xi], &axis.inputs[wi], &axis.outputs[0]);
         if xp.len() > 1 || wp.len() > 1 || op.len() > 1 {
@@ -293,18 +314,26 @@ fn product_at(model: &TypedModel, id: usize) -> TractResult<Option<(OutletId, Po
         }
         let slot = match (xp, wp, op) {
             (Some(x), Some(w), None) => (&mut k, [x, w]),
-            (Some(x), None, Some(o)) => (&mut m, [x, o]),
             (None, Some(w), Some(o)) => (&mut n, [w, o]),
+            (Some(x), None, Some(o)) => {
+                m.push([x, o]);
+                continue;
+            }
             _ => return Ok(None),
         };
         if slot.0.replace((slot.1, lengths[0])).is_some() {
             return Ok(None);
         }
     }
-    let (Some(([xk, wk], k_len)), Some(([xm, om], _)), Some(([wn, on], n_len))) = (k, m, n) else {
+    let (Some(([xk, wk], k_len)), Some(([wn, on], n_len))) = (k, n) else { return Ok(None) };
+    m.sort();
+    let together = m.windows(2).all(|pair| pair[1][1] > pair[0][1]);
+    let (Some(first), Some(last)) = (m.first(), m.last()) else { return Ok(None) };
+    let (x_k_last, out_n_last, w_n_first) = (xk > last[0], on > last[1], wn < wk);
+    // The positions' axes must be neither split by k in the activation nor by n in the output.
+    if !together || (!x_k_last && xk > first[0]) || (!out_n_last && on > first[1]) {
         return Ok(None);
-    };
-    let (x_k_last, out_n_last, w_n_first) = (xk > xm, on > om, wn < wk);
+    }
     // The kernel reads the weights as [k, n] when the output is [m, n], else as [n, k]: as stored, or transposed.
     let weights = if out_n_last != w_n_first {
         weights
@@ -375,8 +404,9 @@ mod tests {
     fn pointwise_products_equal_tracts_einsum_in_every_layout() {
         let (m, k, n) = (203, 37, 45);
         type Case<'a> = (&'a str, &'a [usize], &'a [usize], &'a [usize]);
-        let cases: [Case; 4] = [
+        let cases: [Case; 5] = [
             ("amk,ank->amn", &[1, m, k], &[1, n, k], &[1, 1, n]),
+            ("ahwk,nk->hwn", &[1, 7, 29, k], &[n, k], &[1, 1, n]),
             ("km,nk->nm", &[k, m], &[n, k], &[n, 1]),
             ("mk,kn->nm", &[m, k], &[k, n], &[n, 1]),
             ("km,kn->mn", &[k, m], &[k, n], &[1, n]),
@@ -417,6 +447,14 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Positions split by the reduced axis are not a product this operator computes: the graph is left as it is.
+    #[test]
+    fn positions_split_by_the_reduced_axis_are_left_to_tract() {
+        let mut model = graph("hkw,nk->hwn", &[3, 4, 5], &[6, 4], None, false);
+        assert_eq!(rewrite_products(&mut model).unwrap(), 0);
+        assert!(model.nodes.iter().any(|node| node.op_is::<EinSum>()));
     }
 
     /// A product whose output also feeds another node keeps its epilogue in the graph; a bias that varies along
