@@ -1,11 +1,13 @@
 //! The AVX-512 kernel of Lookout's own products (1×1 convolutions in [`super::pointwise`], stride-1 convolutions in
 //! [`super::direct_conv`]): `c[i, j] = epilogue(Σ a[i, kk] · b[kk, j])`, one value of `a` broadcast against sixteen
 //! contiguous values of a row of `b`, in tiles of up to twelve rows by 32 columns whose sums stay in registers
-//! until the bias, the leaky ReLU and the clamp are applied. Rows of `b` are found through [`BRows`], so that a
+//! until the epilogue's steps (bias, activations) are applied. Rows of `b` are found through [`BRows`], so that a
 //! convolution reads its input in place, one tap's shifted row per `kk`.
 
 use std::arch::x86_64::*;
 use std::ops::Range;
+
+use super::epilogue::Step;
 
 pub fn available() -> bool {
     is_x86_feature_detected!("avx512f")
@@ -39,10 +41,9 @@ impl BRows for Table<'_> {
 }
 
 /// One product's operands: `a[i, kk]` at `a + i * a_row + kk * a_k`, `c[i, j]` at `c + i * c_row + j`, and the
-/// epilogue: plus `bias[i]` (`bias_per_row`) or `bias[j]` where `bias` is not null, then `alpha · v` for negative
-/// `v` where `leaky`, then clamped to `lo..=hi`.
+/// epilogue's steps, whose bias is `bias[i]` (`bias_per_row`) or `bias[j]`.
 #[derive(Clone, Copy)]
-pub struct Product<R: BRows> {
+pub struct Product<'s, R: BRows> {
     pub a: *const f32,
     pub a_row: usize,
     pub a_k: usize,
@@ -52,10 +53,7 @@ pub struct Product<R: BRows> {
     pub c_row: usize,
     pub bias: *const f32,
     pub bias_per_row: bool,
-    pub leaky: bool,
-    pub alpha: f32,
-    pub lo: f32,
-    pub hi: f32,
+    pub steps: &'s [Step],
 }
 
 fn mask(columns: usize) -> u16 {
@@ -71,7 +69,7 @@ fn mask(columns: usize) -> u16 {
 #[target_feature(enable = "avx512f")]
 #[inline]
 unsafe fn tile<B: BRows, const R: usize, const C: usize>(
-    p: &Product<B>,
+    p: &Product<'_, B>,
     b: *const f32,
     i0: usize,
     row_end: usize,
@@ -98,23 +96,31 @@ unsafe fn tile<B: BRows, const R: usize, const C: usize>(
             }
         }
     }
-    let (lo, hi, alpha, zero) =
-        (_mm512_set1_ps(p.lo), _mm512_set1_ps(p.hi), _mm512_set1_ps(p.alpha), _mm512_setzero_ps());
+    let constant = |bits: u32| _mm512_set1_ps(f32::from_bits(bits));
     for (r, sums) in acc.iter().enumerate().take(rows) {
         for c in 0..C {
             let mut v = sums[c];
-            if !p.bias.is_null() {
-                let bias = if p.bias_per_row {
-                    _mm512_set1_ps(*p.bias.add(i0 + r))
-                } else {
-                    _mm512_maskz_loadu_ps(masks[c], p.bias.wrapping_add(j0 + 16 * c))
+            for step in p.steps {
+                v = match *step {
+                    Step::Bias if p.bias_per_row => _mm512_add_ps(v, _mm512_set1_ps(*p.bias.add(i0 + r))),
+                    Step::Bias => _mm512_add_ps(v, _mm512_maskz_loadu_ps(masks[c], p.bias.wrapping_add(j0 + 16 * c))),
+                    Step::Scale(a) => _mm512_mul_ps(v, constant(a)),
+                    Step::Shift(b) => _mm512_add_ps(v, constant(b)),
+                    Step::Leaky(alpha) => _mm512_mask_mul_ps(
+                        v,
+                        _mm512_cmp_ps_mask::<_CMP_LT_OQ>(v, _mm512_setzero_ps()),
+                        v,
+                        constant(alpha),
+                    ),
+                    Step::Max(x) => _mm512_max_ps(v, constant(x)),
+                    Step::Min(x) => _mm512_min_ps(v, constant(x)),
+                    Step::Gate([shift, lo, hi]) => {
+                        let gate =
+                            _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(v, constant(shift)), constant(lo)), constant(hi));
+                        _mm512_mul_ps(v, gate)
+                    }
                 };
-                v = _mm512_add_ps(v, bias);
             }
-            if p.leaky {
-                v = _mm512_mask_mul_ps(v, _mm512_cmp_ps_mask::<_CMP_LT_OQ>(v, zero), v, alpha);
-            }
-            v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
             _mm512_mask_storeu_ps(p.c.wrapping_add((i0 + r) * p.c_row + j0 + 16 * c), masks[c], v);
         }
     }
@@ -124,7 +130,7 @@ unsafe fn tile<B: BRows, const R: usize, const C: usize>(
 #[target_feature(enable = "avx512f")]
 #[inline]
 unsafe fn row_block<B: BRows, const R: usize>(
-    p: &Product<B>,
+    p: &Product<'_, B>,
     b: *const f32,
     i0: usize,
     row_end: usize,
@@ -151,7 +157,7 @@ unsafe fn row_block<B: BRows, const R: usize>(
 /// The CPU has AVX-512F; `a` holds every row of `rows` over `k`, every row `b_rows` gives holds the columns, `c`
 /// and `bias` hold every value written or read, and no other thread writes these values of `c`.
 #[target_feature(enable = "avx512f")]
-pub unsafe fn block<B: BRows>(p: &Product<B>, b: *const f32, rows: Range<usize>, columns: Range<usize>) {
+pub unsafe fn block<B: BRows>(p: &Product<'_, B>, b: *const f32, rows: Range<usize>, columns: Range<usize>) {
     let mut i = rows.start;
     while i < rows.end {
         let left = rows.end - i;

@@ -3,7 +3,7 @@
 //! into panels (a lazy im2col) before it multiplies: NanoDet spent 52 of its 71 ms in those products. Here the
 //! positions of one output row are the kernel's columns, the output channels its rows, and each reduced index (an
 //! input channel and a tap) reads the padded input's row at that tap's offset, sixteen positions at a time; the
-//! bias and what follows the convolution alone (leaky ReLU, clamps) are applied before the sums leave the registers,
+//! bias and what follows the convolution alone (activations: see [`super::epilogue`]) are applied before the sums leave the registers,
 //! and output rows are shared between threads. A convolution with a stride along the width first splits the
 //! padded input's columns into that many phases (even and odd columns for a stride of 2), so that the positions of
 //! an output row read contiguous values there too. Graphs get it at load in place of a tract `Conv` it computes, on CPUs
@@ -219,10 +219,7 @@ mod avx512 {
                 c_row: oh * ow,
                 bias: e.bias.map_or(std::ptr::null(), <[f32]>::as_ptr),
                 bias_per_row: true,
-                leaky: e.leaky,
-                alpha: e.alpha,
-                lo: e.lo,
-                hi: e.hi,
+                steps: e.steps,
             };
             let row = plan.padded.add(plan.row_stride * y * plan.phase_w);
             let mut x = 0;

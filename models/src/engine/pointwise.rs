@@ -2,7 +2,7 @@
 //! place on CPUs with AVX-512. tract 0.23.9 copies the activation of every such product into panels before it
 //! multiplies (CenterNet: 14 ms of packing beside 39 ms of products, in a 111 ms run); this operator broadcasts one
 //! value of one operand against sixteen contiguous values of the other, straight from where they lie, applies the
-//! epilogue that follows the product (bias, leaky ReLU, clamps: see [`super::epilogue`]) before the sums leave the
+//! epilogue that follows the product (bias, activations: see [`super::epilogue`]) before the sums leave the
 //! registers, and shares the product's positions between threads. Graphs get it at load, in place of a tract `EinSum` of an f32 activation
 //! and an f32 constant, on CPUs with AVX-512; elsewhere tract's own kernels run.
 
@@ -152,10 +152,7 @@ mod avx512 {
                 c_row: n,
                 bias,
                 bias_per_row: false,
-                leaky: e.leaky,
-                alpha: e.alpha,
-                lo: e.lo,
-                hi: e.hi,
+                steps: e.steps,
             };
             // Weights a panel of columns at a time across all the rows, so that a panel read from memory serves
             // every row (the recognizer's 120×6625 output head is larger than the cache).
@@ -177,10 +174,7 @@ mod avx512 {
             c_row: m,
             bias,
             bias_per_row: true,
-            leaky: e.leaky,
-            alpha: e.alpha,
-            lo: e.lo,
-            hi: e.hi,
+            steps: e.steps,
         };
         let mut panel = if plan.x_k_last { vec![0f32; k * 32] } else { Vec::new() };
         let mut j = range.start;
@@ -446,6 +440,50 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// The hard swish after a product, as TensorFlow's converter writes it (the value times a sixth, times its
+    /// clamped shift) and as Paddle's does (the value times its clamped shift, then scaled and shifted), and an
+    /// affine scale and shift before it: all of it goes into the product's epilogue, with tract's results.
+    #[test]
+    fn a_hard_swish_after_a_product_goes_into_its_epilogue() {
+        let (m, k, n) = (50, 12, 20);
+        for tensorflow in [true, false] {
+            let mut model = graph("mk,kn->mn", &[m, k], &[k, n], Some(&[1, n]), false);
+            let mut wire = model.output_outlets().unwrap()[0];
+            let scalar = |model: &mut TypedModel, name: &str, v: f32| {
+                model.add_const(name, Tensor::from_shape(&[1, 1], &[v]).unwrap()).unwrap()
+            };
+            let (c, d) = (scalar(&mut model, "c", 1.9), scalar(&mut model, "d", 0.8));
+            wire = model.wire_node("affine_mul", math::mul(), &[wire, c]).unwrap()[0];
+            wire = model.wire_node("affine_add", math::add(), &[wire, d]).unwrap()[0];
+            let (three, zero, six) =
+                (scalar(&mut model, "three", 3.0), scalar(&mut model, "zero", 0.0), scalar(&mut model, "six", 6.0));
+            let shifted = model.wire_node("plus3", math::add(), &[wire, three]).unwrap()[0];
+            let low = model.wire_node("relu6_low", math::max(), &[shifted, zero]).unwrap()[0];
+            let gate = model.wire_node("relu6_high", math::min(), &[low, six]).unwrap()[0];
+            let sixth = scalar(&mut model, "sixth", 1.0 / 6.0);
+            let out = if tensorflow {
+                let scaled = model.wire_node("scaled", math::mul(), &[wire, sixth]).unwrap()[0];
+                model.wire_node("swish", math::mul(), &[scaled, gate]).unwrap()[0]
+            } else {
+                let swish = model.wire_node("swish", math::mul(), &[wire, gate]).unwrap()[0];
+                model.wire_node("scaled", math::mul(), &[swish, sixth]).unwrap()[0]
+            };
+            model.select_output_outlets(&[out]).unwrap();
+            let mut rewritten = model.clone();
+            assert_eq!(rewrite_products(&mut rewritten).unwrap(), 1);
+            let rewritten = rewritten.into_decluttered().unwrap();
+            let ops: Vec<String> =
+                rewritten.eval_order().unwrap().iter().map(|&id| rewritten.node(id).op.name().to_string()).collect();
+            assert_eq!(ops, ["Source", "Pointwise"], "TensorFlow's form: {tensorflow}");
+            let x = Tensor::from_shape(&[m, k], &values(m * k, 7)).unwrap();
+            let (expected, got) = (run(&model, &x), run(&rewritten, &x));
+            for (a, b) in got.iter().zip(&expected) {
+                assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{a} vs {b}");
+            }
+            assert!(expected.contains(&0.0) && expected.iter().any(|v| *v > 1.0), "the gate both closes and opens");
         }
     }
 
