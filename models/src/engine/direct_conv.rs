@@ -133,7 +133,6 @@ impl DirectConv {
         let weights = weights.as_slice::<f32>()?;
         let k = self.c_in * kh * kw;
         ensure!(weights.len() == self.c_out * k, "DirectConv: {} weights for {}×{k}", weights.len(), self.c_out);
-        let bias = self.epilogue.bias_values()?;
         let padded = self.pad(x);
         let offsets = self.offsets();
         let plan = Plan {
@@ -145,7 +144,7 @@ impl DirectConv {
             out: out.as_mut_ptr(),
             out_hw,
             c_out: self.c_out,
-            epilogue: self.epilogue.parts(&bias, self.c_out).map_err(|e| e.context("DirectConv"))?,
+            epilogue: self.epilogue.parts(self.c_out).map_err(|e| e.context("DirectConv"))?,
         };
         // SAFETY: the plan's buffers hold the sizes checked above, and each range writes its own rows.
         workers::share(out_hw[0], out.len() * k, 1, &|range| unsafe { kernel(&plan, range) });

@@ -65,20 +65,12 @@ pub struct Parts<'a> {
 }
 
 impl Epilogue {
-    /// Its values, with the bias checked to hold one value per each of `n` channels.
-    pub fn parts<'a>(&'a self, bias: &'a Option<Vec<f32>>, n: usize) -> TractResult<Parts<'a>> {
-        ensure!(
-            bias.as_ref().is_none_or(|b| b.len() == n),
-            "a bias of {:?} values for {n} channels",
-            bias.as_ref().map(Vec::len)
-        );
+    /// Its values, read in place, with the bias checked to hold one value per each of `n` channels.
+    pub fn parts(&self, n: usize) -> TractResult<Parts<'_>> {
+        let bias = self.bias.as_ref().map(|b| b.try_as_plain_ram()?.as_slice::<f32>()).transpose()?;
+        ensure!(bias.is_none_or(|b| b.len() == n), "a bias of {:?} values for {n} channels", bias.map(<[f32]>::len));
         ensure!(bias.is_some() || !self.steps.contains(&Step::Bias), "a bias step without a bias");
-        Ok(Parts { bias: bias.as_deref(), steps: &self.steps })
-    }
-
-    /// The bias as f32 values, if there is one.
-    pub fn bias_values(&self) -> TractResult<Option<Vec<f32>>> {
-        self.bias.as_ref().map(|b| Ok(b.try_as_plain_ram()?.as_slice::<f32>()?.to_vec())).transpose()
+        Ok(Parts { bias, steps: &self.steps })
     }
 
     pub fn describe(&self) -> String {

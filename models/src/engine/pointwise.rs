@@ -57,7 +57,6 @@ impl Pointwise {
         let weights = weights.as_slice::<f32>()?;
         let (k, n) = (self.k, self.n);
         ensure!(k > 0 && n > 0 && weights.len() == k * n, "Pointwise: {} weights for {k}×{n}", weights.len());
-        let bias = self.epilogue.bias_values()?;
         ensure!(x.len().is_multiple_of(k), "Pointwise: {} input values are not positions of {k}", x.len());
         let m = x.len() / k;
         ensure!(out.len() == m * n, "Pointwise: {} outputs for {m} positions of {n}", out.len());
@@ -70,7 +69,7 @@ impl Pointwise {
             n,
             x_k_last: self.x_k_last,
             out_n_last: self.out_n_last,
-            epilogue: self.epilogue.parts(&bias, n).map_err(|e| e.context("Pointwise"))?,
+            epilogue: self.epilogue.parts(n).map_err(|e| e.context("Pointwise"))?,
         };
         // SAFETY: the plan's buffers hold the sizes checked above, and each range writes its own positions (whole
         // tiles of them: 12 rows or 32 columns of the kernel).
