@@ -29,19 +29,8 @@ pub fn available_mib() -> Option<f64> {
 }
 
 /// Returns the allocator's free memory to the kernel. Loading a model parses and rewrites whole graphs; glibc
-/// keeps most of what that frees (hundreds of MiB for the decoder) unless asked. No-op off glibc.
-pub fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        extern "C" {
-            fn malloc_trim(pad: usize) -> i32;
-        }
-        // SAFETY: malloc_trim only walks the allocator's own free lists; it takes no pointers from us.
-        unsafe {
-            malloc_trim(0);
-        }
-    }
-}
+/// keeps most of what that frees (hundreds of MiB for the decoder) unless asked.
+pub use lookout_models::engine::release_free_memory;
 
 /// Resets the peak resident size (`VmHWM`) to the current one, so a later peak measures only what follows.
 pub fn reset_peak() -> std::io::Result<()> {
