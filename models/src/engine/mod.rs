@@ -356,7 +356,6 @@ fn avx512() -> bool {
     false
 }
 
-/// Lookout's own products in place of tract's where this CPU runs them faster (see `pointwise` and `direct_conv`).
 /// Returns the allocator's free memory to the kernel (glibc keeps what a program frees unless asked). No-op off
 /// glibc.
 pub fn release_free_memory() {
@@ -385,6 +384,7 @@ fn into_plan(mut model: TypedModel) -> TractResult<Arc<TypedSimplePlan>> {
     Ok(plan)
 }
 
+/// Lookout's own products in place of tract's where this CPU runs them faster (see `pointwise` and `direct_conv`).
 fn rewrite_products(model: &mut TypedModel) -> TractResult<()> {
     pointwise::rewrite(model)?;
     direct_conv::rewrite(model)?;
