@@ -96,34 +96,41 @@ unsafe fn tile<B: BRows, const R: usize, const C: usize>(
             }
         }
     }
-    let constant = |bits: u32| _mm512_set1_ps(f32::from_bits(bits));
     for (r, sums) in acc.iter().enumerate().take(rows) {
         for c in 0..C {
-            let mut v = sums[c];
-            for step in p.steps {
-                v = match *step {
-                    Step::Bias if p.bias_per_row => _mm512_add_ps(v, _mm512_set1_ps(*p.bias.add(i0 + r))),
-                    Step::Bias => _mm512_add_ps(v, _mm512_maskz_loadu_ps(masks[c], p.bias.wrapping_add(j0 + 16 * c))),
-                    Step::Scale(a) => _mm512_mul_ps(v, constant(a)),
-                    Step::Shift(b) => _mm512_add_ps(v, constant(b)),
-                    Step::Leaky(alpha) => _mm512_mask_mul_ps(
-                        v,
-                        _mm512_cmp_ps_mask::<_CMP_LT_OQ>(v, _mm512_setzero_ps()),
-                        v,
-                        constant(alpha),
-                    ),
-                    Step::Max(x) => _mm512_max_ps(v, constant(x)),
-                    Step::Min(x) => _mm512_min_ps(v, constant(x)),
-                    Step::Gate([shift, lo, hi]) => {
-                        let gate =
-                            _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(v, constant(shift)), constant(lo)), constant(hi));
-                        _mm512_mul_ps(v, gate)
-                    }
-                };
-            }
+            let bias = match () {
+                _ if p.bias.is_null() => _mm512_setzero_ps(),
+                _ if p.bias_per_row => _mm512_set1_ps(*p.bias.add(i0 + r)),
+                _ => _mm512_maskz_loadu_ps(masks[c], p.bias.wrapping_add(j0 + 16 * c)),
+            };
+            let v = apply_steps(sums[c], p.steps, bias);
             _mm512_mask_storeu_ps(p.c.wrapping_add((i0 + r) * p.c_row + j0 + 16 * c), masks[c], v);
         }
     }
+}
+
+/// `steps` on sixteen sums, whose bias values are `bias`.
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub fn apply_steps(mut v: __m512, steps: &[Step], bias: __m512) -> __m512 {
+    let constant = |bits: u32| _mm512_set1_ps(f32::from_bits(bits));
+    for step in steps {
+        v = match *step {
+            Step::Bias => _mm512_add_ps(v, bias),
+            Step::Scale(a) => _mm512_mul_ps(v, constant(a)),
+            Step::Shift(b) => _mm512_add_ps(v, constant(b)),
+            Step::Leaky(alpha) => {
+                _mm512_mask_mul_ps(v, _mm512_cmp_ps_mask::<_CMP_LT_OQ>(v, _mm512_setzero_ps()), v, constant(alpha))
+            }
+            Step::Max(x) => _mm512_max_ps(v, constant(x)),
+            Step::Min(x) => _mm512_min_ps(v, constant(x)),
+            Step::Gate([shift, lo, hi]) => {
+                let gate = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(v, constant(shift)), constant(lo)), constant(hi));
+                _mm512_mul_ps(v, gate)
+            }
+        };
+    }
+    v
 }
 
 /// Rows `i0..i0 + R` over the columns `columns`; `b` points at column `columns.start`.

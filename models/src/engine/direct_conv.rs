@@ -343,64 +343,8 @@ fn convolution_at(model: &TypedModel, id: usize) -> TractResult<Option<(OutletId
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_graphs::{assert_close, op_names, run, ConvCase};
     use super::*;
-    use tract_onnx::tract_core::ops::cnn::{PaddingSpec, PoolSpec};
-    use tract_onnx::tract_core::ops::math;
-    use tract_onnx::tract_core::ops::nn::leaky_relu;
-
-    fn values(len: usize, seed: usize) -> Vec<f32> {
-        (0..len).map(|i| ((i * 7919 + seed * 104729) % 211) as f32 / 53.0 - 2.0).collect()
-    }
-
-    /// One convolution of a `[1, c_in, h, w]` input, then a leaky ReLU or a ReLU6 when asked.
-    fn graph(
-        c_in: usize,
-        c_out: usize,
-        hw: [usize; 2],
-        kernel: [usize; 2],
-        pads: [usize; 4],
-        strides: [usize; 2],
-        act: &str,
-    ) -> TypedModel {
-        let mut model = TypedModel::default();
-        let x = model.add_source("x", f32::fact([1, c_in, hw[0], hw[1]])).unwrap();
-        let shape = [c_out, c_in, kernel[0], kernel[1]];
-        let w = model.add_const("w", Tensor::from_shape(&shape, &values(shape.iter().product(), 1)).unwrap()).unwrap();
-        let b = model.add_const("b", Tensor::from_shape(&[c_out], &values(c_out, 2)).unwrap()).unwrap();
-        let conv = Conv {
-            pool_spec: PoolSpec {
-                data_format: DataFormat::NCHW,
-                kernel_shape: kernel.iter().copied().collect(),
-                padding: PaddingSpec::Explicit(tvec!(pads[0], pads[2]), tvec!(pads[1], pads[3])),
-                dilations: None,
-                strides: Some(strides.iter().copied().collect()),
-                input_channels: c_in,
-                output_channels: c_out,
-            },
-            kernel_fmt: KernelFormat::OIHW,
-            group: 1,
-            q_params: None,
-        };
-        let mut wire = model.wire_node("conv", conv, &[x, w, b]).unwrap()[0];
-        match act {
-            "leaky" => wire = model.wire_node("leaky", leaky_relu(0.1), &[wire]).unwrap()[0],
-            "relu6" => {
-                let scalar = |v: f32| Tensor::from_shape(&[1, 1, 1, 1], &[v]).unwrap();
-                let lo = model.add_const("lo", scalar(0.0)).unwrap();
-                wire = model.wire_node("relu", math::max(), &[wire, lo]).unwrap()[0];
-                let hi = model.add_const("hi", scalar(6.0)).unwrap();
-                wire = model.wire_node("relu6", math::min(), &[wire, hi]).unwrap()[0];
-            }
-            _ => {}
-        }
-        model.select_output_outlets(&[wire]).unwrap();
-        model
-    }
-
-    fn run(model: &TypedModel, x: &Tensor) -> Vec<f32> {
-        let out = model.clone().into_runnable().unwrap().run(tvec!(x.clone().into_tvalue())).unwrap();
-        out[0].try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().to_vec()
-    }
 
     /// 3×3, 2×3 and 1×3 kernels, padded and not, at strides 1, 2 and 3, over widths that leave partial tiles and channel counts that leave
     /// partial row blocks, each with no activation, a leaky ReLU and a ReLU6: the rewritten graph holds one
@@ -417,30 +361,22 @@ mod tests {
             (2, 5, [7, 40], [2, 3], [0; 4], [1, 3]),
         ];
         for (c_in, c_out, hw, kernel, pads, strides) in cases {
-            let x = Tensor::from_shape(&[1, c_in, hw[0], hw[1]], &values(c_in * hw[0] * hw[1], 3)).unwrap();
+            let x_shape = [1, c_in, hw[0], hw[1]];
+            let case = ConvCase { x_shape, format: DataFormat::NCHW, c_in, c_out, group: 1, kernel, pads, strides };
+            let x = case.input();
             for act in ["none", "leaky", "relu6"] {
-                let model = graph(c_in, c_out, hw, kernel, pads, strides, act);
+                let model = case.graph(act);
                 let expected = run(&model, &x);
                 let mut rewritten = model.clone();
                 let what = format!("{c_in}→{c_out} {hw:?} {kernel:?} {pads:?} {strides:?} {act}");
                 assert_eq!(super::super::replace_with_compaction(&mut rewritten, convolution_at).unwrap(), 1, "{what}");
-                let ops: Vec<String> = rewritten
-                    .eval_order()
-                    .unwrap()
-                    .iter()
-                    .map(|&id| rewritten.node(id).op.name().to_string())
-                    .collect();
-                assert_eq!(ops, ["Source", "DirectConv"], "{what}");
+                assert_eq!(op_names(&rewritten), ["Source", "DirectConv"], "{what}");
                 let conv = rewritten.nodes.iter().find_map(|node| node.op_as::<DirectConv>()).unwrap().clone();
                 let xs = x.try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().to_vec();
                 let mut portable = vec![0f32; expected.len()];
                 conv.convolve(&xs, &mut portable, portable_run).unwrap();
-                for (got, how) in [(run(&rewritten, &x), "rewritten"), (portable, "portable")] {
-                    assert_eq!(got.len(), expected.len(), "{what}");
-                    for (i, (a, b)) in got.iter().zip(&expected).enumerate() {
-                        assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{what} {how} at {i}: {a} vs {b}");
-                    }
-                }
+                assert_close(&run(&rewritten, &x), &expected, &format!("{what} rewritten"));
+                assert_close(&portable, &expected, &format!("{what} portable"));
             }
         }
     }

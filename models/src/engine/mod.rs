@@ -15,6 +15,7 @@ mod attention;
 #[cfg(target_arch = "x86_64")]
 mod avx512_products;
 pub mod block_quant;
+mod depthwise;
 mod depthwise_x86;
 mod direct_conv;
 mod epilogue;
@@ -22,6 +23,8 @@ mod layout_forms;
 mod nnef_ops;
 mod pointwise;
 mod resize;
+#[cfg(test)]
+mod test_graphs;
 mod top_k;
 mod weight_rows;
 mod workers;
@@ -188,6 +191,8 @@ impl Graph {
                     vec![pointwise::kernel_name().to_string()]
                 } else if node.op_is::<direct_conv::DirectConv>() {
                     vec![direct_conv::kernel_name().to_string()]
+                } else if node.op_is::<depthwise::Depthwise>() {
+                    vec![depthwise::kernel_name().to_string()]
                 } else {
                     continue;
                 };
@@ -384,10 +389,12 @@ fn into_plan(mut model: TypedModel) -> TractResult<Arc<TypedSimplePlan>> {
     Ok(plan)
 }
 
-/// Lookout's own products in place of tract's where this CPU runs them faster (see `pointwise` and `direct_conv`).
+/// Lookout's own products in place of tract's where this CPU runs them faster (see `pointwise`, `direct_conv` and
+/// `depthwise`).
 fn rewrite_products(model: &mut TypedModel) -> TractResult<()> {
     pointwise::rewrite(model)?;
     direct_conv::rewrite(model)?;
+    depthwise::rewrite(model)?;
     Ok(())
 }
 

@@ -344,12 +344,9 @@ fn product_at(model: &TypedModel, id: usize) -> TractResult<Option<(OutletId, Po
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_graphs::{assert_close, op_names, relu6_after, run, values};
     use super::*;
     use tract_onnx::tract_core::ops::math;
-
-    fn values(len: usize, seed: usize) -> Vec<f32> {
-        (0..len).map(|i| ((i * 7919 + seed * 104729) % 211) as f32 / 53.0 - 2.0).collect()
-    }
 
     /// A graph of one product of an activation `x` with constant weights, in the given einsum expression, then
     /// the given epilogue (bias add and clamps), as the vision graphs hold their 1×1 convolutions.
@@ -372,21 +369,10 @@ mod tests {
             wire = model.wire_node("bias_add", math::add(), &[wire, bias]).unwrap()[0];
         }
         if clamp {
-            let rank = model.outlet_fact(wire).unwrap().rank();
-            let scalar = |v: f32| Tensor::from_shape(&vec![1; rank], &[v]).unwrap();
-            let lo = model.add_const("lo", scalar(0.0)).unwrap();
-            wire = model.wire_node("relu", math::max(), &[wire, lo]).unwrap()[0];
-            let hi = model.add_const("hi", scalar(6.0)).unwrap();
-            wire = model.wire_node("relu6", math::min(), &[wire, hi]).unwrap()[0];
+            wire = relu6_after(&mut model, wire);
         }
         model.select_output_outlets(&[wire]).unwrap();
         model
-    }
-
-    fn run(model: &TypedModel, x: &Tensor) -> Vec<f32> {
-        let plan = model.clone().into_runnable().unwrap();
-        let out = plan.run(tvec!(x.clone().into_tvalue())).unwrap();
-        out[0].try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().to_vec()
     }
 
     /// Every layout of activation, weights and output the rewrite takes, with lengths that leave partial tiles of
@@ -413,13 +399,7 @@ mod tests {
                 let replaced = rewrite_products(&mut rewritten).unwrap();
                 assert_eq!(replaced, 1, "{expr}");
                 let rewritten = rewritten.into_decluttered().unwrap();
-                let ops: Vec<String> = rewritten
-                    .eval_order()
-                    .unwrap()
-                    .iter()
-                    .map(|&id| rewritten.node(id).op.name().to_string())
-                    .collect();
-                assert_eq!(ops, ["Source", "Pointwise"], "{expr} bias {bias} clamp {clamp}");
+                assert_eq!(op_names(&rewritten), ["Source", "Pointwise"], "{expr} bias {bias} clamp {clamp}");
                 let pointwise = rewritten.nodes.iter().find_map(|node| node.op_as::<Pointwise>()).unwrap().clone();
                 for portable in [false, true] {
                     let got = if portable {
@@ -430,13 +410,7 @@ mod tests {
                     } else {
                         run(&rewritten, &x)
                     };
-                    assert_eq!(got.len(), expected.len());
-                    for (i, (a, b)) in got.iter().zip(&expected).enumerate() {
-                        assert!(
-                            (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
-                            "{expr} bias {bias} clamp {clamp} portable {portable} at {i}: {a} vs {b}"
-                        );
-                    }
+                    assert_close(&got, &expected, &format!("{expr} bias {bias} clamp {clamp} portable {portable}"));
                 }
             }
         }
@@ -474,14 +448,10 @@ mod tests {
             let mut rewritten = model.clone();
             assert_eq!(rewrite_products(&mut rewritten).unwrap(), 1);
             let rewritten = rewritten.into_decluttered().unwrap();
-            let ops: Vec<String> =
-                rewritten.eval_order().unwrap().iter().map(|&id| rewritten.node(id).op.name().to_string()).collect();
-            assert_eq!(ops, ["Source", "Pointwise"], "TensorFlow's form: {tensorflow}");
+            assert_eq!(op_names(&rewritten), ["Source", "Pointwise"], "TensorFlow's form: {tensorflow}");
             let x = Tensor::from_shape(&[m, k], &values(m * k, 7)).unwrap();
-            let (expected, got) = (run(&model, &x), run(&rewritten, &x));
-            for (a, b) in got.iter().zip(&expected) {
-                assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{a} vs {b}");
-            }
+            let expected = run(&model, &x);
+            assert_close(&run(&rewritten, &x), &expected, &format!("TensorFlow's form: {tensorflow}"));
             assert!(expected.contains(&0.0) && expected.iter().any(|v| *v > 1.0), "the gate both closes and opens");
         }
     }
@@ -506,9 +476,6 @@ mod tests {
         let pointwise = rewritten.nodes.iter().find_map(|node| node.op_as::<Pointwise>()).unwrap();
         assert!(pointwise.epilogue.bias.is_none());
         let x = Tensor::from_shape(&[m, k], &values(m * k, 5)).unwrap();
-        let (expected, got) = (run(&model, &x), run(&rewritten, &x));
-        for (a, b) in got.iter().zip(&expected) {
-            assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{a} vs {b}");
-        }
+        assert_close(&run(&rewritten, &x), &run(&model, &x), "a bias along positions");
     }
 }
