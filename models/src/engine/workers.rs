@@ -2,6 +2,7 @@
 //! products of a fraction of a millisecond each, so helpers spin briefly between them instead of sleeping: waking a
 //! sleeping pool thread costs as much as the product. After a short idle spell they sleep until the next product.
 
+use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
@@ -177,13 +178,46 @@ const SHARED_MIN_MACS: usize = 1 << 20;
 /// Runs `job` over every index of `0..len`, a job of `macs` multiply-adds: on the calling thread alone when it is
 /// small or there are no helpers, else in a few ranges per thread, each a multiple of `align` long but the last.
 pub fn share(len: usize, macs: usize, align: usize, job: &(dyn Fn(std::ops::Range<usize>) + Sync)) {
-    let workers = current();
-    if macs < SHARED_MIN_MACS || workers.threads() == 1 {
+    share_on(&current(), len, macs, align, job)
+}
+
+fn share_on(workers: &Workers, len: usize, macs: usize, align: usize, job: &(dyn Fn(Range<usize>) + Sync)) {
+    if len == 0 || macs < SHARED_MIN_MACS || workers.threads() == 1 {
         return job(0..len);
     }
     let chunk = len.div_ceil(workers.threads() * 4).next_multiple_of(align.max(1));
     workers.run(len.div_ceil(chunk), &|piece| job(piece * chunk..((piece + 1) * chunk).min(len)));
 }
+
+/// Runs `job` over the rows of `out` (`row_len` values each) as [`share`] shares a job of `macs` multiply-adds:
+/// each range of rows with its own part of `out`.
+pub fn share_rows(out: &mut [f32], row_len: usize, macs: usize, job: &(dyn Fn(Range<usize>, &mut [f32]) + Sync)) {
+    share_rows_on(&current(), out, row_len, macs, job)
+}
+
+fn share_rows_on(
+    workers: &Workers,
+    out: &mut [f32],
+    row_len: usize,
+    macs: usize,
+    job: &(dyn Fn(Range<usize>, &mut [f32]) + Sync),
+) {
+    let rows = out.len().checked_div(row_len).unwrap_or(0);
+    let base = RowsOf(out.as_mut_ptr());
+    share_on(workers, rows, macs, 1, &|range| {
+        let base = &base;
+        // SAFETY: `share` hands out disjoint ranges of `0..rows`, so each part of `out` is lent to one job only,
+        // and `out` outlives the call.
+        let part = unsafe { std::slice::from_raw_parts_mut(base.0.add(range.start * row_len), range.len() * row_len) };
+        job(range, part)
+    });
+}
+
+/// The start of a buffer whose rows [`share_rows`] lends to threads.
+struct RowsOf(*mut f32);
+
+// SAFETY: only `share_rows` reads it, and it lends each row to one thread.
+unsafe impl Sync for RowsOf {}
 
 #[cfg(test)]
 mod tests {
@@ -207,6 +241,22 @@ mod tests {
             total.fetch_add(p, Ordering::SeqCst);
         });
         assert_eq!(total.load(Ordering::SeqCst), 64 * 63 / 2);
+    }
+
+    #[test]
+    fn shared_rows_are_each_written_once_by_the_range_that_holds_them() {
+        let workers = Workers::new(2);
+        for (rows, row_len) in [(0, 3), (1, 5), (37, 4), (1000, 3)] {
+            let mut out = vec![0f32; rows * row_len];
+            share_rows_on(&workers, &mut out, row_len, SHARED_MIN_MACS, &|range, part| {
+                assert_eq!(part.len(), range.len() * row_len);
+                for (r, row) in range.zip(part.chunks_exact_mut(row_len)) {
+                    row.iter_mut().for_each(|v| *v += r as f32 + 1.0);
+                }
+            });
+            let expected: Vec<f32> = (0..rows).flat_map(|r| vec![r as f32 + 1.0; row_len]).collect();
+            assert_eq!(out, expected, "{rows} rows of {row_len}");
+        }
     }
 
     #[test]
