@@ -21,6 +21,7 @@ mod direct_conv;
 mod epilogue;
 mod layout_forms;
 mod nnef_ops;
+mod pad;
 mod pointwise;
 mod resize;
 #[cfg(test)]
@@ -384,6 +385,7 @@ fn into_plan(mut model: TypedModel) -> TractResult<Arc<TypedSimplePlan>> {
     rewrite_products(&mut model)?;
     release_free_memory();
     model.optimize()?;
+    pad::rewrite(&mut model)?;
     let plan = model.into_runnable()?;
     release_free_memory();
     Ok(plan)
