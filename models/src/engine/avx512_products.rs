@@ -98,10 +98,9 @@ unsafe fn tile<B: BRows, const R: usize, const C: usize>(
     }
     for (r, sums) in acc.iter().enumerate().take(rows) {
         for c in 0..C {
-            let bias = match () {
-                _ if p.bias.is_null() => _mm512_setzero_ps(),
-                _ if p.bias_per_row => _mm512_set1_ps(*p.bias.add(i0 + r)),
-                _ => _mm512_maskz_loadu_ps(masks[c], p.bias.wrapping_add(j0 + 16 * c)),
+            let bias = || match p.bias_per_row {
+                true => _mm512_set1_ps(*p.bias.add(i0 + r)),
+                false => _mm512_maskz_loadu_ps(masks[c], p.bias.wrapping_add(j0 + 16 * c)),
             };
             let v = apply_steps(sums[c], p.steps, bias);
             _mm512_mask_storeu_ps(p.c.wrapping_add((i0 + r) * p.c_row + j0 + 16 * c), masks[c], v);
@@ -109,14 +108,17 @@ unsafe fn tile<B: BRows, const R: usize, const C: usize>(
     }
 }
 
-/// `steps` on sixteen sums, whose bias values are `bias`.
-#[target_feature(enable = "avx512f")]
-#[inline]
-pub fn apply_steps(mut v: __m512, steps: &[Step], bias: __m512) -> __m512 {
+/// `steps` on sixteen sums; `bias` gives their bias values, read only if a step adds them. Always inlined into the
+/// AVX-512 kernels that call it, whose target features its intrinsics then take.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[inline(always)]
+pub unsafe fn apply_steps(mut v: __m512, steps: &[Step], bias: impl Fn() -> __m512) -> __m512 {
     let constant = |bits: u32| _mm512_set1_ps(f32::from_bits(bits));
     for step in steps {
         v = match *step {
-            Step::Bias => _mm512_add_ps(v, bias),
+            Step::Bias => _mm512_add_ps(v, bias()),
             Step::Scale(a) => _mm512_mul_ps(v, constant(a)),
             Step::Shift(b) => _mm512_add_ps(v, constant(b)),
             Step::Leaky(alpha) => {

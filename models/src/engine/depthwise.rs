@@ -255,7 +255,7 @@ mod avx512 {
             let bias = e.bias.map_or(_mm512_setzero_ps(), |b| _mm512_maskz_loadu_ps(mask, b.as_ptr().add(c0)));
             for (p, sum) in acc.iter().enumerate() {
                 let out = plan.out.add((y * ow + x + p) * channels + c0);
-                _mm512_mask_storeu_ps(out, mask, apply_steps(*sum, e.steps, bias));
+                _mm512_mask_storeu_ps(out, mask, apply_steps(*sum, e.steps, || bias));
             }
             c0 += 16;
         }
@@ -294,7 +294,7 @@ mod avx512 {
             let first = x + 16 * v;
             let mask = lanes(0, ow as isize - first as isize);
             let out = plan.out.wrapping_add((c * oh + y) * ow + first);
-            _mm512_mask_storeu_ps(out, mask, apply_steps(*sum, e.steps, bias));
+            _mm512_mask_storeu_ps(out, mask, apply_steps(*sum, e.steps, || bias));
         }
     }
 }
