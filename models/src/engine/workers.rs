@@ -1,6 +1,7 @@
-//! Helper threads that share one matrix product's rows with the calling thread. A decoding step is about a hundred
-//! products of a fraction of a millisecond each, so helpers spin briefly between them instead of sleeping: waking a
-//! sleeping pool thread costs as much as the product. After a short idle spell they sleep until the next product.
+//! Helper threads that share one operator's rows (a matrix product's, a convolution's, a resampling's) with the
+//! calling thread. A decoding step is about a hundred products of a fraction of a millisecond each, so helpers spin
+//! briefly between them instead of sleeping: waking a sleeping pool thread costs as much as the product. After a
+//! short idle spell they sleep until the next product.
 
 use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
