@@ -1,7 +1,8 @@
 //! A channel-last depthwise convolution kernel for x86-64 with AVX2 and FMA, offered to tract as its `depthwise_c`
 //! routine. tract 0.23.9 writes that routine for aarch64 and wasm only, so on x86 the channel-last depthwise
 //! convolutions of the detectors converted from TensorFlow (CenterNet's 26) ran a generic loop that stores every
-//! output vector once per tap; this one keeps the sums in registers across the taps.
+//! output vector once per tap; this one keeps the sums in registers across the taps. On CPUs with AVX-512, Lookout's
+//! own operator ([`super::depthwise`]) takes these convolutions from tract altogether.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
