@@ -18,7 +18,7 @@ pub enum Layout {
     Nchw,
 }
 
-/// out = (pixel · scale − mean[c]) / std[c], with `c` counted in the model's channel order (after the
+/// `out = (pixel · scale − mean[c]) / std[c]`, with `c` counted in the model's channel order (after the
 /// optional swap to BGR).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Normalization {
