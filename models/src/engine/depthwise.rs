@@ -356,7 +356,7 @@ pub fn rewrite(model: &mut TypedModel) -> TractResult<usize> {
 
 /// If node `id` is a convolution [`Depthwise`] computes: its input, the operator (with what follows it fused) and
 /// the last node it replaces.
-fn depthwise_at(model: &TypedModel, id: usize) -> TractResult<Option<(OutletId, Depthwise, usize)>> {
+fn depthwise_at(model: &TypedModel, id: usize) -> TractResult<Option<(TVec<OutletId>, Depthwise, usize)>> {
     let node = model.node(id);
     let Some(conv) = node.op_as::<Conv>() else { return Ok(None) };
     let spec = &conv.pool_spec;
@@ -423,7 +423,7 @@ fn depthwise_at(model: &TypedModel, id: usize) -> TractResult<Option<(OutletId, 
     if op.out_hw().ok() != Some([padding[0].convoluted, padding[1].convoluted]) {
         return Ok(None);
     }
-    Ok(Some((node.inputs[0], op, last)))
+    Ok(Some((tvec![node.inputs[0]], op, last)))
 }
 
 #[cfg(test)]

@@ -286,7 +286,7 @@ pub fn rewrite(model: &mut TypedModel) -> TractResult<usize> {
 
 /// If node `id` is a convolution [`DirectConv`] computes: its input, the operator (with what follows it fused) and
 /// the last node it replaces.
-fn convolution_at(model: &TypedModel, id: usize) -> TractResult<Option<(OutletId, DirectConv, usize)>> {
+fn convolution_at(model: &TypedModel, id: usize) -> TractResult<Option<(TVec<OutletId>, DirectConv, usize)>> {
     let node = model.node(id);
     let Some(conv) = node.op_as::<Conv>() else { return Ok(None) };
     let spec = &conv.pool_spec;
@@ -338,7 +338,7 @@ fn convolution_at(model: &TypedModel, id: usize) -> TractResult<Option<(OutletId
     if op.out_hw()? != [padding[0].convoluted, padding[1].convoluted] {
         return Ok(None);
     }
-    Ok(Some((node.inputs[0], op, last)))
+    Ok(Some((tvec![node.inputs[0]], op, last)))
 }
 
 #[cfg(test)]

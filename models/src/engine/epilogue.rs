@@ -186,7 +186,7 @@ pub fn following(
 
 /// A reshape that keeps the values where they are, or a cast to f32 (which NNEF's loader puts before every binary
 /// operator's inputs).
-fn in_place(node: &TypedNode) -> bool {
+pub fn in_place(node: &TypedNode) -> bool {
     let kept = match (node.op_as::<AxisOp>(), node.op_as::<Cast>()) {
         (Some(axis_op), _) => !matches!(axis_op, AxisOp::Move(..)),
         (_, Some(cast)) => cast.to == f32::datum_type(),

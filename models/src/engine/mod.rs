@@ -310,13 +310,13 @@ fn replace_each<O: TypedOp, R: TypedOp>(
     Ok(replaced)
 }
 
-/// Puts an operator in place of each part of the graph `found` recognizes (from a node id: the part's input, the
+/// Puts an operator in place of each part of the graph `found` recognizes (from a node id: the part's inputs, the
 /// operator, and the last node it replaces), one at a time, compacting the graph after each so that the constants
 /// only the replaced nodes held (weights laid out anew for the operator) are freed before the next is laid out.
 /// Returns how many were replaced.
 fn replace_with_compaction<O: TypedOp>(
     model: &mut TypedModel,
-    found: impl Fn(&TypedModel, usize) -> TractResult<Option<(OutletId, O, usize)>>,
+    found: impl Fn(&TypedModel, usize) -> TractResult<Option<(TVec<OutletId>, O, usize)>>,
 ) -> TractResult<usize> {
     let mut replaced = 0;
     loop {
@@ -327,10 +327,10 @@ fn replace_with_compaction<O: TypedOp>(
                 break;
             }
         }
-        let Some((id, (input, op, last))) = next else { return Ok(replaced) };
+        let Some((id, (inputs, op, last))) = next else { return Ok(replaced) };
         let mut patch = TypedModelPatch::new(format!("{} in place of {}", op.name(), model.node(id).name));
-        let input = patch.tap_model(model, input)?;
-        let wire = patch.wire_node(&model.node(id).name, op, &[input])?[0];
+        let inputs = inputs.iter().map(|&input| patch.tap_model(model, input)).collect::<TractResult<TVec<_>>>()?;
+        let wire = patch.wire_node(&model.node(id).name, op, &inputs)?[0];
         patch.shunt_outside(model, OutletId::new(last, 0), wire)?;
         patch.apply(model)?;
         model.compact()?;

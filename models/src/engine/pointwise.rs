@@ -7,8 +7,10 @@
 //! and an f32 constant, on CPUs with AVX-512; elsewhere tract's own kernels run.
 
 use tract_nnef::internal::*;
+use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::einsum::einsum_matmul::EinSumMatMul;
 use tract_onnx::tract_core::ops::einsum::EinSum;
+use tract_onnx::tract_core::ops::math::Mul;
 
 use super::epilogue::{self, concrete_shape, Epilogue, Parts};
 use super::workers;
@@ -25,6 +27,9 @@ pub struct Pointwise {
     pub out_n_last: bool,
     /// The weights as the kernel reads them: `[k, n]` when `out_n_last`, else `[n, k]`.
     pub weights: Arc<Tensor>,
+    /// A second input scales each of the activation's `k` channels before the product (a squeeze-and-excite
+    /// layer's multiplication, taken in): the weights are scaled instead, `k × n` values a run in place of `m × k`.
+    pub scaled_channels: bool,
     pub epilogue: Epilogue,
     pub output_shape: TVec<usize>,
 }
@@ -51,12 +56,24 @@ unsafe impl Sync for Plan<'_> {}
 type Kernel = unsafe fn(&Plan, std::ops::Range<usize>);
 
 impl Pointwise {
-    /// Computes `out` from `x` with `kernel` (this CPU's, or the portable one).
-    fn product(&self, x: &[f32], out: &mut [f32], kernel: Kernel) -> TractResult<()> {
+    /// Computes `out` from `x` (its channels times `scale`, when given) with `kernel` (this CPU's, or the portable
+    /// one).
+    fn product(&self, x: &[f32], scale: Option<&[f32]>, out: &mut [f32], kernel: Kernel) -> TractResult<()> {
         let weights = self.weights.try_as_plain_ram()?;
         let weights = weights.as_slice::<f32>()?;
         let (k, n) = (self.k, self.n);
         ensure!(k > 0 && n > 0 && weights.len() == k * n, "Pointwise: {} weights for {k}×{n}", weights.len());
+        let scaled: Vec<f32>;
+        let weights = match scale {
+            None => weights,
+            Some(scale) => {
+                ensure!(scale.len() == k, "Pointwise: {} scales for {k} channels", scale.len());
+                // `[k, n]` rows, or `[n, k]` columns, times each channel's scale.
+                let channel = |i: usize| if self.out_n_last { i / n } else { i % k };
+                scaled = weights.iter().enumerate().map(|(i, w)| w * scale[channel(i)]).collect();
+                &scaled
+            }
+        };
         ensure!(x.len().is_multiple_of(k), "Pointwise: {} input values are not positions of {k}", x.len());
         let m = x.len() / k;
         ensure!(out.len() == m * n, "Pointwise: {} outputs for {m} positions of {n}", out.len());
@@ -204,11 +221,12 @@ impl Op for Pointwise {
     fn info(&self) -> TractResult<Vec<String>> {
         let layout = |last: bool, inner: &str| if last { format!("[m, {inner}]") } else { format!("[{inner}, m]") };
         Ok(vec![format!(
-            "m:{} k:{} n:{} input {} output {} {} with {}",
+            "m:{} k:{} n:{} input {}{} output {} {} with {}",
             self.output_shape.iter().product::<usize>() / self.n.max(1),
             self.k,
             self.n,
             layout(self.x_k_last, "k"),
+            if self.scaled_channels { " scaled per channel" } else { "" },
             layout(self.out_n_last, "n"),
             self.epilogue.describe(),
             kernel_name()
@@ -222,7 +240,9 @@ impl EvalOp for Pointwise {
     op_out_of_plan!();
 
     fn eval(&self, _: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        super::eval_into_f32(&inputs, &self.output_shape, |x, out| self.product(x, out, run))
+        let scale = if self.scaled_channels { Some(inputs[1].try_as_plain_ram()?) } else { None };
+        let scale = scale.as_ref().map(|s| s.as_slice::<f32>()).transpose()?;
+        super::eval_into_f32(&inputs, &self.output_shape, |x, out| self.product(x, scale, out, run))
     }
 }
 
@@ -255,9 +275,10 @@ fn rewrite_products(model: &mut TypedModel) -> TractResult<usize> {
     super::replace_with_compaction(model, product_at)
 }
 
-/// If node `id` is a product [`Pointwise`] computes: its activation, the operator (with what follows it fused) and
-/// the last node it replaces.
-fn product_at(model: &TypedModel, id: usize) -> TractResult<Option<(OutletId, Pointwise, usize)>> {
+/// If node `id` is a product [`Pointwise`] computes: its activation (and the scale of each of its channels, where a
+/// multiplication by one feeds the product alone), the operator (with what follows it fused) and the last node it
+/// replaces.
+fn product_at(model: &TypedModel, id: usize) -> TractResult<Option<(TVec<OutletId>, Pointwise, usize)>> {
     let node = model.node(id);
     // A decluttered graph holds tract's products as EinSumMatMul (an EinSum with its axes picked); one read back
     // from an archive holds the EinSum.
@@ -338,13 +359,69 @@ fn product_at(model: &TypedModel, id: usize) -> TractResult<Option<(OutletId, Po
         Tensor::from_shape(&[columns, rows], &transposed)?.into_arc_tensor()
     };
     let (epilogue, last, output_shape) = epilogue::following(model, id, n_len, out_n_last, None)?;
-    let op = Pointwise { k: k_len, n: n_len, x_k_last, out_n_last, weights, epilogue, output_shape };
-    Ok(Some((node.inputs[xi], op, last)))
+    let scaled = channel_scale_before(model, node.inputs[xi], x_k_last, k_len)?;
+    let inputs = scaled.map_or_else(|| tvec![node.inputs[xi]], |(x, scale)| tvec![x, scale]);
+    let op = Pointwise {
+        k: k_len,
+        n: n_len,
+        x_k_last,
+        out_n_last,
+        weights,
+        scaled_channels: scaled.is_some(),
+        epilogue,
+        output_shape,
+    };
+    Ok(Some((inputs, op, last)))
+}
+
+/// If `activation` (its `k` channels innermost, where `k_last`, else outermost) is, through reshapes that keep the
+/// values in place, an f32 multiplication that feeds nothing else, of a tensor by one value per channel: the tensor
+/// and the values.
+fn channel_scale_before(
+    model: &TypedModel,
+    activation: OutletId,
+    k_last: bool,
+    k: usize,
+) -> TractResult<Option<(OutletId, OutletId)>> {
+    let mut outlet = activation;
+    let node = loop {
+        if model.outlet_successors(outlet).len() != 1 || model.outputs.contains(&outlet) {
+            return Ok(None);
+        }
+        let node = model.node(outlet.node);
+        if !epilogue::in_place(node) {
+            break node;
+        }
+        outlet = node.inputs[0];
+    };
+    let is_mul = node.op_as::<TypedBinOp>().is_some_and(|op| op.0.is::<Mul>());
+    let Some(shape) = concrete_shape(model.outlet_fact(outlet)?) else { return Ok(None) };
+    if !is_mul || node.inputs.len() != 2 {
+        return Ok(None);
+    }
+    let facts = model.node_input_facts(node.id)?;
+    let channel_axis = if k_last { shape.len().checked_sub(1) } else { shape.iter().position(|&len| len > 1) };
+    let Some(channel_axis) = channel_axis.filter(|&axis| shape[axis] == k) else { return Ok(None) };
+    let whole = |fact: &TypedFact| concrete_shape(fact).is_some_and(|s| s == shape);
+    let per_channel = |fact: &TypedFact| {
+        concrete_shape(fact).is_some_and(|s| {
+            s.len() == shape.len()
+                && s.iter().enumerate().all(|(axis, &len)| len == if axis == channel_axis { k } else { 1 })
+        })
+    };
+    if facts.iter().any(|fact| fact.datum_type != f32::datum_type()) {
+        return Ok(None);
+    }
+    Ok(match (whole(facts[0]), per_channel(facts[1]), whole(facts[1]), per_channel(facts[0])) {
+        (true, true, _, _) => Some((node.inputs[0], node.inputs[1])),
+        (_, _, true, true) => Some((node.inputs[1], node.inputs[0])),
+        _ => None,
+    })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_graphs::{assert_close, op_names, relu6_after, run, values};
+    use super::super::test_graphs::{assert_close, op_names, relu6_after, run, run_inputs, values};
     use super::*;
     use tract_onnx::tract_core::ops::math;
 
@@ -405,7 +482,7 @@ mod tests {
                     let got = if portable {
                         let mut out = vec![0f32; m * n];
                         let xs = x.try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().to_vec();
-                        pointwise.product(&xs, &mut out, portable_run).unwrap();
+                        pointwise.product(&xs, None, &mut out, portable_run).unwrap();
                         out
                     } else {
                         run(&rewritten, &x)
@@ -453,6 +530,52 @@ mod tests {
             let expected = run(&model, &x);
             assert_close(&run(&rewritten, &x), &expected, &format!("TensorFlow's form: {tensorflow}"));
             assert!(expected.contains(&0.0) && expected.iter().any(|v| *v > 1.0), "the gate both closes and opens");
+        }
+    }
+
+    /// A multiplication of the activation by one value per channel (a squeeze-and-excite layer's) that feeds the
+    /// product alone, directly or through a reshape, goes into it, the scale a second input, with the channels
+    /// innermost or outermost and in both layouts of the weights; one that also feeds another node stays in the
+    /// graph.
+    #[test]
+    fn a_per_channel_scale_before_a_product_goes_into_it() {
+        use tract_onnx::tract_core::ops::change_axes::AxisOp;
+        let (m, k, n) = (70, 24, 40);
+        type Case<'a> = (&'a str, [usize; 3], [usize; 3], &'a [usize]);
+        let cases: [Case; 3] = [
+            ("mk,kn->mn", [1, m, k], [1, 1, k], &[k, n]),
+            ("mk,nk->nm", [1, m, k], [1, 1, k], &[n, k]),
+            ("km,kn->mn", [1, k, m], [1, k, 1], &[k, n]),
+        ];
+        for (expr, x_shape, scale_shape, w_shape) in cases {
+            for shared in [false, true] {
+                let mut model = TypedModel::default();
+                let x = model.add_source("x", f32::fact(x_shape)).unwrap();
+                let scale = model.add_source("scale", f32::fact(scale_shape)).unwrap();
+                let scaled = model.wire_node("se_mul", math::mul(), &[x, scale]).unwrap()[0];
+                let flat = model.wire_node("flat", AxisOp::Rm(0), &[scaled]).unwrap()[0];
+                let w = Tensor::from_shape(w_shape, &values(k * n, 1)).unwrap();
+                let w = model.add_const("w", w).unwrap();
+                let axes: AxesMapping = expr.parse().unwrap();
+                let product = model.wire_node("product", EinSum::new(axes, f32::datum_type()), &[flat, w]).unwrap();
+                let mut outputs = vec![product[0]];
+                if shared {
+                    outputs.push(scaled);
+                }
+                model.select_output_outlets(&outputs).unwrap();
+                let inputs = [
+                    Tensor::from_shape(&x_shape, &values(m * k, 3)).unwrap(),
+                    Tensor::from_shape(&scale_shape, &values(k, 4)).unwrap(),
+                ];
+                let expected = run_inputs(&model, &inputs);
+                let mut rewritten = model.clone();
+                assert_eq!(rewrite_products(&mut rewritten).unwrap(), 1, "{expr}");
+                let pointwise = rewritten.nodes.iter().find_map(|node| node.op_as::<Pointwise>()).unwrap();
+                assert_eq!(pointwise.scaled_channels, !shared, "{expr} shared {shared}");
+                let ops = op_names(&rewritten);
+                assert_eq!(ops.iter().any(|op| op == "Mul"), shared, "{expr}: {ops:?}");
+                assert_close(&run_inputs(&rewritten, &inputs), &expected, &format!("{expr} shared {shared}"));
+            }
         }
     }
 

@@ -74,7 +74,13 @@ impl ConvCase {
 
 /// The graph's first output on `x`.
 pub fn run(model: &TypedModel, x: &Tensor) -> Vec<f32> {
-    let out = model.clone().into_runnable().unwrap().run(tvec!(x.clone().into_tvalue())).unwrap();
+    run_inputs(model, std::slice::from_ref(x))
+}
+
+/// The graph's first output on `inputs`.
+pub fn run_inputs(model: &TypedModel, inputs: &[Tensor]) -> Vec<f32> {
+    let inputs = inputs.iter().map(|x| x.clone().into_tvalue()).collect();
+    let out = model.clone().into_runnable().unwrap().run(inputs).unwrap();
     out[0].try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().to_vec()
 }
 
