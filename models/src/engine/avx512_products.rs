@@ -40,8 +40,13 @@ impl BRows for Table<'_> {
     }
 }
 
+/// Columns of one tile of `b`: a panel of weights packed for the kernel holds this many columns of each row.
+pub const TILE_COLUMNS: usize = 32;
+
 /// One product's operands: `a[i, kk]` at `a + i * a_row + kk * a_k`, `c[i, j]` at `c + i * c_row + j`, and the
-/// epilogue's steps, whose bias is `bias[i]` (`bias_per_row`) or `bias[j]`.
+/// epilogue's steps, whose bias is `bias[i]` (`bias_per_row`) or `bias[j]`. Each [`TILE_COLUMNS`] columns of `b`
+/// start `b_tile` values after the ones before: [`TILE_COLUMNS`] where its rows hold every column, and `k`
+/// times that where `b` is packed in panels of [`TILE_COLUMNS`] columns, each panel's rows one after the other.
 #[derive(Clone, Copy)]
 pub struct Product<'s, R: BRows> {
     pub a: *const f32,
@@ -49,6 +54,7 @@ pub struct Product<'s, R: BRows> {
     pub a_k: usize,
     pub k: usize,
     pub b_rows: R,
+    pub b_tile: usize,
     pub c: *mut f32,
     pub c_row: usize,
     pub bias: *const f32,
@@ -145,13 +151,14 @@ unsafe fn row_block<B: BRows, const R: usize>(
     row_end: usize,
     columns: Range<usize>,
 ) {
+    let at = |j: usize| b.wrapping_add((j - columns.start) / TILE_COLUMNS * p.b_tile);
     let mut j = columns.start;
-    while j + 32 <= columns.end {
-        tile::<B, R, 2>(p, b.wrapping_add(j - columns.start), i0, row_end, j, [u16::MAX; 2]);
-        j += 32;
+    while j + TILE_COLUMNS <= columns.end {
+        tile::<B, R, 2>(p, at(j), i0, row_end, j, [u16::MAX; 2]);
+        j += TILE_COLUMNS;
     }
     let left = columns.end - j;
-    let b = b.wrapping_add(j - columns.start);
+    let b = at(j);
     if left > 16 {
         tile::<B, R, 2>(p, b, i0, row_end, j, [u16::MAX, mask(left - 16)]);
     } else if left > 0 {
@@ -159,8 +166,8 @@ unsafe fn row_block<B: BRows, const R: usize>(
     }
 }
 
-/// Every row of `rows` over the columns `columns` (twelve rows at a time, then eight or four); `b` points at
-/// column `columns.start`.
+/// Every row of `rows` over the columns `columns` (twelve rows at a time, or eight or four where fewer than
+/// twelve would leave a block of four or fewer); `b` points at column `columns.start`.
 ///
 /// # Safety
 /// The CPU has AVX-512F; `a` holds every row of `rows` over `k`, every row `b_rows` gives holds the columns, `c`
@@ -170,7 +177,7 @@ pub unsafe fn block<B: BRows>(p: &Product<'_, B>, b: *const f32, rows: Range<usi
     let mut i = rows.start;
     while i < rows.end {
         let left = rows.end - i;
-        if left > 8 {
+        if left > 16 || (9..=12).contains(&left) {
             row_block::<B, 12>(p, b, i, rows.end, columns.clone());
             i += 12;
         } else if left > 4 {

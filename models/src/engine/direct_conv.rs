@@ -196,7 +196,7 @@ pub fn kernel_name() -> &'static str {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::super::avx512_products::{block, Product, Table};
+    use super::super::avx512_products::{block, Product, Table, TILE_COLUMNS};
     use super::Plan;
 
     /// [`super::run`] with AVX-512: for each output row, 32 positions at a time against every output channel.
@@ -214,6 +214,7 @@ mod avx512 {
                 a_k: 1,
                 k: plan.offsets.len(),
                 b_rows: Table(plan.offsets),
+                b_tile: TILE_COLUMNS,
                 c: plan.out.add(y * ow),
                 c_row: oh * ow,
                 bias: e.bias.map_or(std::ptr::null(), <[f32]>::as_ptr),

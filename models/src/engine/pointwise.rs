@@ -25,13 +25,35 @@ pub struct Pointwise {
     pub x_k_last: bool,
     /// The output holds each position's `n` values together (`[m, n]`), not each channel's `m` (`[n, m]`).
     pub out_n_last: bool,
-    /// The weights as the kernel reads them: `[k, n]` when `out_n_last`, else `[n, k]`.
+    /// The weights as the kernel reads them: when `out_n_last`, `[k, n]` in panels of [`PANEL`] columns (each
+    /// panel's `k` rows together, the last panel's missing columns zero), else `[n, k]`.
     pub weights: Arc<Tensor>,
     /// A second input scales each of the activation's `k` channels before the product (a squeeze-and-excite
     /// layer's multiplication, taken in): the weights are scaled instead, `k × n` values a run in place of `m × k`.
     pub scaled_channels: bool,
     pub epilogue: Epilogue,
     pub output_shape: TVec<usize>,
+}
+
+/// Output channels of one panel of packed weights: the kernel's tile, so that a tile's weights lie together.
+const PANEL: usize = 32;
+
+/// `[k, n]` weights in panels of [`PANEL`] columns: `panels[p][kk][j] = w[kk][p * PANEL + j]`, zero past `n`.
+fn in_panels(w: &[f32], k: usize, n: usize) -> Vec<f32> {
+    let mut panels = vec![0f32; n.div_ceil(PANEL) * k * PANEL];
+    for (p, panel) in panels.chunks_exact_mut(k * PANEL).enumerate() {
+        let columns = p * PANEL..(p * PANEL + PANEL).min(n);
+        for (kk, row) in panel.chunks_exact_mut(PANEL).enumerate() {
+            row[..columns.len()].copy_from_slice(&w[kk * n + columns.start..kk * n + columns.end]);
+        }
+    }
+    panels
+}
+
+thread_local! {
+    /// The scaled weights of a product that takes a scale of its channels, kept from one run to the next on the
+    /// thread that runs the graph, so that a run writes them into memory already mapped.
+    static SCALED_WEIGHTS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// One evaluation's operands, as raw parts the kernels and threads share.
@@ -62,18 +84,30 @@ impl Pointwise {
         let weights = self.weights.try_as_plain_ram()?;
         let weights = weights.as_slice::<f32>()?;
         let (k, n) = (self.k, self.n);
-        ensure!(k > 0 && n > 0 && weights.len() == k * n, "Pointwise: {} weights for {k}×{n}", weights.len());
-        let scaled: Vec<f32>;
-        let weights = match scale {
-            None => weights,
-            Some(scale) => {
-                ensure!(scale.len() == k, "Pointwise: {} scales for {k} channels", scale.len());
-                // `[k, n]` rows, or `[n, k]` columns, times each channel's scale.
-                let channel = |i: usize| if self.out_n_last { i / n } else { i % k };
-                scaled = weights.iter().enumerate().map(|(i, w)| w * scale[channel(i)]).collect();
-                &scaled
+        let expected = if self.out_n_last { n.div_ceil(PANEL) * k * PANEL } else { k * n };
+        ensure!(k > 0 && n > 0 && weights.len() == expected, "Pointwise: {} weights for {k}×{n}", weights.len());
+        let Some(scale) = scale else { return self.multiply(x, weights, out, kernel) };
+        ensure!(scale.len() == k, "Pointwise: {} scales for {k} channels", scale.len());
+        SCALED_WEIGHTS.with_borrow_mut(|scaled| {
+            scaled.clear();
+            if self.out_n_last {
+                // Panels of `k` rows: each row times its channel's scale.
+                for (row, s) in weights.chunks_exact(PANEL).zip(scale.iter().cycle()) {
+                    scaled.extend(row.iter().map(|w| w * s));
+                }
+            } else {
+                // `[n, k]`: each row times every channel's scale.
+                for row in weights.chunks_exact(k) {
+                    scaled.extend(row.iter().zip(scale).map(|(w, s)| w * s));
+                }
             }
-        };
+            self.multiply(x, scaled, out, kernel)
+        })
+    }
+
+    /// `out = epilogue(x · weights)`, `weights` laid out as [`Pointwise::weights`].
+    fn multiply(&self, x: &[f32], weights: &[f32], out: &mut [f32], kernel: Kernel) -> TractResult<()> {
+        let (k, n) = (self.k, self.n);
         ensure!(x.len().is_multiple_of(k), "Pointwise: {} input values are not positions of {k}", x.len());
         let m = x.len() / k;
         ensure!(out.len() == m * n, "Pointwise: {} outputs for {m} positions of {n}", out.len());
@@ -120,7 +154,7 @@ unsafe fn portable_run(plan: &Plan, range: std::ops::Range<usize>) {
             let mut sum = 0f32;
             for c in 0..k {
                 let x = *plan.x.add(if plan.x_k_last { p * k + c } else { c * m + p });
-                let w = *plan.w.add(if plan.out_n_last { c * n + o } else { o * k + c });
+                let w = *plan.w.add(if plan.out_n_last { (o / PANEL * k + c) * PANEL + o % PANEL } else { o * k + c });
                 sum += x * w;
             }
             *plan.out.add(if plan.out_n_last { p * n + o } else { o * m + p }) = plan.epilogue.apply(sum, o);
@@ -140,10 +174,10 @@ pub fn kernel_name() -> &'static str {
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::super::avx512_products::{block, Product, Strided};
-    use super::Plan;
+    use super::{Plan, PANEL};
 
     /// Columns of weights a row block passes before the next row block starts.
-    const WEIGHT_PANEL: usize = 256;
+    const WEIGHT_COLUMNS: usize = 8 * PANEL;
 
     /// [`super::run`] with AVX-512. With the output's channels together, the positions are the kernel's rows and
     /// the weights its columns; otherwise the weights are its rows and the positions its columns, read in place
@@ -163,19 +197,20 @@ mod avx512 {
                 a_row,
                 a_k,
                 k,
-                b_rows: Strided(n),
+                b_rows: Strided(PANEL),
+                b_tile: k * PANEL,
                 c: plan.out,
                 c_row: n,
                 bias,
                 bias_per_row: false,
                 steps: e.steps,
             };
-            // Weights a panel of columns at a time across all the rows, so that a panel read from memory serves
-            // every row (the recognizer's 120×6625 output head is larger than the cache).
+            // Some panels of weights at a time across all the rows, so that weights read from memory serve every
+            // row (the recognizer's 120×6625 output head is larger than the cache).
             let mut j = 0;
             while j < n {
-                let end = (j + WEIGHT_PANEL).min(n);
-                block(&p, plan.w.add(j), range.clone(), j..end);
+                let end = (j + WEIGHT_COLUMNS).min(n);
+                block(&p, plan.w.add(j * k), range.clone(), j..end);
                 j = end;
             }
             return;
@@ -186,6 +221,7 @@ mod avx512 {
             a_k: 1,
             k,
             b_rows: Strided(m),
+            b_tile: PANEL,
             c: plan.out,
             c_row: m,
             bias,
@@ -348,15 +384,27 @@ fn product_at(model: &TypedModel, id: usize) -> TractResult<Option<(TVec<OutletI
     if !together || (!x_k_last && xk > first[0]) || (!out_n_last && on > first[1]) {
         return Ok(None);
     }
-    // The kernel reads the weights as [k, n] when the output is [m, n], else as [n, k]: as stored, or transposed.
-    let weights = if out_n_last != w_n_first {
+    // The kernel reads the weights as [k, n] in panels when the output is [m, n], else as [n, k]: as stored, or
+    // transposed.
+    let weights = if !out_n_last && w_n_first {
         weights
     } else {
         let w = weights.try_as_plain_ram()?;
         let w = w.as_slice::<f32>()?;
-        let (rows, columns) = if w_n_first { (n_len, k_len) } else { (k_len, n_len) };
-        let transposed: Vec<f32> = (0..columns).flat_map(|c| (0..rows).map(move |r| w[r * columns + c])).collect();
-        Tensor::from_shape(&[columns, rows], &transposed)?.into_arc_tensor()
+        let transpose = |rows: usize, columns: usize| -> Vec<f32> {
+            (0..columns).flat_map(|c| (0..rows).map(move |r| w[r * columns + c])).collect()
+        };
+        if !out_n_last {
+            Tensor::from_shape(&[n_len, k_len], &transpose(k_len, n_len))?
+        } else if w_n_first {
+            Tensor::from_shape(
+                &[n_len.div_ceil(PANEL) * k_len * PANEL],
+                &in_panels(&transpose(n_len, k_len), k_len, n_len),
+            )?
+        } else {
+            Tensor::from_shape(&[n_len.div_ceil(PANEL) * k_len * PANEL], &in_panels(w, k_len, n_len))?
+        }
+        .into_arc_tensor()
     };
     let (epilogue, last, output_shape) = epilogue::following(model, id, n_len, out_n_last, None)?;
     let scaled = channel_scale_before(model, node.inputs[xi], x_k_last, k_len)?;
