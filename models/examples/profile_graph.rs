@@ -4,9 +4,11 @@
 //!     cargo run --release -p lookout-models --example profile_graph -- FILE.nnef.tar 1 3 416 416
 //!
 //! Loads an ONNX graph with one f32 input of the given shape (prepared as the engine prepares it), or a compiled
-//! archive as the engine loads it, runs it on a constant input, and prints the mean time per operator kind and the
-//! slowest nodes. `PROFILE_THREADS=N` runs it on N threads, `PROFILE_NODES=N` lists the N slowest nodes (15), and
-//! `PROFILE_INFO=1` prints what each of them says of itself (shapes, kernels, fused operations).
+//! archive as the engine loads it, runs it on a constant input, and prints the median time of whole runs, the mean
+//! time per operator kind and the slowest nodes. `PROFILE_THREADS=N` runs it on N threads, `PROFILE_NODES=N` lists
+//! the N slowest nodes (15), `PROFILE_INFO=1` prints what each of them says of itself (shapes, kernels, fused
+//! operations), and `PROFILE_INPUT=FILE.npy` runs it on a tensor `lookout bench --suite vision` wrote instead of a
+//! constant.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -30,8 +32,22 @@ fn main() -> anyhow::Result<()> {
         let spec = GraphSpec::new(vec![(DatumType::F32, dims.iter().map(|&d| Dim::Fixed(d)).collect())]);
         Graph::load("profiled", path, &spec)?
     };
-    let input = engine::tensor(&dims, &vec![0.5f32; dims.iter().product()])?;
-    let times = graph.profile(std::iter::once(input).collect(), ROUNDS)?;
+    let values = match std::env::var_os("PROFILE_INPUT") {
+        Some(file) => npy_f32(Path::new(&file))?,
+        None => vec![0.5f32; dims.iter().product()],
+    };
+    anyhow::ensure!(values.len() == dims.iter().product::<usize>(), "the input holds {} values", values.len());
+    let input = engine::tensor(&dims, &values)?;
+    let times = graph.profile(std::iter::once(input.clone()).collect(), ROUNDS)?;
+    let mut state = graph.new_state()?;
+    let mut runs: Vec<f64> = (0..=ROUNDS)
+        .map(|_| {
+            let started = std::time::Instant::now();
+            state.run(std::iter::once(input.clone()).collect()).map(|_| started.elapsed().as_secs_f64() * 1e3)
+        })
+        .collect::<Result<_, _>>()?;
+    runs.sort_by(f64::total_cmp);
+    println!("whole runs: median {:.1} ms", runs[runs.len() / 2]);
     let mut by_op: BTreeMap<&str, (f64, usize)> = BTreeMap::new();
     for time in &times {
         let op = by_op.entry(&time.op).or_default();
@@ -53,4 +69,14 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The values of a little-endian f32 `.npy` file (as `lookout bench --suite vision` writes its input tensors).
+fn npy_f32(path: &Path) -> anyhow::Result<Vec<f32>> {
+    let bytes = std::fs::read(path)?;
+    anyhow::ensure!(bytes.len() > 10 && bytes.starts_with(b"\x93NUMPY"), "{}: not an .npy file", path.display());
+    let header = 10 + u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    anyhow::ensure!(header <= bytes.len(), "{}: truncated", path.display());
+    anyhow::ensure!(String::from_utf8_lossy(&bytes[10..header]).contains("<f4"), "{}: not f32", path.display());
+    Ok(bytes[header..].chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
 }

@@ -34,10 +34,12 @@ pub struct StageTimings {
     pub ocr_det_post: f64,
     /// Every text line: crop and resize, recognizer graph, CTC decoding.
     pub ocr_rec: f64,
-    /// The recognizer graph alone, summed over the lines.
+    /// The recognizer graph alone, summed over its runs.
     pub ocr_rec_run: f64,
     /// Text boxes handed to the recognizer.
     pub ocr_rec_lines: usize,
+    /// Runs of the recognizer: one a line, and more for a line wider than its input, read in windows.
+    pub ocr_rec_runs: usize,
     /// The scene classifier: letterboxing, graph and top classes.
     pub classify: f64,
 }
@@ -664,7 +666,7 @@ impl VisionSession<'_> {
         let shape = shape_of(&image_dims(*layout, r.rec_height, r.rec_width));
         let mut lines: Vec<TextLine> = Vec::new();
         let rec_started = Instant::now();
-        (t.ocr_rec_run, t.ocr_rec_lines) = (0.0, 0);
+        (t.ocr_rec_run, t.ocr_rec_lines, t.ocr_rec_runs) = (0.0, 0, 0);
         for (i, text_box) in ocr.boxes.iter().enumerate() {
             if i > 0 && rec_started.elapsed() > self.text_budget {
                 self.text_cut = true;
@@ -704,6 +706,7 @@ impl VisionSession<'_> {
                     );
                 }
                 let outputs = ocr.recognizer.run([engine::tensor(&shape, &ocr.rec_input)?].into_iter().collect())?;
+                t.ocr_rec_runs += 1;
                 let value = outputs.first().ok_or_else(|| ModelError::run(rec_name, "no output"))?;
                 let dims = value.shape();
                 if dims.len() != 3 || dims[1] == 0 || r.rec_width % dims[1] != 0 {

@@ -34,12 +34,12 @@ const STAGES: [&str; 11] = [
     "ocr_det_post",
     "ocr_det",
     "ocr_rec",
-    "ocr_rec_run_per_line",
+    "ocr_rec_run_per_run",
     "total",
 ];
 
 fn stages(decode: f64, t: &StageTimings, total: f64) -> [f64; 11] {
-    let per_line = if t.ocr_rec_lines > 0 { t.ocr_rec_run / t.ocr_rec_lines as f64 } else { 0.0 };
+    let per_run = if t.ocr_rec_runs > 0 { t.ocr_rec_run / t.ocr_rec_runs as f64 } else { 0.0 };
     [
         decode,
         t.detect_preprocess,
@@ -50,7 +50,7 @@ fn stages(decode: f64, t: &StageTimings, total: f64) -> [f64; 11] {
         t.ocr_det_post,
         t.ocr_det_preprocess + t.ocr_det_run + t.ocr_det_post,
         t.ocr_rec,
-        per_line,
+        per_run,
         total,
     ]
 }
@@ -69,6 +69,8 @@ struct ImageResult {
     height: u32,
     median_ms: BTreeMap<String, f64>,
     ocr_lines: usize,
+    /// Recognizer runs (a line wider than its input takes several).
+    ocr_runs: usize,
     objects: Vec<Object>,
     text: Vec<String>,
     /// Input tensors written for the peer: role → .npy path.
@@ -254,6 +256,7 @@ fn measure(
                 .map(|(i, s)| (s.to_string(), median(runs.iter().map(|r| r[i]))))
                 .collect(),
             ocr_lines: session.timings().ocr_rec_lines,
+            ocr_runs: session.timings().ocr_rec_runs,
             objects: scene
                 .objects
                 .iter()
@@ -301,7 +304,7 @@ fn compare_threads(runs: &[LookoutRun]) -> Vec<String> {
 fn report_markdown(runs: &[LookoutRun], peers: &[PeerRun], thread_check: &[String], repeats: usize) -> String {
     let mut md = heading("vision", repeats, "after one warm-up run per image; times in ms");
     md.push_str("## Lookout stages\n\n");
-    md.push_str("| threads | image | px | decode | letterbox | detector | det post | OCR det (letterbox + run + DB) | OCR rec lines | OCR rec | rec run / line | total | peak RSS MiB | objects | text |\n");
+    md.push_str("| threads | image | px | decode | letterbox | detector | det post | OCR det (letterbox + run + DB) | OCR rec lines (runs) | OCR rec | rec run | total | peak RSS MiB | objects | text |\n");
     md.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for run in runs {
         for r in &run.images {
@@ -313,7 +316,7 @@ fn report_markdown(runs: &[LookoutRun], peers: &[PeerRun], thread_check: &[Strin
             let objects: Vec<String> =
                 labels.iter().map(|(l, n)| if *n > 1 { format!("{n} {l}") } else { l.to_string() }).collect();
             md.push_str(&format!(
-                "| {} | {} | {}×{} | {:.1} | {:.1} | {:.0} | {:.1} | {:.0} ({:.1} + {:.0} + {:.1}) | {} | {:.0} | {:.1} | {:.0} | {:.0} | {} | {} |\n",
+                "| {} | {} | {}×{} | {:.1} | {:.1} | {:.0} | {:.1} | {:.0} ({:.1} + {:.0} + {:.1}) | {} ({}) | {:.0} | {:.1} | {:.0} | {:.0} | {} | {} |\n",
                 run.threads,
                 file_name(&r.file),
                 r.width,
@@ -327,8 +330,9 @@ fn report_markdown(runs: &[LookoutRun], peers: &[PeerRun], thread_check: &[Strin
                 med(m, "ocr_det_run"),
                 med(m, "ocr_det_post"),
                 r.ocr_lines,
+                r.ocr_runs,
                 med(m, "ocr_rec"),
-                med(m, "ocr_rec_run_per_line"),
+                med(m, "ocr_rec_run_per_run"),
                 med(m, "total"),
                 run.peak_rss_mib,
                 objects.join(", "),
@@ -358,7 +362,7 @@ fn report_markdown(runs: &[LookoutRun], peers: &[PeerRun], thread_check: &[Strin
     let stage_of = |role: &str| match role {
         "object-detector" => "detect_run",
         "ocr-detector" => "ocr_det_run",
-        _ => "ocr_rec_run_per_line",
+        _ => "ocr_rec_run_per_run",
     };
     for role in ROLES {
         for image in runs.first().map_or(&[][..], |r| &r.images[..]) {
@@ -394,6 +398,6 @@ fn report_markdown(runs: &[LookoutRun], peers: &[PeerRun], thread_check: &[Strin
             p.engine, p.threads, p.load_ms, p.peak_rss_mib
         ));
     }
-    md.push_str("\nratio: lookout's graph run ÷ onnxruntime's on the identical tensor (below 1 is faster); the recognizer row is one text line (lookout: its run time summed over lines ÷ lines). onnxruntime runs with its default graph optimizations, `intra_op_num_threads` = the thread count, sequential execution.\n");
+    md.push_str("\nratio: lookout's graph run ÷ onnxruntime's on the identical tensor (below 1 is faster); the recognizer row is one run of the recognizer, on one line or one window of a line wider than its input (lookout: its run time summed over runs ÷ runs; onnxruntime: the last of them). onnxruntime runs with its default graph optimizations, `intra_op_num_threads` = the thread count, sequential execution.\n");
     md
 }
