@@ -1,8 +1,9 @@
 //! The AVX-512 kernel of Lookout's own products (1×1 convolutions in [`super::pointwise`], stride-1 convolutions in
 //! [`super::direct_conv`]): `c[i, j] = epilogue(Σ a[i, kk] · b[kk, j])`, one value of `a` broadcast against sixteen
 //! contiguous values of a row of `b`, in tiles of up to twelve rows by 32 columns whose sums stay in registers
-//! until the epilogue's steps (bias, activations) are applied. Rows of `b` are found through [`BRows`], so that a
-//! convolution reads its input in place, one tap's shifted row per `kk`.
+//! until the epilogue's steps (bias, activations) are applied. The values of each reduced index `kk` are found
+//! through [`KOffsets`] in both operands, so that a convolution reads its input in place: one tap's shifted row of
+//! `b` per `kk` when positions are the columns, one tap's value of `a` per `kk` when they are the rows.
 
 use std::arch::x86_64::*;
 use std::ops::Range;
@@ -13,29 +14,29 @@ pub fn available() -> bool {
     is_x86_feature_detected!("avx512f")
 }
 
-/// Where row `kk` of `b` starts, in values from the pointer a block is given.
-pub trait BRows: Copy {
-    fn row(&self, kk: usize) -> usize;
+/// Where the values of reduced index `kk` start in an operand, in values from its pointer.
+pub trait KOffsets: Copy {
+    fn at(&self, kk: usize) -> usize;
 }
 
-/// Rows `stride` values apart.
+/// Values of successive `kk` a fixed number of values apart.
 #[derive(Clone, Copy)]
 pub struct Strided(pub usize);
 
-impl BRows for Strided {
+impl KOffsets for Strided {
     #[inline(always)]
-    fn row(&self, kk: usize) -> usize {
+    fn at(&self, kk: usize) -> usize {
         kk * self.0
     }
 }
 
-/// Rows at the offsets of a table (one per `kk`).
+/// Values at the offsets of a table (one per `kk`).
 #[derive(Clone, Copy)]
 pub struct Table<'a>(pub &'a [usize]);
 
-impl BRows for Table<'_> {
+impl KOffsets for Table<'_> {
     #[inline(always)]
-    fn row(&self, kk: usize) -> usize {
+    fn at(&self, kk: usize) -> usize {
         self.0[kk]
     }
 }
@@ -43,15 +44,16 @@ impl BRows for Table<'_> {
 /// Columns of one tile of `b`: a panel of weights packed for the kernel holds this many columns of each row.
 pub const TILE_COLUMNS: usize = 32;
 
-/// One product's operands: `a[i, kk]` at `a + i * a_row + kk * a_k`, `c[i, j]` at `c + i * c_row + j`, and the
+/// One product's operands: `a[i, kk]` at `a + i * a_row + a_k.at(kk)`, row `kk` of `b` at `b_rows.at(kk)` from the
+/// pointer a block is given, `c[i, j]` at `c + i * c_row + j`, and the
 /// epilogue's steps, whose bias is `bias[i]` (`bias_per_row`) or `bias[j]`. Each [`TILE_COLUMNS`] columns of `b`
 /// start `b_tile` values after the ones before: [`TILE_COLUMNS`] where its rows hold every column, and `k`
 /// times that where `b` is packed in panels of [`TILE_COLUMNS`] columns, each panel's rows one after the other.
 #[derive(Clone, Copy)]
-pub struct Product<'s, R: BRows> {
+pub struct Product<'s, R: KOffsets, A: KOffsets = Strided> {
     pub a: *const f32,
     pub a_row: usize,
-    pub a_k: usize,
+    pub a_k: A,
     pub k: usize,
     pub b_rows: R,
     pub b_tile: usize,
@@ -74,8 +76,8 @@ fn mask(columns: usize) -> u16 {
 /// points at column `j0` of `b`.
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn tile<B: BRows, const R: usize, const C: usize>(
-    p: &Product<'_, B>,
+unsafe fn tile<B: KOffsets, A: KOffsets, const R: usize, const C: usize>(
+    p: &Product<'_, B, A>,
     b: *const f32,
     i0: usize,
     row_end: usize,
@@ -91,12 +93,12 @@ unsafe fn tile<B: BRows, const R: usize, const C: usize>(
     let mut acc = [[_mm512_setzero_ps(); C]; R];
     let mut bv = [_mm512_setzero_ps(); C];
     for kk in 0..p.k {
-        let row = b.wrapping_add(p.b_rows.row(kk));
+        let row = b.wrapping_add(p.b_rows.at(kk));
         for c in 0..C {
             bv[c] = _mm512_maskz_loadu_ps(masks[c], row.wrapping_add(16 * c));
         }
         for r in 0..R {
-            let a = _mm512_set1_ps(*a_rows[r].add(kk * p.a_k));
+            let a = _mm512_set1_ps(*a_rows[r].add(p.a_k.at(kk)));
             for c in 0..C {
                 acc[r][c] = _mm512_fmadd_ps(a, bv[c], acc[r][c]);
             }
@@ -144,8 +146,8 @@ pub unsafe fn apply_steps(mut v: __m512, steps: &[Step], bias: impl Fn() -> __m5
 /// Rows `i0..i0 + R` over the columns `columns`; `b` points at column `columns.start`.
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn row_block<B: BRows, const R: usize>(
-    p: &Product<'_, B>,
+unsafe fn row_block<B: KOffsets, A: KOffsets, const R: usize>(
+    p: &Product<'_, B, A>,
     b: *const f32,
     i0: usize,
     row_end: usize,
@@ -154,15 +156,15 @@ unsafe fn row_block<B: BRows, const R: usize>(
     let at = |j: usize| b.wrapping_add((j - columns.start) / TILE_COLUMNS * p.b_tile);
     let mut j = columns.start;
     while j + TILE_COLUMNS <= columns.end {
-        tile::<B, R, 2>(p, at(j), i0, row_end, j, [u16::MAX; 2]);
+        tile::<B, A, R, 2>(p, at(j), i0, row_end, j, [u16::MAX; 2]);
         j += TILE_COLUMNS;
     }
     let left = columns.end - j;
     let b = at(j);
     if left > 16 {
-        tile::<B, R, 2>(p, b, i0, row_end, j, [u16::MAX, mask(left - 16)]);
+        tile::<B, A, R, 2>(p, b, i0, row_end, j, [u16::MAX, mask(left - 16)]);
     } else if left > 0 {
-        tile::<B, R, 1>(p, b, i0, row_end, j, [mask(left)]);
+        tile::<B, A, R, 1>(p, b, i0, row_end, j, [mask(left)]);
     }
 }
 
@@ -173,18 +175,23 @@ unsafe fn row_block<B: BRows, const R: usize>(
 /// The CPU has AVX-512F; `a` holds every row of `rows` over `k`, every row `b_rows` gives holds the columns, `c`
 /// and `bias` hold every value written or read, and no other thread writes these values of `c`.
 #[target_feature(enable = "avx512f")]
-pub unsafe fn block<B: BRows>(p: &Product<'_, B>, b: *const f32, rows: Range<usize>, columns: Range<usize>) {
+pub unsafe fn block<B: KOffsets, A: KOffsets>(
+    p: &Product<'_, B, A>,
+    b: *const f32,
+    rows: Range<usize>,
+    columns: Range<usize>,
+) {
     let mut i = rows.start;
     while i < rows.end {
         let left = rows.end - i;
         if left > 16 || (9..=12).contains(&left) {
-            row_block::<B, 12>(p, b, i, rows.end, columns.clone());
+            row_block::<B, A, 12>(p, b, i, rows.end, columns.clone());
             i += 12;
         } else if left > 4 {
-            row_block::<B, 8>(p, b, i, rows.end, columns.clone());
+            row_block::<B, A, 8>(p, b, i, rows.end, columns.clone());
             i += 8;
         } else {
-            row_block::<B, 4>(p, b, i, rows.end, columns.clone());
+            row_block::<B, A, 4>(p, b, i, rows.end, columns.clone());
             i += 4;
         }
     }

@@ -36,10 +36,10 @@ pub struct Pointwise {
 }
 
 /// Output channels of one panel of packed weights: the kernel's tile, so that a tile's weights lie together.
-const PANEL: usize = 32;
+pub(super) const PANEL: usize = 32;
 
 /// `[k, n]` weights in panels of [`PANEL`] columns: `panels[p][kk][j] = w[kk][p * PANEL + j]`, zero past `n`.
-fn in_panels(w: &[f32], k: usize, n: usize) -> Vec<f32> {
+pub(super) fn in_panels(w: &[f32], k: usize, n: usize) -> Vec<f32> {
     let mut panels = vec![0f32; n.div_ceil(PANEL) * k * PANEL];
     for (p, panel) in panels.chunks_exact_mut(k * PANEL).enumerate() {
         let columns = p * PANEL..(p * PANEL + PANEL).min(n);
@@ -191,7 +191,7 @@ mod avx512 {
         let e = plan.epilogue;
         let bias = e.bias.map_or(std::ptr::null(), <[f32]>::as_ptr);
         if plan.out_n_last {
-            let (a_row, a_k) = if plan.x_k_last { (k, 1) } else { (1, m) };
+            let (a_row, a_k) = if plan.x_k_last { (k, Strided(1)) } else { (1, Strided(m)) };
             let p = Product {
                 a: plan.x,
                 a_row,
@@ -218,7 +218,7 @@ mod avx512 {
         let mut p = Product {
             a: plan.w,
             a_row: k,
-            a_k: 1,
+            a_k: Strided(1),
             k,
             b_rows: Strided(m),
             b_tile: PANEL,
