@@ -6,9 +6,9 @@
 //! Loads an ONNX graph with one f32 input of the given shape (prepared as the engine prepares it), or a compiled
 //! archive as the engine loads it, runs it on a constant input, and prints the median time of whole runs, the mean
 //! time per operator kind and the slowest nodes. `PROFILE_THREADS=N` runs it on N threads, `PROFILE_NODES=N` lists
-//! the N slowest nodes (15), `PROFILE_INFO=1` prints what each of them says of itself (shapes, kernels, fused
-//! operations), and `PROFILE_INPUT=FILE.npy` runs it on a tensor `lookout bench --suite vision` wrote instead of a
-//! constant.
+//! the N slowest nodes (15), `PROFILE_ROUNDS=N` times N whole runs (5), `PROFILE_INFO=1` prints what each of them
+//! says of itself (shapes, kernels, fused operations), and `PROFILE_INPUT=FILE.npy` runs it on a tensor `lookout
+//! bench --suite vision` wrote instead of a constant.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -40,7 +40,8 @@ fn main() -> anyhow::Result<()> {
     let input = engine::tensor(&dims, &values)?;
     let times = graph.profile(std::iter::once(input.clone()).collect(), ROUNDS)?;
     let mut state = graph.new_state()?;
-    let mut runs: Vec<f64> = (0..=ROUNDS)
+    let whole_rounds = std::env::var("PROFILE_ROUNDS").ok().and_then(|n| n.parse().ok()).unwrap_or(ROUNDS);
+    let mut runs: Vec<f64> = (0..=whole_rounds)
         .map(|_| {
             let started = std::time::Instant::now();
             state.run(std::iter::once(input.clone()).collect()).map(|_| started.elapsed().as_secs_f64() * 1e3)

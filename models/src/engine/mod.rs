@@ -20,6 +20,7 @@ mod depthwise_x86;
 mod direct_conv;
 mod epilogue;
 mod layout_forms;
+mod max_pool;
 mod nnef_ops;
 mod pad;
 mod pointwise;
@@ -110,6 +111,8 @@ pub const COMPILED_ROLES: [&str; 8] = [
 pub struct Graph {
     component: String,
     plan: Arc<TypedSimplePlan>,
+    /// tract's own products share their work between threads (see [`tract_products_share`]).
+    tract_threads: bool,
 }
 
 /// What one optimized graph runs on this CPU (see [`Graph::kernels`]).
@@ -121,6 +124,40 @@ pub struct KernelReport {
     pub ops: std::collections::BTreeMap<String, usize>,
     /// Matrix-product kernels by name, with how many products use each (a product with several modes lists each).
     pub product_kernels: std::collections::BTreeMap<String, usize>,
+    /// The share of the graph's multiply-adds done by tract's own products (`None` where it is only known when the
+    /// graph runs), and whether their work is shared between threads (see [`tract_products_share`]).
+    pub tract_product_share: Option<f64>,
+    pub tract_threads: bool,
+}
+
+/// Below this share of a graph's multiply-adds in tract's own products, they run on the calling thread.
+const TRACT_THREADS_MIN_SHARE: f64 = 0.1;
+
+/// The share of `model`'s multiply-adds done by tract's own matrix products, `None` where the size of one of them is
+/// only known when the graph runs (a sequence's length). Where Lookout's operators do nearly
+/// all of them (the vision graphs on CPUs with AVX-512), tract's thread pool would only wake for a few small
+/// products, and its threads would spin on the cores Lookout's helpers run on (CenterNet on two threads: 44 ms
+/// with tract's pool, 42 ms without).
+fn tract_products_share(model: &TypedModel) -> Option<f64> {
+    use tract_nnef::internal::{Cost, DimLike};
+    use tract_onnx::tract_core::ops::matmul::optimized::OptMatMul;
+    let (mut tract, mut all) = (0usize, 0usize);
+    for node in &model.nodes {
+        let Ok(facts) = model.node_input_facts(node.id) else { continue };
+        let Ok(costs) = node.op.cost(&facts) else { continue };
+        let fma: Option<usize> =
+            costs.iter().filter(|(cost, _)| matches!(cost, Cost::FMA(_))).map(|(_, count)| count.to_usize().ok()).sum();
+        let is_tracts = node.op_is::<OptMatMul>();
+        match fma {
+            Some(fma) => {
+                all += fma;
+                tract += if is_tracts { fma } else { 0 };
+            }
+            None if is_tracts => return None,
+            None => {}
+        }
+    }
+    (all > 0).then(|| tract as f64 / all as f64)
 }
 
 /// The single-winner routines (activations, reductions, depthwise and direct convolutions) tract picks for f32 on
@@ -149,13 +186,14 @@ pub struct NodeTime {
 pub struct GraphState {
     component: String,
     state: TypedSimpleState,
+    tract_threads: bool,
 }
 
 impl Graph {
     /// Loads the ONNX graph at `path` as `spec` declares it and optimizes it for this CPU.
     pub fn load(component: &str, path: &Path, spec: &GraphSpec) -> Result<Graph> {
         let plan = guard(component, || into_plan(prepare(path, spec)?)).map_err(|e| ModelError::load(component, e))?;
-        Ok(Graph { component: component.to_string(), plan })
+        Ok(Graph::new(component, plan))
     }
 
     /// Loads a graph compiled by [`compile`]: only kernel selection and weight packing are left to do.
@@ -163,7 +201,12 @@ impl Graph {
         let load = || into_plan(nnef_framework().model_for_path(path)?);
         let plan =
             guard(component, load).map_err(|e| ModelError::load(component, format!("{}: {e:#}", path.display())))?;
-        Ok(Graph { component: component.to_string(), plan })
+        Ok(Graph::new(component, plan))
+    }
+
+    fn new(component: &str, plan: Arc<TypedSimplePlan>) -> Graph {
+        let tract_threads = tract_products_share(plan.model()).is_none_or(|share| share >= TRACT_THREADS_MIN_SHARE);
+        Graph { component: component.to_string(), plan, tract_threads }
     }
 
     pub fn component(&self) -> &str {
@@ -179,8 +222,13 @@ impl Graph {
     /// What the optimized graph runs: its operators by name, and the kernel each matrix product got.
     pub fn kernels(&self) -> KernelReport {
         let model = self.plan.model();
-        let mut report =
-            KernelReport { component: self.component.clone(), nodes: model.nodes.len(), ..Default::default() };
+        let mut report = KernelReport {
+            component: self.component.clone(),
+            nodes: model.nodes.len(),
+            tract_product_share: tract_products_share(model),
+            tract_threads: self.tract_threads,
+            ..Default::default()
+        };
         for node in &model.nodes {
             *report.ops.entry(node.op.name().to_string()).or_default() += 1;
             let kernels: Vec<String> =
@@ -229,7 +277,8 @@ impl Graph {
                 }
                 outputs
             });
-            guard(&self.component, || run).map_err(|e| ModelError::run(&self.component, e))?;
+            in_tract_scope(self.tract_threads, || guard(&self.component, || run))
+                .map_err(|e| ModelError::run(&self.component, e))?;
         }
         let order = self.plan.order_without_consts();
         Ok(order.iter().map(|&id| std::mem::take(&mut times[id])).collect())
@@ -238,14 +287,25 @@ impl Graph {
     /// A fresh execution state; keep it and reuse it for every run of one stream.
     pub fn new_state(&self) -> Result<GraphState> {
         let state = TypedSimpleState::new(&self.plan).map_err(|e| ModelError::load(&self.component, e))?;
-        Ok(GraphState { component: self.component.clone(), state })
+        Ok(GraphState { component: self.component.clone(), state, tract_threads: self.tract_threads })
     }
 }
 
 impl GraphState {
     pub fn run(&mut self, inputs: TVec<TValue>) -> Result<TVec<TValue>> {
         let state = &mut self.state;
-        guard(&self.component, || state.run(inputs)).map_err(|e| ModelError::run(&self.component, e))
+        in_tract_scope(self.tract_threads, || guard(&self.component, || state.run(inputs)))
+            .map_err(|e| ModelError::run(&self.component, e))
+    }
+}
+
+/// Runs `f` with tract's products on the thread pool [`set_threads`] gave them, or on the calling thread alone.
+fn in_tract_scope<R>(tract_threads: bool, f: impl FnOnce() -> R) -> R {
+    use tract_linalg::multithread::{multithread_tract_scope, Executor};
+    if tract_threads {
+        f()
+    } else {
+        multithread_tract_scope(Executor::SingleThread, f)
     }
 }
 
@@ -386,6 +446,7 @@ fn into_plan(mut model: TypedModel) -> TractResult<Arc<TypedSimplePlan>> {
     release_free_memory();
     model.optimize()?;
     pad::rewrite(&mut model)?;
+    max_pool::rewrite(&mut model)?;
     let plan = model.into_runnable()?;
     release_free_memory();
     Ok(plan)

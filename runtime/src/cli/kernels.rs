@@ -176,6 +176,11 @@ fn print_report(report: &Report) {
             ops.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
             let ops: Vec<String> = ops.iter().take(8).map(|(op, n)| format!("{op} {n}")).collect();
             println!("  {} ({} nodes): {}", graph.component, graph.nodes, ops.join(", "));
+            let share = graph.tract_product_share.map_or("sized when the graph runs".to_string(), |share| {
+                format!("{:.1}% of multiply-adds", share * 100.0)
+            });
+            let threads = if graph.tract_threads { "on the thread pool" } else { "on the calling thread" };
+            println!("    tract's own products: {share}, {threads}");
             for (kernel, n) in &graph.product_kernels {
                 println!("    {n:>4} x {kernel}");
             }
