@@ -45,7 +45,8 @@ impl KOffsets for Table<'_> {
 pub const TILE_COLUMNS: usize = 32;
 
 /// One product's operands: `a[i, kk]` at `a + i * a_row + a_k.at(kk)`, row `kk` of `b` at `b_rows.at(kk)` from the
-/// pointer a block is given, `c[i, j]` at `c + i * c_row + j`, and the
+/// pointer a block is given, `c[i, j]` at `c + i * c_row + j * c_col` (stored sixteen values at a time where
+/// `c_col` is 1, scattered where it is not: `15 × c_col` must then be below 2³¹), and the
 /// epilogue's steps, whose bias is `bias[i]` (`bias_per_row`) or `bias[j]`. Each [`TILE_COLUMNS`] columns of `b`
 /// start `b_tile` values after the ones before: [`TILE_COLUMNS`] where its rows hold every column, and `k`
 /// times that where `b` is packed in panels of [`TILE_COLUMNS`] columns, each panel's rows one after the other.
@@ -59,6 +60,7 @@ pub struct Product<'s, R: KOffsets, A: KOffsets = Strided> {
     pub b_tile: usize,
     pub c: *mut f32,
     pub c_row: usize,
+    pub c_col: usize,
     pub bias: *const f32,
     pub bias_per_row: bool,
     pub steps: &'s [Step],
@@ -76,7 +78,7 @@ fn mask(columns: usize) -> u16 {
 /// points at column `j0` of `b`.
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn tile<B: KOffsets, A: KOffsets, const R: usize, const C: usize>(
+unsafe fn tile<B: KOffsets, A: KOffsets, const R: usize, const C: usize, const SCATTER: bool>(
     p: &Product<'_, B, A>,
     b: *const f32,
     i0: usize,
@@ -111,9 +113,23 @@ unsafe fn tile<B: KOffsets, A: KOffsets, const R: usize, const C: usize>(
                 false => _mm512_maskz_loadu_ps(masks[c], p.bias.wrapping_add(j0 + 16 * c)),
             };
             let v = apply_steps(sums[c], p.steps, bias);
-            _mm512_mask_storeu_ps(p.c.wrapping_add((i0 + r) * p.c_row + j0 + 16 * c), masks[c], v);
+            let out = p.c.wrapping_add((i0 + r) * p.c_row + (j0 + 16 * c) * p.c_col);
+            if SCATTER {
+                scatter(out, p.c_col, masks[c], v);
+            } else {
+                _mm512_mask_storeu_ps(out, masks[c], v);
+            }
         }
     }
+}
+
+/// Stores sixteen values `column` values apart from `out` (those `mask` keeps).
+#[target_feature(enable = "avx512f")]
+#[inline(never)]
+unsafe fn scatter(out: *mut f32, column: usize, mask: u16, v: __m512) {
+    let lanes = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    let offsets = _mm512_mullo_epi32(lanes, _mm512_set1_epi32(column as i32));
+    _mm512_mask_i32scatter_ps::<4>(out, mask, offsets, v);
 }
 
 /// `steps` on sixteen sums; `bias` gives their bias values, read only if a step adds them. Always inlined into the
@@ -146,7 +162,7 @@ pub unsafe fn apply_steps(mut v: __m512, steps: &[Step], bias: impl Fn() -> __m5
 /// Rows `i0..i0 + R` over the columns `columns`; `b` points at column `columns.start`.
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn row_block<B: KOffsets, A: KOffsets, const R: usize>(
+unsafe fn row_block<B: KOffsets, A: KOffsets, const R: usize, const SCATTER: bool>(
     p: &Product<'_, B, A>,
     b: *const f32,
     i0: usize,
@@ -156,15 +172,15 @@ unsafe fn row_block<B: KOffsets, A: KOffsets, const R: usize>(
     let at = |j: usize| b.wrapping_add((j - columns.start) / TILE_COLUMNS * p.b_tile);
     let mut j = columns.start;
     while j + TILE_COLUMNS <= columns.end {
-        tile::<B, A, R, 2>(p, at(j), i0, row_end, j, [u16::MAX; 2]);
+        tile::<B, A, R, 2, SCATTER>(p, at(j), i0, row_end, j, [u16::MAX; 2]);
         j += TILE_COLUMNS;
     }
     let left = columns.end - j;
     let b = at(j);
     if left > 16 {
-        tile::<B, A, R, 2>(p, b, i0, row_end, j, [u16::MAX, mask(left - 16)]);
+        tile::<B, A, R, 2, SCATTER>(p, b, i0, row_end, j, [u16::MAX, mask(left - 16)]);
     } else if left > 0 {
-        tile::<B, A, R, 1>(p, b, i0, row_end, j, [mask(left)]);
+        tile::<B, A, R, 1, SCATTER>(p, b, i0, row_end, j, [mask(left)]);
     }
 }
 
@@ -181,17 +197,34 @@ pub unsafe fn block<B: KOffsets, A: KOffsets>(
     rows: Range<usize>,
     columns: Range<usize>,
 ) {
+    if p.c_col == 1 {
+        rows_of::<B, A, false>(p, b, rows, columns)
+    } else {
+        rows_of::<B, A, true>(p, b, rows, columns)
+    }
+}
+
+/// [`block`], its outputs stored or scattered. Each kind is a function of its own, so that the kernels inlined
+/// into one do not weigh on the other's (the stored kind ran three times slower beside an inlined scattered one).
+#[target_feature(enable = "avx512f")]
+#[inline(never)]
+unsafe fn rows_of<B: KOffsets, A: KOffsets, const SCATTER: bool>(
+    p: &Product<'_, B, A>,
+    b: *const f32,
+    rows: Range<usize>,
+    columns: Range<usize>,
+) {
     let mut i = rows.start;
     while i < rows.end {
         let left = rows.end - i;
         if left > 16 || (9..=12).contains(&left) {
-            row_block::<B, A, 12>(p, b, i, rows.end, columns.clone());
+            row_block::<B, A, 12, SCATTER>(p, b, i, rows.end, columns.clone());
             i += 12;
         } else if left > 4 {
-            row_block::<B, A, 8>(p, b, i, rows.end, columns.clone());
+            row_block::<B, A, 8, SCATTER>(p, b, i, rows.end, columns.clone());
             i += 8;
         } else {
-            row_block::<B, A, 4>(p, b, i, rows.end, columns.clone());
+            row_block::<B, A, 4, SCATTER>(p, b, i, rows.end, columns.clone());
             i += 4;
         }
     }
