@@ -407,13 +407,12 @@ fn convolution_at(model: &TypedModel, id: usize) -> TractResult<Option<(TVec<Out
         // [out, in, height, width] as [height, width, in] rows of `out` columns, in panels.
         let w = weights.try_as_plain_ram()?;
         let w = w.as_slice::<f32>()?;
-        let k = c_in * kh * kw;
-        let rows: Vec<f32> = (0..kh)
-            .flat_map(|dy| (0..kw).flat_map(move |dx| (0..c_in).map(move |c| (dy, dx, c))))
-            .flat_map(|(dy, dx, c)| (0..c_out).map(move |o| w[((o * c_in + c) * kh + dy) * kw + dx]))
-            .collect();
-        let panels = in_panels(&rows, k, c_out);
-        Tensor::from_shape(&[panels.len()], &panels)?.into_arc_tensor()
+        // Reduced index `kk` is (dy, dx, c), the channel innermost.
+        let weight = |kk: usize, o: usize| {
+            let (tap, c) = (kk / c_in, kk % c_in);
+            w[((o * c_in + c) * kh + tap / kw) * kw + tap % kw]
+        };
+        in_panels(c_in * kh * kw, c_out, weight)
     } else {
         weights
     };

@@ -51,16 +51,19 @@ fn positions_as_rows(x_k_last: bool, out_n_last: bool, m: usize, n: usize) -> bo
     out_n_last && (x_k_last || n >= 16 || m < 2 * PANEL)
 }
 
-/// `[k, n]` weights in panels of [`PANEL`] columns: `panels[p][kk][j] = w[kk][p * PANEL + j]`, zero past `n`.
-pub(super) fn in_panels(w: &[f32], k: usize, n: usize) -> Vec<f32> {
+/// `k × n` weights (`weight(kk, j)`) in panels of [`PANEL`] columns: `panels[p][kk][j] = weight(kk, p * PANEL + j)`,
+/// zero past `n`. Written straight from the graph's constant, so that loading holds no copy beside the two.
+pub(super) fn in_panels(k: usize, n: usize, weight: impl Fn(usize, usize) -> f32) -> Arc<Tensor> {
     let mut panels = vec![0f32; n.div_ceil(PANEL) * k * PANEL];
     for (p, panel) in panels.chunks_exact_mut(k * PANEL).enumerate() {
         let columns = p * PANEL..(p * PANEL + PANEL).min(n);
         for (kk, row) in panel.chunks_exact_mut(PANEL).enumerate() {
-            row[..columns.len()].copy_from_slice(&w[kk * n + columns.start..kk * n + columns.end]);
+            for (value, j) in row.iter_mut().zip(columns.clone()) {
+                *value = weight(kk, j);
+            }
         }
     }
-    panels
+    tract_ndarray::Array1::from_vec(panels).into_arc_tensor()
 }
 
 thread_local! {
@@ -416,18 +419,14 @@ fn product_at(model: &TypedModel, id: usize) -> TractResult<Option<(TVec<OutletI
     } else {
         let w = weights.try_as_plain_ram()?;
         let w = w.as_slice::<f32>()?;
-        let transpose = |rows: usize, columns: usize| -> Vec<f32> {
-            (0..columns).flat_map(|c| (0..rows).map(move |r| w[r * columns + c])).collect()
-        };
-        let panels = |rows: &[f32]| in_panels(rows, k_len, n_len);
-        if !by_positions {
-            Tensor::from_shape(&[n_len, k_len], &transpose(k_len, n_len))?
-        } else if w_n_first {
-            Tensor::from_shape(&[n_len.div_ceil(PANEL) * k_len * PANEL], &panels(&transpose(n_len, k_len)))?
+        // The stored weight of reduced index `kk` and output channel `j`.
+        let weight = |kk: usize, j: usize| if w_n_first { w[j * k_len + kk] } else { w[kk * n_len + j] };
+        if by_positions {
+            in_panels(k_len, n_len, weight)
         } else {
-            Tensor::from_shape(&[n_len.div_ceil(PANEL) * k_len * PANEL], &panels(w))?
+            let rows: Vec<f32> = (0..n_len).flat_map(|j| (0..k_len).map(move |kk| weight(kk, j))).collect();
+            tract_ndarray::Array2::from_shape_vec((n_len, k_len), rows)?.into_arc_tensor()
         }
-        .into_arc_tensor()
     };
     let (epilogue, last, output_shape) = epilogue::following(model, id, n_len, out_n_last, None)?;
     let scaled = channel_scale_before(model, node.inputs[xi], x_k_last, k_len)?;
