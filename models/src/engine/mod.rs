@@ -134,10 +134,9 @@ pub struct KernelReport {
 const TRACT_THREADS_MIN_SHARE: f64 = 0.1;
 
 /// The share of `model`'s multiply-adds done by tract's own matrix products, `None` where the size of one of them is
-/// only known when the graph runs (a sequence's length). Where Lookout's operators do nearly
-/// all of them (the vision graphs on CPUs with AVX-512), tract's thread pool would only wake for a few small
-/// products, and its threads would spin on the cores Lookout's helpers run on (CenterNet on two threads: 44 ms
-/// with tract's pool, 42 ms without).
+/// only known when the graph runs (a sequence's length). Where Lookout's operators do nearly all of them (the vision
+/// graphs on CPUs with AVX-512), tract's thread pool would only wake for a few small products, and its threads would
+/// spin on the cores Lookout's helpers run on (CenterNet on two threads: 44 ms with tract's pool, 42 ms without).
 fn tract_products_share(model: &TypedModel) -> Option<f64> {
     use tract_nnef::internal::{Cost, DimLike};
     use tract_onnx::tract_core::ops::matmul::optimized::OptMatMul;
