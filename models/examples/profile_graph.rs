@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use lookout_models::engine::{self, DatumType, Dim, Graph, GraphSpec};
+use lookout_models::npy;
 
 const ROUNDS: usize = 5;
 
@@ -33,7 +34,7 @@ fn main() -> anyhow::Result<()> {
         Graph::load("profiled", path, &spec)?
     };
     let values = match std::env::var_os("PROFILE_INPUT") {
-        Some(file) => npy_f32(Path::new(&file))?,
+        Some(file) => npy::read_f32(Path::new(&file)).map_err(anyhow::Error::msg)?.values,
         None => vec![0.5f32; dims.iter().product()],
     };
     anyhow::ensure!(values.len() == dims.iter().product::<usize>(), "the input holds {} values", values.len());
@@ -70,14 +71,4 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// The values of a little-endian f32 `.npy` file (as `lookout bench --suite vision` writes its input tensors).
-fn npy_f32(path: &Path) -> anyhow::Result<Vec<f32>> {
-    let bytes = std::fs::read(path)?;
-    anyhow::ensure!(bytes.len() > 10 && bytes.starts_with(b"\x93NUMPY"), "{}: not an .npy file", path.display());
-    let header = 10 + u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
-    anyhow::ensure!(header <= bytes.len(), "{}: truncated", path.display());
-    anyhow::ensure!(String::from_utf8_lossy(&bytes[10..header]).contains("<f4"), "{}: not f32", path.display());
-    Ok(bytes[header..].chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
 }

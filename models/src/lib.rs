@@ -8,6 +8,7 @@ pub mod compile;
 pub mod engine;
 pub mod error;
 pub mod llm;
+pub mod npy;
 pub mod speech;
 pub mod tokenizer;
 pub mod vad;

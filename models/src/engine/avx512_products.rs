@@ -1,5 +1,5 @@
-//! The AVX-512 kernel of Lookout's own products (1×1 convolutions in [`super::pointwise`], stride-1 convolutions in
-//! [`super::direct_conv`]): `c[i, j] = epilogue(Σ a[i, kk] · b[kk, j])`, one value of `a` broadcast against sixteen
+//! The AVX-512 kernel of Lookout's own products (1×1 convolutions in [`super::pointwise`], other convolutions of one
+//! group in [`super::direct_conv`]): `c[i, j] = epilogue(Σ a[i, kk] · b[kk, j])`, one value of `a` broadcast against sixteen
 //! contiguous values of a row of `b`, in tiles of up to twelve rows by 32 columns whose sums stay in registers
 //! until the epilogue's steps (bias, activations) are applied. The values of each reduced index `kk` are found
 //! through [`KOffsets`] in both operands, so that a convolution reads its input in place: one tap's shifted row of

@@ -111,7 +111,9 @@ pub const COMPILED_ROLES: [&str; 8] = [
 pub struct Graph {
     component: String,
     plan: Arc<TypedSimplePlan>,
-    /// tract's own products share their work between threads (see [`tract_products_share`]).
+    /// The share of the multiply-adds in tract's own products (see [`tract_products_share`]).
+    tract_product_share: Option<f64>,
+    /// tract's own products share their work between threads.
     tract_threads: bool,
 }
 
@@ -204,8 +206,9 @@ impl Graph {
     }
 
     fn new(component: &str, plan: Arc<TypedSimplePlan>) -> Graph {
-        let tract_threads = tract_products_share(plan.model()).is_none_or(|share| share >= TRACT_THREADS_MIN_SHARE);
-        Graph { component: component.to_string(), plan, tract_threads }
+        let tract_product_share = tract_products_share(plan.model());
+        let tract_threads = tract_product_share.is_none_or(|share| share >= TRACT_THREADS_MIN_SHARE);
+        Graph { component: component.to_string(), plan, tract_product_share, tract_threads }
     }
 
     pub fn component(&self) -> &str {
@@ -224,7 +227,7 @@ impl Graph {
         let mut report = KernelReport {
             component: self.component.clone(),
             nodes: model.nodes.len(),
-            tract_product_share: tract_products_share(model),
+            tract_product_share: self.tract_product_share,
             tract_threads: self.tract_threads,
             ..Default::default()
         };
