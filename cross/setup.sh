@@ -16,9 +16,11 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 export DEBIAN_FRONTEND=noninteractive
 apt_get() { timeout 900 apt-get -o Acquire::Retries=2 -qq "$@"; }
+source "$(dirname "$0")/../models/prepare/install-missing.sh"
 
-# Host packages shared by every target.
-if ! apt_get update || ! apt_get install -y --no-install-recommends \
+# Host packages shared by every target (a foreign architecture's stale index must not stop them).
+refresh_package_lists
+if ! apt_get install -y --no-install-recommends \
         rustc-web cargo-web libstd-rust-web-dev qemu-user-static qemu-user gcc pkg-config libclang-dev libasound2-dev \
         >/dev/null; then
     echo "cross/setup.sh: cannot install the host packages (rustc-web, qemu-user-static, ...)" >&2
