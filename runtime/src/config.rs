@@ -201,6 +201,9 @@ pub struct Models {
     pub decoder: DecoderModel,
     /// Tokens the decoder's KV cache holds.
     pub context: u32,
+    /// Seconds reading one frame's text may take; lines past it are left unread, and the answer says so.
+    #[serde(default = "default_text_budget_s")]
+    pub text_budget_s: f32,
     /// Stages loaded when needed and released afterwards instead of staying resident.
     #[serde(default)]
     pub on_demand: Vec<String>,
@@ -493,6 +496,10 @@ fn yes() -> bool {
     true
 }
 
+fn default_text_budget_s() -> f32 {
+    lookout_models::vision::TEXT_READ_BUDGET.as_secs_f32()
+}
+
 fn default_bundle() -> String {
     lookout_models::bundle::DEFAULT_BUNDLE.to_string()
 }
@@ -708,6 +715,9 @@ impl Config {
             return Err(("models.ocr", "reading text needs the detector's stage (`models.detector`)".into()));
         }
         within("models.context", m.context, 64..=8192)?;
+        if !(0.1..=600.0).contains(&m.text_budget_s) {
+            return Err(("models.text_budget_s", format!("{} s is outside 0.1..=600", m.text_budget_s)));
+        }
         for stage in &m.on_demand {
             if !STAGES.contains(&stage.as_str()) {
                 return Err(("models.on_demand", format!("`{stage}` is not one of {}", STAGES.join(", "))));
@@ -1022,6 +1032,15 @@ mod tests {
             "{speech}"
         );
         assert!(error_of("board = \"rpi5\"\n[models]\non_demand = [\"ears\"]\n").contains("models.on_demand"));
+        for budget in ["0", "nan", "-1", "601"] {
+            let error = error_of(&format!("board = \"rpi5\"\n[models]\ntext_budget_s = {budget}\n"));
+            assert!(error.contains("models.text_budget_s"), "{budget}: {error}");
+        }
+        assert_eq!(parse("board = \"rpi5\"\n").unwrap().config.models.text_budget_s, 4.0);
+        assert_eq!(
+            parse("board = \"rpi5\"\n[models]\ntext_budget_s = 12.5\n").unwrap().config.models.text_budget_s,
+            12.5
+        );
         assert!(error_of("board = \"rpi0-2w\"\n[budget]\nmemory_mib = 500\n").contains("budget.memory_mib"));
         assert!(error_of("board = \"rpi0-2w\"\n[budget]\nos_reserve_mib = 4294967295\n").contains("budget.memory_mib"));
         assert!(error_of("board = \"rpi5\"\n[microphone]\nrate = 4000\n").contains("microphone.rate"));

@@ -5,6 +5,7 @@
 //! model or composes a turn by itself.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use lookout_models::bundle::Bundle;
 use lookout_models::engine;
@@ -28,12 +29,18 @@ pub struct VisionChoice {
     pub with_text: bool,
     /// Per-label filters laid over the detector's defaults (`[objects.filters]`).
     pub filters: BTreeMap<String, LabelFilterConfig>,
+    /// How long reading one image's text may take; `None`: the reader's default.
+    pub text_budget: Option<Duration>,
 }
 
 impl VisionChoice {
     /// The bundle's detector or the one named, with or without text, and the detector's own filters.
     pub fn new(detector: Option<&str>, with_text: bool) -> VisionChoice {
-        VisionChoice { detector: detector.map(str::to_string), with_text, filters: BTreeMap::new() }
+        VisionChoice { detector: detector.map(str::to_string), with_text, filters: BTreeMap::new(), text_budget: None }
+    }
+
+    pub fn with_text_budget(self, text_budget: Option<Duration>) -> VisionChoice {
+        VisionChoice { text_budget, ..self }
     }
 }
 
@@ -47,6 +54,9 @@ pub fn load_vision(bundle: &Bundle, choice: &VisionChoice) -> anyhow::Result<Vis
             anyhow::bail!("objects.filters: `{label}` is not one of the detector's labels");
         };
         detector.set_label_filter(label, configured.over(current));
+    }
+    if let (Some(budget), Some(reader)) = (choice.text_budget, vision.reader.as_mut()) {
+        reader.set_budget(budget);
     }
     Ok(vision)
 }

@@ -110,6 +110,8 @@ fn a_vision_suite_scores_labels_counts_and_text_per_threshold() {
         suite.to_str().unwrap(),
         "--variants",
         "0.3,0.9",
+        "--text-budget",
+        &common::text_budget_arg(),
         "--out",
         out.to_str().unwrap(),
     ]);
@@ -154,8 +156,10 @@ fn an_end_to_end_suite_scores_captions_and_answers() {
     let suite = dir.join("e2e.toml");
     std::fs::write(&suite, format!("kind = \"e2e\"\n{items}")).unwrap();
     let out = dir.join("out");
+    let budget = common::text_budget_arg();
+    let (suite, out_dir) = (suite.to_str().unwrap(), out.to_str().unwrap());
     let result =
-        lookout(&["bench", "--suite", suite.to_str().unwrap(), "--variants", "scene", "--out", out.to_str().unwrap()]);
+        lookout(&["bench", "--suite", suite, "--variants", "scene", "--text-budget", &budget, "--out", out_dir]);
     assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
     let report: Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     assert!(report["skipped"][0]["error"].as_str().unwrap().contains("needs `expect`"), "{}", report["skipped"]);

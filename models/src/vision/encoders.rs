@@ -271,6 +271,8 @@ pub struct TextReader {
     rec_format: (Normalization, Layout),
     db: DbParams,
     dictionary: CtcDictionary,
+    /// How long reading one image's text may take; at least one line is always read.
+    budget: Duration,
 }
 
 impl TextReader {
@@ -304,7 +306,24 @@ impl TextReader {
             .ok_or_else(|| ModelError::BadParam { component: dict.name.clone(), param: "blank_token".into() })?;
         let dictionary = CtcDictionary::from_lines(symbols, false);
         let (detector, recognizer) = (load_image_graph(bundle, det)?, load_image_graph(bundle, rec)?);
-        Ok(TextReader { detector, recognizer, det_size, det_format, rec_height, rec_width, rec_format, db, dictionary })
+        Ok(TextReader {
+            detector,
+            recognizer,
+            det_size,
+            det_format,
+            rec_height,
+            rec_width,
+            rec_format,
+            db,
+            dictionary,
+            budget: TEXT_READ_BUDGET,
+        })
+    }
+
+    /// Sets how long reading one image's text may take (default [`TEXT_READ_BUDGET`]): longer for pages of text
+    /// on a slow board, or under an emulator.
+    pub fn set_budget(&mut self, budget: Duration) {
+        self.budget = budget;
     }
 }
 
@@ -411,7 +430,7 @@ impl VisionModels {
             ocr,
             classifier,
             timings: StageTimings::default(),
-            text_budget: TEXT_READ_BUDGET,
+            text_budget: self.reader.as_ref().map_or(TEXT_READ_BUDGET, |r| r.budget),
             text_cut: false,
         })
     }

@@ -12,5 +12,6 @@ pub mod scene;
 
 pub use encoders::{
     InputTensor, ObjectDetector, SceneClassifier, StageTimings, TextReader, VisionModels, VisionSession,
+    TEXT_READ_BUDGET,
 };
 pub use scene::{Scene, SceneLabel};

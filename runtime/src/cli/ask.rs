@@ -57,6 +57,9 @@ pub struct LanguageArgs {
     /// Skip reading text in the image.
     #[arg(long)]
     no_ocr: bool,
+    /// Seconds reading the image's text may take before the remaining lines are left unread (default 4).
+    #[arg(long, value_name = "SECONDS", value_parser = super::parse_text_budget)]
+    text_budget: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Args)]
@@ -165,7 +168,10 @@ fn run(
     };
     let see = || -> anyhow::Result<_> {
         let started = Instant::now();
-        let vision = turn::load_vision(&bundle, &VisionChoice::new(args.detector.as_deref(), !args.no_ocr))?;
+        let vision = turn::load_vision(
+            &bundle,
+            &VisionChoice::new(args.detector.as_deref(), !args.no_ocr).with_text_budget(args.text_budget),
+        )?;
         let mut session = vision.session()?;
         note_loaded();
         let load_ms = ms_since(started);

@@ -59,6 +59,10 @@ pub struct BenchArgs {
     /// bundle's first).
     #[arg(long)]
     detector: Option<String>,
+    /// Vision and e2e suite files: seconds reading an image's text may take before the remaining lines are left
+    /// unread (default 4; longer on a slow board or under an emulator).
+    #[arg(long, value_name = "SECONDS", value_parser = super::parse_text_budget)]
+    text_budget: Option<std::time::Duration>,
     /// Vision and llm: thread counts to run, each in its own process.
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2])]
     threads: Vec<usize>,

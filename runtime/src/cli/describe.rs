@@ -23,6 +23,9 @@ pub struct DescribeArgs {
     /// Skip reading text (faster).
     #[arg(long)]
     no_ocr: bool,
+    /// Seconds reading the image's text may take before the remaining lines are left unread (default 4).
+    #[arg(long, value_name = "SECONDS", value_parser = super::parse_text_budget)]
+    text_budget: Option<std::time::Duration>,
     /// Skip the scene classifier (the ImageNet labels of the whole frame).
     #[arg(long)]
     no_scene: bool,
@@ -69,7 +72,10 @@ pub fn run(ctx: &Context, args: DescribeArgs) -> anyhow::Result<()> {
 
     let started = Instant::now();
     let bundle = ctx.open_bundle()?;
-    let mut models = turn::load_vision(&bundle, &VisionChoice::new(args.detector.as_deref(), !args.no_ocr))?;
+    let mut models = turn::load_vision(
+        &bundle,
+        &VisionChoice::new(args.detector.as_deref(), !args.no_ocr).with_text_budget(args.text_budget),
+    )?;
     if !args.no_scene {
         models = models.with_scene_classifier(&bundle)?;
     }

@@ -92,6 +92,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
 }
 
+/// `--text-budget SECONDS`: how long reading one image's text may take (more than 0, at most 600 s).
+pub fn parse_text_budget(text: &str) -> Result<std::time::Duration, String> {
+    match text.parse::<f32>() {
+        Ok(seconds) if (0.1..=600.0).contains(&seconds) => Ok(std::time::Duration::from_secs_f32(seconds)),
+        _ => Err(format!("`{text}` is not a number of seconds from 0.1 to 600")),
+    }
+}
+
 /// Prints a value as pretty JSON on stdout.
 pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);

@@ -101,6 +101,7 @@ impl Models {
                     detector: config.detector_variant().map(str::to_string),
                     with_text: m.ocr != OcrModel::Off,
                     filters: config.objects.filters.clone(),
+                    text_budget: Some(Duration::from_secs_f32(m.text_budget_s)),
                 };
                 Some(Stage::new(config.on_demand("vision"), Box::new(move || turn::load_vision(&b, &choice)))?)
             }

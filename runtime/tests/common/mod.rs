@@ -16,6 +16,12 @@ pub fn patience(deadline: Duration) -> Duration {
     deadline.mul_f64(factor.unwrap_or(1.0))
 }
 
+/// `--text-budget` for commands whose assertions need every line of a sign read: the default 4 s, stretched as
+/// [`patience`] stretches deadlines (emulated, PP-OCR outlasts the default on a two-line sign).
+pub fn text_budget_arg() -> String {
+    patience(Duration::from_secs(4)).as_secs_f32().min(600.0).to_string()
+}
+
 /// Runs the `lookout` binary built for these tests.
 pub fn lookout(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_lookout")).args(args).output().expect("run lookout")

@@ -124,7 +124,8 @@ pub(super) fn run(
     items: &[toml::Value],
 ) -> anyhow::Result<()> {
     if args.worker.is_some() {
-        return run_variant(ctx, worker_variant(args)?, args.detector.as_deref(), path, items);
+        let choice = VisionChoice::new(args.detector.as_deref(), true).with_text_budget(args.text_budget);
+        return run_variant(ctx, worker_variant(args)?, &choice, path, items);
     }
     let bundle = ctx.open_bundle()?;
     let variants: Vec<String> = if args.variants.is_empty() {
@@ -170,13 +171,13 @@ pub(super) fn run(
 fn run_variant(
     ctx: &Context,
     variant: &str,
-    detector: Option<&str>,
+    vision: &VisionChoice,
     path: &Path,
     items: &[toml::Value],
 ) -> anyhow::Result<()> {
     lookout_models::engine::set_threads(1);
     let bundle = ctx.open_bundle()?;
-    let vision = turn::load_vision(&bundle, &VisionChoice::new(detector, true))?;
+    let vision = turn::load_vision(&bundle, vision)?;
     let whisper = turn::load_speech(&bundle, None)?;
     let vad = turn::load_vad(&bundle)?;
     let mut transcriber = Transcriber::new(&whisper, Some(&vad))?;

@@ -128,7 +128,10 @@ pub(super) fn run(ctx: &Context, args: &BenchArgs, path: &Path, suite: &SuiteFil
     let (description, items) = (suite.description.as_str(), suite.items.as_slice());
     lookout_models::engine::set_threads(1);
     let bundle = ctx.open_bundle()?;
-    let mut models = turn::load_vision(&bundle, &VisionChoice::new(args.detector.as_deref(), true))?;
+    let mut models = turn::load_vision(
+        &bundle,
+        &VisionChoice::new(args.detector.as_deref(), true).with_text_budget(args.text_budget),
+    )?;
     let cold_start_ms = ms_since_process_start();
     let bundle_threshold = models.detector.filter.score_threshold;
     let thresholds: Vec<f32> = if args.variants.is_empty() {
