@@ -7,7 +7,7 @@ use lookout_models::bundle::{resolve_models_dir, Bundle, DEFAULT_BUNDLE};
 use lookout_models::engine::{self, DatumType, Dim, GraphSpec};
 use lookout_models::vision::detections::LabelFilter;
 use lookout_models::vision::image::load_image;
-use lookout_models::vision::VisionModels;
+use lookout_models::vision::{VisionModels, VisionSession};
 use serde_json::Value;
 
 fn testdata() -> PathBuf {
@@ -146,12 +146,20 @@ fn detections_match_onnxruntime(bundle: &Bundle, variant: &str, photos: &serde_j
     }
 }
 
+/// A session that reads every line of an image however slow the machine: under qemu-arm the default text budget
+/// ends before a paragraph's last line.
+fn session_reading_everything(models: &VisionModels) -> VisionSession<'_> {
+    let mut session = models.session().unwrap();
+    session.set_text_budget(std::time::Duration::from_secs(3600));
+    session
+}
+
 #[test]
 fn rendered_text_is_read_exactly() {
     let dir = testdata().join("text");
     let renders: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(dir.join("index.json")).unwrap()).unwrap();
     let models = VisionModels::load(&bundle(), None, true).unwrap();
-    let mut session = models.session().unwrap();
+    let mut session = session_reading_everything(&models);
     let mut misread = Vec::new();
     for render in &renders {
         let image = load_image(&dir.join(render["file"].as_str().unwrap())).unwrap();
@@ -188,7 +196,7 @@ fn long_lines_and_paragraphs_are_read_at_their_own_width() {
     let renders: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(dir.join("index.json")).unwrap()).unwrap();
     assert!(renders.len() >= 100, "{} renders", renders.len());
     let models = VisionModels::load(&bundle(), None, true).unwrap();
-    let mut session = models.session().unwrap();
+    let mut session = session_reading_everything(&models);
     // Character errors and characters, clean renders and degraded ones; the same for onnxruntime running rapidocr's
     // dynamic-width recognizer at each box's own width.
     let (mut clean, mut degraded) = ((0, 0), (0, 0));
@@ -249,7 +257,7 @@ fn a_page_is_read_in_order_until_the_time_budget_ends() {
     let dir = testdata().join("lines");
     let page = load_image(&dir.join("paragraph.DejaVuSerif.16.clean.png")).unwrap();
     let models = VisionModels::load(&bundle(), None, true).unwrap();
-    let mut session = models.session().unwrap();
+    let mut session = session_reading_everything(&models);
     let whole = session.read_text(&page).unwrap();
     assert!(whole.len() == 6 && !session.text_was_cut(), "{whole:?}");
     session.set_text_budget(std::time::Duration::ZERO);
