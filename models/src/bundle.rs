@@ -311,7 +311,8 @@ impl Component {
 
     pub fn param_usize(&self, key: &str) -> Result<usize> {
         match self.params.get(key) {
-            Some(toml::Value::Integer(i)) if *i >= 0 => Ok(*i as usize),
+            // A value past the address space (2^32 and up on a 32-bit board) is refused, never truncated.
+            Some(toml::Value::Integer(i)) => usize::try_from(*i).map_err(|_| self.bad_param(key)),
             _ => Err(self.bad_param(key)),
         }
     }
@@ -443,6 +444,19 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_size_parameter_is_refused_rather_than_truncated() {
+        let component: Component = toml::from_str(
+            "name = \"c\"\nrole = \"r\"\nvariant = \"any\"\nfile = \"f\"\nsha256 = \"\"\nbytes = 0\n\
+             [params]\nsmall = 640\nnegative = -1\nhuge = 4294967936\n",
+        )
+        .unwrap();
+        assert_eq!(component.param_usize("small").unwrap(), 640);
+        assert!(component.param_usize("negative").is_err());
+        // 2^32 + 640: 640 once cut to 32 bits.
+        assert_eq!(component.param_usize("huge").ok(), usize::try_from(4_294_967_936u64).ok());
+    }
 
     /// The disk filling up while the manifest is rewritten: the error names the manifest, which is left whole, and
     /// no partial file stays behind. `/dev/full` stands in for the full disk: every write to it fails with ENOSPC.
