@@ -215,8 +215,10 @@ fn a_camera_suite_scores_counted_objects_and_a_sequence_with_and_without_the_tra
         &suite,
         format!(
             "kind = \"vision\"\n[[item]]\nid = \"f0\"\nsplit = \"held-out\"\nsource = \"vtest\"\nimage = \"{}\"\nobjects = {{ person = 3, car = 0 }}\nalso = [\"truck\"]\n\
+             [[item]]\nid = \"f25\"\nsplit = \"in-domain\"\nsource = \"vtest\"\nimage = \"{}\"\nobjects = {{ person = 5, car = 0 }}\nalso = [\"truck\"]\n\
              [[sequence]]\nid = \"walk\"\nsource = \"vtest\"\nframes = \"frames\"\nfps = 2.0\n",
-            camera.join("f0000.jpg").display()
+            camera.join("f0000.jpg").display(),
+            frames.join("f0025.jpg").display()
         ),
     )
     .unwrap();
@@ -225,7 +227,8 @@ fn a_camera_suite_scores_counted_objects_and_a_sequence_with_and_without_the_tra
         lookout(&["bench", "--suite", suite.to_str().unwrap(), "--variants", "0.3", "--out", out.to_str().unwrap()]);
     assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
     let report: Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
-    let split = &report["variants"][0]["splits"][0];
+    let splits = report["variants"][0]["splits"].as_array().unwrap();
+    let split = splits.iter().find(|s| s["split"] == "held-out").unwrap();
     assert_eq!(split["counted"]["person"]["precision"], 1.0, "{split}");
     assert_eq!(split["counted"]["person"]["recall"], 1.0, "{split}");
     assert_eq!(split["false_objects_per_image"], 0.0, "{split}");
@@ -234,5 +237,10 @@ fn a_camera_suite_scores_counted_objects_and_a_sequence_with_and_without_the_tra
     let (raw, tracked) = (&walk["flaps_per_minute"]["person"][0], &walk["flaps_per_minute"]["person"][1]);
     assert!(tracked.as_f64().unwrap() <= raw.as_f64().unwrap(), "{walk}");
     assert!(walk["median_count"]["person"][1].as_f64().unwrap() >= 3.0, "{walk}");
+    // The annotated frames in the sequence once the tracker is warm: f25 (five people), not f0 (the first frame).
+    let annotated = &walk["annotated"]["person"];
+    assert_eq!(annotated["frames"], 1, "{walk}");
+    let errors = &annotated["mean_abs_error"];
+    assert!(errors[1].as_f64().unwrap() <= errors[0].as_f64().unwrap().max(1.0), "{walk}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -109,6 +109,19 @@ struct SequenceScore {
     median_count: BTreeMap<String, (f64, f64)>,
     /// Tracked objects per frame of a label the detector's clutter is mistaken for (CLUTTER_LABELS), raw and tracked.
     clutter_per_frame: (f64, f64),
+    /// Per counted label: the counts against the suite's annotations on the frames that are also suite items, once
+    /// the tracker is warm (the daemon reports the frames before as not yet known).
+    annotated: BTreeMap<String, AnnotatedCounts>,
+}
+
+/// One label's counts on a sequence's annotated frames, raw and tracked.
+#[derive(Debug, Serialize)]
+struct AnnotatedCounts {
+    frames: usize,
+    /// Share of those frames whose count equals the annotation.
+    exact: (f64, f64),
+    /// Mean of |count - annotation|.
+    mean_abs_error: (f64, f64),
 }
 
 #[derive(Debug, Deserialize)]
@@ -177,7 +190,7 @@ pub(super) fn run(ctx: &Context, args: &BenchArgs, path: &Path, suite: &SuiteFil
         .iter()
         .map(|value| {
             let entry: SequenceEntry = value.clone().try_into().context("malformed sequence")?;
-            score_sequence(&models, entry, base)
+            score_sequence(&models, entry, base, &ready)
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let suite = path.display().to_string();
@@ -227,8 +240,14 @@ struct VisionReport<'a> {
 }
 
 /// Runs a sequence's frames through the detector at the bundle's threshold, counting each label's objects per
-/// frame as detected and as the daemon's tracker (default settings) reports them.
-fn score_sequence(models: &VisionModels, entry: SequenceEntry, base: &Path) -> anyhow::Result<SequenceScore> {
+/// frame as detected and as the daemon's tracker (default settings) reports them; frames that are also suite items
+/// are scored against their annotated counts.
+fn score_sequence(
+    models: &VisionModels,
+    entry: SequenceEntry,
+    base: &Path,
+    items: &[Ready],
+) -> anyhow::Result<SequenceScore> {
     let dir = base.join(&entry.frames);
     let files = frame_files(&dir).with_context(|| format!("sequence {}", entry.id))?;
     if files.len() < 2 || entry.fps.is_nan() || entry.fps <= 0.0 {
@@ -240,6 +259,7 @@ fn score_sequence(models: &VisionModels, entry: SequenceEntry, base: &Path) -> a
     let labels = detector.labels();
     let thresholds: Vec<f32> = detector.label_filters().iter().map(|f| f.threshold).collect();
     let (mut raw, mut tracked): (Vec<Counts>, Vec<Counts>) = (vec![], vec![]);
+    let mut first_warm = files.len();
     for (i, file) in files.iter().enumerate() {
         eprint!("\rbench: sequence {} {}/{}", entry.id, i + 1, files.len());
         let image = load_image(file).with_context(|| file.display().to_string())?;
@@ -247,6 +267,9 @@ fn score_sequence(models: &VisionModels, entry: SequenceEntry, base: &Path) -> a
         let reported = tracker.update(&detections, |label| thresholds.get(label).copied().unwrap_or(1.0));
         raw.push(lookout_models::vision::detections::count_by_label(&detections));
         tracked.push(lookout_models::vision::detections::count_by_label(&reported));
+        if tracker.is_warm() {
+            first_warm = first_warm.min(i);
+        }
     }
     eprintln!();
     let minutes = files.len() as f64 / entry.fps / 60.0;
@@ -284,7 +307,47 @@ fn score_sequence(models: &VisionModels, entry: SequenceEntry, base: &Path) -> a
             .map(|l| ((*l).clone(), (median(&count(&raw, l)), median(&count(&tracked, l)))))
             .collect(),
         clutter_per_frame: (clutter(&raw), clutter(&tracked)),
+        annotated: annotated_counts(&files[first_warm..], items, &raw[first_warm..], &tracked[first_warm..]),
     })
+}
+
+/// The sequence's counts on its frames that are suite items, for each label an item counts (a count above 0).
+fn annotated_counts(
+    files: &[PathBuf],
+    items: &[Ready],
+    raw: &[Counts],
+    tracked: &[Counts],
+) -> BTreeMap<String, AnnotatedCounts> {
+    let same_file = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    // (annotation, raw count, tracked count) per label.
+    let mut per_label: BTreeMap<String, Vec<(usize, usize, usize)>> = BTreeMap::new();
+    for (frame, file) in files.iter().enumerate() {
+        let Some(ready) = items.iter().find(|r| same_file(&r.path, file)) else { continue };
+        for (label, &annotated) in ready.item.objects.iter().filter(|(_, &n)| n > 0) {
+            let of = |counts: &Counts| counts.get(label).copied().unwrap_or(0);
+            per_label.entry(label.clone()).or_default().push((annotated, of(&raw[frame]), of(&tracked[frame])));
+        }
+    }
+    per_label
+        .into_iter()
+        .map(|(label, counts)| {
+            let n = counts.len() as f64;
+            let exact =
+                |pick: fn(&(usize, usize, usize)) -> usize| counts.iter().filter(|c| pick(c) == c.0).count() as f64 / n;
+            let error = |pick: fn(&(usize, usize, usize)) -> usize| {
+                counts.iter().map(|c| pick(c).abs_diff(c.0) as f64).sum::<f64>() / n
+            };
+            let figures = AnnotatedCounts {
+                frames: counts.len(),
+                exact: (exact(|c| c.1), exact(|c| c.2)),
+                mean_abs_error: (error(|c| c.1), error(|c| c.2)),
+            };
+            (label, figures)
+        })
+        .collect()
 }
 
 fn sequences_markdown(sequences: &[SequenceScore], threshold: f32) -> String {
@@ -306,6 +369,30 @@ fn sequences_markdown(sequences: &[SequenceScore], threshold: f32) -> String {
             "| {} | | | small clutter-prone labels per frame | {:.2} / {:.2} | |\n",
             s.id, s.clutter_per_frame.0, s.clutter_per_frame.1
         ));
+    }
+    if sequences.iter().any(|s| !s.annotated.is_empty()) {
+        md.push_str(
+            "
+On the sequence frames that are also annotated items:
+
+| sequence | label | frames | exact count raw / tracked | mean count error raw / tracked |
+|---|---|---:|---:|---:|
+",
+        );
+        for s in sequences {
+            for (label, a) in &s.annotated {
+                md.push_str(&format!(
+                    "| {} | {label} | {} | {:.0}% / {:.0}% | {:.2} / {:.2} |
+",
+                    s.id,
+                    a.frames,
+                    100.0 * a.exact.0,
+                    100.0 * a.exact.1,
+                    a.mean_abs_error.0,
+                    a.mean_abs_error.1
+                ));
+            }
+        }
     }
     md
 }
