@@ -231,8 +231,9 @@ impl Daemon {
         panic!("no {prefix} notification within {within:?}");
     }
 
-    /// SIGTERM: STOPPING=1 arrives and the process exits with 0, both within `limit`.
+    /// SIGTERM: STOPPING=1 arrives and the process exits with 0, both within `limit` (stretched by [`patience`]).
     fn terminate_within(&mut self, limit: Duration) {
+        let limit = patience(limit);
         let stopping = Instant::now();
         self.signal("TERM");
         self.notification("STOPPING=1", limit);
@@ -469,7 +470,7 @@ fn the_daemon_captions_answers_refuses_bad_requests_and_talks_to_systemd() {
 
     // SIGTERM: STOPPING=1, and the process is gone within 2 s.
     while daemon.notifications.try_recv().is_ok() {}
-    daemon.terminate_within(patience(Duration::from_secs(2)));
+    daemon.terminate_within(Duration::from_secs(2));
     daemon.event("stopped", patience(Duration::from_secs(1)), event_is("stopped"));
 }
 
@@ -694,7 +695,7 @@ fn the_api_keeps_connections_alive_streams_and_answers_the_official_openai_clien
     assert_eq!(metric(&settled, "lookout_http_bodies_in_use"), 0.0, "{settled}");
     assert_eq!(metric(&settled, "lookout_question_queue_depth"), 0.0, "{settled}");
     assert_eq!(send(port, format!("{}\r\n", head("GET", "/healthz")).as_bytes()).status, 200);
-    daemon.terminate_within(patience(Duration::from_secs(2)));
+    daemon.terminate_within(Duration::from_secs(2));
 }
 
 /// A daemon on the kite camera in `dir` and the quiet recording, `extra` added to its configuration, started with
@@ -911,7 +912,7 @@ fn sigterm_while_the_models_load_stops_within_2_s() {
     std::fs::write(&config, config_text(&dir, &testdata_dir().join("speech/how_many_people.wav"), "")).unwrap();
     let mut daemon = Daemon::start(&config, &dir);
     daemon.event("starting", patience(Duration::from_secs(10)), event_is("starting"));
-    daemon.terminate_within(patience(Duration::from_secs(2)));
+    daemon.terminate_within(Duration::from_secs(2));
     assert!(!daemon.seen.iter().any(|e| e["event"] == "ready"), "stopped before it was ready");
 }
 
