@@ -39,7 +39,10 @@ for target in "${targets[@]}"; do
         dpkg --add-architecture "$arch"
         added=1
     fi
-    if apt_get update && apt_get install -y --no-install-recommends \
+    # The lists were refreshed above; a newly added architecture needs its own. A stale index of one that was
+    # there already does no harm when its packages are installed (or its old lists still hold them).
+    [[ $added -eq 1 ]] && refresh_package_lists
+    if apt_get install -y --no-install-recommends \
             "libstd-rust-web-dev:$arch" "$gcc" "$libc" "libasound2-dev:$arch" >/dev/null; then
         ready+=("$target")
     else

@@ -29,8 +29,14 @@ fi
 # Deadlines in the daemon tests stretch by this factor: the emulated models run some 20 times slower, and a frame
 # waits behind the emulated decoder's caption of the one before (qemu gives results, not speed).
 export LOOKOUT_TEST_PATIENCE="${LOOKOUT_TEST_PATIENCE:-100}"
+# The build takes the cargo arguments (those before `--`), so that only the test targets asked for are built.
+cargo_args=()
+for arg in "$@"; do
+    [[ "$arg" == -- ]] && break
+    cargo_args+=("$arg")
+done
 start=$SECONDS
-cargo test --release --locked --target "$CROSS_TRIPLE" --workspace --no-run
+cargo test --release --locked --target "$CROSS_TRIPLE" --workspace --no-run "${cargo_args[@]}"
 built=$SECONDS
 cargo test --release --locked --target "$CROSS_TRIPLE" --workspace "$@"
 echo "cross/test.sh $target: built in $((built - start)) s, ran under $QEMU_CPU emulation in $((SECONDS - built)) s"
