@@ -581,6 +581,7 @@ fn the_api_keeps_connections_alive_streams_and_answers_the_official_openai_clien
         .arg(TOKEN)
         .arg(photos.join("dog.jpg"))
         .arg(speech.join("what_do_you_see.wav"))
+        .arg(patience(Duration::from_secs(900)).as_secs().to_string())
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -963,7 +964,7 @@ fn the_wyoming_server_transcribes_for_home_assistants_client_and_refuses_bad_mes
         assert!(model["name"].as_str().unwrap().starts_with("whisper-base"), "{info}");
         let languages: Vec<&str> = model["languages"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
         assert!(languages.len() == 99 && languages.contains(&"en") && languages.contains(&"de"), "{info}");
-        assert!(info["seconds"].as_f64().unwrap() < 1.0, "{info}");
+        assert!(info["seconds"].as_f64().unwrap() < patience(Duration::from_secs(1)).as_secs_f64(), "{info}");
         // A spoken command in 1024-sample chunks at 16 kHz, the same at 48 kHz, and two clients at once.
         let at_16k = &wyoming_client(version, &["transcribe", &port_arg, people], b"")[0];
         assert_eq!((said(at_16k).as_str(), at_16k["language"].as_str()), ("how many people are outside", Some("en")));
@@ -980,7 +981,7 @@ fn the_wyoming_server_transcribes_for_home_assistants_client_and_refuses_bad_mes
     };
     std::thread::sleep(Duration::from_millis(300));
     let info = &wyoming_client("ha", &["describe", &port_arg], b"")[0];
-    assert!(info["seconds"].as_f64().unwrap() < 1.0, "{info}");
+    assert!(info["seconds"].as_f64().unwrap() < patience(Duration::from_secs(1)).as_secs_f64(), "{info}");
     assert_eq!(busy.join().unwrap().len(), 2);
 
     // Bad messages: an error event, then the connection closes.

@@ -1,6 +1,6 @@
 """Drives a running Lookout daemon with the official OpenAI client and prints what came back, as one JSON object.
 
-Usage: client.py BASE_URL TOKEN IMAGE.jpg SPEECH.wav
+Usage: client.py BASE_URL TOKEN IMAGE.jpg SPEECH.wav TIMEOUT_S
 The caller (runtime/tests/serve.rs) checks the results; this script only makes the calls the way an application
 would: the model list, a chat completion about an image sent as a data URL, the same streamed, transcriptions in
 every response format, and a request the daemon must refuse.
@@ -12,8 +12,8 @@ import time
 
 import openai
 
-base_url, token, image_path, speech_path = sys.argv[1:5]
-client = openai.OpenAI(base_url=base_url, api_key=token, max_retries=0, timeout=900)
+base_url, token, image_path, speech_path, timeout_s = sys.argv[1:6]
+client = openai.OpenAI(base_url=base_url, api_key=token, max_retries=0, timeout=float(timeout_s))
 out = {}
 
 models = [m.id for m in client.models.list()]

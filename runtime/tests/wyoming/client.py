@@ -7,11 +7,13 @@ integration does (runtime/tests/serve.rs runs it with each pinned version of the
                                               WAVs at once, each on its own connection
     client.py raw PORT                        sends standard input as it is and prints the events that come back
 
-Prints one JSON object per answer on standard output.
+Prints one JSON object per answer on standard output. Its waits stretch by $LOOKOUT_TEST_PATIENCE, as the Rust
+tests' deadlines do (under qemu-user).
 """
 
 import asyncio
 import json
+import os
 import sys
 import time
 import wave
@@ -23,6 +25,8 @@ from wyoming.error import Error
 from wyoming.event import async_read_event
 from wyoming.info import Describe, Info
 
+PATIENCE = max(1.0, float(os.environ.get("LOOKOUT_TEST_PATIENCE") or 1))
+
 SAMPLES_PER_CHUNK = 1024
 
 
@@ -31,7 +35,7 @@ async def describe(port):
     async with AsyncTcpClient("127.0.0.1", port) as client:
         await client.write_event(Describe().event())
         while True:
-            event = await asyncio.wait_for(client.read_event(), timeout=1.0)
+            event = await asyncio.wait_for(client.read_event(), timeout=1.0 * PATIENCE)
             if event is None:
                 raise SystemExit("the server closed the connection before its info")
             if Info.is_type(event.type):
@@ -80,7 +84,7 @@ async def raw(port):
     await writer.drain()
     events = []
     while True:
-        event = await asyncio.wait_for(async_read_event(reader), timeout=30.0)
+        event = await asyncio.wait_for(async_read_event(reader), timeout=30.0 * PATIENCE)
         if event is None:
             break
         events.append({"type": event.type, "data": event.data})
