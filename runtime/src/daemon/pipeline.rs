@@ -35,7 +35,7 @@ use crate::turn::{self, VisionChoice};
 
 /// Consecutive frames a changed scene must hold before it is captioned, so a passer-by does not trigger one.
 const SETTLE_FRAMES: u32 = 2;
-/// Longest a question asked before the first scene was published waits for it.
+/// Longest a question asked before the first scene was published waits for the camera's next frame.
 const FIRST_SCENE_WAIT: Duration = Duration::from_secs(5);
 /// Longest idle wait before the pipeline beats again.
 const IDLE_WAIT: Duration = Duration::from_millis(250);
@@ -313,9 +313,10 @@ impl<'m, C: Clock> Worker<'m, C> {
         self.models.vision.is_none() || self.shared.scene.lock().is_ok_and(|s| s.is_some())
     }
 
-    fn analyse_waiting_frame(&mut self) {
+    /// Analyses the newest frame the camera delivered, if any; whether there was one.
+    fn analyse_waiting_frame(&mut self) -> bool {
         if self.models.vision.is_none() {
-            return;
+            return false;
         }
         let mut inbox = self.shared.inbox();
         let taken = inbox.frames.take(&mut self.image);
@@ -326,6 +327,7 @@ impl<'m, C: Clock> Worker<'m, C> {
         if let Some((sequence, captured_at)) = taken {
             self.analyse(sequence, captured_at);
         }
+        taken.is_some()
     }
 
     fn analyse(&mut self, sequence: u64, captured_at: Option<Instant>) {
@@ -573,11 +575,16 @@ impl<'m, C: Clock> Worker<'m, C> {
                 // The answer is about the present: a frame newer than the published scene is analysed first.
                 self.analyse_waiting_frame();
                 let mut latest = self.shared.latest();
-                // Right after start the tracker has not yet confirmed what is in view: the first frames are
-                // analysed while the question waits, for a few seconds at most.
+                // Right after a start or a reload the tracker has not yet confirmed what is in view: the question
+                // waits while the first frames are analysed, however long each takes on this machine, as long as
+                // the camera keeps delivering them, and within the question's own deadline.
                 let shared = self.shared.clone();
-                let wait_until = give_up_at.min(Instant::now() + FIRST_SCENE_WAIT);
-                while latest.is_none() && self.models.vision.is_some() && Instant::now() < wait_until {
+                let mut last_frame_at = Instant::now();
+                while latest.is_none()
+                    && self.models.vision.is_some()
+                    && Instant::now() < give_up_at
+                    && last_frame_at.elapsed() < FIRST_SCENE_WAIT
+                {
                     shared.beat(Beat::Pipeline);
                     if shared.stopping() || abandoned() {
                         break;
@@ -588,7 +595,9 @@ impl<'m, C: Clock> Worker<'m, C> {
                     } else {
                         drop(inbox);
                     }
-                    self.analyse_waiting_frame();
+                    if self.analyse_waiting_frame() {
+                        last_frame_at = Instant::now();
+                    }
                     latest = shared.latest();
                 }
                 if latest.is_none() && self.models.vision.is_some() {
