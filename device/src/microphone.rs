@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::{wait_for_tick, DeviceError};
+use crate::DeviceError;
 
 pub trait Microphone: Send {
     /// Mono samples per second.
@@ -14,6 +14,25 @@ pub trait Microphone: Send {
     /// Reopens a device that reported `Disconnected`.
     fn reconnect(&mut self) -> Result<(), DeviceError> {
         Ok(())
+    }
+}
+
+/// How far a late reader may fall behind the replay before time is lost, as a sound card's ring buffer holds what
+/// was captured while nobody read.
+const REPLAY_BUFFER: Duration = Duration::from_secs(1);
+
+/// Sleeps until the chunk due at `next` has been "captured" and returns when the following one is due. A reader
+/// that fell behind gets the chunks it missed at once, up to [`REPLAY_BUFFER`]; beyond that the backlog is
+/// dropped, as in an overrun.
+fn wait_for_samples(next: Instant, period: Duration) -> Instant {
+    let now = Instant::now();
+    if next > now {
+        std::thread::sleep(next - now);
+        next + period
+    } else if now - next <= REPLAY_BUFFER {
+        next + period
+    } else {
+        now - REPLAY_BUFFER + period
     }
 }
 
@@ -47,7 +66,7 @@ impl Microphone for SampleReplay {
         if self.pace {
             let period = Duration::from_secs_f64(out.len() as f64 / f64::from(self.rate));
             let next = *self.next_tick.get_or_insert_with(|| Instant::now() + period);
-            self.next_tick = Some(wait_for_tick(next, period));
+            self.next_tick = Some(wait_for_samples(next, period));
         }
         let available = self.samples.len().saturating_sub(self.position).min(out.len());
         out[..available].copy_from_slice(&self.samples[self.position..self.position + available]);
@@ -77,5 +96,23 @@ mod tests {
         assert!(mic.finished());
         // Two chunks of 50 ms each: the first waits one period, the second another.
         assert!(started.elapsed() >= Duration::from_millis(95), "{:?}", started.elapsed());
+    }
+
+    #[test]
+    fn a_reader_that_fell_behind_gets_the_missed_chunks_at_once() {
+        let mut mic = SampleReplay::new("test", vec![0.5; 16_000], 16_000, true);
+        let mut chunk = [0.0f32; 800];
+        mic.read(&mut chunk).unwrap();
+        // Busy for 300 ms: the six 50 ms chunks captured meanwhile come without waiting, the seventh on time.
+        std::thread::sleep(Duration::from_millis(300));
+        let caught_up = Instant::now();
+        for _ in 0..5 {
+            mic.read(&mut chunk).unwrap();
+        }
+        assert!(caught_up.elapsed() < Duration::from_millis(40), "{:?}", caught_up.elapsed());
+        let paced = Instant::now();
+        mic.read(&mut chunk).unwrap();
+        mic.read(&mut chunk).unwrap();
+        assert!(paced.elapsed() >= Duration::from_millis(40), "{:?}", paced.elapsed());
     }
 }
