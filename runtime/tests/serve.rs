@@ -31,10 +31,14 @@ fn temp_dir(name: &str) -> Scratch {
 }
 
 fn config_text(frames: &Path, wav: &Path, extra: &str) -> String {
-    // The daemon's own deadline for an answer (120 s by default) stretches with the tests' (at most 3600 s).
+    // The daemon's own deadline for an answer (120 s by default) stretches with the tests' (at most 3600 s), and so
+    // does the longest a still scene goes unanalysed (10 s by default): under emulation one analysis takes longer.
+    // `[http]` comes last: tests append keys of theirs to it.
     let answer_timeout_s = patience(Duration::from_secs(120)).as_secs().min(3600);
+    let max_interval_s = patience(Duration::from_secs(10)).as_secs().min(3600);
     format!(
         "{}\n{extra}\n[camera]\ndevice = \"dir:{}\"\n[microphone]\ndevice = \"wav:{}\"\n\
+         [scene_change]\nmax_interval_s = {max_interval_s}\n\
          [http]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\nheader_timeout_ms = 1000\ntimeout_ms = 1500\nmax_body_kib = 1024\nanswer_timeout_s = {answer_timeout_s}\n",
         test_machine_board(),
         frames.display(),
