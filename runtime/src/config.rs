@@ -496,6 +496,9 @@ fn yes() -> bool {
     true
 }
 
+/// Seconds `models.text_budget_s` and `--text-budget` may give reading one image's text.
+pub const TEXT_BUDGET_LIMITS_S: std::ops::RangeInclusive<f32> = 0.1..=600.0;
+
 fn default_text_budget_s() -> f32 {
     lookout_models::vision::TEXT_READ_BUDGET.as_secs_f32()
 }
@@ -715,8 +718,9 @@ impl Config {
             return Err(("models.ocr", "reading text needs the detector's stage (`models.detector`)".into()));
         }
         within("models.context", m.context, 64..=8192)?;
-        if !(0.1..=600.0).contains(&m.text_budget_s) {
-            return Err(("models.text_budget_s", format!("{} s is outside 0.1..=600", m.text_budget_s)));
+        if !TEXT_BUDGET_LIMITS_S.contains(&m.text_budget_s) {
+            let (low, high) = TEXT_BUDGET_LIMITS_S.into_inner();
+            return Err(("models.text_budget_s", format!("{} s is outside {low}..={high}", m.text_budget_s)));
         }
         for stage in &m.on_demand {
             if !STAGES.contains(&stage.as_str()) {

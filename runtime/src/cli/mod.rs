@@ -92,11 +92,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
 }
 
-/// `--text-budget SECONDS`: how long reading one image's text may take (more than 0, at most 600 s).
+/// `--text-budget SECONDS`: how long reading one image's text may take, within the configuration's limits.
 pub fn parse_text_budget(text: &str) -> Result<std::time::Duration, String> {
+    let limits = crate::config::TEXT_BUDGET_LIMITS_S;
     match text.parse::<f32>() {
-        Ok(seconds) if (0.1..=600.0).contains(&seconds) => Ok(std::time::Duration::from_secs_f32(seconds)),
-        _ => Err(format!("`{text}` is not a number of seconds from 0.1 to 600")),
+        Ok(seconds) if limits.contains(&seconds) => Ok(std::time::Duration::from_secs_f32(seconds)),
+        _ => Err(format!("`{text}` is not a number of seconds from {} to {}", limits.start(), limits.end())),
     }
 }
 

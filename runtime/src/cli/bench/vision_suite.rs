@@ -318,14 +318,12 @@ fn annotated_counts(
     raw: &[Counts],
     tracked: &[Counts],
 ) -> BTreeMap<String, AnnotatedCounts> {
-    let same_file = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    };
+    let annotated_files: BTreeMap<PathBuf, &Ready> =
+        items.iter().filter_map(|r| Some((r.path.canonicalize().ok()?, r))).collect();
     // (annotation, raw count, tracked count) per label.
     let mut per_label: BTreeMap<String, Vec<(usize, usize, usize)>> = BTreeMap::new();
     for (frame, file) in files.iter().enumerate() {
-        let Some(ready) = items.iter().find(|r| same_file(&r.path, file)) else { continue };
+        let Some(ready) = file.canonicalize().ok().and_then(|f| annotated_files.get(&f).copied()) else { continue };
         for (label, &annotated) in ready.item.objects.iter().filter(|(_, &n)| n > 0) {
             let of = |counts: &Counts| counts.get(label).copied().unwrap_or(0);
             per_label.entry(label.clone()).or_default().push((annotated, of(&raw[frame]), of(&tracked[frame])));
