@@ -71,6 +71,8 @@ def _fetch_command(source: Source, dest: str) -> list[str]:
                     "--python-version", source.python_version or "3", "--implementation", "cp"]
         elif source.filename.endswith(".whl"):
             pip.append("--no-binary=:none:")
+        else:  # an sdist, which pip passes over for a wheel of the same version
+            pip.append(f"--no-binary={source.name}")
         return [*pip, "-d", dest, f"{source.name}=={source.version}"]
     if source.registry == "npm":
         return ["npm", "pack", "--silent", "--pack-destination", dest, f"{source.name}@{source.version}"]
