@@ -339,11 +339,50 @@ fn frames_with_nothing_in_them_give_no_objects_from_either_detector() {
     ];
     let bundle = bundle();
     for variant in bundle.variants("object-detector") {
-        let models = VisionModels::load(&bundle, Some(variant), false).unwrap();
-        let mut session = models.session().unwrap();
-        for (name, frame) in &frames {
-            let found = session.detect(frame).unwrap();
-            assert!(found.is_empty(), "{variant} on the {name} frame: {found:?}");
+        let mut models = VisionModels::load(&bundle, Some(variant), false).unwrap();
+        for tiles in [false, true] {
+            models.detector.set_tiles(tiles);
+            let mut session = models.session().unwrap();
+            for (name, frame) in &frames {
+                let found = session.detect(frame).unwrap();
+                assert!(found.is_empty(), "{variant} (tiles {tiles}) on the {name} frame: {found:?}");
+            }
         }
     }
+}
+
+/// A wide camera frame in tiles: frame 168 of the concourse clip (prepared by reference_camera.py), 1920x1080,
+/// some 35 people small in a high view. The tiles find many more of them; everyone the whole frame found is still
+/// there, once (a person in two tiles or in a tile and the frame is not counted twice); a frame that is not wide
+/// is looked at as before.
+#[test]
+fn tiles_find_more_of_a_wide_frames_far_people_and_count_none_twice() {
+    use lookout_models::vision::detections::iou;
+    let camera = testdata().parent().unwrap().join("camera");
+    let load = |path: PathBuf| load_image(&path).unwrap_or_else(|e| panic!("{}: {e} (prepare.sh)", path.display()));
+    let wide = load(camera.join("concourse/f0168.jpg"));
+    let mut models = VisionModels::load(&bundle(), None, false).unwrap();
+    let people = |models: &VisionModels, image| {
+        let found = models.session().unwrap().detect(image).unwrap();
+        found.into_iter().filter(|d| d.label == "person").collect::<Vec<_>>()
+    };
+    let whole = people(&models, &wide);
+    let narrow = load(camera.join("vtest/f0000.jpg"));
+    let narrow_whole = people(&models, &narrow);
+    models.detector.set_tiles(true);
+    let tiled = people(&models, &wide);
+    assert!(whole.len() >= 8, "the whole frame alone finds the nearer people: {}", whole.len());
+    assert!(tiled.len() as f32 >= 1.5 * whole.len() as f32, "tiles {} against {}", tiled.len(), whole.len());
+    for person in &whole {
+        assert!(tiled.iter().any(|t| iou(t.bbox, person.bbox) > 0.5), "{person:?} lost in tiles");
+    }
+    for (i, a) in tiled.iter().enumerate() {
+        for b in &tiled[i + 1..] {
+            let centre = |d: &[f32; 4]| ((d[0] + d[2]) / 2.0, (d[1] + d[3]) / 2.0);
+            let ((ax, ay), (bx, by)) = (centre(&a.bbox), centre(&b.bbox));
+            let inside = |(x, y): (f32, f32), d: &[f32; 4]| d[0] <= x && x <= d[2] && d[1] <= y && y <= d[3];
+            assert!(!(inside((ax, ay), &b.bbox) && inside((bx, by), &a.bbox)), "one person twice: {a:?} and {b:?}");
+        }
+    }
+    assert_eq!(people(&models, &narrow), narrow_whole, "768x576 is not wide: no tiles");
 }

@@ -387,6 +387,8 @@ pub struct Objects {
     pub remember_stationary_frames: u32,
     /// Most objects followed at once.
     pub max_tracks: u32,
+    /// Look at a wide frame's square tiles too, for small and far objects (two or three detector runs a frame).
+    pub tiles: bool,
     /// Per COCO label (`[objects.filters.person]`, `[objects.filters."sports ball"]`): Lookout's defaults replaced
     /// field by field.
     pub filters: BTreeMap<String, LabelFilterConfig>,
@@ -402,6 +404,7 @@ impl Default for Objects {
             forget_after_frames: t.forget_after_frames,
             remember_stationary_frames: t.remember_stationary_frames,
             max_tracks: t.max_tracks as u32,
+            tiles: false,
             filters: BTreeMap::new(),
         }
     }

@@ -31,22 +31,30 @@ pub struct VisionChoice {
     pub filters: BTreeMap<String, LabelFilterConfig>,
     /// How long reading one image's text may take; `None`: the reader's default.
     pub text_budget: Option<Duration>,
+    /// Whether the detector looks at a wide frame's tiles too.
+    pub tiles: bool,
 }
 
 impl VisionChoice {
     /// The bundle's detector or the one named, with or without text, and the detector's own filters.
     pub fn new(detector: Option<&str>, with_text: bool) -> VisionChoice {
-        VisionChoice { detector: detector.map(str::to_string), with_text, filters: BTreeMap::new(), text_budget: None }
+        let detector = detector.map(str::to_string);
+        VisionChoice { detector, with_text, filters: BTreeMap::new(), text_budget: None, tiles: false }
     }
 
     pub fn with_text_budget(self, text_budget: Option<Duration>) -> VisionChoice {
         VisionChoice { text_budget, ..self }
+    }
+
+    pub fn with_tiles(self, tiles: bool) -> VisionChoice {
+        VisionChoice { tiles, ..self }
     }
 }
 
 /// The vision stage: the detector (its label filters applied) and, when chosen, the OCR models.
 pub fn load_vision(bundle: &Bundle, choice: &VisionChoice) -> anyhow::Result<VisionModels> {
     let mut vision = VisionModels::load(bundle, choice.detector.as_deref(), choice.with_text)?;
+    vision.detector.set_tiles(choice.tiles);
     for (label, configured) in &choice.filters {
         let detector = &mut vision.detector;
         let current = detector.labels().iter().position(|l| l == label).map(|id| detector.label_filters()[id]);

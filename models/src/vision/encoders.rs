@@ -9,7 +9,9 @@ use crate::error::{ModelError, Result};
 use crate::vision::deskew::{level_crop, slant};
 use crate::vision::detections::{box_area, filter_detections, Detection, DetectionFilter, LabelFilter, LabelGroup};
 use crate::vision::image::RgbImage;
-use crate::vision::letterbox::{letterbox_into, text_line_into, Layout, Normalization, Padding, PixelRect};
+use crate::vision::letterbox::{
+    letterbox_into, square_tiles, text_line_into, Layout, Normalization, Padding, PixelRect,
+};
 use crate::vision::ocr_post::{
     ctc_greedy_decode_with_steps, insert_word_spaces, sort_reading_order, word_gaps, CtcDictionary, DbParams,
     DbPostprocessor, MapToSource, TextBox,
@@ -208,6 +210,8 @@ pub struct ObjectDetector {
     pub filter: DetectionFilter,
     /// Per label id: what a detection of that label needs beyond `filter`'s score threshold.
     label_filters: Vec<LabelFilter>,
+    /// Whether a wide frame's square tiles are looked at too (`square_tiles`); off unless set.
+    tiles: bool,
 }
 
 impl ObjectDetector {
@@ -239,7 +243,7 @@ impl ObjectDetector {
         };
         let graph = load_image_graph(bundle, c)?;
         let label_filters = labels.iter().map(|l| label_filter(c, l)).collect::<Result<_>>()?;
-        Ok(ObjectDetector { graph, size, normalization, layout, labels, filter, label_filters })
+        Ok(ObjectDetector { graph, size, normalization, layout, labels, filter, label_filters, tiles: false })
     }
 
     /// Every label the detector can report, by class id.
@@ -250,6 +254,16 @@ impl ObjectDetector {
     /// What a detection of each label needs, by class id.
     pub fn label_filters(&self) -> &[LabelFilter] {
         &self.label_filters
+    }
+
+    /// Whether wide frames are looked at in tiles too: small and far objects are found more often, for two or
+    /// three runs of the detector per frame instead of one.
+    pub fn set_tiles(&mut self, tiles: bool) {
+        self.tiles = tiles;
+    }
+
+    pub fn tiles(&self) -> bool {
+        self.tiles
     }
 
     /// Replaces one label's filter; `None` when the detector has no such label.
@@ -498,6 +512,17 @@ fn union(a: [f32; 4], b: [f32; 4]) -> [f32; 4] {
     [a[0].min(b[0]), a[1].min(b[1]), a[2].max(b[2]), a[3].max(b[3])]
 }
 
+/// Whether `bbox`, found in `tile`, reaches one of the tile's sides that lies inside the image (within 1% of the
+/// tile's side): the object goes on beyond the tile.
+fn cut_by_tile(bbox: [f32; 4], tile: PixelRect, image: &RgbImage) -> bool {
+    let margin = tile.width.min(tile.height) as f32 * 0.01;
+    let (right, bottom) = (tile.x + tile.width, tile.y + tile.height);
+    (tile.x > 0 && bbox[0] <= tile.x as f32 + margin)
+        || (tile.y > 0 && bbox[1] <= tile.y as f32 + margin)
+        || (right < image.width && bbox[2] >= right as f32 - margin)
+        || (bottom < image.height && bbox[3] >= bottom as f32 - margin)
+}
+
 fn resize_failed(component: &str, e: impl std::fmt::Display) -> ModelError {
     ModelError::run(component, format!("preprocessing: {e}"))
 }
@@ -563,8 +588,16 @@ impl VisionSession<'_> {
         };
         let name = c.graph.component();
         let started = Instant::now();
-        letterbox_into(image, c.size, Padding::Pixel(c.pad_pixel), &c.normalization, c.layout, input)
-            .map_err(|e| resize_failed(name, e))?;
+        letterbox_into(
+            image,
+            PixelRect::whole(image),
+            c.size,
+            Padding::Pixel(c.pad_pixel),
+            &c.normalization,
+            c.layout,
+            input,
+        )
+        .map_err(|e| resize_failed(name, e))?;
         let outputs = state
             .run([engine::tensor(&shape_of(&image_dims(c.layout, c.size, c.size)), input)?].into_iter().collect())?;
         let probabilities =
@@ -594,27 +627,45 @@ impl VisionSession<'_> {
         Ok(labels)
     }
 
-    /// Detections above the score threshold after per-class NMS, in source-image pixels.
+    /// Detections above the score threshold after per-class NMS, in source-image pixels. With tiles on
+    /// ([`ObjectDetector::set_tiles`]) a wide frame's square tiles are looked at too, and what they find joins
+    /// the whole frame's detections before the suppression.
     pub fn detect(&mut self, image: &RgbImage) -> Result<Vec<Detection>> {
+        let d = &self.models.detector;
+        self.detections.clear();
+        self.timings.detect_preprocess = 0.0;
+        self.timings.detect_run = 0.0;
+        let tiles = square_tiles(image.width, image.height, d.size).filter(|_| d.tiles);
+        for region in std::iter::once(PixelRect::whole(image)).chain(tiles) {
+            self.detect_region(image, region)?;
+        }
+        let started = Instant::now();
+        filter_detections(&mut self.detections, &self.models.detector.filter);
+        self.timings.detect_post = ms_since(started);
+        Ok(self.detections.clone())
+    }
+
+    /// Runs the detector on one region of the image (the whole of it, or a tile) and adds what passes the label
+    /// filters to `self.detections`; from a tile, not what it cuts (the frame or the next tile sees that whole).
+    fn detect_region(&mut self, image: &RgbImage, region: PixelRect) -> Result<()> {
         let d = &self.models.detector;
         let name = d.graph.component();
         let started = Instant::now();
-        let letterbox =
-            letterbox_into(image, d.size, Padding::Pixel(0), &d.normalization, d.layout, &mut self.det_input)
-                .map_err(|e| resize_failed(name, e))?;
+        let (norm, layout) = (&d.normalization, d.layout);
+        let letterbox = letterbox_into(image, region, d.size, Padding::Pixel(0), norm, layout, &mut self.det_input)
+            .map_err(|e| resize_failed(name, e))?;
         let shape = shape_of(&image_dims(d.layout, d.size, d.size));
         let input = engine::tensor(&shape, &self.det_input)?;
-        self.timings.detect_preprocess = ms_since(started);
+        self.timings.detect_preprocess += ms_since(started);
         let started = Instant::now();
         let outputs = self.detector.run([input].into_iter().collect())?;
-        self.timings.detect_run = ms_since(started);
-        let started = Instant::now();
+        self.timings.detect_run += ms_since(started);
         let rows = engine::f32_slice(name, outputs.first().ok_or_else(|| ModelError::run(name, "no output"))?)?;
         if rows.len() % 6 != 0 {
             return Err(ModelError::run(name, format!("output of {} values is not rows of 6", rows.len())));
         }
-        self.detections.clear();
         let frame_area = (image.width as f32 * image.height as f32).max(1.0);
+        let is_tile = region != PixelRect::whole(image);
         for row in rows.chunks_exact(6) {
             let (score, class) = (row[4], row[5]);
             // Written so that a NaN score or class is skipped too.
@@ -626,7 +677,9 @@ impl VisionSession<'_> {
                 return Err(ModelError::run(name, format!("class {class} outside the {} labels", d.labels.len())));
             };
             let bbox = letterbox.to_source([row[0], row[1], row[2], row[3]]);
-            if !d.label_filters[class as usize].admits(score, box_area(bbox) / frame_area) {
+            if !d.label_filters[class as usize].admits(score, box_area(bbox) / frame_area)
+                || (is_tile && cut_by_tile(bbox, region, image))
+            {
                 continue;
             }
             self.detections.push(Detection {
@@ -637,9 +690,7 @@ impl VisionSession<'_> {
                 track: None,
             });
         }
-        filter_detections(&mut self.detections, &d.filter);
-        self.timings.detect_post = ms_since(started);
-        Ok(self.detections.clone())
+        Ok(())
     }
 
     /// Sets how long reading one image's text may take (at least one line is always read).
@@ -662,8 +713,16 @@ impl VisionSession<'_> {
         let det_name = r.detector.component();
         let (norm, layout) = &r.det_format;
         let started = Instant::now();
-        let letterbox = letterbox_into(image, r.det_size, Padding::Pixel(0), norm, *layout, &mut ocr.det_input)
-            .map_err(|e| resize_failed(det_name, e))?;
+        let letterbox = letterbox_into(
+            image,
+            PixelRect::whole(image),
+            r.det_size,
+            Padding::Pixel(0),
+            norm,
+            *layout,
+            &mut ocr.det_input,
+        )
+        .map_err(|e| resize_failed(det_name, e))?;
         let shape = shape_of(&image_dims(*layout, r.det_size, r.det_size));
         let input = engine::tensor(&shape, &ocr.det_input)?;
         t.ocr_det_preprocess = ms_since(started);

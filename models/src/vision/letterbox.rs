@@ -111,7 +111,8 @@ pub enum ResizeError {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Letterbox {
     pub scale: f32,
-    /// Offset of the image inside the tensor; 0 here since padding goes to the bottom and right.
+    /// Offset of the image inside the tensor: 0 for a whole image, since padding goes to the bottom and right;
+    /// minus the region's origin, scaled, for a region of it.
     pub pad_x: f32,
     pub pad_y: f32,
     pub src_w: u32,
@@ -141,29 +142,60 @@ impl Letterbox {
     }
 }
 
-/// Fits the whole image into a `size`×`size` tensor keeping its aspect ratio (scale = min(size/w, size/h),
-/// resized size rounded to nearest as Ultralytics does), pads bottom and right, and writes `out`
-/// (`3·size·size` values).
+/// Fits `region` of the image (the whole of it, or a tile) into a `size`×`size` tensor keeping its aspect ratio
+/// (scale = min(size/w, size/h), resized size rounded to nearest as Ultralytics does), pads bottom and right, and
+/// writes `out` (`3·size·size` values); the returned mapping takes the tensor's boxes to the whole image's pixels.
 pub fn letterbox_into(
     image: &RgbImage,
+    region: PixelRect,
     size: usize,
     padding: Padding,
     normalization: &Normalization,
     layout: Layout,
     out: &mut [f32],
 ) -> Result<Letterbox, ResizeError> {
-    if image.is_empty() {
+    if image.is_empty() || region.width == 0 || region.height == 0 {
         return Err(ResizeError::EmptySource);
     }
     if size == 0 {
         return Err(ResizeError::EmptyTarget { width: size, height: size });
     }
-    let scale = (size as f32 / image.width as f32).min(size as f32 / image.height as f32);
-    let content_w = ((image.width as f32 * scale).round() as usize).clamp(1, size);
-    let content_h = ((image.height as f32 * scale).round() as usize).clamp(1, size);
+    let scale = (size as f32 / region.width as f32).min(size as f32 / region.height as f32);
+    let content_w = ((region.width as f32 * scale).round() as usize).clamp(1, size);
+    let content_h = ((region.height as f32 * scale).round() as usize).clamp(1, size);
     let target = Target { width: size, height: size, content_w, content_h };
-    write_resized(image, PixelRect::whole(image), target, padding, normalization, layout, out)?;
-    Ok(Letterbox { scale, pad_x: 0.0, pad_y: 0.0, src_w: image.width, src_h: image.height })
+    write_resized(image, region, target, padding, normalization, layout, out)?;
+    Ok(Letterbox {
+        scale,
+        pad_x: -(region.x as f32) * scale,
+        pad_y: -(region.y as f32) * scale,
+        src_w: image.width,
+        src_h: image.height,
+    })
+}
+
+/// A frame is cut into tiles only when its long side is at least this many times its short one...
+pub const TILE_MIN_ASPECT: f32 = 1.5;
+/// ...and into no more than this many: a longer strip (a panorama, not a camera's frame) is looked at whole.
+pub const MAX_TILES: u32 = 4;
+
+/// The square tiles a detector with a `size`×`size` input also looks at, besides the whole frame, in a wide frame
+/// (long side at least [`TILE_MIN_ASPECT`] times the short one) whose short side is at least `size`: squares of
+/// the short side along the long one, first and last at the frame's ends, overlapping evenly. Each sees its part
+/// of the frame `long / short` times as large as the whole frame's letterbox does, never enlarged. None for
+/// other frames, or for frames that would need more than [`MAX_TILES`].
+pub fn square_tiles(width: u32, height: u32, size: usize) -> impl Iterator<Item = PixelRect> {
+    let (long, short) = (width.max(height), width.min(height));
+    let wide = short > 0 && short as usize >= size && long as f32 >= TILE_MIN_ASPECT * short as f32;
+    let count = if wide { long.div_ceil(short) } else { 0 };
+    let count = if count <= MAX_TILES { count } else { 0 };
+    (0..count).map(move |i| {
+        let start = (u64::from(long - short) * u64::from(i) / u64::from((count - 1).max(1))) as u32;
+        match width >= height {
+            true => PixelRect { x: start, y: 0, width: short, height: short },
+            false => PixelRect { x: 0, y: start, width: short, height: short },
+        }
+    })
 }
 
 /// Stretches `region` of the image to exactly `width`×`height`, ignoring aspect ratio.
@@ -305,6 +337,34 @@ mod tests {
     const RAW: Normalization = Normalization { scale: 1.0, mean: [0.0; 3], std: [1.0; 3], bgr: false };
 
     #[test]
+    fn wide_frames_get_square_tiles_of_their_short_side_end_to_end_and_others_none() {
+        let tiles = |w, h, size| square_tiles(w, h, size).map(|t| (t.x, t.y, t.width, t.height)).collect::<Vec<_>>();
+        assert_eq!(tiles(1920, 1080, 512), [(0, 0, 1080, 1080), (840, 0, 1080, 1080)]);
+        assert_eq!(tiles(1280, 720, 512), [(0, 0, 720, 720), (560, 0, 720, 720)]);
+        assert_eq!(tiles(2560, 1000, 512), [(0, 0, 1000, 1000), (780, 0, 1000, 1000), (1560, 0, 1000, 1000)]);
+        assert_eq!(tiles(1080, 1920, 512), [(0, 0, 1080, 1080), (0, 840, 1080, 1080)]);
+        // Not wide enough, a short side the tile would have to enlarge, a strip of more than MAX_TILES, nothing.
+        for (w, h) in [(768, 576), (1280, 960), (640, 360), (4000, 8), (2401, 600), (u32::MAX, 600), (0, 0)] {
+            assert_eq!(tiles(w, h, 512), [], "{w}x{h}");
+        }
+        assert_eq!(tiles(2400, 600, 512).len(), MAX_TILES as usize);
+    }
+
+    #[test]
+    fn a_tiles_letterbox_maps_its_boxes_into_the_whole_frame() {
+        let image = gradient(20, 10);
+        let tile = PixelRect { x: 10, y: 0, width: 10, height: 10 };
+        let mut out = vec![0.0; 5 * 5 * 3];
+        let letterbox = letterbox_into(&image, tile, 5, Padding::Pixel(0), &RAW, Layout::Nhwc, &mut out).unwrap();
+        assert_eq!(letterbox.to_source([0.0, 0.0, 5.0, 5.0]), [10.0, 0.0, 20.0, 10.0]);
+        assert_eq!(letterbox.to_model([12.0, 2.0, 14.0, 4.0]), [1.0, 1.0, 2.0, 2.0]);
+        // The tensor holds the tile's pixels: its first is the image's pixel (10.5, 0.5) after halving, red 105.
+        assert_eq!(&out[..3], &[105.0, 5.0, 200.0]);
+        let outside = PixelRect { x: 15, y: 0, width: 10, height: 10 };
+        assert!(letterbox_into(&image, outside, 5, Padding::Pixel(0), &RAW, Layout::Nhwc, &mut out).is_err());
+    }
+
+    #[test]
     fn identity_resize_copies_pixels() {
         let image = gradient(4, 3);
         let mut out = vec![0.0; 4 * 3 * 3];
@@ -336,8 +396,16 @@ mod tests {
     fn letterbox_pads_bottom_right_and_maps_boxes_back() {
         let image = RgbImage::from_raw(8, 4, vec![255; 8 * 4 * 3]).expect("image");
         let mut out = vec![-1.0; 3 * 4 * 4];
-        let letterbox = letterbox_into(&image, 4, Padding::Pixel(0), &Normalization::UNIT_RGB, Layout::Nchw, &mut out)
-            .expect("letterbox");
+        let letterbox = letterbox_into(
+            &image,
+            PixelRect::whole(&image),
+            4,
+            Padding::Pixel(0),
+            &Normalization::UNIT_RGB,
+            Layout::Nchw,
+            &mut out,
+        )
+        .expect("letterbox");
         assert_eq!(letterbox, Letterbox { scale: 0.5, pad_x: 0.0, pad_y: 0.0, src_w: 8, src_h: 4 });
         for channel in 0..3 {
             let plane = &out[channel * 16..(channel + 1) * 16];
@@ -354,7 +422,16 @@ mod tests {
         let image = RgbImage::from_raw(2, 1, vec![10, 20, 30, 10, 20, 30]).expect("image");
         let normalization = Normalization { scale: 1.0, mean: [1.0, 2.0, 3.0], std: [1.0, 2.0, 4.0], bgr: true };
         let mut out = vec![0.0; 3 * 2 * 2];
-        letterbox_into(&image, 2, Padding::Pixel(114), &normalization, Layout::Nhwc, &mut out).expect("letterbox");
+        letterbox_into(
+            &image,
+            PixelRect::whole(&image),
+            2,
+            Padding::Pixel(114),
+            &normalization,
+            Layout::Nhwc,
+            &mut out,
+        )
+        .expect("letterbox");
         assert_eq!(&out[..3], &[29.0, 9.0, 1.75]);
         assert_eq!(&out[6..9], &[113.0, 56.0, 27.75]);
     }
@@ -405,7 +482,7 @@ mod tests {
         let image = gradient(4, 4);
         let mut out = vec![0.0; 10];
         assert_eq!(
-            letterbox_into(&image, 4, Padding::Pixel(0), &RAW, Layout::Nhwc, &mut out),
+            letterbox_into(&image, PixelRect::whole(&image), 4, Padding::Pixel(0), &RAW, Layout::Nhwc, &mut out),
             Err(ResizeError::TensorSize { expected: 48, actual: 10 })
         );
         let mut out = vec![0.0; 12];
@@ -415,7 +492,15 @@ mod tests {
             Err(ResizeError::RegionOutside { .. })
         ));
         assert_eq!(
-            letterbox_into(&RgbImage::default(), 2, Padding::Pixel(0), &RAW, Layout::Nhwc, &mut out),
+            letterbox_into(
+                &RgbImage::default(),
+                PixelRect::whole(&RgbImage::default()),
+                2,
+                Padding::Pixel(0),
+                &RAW,
+                Layout::Nhwc,
+                &mut out
+            ),
             Err(ResizeError::EmptySource)
         );
     }

@@ -60,6 +60,10 @@ pub struct LanguageArgs {
     /// Seconds reading the image's text may take before the remaining lines are left unread (default 4).
     #[arg(long, value_name = "SECONDS", value_parser = super::parse_text_budget)]
     text_budget: Option<std::time::Duration>,
+    /// Look at a wide image's square tiles too, besides the whole: more of its small and far objects, for two or
+    /// three detector runs instead of one.
+    #[arg(long)]
+    tiles: bool,
 }
 
 #[derive(Debug, Args)]
@@ -170,7 +174,9 @@ fn run(
         let started = Instant::now();
         let vision = turn::load_vision(
             &bundle,
-            &VisionChoice::new(args.detector.as_deref(), !args.no_ocr).with_text_budget(args.text_budget),
+            &VisionChoice::new(args.detector.as_deref(), !args.no_ocr)
+                .with_text_budget(args.text_budget)
+                .with_tiles(args.tiles),
         )?;
         let mut session = vision.session()?;
         note_loaded();

@@ -63,6 +63,9 @@ pub struct BenchArgs {
     /// unread (default 4; longer on a slow board or under an emulator).
     #[arg(long, value_name = "SECONDS", value_parser = super::parse_text_budget)]
     text_budget: Option<std::time::Duration>,
+    /// Vision and e2e suite files: look at wide images' square tiles too, besides the whole.
+    #[arg(long)]
+    tiles: bool,
     /// Vision and llm: thread counts to run, each in its own process.
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2])]
     threads: Vec<usize>,

@@ -26,6 +26,10 @@ pub struct DescribeArgs {
     /// Seconds reading the image's text may take before the remaining lines are left unread (default 4).
     #[arg(long, value_name = "SECONDS", value_parser = super::parse_text_budget)]
     text_budget: Option<std::time::Duration>,
+    /// Look at a wide image's square tiles too, besides the whole: more of its small and far objects, for two or
+    /// three detector runs instead of one.
+    #[arg(long)]
+    tiles: bool,
     /// Skip the scene classifier (the ImageNet labels of the whole frame).
     #[arg(long)]
     no_scene: bool,
@@ -74,7 +78,9 @@ pub fn run(ctx: &Context, args: DescribeArgs) -> anyhow::Result<()> {
     let bundle = ctx.open_bundle()?;
     let mut models = turn::load_vision(
         &bundle,
-        &VisionChoice::new(args.detector.as_deref(), !args.no_ocr).with_text_budget(args.text_budget),
+        &VisionChoice::new(args.detector.as_deref(), !args.no_ocr)
+            .with_text_budget(args.text_budget)
+            .with_tiles(args.tiles),
     )?;
     if !args.no_scene {
         models = models.with_scene_classifier(&bundle)?;

@@ -102,6 +102,7 @@ impl Models {
                     with_text: m.ocr != OcrModel::Off,
                     filters: config.objects.filters.clone(),
                     text_budget: Some(Duration::from_secs_f32(m.text_budget_s)),
+                    tiles: config.objects.tiles,
                 };
                 Some(Stage::new(config.on_demand("vision"), Box::new(move || turn::load_vision(&b, &choice)))?)
             }

@@ -143,7 +143,7 @@ pub(super) fn run(ctx: &Context, args: &BenchArgs, path: &Path, suite: &SuiteFil
     let bundle = ctx.open_bundle()?;
     let mut models = turn::load_vision(
         &bundle,
-        &VisionChoice::new(args.detector.as_deref(), true).with_text_budget(args.text_budget),
+        &VisionChoice::new(args.detector.as_deref(), true).with_text_budget(args.text_budget).with_tiles(args.tiles),
     )?;
     let cold_start_ms = ms_since_process_start();
     let bundle_threshold = models.detector.filter.score_threshold;
