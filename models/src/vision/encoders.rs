@@ -262,10 +262,6 @@ impl ObjectDetector {
         self.tiles = tiles;
     }
 
-    pub fn tiles(&self) -> bool {
-        self.tiles
-    }
-
     /// Replaces one label's filter; `None` when the detector has no such label.
     pub fn set_label_filter(&mut self, label: &str, filter: LabelFilter) -> Option<()> {
         let id = self.labels.iter().position(|l| l == label)?;
