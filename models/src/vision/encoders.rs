@@ -256,8 +256,8 @@ impl ObjectDetector {
         &self.label_filters
     }
 
-    /// Whether wide frames are looked at in tiles too: small and far objects are found more often, for two or
-    /// three runs of the detector per frame instead of one.
+    /// Whether wide frames are looked at in tiles too: small and far objects are found more often, for one more
+    /// run of the detector per tile (three in all for a 16:9 frame).
     pub fn set_tiles(&mut self, tiles: bool) {
         self.tiles = tiles;
     }

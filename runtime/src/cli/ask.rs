@@ -60,8 +60,8 @@ pub struct LanguageArgs {
     /// Seconds reading the image's text may take before the remaining lines are left unread (default 4).
     #[arg(long, value_name = "SECONDS", value_parser = super::parse_text_budget)]
     text_budget: Option<std::time::Duration>,
-    /// Look at a wide image's square tiles too, besides the whole: more of its small and far objects, for two or
-    /// three detector runs instead of one.
+    /// Look at a wide image's square tiles too, besides the whole: more of its small and far objects, for one more
+    /// detector run per tile (three in all for 16:9).
     #[arg(long)]
     tiles: bool,
 }
