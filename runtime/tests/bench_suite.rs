@@ -216,7 +216,8 @@ fn a_camera_suite_scores_counted_objects_and_a_sequence_with_and_without_the_tra
         format!(
             "kind = \"vision\"\n[[item]]\nid = \"f0\"\nsplit = \"held-out\"\nsource = \"vtest\"\nimage = \"{}\"\nobjects = {{ person = 3, car = 0 }}\nalso = [\"truck\"]\n\
              [[item]]\nid = \"f25\"\nsplit = \"in-domain\"\nsource = \"vtest\"\nimage = \"{}\"\nobjects = {{ person = 5, car = 0 }}\nalso = [\"truck\"]\n\
-             [[sequence]]\nid = \"walk\"\nsource = \"vtest\"\nframes = \"frames\"\nfps = 2.0\n",
+             [[sequence]]\nid = \"walk\"\nsource = \"vtest\"\nframes = \"frames\"\nfps = 2.0\nheld_out_from = 5\n\
+             [sequence.counts]\nperson = \"3 3 3-4 4 4-5 5 5 5 5-6 6\"\n",
             camera.join("f0000.jpg").display(),
             frames.join("f0025.jpg").display()
         ),
@@ -237,10 +238,33 @@ fn a_camera_suite_scores_counted_objects_and_a_sequence_with_and_without_the_tra
     let (raw, tracked) = (&walk["flaps_per_minute"]["person"][0], &walk["flaps_per_minute"]["person"][1]);
     assert!(tracked.as_f64().unwrap() <= raw.as_f64().unwrap(), "{walk}");
     assert!(walk["median_count"]["person"][1].as_f64().unwrap() >= 3.0, "{walk}");
-    // The annotated frames in the sequence once the tracker is warm: f25 (five people), not f0 (the first frame).
-    let annotated = &walk["annotated"]["person"];
-    assert_eq!(annotated["frames"], 1, "{walk}");
-    let errors = &annotated["mean_abs_error"];
-    assert!(errors[1].as_f64().unwrap() <= errors[0].as_f64().unwrap().max(1.0), "{walk}");
+    // The people counted in every frame, from the first frame the tracker is warm (the third), in two parts.
+    let parts = walk["annotated"]["person"].as_array().unwrap();
+    let frames: Vec<(&str, u64)> =
+        parts.iter().map(|p| (p["part"].as_str().unwrap(), p["frames"].as_u64().unwrap())).collect();
+    assert_eq!(frames, [("in-domain", 3), ("held-out", 5)], "{walk}");
+    for part in parts {
+        let (raw, tracked) = (&part["raw"], &part["tracked"]);
+        let figure = |series: &Value, name: &str| series[name].as_f64().unwrap();
+        assert!(
+            figure(tracked, "wrong_way_changes_per_minute") <= figure(raw, "wrong_way_changes_per_minute"),
+            "{part}"
+        );
+        assert!(figure(tracked, "mean_abs_error") <= figure(raw, "mean_abs_error").max(1.0), "{part}");
+        assert!((0.0..=1.0).contains(&figure(tracked, "exact")), "{part}");
+    }
+
+    // Counts for another number of frames than the folder holds are refused, naming the sequence.
+    let text = std::fs::read_to_string(&suite).unwrap().replace("5-6 6", "5-6");
+    std::fs::write(&suite, text).unwrap();
+    let result =
+        lookout(&["bench", "--suite", suite.to_str().unwrap(), "--variants", "0.3", "--out", out.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(
+        !result.status.success()
+            && stderr.contains("sequence walk")
+            && stderr.contains("9 annotated counts for 10 frames"),
+        "{stderr}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -12,6 +12,7 @@ mod llama_cpp;
 mod llm;
 mod load;
 mod npy;
+mod sequence_counts;
 mod speech;
 mod speech_suite;
 mod suite;

@@ -15,6 +15,7 @@ use lookout_models::vision::image::{load_image, RgbImage};
 use lookout_models::vision::VisionModels;
 use serde::{Deserialize, Serialize};
 
+use super::sequence_counts::{self, CountAgreement};
 use super::suite::{
     check_split, edit_distance, not_scored_markdown, percent, prepare_items, process_cells, split_chart, suite_heading,
     ItemError, ProcessFigures, ScoredVariant, SuiteFile, SuiteReport, SPLITS,
@@ -109,19 +110,20 @@ struct SequenceScore {
     median_count: BTreeMap<String, (f64, f64)>,
     /// Tracked objects per frame of a label the detector's clutter is mistaken for (CLUTTER_LABELS), raw and tracked.
     clutter_per_frame: (f64, f64),
-    /// Per counted label: the counts against the suite's annotations on the frames that are also suite items, once
+    /// Per label annotated in every frame: its counts against the annotation, in each part of the sequence, once
     /// the tracker is warm (the daemon reports the frames before as not yet known).
-    annotated: BTreeMap<String, AnnotatedCounts>,
+    annotated: BTreeMap<String, Vec<AnnotatedPart>>,
 }
 
-/// One label's counts on a sequence's annotated frames, raw and tracked.
+/// One label's counts against its annotation over one part of a sequence (in-domain, held-out, or all of it).
 #[derive(Debug, Serialize)]
-struct AnnotatedCounts {
+struct AnnotatedPart {
+    part: &'static str,
     frames: usize,
-    /// Share of those frames whose count equals the annotation.
-    exact: (f64, f64),
-    /// Mean of |count - annotation|.
-    mean_abs_error: (f64, f64),
+    /// The fewest count changes a minute the annotation itself needs: people really coming and going.
+    least_changes_per_minute: f64,
+    raw: CountAgreement,
+    tracked: CountAgreement,
 }
 
 #[derive(Debug, Deserialize)]
@@ -133,6 +135,12 @@ struct SequenceEntry {
     frames: PathBuf,
     /// Analysed frames a second.
     fps: f64,
+    /// Per label, its count in every frame, annotated by looking: whitespace-separated `N` or `LO-HI`, in frame order.
+    #[serde(default)]
+    counts: BTreeMap<String, String>,
+    /// Index of the first held-out frame: the annotated frames before it are in-domain.
+    #[serde(default)]
+    held_out_from: Option<usize>,
 }
 
 type VariantResult = ScoredVariant<SplitScore, Scored>;
@@ -190,7 +198,7 @@ pub(super) fn run(ctx: &Context, args: &BenchArgs, path: &Path, suite: &SuiteFil
         .iter()
         .map(|value| {
             let entry: SequenceEntry = value.clone().try_into().context("malformed sequence")?;
-            score_sequence(&models, entry, base, &ready)
+            score_sequence(&models, entry, base)
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let suite = path.display().to_string();
@@ -243,18 +251,27 @@ struct VisionReport<'a> {
 }
 
 /// Runs a sequence's frames through the detector at the bundle's threshold, counting each label's objects per
-/// frame as detected and as the daemon's tracker (default settings) reports them; frames that are also suite items
-/// are scored against their annotated counts.
-fn score_sequence(
-    models: &VisionModels,
-    entry: SequenceEntry,
-    base: &Path,
-    items: &[Ready],
-) -> anyhow::Result<SequenceScore> {
+/// frame as detected and as the daemon's tracker (default settings) reports them, and scores the labels annotated
+/// in every frame against their annotation.
+fn score_sequence(models: &VisionModels, entry: SequenceEntry, base: &Path) -> anyhow::Result<SequenceScore> {
     let dir = base.join(&entry.frames);
     let files = frame_files(&dir).with_context(|| format!("sequence {}", entry.id))?;
     if files.len() < 2 || entry.fps.is_nan() || entry.fps <= 0.0 {
         bail!("sequence {}: needs at least two frames in {} and a positive fps", entry.id, dir.display());
+    }
+    let truth = entry
+        .counts
+        .iter()
+        .map(|(label, text)| {
+            if !models.detector.labels().contains(label) {
+                bail!("`{label}` is not one of the detector's labels");
+            }
+            Ok((label.clone(), sequence_counts::parse_counts(text, files.len())?))
+        })
+        .collect::<anyhow::Result<BTreeMap<_, _>>>()
+        .with_context(|| format!("sequence {}: counts", entry.id))?;
+    if entry.held_out_from.is_some_and(|from| from == 0 || from >= files.len()) {
+        bail!("sequence {}: held_out_from must name a frame after the first of its {}", entry.id, files.len());
     }
     let detector = &models.detector;
     let mut session = models.session()?;
@@ -310,45 +327,48 @@ fn score_sequence(
             .map(|l| ((*l).clone(), (median(&count(&raw, l)), median(&count(&tracked, l)))))
             .collect(),
         clutter_per_frame: (clutter(&raw), clutter(&tracked)),
-        annotated: annotated_counts(&files[first_warm..], items, &raw[first_warm..], &tracked[first_warm..]),
+        annotated: truth
+            .iter()
+            .map(|(label, truth)| {
+                let parts = sequence_parts(first_warm, entry.held_out_from, files.len())
+                    .into_iter()
+                    .map(|(part, frames)| AnnotatedPart {
+                        part,
+                        frames: frames.len(),
+                        least_changes_per_minute: sequence_counts::least_changes_per_minute(
+                            &truth[frames.clone()],
+                            entry.fps,
+                        ),
+                        raw: sequence_counts::agreement(
+                            &count(&raw, label)[frames.clone()],
+                            &truth[frames.clone()],
+                            entry.fps,
+                        ),
+                        tracked: sequence_counts::agreement(
+                            &count(&tracked, label)[frames.clone()],
+                            &truth[frames],
+                            entry.fps,
+                        ),
+                    })
+                    .collect();
+                (label.clone(), parts)
+            })
+            .collect(),
     })
 }
 
-/// The sequence's counts on its frames that are suite items, for each label an item counts (a count above 0).
-fn annotated_counts(
-    files: &[PathBuf],
-    items: &[Ready],
-    raw: &[Counts],
-    tracked: &[Counts],
-) -> BTreeMap<String, AnnotatedCounts> {
-    let annotated_files: BTreeMap<PathBuf, &Ready> =
-        items.iter().filter_map(|r| Some((r.path.canonicalize().ok()?, r))).collect();
-    // (annotation, raw count, tracked count) per label.
-    let mut per_label: BTreeMap<String, Vec<(usize, usize, usize)>> = BTreeMap::new();
-    for (frame, file) in files.iter().enumerate() {
-        let Some(ready) = file.canonicalize().ok().and_then(|f| annotated_files.get(&f).copied()) else { continue };
-        for (label, &annotated) in ready.item.objects.iter().filter(|(_, &n)| n > 0) {
-            let of = |counts: &Counts| counts.get(label).copied().unwrap_or(0);
-            per_label.entry(label.clone()).or_default().push((annotated, of(&raw[frame]), of(&tracked[frame])));
-        }
+/// The parts of a sequence its annotated counts are scored on: from the first frame the tracker is warm, split at
+/// the first held-out frame where there is one.
+fn sequence_parts(
+    first_warm: usize,
+    held_out_from: Option<usize>,
+    frames: usize,
+) -> Vec<(&'static str, std::ops::Range<usize>)> {
+    match held_out_from {
+        Some(from) if from > first_warm => vec![("in-domain", first_warm..from), ("held-out", from..frames)],
+        Some(from) => vec![("held-out", first_warm.max(from)..frames)],
+        None => vec![("all", first_warm..frames)],
     }
-    per_label
-        .into_iter()
-        .map(|(label, counts)| {
-            let n = counts.len() as f64;
-            let exact =
-                |pick: fn(&(usize, usize, usize)) -> usize| counts.iter().filter(|c| pick(c) == c.0).count() as f64 / n;
-            let error = |pick: fn(&(usize, usize, usize)) -> usize| {
-                counts.iter().map(|c| pick(c).abs_diff(c.0) as f64).sum::<f64>() / n
-            };
-            let figures = AnnotatedCounts {
-                frames: counts.len(),
-                exact: (exact(|c| c.1), exact(|c| c.2)),
-                mean_abs_error: (error(|c| c.1), error(|c| c.2)),
-            };
-            (label, figures)
-        })
-        .collect()
 }
 
 fn sequences_markdown(sequences: &[SequenceScore], threshold: f32) -> String {
@@ -373,25 +393,27 @@ fn sequences_markdown(sequences: &[SequenceScore], threshold: f32) -> String {
     }
     if sequences.iter().any(|s| !s.annotated.is_empty()) {
         md.push_str(
-            "
-On the sequence frames that are also annotated items:
-
-| sequence | label | frames | exact count raw / tracked | mean count error raw / tracked |
-|---|---|---:|---:|---:|
-",
+            "\nAgainst the counts annotated in every frame, from the first frame the tracker is warm (wrong-way: a change that took the count away from the annotation, as people lost or clutter found do, and people entering or leaving do not):\n\n| sequence | label | part | frames | annotated changes per minute (fewest) | count changes per minute raw / tracked | wrong-way changes per minute raw / tracked | exact count raw / tracked | mean count error raw / tracked |\n|---|---|---|---:|---:|---:|---:|---:|---:|\n",
         );
         for s in sequences {
-            for (label, a) in &s.annotated {
-                md.push_str(&format!(
-                    "| {} | {label} | {} | {:.0}% / {:.0}% | {:.2} / {:.2} |
-",
-                    s.id,
-                    a.frames,
-                    100.0 * a.exact.0,
-                    100.0 * a.exact.1,
-                    a.mean_abs_error.0,
-                    a.mean_abs_error.1
-                ));
+            for (label, parts) in &s.annotated {
+                for p in parts {
+                    md.push_str(&format!(
+                        "| {} | {label} | {} | {} | {:.1} | {:.1} / {:.1} | {:.1} / {:.1} | {:.0}% / {:.0}% | {:.2} / {:.2} |\n",
+                        s.id,
+                        p.part,
+                        p.frames,
+                        p.least_changes_per_minute,
+                        p.raw.changes_per_minute,
+                        p.tracked.changes_per_minute,
+                        p.raw.wrong_way_changes_per_minute,
+                        p.tracked.wrong_way_changes_per_minute,
+                        100.0 * p.raw.exact,
+                        100.0 * p.tracked.exact,
+                        p.raw.mean_abs_error,
+                        p.tracked.mean_abs_error
+                    ));
+                }
             }
         }
     }
