@@ -1,8 +1,10 @@
 //! Temporal confirmation of detections in the daemon: each analysed frame's objects are matched to the tracks of
 //! the frames before (same label, overlapping or nearby box), an object is reported once its track has been seen in
 //! `confirm_frames` of the last `window_frames` frames with a median score at its label's threshold, and it stays
-//! reported through short misses, longer when it has not moved. So counts change when something enters or leaves,
-//! not when the detector flickers. The track table has a fixed capacity, allocated once.
+//! reported through misses, longer when it has not moved, unless it was last seen going out through the frame's edge.
+//! A new track confirmed near where a reported one went missing takes that one's place instead of being counted
+//! beside it. So counts change when something enters or leaves, not when the detector flickers or loses someone for
+//! a while. The track table has a fixed capacity, allocated once.
 
 use lookout_models::vision::detections::{box_area, iou, Detection, TrackInfo};
 
@@ -10,6 +12,9 @@ use lookout_models::vision::detections::{box_area, iou, Detection, TrackInfo};
 const SCORE_HISTORY: usize = 16;
 /// A track whose box has kept at least this overlap with where it was confirmed counts as stationary.
 const STATIONARY_IOU: f32 = 0.5;
+/// A track last seen this close to the frame's edge (a fraction of the frame's size), moving out, that is then
+/// missed has left the frame, and is forgotten at once.
+const EDGE_MARGIN: f32 = 0.01;
 
 /// How tracks are made, confirmed and forgotten (`[objects]` in the configuration).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -17,7 +22,8 @@ pub struct TrackerSettings {
     /// Frames, among the last `window_frames`, a new object must be seen in before it is reported.
     pub confirm_frames: u32,
     pub window_frames: u32,
-    /// Consecutive missed frames after which a reported object that moved is forgotten.
+    /// Consecutive missed frames after which a reported object that moved is forgotten (at once where it was last
+    /// seen leaving through the frame's edge).
     pub forget_after_frames: u32,
     /// The same for an object that has stayed where it was confirmed (a parked car, a chair).
     pub remember_stationary_frames: u32,
@@ -33,7 +39,7 @@ impl Default for TrackerSettings {
         TrackerSettings {
             confirm_frames: 3,
             window_frames: 5,
-            forget_after_frames: 5,
+            forget_after_frames: 10,
             remember_stationary_frames: 30,
             min_iou: 0.3,
             max_tracks: 64,
@@ -68,6 +74,8 @@ struct Track {
     missed_frames: u32,
     scores: [f32; SCORE_HISTORY],
     score_count: usize,
+    /// A newly confirmed track took this one's place: it goes at the end of the frame.
+    replaced: bool,
 }
 
 impl Track {
@@ -83,10 +91,25 @@ impl Track {
         }
     }
 
-    /// Where the box should be this frame, moving as it did.
+    /// Where the box should be `frames` frames after it was last seen, moving as it did.
+    fn predicted_after(&self, frames: u32) -> [f32; 4] {
+        std::array::from_fn(|i| self.bbox[i] + self.velocity[i] * frames as f32)
+    }
+
+    /// Where the box should be in the frame being matched.
     fn predicted(&self) -> [f32; 4] {
-        let frames = (self.missed_frames + 1) as f32;
-        std::array::from_fn(|i| self.bbox[i] + self.velocity[i] * frames)
+        self.predicted_after(self.missed_frames + 1)
+    }
+
+    /// Whether a missed track was last seen at an edge of a `width` x `height` frame, moving out through it.
+    fn has_left(&self, width: f32, height: f32) -> bool {
+        let (b, v) = (self.bbox, self.velocity);
+        let (mx, my) = (EDGE_MARGIN * width, EDGE_MARGIN * height);
+        self.missed_frames > 0
+            && ((b[0] < mx && v[0] < 0.0)
+                || (b[1] < my && v[1] < 0.0)
+                || (b[2] > width - mx && v[2] > 0.0)
+                || (b[3] > height - my && v[3] > 0.0))
     }
 
     fn observe(&mut self, detection: &Detection) {
@@ -156,9 +179,16 @@ impl Tracker {
         self.frames >= self.settings.confirm_frames
     }
 
-    /// Takes one analysed frame's detections and returns the objects to report: confirmed tracks, each with its
-    /// latest box, its median score and its history. `threshold(label_id)` is the median score a label needs.
-    pub fn update(&mut self, detections: &[Detection], threshold: impl Fn(usize) -> f32) -> Vec<Detection> {
+    /// Takes one analysed frame's detections (boxes in pixels of a `frame_size` = (width, height) frame) and returns
+    /// the objects to report: confirmed tracks, each with its latest box, its median score and its history.
+    /// `threshold(label_id)` is the median score a label needs.
+    pub fn update(
+        &mut self,
+        detections: &[Detection],
+        frame_size: (u32, u32),
+        threshold: impl Fn(usize) -> f32,
+    ) -> Vec<Detection> {
+        let (width, height) = (frame_size.0 as f32, frame_size.1 as f32);
         let s = self.settings;
         self.frames = self.frames.saturating_add(1);
         for track in &mut self.tracks {
@@ -177,7 +207,7 @@ impl Tracker {
         let window_mask = if s.window_frames >= 32 { u32::MAX } else { (1u32 << s.window_frames) - 1 };
         self.tracks.retain(|t| match t.confirmed_at {
             Some(_) if t.is_stationary() => t.missed_frames <= s.remember_stationary_frames,
-            Some(_) => t.missed_frames <= s.forget_after_frames,
+            Some(_) => t.missed_frames <= s.forget_after_frames && !t.has_left(width, height),
             // Unconfirmed: kept while a window of `window_frames` could still hold `confirm_frames` sightings.
             None => t.missed_frames <= s.window_frames - s.confirm_frames,
         });
@@ -200,18 +230,22 @@ impl Tracker {
                 missed_frames: 0,
                 scores: [0.0; SCORE_HISTORY],
                 score_count: 0,
+                replaced: false,
             };
             track.observe(detection);
             self.tracks.push(track);
         }
-        for track in &mut self.tracks {
+        for t in 0..self.tracks.len() {
+            let track = &self.tracks[t];
             if track.confirmed_at.is_none()
                 && (track.seen_bits & window_mask).count_ones() >= s.confirm_frames
                 && track.median_score() >= threshold(track.label_id)
             {
-                track.confirmed_at = Some(track.bbox);
+                self.tracks[t].confirmed_at = Some(self.tracks[t].bbox);
+                self.rejoin(t);
             }
         }
+        self.tracks.retain(|t| !t.replaced);
         let mut reported: Vec<Detection> = self
             .tracks
             .iter()
@@ -231,6 +265,38 @@ impl Tracker {
             .collect();
         reported.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.track.map(|t| t.id).cmp(&b.track.map(|t| t.id))));
         reported
+    }
+
+    /// Where a reported object went missing and the newly confirmed track `t` of its label appears near where it
+    /// should be by now (within half a box diagonal, and one more for every frame missed), the object was lost and
+    /// found again, not joined by another: `t` takes the nearest such track's id and age, and that track goes.
+    fn rejoin(&mut self, t: usize) {
+        let new = &self.tracks[t];
+        let lost = self
+            .tracks
+            .iter()
+            .enumerate()
+            .filter(|(i, old)| {
+                *i != t
+                    && old.label_id == new.label_id
+                    && old.confirmed_at.is_some()
+                    && old.missed_frames > 0
+                    && !old.replaced
+            })
+            .map(|(i, old)| {
+                let expected = old.predicted_after(old.missed_frames);
+                let reach = diagonal(expected).max(diagonal(new.bbox)) * (0.5 + old.missed_frames as f32);
+                (i, centre_distance(expected, new.bbox), reach)
+            })
+            .filter(|&(_, distance, reach)| distance < reach)
+            .min_by(|a, b| a.1.total_cmp(&b.1));
+        if let Some((old, _, _)) = lost {
+            let (id, age_frames) = (self.tracks[old].id, self.tracks[old].age_frames);
+            self.tracks[old].replaced = true;
+            let new = &mut self.tracks[t];
+            new.id = id;
+            new.age_frames = new.age_frames.max(age_frames);
+        }
     }
 
     /// Tracks held now, confirmed or not.
@@ -291,6 +357,9 @@ fn diagonal(bbox: [f32; 4]) -> f32 {
 mod tests {
     use super::*;
 
+    /// The frame the test detections are in.
+    const FRAME: (u32, u32) = (1000, 1000);
+
     fn person(x: f32, score: f32) -> Detection {
         Detection { label_id: 0, label: "person".into(), score, bbox: [x, 100.0, x + 40.0, 200.0], track: None }
     }
@@ -318,12 +387,12 @@ mod tests {
         let mut reported = Vec::new();
         for frame in &frames {
             assert!(!tracker.is_warm());
-            reported.push(tracker.update(frame, |_| 0.5).len());
+            reported.push(tracker.update(frame, FRAME, |_| 0.5).len());
         }
         assert!(tracker.is_warm());
         assert_eq!(reported, [0, 0, 1], "three sightings confirm the person; the one-frame ball is never reported");
         for _ in 0..5 {
-            let out = tracker.update(&[person(18.0, 0.8)], |_| 0.5);
+            let out = tracker.update(&[person(18.0, 0.8)], FRAME, |_| 0.5);
             assert_eq!(out.len(), 1);
             assert_eq!(out[0].label, "person");
         }
@@ -334,11 +403,11 @@ mod tests {
     fn a_low_median_score_keeps_a_label_unconfirmed() {
         let mut tracker = Tracker::new(TrackerSettings::default(), 100);
         for _ in 0..10 {
-            assert!(tracker.update(&[person(10.0, 0.35)], |_| 0.5).is_empty());
+            assert!(tracker.update(&[person(10.0, 0.35)], FRAME, |_| 0.5).is_empty());
         }
         let mut reported = 0;
         for _ in 0..10 {
-            reported = tracker.update(&[person(10.0, 0.35)], |_| 0.3).len();
+            reported = tracker.update(&[person(10.0, 0.35)], FRAME, |_| 0.3).len();
         }
         assert_eq!(reported, 1, "the same evidence passes a lower threshold");
     }
@@ -349,7 +418,7 @@ mod tests {
         let mut x = 10.0;
         let mut step = |tracker: &mut Tracker, seen: bool| {
             x += 5.0;
-            tracker.update(&if seen { vec![person(x, 0.9)] } else { vec![] }, |_| 0.5)
+            tracker.update(&if seen { vec![person(x, 0.9)] } else { vec![] }, FRAME, |_| 0.5)
         };
         for _ in 0..3 {
             step(&mut tracker, true);
@@ -366,6 +435,54 @@ mod tests {
     }
 
     #[test]
+    fn an_object_whose_motion_takes_it_out_of_the_frame_is_forgotten_at_once() {
+        let mut tracker = Tracker::new(TrackerSettings::default(), 100);
+        // Walking right 30 pixels a frame, from the middle to the right edge of a 1000-pixel frame.
+        let mut x = 750.0;
+        let mut walker = |tracker: &mut Tracker, seen: bool| {
+            x += 30.0;
+            tracker.update(&if seen { vec![person(x, 0.9)] } else { vec![] }, FRAME, |_| 0.5)
+        };
+        for _ in 0..7 {
+            assert!(!walker(&mut tracker, true).is_empty() || !tracker.is_warm());
+        }
+        // Last seen at x = 960..1000, going right: gone through the edge.
+        assert!(walker(&mut tracker, false).is_empty(), "left by the right edge: not counted");
+
+        // The same walk stopping in the middle of the frame is still counted through its misses.
+        let mut tracker = Tracker::new(TrackerSettings::default(), 100);
+        for step in 0..5 {
+            tracker.update(&[person(300.0 + 30.0 * step as f32, 0.9)], FRAME, |_| 0.5);
+        }
+        for missed in 1..=TrackerSettings::default().forget_after_frames {
+            assert_eq!(tracker.update(&[], FRAME, |_| 0.5).len(), 1, "still counted after {missed} missed frames");
+        }
+    }
+
+    #[test]
+    fn someone_lost_and_found_again_keeps_the_count_and_the_id() {
+        let mut tracker = Tracker::new(TrackerSettings::default(), 100);
+        let mut counts = Vec::new();
+        let mut first_id = None;
+        for step in 0..24 {
+            // Walking right 20 pixels a frame, then missed for 6 frames (behind a sign, say) while slowing down, and
+            // found again well short of where the track's motion predicts: too far to match, near enough to rejoin.
+            let x = if step < 6 { 100.0 + 20.0 * step as f32 } else { 240.0 + 5.0 * (step - 12) as f32 };
+            let seen = !(6..12).contains(&step);
+            let out = tracker.update(&if seen { vec![person(x, 0.9)] } else { vec![] }, FRAME, |_| 0.5);
+            counts.push(out.len());
+            if step == 4 {
+                first_id = Some(ids(&out));
+            }
+            if step == 23 {
+                assert_eq!(Some(ids(&out)), first_id, "the same person, the same id");
+            }
+        }
+        assert_eq!(&counts[2..], &[1; 22], "counted once throughout, never twice and never zero: {counts:?}");
+        assert!(tracker.len() <= 1, "the old track went when the new one took its place");
+    }
+
+    #[test]
     fn a_stationary_object_is_remembered_through_long_gaps_and_not_counted_again() {
         let settings = TrackerSettings::default();
         let mut tracker = Tracker::new(settings, 100);
@@ -378,13 +495,17 @@ mod tests {
         };
         let mut first = Vec::new();
         for _ in 0..4 {
-            first = ids(&tracker.update(&[car(0.7)], |_| 0.5));
+            first = ids(&tracker.update(&[car(0.7)], FRAME, |_| 0.5));
         }
         assert_eq!(first.len(), 1);
         for gap in 0..settings.remember_stationary_frames {
-            assert_eq!(ids(&tracker.update(&[], |_| 0.5)), first, "still remembered after {gap} missed frames");
+            assert_eq!(ids(&tracker.update(&[], FRAME, |_| 0.5)), first, "still remembered after {gap} missed frames");
         }
-        assert_eq!(ids(&tracker.update(&[car(0.7)], |_| 0.5)), first, "seen again: the same track, not a new car");
+        assert_eq!(
+            ids(&tracker.update(&[car(0.7)], FRAME, |_| 0.5)),
+            first,
+            "seen again: the same track, not a new car"
+        );
     }
 
     #[test]
@@ -394,14 +515,14 @@ mod tests {
         for step in 0..12 {
             let a = person(100.0 + 12.0 * step as f32, 0.9);
             let b = person(300.0 - 12.0 * step as f32, 0.8);
-            last = tracker.update(&[a, b], |_| 0.5);
+            last = tracker.update(&[a, b], FRAME, |_| 0.5);
             if step >= 2 {
                 assert_eq!(last.len(), 2, "step {step}");
             }
         }
         let left_to_right = last.iter().find(|d| d.score > 0.85).expect("the first person");
         assert!(left_to_right.bbox[0] > 200.0, "the 0.9 track followed the person walking right");
-        assert_eq!(tracker.update(&[], |_| 0.5).len(), 2);
+        assert_eq!(tracker.update(&[], FRAME, |_| 0.5).len(), 2);
     }
 
     #[test]
@@ -410,12 +531,12 @@ mod tests {
         let mut tracker = Tracker::new(settings, 100);
         for frame in 0..50 {
             let crowd: Vec<Detection> = (0..100).map(|i| person((frame * 100 + i) as f32 * 50.0, 0.9)).collect();
-            tracker.update(&crowd, |_| 0.5);
+            tracker.update(&crowd, FRAME, |_| 0.5);
             assert!(tracker.len() <= 16);
         }
         let same = vec![person(10.0, 0.9); 100];
         for _ in 0..50 {
-            let out = tracker.update(&same, |_| 0.5);
+            let out = tracker.update(&same, FRAME, |_| 0.5);
             assert!(tracker.len() <= 16 && out.len() <= 16);
         }
     }
@@ -443,7 +564,7 @@ mod tests {
             if random() > 0.8 {
                 detections.push(ball(800.0 * random()));
             }
-            let out = tracker.update(&detections, |label| if label == 32 { 0.6 } else { 0.5 });
+            let out = tracker.update(&detections, FRAME, |label| if label == 32 { 0.6 } else { 0.5 });
             counts.push(out.iter().filter(|d| d.label == "person").count());
             assert!(out.iter().all(|d| d.label == "person"), "frame {frame}: {out:?}");
         }

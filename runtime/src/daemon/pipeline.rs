@@ -370,7 +370,8 @@ impl<'m, C: Clock> Worker<'m, C> {
         };
         if let Some(tracker) = &mut self.tracker {
             let thresholds = &self.models.track_thresholds;
-            scene.objects = tracker.update(&scene.objects, |id| thresholds.get(id).copied().unwrap_or(1.0));
+            scene.objects = tracker
+                .update(&scene.objects, (scene.width, scene.height), |id| thresholds.get(id).copied().unwrap_or(1.0));
             scene.counts = count_by_label(&scene.objects);
             if !tracker.is_warm() {
                 return; // Nothing is published before an object in view could have been confirmed.

@@ -284,7 +284,8 @@ fn score_sequence(models: &VisionModels, entry: SequenceEntry, base: &Path) -> a
         eprint!("\rbench: sequence {} {}/{}", entry.id, i + 1, files.len());
         let image = load_image(file).with_context(|| file.display().to_string())?;
         let detections = session.detect(&image)?;
-        let reported = tracker.update(&detections, |label| thresholds.get(label).copied().unwrap_or(1.0));
+        let frame_size = (image.width, image.height);
+        let reported = tracker.update(&detections, frame_size, |label| thresholds.get(label).copied().unwrap_or(1.0));
         raw.push(lookout_models::vision::detections::count_by_label(&detections));
         tracked.push(lookout_models::vision::detections::count_by_label(&reported));
         if tracker.is_warm() {
