@@ -214,7 +214,7 @@ fn a_camera_suite_scores_counted_objects_and_a_sequence_with_and_without_the_tra
     std::fs::write(
         &suite,
         format!(
-            "kind = \"vision\"\n[[item]]\nid = \"f0\"\nsplit = \"held-out\"\nsource = \"vtest\"\nimage = \"{}\"\nobjects = {{ person = 3, car = 0 }}\nalso = [\"truck\"]\n\
+            "kind = \"vision\"\n[[item]]\nid = \"f0\"\nsplit = \"held-out\"\nsource = \"vtest\"\nimage = \"{}\"\nobjects = {{ person = 3, car = 0 }}\nalso = [\"truck\"]\nvehicles = 2\n\
              [[item]]\nid = \"f25\"\nsplit = \"in-domain\"\nsource = \"vtest\"\nimage = \"{}\"\nobjects = {{ person = 5, car = 0 }}\nalso = [\"truck\"]\n\
              [[sequence]]\nid = \"walk\"\nsource = \"vtest\"\nframes = \"frames\"\nfps = 2.0\nheld_out_from = 5\n\
              [sequence.counts]\nperson = \"3 3 3-4 4 4-5 5 5 5 5-6 6\"\n",
@@ -233,6 +233,9 @@ fn a_camera_suite_scores_counted_objects_and_a_sequence_with_and_without_the_tra
     assert_eq!(split["counted"]["person"]["precision"], 1.0, "{split}");
     assert_eq!(split["counted"]["person"]["recall"], 1.0, "{split}");
     assert_eq!(split["false_objects_per_image"], 0.0, "{split}");
+    // The van (a truck to CenterNet) and the car at the edge, pooled whatever their labels.
+    assert_eq!(split["counted"]["vehicle"]["precision"], 1.0, "{split}");
+    assert_eq!(split["counted"]["vehicle"]["recall"], 1.0, "{split}");
     let walk = &report["sequences"][0];
     assert_eq!(walk["frames"], 10);
     let (raw, tracked) = (&walk["flaps_per_minute"]["person"][0], &walk["flaps_per_minute"]["person"][1]);

@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context as _};
 use lookout_models::bundle::Bundle;
+use lookout_models::vision::detections::VEHICLE_LABELS;
 use lookout_models::vision::image::{load_image, RgbImage};
 use lookout_models::vision::VisionModels;
 use serde::{Deserialize, Serialize};
@@ -27,6 +28,9 @@ use crate::tracker::{Tracker, TrackerSettings};
 use crate::turn::{self, VisionChoice};
 
 const PEER_SCRIPT: &str = "runtime/bench/onnxruntime_vision_suite_peer.py";
+
+/// The pooled count of an item's `vehicles`, among the counted labels.
+const VEHICLE_COUNT: &str = "vehicle";
 
 /// Score thresholds compared, beside the bundle's own, when `--variants` names none.
 const OTHER_THRESHOLDS: [f32; 3] = [0.25, 0.4, 0.55];
@@ -45,6 +49,10 @@ struct VisionItem {
     /// Labels that may be reported without being required (a pickup reported as a car, a table under a cup).
     #[serde(default)]
     also: Vec<String>,
+    /// How many vehicles are in the photo, of whatever vehicle label the detector gives each (a van is a car to one
+    /// detector and a truck to another): scored as one pooled count, `vehicle`.
+    #[serde(default)]
+    vehicles: Option<usize>,
     /// The text in the image, one line per line.
     #[serde(default)]
     text: Option<String>,
@@ -430,6 +438,9 @@ fn prepare_item(value: &toml::Value, base: &Path, labels: &BTreeSet<String>) -> 
     if item.objects.is_empty() && item.text.is_none() {
         bail!("give `objects`, `text` or both");
     }
+    if item.vehicles.is_some() && item.objects.is_empty() {
+        bail!("`vehicles` counts among the `objects`: give those too");
+    }
     let file = base.join(&item.image);
     let image = load_image(&file).with_context(|| file.display().to_string())?;
     Ok(Ready { item, path: file, image })
@@ -586,9 +597,18 @@ fn split_score(split: &str, items: &[Ready], scored: &[Scored]) -> Option<SplitS
     let mut pooled: BTreeMap<String, (usize, usize, usize)> = BTreeMap::new();
     for s in &with_objects {
         let Some(ready) = items.iter().find(|r| r.item.id == s.id) else { continue };
-        for (label, &truth) in ready.item.objects.iter().filter(|(_, &n)| n > 0) {
-            let found = s.found.get(label).copied().unwrap_or(0);
-            let entry = pooled.entry(label.clone()).or_default();
+        let labelled = ready
+            .item
+            .objects
+            .iter()
+            .filter(|(_, &n)| n > 0)
+            .map(|(label, &truth)| (label.clone(), s.found.get(label).copied().unwrap_or(0), truth));
+        let vehicles = ready.item.vehicles.map(|truth| {
+            let found = VEHICLE_LABELS.iter().map(|l| s.found.get(*l).copied().unwrap_or(0)).sum();
+            (VEHICLE_COUNT.to_string(), found, truth)
+        });
+        for (label, found, truth) in labelled.chain(vehicles) {
+            let entry = pooled.entry(label).or_default();
             *entry = (entry.0 + found.min(truth), entry.1 + found, entry.2 + truth);
         }
     }
