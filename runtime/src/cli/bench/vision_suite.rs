@@ -16,7 +16,7 @@ use lookout_models::vision::image::{load_image, RgbImage};
 use lookout_models::vision::VisionModels;
 use serde::{Deserialize, Serialize};
 
-use super::sequence_counts::{self, CountAgreement};
+use super::sequence_counts::{self, Annotated, CountAgreement};
 use super::suite::{
     check_split, edit_distance, not_scored_markdown, percent, prepare_items, process_cells, split_chart, suite_heading,
     ItemError, ProcessFigures, ScoredVariant, SuiteFile, SuiteReport, SPLITS,
@@ -181,6 +181,12 @@ pub(super) fn run(ctx: &Context, args: &BenchArgs, path: &Path, suite: &SuiteFil
     let labels: BTreeSet<String> = models.detector.labels().iter().cloned().collect();
     let base = path.parent().unwrap_or(Path::new("."));
     let (ready, skipped) = prepare_items(path, items, |value| prepare_item(value, base, &labels))?;
+    // Checked before anything runs, so that a malformed sequence fails at once.
+    let sequences = suite
+        .sequences
+        .iter()
+        .map(|value| prepare_sequence(value, base, &labels))
+        .collect::<anyhow::Result<Vec<_>>>()?;
 
     let mut results = Vec::new();
     for threshold in thresholds {
@@ -201,14 +207,8 @@ pub(super) fn run(ctx: &Context, args: &BenchArgs, path: &Path, suite: &SuiteFil
         eprintln!("bench: onnxruntime not installed (runtime/bench/setup-peers.sh); scoring lookout alone");
     }
     models.set_score_threshold(bundle_threshold);
-    let sequences = suite
-        .sequences
-        .iter()
-        .map(|value| {
-            let entry: SequenceEntry = value.clone().try_into().context("malformed sequence")?;
-            score_sequence(&models, entry, base)
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let sequences =
+        sequences.into_iter().map(|sequence| score_sequence(&models, sequence)).collect::<anyhow::Result<Vec<_>>>()?;
     let suite = path.display().to_string();
     let mut markdown = report_markdown(&suite, description, &skipped, &results, args.tiles);
     markdown.push_str(&sequences_markdown(&sequences, bundle_threshold));
@@ -261,26 +261,8 @@ struct VisionReport<'a> {
 /// Runs a sequence's frames through the detector at the bundle's threshold, counting each label's objects per
 /// frame as detected and as the daemon's tracker (default settings) reports them, and scores the labels annotated
 /// in every frame against their annotation.
-fn score_sequence(models: &VisionModels, entry: SequenceEntry, base: &Path) -> anyhow::Result<SequenceScore> {
-    let dir = base.join(&entry.frames);
-    let files = frame_files(&dir).with_context(|| format!("sequence {}", entry.id))?;
-    if files.len() < 2 || entry.fps.is_nan() || entry.fps <= 0.0 {
-        bail!("sequence {}: needs at least two frames in {} and a positive fps", entry.id, dir.display());
-    }
-    let truth = entry
-        .counts
-        .iter()
-        .map(|(label, text)| {
-            if !models.detector.labels().contains(label) {
-                bail!("`{label}` is not one of the detector's labels");
-            }
-            Ok((label.clone(), sequence_counts::parse_counts(text, files.len())?))
-        })
-        .collect::<anyhow::Result<BTreeMap<_, _>>>()
-        .with_context(|| format!("sequence {}: counts", entry.id))?;
-    if entry.held_out_from.is_some_and(|from| from == 0 || from >= files.len()) {
-        bail!("sequence {}: held_out_from must name a frame after the first of its {}", entry.id, files.len());
-    }
+fn score_sequence(models: &VisionModels, sequence: Sequence) -> anyhow::Result<SequenceScore> {
+    let Sequence { entry, files, truth } = sequence;
     let detector = &models.detector;
     let mut session = models.session()?;
     let mut tracker = Tracker::new(TrackerSettings::default(), detector.filter.max_detections);
@@ -364,6 +346,37 @@ fn score_sequence(models: &VisionModels, entry: SequenceEntry, base: &Path) -> a
             })
             .collect(),
     })
+}
+
+/// A sequence entry with its frames found and its annotated counts read.
+struct Sequence {
+    entry: SequenceEntry,
+    files: Vec<PathBuf>,
+    truth: BTreeMap<String, Vec<Annotated>>,
+}
+
+fn prepare_sequence(value: &toml::Value, base: &Path, labels: &BTreeSet<String>) -> anyhow::Result<Sequence> {
+    let entry: SequenceEntry = value.clone().try_into().context("malformed sequence")?;
+    let dir = base.join(&entry.frames);
+    let files = frame_files(&dir).with_context(|| format!("sequence {}", entry.id))?;
+    if files.len() < 2 || entry.fps.is_nan() || entry.fps <= 0.0 {
+        bail!("sequence {}: needs at least two frames in {} and a positive fps", entry.id, dir.display());
+    }
+    let truth = entry
+        .counts
+        .iter()
+        .map(|(label, text)| {
+            if !labels.contains(label) {
+                bail!("`{label}` is not one of the detector's labels");
+            }
+            Ok((label.clone(), sequence_counts::parse_counts(text, files.len())?))
+        })
+        .collect::<anyhow::Result<BTreeMap<_, _>>>()
+        .with_context(|| format!("sequence {}: counts", entry.id))?;
+    if entry.held_out_from.is_some_and(|from| from == 0 || from >= files.len()) {
+        bail!("sequence {}: held_out_from must name a frame after the first of its {}", entry.id, files.len());
+    }
+    Ok(Sequence { entry, files, truth })
 }
 
 /// The parts of a sequence its annotated counts are scored on: from the first frame the tracker is warm, split at
