@@ -351,6 +351,31 @@ fn frames_with_nothing_in_them_give_no_objects_from_either_detector() {
     }
 }
 
+/// Moving candidates, for the daemon's tracker: on frame 0 of the concourse clip, people walking in plain view in a
+/// high grey view score 0.30-0.40, under the person filter; with moving candidates on the detector returns them too,
+/// every one a person from 0.30, and everything it returned before is still there.
+#[test]
+fn moving_candidates_add_the_low_scoring_people_and_keep_the_rest() {
+    use lookout_models::vision::detections::iou;
+    let path = testdata().parent().unwrap().join("camera/concourse/f0000.jpg");
+    let frame = load_image(&path).unwrap_or_else(|e| panic!("{}: {e} (prepare.sh)", path.display()));
+    let mut models = VisionModels::load(&bundle(), None, false).unwrap();
+    let plain = models.session().unwrap().detect(&frame).unwrap();
+    models.detector.set_moving_candidates(true);
+    let with_candidates = models.session().unwrap().detect(&frame).unwrap();
+    let person = models.detector.label_filters()[0];
+    assert!(person.has_moving_candidates(), "{person:?}");
+    for d in &plain {
+        assert!(with_candidates.iter().any(|w| w.label == d.label && iou(w.bbox, d.bbox) > 0.9), "{d:?} lost");
+    }
+    let added: Vec<_> = with_candidates.iter().filter(|w| !plain.iter().any(|d| iou(w.bbox, d.bbox) > 0.9)).collect();
+    assert!(added.len() >= 8, "{} added: {added:?}", added.len());
+    assert!(
+        added.iter().all(|d| d.label == "person" && (person.moving_min_score..person.min_score).contains(&d.score)),
+        "{added:?}"
+    );
+}
+
 /// A wide camera frame in tiles: frame 168 of the concourse clip (prepared by reference_camera.py), 1920x1080,
 /// some 35 people small in a high view. The tiles find many more of them; everyone the whole frame found is still
 /// there, once (a person in two tiles or in a tile and the frame is not counted twice); a frame that is not wide

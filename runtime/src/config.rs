@@ -472,6 +472,8 @@ impl SceneChange {
 pub struct LabelFilterConfig {
     /// Least score of one frame's detection.
     pub min_score: Option<f32>,
+    /// Least score of a detection the daemon's tracker follows and reports only once it has moved.
+    pub moving_min_score: Option<f32>,
     /// Least median score over a followed object's frames before it is reported.
     pub threshold: Option<f32>,
     /// Box area bounds, as fractions of the frame's area.
@@ -484,6 +486,7 @@ impl LabelFilterConfig {
     pub fn over(&self, default: LabelFilter) -> LabelFilter {
         LabelFilter {
             min_score: self.min_score.unwrap_or(default.min_score),
+            moving_min_score: self.moving_min_score.unwrap_or(default.moving_min_score),
             threshold: self.threshold.unwrap_or(default.threshold),
             min_area: self.min_area.unwrap_or(default.min_area),
             max_area: self.max_area.unwrap_or(default.max_area),
@@ -697,6 +700,7 @@ impl Config {
         for (label, filter) in &o.filters {
             let fields = [
                 ("min_score", filter.min_score),
+                ("moving_min_score", filter.moving_min_score),
                 ("threshold", filter.threshold),
                 ("min_area", filter.min_area),
                 ("max_area", filter.max_area),

@@ -1,15 +1,19 @@
 //! Temporal confirmation of detections in the daemon: each analysed frame's objects are matched to the tracks of
 //! the frames before (same label, overlapping or nearby box), an object is reported once its track has been seen in
-//! `confirm_frames` of the last `window_frames` frames with a median score at its label's threshold, and it stays
+//! `confirm_frames` of the last `window_frames` frames with a median score at its label's threshold (or, for a
+//! label with moving candidates, once it has moved: clutter that scores like a far person stands still), and it stays
 //! reported through misses, longer when it has not moved, unless it was last seen going out through the frame's edge.
 //! A new track confirmed near where a reported one went missing takes that one's place instead of being counted
 //! beside it. So counts change when something enters or leaves, not when the detector flickers or loses someone for
 //! a while. The track table has a fixed capacity, allocated once.
 
-use lookout_models::vision::detections::{box_area, iou, Detection, TrackInfo};
+use lookout_models::vision::detections::{box_area, iou, Detection, LabelFilter, TrackInfo};
 
 /// Scores kept per track for its median.
 const SCORE_HISTORY: usize = 16;
+/// A track of a label with moving candidates is confirmed without its median score once its centre has moved this
+/// many box heights from where it was first seen.
+const MOVED_HEIGHTS: f32 = 0.25;
 /// A track whose box has kept at least this overlap with where it was confirmed counts as stationary.
 const STATIONARY_IOU: f32 = 0.5;
 /// A track last seen this close to the frame's edge (a fraction of the frame's size), moving out, that is then
@@ -63,6 +67,8 @@ struct Track {
     label_id: usize,
     label: String,
     bbox: [f32; 4],
+    /// The box when the track was made, to tell an object that moved.
+    first_bbox: [f32; 4],
     /// How far the box moved per frame, smoothed: where to look for the object next.
     velocity: [f32; 4],
     /// The box when the track was confirmed, to tell a stationary object.
@@ -131,6 +137,12 @@ impl Track {
     fn is_stationary(&self) -> bool {
         self.confirmed_at.is_some_and(|at| iou(at, self.bbox) >= STATIONARY_IOU)
     }
+
+    /// Whether its centre has moved `MOVED_HEIGHTS` box heights or more since it was first seen.
+    fn has_moved(&self) -> bool {
+        let height = (self.bbox[3] - self.bbox[1]).max(1.0);
+        centre_distance(self.first_bbox, self.bbox) >= MOVED_HEIGHTS * height
+    }
 }
 
 /// A possible pairing of a track and a detection, better pairs first.
@@ -181,12 +193,13 @@ impl Tracker {
 
     /// Takes one analysed frame's detections (boxes in pixels of a `frame_size` = (width, height) frame) and returns
     /// the objects to report: confirmed tracks, each with its latest box, its median score and its history.
-    /// `threshold(label_id)` is the median score a label needs.
+    /// `filters[label_id]` says what a label's track needs (a label without one is never reported): its median
+    /// score at `threshold`, or, where the label has moving candidates, to have moved.
     pub fn update(
         &mut self,
         detections: &[Detection],
         frame_size: (u32, u32),
-        threshold: impl Fn(usize) -> f32,
+        filters: &[LabelFilter],
     ) -> Vec<Detection> {
         let (width, height) = (frame_size.0 as f32, frame_size.1 as f32);
         let s = self.settings;
@@ -222,6 +235,7 @@ impl Tracker {
                 label_id: detection.label_id,
                 label: detection.label.clone(),
                 bbox: detection.bbox,
+                first_bbox: detection.bbox,
                 velocity: [0.0; 4],
                 confirmed_at: None,
                 seen_bits: 0,
@@ -237,9 +251,10 @@ impl Tracker {
         }
         for t in 0..self.tracks.len() {
             let track = &self.tracks[t];
+            let Some(filter) = filters.get(track.label_id) else { continue };
             if track.confirmed_at.is_none()
                 && (track.seen_bits & window_mask).count_ones() >= s.confirm_frames
-                && track.median_score() >= threshold(track.label_id)
+                && (track.median_score() >= filter.threshold || (filter.has_moving_candidates() && track.has_moved()))
             {
                 self.tracks[t].confirmed_at = Some(self.tracks[t].bbox);
                 self.rejoin(t);
@@ -360,6 +375,12 @@ mod tests {
     /// The frame the test detections are in.
     const FRAME: (u32, u32) = (1000, 1000);
 
+    /// Every label reported once its median score reaches `threshold`, none with moving candidates.
+    fn rules(threshold: f32) -> Vec<LabelFilter> {
+        let filter = LabelFilter { min_score: 0.0, moving_min_score: 0.0, threshold, min_area: 0.0, max_area: 1.0 };
+        vec![filter; 80]
+    }
+
     fn person(x: f32, score: f32) -> Detection {
         Detection { label_id: 0, label: "person".into(), score, bbox: [x, 100.0, x + 40.0, 200.0], track: None }
     }
@@ -387,12 +408,12 @@ mod tests {
         let mut reported = Vec::new();
         for frame in &frames {
             assert!(!tracker.is_warm());
-            reported.push(tracker.update(frame, FRAME, |_| 0.5).len());
+            reported.push(tracker.update(frame, FRAME, &rules(0.5)).len());
         }
         assert!(tracker.is_warm());
         assert_eq!(reported, [0, 0, 1], "three sightings confirm the person; the one-frame ball is never reported");
         for _ in 0..5 {
-            let out = tracker.update(&[person(18.0, 0.8)], FRAME, |_| 0.5);
+            let out = tracker.update(&[person(18.0, 0.8)], FRAME, &rules(0.5));
             assert_eq!(out.len(), 1);
             assert_eq!(out[0].label, "person");
         }
@@ -403,11 +424,11 @@ mod tests {
     fn a_low_median_score_keeps_a_label_unconfirmed() {
         let mut tracker = Tracker::new(TrackerSettings::default(), 100);
         for _ in 0..10 {
-            assert!(tracker.update(&[person(10.0, 0.35)], FRAME, |_| 0.5).is_empty());
+            assert!(tracker.update(&[person(10.0, 0.35)], FRAME, &rules(0.5)).is_empty());
         }
         let mut reported = 0;
         for _ in 0..10 {
-            reported = tracker.update(&[person(10.0, 0.35)], FRAME, |_| 0.3).len();
+            reported = tracker.update(&[person(10.0, 0.35)], FRAME, &rules(0.3)).len();
         }
         assert_eq!(reported, 1, "the same evidence passes a lower threshold");
     }
@@ -418,7 +439,7 @@ mod tests {
         let mut x = 10.0;
         let mut step = |tracker: &mut Tracker, seen: bool| {
             x += 5.0;
-            tracker.update(&if seen { vec![person(x, 0.9)] } else { vec![] }, FRAME, |_| 0.5)
+            tracker.update(&if seen { vec![person(x, 0.9)] } else { vec![] }, FRAME, &rules(0.5))
         };
         for _ in 0..3 {
             step(&mut tracker, true);
@@ -441,7 +462,7 @@ mod tests {
         let mut x = 750.0;
         let mut walker = |tracker: &mut Tracker, seen: bool| {
             x += 30.0;
-            tracker.update(&if seen { vec![person(x, 0.9)] } else { vec![] }, FRAME, |_| 0.5)
+            tracker.update(&if seen { vec![person(x, 0.9)] } else { vec![] }, FRAME, &rules(0.5))
         };
         for _ in 0..7 {
             assert!(!walker(&mut tracker, true).is_empty() || !tracker.is_warm());
@@ -452,10 +473,10 @@ mod tests {
         // The same walk stopping in the middle of the frame is still counted through its misses.
         let mut tracker = Tracker::new(TrackerSettings::default(), 100);
         for step in 0..5 {
-            tracker.update(&[person(300.0 + 30.0 * step as f32, 0.9)], FRAME, |_| 0.5);
+            tracker.update(&[person(300.0 + 30.0 * step as f32, 0.9)], FRAME, &rules(0.5));
         }
         for missed in 1..=TrackerSettings::default().forget_after_frames {
-            assert_eq!(tracker.update(&[], FRAME, |_| 0.5).len(), 1, "still counted after {missed} missed frames");
+            assert_eq!(tracker.update(&[], FRAME, &rules(0.5)).len(), 1, "still counted after {missed} missed frames");
         }
     }
 
@@ -469,7 +490,7 @@ mod tests {
             // found again well short of where the track's motion predicts: too far to match, near enough to rejoin.
             let x = if step < 6 { 100.0 + 20.0 * step as f32 } else { 240.0 + 5.0 * (step - 12) as f32 };
             let seen = !(6..12).contains(&step);
-            let out = tracker.update(&if seen { vec![person(x, 0.9)] } else { vec![] }, FRAME, |_| 0.5);
+            let out = tracker.update(&if seen { vec![person(x, 0.9)] } else { vec![] }, FRAME, &rules(0.5));
             counts.push(out.len());
             if step == 4 {
                 first_id = Some(ids(&out));
@@ -480,6 +501,30 @@ mod tests {
         }
         assert_eq!(&counts[2..], &[1; 22], "counted once throughout, never twice and never zero: {counts:?}");
         assert!(tracker.len() <= 1, "the old track went when the new one took its place");
+    }
+
+    #[test]
+    fn a_low_scoring_person_is_reported_once_it_moves_and_still_clutter_never() {
+        // People need 0.45 on their median, or to have moved when their detections score from 0.30.
+        let mut filters = rules(0.45);
+        filters[0] = LabelFilter { min_score: 0.4, moving_min_score: 0.3, ..filters[0] };
+        let mut tracker = Tracker::new(TrackerSettings::default(), 100);
+        let mut reported = Vec::new();
+        for step in 0..12 {
+            // A far person walking 10 pixels a frame (a quarter of the 100-pixel box height every 2.5 frames), a
+            // rock and a ball (no moving candidates for its label) standing still, all scoring 0.35.
+            let walker = person(100.0 + 10.0 * step as f32, 0.35);
+            let rock = person(600.0, 0.35);
+            let rolling =
+                Detection { bbox: [300.0 + 10.0 * step as f32, 300.0, 310.0 + 10.0 * step as f32, 310.0], ..ball(0.0) };
+            let out = tracker.update(&[walker, rock, Detection { score: 0.35, ..rolling }], FRAME, &filters);
+            reported.push(out.iter().map(|d| d.bbox[0] as i32).collect::<Vec<_>>());
+        }
+        assert!(reported[..2].iter().all(|r| r.is_empty()), "{reported:?}");
+        assert!(
+            reported[3..].iter().all(|r| r.len() == 1 && r[0] < 300),
+            "only the walker, once it moved: {reported:?}"
+        );
     }
 
     #[test]
@@ -495,14 +540,18 @@ mod tests {
         };
         let mut first = Vec::new();
         for _ in 0..4 {
-            first = ids(&tracker.update(&[car(0.7)], FRAME, |_| 0.5));
+            first = ids(&tracker.update(&[car(0.7)], FRAME, &rules(0.5)));
         }
         assert_eq!(first.len(), 1);
         for gap in 0..settings.remember_stationary_frames {
-            assert_eq!(ids(&tracker.update(&[], FRAME, |_| 0.5)), first, "still remembered after {gap} missed frames");
+            assert_eq!(
+                ids(&tracker.update(&[], FRAME, &rules(0.5))),
+                first,
+                "still remembered after {gap} missed frames"
+            );
         }
         assert_eq!(
-            ids(&tracker.update(&[car(0.7)], FRAME, |_| 0.5)),
+            ids(&tracker.update(&[car(0.7)], FRAME, &rules(0.5))),
             first,
             "seen again: the same track, not a new car"
         );
@@ -515,14 +564,14 @@ mod tests {
         for step in 0..12 {
             let a = person(100.0 + 12.0 * step as f32, 0.9);
             let b = person(300.0 - 12.0 * step as f32, 0.8);
-            last = tracker.update(&[a, b], FRAME, |_| 0.5);
+            last = tracker.update(&[a, b], FRAME, &rules(0.5));
             if step >= 2 {
                 assert_eq!(last.len(), 2, "step {step}");
             }
         }
         let left_to_right = last.iter().find(|d| d.score > 0.85).expect("the first person");
         assert!(left_to_right.bbox[0] > 200.0, "the 0.9 track followed the person walking right");
-        assert_eq!(tracker.update(&[], FRAME, |_| 0.5).len(), 2);
+        assert_eq!(tracker.update(&[], FRAME, &rules(0.5)).len(), 2);
     }
 
     #[test]
@@ -531,12 +580,12 @@ mod tests {
         let mut tracker = Tracker::new(settings, 100);
         for frame in 0..50 {
             let crowd: Vec<Detection> = (0..100).map(|i| person((frame * 100 + i) as f32 * 50.0, 0.9)).collect();
-            tracker.update(&crowd, FRAME, |_| 0.5);
+            tracker.update(&crowd, FRAME, &rules(0.5));
             assert!(tracker.len() <= 16);
         }
         let same = vec![person(10.0, 0.9); 100];
         for _ in 0..50 {
-            let out = tracker.update(&same, FRAME, |_| 0.5);
+            let out = tracker.update(&same, FRAME, &rules(0.5));
             assert!(tracker.len() <= 16 && out.len() <= 16);
         }
     }
@@ -545,6 +594,8 @@ mod tests {
     fn counts_of_a_flickering_detector_hold_steady() {
         // Three people walking, each missed in about one frame of three, and a clutter detection now and then.
         let mut tracker = Tracker::new(TrackerSettings::default(), 100);
+        let mut flicker_rules = rules(0.5);
+        flicker_rules[32].threshold = 0.6;
         let mut state = 0x1234_5678u32;
         let mut random = move || {
             state ^= state << 13;
@@ -564,7 +615,7 @@ mod tests {
             if random() > 0.8 {
                 detections.push(ball(800.0 * random()));
             }
-            let out = tracker.update(&detections, FRAME, |label| if label == 32 { 0.6 } else { 0.5 });
+            let out = tracker.update(&detections, FRAME, &flicker_rules);
             counts.push(out.iter().filter(|d| d.label == "person").count());
             assert!(out.iter().all(|d| d.label == "person"), "frame {frame}: {out:?}");
         }

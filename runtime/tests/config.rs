@@ -114,6 +114,10 @@ fn an_invalid_config_exits_78_naming_the_field() {
         ("board = \"rpi4\"\n[camera\n", "not valid TOML"),
         ("board = \"rpi4\"\n[objects]\nconfirm_frames = 9\n", "objects.confirm_frames: 9 is outside 1..=5"),
         ("board = \"rpi4\"\n[objects.filters.person]\nmin_score = 2.0\n", "person.min_score: 2 is outside 0..=1"),
+        (
+            "board = \"rpi4\"\n[objects.filters.person]\nmoving_min_score = -0.1\n",
+            "person.moving_min_score: -0.1 is outside 0..=1",
+        ),
         ("board = \"rpi4\"\n[objects.filters.person]\nmin_scor = 0.5\n", "unknown field `min_scor`"),
         (
             "board = \"rpi4\"\n[objects.filters.unicorn]\nmin_score = 0.5\n",

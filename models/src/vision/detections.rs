@@ -51,6 +51,10 @@ impl Default for DetectionFilter {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct LabelFilter {
     pub min_score: f32,
+    /// A detection below `min_score` but at least this is a candidate for the daemon's tracker only, which reports
+    /// it once it has been seen moving: far people and people seen from above score low, and the clutter that
+    /// scores like them (a rock, a signpost, a cone) stands still. At `min_score` or above: no such candidates.
+    pub moving_min_score: f32,
     pub threshold: f32,
     pub min_area: f32,
     pub max_area: f32,
@@ -103,14 +107,16 @@ impl LabelFilter {
     /// took traffic cones and litter for sports balls (up to 0.70), a rock, a signpost and a cone for people (up to
     /// 0.42, medians about 0.37), and a sign for a bird (0.30-0.34), while people walking scored 0.45-0.80 and the
     /// parked van and car 0.30-0.46. A person needs 0.40 (person precision 80% → 98%, recall 100% → 90%), any
-    /// label but people and vehicles 0.35, and the small labels clutter turns into 0.75.
+    /// label but people and vehicles 0.35, and the small labels clutter turns into 0.75. A person from 0.30 is a
+    /// moving candidate: on an indoor camera seen from above, people walking in plain view score 0.30-0.40.
     /// A detector whose scores run differently recalibrates a group through its manifest (`LabelGroup::param`).
     pub fn default_for(label: &str) -> LabelFilter {
-        let any = LabelFilter { min_score: 0.35, threshold: 0.45, min_area: 0.0, max_area: 1.0 };
+        let any =
+            LabelFilter { min_score: 0.35, moving_min_score: 0.35, threshold: 0.45, min_area: 0.0, max_area: 1.0 };
         match LabelGroup::of(label) {
-            LabelGroup::Clutter => LabelFilter { min_score: 0.75, threshold: 0.8, ..any },
-            LabelGroup::Vehicle => LabelFilter { min_score: 0.0, threshold: 0.35, ..any },
-            LabelGroup::Person => LabelFilter { min_score: 0.4, ..any },
+            LabelGroup::Clutter => LabelFilter { min_score: 0.75, moving_min_score: 0.75, threshold: 0.8, ..any },
+            LabelGroup::Vehicle => LabelFilter { min_score: 0.0, moving_min_score: 0.0, threshold: 0.35, ..any },
+            LabelGroup::Person => LabelFilter { min_score: 0.4, moving_min_score: 0.3, ..any },
             LabelGroup::Other => any,
         }
     }
@@ -118,6 +124,17 @@ impl LabelFilter {
     /// Whether one frame's detection with this score, covering this fraction of the frame, passes.
     pub fn admits(&self, score: f32, area_fraction: f32) -> bool {
         score >= self.min_score && (self.min_area..=self.max_area).contains(&area_fraction)
+    }
+
+    /// Whether it passes at least as a moving candidate (`moving_min_score`).
+    pub fn admits_moving(&self, score: f32, area_fraction: f32) -> bool {
+        self.admits(score, area_fraction)
+            || (score >= self.moving_min_score && (self.min_area..=self.max_area).contains(&area_fraction))
+    }
+
+    /// Whether some detections below `min_score` are moving candidates.
+    pub fn has_moving_candidates(&self) -> bool {
+        self.moving_min_score < self.min_score
     }
 }
 

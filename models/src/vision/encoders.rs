@@ -197,7 +197,7 @@ fn label_filter(c: &Component, label: &str) -> Result<LabelFilter> {
     if ![min_score, threshold].iter().all(|v| (0.0..=1.0).contains(v)) {
         return Err(bad());
     }
-    Ok(LabelFilter { min_score, threshold, ..default })
+    Ok(LabelFilter { min_score, threshold, moving_min_score: default.moving_min_score.min(min_score), ..default })
 }
 
 /// The COCO object detector: letterboxed RGB in, boxes with scores and classes out.
@@ -212,6 +212,8 @@ pub struct ObjectDetector {
     label_filters: Vec<LabelFilter>,
     /// Whether a wide frame's square tiles are looked at too (`square_tiles`); off unless set.
     tiles: bool,
+    /// Whether detections that pass their label's filter only as moving candidates are returned too; off unless set.
+    moving_candidates: bool,
 }
 
 impl ObjectDetector {
@@ -243,7 +245,17 @@ impl ObjectDetector {
         };
         let graph = load_image_graph(bundle, c)?;
         let label_filters = labels.iter().map(|l| label_filter(c, l)).collect::<Result<_>>()?;
-        Ok(ObjectDetector { graph, size, normalization, layout, labels, filter, label_filters, tiles: false })
+        Ok(ObjectDetector {
+            graph,
+            size,
+            normalization,
+            layout,
+            labels,
+            filter,
+            label_filters,
+            tiles: false,
+            moving_candidates: false,
+        })
     }
 
     /// Every label the detector can report, by class id.
@@ -260,6 +272,12 @@ impl ObjectDetector {
     /// run of the detector per tile (three in all for a 16:9 frame).
     pub fn set_tiles(&mut self, tiles: bool) {
         self.tiles = tiles;
+    }
+
+    /// Whether the detections that pass their label's filter only as moving candidates (`moving_min_score`) are
+    /// returned too, for a tracker that reports them once they have moved; a single image never wants them.
+    pub fn set_moving_candidates(&mut self, on: bool) {
+        self.moving_candidates = on;
     }
 
     /// Replaces one label's filter; `None` when the detector has no such label.
@@ -673,9 +691,10 @@ impl VisionSession<'_> {
                 return Err(ModelError::run(name, format!("class {class} outside the {} labels", d.labels.len())));
             };
             let bbox = letterbox.to_source([row[0], row[1], row[2], row[3]]);
-            if !d.label_filters[class as usize].admits(score, box_area(bbox) / frame_area)
-                || (is_tile && cut_by_tile(bbox, region, image))
-            {
+            let (filter, area) = (&d.label_filters[class as usize], box_area(bbox) / frame_area);
+            let admitted =
+                if d.moving_candidates { filter.admits_moving(score, area) } else { filter.admits(score, area) };
+            if !admitted || (is_tile && cut_by_tile(bbox, region, image)) {
                 continue;
             }
             self.detections.push(Detection {

@@ -12,7 +12,7 @@ use lookout_models::bundle::Bundle;
 use lookout_models::llm::{Finish, GenerateOptions, LanguageModel};
 use lookout_models::speech::{Transcriber, Transcript};
 use lookout_models::vad::SileroVad;
-use lookout_models::vision::detections::count_by_label;
+use lookout_models::vision::detections::{count_by_label, LabelFilter};
 use lookout_models::vision::image::{decode_image, RgbImage};
 use lookout_models::vision::{Scene, VisionModels, VisionSession};
 use lookout_models::whisper::{DecodeOptions, Whisper, Window};
@@ -78,8 +78,8 @@ pub struct Models {
     pub decoder: Option<Stage<LanguageModel>>,
     /// The detector's label set, for grounding sentences when vision is on demand.
     pub labels: Vec<String>,
-    /// Per label id, the median score a followed object needs before it is reported (`[objects.filters]`).
-    track_thresholds: Vec<f32>,
+    /// Per label id, what a followed object needs before it is reported (`[objects.filters]`).
+    track_filters: Vec<LabelFilter>,
     /// Most detections the detector keeps in a frame.
     max_detections: usize,
     window: Window,
@@ -103,19 +103,16 @@ impl Models {
                     filters: config.objects.filters.clone(),
                     text_budget: Some(Duration::from_secs_f32(m.text_budget_s)),
                     tiles: config.objects.tiles,
+                    moving_candidates: config.objects.track,
                 };
                 Some(Stage::new(config.on_demand("vision"), Box::new(move || turn::load_vision(&b, &choice)))?)
             }
             false => None,
         };
-        let (labels, track_thresholds, max_detections) = match &vision {
+        let (labels, track_filters, max_detections) = match &vision {
             Some(stage) => stage.with(|v| {
                 let d = &v.detector;
-                Ok((
-                    d.labels().to_vec(),
-                    d.label_filters().iter().map(|f| f.threshold).collect(),
-                    d.filter.max_detections,
-                ))
+                Ok((d.labels().to_vec(), d.label_filters().to_vec(), d.filter.max_detections))
             })?,
             None => (Vec::new(), Vec::new(), 0),
         };
@@ -136,7 +133,7 @@ impl Models {
             false => None,
         };
         let window = if m.speech_window == SpeechWindow::Full { Window::Full } else { Window::FIT };
-        Ok(Models { speech, vad, vision, decoder, labels, track_thresholds, max_detections, window })
+        Ok(Models { speech, vad, vision, decoder, labels, track_filters, max_detections, window })
     }
 }
 
@@ -369,9 +366,7 @@ impl<'m, C: Clock> Worker<'m, C> {
             }
         };
         if let Some(tracker) = &mut self.tracker {
-            let thresholds = &self.models.track_thresholds;
-            scene.objects = tracker
-                .update(&scene.objects, (scene.width, scene.height), |id| thresholds.get(id).copied().unwrap_or(1.0));
+            scene.objects = tracker.update(&scene.objects, (scene.width, scene.height), &self.models.track_filters);
             scene.counts = count_by_label(&scene.objects);
             if !tracker.is_warm() {
                 return; // Nothing is published before an object in view could have been confirmed.
@@ -723,7 +718,7 @@ mod tests {
             vision: None,
             decoder: None,
             labels: Vec::new(),
-            track_thresholds: Vec::new(),
+            track_filters: Vec::new(),
             max_detections: 0,
             window: Window::FIT,
         };
