@@ -14,6 +14,9 @@ const SCORE_HISTORY: usize = 16;
 /// A track of a label with moving candidates is confirmed without its median score once its centre has moved this
 /// many box heights from where it was first seen.
 const MOVED_HEIGHTS: f32 = 0.25;
+/// The farthest, in box diagonals, a newly confirmed track may be from where a missing one should be by now to take
+/// its place.
+const REJOIN_MAX_DIAGONALS: f32 = 5.0;
 /// A track whose box has kept at least this overlap with where it was confirmed counts as stationary.
 const STATIONARY_IOU: f32 = 0.5;
 /// A track last seen this close to the frame's edge (a fraction of the frame's size), moving out, that is then
@@ -283,8 +286,9 @@ impl Tracker {
     }
 
     /// Where a reported object went missing and the newly confirmed track `t` of its label appears near where it
-    /// should be by now (within half a box diagonal, and one more for every frame missed), the object was lost and
-    /// found again, not joined by another: `t` takes the nearest such track's id and age, and that track goes.
+    /// should be by now (within half a box diagonal, and one more for every frame missed, at most
+    /// `REJOIN_MAX_DIAGONALS`), the object was lost and found again, not joined by another: `t` takes the nearest
+    /// such track's id and age, and that track goes.
     fn rejoin(&mut self, t: usize) {
         let new = &self.tracks[t];
         let lost = self
@@ -300,7 +304,8 @@ impl Tracker {
             })
             .map(|(i, old)| {
                 let expected = old.predicted_after(old.missed_frames);
-                let reach = diagonal(expected).max(diagonal(new.bbox)) * (0.5 + old.missed_frames as f32);
+                let diagonals = (0.5 + old.missed_frames as f32).min(REJOIN_MAX_DIAGONALS);
+                let reach = diagonal(expected).max(diagonal(new.bbox)) * diagonals;
                 (i, centre_distance(expected, new.bbox), reach)
             })
             .filter(|&(_, distance, reach)| distance < reach)
@@ -555,6 +560,27 @@ mod tests {
             first,
             "seen again: the same track, not a new car"
         );
+    }
+
+    #[test]
+    fn a_car_arriving_far_from_a_missed_parked_one_is_counted_beside_it() {
+        let mut tracker = Tracker::new(TrackerSettings::default(), 100);
+        let car = |bbox| Detection { label_id: 2, label: "car".into(), score: 0.7, bbox, track: None };
+        let parked = car([300.0, 300.0, 400.0, 360.0]);
+        for _ in 0..4 {
+            tracker.update(std::slice::from_ref(&parked), FRAME, &rules(0.5));
+        }
+        // The parked car missed for 20 frames (remembered: it stands still), then another car arrives six of its
+        // diagonals away: not the parked one found again.
+        for _ in 0..20 {
+            assert_eq!(tracker.update(&[], FRAME, &rules(0.5)).len(), 1);
+        }
+        let arriving = car([850.0, 800.0, 950.0, 860.0]);
+        let mut reported = Vec::new();
+        for _ in 0..3 {
+            reported = tracker.update(std::slice::from_ref(&arriving), FRAME, &rules(0.5));
+        }
+        assert_eq!(reported.len(), 2, "{reported:?}");
     }
 
     #[test]
