@@ -1,8 +1,9 @@
 //! Vision suite files (`kind = "vision"`): photos with the objects in them (label and, where it is clear, how
 //! many) and rendered text with its reference, scored per detector score threshold: label precision and recall,
 //! the rate of reported labels that are not in the photo, count accuracy, per-label precision and recall of the
-//! counted objects, false objects per image, and OCR character error rate. Sequences (folders of consecutive
-//! frames of one camera) are scored for how often their counts change, with the daemon's tracker and without.
+//! counted objects (and of the vehicles, whatever their labels), false objects per image, and OCR character error
+//! rate. Sequences (folders of consecutive frames of one camera) are scored for how often their counts change, with
+//! the daemon's tracker and without, and against a count annotated in every frame where they have one.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
