@@ -359,10 +359,12 @@ fn moving_candidates_add_the_low_scoring_people_and_keep_the_rest() {
     use lookout_models::vision::detections::iou;
     let path = testdata().parent().unwrap().join("camera/concourse/f0000.jpg");
     let frame = load_image(&path).unwrap_or_else(|e| panic!("{}: {e} (prepare.sh)", path.display()));
-    let mut models = VisionModels::load(&bundle(), None, false).unwrap();
+    let models = VisionModels::load(&bundle(), None, false).unwrap();
+    let mut session = models.session().unwrap();
+    session.set_moving_candidates(true);
+    let with_candidates = session.detect(&frame).unwrap();
+    // A new session starts without them (an image sent with a question to the daemon is a single image).
     let plain = models.session().unwrap().detect(&frame).unwrap();
-    models.detector.set_moving_candidates(true);
-    let with_candidates = models.session().unwrap().detect(&frame).unwrap();
     let person = models.detector.label_filters()[0];
     assert!(person.has_moving_candidates(), "{person:?}");
     for d in &plain {

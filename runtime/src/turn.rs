@@ -33,22 +33,13 @@ pub struct VisionChoice {
     pub text_budget: Option<Duration>,
     /// Whether the detector looks at a wide frame's tiles too.
     pub tiles: bool,
-    /// Whether the detector also returns its moving candidates, for the daemon's tracker to sort out.
-    pub moving_candidates: bool,
 }
 
 impl VisionChoice {
     /// The bundle's detector or the one named, with or without text, and the detector's own filters.
     pub fn new(detector: Option<&str>, with_text: bool) -> VisionChoice {
         let detector = detector.map(str::to_string);
-        VisionChoice {
-            detector,
-            with_text,
-            filters: BTreeMap::new(),
-            text_budget: None,
-            tiles: false,
-            moving_candidates: false,
-        }
+        VisionChoice { detector, with_text, filters: BTreeMap::new(), text_budget: None, tiles: false }
     }
 
     pub fn with_text_budget(self, text_budget: Option<Duration>) -> VisionChoice {
@@ -64,7 +55,6 @@ impl VisionChoice {
 pub fn load_vision(bundle: &Bundle, choice: &VisionChoice) -> anyhow::Result<VisionModels> {
     let mut vision = VisionModels::load(bundle, choice.detector.as_deref(), choice.with_text)?;
     vision.detector.set_tiles(choice.tiles);
-    vision.detector.set_moving_candidates(choice.moving_candidates);
     for (label, configured) in &choice.filters {
         let detector = &mut vision.detector;
         let current = detector.labels().iter().position(|l| l == label).map(|id| detector.label_filters()[id]);

@@ -212,8 +212,6 @@ pub struct ObjectDetector {
     label_filters: Vec<LabelFilter>,
     /// Whether a wide frame's square tiles are looked at too (`square_tiles`); off unless set.
     tiles: bool,
-    /// Whether detections that pass their label's filter only as moving candidates are returned too; off unless set.
-    moving_candidates: bool,
 }
 
 impl ObjectDetector {
@@ -245,17 +243,7 @@ impl ObjectDetector {
         };
         let graph = load_image_graph(bundle, c)?;
         let label_filters = labels.iter().map(|l| label_filter(c, l)).collect::<Result<_>>()?;
-        Ok(ObjectDetector {
-            graph,
-            size,
-            normalization,
-            layout,
-            labels,
-            filter,
-            label_filters,
-            tiles: false,
-            moving_candidates: false,
-        })
+        Ok(ObjectDetector { graph, size, normalization, layout, labels, filter, label_filters, tiles: false })
     }
 
     /// Every label the detector can report, by class id.
@@ -272,12 +260,6 @@ impl ObjectDetector {
     /// run of the detector per tile (three in all for a 16:9 frame).
     pub fn set_tiles(&mut self, tiles: bool) {
         self.tiles = tiles;
-    }
-
-    /// Whether the detections that pass their label's filter only as moving candidates (`moving_min_score`) are
-    /// returned too, for a tracker that reports them once they have moved; a single image never wants them.
-    pub fn set_moving_candidates(&mut self, on: bool) {
-        self.moving_candidates = on;
     }
 
     /// Replaces one label's filter; `None` when the detector has no such label.
@@ -460,6 +442,7 @@ impl VisionModels {
             timings: StageTimings::default(),
             text_budget: self.reader.as_ref().map_or(TEXT_READ_BUDGET, |r| r.budget),
             text_cut: false,
+            moving_candidates: false,
         })
     }
 }
@@ -495,6 +478,8 @@ pub struct VisionSession<'m> {
     text_budget: Duration,
     /// Whether the last image's text was left partly unread for the budget.
     text_cut: bool,
+    /// Whether detections that pass their label's filter only as moving candidates are returned too; off unless set.
+    moving_candidates: bool,
 }
 
 /// Whether box `next`, which reading order puts right after the line, continues it: its vertical centre lies
@@ -693,7 +678,7 @@ impl VisionSession<'_> {
             let bbox = letterbox.to_source([row[0], row[1], row[2], row[3]]);
             let (filter, area) = (&d.label_filters[class as usize], box_area(bbox) / frame_area);
             let admitted =
-                if d.moving_candidates { filter.admits_moving(score, area) } else { filter.admits(score, area) };
+                if self.moving_candidates { filter.admits_moving(score, area) } else { filter.admits(score, area) };
             if !admitted || (is_tile && cut_by_tile(bbox, region, image)) {
                 continue;
             }
@@ -706,6 +691,13 @@ impl VisionSession<'_> {
             });
         }
         Ok(())
+    }
+
+    /// Whether this session's detections also hold those that pass their label's filter only as moving candidates
+    /// (`moving_min_score`), for a tracker that reports them once they have moved. A single image never wants them,
+    /// so each session starts without them.
+    pub fn set_moving_candidates(&mut self, on: bool) {
+        self.moving_candidates = on;
     }
 
     /// Sets how long reading one image's text may take (at least one line is always read).

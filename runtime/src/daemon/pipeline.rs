@@ -103,7 +103,6 @@ impl Models {
                     filters: config.objects.filters.clone(),
                     text_budget: Some(Duration::from_secs_f32(m.text_budget_s)),
                     tiles: config.objects.tiles,
-                    moving_candidates: config.objects.track,
                 };
                 Some(Stage::new(config.on_demand("vision"), Box::new(move || turn::load_vision(&b, &choice)))?)
             }
@@ -228,8 +227,14 @@ impl<'m> Worker<'m> {
 
 impl<'m, C: Clock> Worker<'m, C> {
     pub fn with_clock(config: &Config, models: &'m Models, shared: Arc<Shared>, clock: C) -> anyhow::Result<Self> {
+        // The camera's frames go to the tracker, which also takes the moving candidates; an image sent with a
+        // question does not (`describe_image`).
         let vision = match &models.vision {
-            Some(stage) if stage.is_resident() => Some(stage.resident.as_ref().expect("resident").session()?),
+            Some(stage) if stage.is_resident() => {
+                let mut session = stage.resident.as_ref().expect("resident").session()?;
+                session.set_moving_candidates(config.objects.track);
+                Some(session)
+            }
             _ => None,
         };
         let cam = &config.camera;
@@ -344,10 +349,14 @@ impl<'m, C: Clock> Worker<'m, C> {
             }
             _ => {
                 let started = Instant::now();
-                let image = &self.image;
+                let (image, tracking) = (&self.image, self.tracker.is_some());
                 let scene = match (&mut self.vision, &self.models.vision) {
                     (Some(session), _) => session.describe(image).map_err(anyhow::Error::from),
-                    (None, Some(stage)) => stage.with(|v| Ok(v.session()?.describe(image)?)),
+                    (None, Some(stage)) => stage.with(|v| {
+                        let mut session = v.session()?;
+                        session.set_moving_candidates(tracking);
+                        Ok(session.describe(image)?)
+                    }),
                     (None, None) => return,
                 };
                 shared.metrics.latency.vision.observe(started.elapsed());

@@ -208,8 +208,6 @@ pub(super) fn run(ctx: &Context, args: &BenchArgs, path: &Path, suite: &SuiteFil
         eprintln!("bench: onnxruntime not installed (runtime/bench/setup-peers.sh); scoring lookout alone");
     }
     models.set_score_threshold(bundle_threshold);
-    // As in the daemon, the tracker also gets the detections its labels admit only as moving candidates.
-    models.detector.set_moving_candidates(true);
     let sequences =
         sequences.into_iter().map(|sequence| score_sequence(&models, sequence)).collect::<anyhow::Result<Vec<_>>>()?;
     let suite = path.display().to_string();
@@ -268,6 +266,8 @@ fn score_sequence(models: &VisionModels, sequence: Sequence) -> anyhow::Result<S
     let Sequence { entry, files, truth } = sequence;
     let detector = &models.detector;
     let mut session = models.session()?;
+    // As in the daemon, the tracker also gets the detections its labels admit only as moving candidates.
+    session.set_moving_candidates(true);
     let mut tracker = Tracker::new(TrackerSettings::default(), detector.filter.max_detections);
     let labels = detector.labels();
     let filters = detector.label_filters().to_vec();
