@@ -215,7 +215,7 @@ fn a_camera_suite_scores_counted_objects_and_a_sequence_with_and_without_the_tra
         &suite,
         format!(
             "kind = \"vision\"\n[[item]]\nid = \"f0\"\nsplit = \"held-out\"\nsource = \"vtest\"\nimage = \"{}\"\nobjects = {{ person = 3, car = 0 }}\nalso = [\"truck\"]\nvehicles = 2\n\
-             [[item]]\nid = \"f25\"\nsplit = \"in-domain\"\nsource = \"vtest\"\nimage = \"{}\"\nobjects = {{ person = 5, car = 0 }}\nalso = [\"truck\"]\n\
+             [[item]]\nid = \"f25\"\nsplit = \"in-domain\"\nsource = \"vtest\"\nimage = \"{}\"\nobjects = {{ person = \"4-6\", car = 0 }}\nalso = [\"truck\"]\n\
              [[sequence]]\nid = \"walk\"\nsource = \"vtest\"\nframes = \"frames\"\nfps = 2.0\nheld_out_from = 5\n\
              [sequence.counts]\nperson = \"3 3 3-4 4 4-5 5 5 5 5-6 6\"\n",
             camera.join("f0000.jpg").display(),
@@ -236,6 +236,19 @@ fn a_camera_suite_scores_counted_objects_and_a_sequence_with_and_without_the_tra
     // The van (a truck to CenterNet) and the car at the edge, pooled whatever their labels.
     assert_eq!(split["counted"]["vehicle"]["precision"], 1.0, "{split}");
     assert_eq!(split["counted"]["vehicle"]["recall"], 1.0, "{split}");
+    // A frame annotated 4-6: a count in the range is right, and any count is scored against the annotated number
+    // nearest it.
+    let split = splits.iter().find(|s| s["split"] == "in-domain").unwrap();
+    let item = report["variants"][0]["items"].as_array().unwrap().iter().find(|i| i["id"] == "f25").unwrap();
+    let found = item["found"]["person"].as_u64().unwrap_or(0);
+    let nearest = found.clamp(4, 6);
+    assert_eq!(split["count_accuracy"], if found == nearest { 1.0 } else { 0.0 }, "{split}");
+    assert_eq!(split["counted"]["person"]["recall"], found.min(nearest) as f64 / nearest as f64, "{split}");
+    assert_eq!(
+        split["counted"]["person"]["precision"],
+        if found > 0 { found.min(nearest) as f64 / found as f64 } else { 0.0 },
+        "{split}"
+    );
     let walk = &report["sequences"][0];
     assert_eq!(walk["frames"], 10);
     let (raw, tracked) = (&walk["flaps_per_minute"]["person"][0], &walk["flaps_per_minute"]["person"][1]);
@@ -257,8 +270,17 @@ fn a_camera_suite_scores_counted_objects_and_a_sequence_with_and_without_the_tra
         assert!((0.0..=1.0).contains(&figure(tracked, "exact")), "{part}");
     }
 
+    // An item whose range starts at 0 (0 alone says present, not counted) is not scored, and says why.
+    let text = std::fs::read_to_string(&suite).unwrap();
+    std::fs::write(&suite, text.replace("person = 3,", "person = \"0-3\",")).unwrap();
+    let result =
+        lookout(&["bench", "--suite", suite.to_str().unwrap(), "--variants", "0.3", "--out", out.to_str().unwrap()]);
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert!(report["skipped"].to_string().contains("the range of `person` starts at 0"), "{}", report["skipped"]);
+
     // Counts for another number of frames than the folder holds are refused, naming the sequence.
-    let text = std::fs::read_to_string(&suite).unwrap().replace("5-6 6", "5-6");
+    let text = text.replace("5-6 6", "5-6");
     std::fs::write(&suite, text).unwrap();
     let result =
         lookout(&["bench", "--suite", suite.to_str().unwrap(), "--variants", "0.3", "--out", out.to_str().unwrap()]);

@@ -1,30 +1,73 @@
-//! A sequence's count of one label in every frame, annotated by looking (`[sequence.counts]` in a vision suite),
-//! and how a count series agrees with it: frames counted right, the mean error, and the count changes that took the
-//! count away from the annotation, which is what a flickering detector or a tracker losing people does and people
-//! entering or leaving do not.
+//! Counts annotated by looking, one number or a range (an item's `objects`, and a sequence's count of one label in
+//! every frame, `[sequence.counts]` in a vision suite), and how a count series agrees with a sequence's: frames
+//! counted right, the mean error, and the count changes that took the count away from the annotation, which is what
+//! a flickering detector or a tracker losing people does and people entering or leaving do not.
 
 use anyhow::{bail, Context as _};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Largest count an annotation may give a frame.
 const MAX_ANNOTATED: usize = 10_000;
 
 /// The annotated number of objects in one frame: one number where the frame is clear, a range where it is not
-/// (someone half out of the frame, or hidden behind a sign).
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// (someone half out of the frame, or hidden behind a sign). In a suite file: `N`, or `"LO-HI"`.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(try_from = "AnnotatedValue")]
 pub(super) struct Annotated {
     pub lo: usize,
     pub hi: usize,
 }
 
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum AnnotatedValue {
+    Number(u64),
+    Text(String),
+}
+
+impl TryFrom<AnnotatedValue> for Annotated {
+    type Error = anyhow::Error;
+
+    fn try_from(value: AnnotatedValue) -> anyhow::Result<Annotated> {
+        match value {
+            AnnotatedValue::Number(n) => Annotated::parse(&n.to_string()),
+            AnnotatedValue::Text(text) => Annotated::parse(&text),
+        }
+    }
+}
+
 impl Annotated {
+    /// Reads `N` or `LO-HI`.
+    pub fn parse(token: &str) -> anyhow::Result<Annotated> {
+        let number = |s: &str| -> anyhow::Result<usize> {
+            let n: usize = s.parse().with_context(|| format!("`{token}` is not N or LO-HI"))?;
+            if n > MAX_ANNOTATED {
+                bail!("{n} is more than {MAX_ANNOTATED}");
+            }
+            Ok(n)
+        };
+        let (lo, hi) = match token.split_once('-') {
+            Some((lo, hi)) => (number(lo)?, number(hi)?),
+            None => (number(token)?, number(token)?),
+        };
+        if lo > hi {
+            bail!("the range `{token}` runs backwards");
+        }
+        Ok(Annotated { lo, hi })
+    }
+
     /// How far `count` is from the annotated range.
     fn error(&self, count: usize) -> usize {
-        if count < self.lo {
-            self.lo - count
-        } else {
-            count.saturating_sub(self.hi)
-        }
+        count.abs_diff(self.nearest(count))
+    }
+
+    pub fn contains(&self, count: usize) -> bool {
+        (self.lo..=self.hi).contains(&count)
+    }
+
+    /// The annotated count nearest `count`: what a count of `count` is scored against.
+    pub fn nearest(&self, count: usize) -> usize {
+        count.clamp(self.lo, self.hi)
     }
 }
 
@@ -35,21 +78,7 @@ pub(super) fn parse_counts(text: &str, frames: usize) -> anyhow::Result<Vec<Anno
         if index == frames {
             bail!("more annotated counts than the {frames} frames");
         }
-        let number = |s: &str| -> anyhow::Result<usize> {
-            let n: usize = s.parse().with_context(|| format!("frame {index}: `{token}` is not N or LO-HI"))?;
-            if n > MAX_ANNOTATED {
-                bail!("frame {index}: {n} is more than {MAX_ANNOTATED}");
-            }
-            Ok(n)
-        };
-        let (lo, hi) = match token.split_once('-') {
-            Some((lo, hi)) => (number(lo)?, number(hi)?),
-            None => (number(token)?, number(token)?),
-        };
-        if lo > hi {
-            bail!("frame {index}: the range `{token}` runs backwards");
-        }
-        counts.push(Annotated { lo, hi });
+        counts.push(Annotated::parse(token).with_context(|| format!("frame {index}"))?);
     }
     if counts.len() != frames {
         bail!("{} annotated counts for {frames} frames", counts.len());
@@ -135,6 +164,23 @@ mod tests {
         {
             assert!(parse_counts(text, frames).is_err(), "{text:?} for {frames} frames");
         }
+    }
+
+    #[test]
+    fn an_item_count_is_a_number_or_a_range_in_a_string() {
+        #[derive(Deserialize)]
+        struct Item {
+            person: Annotated,
+        }
+        let read = |text: &str| toml::from_str::<Item>(text).map(|i| i.person);
+        assert_eq!(read("person = 3").unwrap(), exact(3));
+        assert_eq!(read("person = \"26-31\"").unwrap(), Annotated { lo: 26, hi: 31 });
+        for bad in ["person = -2", "person = \"31-26\"", "person = 20000", "person = 2.5", "person = \"many\""] {
+            assert!(read(bad).is_err(), "{bad}");
+        }
+        let range = Annotated { lo: 26, hi: 31 };
+        assert_eq!((range.nearest(5), range.nearest(28), range.nearest(40)), (26, 28, 31));
+        assert_eq!((range.error(20), range.error(30), range.error(33)), (6, 0, 2));
     }
 
     #[test]

@@ -44,9 +44,10 @@ struct VisionItem {
     source: String,
     /// Relative to the suite file.
     image: PathBuf,
-    /// COCO label → how many are in the photo (0: present, too many or too small to count).
+    /// COCO label → how many are in the photo: `N`, or `"LO-HI"` where some are about half in the frame or hidden
+    /// (0: present, too many or too small to count).
     #[serde(default)]
-    objects: BTreeMap<String, usize>,
+    objects: BTreeMap<String, Annotated>,
     /// Labels that may be reported without being required (a pickup reported as a car, a table under a cup).
     #[serde(default)]
     also: Vec<String>,
@@ -255,7 +256,7 @@ struct VisionReport<'a> {
     #[serde(flatten)]
     report: SuiteReport<'a, VariantResult>,
     sequences: &'a [SequenceScore],
-    /// Whether Lookout's detector also looked at wide images' tiles (`--tiles`; the onnxruntime peer never does).
+    /// Whether Lookout's detector also looked at large images' tiles (`--tiles`; the onnxruntime peer never does).
     tiles: bool,
 }
 
@@ -458,6 +459,9 @@ fn prepare_item(value: &toml::Value, base: &Path, labels: &BTreeSet<String>) -> 
     if item.vehicles.is_some() && item.objects.is_empty() {
         bail!("`vehicles` counts among the `objects`: give those too");
     }
+    if let Some((label, _)) = item.objects.iter().find(|(_, n)| n.lo == 0 && n.hi > 0) {
+        bail!("the range of `{label}` starts at 0 (0 alone says it is present, not counted)");
+    }
     let file = base.join(&item.image);
     let image = load_image(&file).with_context(|| file.display().to_string())?;
     Ok(Ready { item, path: file, image })
@@ -503,13 +507,13 @@ fn score(item: &VisionItem, seen: Seen) -> Scored {
     let (mut missed, mut not_in_photo) = (Vec::new(), Vec::new());
     let (mut counts_right, mut counts_checked) = (0, 0);
     if !item.objects.is_empty() {
-        for (label, &count) in &item.objects {
+        for (label, count) in &item.objects {
             match seen.counts.get(label) {
                 None => missed.push(label.clone()),
-                Some(&n) if count > 0 => counts_right += usize::from(n == count),
+                Some(&n) if count.hi > 0 => counts_right += usize::from(count.contains(n)),
                 Some(_) => {}
             }
-            counts_checked += usize::from(count > 0);
+            counts_checked += usize::from(count.hi > 0);
         }
         not_in_photo =
             seen.counts.keys().filter(|l| !item.objects.contains_key(*l) && !item.also.contains(l)).cloned().collect();
@@ -618,13 +622,14 @@ fn split_score(split: &str, items: &[Ready], scored: &[Scored]) -> Option<SplitS
             .item
             .objects
             .iter()
-            .filter(|(_, &n)| n > 0)
+            .filter(|(_, n)| n.hi > 0)
             .map(|(label, &truth)| (label.clone(), s.found.get(label).copied().unwrap_or(0), truth));
         let vehicles = ready.item.vehicles.map(|truth| {
             let found = VEHICLE_LABELS.iter().map(|l| s.found.get(*l).copied().unwrap_or(0)).sum();
-            (VEHICLE_COUNT.to_string(), found, truth)
+            (VEHICLE_COUNT.to_string(), found, Annotated { lo: truth, hi: truth })
         });
         for (label, found, truth) in labelled.chain(vehicles) {
+            let truth = truth.nearest(found);
             let entry = pooled.entry(label).or_default();
             *entry = (entry.0 + found.min(truth), entry.1 + found, entry.2 + truth);
         }
@@ -686,7 +691,7 @@ fn report_markdown(
 ) -> String {
     let conditions = match tiles {
         true => {
-            "one thread, detector and OCR; Lookout's detector also on wide images' tiles, onnxruntime's on whole images"
+            "one thread, detector and OCR; Lookout's detector also on large images' tiles, onnxruntime's on whole images"
         }
         false => "one thread, detector and OCR",
     };
