@@ -387,7 +387,7 @@ pub struct Objects {
     pub remember_stationary_frames: u32,
     /// Most objects followed at once.
     pub max_tracks: u32,
-    /// Look at a wide frame's square tiles too, for small and far objects (one more detector run per tile: three for 16:9).
+    /// Look at a large frame's tiles too, for far people and vehicles (one more detector run per tile: 6 for 1280x720).
     pub tiles: bool,
     /// Per COCO label (`[objects.filters.person]`, `[objects.filters."sports ball"]`): Lookout's defaults replaced
     /// field by field.

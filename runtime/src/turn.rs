@@ -31,7 +31,7 @@ pub struct VisionChoice {
     pub filters: BTreeMap<String, LabelFilterConfig>,
     /// How long reading one image's text may take; `None`: the reader's default.
     pub text_budget: Option<Duration>,
-    /// Whether the detector looks at a wide frame's tiles too.
+    /// Whether the detector looks at a large frame's tiles too.
     pub tiles: bool,
 }
 

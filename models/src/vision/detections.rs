@@ -90,6 +90,12 @@ impl LabelGroup {
         }
     }
 
+    /// Whether a large frame's tiles look for this group's objects: far people and vehicles are what tiles are for;
+    /// seen at a tile's zoom, floor markings and parts of people pass for kites and dogs.
+    pub fn is_tiled(self) -> bool {
+        matches!(self, LabelGroup::Person | LabelGroup::Vehicle)
+    }
+
     /// The detector component's manifest parameter that replaces the group's `[min_score, threshold]`.
     pub fn param(self) -> &'static str {
         match self {

@@ -9,9 +9,7 @@ use crate::error::{ModelError, Result};
 use crate::vision::deskew::{level_crop, slant};
 use crate::vision::detections::{box_area, filter_detections, Detection, DetectionFilter, LabelFilter, LabelGroup};
 use crate::vision::image::RgbImage;
-use crate::vision::letterbox::{
-    letterbox_into, square_tiles, text_line_into, Layout, Normalization, Padding, PixelRect,
-};
+use crate::vision::letterbox::{grid_tiles, letterbox_into, text_line_into, Layout, Normalization, Padding, PixelRect};
 use crate::vision::ocr_post::{
     ctc_greedy_decode_with_steps, insert_word_spaces, sort_reading_order, word_gaps, CtcDictionary, DbParams,
     DbPostprocessor, MapToSource, TextBox,
@@ -210,7 +208,9 @@ pub struct ObjectDetector {
     pub filter: DetectionFilter,
     /// Per label id: what a detection of that label needs beyond `filter`'s score threshold.
     label_filters: Vec<LabelFilter>,
-    /// Whether a wide frame's square tiles are looked at too (`square_tiles`); off unless set.
+    /// Per label id: whether tiles look for it (people and vehicles, `LabelGroup::is_tiled`).
+    tiled_labels: Vec<bool>,
+    /// Whether a large frame's tiles are looked at too (`grid_tiles`); off unless set.
     tiles: bool,
 }
 
@@ -243,7 +243,18 @@ impl ObjectDetector {
         };
         let graph = load_image_graph(bundle, c)?;
         let label_filters = labels.iter().map(|l| label_filter(c, l)).collect::<Result<_>>()?;
-        Ok(ObjectDetector { graph, size, normalization, layout, labels, filter, label_filters, tiles: false })
+        let tiled_labels = labels.iter().map(|l| LabelGroup::of(l).is_tiled()).collect();
+        Ok(ObjectDetector {
+            graph,
+            size,
+            normalization,
+            layout,
+            labels,
+            filter,
+            label_filters,
+            tiled_labels,
+            tiles: false,
+        })
     }
 
     /// Every label the detector can report, by class id.
@@ -256,8 +267,8 @@ impl ObjectDetector {
         &self.label_filters
     }
 
-    /// Whether wide frames are looked at in tiles too: small and far objects are found more often, for one more
-    /// run of the detector per tile (three in all for a 16:9 frame).
+    /// Whether large frames are looked at in tiles too (`grid_tiles`): far people and vehicles are found more often,
+    /// for one more run of the detector per tile (6 for a 1280x720 frame, 8 for 1920x1080).
     pub fn set_tiles(&mut self, tiles: bool) {
         self.tiles = tiles;
     }
@@ -627,14 +638,14 @@ impl VisionSession<'_> {
     }
 
     /// Detections above the score threshold after per-class NMS, in source-image pixels. With tiles on
-    /// ([`ObjectDetector::set_tiles`]) a wide frame's square tiles are looked at too, and what they find joins
-    /// the whole frame's detections before the suppression.
+    /// ([`ObjectDetector::set_tiles`]) a large frame's tiles are looked at too, and the people and vehicles they
+    /// find join the whole frame's detections before the suppression.
     pub fn detect(&mut self, image: &RgbImage) -> Result<Vec<Detection>> {
         let d = &self.models.detector;
         self.detections.clear();
         self.timings.detect_preprocess = 0.0;
         self.timings.detect_run = 0.0;
-        let tiles = square_tiles(image.width, image.height, d.size).filter(|_| d.tiles);
+        let tiles = grid_tiles(image.width, image.height, d.size).filter(|_| d.tiles);
         for region in std::iter::once(PixelRect::whole(image)).chain(tiles) {
             self.detect_region(image, region)?;
         }
@@ -679,7 +690,7 @@ impl VisionSession<'_> {
             let (filter, area) = (&d.label_filters[class as usize], box_area(bbox) / frame_area);
             let admitted =
                 if self.moving_candidates { filter.admits_moving(score, area) } else { filter.admits(score, area) };
-            if !admitted || (is_tile && cut_by_tile(bbox, region, image)) {
+            if !admitted || (is_tile && (!d.tiled_labels[class as usize] || cut_by_tile(bbox, region, image))) {
                 continue;
             }
             self.detections.push(Detection {

@@ -174,27 +174,58 @@ pub fn letterbox_into(
     })
 }
 
-/// A frame is cut into tiles only when its long side is at least this many times its short one...
-pub const TILE_MIN_ASPECT: f32 = 1.5;
-/// ...and into no more than this many: a longer strip (a panorama, not a camera's frame) is looked at whole.
-pub const MAX_TILES: u32 = 4;
+/// A tile is a square of this many times the detector's input side, so what it holds reaches the detector at no
+/// less than 1/1.25 of its size...
+pub const TILE_SIDE: f32 = 1.25;
+/// ...and a frame is tiled only when its long side is at least this many tiles' sides: smaller frames already
+/// reach the detector at two thirds of their size or more.
+pub const TILE_MIN_SPAN: f32 = 1.5;
+/// Neighbouring tiles overlap by at least this share of their side, so that what one cuts at its inner edge is
+/// whole in the next.
+pub const TILE_OVERLAP: f32 = 0.25;
+/// At most this many tiles: a larger frame gets larger tiles.
+pub const MAX_TILES: u32 = 8;
 
-/// The square tiles a detector with a `size`×`size` input also looks at, besides the whole frame, in a wide frame
-/// (long side at least [`TILE_MIN_ASPECT`] times the short one) whose short side is at least `size`: squares of
-/// the short side along the long one, first and last at the frame's ends, overlapping evenly. Each sees its part
-/// of the frame `long / short` times as large as the whole frame's letterbox does, never enlarged. None for
-/// other frames, or for frames that would need more than [`MAX_TILES`].
-pub fn square_tiles(width: u32, height: u32, size: usize) -> impl Iterator<Item = PixelRect> {
+/// The tiles a detector with a `size`×`size` input also looks at, besides the whole frame: a grid of squares of
+/// [`TILE_SIDE`] times `size` (no larger than the frame's short side), first and last at the frame's edges and
+/// overlapping evenly by at least [`TILE_OVERLAP`], grown as needed to stay within [`MAX_TILES`]. None for a
+/// frame whose long side is under [`TILE_MIN_SPAN`] tiles, or whose short side is under `size` (a tile would
+/// enlarge it).
+pub fn grid_tiles(width: u32, height: u32, size: usize) -> impl Iterator<Item = PixelRect> {
     let (long, short) = (width.max(height), width.min(height));
-    let wide = short > 0 && short as usize >= size && long as f32 >= TILE_MIN_ASPECT * short as f32;
-    let count = if wide { long.div_ceil(short) } else { 0 };
-    let count = if count <= MAX_TILES { count } else { 0 };
-    (0..count).map(move |i| {
-        let start = (u64::from(long - short) * u64::from(i) / u64::from((count - 1).max(1))) as u32;
-        match width >= height {
-            true => PixelRect { x: start, y: 0, width: short, height: short },
-            false => PixelRect { x: 0, y: start, width: short, height: short },
+    let mut side = (size as f32 * TILE_SIDE).round().min(u32::MAX as f32) as u32;
+    let tiled = side > 0 && short as usize >= size && long as f32 >= TILE_MIN_SPAN * side as f32;
+    // Tiles along an axis of `len` pixels, overlapping by at least TILE_OVERLAP.
+    let along = |len: u32, side: u32| -> u64 {
+        let step = u64::from(side) - (f64::from(side) * f64::from(TILE_OVERLAP)).ceil() as u64;
+        if len <= side {
+            1
+        } else {
+            1 + (u64::from(len - side)).div_ceil(step.max(1))
         }
+    };
+    let (mut columns, mut rows) = (0, 0);
+    if tiled {
+        loop {
+            side = side.min(short);
+            (columns, rows) = (along(width, side), along(height, side));
+            if columns * rows <= u64::from(MAX_TILES) || side == short {
+                break;
+            }
+            side = side.saturating_add(side / 4);
+        }
+        if columns * rows > u64::from(MAX_TILES) {
+            (columns, rows) = (0, 0);
+        }
+    }
+    let start = move |i: u64, count: u64, len: u32| (u64::from(len - side) * i / (count - 1).max(1)) as u32;
+    (0..rows).flat_map(move |r| {
+        (0..columns).map(move |c| PixelRect {
+            x: start(c, columns, width),
+            y: start(r, rows, height),
+            width: side,
+            height: side,
+        })
     })
 }
 
@@ -337,17 +368,26 @@ mod tests {
     const RAW: Normalization = Normalization { scale: 1.0, mean: [0.0; 3], std: [1.0; 3], bgr: false };
 
     #[test]
-    fn wide_frames_get_square_tiles_of_their_short_side_end_to_end_and_others_none() {
-        let tiles = |w, h, size| square_tiles(w, h, size).map(|t| (t.x, t.y, t.width, t.height)).collect::<Vec<_>>();
-        assert_eq!(tiles(1920, 1080, 512), [(0, 0, 1080, 1080), (840, 0, 1080, 1080)]);
-        assert_eq!(tiles(1280, 720, 512), [(0, 0, 720, 720), (560, 0, 720, 720)]);
-        assert_eq!(tiles(2560, 1000, 512), [(0, 0, 1000, 1000), (780, 0, 1000, 1000), (1560, 0, 1000, 1000)]);
-        assert_eq!(tiles(1080, 1920, 512), [(0, 0, 1080, 1080), (0, 840, 1080, 1080)]);
-        // Not wide enough, a short side the tile would have to enlarge, a strip of more than MAX_TILES, nothing.
-        for (w, h) in [(768, 576), (1280, 960), (640, 360), (4000, 8), (2401, 600), (u32::MAX, 600), (0, 0)] {
+    fn large_frames_get_a_grid_of_overlapping_squares_and_small_ones_none() {
+        let tiles = |w, h, size| grid_tiles(w, h, size).map(|t| (t.x, t.y, t.width, t.height)).collect::<Vec<_>>();
+        let full_hd = tiles(1920, 1080, 512);
+        assert_eq!(full_hd.len(), 8);
+        assert_eq!(full_hd[..4], [(0, 0, 640, 640), (426, 0, 640, 640), (853, 0, 640, 640), (1280, 0, 640, 640)]);
+        assert_eq!(full_hd[7], (1280, 440, 640, 640));
+        assert_eq!(tiles(1280, 720, 512).len(), 6);
+        assert_eq!(tiles(1080, 1920, 512)[1], (440, 0, 640, 640));
+        // 4K: larger squares, within MAX_TILES, covering the frame.
+        let uhd = tiles(3840, 2160, 512);
+        assert!(uhd.len() <= MAX_TILES as usize && uhd[0].2 > 640, "{uhd:?}");
+        assert_eq!(uhd.iter().map(|t| t.0 + t.2).max(), Some(3840));
+        assert_eq!(uhd.iter().map(|t| t.1 + t.3).max(), Some(2160));
+        // A strip: squares of its short side, as many as fit the limit, or none.
+        assert_eq!(tiles(4000, 700, 512).len(), 8);
+        // Frames the whole letterbox already sees at two thirds of their size or more, odd ones, nothing.
+        for (w, h) in [(768, 576), (959, 959), (640, 360), (4000, 500), (40000, 600), (u32::MAX, 600), (0, 0)] {
             assert_eq!(tiles(w, h, 512), [], "{w}x{h}");
         }
-        assert_eq!(tiles(2400, 600, 512).len(), MAX_TILES as usize);
+        assert_eq!(tiles(1920, 1080, 0), []);
     }
 
     #[test]

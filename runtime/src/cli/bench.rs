@@ -64,7 +64,7 @@ pub struct BenchArgs {
     /// unread (default 4; longer on a slow board or under an emulator).
     #[arg(long, value_name = "SECONDS", value_parser = super::parse_text_budget)]
     text_budget: Option<std::time::Duration>,
-    /// Vision and e2e suite files: look at wide images' square tiles too, besides the whole.
+    /// Vision and e2e suite files: look at large images' tiles too, besides the whole, for far people and vehicles.
     #[arg(long)]
     tiles: bool,
     /// Vision and llm: thread counts to run, each in its own process.

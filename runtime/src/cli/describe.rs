@@ -26,8 +26,8 @@ pub struct DescribeArgs {
     /// Seconds reading the image's text may take before the remaining lines are left unread (default 4).
     #[arg(long, value_name = "SECONDS", value_parser = super::parse_text_budget)]
     text_budget: Option<std::time::Duration>,
-    /// Look at a wide image's square tiles too, besides the whole: more of its small and far objects, for one more
-    /// detector run per tile (three in all for 16:9).
+    /// Look at a large image's tiles too, besides the whole, for its far people and vehicles: one more detector
+    /// run per tile (up to 8; 8 for 1920x1080, 6 for 1280x720, none below 960 pixels wide).
     #[arg(long)]
     tiles: bool,
     /// Skip the scene classifier (the ImageNet labels of the whole frame).
