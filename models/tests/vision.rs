@@ -381,7 +381,7 @@ fn moving_candidates_add_the_low_scoring_people_and_keep_the_rest() {
 /// A large camera frame in tiles: frame 168 of the concourse clip (prepared by reference_camera.py), 1920x1080,
 /// some 35 people small in a high view. The tiles find many more of them; everyone the whole frame found is still
 /// there, once (a person in two tiles or in a tile and the frame is not counted twice); tiles add no label but
-/// people and vehicles; a frame the whole letterbox sees at two thirds of its size or more is looked at as before.
+/// people and vehicles; a frame the whole letterbox sees at more than half its size is looked at as before.
 #[test]
 fn tiles_find_more_of_a_large_frames_far_people_and_count_none_twice() {
     use lookout_models::vision::detections::iou;

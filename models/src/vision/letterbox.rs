@@ -178,7 +178,7 @@ pub fn letterbox_into(
 /// less than 1/1.25 of its size...
 pub const TILE_SIDE: f32 = 1.25;
 /// ...and a frame is tiled only when its long side is at least this many tiles' sides: smaller frames already
-/// reach the detector at two thirds of their size or more.
+/// reach the detector at more than half their size.
 pub const TILE_MIN_SPAN: f32 = 1.5;
 /// Neighbouring tiles overlap by at least this share of their side, so that what one cuts at its inner edge is
 /// whole in the next.
@@ -212,7 +212,7 @@ pub fn grid_tiles(width: u32, height: u32, size: usize) -> impl Iterator<Item = 
             if columns * rows <= u64::from(MAX_TILES) || side == short {
                 break;
             }
-            side = side.saturating_add(side / 4);
+            side = side.saturating_add((side / 4).max(1));
         }
         if columns * rows > u64::from(MAX_TILES) {
             (columns, rows) = (0, 0);
@@ -383,11 +383,13 @@ mod tests {
         assert_eq!(uhd.iter().map(|t| t.1 + t.3).max(), Some(2160));
         // A strip: squares of its short side, as many as fit the limit, or none.
         assert_eq!(tiles(4000, 700, 512).len(), 8);
-        // Frames the whole letterbox already sees at two thirds of their size or more, odd ones, nothing.
+        // Frames the whole letterbox already sees at more than half their size, odd ones, nothing.
         for (w, h) in [(768, 576), (959, 959), (640, 360), (4000, 500), (40000, 600), (u32::MAX, 600), (0, 0)] {
             assert_eq!(tiles(w, h, 512), [], "{w}x{h}");
         }
         assert_eq!(tiles(1920, 1080, 0), []);
+        // A detector of a few pixels (a broken manifest) still ends, within the limit.
+        assert!(tiles(1920, 1080, 1).len() <= MAX_TILES as usize);
     }
 
     #[test]
