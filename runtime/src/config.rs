@@ -387,7 +387,8 @@ pub struct Objects {
     pub remember_stationary_frames: u32,
     /// Most objects followed at once.
     pub max_tracks: u32,
-    /// Look at a large frame's tiles too, for far people and vehicles (one more detector run per tile: 6 for 1280x720).
+    /// Look at a large frame's tiles too, for far people and vehicles (one more detector run per tile: 6 for 1280x720);
+    /// on unless the board's profile turns it off.
     pub tiles: bool,
     /// Per COCO label (`[objects.filters.person]`, `[objects.filters."sports ball"]`): Lookout's defaults replaced
     /// field by field.
@@ -404,7 +405,7 @@ impl Default for Objects {
             forget_after_frames: t.forget_after_frames,
             remember_stationary_frames: t.remember_stationary_frames,
             max_tracks: t.max_tracks as u32,
-            tiles: false,
+            tiles: true,
             filters: BTreeMap::new(),
         }
     }

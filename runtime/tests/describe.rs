@@ -41,8 +41,8 @@ fn a_photo_is_described_with_objects_counts_and_scene_labels() {
     assert!(!without.contains("scene "), "{without}");
 }
 
-/// `--tiles` through the command: a large camera frame (the concourse clip's frame 168, 1920x1080, far people)
-/// gives more people, and the daemon's setting of the same name is a boolean `check-config` holds it to.
+/// Tiles through the command: a large camera frame (the concourse clip's frame 168, 1920x1080, far people) gives
+/// more people than with `--no-tiles`, and the daemon's `tiles` setting is a boolean `check-config` holds it to.
 #[test]
 fn tiles_on_a_large_frame_find_more_people() {
     let frame = testdata_dir().join("camera/concourse/f0168.jpg");
@@ -52,7 +52,7 @@ fn tiles_on_a_large_frame_find_more_people() {
                 .unwrap();
         json["counts"]["person"].as_u64().unwrap_or(0)
     };
-    let (whole, tiled) = (people(&[]), people(&["--tiles"]));
+    let (whole, tiled) = (people(&["--no-tiles"]), people(&[]));
     assert!(whole >= 8 && tiled as f64 >= 1.8 * whole as f64, "{whole} people whole, {tiled} in tiles");
     let dir = std::env::temp_dir().join(format!("lookout-tiles-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

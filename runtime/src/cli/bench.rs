@@ -64,9 +64,9 @@ pub struct BenchArgs {
     /// unread (default 4; longer on a slow board or under an emulator).
     #[arg(long, value_name = "SECONDS", value_parser = super::parse_text_budget)]
     text_budget: Option<std::time::Duration>,
-    /// Vision and e2e suite files: look at large images' tiles too, besides the whole, for far people and vehicles.
+    /// Vision and e2e suite files: look at large images whole only, not in tiles too.
     #[arg(long)]
-    tiles: bool,
+    no_tiles: bool,
     /// Vision and llm: thread counts to run, each in its own process.
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2])]
     threads: Vec<usize>,

@@ -124,8 +124,9 @@ pub(super) fn run(
     items: &[toml::Value],
 ) -> anyhow::Result<()> {
     if args.worker.is_some() {
-        let choice =
-            VisionChoice::new(args.detector.as_deref(), true).with_text_budget(args.text_budget).with_tiles(args.tiles);
+        let choice = VisionChoice::new(args.detector.as_deref(), true)
+            .with_text_budget(args.text_budget)
+            .with_tiles(!args.no_tiles);
         return run_variant(ctx, worker_variant(args)?, &choice, path, items);
     }
     let bundle = ctx.open_bundle()?;

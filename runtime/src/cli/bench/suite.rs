@@ -98,8 +98,8 @@ pub(super) fn in_own_processes<V: DeserializeOwned>(
             if let Some(budget) = args.text_budget {
                 command.arg("--text-budget").arg(budget.as_secs_f32().to_string());
             }
-            if args.tiles {
-                command.arg("--tiles");
+            if args.no_tiles {
+                command.arg("--no-tiles");
             }
             let out = command
                 .args(["--variants", variant, "--worker", "suite", "--no-peers", "--out"])

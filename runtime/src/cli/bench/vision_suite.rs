@@ -161,7 +161,9 @@ pub(super) fn run(ctx: &Context, args: &BenchArgs, path: &Path, suite: &SuiteFil
     let bundle = ctx.open_bundle()?;
     let mut models = turn::load_vision(
         &bundle,
-        &VisionChoice::new(args.detector.as_deref(), true).with_text_budget(args.text_budget).with_tiles(args.tiles),
+        &VisionChoice::new(args.detector.as_deref(), true)
+            .with_text_budget(args.text_budget)
+            .with_tiles(!args.no_tiles),
     )?;
     let cold_start_ms = ms_since_process_start();
     let bundle_threshold = models.detector.filter.score_threshold;
@@ -212,7 +214,7 @@ pub(super) fn run(ctx: &Context, args: &BenchArgs, path: &Path, suite: &SuiteFil
     let sequences =
         sequences.into_iter().map(|sequence| score_sequence(&models, sequence)).collect::<anyhow::Result<Vec<_>>>()?;
     let suite = path.display().to_string();
-    let mut markdown = report_markdown(&suite, description, &skipped, &results, args.tiles);
+    let mut markdown = report_markdown(&suite, description, &skipped, &results, !args.no_tiles);
     markdown.push_str(&sequences_markdown(&sequences, bundle_threshold));
     write_report(
         &args.out,
@@ -226,7 +228,7 @@ pub(super) fn run(ctx: &Context, args: &BenchArgs, path: &Path, suite: &SuiteFil
                 variants: &results,
             },
             sequences: &sequences,
-            tiles: args.tiles,
+            tiles: !args.no_tiles,
         },
     )?;
     for (file, title, metric) in [
@@ -256,7 +258,8 @@ struct VisionReport<'a> {
     #[serde(flatten)]
     report: SuiteReport<'a, VariantResult>,
     sequences: &'a [SequenceScore],
-    /// Whether Lookout's detector also looked at large images' tiles (`--tiles`; the onnxruntime peer never does).
+    /// Whether Lookout's detector also looked at large images' tiles (unless `--no-tiles`; the onnxruntime peer
+    /// never does).
     tiles: bool,
 }
 
