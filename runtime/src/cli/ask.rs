@@ -61,7 +61,8 @@ pub struct LanguageArgs {
     #[arg(long, value_name = "SECONDS", value_parser = super::parse_text_budget)]
     text_budget: Option<std::time::Duration>,
     /// Look at a large image whole only, not in tiles too: faster, but far people and vehicles are missed (tiles
-    /// cost one more detector run each: up to 8; 8 for 1920x1080, 6 for 1280x720, none below 960 pixels wide).
+    /// cost one more detector run each: 8 for 1920x1080, 6 for 1280x720, none for an image under 960 pixels long
+    /// with CenterNet, 780 with NanoDet).
     #[arg(long)]
     no_tiles: bool,
 }
