@@ -1,6 +1,6 @@
 # Sourced by the cross scripts: `cross_env TARGET` exports what cargo needs to build for TARGET (aarch64, armv7)
-# with Debian's rustc-web and cross gcc, and to run the results under qemu-user. Sets CROSS_TRIPLE, CROSS_QEMU and
-# CROSS_LINKER.
+# with rustup's toolchain or Debian's rustc-web and the cross gcc, and to run the results under qemu-user. Sets
+# CROSS_TRIPLE, CROSS_QEMU, CROSS_LINKER and CROSS_TOOLCHAIN (which Rust toolchain builds).
 
 cross_env() {
     local triple gnu
@@ -25,9 +25,17 @@ cross_env() {
     # sysroot's ld.so loads the multiarch libc.so.6 of another build, whose mismatched private loader state makes
     # the first pthread_create loop forever in its stack cache.
     unset QEMU_LD_PREFIX
-    # Debian's cargo and rustc go together and carry the foreign standard libraries; rustup's come first in PATH.
-    export PATH="/usr/bin:$PATH"
-    export RUSTC=/usr/bin/rustc CARGO=/usr/bin/cargo
+    # rustup's toolchain when it has the target's standard library (setup.sh adds it), else Debian's rustc-web with
+    # the foreign libstd-rust-web-dev; each toolchain's cargo and rustc go together, so its folder comes first.
+    local rustc
+    if rustc=$(rustup which rustc 2>/dev/null) && [[ -d "$("$rustc" --print sysroot)/lib/rustlib/$triple/lib" ]]; then
+        CROSS_TOOLCHAIN="rustup $("$rustc" --version | cut -d' ' -f2)"
+    else
+        rustc=/usr/bin/rustc
+        CROSS_TOOLCHAIN="Debian rustc-web $("$rustc" --version 2>/dev/null | cut -d' ' -f2)"
+    fi
+    export PATH="$(dirname "$rustc"):$PATH"
+    export RUSTC="$rustc" CARGO="$(dirname "$rustc")/cargo"
     export "CARGO_TARGET_${upper}_LINKER=${gnu}-gcc"
     export "CARGO_TARGET_${upper}_RUNNER=${qemu}"
     # Rust's armv7 target leaves NEON out of its baseline, so the compiler would not vectorize Lookout's own loops
